@@ -649,6 +649,31 @@ describe("graceful shutdown", () => {
     })
   )
 
+  it.effect("a call built before the executor closed and run after it is refused, whatever its plan", () =>
+    Effect.gen(function* () {
+      const { executor, close, control } = yield* setup({ respond: () => "late" })
+      const p = executor.provider
+      const a = executor.stepFor({ ...p, name: "a" })
+      const b = executor.stepFor({ ...p, name: "b" })
+      const call = (target: typeof p) => target.generate(ask)
+      // Effects are values: built once, run later (a repeat, a retry, a stored program).
+      const built = [
+        executor.run({ steps: [a] }, call),
+        executor.run({ steps: [a, b] }, call),
+        executor.run({ steps: [a, b], hedgeAfter: Duration.seconds(1) }, call),
+        executor.run({ steps: [a], totalTimeout: Duration.seconds(5) }, call),
+        executor.execute(ask, { totalTimeout: "5 seconds" })
+      ]
+      yield* close
+      for (const [i, effect] of built.entries()) {
+        const error = yield* Effect.flip(effect as Effect.Effect<unknown, AiError>)
+        assert.strictEqual(error._tag, "ShuttingDownError", `call ${i}`)
+      }
+      // Before, the plans the full path runs were admitted by a closed executor (whose deadlines no longer fire).
+      assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+
   it.effect("closing removes the executor's metric series from the registry (issue 13 item 16)", () =>
     Effect.gen(function* () {
       const { executor, close, registry } = yield* setup()

@@ -190,9 +190,11 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
     const runFull = <T, A>(
       plan: Plan<T, A>,
       call: (target: T, step: Step<T>) => Effect.Effect<A, AiError>
-    ): Effect.Effect<Answer<T, A>, AiError> => {
-      if (closing) return Effect.fail(shuttingDown())
-      return Effect.withFiber((fiber) => {
+    ): Effect.Effect<Answer<T, A>, AiError> =>
+      // Admitted when it runs, not when it is built: an effect built before the shutdown (a
+      // repeat, a stored program) and run after it is refused, as `runValueIn` refuses it.
+      Effect.withFiber((fiber) => {
+        if (closing) return Effect.fail(shuttingDown())
         // Its caller's cut, and the instant its total deadline passes.
         const external = fiber.getRef(CurrentCut)
         const deadlineAt =
@@ -263,7 +265,6 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
         }
         return running(body)
       })
-    }
 
     const runFullIn = <T, A>(
       _fiber: Fiber.Fiber<unknown, unknown>,
