@@ -760,6 +760,31 @@ describe("Executor.run: fallback and hedging", () => {
     })
   )
 
+  it.effect("a hedge whose delay ends as the total deadline passes is not started: the call has ended", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup(
+        { script: [Outcome.hang(), Outcome.succeed("too late", { latency: "1 second" })] },
+        { timeout: "none" }
+      )
+      const [a, b] = twoSteps(executor)
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(
+          executor.run({ steps: [a, b], hedgeAfter: Duration.seconds(2), totalTimeout: Duration.seconds(2) }, (p) =>
+            p.generate(ask)
+          )
+        )
+      )
+      yield* TestClock.adjust("2 seconds")
+      const error = yield* Fiber.join(fiber)
+      assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+      yield* TestClock.adjust("2 seconds")
+      // Before, the hedge's timer woke in the same instant, after the deadline had ended the call,
+      // and called the second provider for a caller that was gone.
+      assert.strictEqual(yield* control.calls, 1)
+      assert.deepStrictEqual((yield* executor.stats()).hedges, { started: 0, won: 0, lost: 0 })
+    })
+  )
+
   it.effect("a Retry-After past the total deadline is not waited for: the next step answers at once", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup({

@@ -49,6 +49,10 @@ export const make = (runner: Runner) => {
           Effect.suspend(() => {
             // Nothing starts after a failure that falls back nowhere (not counted: never started).
             if (halted !== undefined) return Effect.fail(halted)
+            // Nor once the call is cut (its total deadline passed, its caller's race lost): a timer
+            // waking in the instant the deadline passed would call a provider for a caller that is
+            // gone. The interruption that ended the call reaches this racer next.
+            if (counter.cut() !== undefined) return Effect.never
             didStart[i] = true
             running++
             hedged[i] = hedge
