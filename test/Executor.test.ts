@@ -179,6 +179,39 @@ describe("Executor.execute", () => {
     })
   )
 
+  it.effect("options changed between two calls are read again: the new deadline, domain and onRetry apply", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({
+        latency: "2 seconds",
+        script: [Outcome.succeed(), Outcome.fail("Overloaded"), Outcome.succeed()]
+      })
+      const seen: Array<string> = []
+      const options: {
+        timeout: number
+        domain: string
+        retry?: { jitter: number }
+        onRetry?: () => Effect.Effect<void>
+      } = { timeout: 1000, domain: "first" }
+      const first = yield* Effect.forkChild(Effect.flip(executor.execute(ask, options)))
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(first))._tag, "TimeoutError")
+      // The same object, changed: before, the first call's checked deadline and plan were used again.
+      options.timeout = 5000
+      options.domain = "second"
+      options.retry = { jitter: 0 }
+      options.onRetry = () => Effect.sync(() => seen.push("second"))
+      const second = yield* Effect.forkChild(executor.execute(ask, options))
+      yield* TestClock.adjust("10 seconds")
+      assert.isString((yield* Fiber.join(second)).text)
+      assert.deepStrictEqual(seen, ["second"])
+      assert.strictEqual((yield* executor.stats({ domain: "second" })).successes, 1)
+      // A value changed to a wrong one is refused, not hidden behind the first check.
+      options.timeout = -1
+      const refused = yield* Effect.flip(executor.execute(ask, options))
+      assert.strictEqual(refused._tag === "ModelError" && refused.field, "timeout")
+    })
+  )
+
   it.effect("a misspelt option key is refused naming it, not run with the defaults", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup()

@@ -2,7 +2,8 @@
  * A call's options checked (`ExecuteOptions` into `ResolvedOptions`): the deadlines as
  * durations, `retry: true` as the executor's policy. Options that set no deadline and no
  * retry are the executor's defaults as they are; the others are checked once per options
- * object, so a caller that reuses its options pays for the checks once.
+ * object and values, so a caller that reuses its options pays for the checks once, and one
+ * that changes a field between calls has it checked again.
  *
  * @internal
  */
@@ -74,6 +75,14 @@ export const thrownIssue = (options: unknown, thrown: unknown): Input.Issue => {
     : { path: "options", message: `reading them threw: ${Input.thrownMessage(thrown)}`, cause: thrown }
 }
 
+// A call's options as they were checked, and the outcome.
+interface Checked {
+  readonly timeout: unknown
+  readonly totalTimeout: unknown
+  readonly retry: unknown
+  readonly resolved: Result.Result<ResolvedOptions, Input.Issue>
+}
+
 /**
  * Builds the checks of an executor's per-call options, over its default deadline and policy.
  *
@@ -85,7 +94,9 @@ export const make = (env: {
 }) => {
   const { defaultTimeout, basePolicy } = env
 
-  const resolveCache = new WeakMap<ExecuteOptions, Result.Result<ResolvedOptions, Input.Issue>>()
+  // By options object, with the values it was checked with: a field given another value since
+  // (`options.timeout = 5000` between two calls) is checked again, not answered the first check.
+  const resolveCache = new WeakMap<ExecuteOptions, Checked>()
   const defaults: ResolvedOptions = { timeout: defaultTimeout, totalTimeout: undefined, retry: undefined }
 
   // A getter (or a `Proxy` trap) that throws is an issue naming its field, not a defect of the
@@ -119,15 +130,22 @@ export const make = (env: {
     ) {
       return Result.succeed(defaults)
     }
-    const cached = resolveCache.get(callOptions)
-    if (cached !== undefined) return cached
+    const timeoutInput = callOptions.timeout
+    const totalInput = callOptions.totalTimeout
     const retryInput = callOptions.retry
+    const cached = resolveCache.get(callOptions)
+    if (
+      cached !== undefined &&
+      cached.timeout === timeoutInput &&
+      cached.totalTimeout === totalInput &&
+      cached.retry === retryInput
+    ) {
+      return cached.resolved
+    }
     const resolved = Result.map(
       Input.all([
-        Input.optionalDuration("timeout", callOptions.timeout, defaultTimeout),
-        callOptions.totalTimeout === undefined
-          ? Result.succeed(undefined)
-          : Input.duration("totalTimeout", callOptions.totalTimeout),
+        Input.optionalDuration("timeout", timeoutInput, defaultTimeout),
+        totalInput === undefined ? Result.succeed(undefined) : Input.duration("totalTimeout", totalInput),
         retryInput === undefined || retryInput === false
           ? Result.succeed(undefined)
           : retryInput === true
@@ -136,7 +154,7 @@ export const make = (env: {
       ]),
       ([timeout, totalTimeout, retry]): ResolvedOptions => ({ timeout, totalTimeout, retry })
     )
-    resolveCache.set(callOptions, resolved)
+    resolveCache.set(callOptions, { timeout: timeoutInput, totalTimeout: totalInput, retry: retryInput, resolved })
     return resolved
   }
 

@@ -37,6 +37,13 @@ export const tokensOf = (request: GenerateRequest): number => estimateInputToken
 
 const usageOf = (response: GenerateResponse) => response.usage
 
+interface Shared {
+  readonly plan: Plan<ProviderService, GenerateResponse>
+  readonly resolved: ResolvedOptions
+  readonly domain: string | undefined
+  readonly onRetry: ExecuteOptions["onRetry"]
+}
+
 /**
  * Builds an executor's plans over its default deadline and shared guards.
  *
@@ -98,7 +105,9 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
 
   // The plan of a call depends on its request only through the rate limit's token estimate
   // and the cache key: without those, calls with the same options share one plan.
-  const plans = new WeakMap<ExecuteOptions, Map<ProviderService, Plan<ProviderService, GenerateResponse>>>()
+  // With what each plan was built from: options changed since (another domain or onRetry, a
+  // deadline checked again) build another plan instead of answering the first call's.
+  const plans = new WeakMap<ExecuteOptions, Map<ProviderService, Shared>>()
   const sharedPlan = guards.rateLimit === undefined && guards.cache === undefined
   const planOf = (
     target: ProviderService,
@@ -112,11 +121,19 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
       byTarget = new Map()
       plans.set(callOptions, byTarget)
     }
-    let plan = byTarget.get(target)
-    if (plan === undefined) {
-      plan = planFor(target, request, callOptions, resolved)
-      byTarget.set(target, plan)
+    const domain = callOptions.domain
+    const onRetry = callOptions.onRetry
+    const shared = byTarget.get(target)
+    if (
+      shared !== undefined &&
+      shared.resolved === resolved &&
+      shared.domain === domain &&
+      shared.onRetry === onRetry
+    ) {
+      return shared.plan
     }
+    const plan = planFor(target, request, callOptions, resolved)
+    byTarget.set(target, { plan, resolved, domain, onRetry })
     return plan
   }
 
