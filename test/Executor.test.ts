@@ -682,6 +682,28 @@ describe("graceful shutdown", () => {
     })
   )
 
+  it.effect("an onRetry that never ends is cut by the shutdown deadline as a backoff is: its caller is answered", () =>
+    Effect.gen(function* () {
+      const { executor, close } = yield* setup(
+        { script: [Outcome.fail("Overloaded"), Outcome.succeed()] },
+        { shutdownDeadline: "3 seconds" }
+      )
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(executor.execute(ask, { retry: { jitter: 0 }, onRetry: () => Effect.never }))
+      )
+      yield* Effect.yieldNow
+      const closing = yield* Effect.forkChild(close)
+      yield* TestClock.adjust("3 seconds")
+      yield* TestClock.adjust("5 seconds")
+      // Before, the callback ran on no deadline lane: the shutdown gave up on the call, which waited for ever.
+      const done = fiber.pollUnsafe()
+      if (done === undefined) yield* Fiber.interrupt(fiber)
+      assert.isDefined(done, "the caller was never answered")
+      assert.strictEqual((yield* Fiber.join(fiber))._tag, "ShuttingDownError")
+      yield* Fiber.join(closing)
+    })
+  )
+
   it.effect("a call built before the executor closed and run after it is refused, whatever its plan", () =>
     Effect.gen(function* () {
       const { executor, close, control } = yield* setup({ respond: () => "late" })

@@ -378,17 +378,20 @@ export const make = (env: Env): Driver => {
         // step fails with its error now, and a fallback gets the time that is left.
         const deadlineAt = counter.deadlineAt
         if (deadlineAt !== undefined && now + Duration.toMillis(delay) >= deadlineAt) return Effect.fail(error)
-        const notify =
+        // The callback waits on the deadline lanes with the backoff: one that never ends is cut
+        // by the shutdown as the backoff is, and its caller answered.
+        const wait =
           plan.onRetry === undefined
-            ? Effect.void
-            : observe("onRetry", plan.onRetry, () => plan.onRetry!({ step, attempt: state.attemptNo, error, delay }))
-        return Effect.flatMap(notify, () =>
-          Effect.flatMap(tracked(Effect.sleep(delay)), () => {
-            // Counted once the backoff is over: a deadline that cuts it leaves no retry made.
-            series.retries++
-            return attempts(step, plan, call, counter, series, state)
-          })
-        )
+            ? Effect.sleep(delay)
+            : Effect.andThen(
+                observe("onRetry", plan.onRetry, () => plan.onRetry!({ step, attempt: state.attemptNo, error, delay })),
+                Effect.sleep(delay)
+              )
+        return Effect.flatMap(tracked(wait), () => {
+          // Counted once the backoff is over: a deadline that cuts it leaves no retry made.
+          series.retries++
+          return attempts(step, plan, call, counter, series, state)
+        })
       })
     )
   }
