@@ -327,7 +327,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     checkOptions(options)
   )
   const provider = yield* ModelProvider
-  const reserved = providerNameIssue(provider.name, "provider.name")
+  const reserved =
+    providerNameIssue(provider.name, "provider.name") ?? CallOptions.slotIssue(provider, "provider.maxConcurrency")
   if (reserved !== undefined) return yield* Effect.fail(Input.toOptionError(reserved))
   const stats = yield* Stats
   // Without explicit guards, the shared ones in context (one breaker, limit and cache per application).

@@ -1,9 +1,10 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Metric, Result, Stream, Tracer } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Result, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError, ModelError } from "../src/AiError.js"
-import type * as Executor from "../src/Executor.js"
+import * as Executor from "../src/Executor.js"
 import * as Metrics from "../src/Metrics.js"
+import { ModelProvider } from "../src/Model.js"
 import { Outcome } from "../src/Model/Mock.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as Policy from "../src/Policy.js"
@@ -210,6 +211,36 @@ describe("Executor.execute", () => {
       const refused = yield* Effect.flip(executor.execute(ask, options))
       assert.strictEqual(refused._tag === "ModelError" && refused.field, "timeout")
     })
+  )
+
+  it.effect(
+    "a provider's maxConcurrency that is no positive integer is refused naming it, not a slot no call gets",
+    () =>
+      Effect.gen(function* () {
+        const { executor, control } = yield* setup({ respond: () => "ok" })
+        for (const maxConcurrency of [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, "2"]) {
+          // Before, 0 or -1 queued every call for a slot until its deadline (for ever with none), NaN bounded nothing.
+          const provider = { ...executor.provider, name: "own", maxConcurrency } as never
+          const error = yield* Effect.flip(executor.execute(ask, { provider, timeout: "none" }))
+          assert.strictEqual(
+            error._tag === "ModelError" && error.field,
+            "provider.maxConcurrency",
+            String(maxConcurrency)
+          )
+          const many = yield* Effect.flip(executor.executeMany([ask], { provider }))
+          assert.strictEqual(many.field, "provider.maxConcurrency", String(maxConcurrency))
+          const layer = Executor.layerWithStats().pipe(Layer.provide(Layer.succeed(ModelProvider, provider)))
+          const built = yield* Effect.flip(Layer.build(layer).pipe(Effect.scoped))
+          assert.strictEqual(
+            built._tag === "OptionError" && built.path,
+            "provider.maxConcurrency",
+            String(maxConcurrency)
+          )
+        }
+        assert.strictEqual(yield* control.calls, 0)
+        const answer = yield* executor.execute(ask, { provider: { ...executor.provider, maxConcurrency: 2 } })
+        assert.strictEqual(answer.text, "ok")
+      })
   )
 
   it.effect("a misspelt option key is refused naming it, not run with the defaults", () =>

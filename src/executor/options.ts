@@ -62,6 +62,20 @@ export const executeKeys: ReadonlySet<string> = new Set([
 export const manyKeys: ReadonlySet<string> = new Set([...executeKeys, "concurrency", "maxRequests"])
 
 /**
+ * The issue of a provider's `maxConcurrency` (the slots the engine gives its calls) that is
+ * neither absent nor a positive integer: 0 or -1 queued every call for a slot until its
+ * deadline (for ever without one), `NaN` bounded nothing, 1.5 was 1.
+ *
+ * @internal
+ */
+export const slotIssue = (provider: { readonly maxConcurrency?: unknown }, path: string): Input.Issue | undefined => {
+  const max = provider.maxConcurrency
+  if (max === undefined) return undefined
+  const checked = Input.positiveInt(path, max)
+  return Result.isFailure(checked) ? checked.failure : undefined
+}
+
+/**
  * What a call's options that threw while they were read are refused with: the field whose
  * getter (or `Proxy` trap) throws, read again one by one to name it, else `options`. It
  * carries what was thrown as its `cause`: the options are not read again after it.
@@ -121,7 +135,11 @@ export const make = (env: {
     if (notObject !== undefined) return Result.fail(notObject)
     const unknown = Input.unknownKey(callOptions, known)
     if (unknown !== undefined) return Result.fail(unknown)
-    const flag = Input.notABoolean(callOptions, flags) ?? Input.notOfKind(callOptions, kinds) ?? labelIssue(callOptions)
+    const flag =
+      Input.notABoolean(callOptions, flags) ??
+      Input.notOfKind(callOptions, kinds) ??
+      labelIssue(callOptions) ??
+      (callOptions.provider === undefined ? undefined : slotIssue(callOptions.provider, "provider.maxConcurrency"))
     if (flag !== undefined) return Result.fail(flag)
     if (
       callOptions.timeout === undefined &&
