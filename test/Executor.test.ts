@@ -814,6 +814,19 @@ describe("Executor.run: fallback and hedging", () => {
     })
   )
 
+  it.effect("a plan naming one step twice (try it again) counts the second try as a fallback and two steps tried", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.succeed("again")] })
+      const [a] = twoSteps(executor)
+      const answer = yield* executor.run({ steps: [a, a] }, (p) => p.generate(ask))
+      assert.strictEqual(answer.value.text, "again")
+      // Before, the step was found by identity: the second try was the first step again.
+      assert.strictEqual(answer.stepsTried, 2)
+      assert.strictEqual(yield* control.calls, 2)
+      assert.strictEqual((yield* executor.stats()).fallbacks, 1)
+    })
+  )
+
   it.effect("a failure that does not fall back ends the chain with that error", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup({ script: [Outcome.fail("ContentFilter"), Outcome.succeed()] })

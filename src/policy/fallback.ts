@@ -42,7 +42,9 @@ export const make = (runner: Runner) => {
       let index = -1
       const attemptStep = Effect.flatMap(CurrentStep, (current) => {
         const step = current as Step<T>
-        index = plan.steps.indexOf(step)
+        // Each step runs once, in the plan's order: counted, not found by identity (a plan may
+        // name one step twice, to try it again, which `indexOf` took for the first).
+        index++
         if (index > 0) seriesOf(step).fallbacks++
         return Effect.tapError(runStep(step, plan, call, counter), (error) =>
           Effect.sync(() => {
