@@ -859,6 +859,37 @@ describe("Executor.run: fallback and hedging", () => {
     })
   )
 
+  it.effect("a step started because the one before failed, answering while a hedge runs, is no hedge that won", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup(
+        {
+          script: [
+            Outcome.fail("Overloaded", { latency: "1 second" }),
+            Outcome.succeed("fallback", { latency: "10 seconds" }),
+            Outcome.succeed("hedge", { latency: "20 seconds" })
+          ]
+        },
+        { timeout: "none" }
+      )
+      const p = executor.provider
+      const steps = [
+        executor.stepFor({ ...p, name: "a" }),
+        executor.stepFor({ ...p, name: "b" }),
+        executor.stepFor({ ...p, name: "c" })
+      ] as const
+      // a fails at 1 s: b starts (a fallback); c starts 2 s after b (a hedge); b answers at 11 s.
+      const fiber = yield* Effect.forkChild(
+        executor.run({ steps, hedgeAfter: Duration.seconds(2) }, (provider) => provider.generate(ask))
+      )
+      yield* TestClock.adjust("11 seconds")
+      const answer = yield* Fiber.join(fiber)
+      assert.strictEqual(answer.value.text, "fallback")
+      assert.deepStrictEqual((yield* executor.stats()).hedges, { started: 1, won: 0, lost: 1 })
+      // Before, any answer but the first step's was a hedge that won, whatever started it.
+      assert.isFalse(answer.hedgeWon)
+    })
+  )
+
   it.effect("a hedge whose delay ends as the total deadline passes is not started: the call has ended", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup(

@@ -95,7 +95,8 @@ export const make = (runner: Runner) => {
             attempts: counter.attempts,
             stepsTried: didStart.filter(Boolean).length,
             source: "provider",
-            hedgeWon: backups ? index > 0 : undefined
+            // A step a failure started is no backup: only one started on the delay wins as one.
+            hedgeWon: backups ? hedged[index] : undefined
           }
         }),
         // `catch`, not `mapError`: when every step failed, the race's cause holds each step's
