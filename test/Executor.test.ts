@@ -104,6 +104,43 @@ describe("Executor.execute", () => {
     })
   )
 
+  it.effect(
+    "a failing onRetry is logged once, also where each call has a plan of its own (a cache or rate limit)",
+    () =>
+      Effect.gen(function* () {
+        const cache = yield* ResponseCache.makeMemory({ name: "onretry-once" })
+        const { executor } = yield* setup(
+          {
+            script: [
+              Outcome.fail("Overloaded"),
+              Outcome.succeed("first"),
+              Outcome.fail("Overloaded"),
+              Outcome.succeed("second")
+            ]
+          },
+          { guards: { cache } }
+        )
+        const logs = yield* captureLogs
+        const options: Executor.ExecuteOptions = {
+          retry: { initialDelay: 100, jitter: 0 },
+          onRetry: () => Effect.die(new Error("progress bar broke"))
+        }
+        const fiber = yield* Effect.forkChild(
+          Effect.all([executor.execute(ask, options), executor.execute({ prompt: "other" }, options)]).pipe(
+            Effect.provide(logs.layer)
+          )
+        )
+        yield* TestClock.adjust("1 second")
+        assert.deepStrictEqual(
+          (yield* Fiber.join(fiber)).map((r) => r.text),
+          ["first", "second"]
+        )
+        // Before, each call's plan wrapped the callback anew: every failure was "the first" of its callback.
+        const warnings = logs.lines.filter((line) => line.includes("onRetry callback failed"))
+        assert.strictEqual(warnings.length, 1, logs.lines.join("\n"))
+      })
+  )
+
   it.effect("a Retry-After longer than the backoff is the floor of the wait", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup({

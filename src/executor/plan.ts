@@ -37,6 +37,8 @@ export const tokensOf = (request: GenerateRequest): number => estimateInputToken
 
 const usageOf = (response: GenerateResponse) => response.usage
 
+type OnRetry = NonNullable<ExecuteOptions["onRetry"]>
+
 interface Shared {
   readonly plan: Plan<ProviderService, GenerateResponse>
   readonly resolved: ResolvedOptions
@@ -64,6 +66,26 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
     maxConcurrency: target.maxConcurrency
   })
 
+  // One wrapper per callback, whatever the plans it is in: its failure is logged once per
+  // callback (`policy/callback.ts`), which a wrapper per plan (a plan per call, with a cache or
+  // a rate limit) made once per call.
+  const retryWrappers = new WeakMap<OnRetry, NonNullable<Plan<ProviderService, GenerateResponse>["onRetry"]>>()
+  const onRetryOf = (onRetry: OnRetry) => {
+    let wrapped = retryWrappers.get(onRetry)
+    if (wrapped === undefined) {
+      wrapped = (event) =>
+        onRetry({
+          provider: event.step.name,
+          domain: event.step.domain,
+          attempt: event.attempt,
+          error: event.error,
+          delay: event.delay
+        })
+      retryWrappers.set(onRetry, wrapped)
+    }
+    return wrapped
+  }
+
   const planFor = (
     target: ProviderService,
     request: GenerateRequest,
@@ -88,17 +110,7 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
               key: cache.key({ provider: target.name, request: keyedRequest(request, target.defaultModel) }),
               allowStale: callOptions.allowStale ?? false
             },
-      onRetry:
-        callOptions.onRetry === undefined
-          ? undefined
-          : (event) =>
-              callOptions.onRetry!({
-                provider: event.step.name,
-                domain: event.step.domain,
-                attempt: event.attempt,
-                error: event.error,
-                delay: event.delay
-              }),
+      onRetry: callOptions.onRetry === undefined ? undefined : onRetryOf(callOptions.onRetry),
       usageOf
     }
   }
