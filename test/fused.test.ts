@@ -243,6 +243,35 @@ describe("found in review: providers that break their contract", () => {
   )
 })
 
+describe("found in review: executeWithRetry on the hot path", () => {
+  it.effect("executeWithRetry with options of its own checks and plans them once, as execute does", () =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        Executor.layerWithStats().pipe(Layer.provideMerge(Layer.succeed(ModelProvider, scripted()))),
+        scope
+      )
+      const executor = context.mapUnsafe.get(Executor.Executor.key) as Executor.Service
+      const plans: Array<unknown> = []
+      const begin = Fused.Fused.prototype.begin
+      const spy = vi.spyOn(Fused.Fused.prototype, "begin").mockImplementation(function (this: Fused.Fused) {
+        plans.push(this.plan)
+        return begin.call(this)
+      })
+      const options: Executor.ExecuteOptions = { timeout: "5 seconds", domain: "with-retry" }
+      for (let i = 0; i < 3; i++) yield* executor.executeWithRetry({ prompt: `ok:${i}` }, options)
+      spy.mockRestore()
+      assert.strictEqual(plans.length, 3, "the calls took the fused path")
+      // Before, each call copied its options to add \`retry: true\`: checked and planned anew every time.
+      assert.strictEqual(new Set(plans).size, 1)
+      const plan = plans[0] as { steps: ReadonlyArray<{ retry: unknown; domain: unknown }> }
+      assert.strictEqual(plan.steps[0]!.retry, Policy.defaultRetry)
+      assert.strictEqual(plan.steps[0]!.domain, "with-retry")
+      yield* Scope.close(scope, Exit.void)
+    })
+  )
+})
+
 describe("the fused call path's own edges", () => {
   it.effect("a call built, then run after its caller yielded, starts only when run and answers", () =>
     Effect.gen(function* () {

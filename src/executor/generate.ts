@@ -20,7 +20,7 @@ import { describeDefect } from "../policy/failure.js"
 import type { Telemetry } from "../policy/plan.js"
 import { answerAttributes, isTraced } from "../policy/span.js"
 import type { StreamStep } from "../policy/stream-plan.js"
-import type { ResolveSync } from "./options.js"
+import { executeKeys, type ResolveSync } from "./options.js"
 import type { PlanOf } from "./plan.js"
 import type { Refused } from "./refusal.js"
 
@@ -89,9 +89,10 @@ export const make = (env: {
 
   const noOptions: ExecuteOptions = {}
 
-  const execute = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
+  // `retryByDefault`: options without `retry` take the executor's policy (`executeWithRetry`).
+  const run = (request: GenerateRequest, callOptions: ExecuteOptions, retryByDefault: boolean) =>
     Effect.withFiber((fiber) => {
-      const resolved = resolveSync(callOptions)
+      const resolved = resolveSync(callOptions, executeKeys, retryByDefault)
       if (Result.isFailure(resolved)) {
         const error = invalidRequest(resolved.failure.path, resolved.failure.message)
         // Options that threw when read are not read again to find the call's provider and domain.
@@ -112,17 +113,15 @@ export const make = (env: {
       )
     })
 
-  const withRetry: ExecuteOptions = { retry: true }
-  const executeWithRetry = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
-    execute(
-      request,
-      callOptions === noOptions
-        ? withRetry
-        : // Options that are not an object go on as they are, for `execute` to refuse.
-          typeof callOptions !== "object" || callOptions === null || callOptions.retry !== undefined
-          ? callOptions
-          : { ...callOptions, retry: true }
-    )
+  const execute = (request: GenerateRequest, callOptions: ExecuteOptions = noOptions) =>
+    run(request, callOptions, false)
+
+  // Not a copy of the options with `retry: true` per call: the caller's own options object keeps
+  // its checks and plan from one call to the next, as with `execute`. Without options, an object
+  // apart from `execute`'s, so that both keep theirs.
+  const withRetry: ExecuteOptions = {}
+  const executeWithRetry = (request: GenerateRequest, callOptions: ExecuteOptions = withRetry) =>
+    run(request, callOptions, true)
 
   return { execute, executeWithRetry }
 }

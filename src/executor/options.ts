@@ -35,7 +35,9 @@ export const kinds = [
 
 export type ResolveSync = (
   callOptions: ExecuteOptions,
-  known?: ReadonlySet<string>
+  known?: ReadonlySet<string>,
+  /** Options without `retry` take the executor's policy (`executeWithRetry`), not none. */
+  retryByDefault?: boolean
 ) => Result.Result<ResolvedOptions, Input.Issue>
 
 /**
@@ -112,15 +114,17 @@ export const make = (env: {
   // (`options.timeout = 5000` between two calls) is checked again, not answered the first check.
   const resolveCache = new WeakMap<ExecuteOptions, Checked>()
   const defaults: ResolvedOptions = { timeout: defaultTimeout, totalTimeout: undefined, retry: undefined }
+  const defaultsResult = Result.succeed(defaults)
 
   // A getter (or a `Proxy` trap) that throws is an issue naming its field, not a defect of the
   // call: the try costs nothing until something throws.
   const resolveSync = (
     callOptions: ExecuteOptions,
-    known: ReadonlySet<string> = executeKeys
+    known: ReadonlySet<string> = executeKeys,
+    retryByDefault = false
   ): Result.Result<ResolvedOptions, Input.Issue> => {
     try {
-      return resolveUnsafe(callOptions, known)
+      return resolveUnsafe(callOptions, known, retryByDefault)
     } catch (thrown) {
       return Result.fail(thrownIssue(callOptions, thrown))
     }
@@ -128,7 +132,8 @@ export const make = (env: {
 
   const resolveUnsafe = (
     callOptions: ExecuteOptions,
-    known: ReadonlySet<string>
+    known: ReadonlySet<string>,
+    retryByDefault: boolean
   ): Result.Result<ResolvedOptions, Input.Issue> => {
     // Before the defaults' shortcut: a misspelt `timout` sets no deadline and would take it.
     const notObject = Input.notAnObject("options", callOptions)
@@ -141,16 +146,11 @@ export const make = (env: {
       labelIssue(callOptions) ??
       (callOptions.provider === undefined ? undefined : slotIssue(callOptions.provider, "provider.maxConcurrency"))
     if (flag !== undefined) return Result.fail(flag)
-    if (
-      callOptions.timeout === undefined &&
-      callOptions.retry === undefined &&
-      callOptions.totalTimeout === undefined
-    ) {
-      return Result.succeed(defaults)
-    }
     const timeoutInput = callOptions.timeout
     const totalInput = callOptions.totalTimeout
-    const retryInput = callOptions.retry
+    const given = callOptions.retry
+    const retryInput = given === undefined && retryByDefault ? true : given
+    if (timeoutInput === undefined && retryInput === undefined && totalInput === undefined) return defaultsResult
     const cached = resolveCache.get(callOptions)
     if (
       cached !== undefined &&
