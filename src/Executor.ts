@@ -345,10 +345,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   const { resolveSync, resolve } = CallOptions.make({ defaultTimeout, basePolicy })
   const { refuse, refused } = Refusal.make(stats, provider)
-  const { stepFor, planOf } = Plans.make({ defaultTimeout, guards })
+  const { stepFor, planOf, onRetryOf } = Plans.make({ defaultTimeout, guards })
   const { execute, executeWithRetry } = Generate.make({ provider, limits, engine, resolveSync, refused, planOf })
   const executeMany = Many.make({ provider, limits, engine, resolveSync, refuse, planOf })
-  const embed = Embed.make({ provider, limits, engine, resolveSync, refused, stepFor })
+  const embed = Embed.make({ provider, limits, engine, resolveSync, refused, stepFor, onRetryOf })
   const stream = StreamCall.make({ streams, provider, limits, basePolicy, guards, stepFor, refuse, refused })
 
   const service = {

@@ -141,6 +141,30 @@ describe("Executor.execute", () => {
       })
   )
 
+  it.effect("embed calls onRetry before each retry's wait, as execute does", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.succeed()] })
+      const seen: Array<string> = []
+      const fiber = yield* Effect.forkChild(
+        executor.embed(
+          { texts: ["x"] },
+          {
+            retry: { initialDelay: 100, jitter: 0 },
+            domain: "vectors",
+            onRetry: (info) =>
+              Effect.sync(() =>
+                seen.push(`${info.provider} ${info.domain} ${info.attempt} ${Duration.toMillis(info.delay)}`)
+              )
+          }
+        )
+      )
+      yield* TestClock.adjust("100 millis")
+      assert.lengthOf((yield* Fiber.join(fiber)).vectors, 1)
+      // Before, embed's plan left the option out: it was checked, then never called.
+      assert.deepStrictEqual(seen, ["mock vectors 1 100"])
+    })
+  )
+
   it.effect("a Retry-After longer than the backoff is the floor of the wait", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup({

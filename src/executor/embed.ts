@@ -20,6 +20,7 @@ import { describeDefect } from "../policy/failure.js"
 import type { Telemetry } from "../policy/plan.js"
 import { isTraced } from "../policy/span.js"
 import type { ResolveSync } from "./options.js"
+import type { OnRetryOf } from "./plan.js"
 import type { Refused } from "./refusal.js"
 
 // An embedding has no output tokens or finish reason.
@@ -58,8 +59,9 @@ export const make = (env: {
   readonly resolveSync: ResolveSync
   readonly refused: Refused
   readonly stepFor: Service["stepFor"]
+  readonly onRetryOf: OnRetryOf
 }) => {
-  const { provider, limits, engine, resolveSync, refused, stepFor } = env
+  const { provider, limits, engine, resolveSync, refused, stepFor, onRetryOf } = env
 
   const embed = (request: EmbedRequest, callOptions: ExecuteOptions = {}) =>
     Effect.suspend(() => {
@@ -94,6 +96,7 @@ export const make = (env: {
             const plan: Plan<ProviderService, EmbedResponse> = {
               steps: [step],
               totalTimeout: resolved.success.totalTimeout,
+              onRetry: callOptions.onRetry === undefined ? undefined : onRetryOf(callOptions.onRetry),
               usageOf: embedUsageOf
             }
             const call = (p: ProviderService) => p.embed(valid)

@@ -39,6 +39,13 @@ const usageOf = (response: GenerateResponse) => response.usage
 
 type OnRetry = NonNullable<ExecuteOptions["onRetry"]>
 
+/**
+ * The plan's `onRetry` of a call's `onRetry` option: one per callback.
+ *
+ * @internal
+ */
+export type OnRetryOf = (onRetry: OnRetry) => NonNullable<Plan<ProviderService, unknown>["onRetry"]>
+
 interface Shared {
   readonly plan: Plan<ProviderService, GenerateResponse>
   readonly resolved: ResolvedOptions
@@ -70,7 +77,7 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
   // callback (`policy/callback.ts`), which a wrapper per plan (a plan per call, with a cache or
   // a rate limit) made once per call.
   const retryWrappers = new WeakMap<OnRetry, NonNullable<Plan<ProviderService, GenerateResponse>["onRetry"]>>()
-  const onRetryOf = (onRetry: OnRetry) => {
+  const onRetryOf = (onRetry: OnRetry): NonNullable<Plan<ProviderService, unknown>["onRetry"]> => {
     let wrapped = retryWrappers.get(onRetry)
     if (wrapped === undefined) {
       wrapped = (event) =>
@@ -149,5 +156,5 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
     return plan
   }
 
-  return { stepFor, planOf }
+  return { stepFor, planOf, onRetryOf }
 }
