@@ -36,7 +36,7 @@ const answer = (text: string): GenerateResponse => ({
  * A provider whose prompt says what it does: `ok`, `sleep:<ms>`, `flaky` (fails retryably
  * the first time each prompt is seen), `overloaded` (always, retryably), `refused` (a
  * caller's fault, not retried), `hang`, `die`, `throw` (throws instead of answering an Effect),
- * `value` and `promise` (answer something that is not an Effect).
+ * `value` and `promise` (answer something that is not an Effect), `null` (answers no response).
  */
 const scripted = (): Service => {
   const seen = new Set<string>()
@@ -62,6 +62,9 @@ const scripted = (): Service => {
             return Effect.fail(modelError("Overloaded", "busy"))
           case "refused":
             return Effect.fail(modelError("InvalidRequest", "bad prompt"))
+          case "null":
+            // A provider breaking its contract: no response at all.
+            return Effect.succeed(null as never)
           case "hang":
             return Effect.never
           case "die":
@@ -78,7 +81,7 @@ const scripted = (): Service => {
 
 const outcome = (result: Result.Result<GenerateResponse, AiError>): string =>
   Result.isSuccess(result)
-    ? `ok ${result.success.text}`
+    ? `ok ${result.success?.text}`
     : `${result.failure._tag} ${"reason" in result.failure ? String(result.failure.reason) : ""}`
 
 /** A tracer the application provided (Effect's default one makes a caller untraced here). */
@@ -240,6 +243,23 @@ describe("found in review: providers that break their contract", () => {
         // each such call stayed counted in flight for ever, and no service time was recorded.
         assert.strictEqual((run.stats as { inFlight: number }).inFlight, 0)
       })
+  )
+})
+
+describe("found in review: a provider answering no response", () => {
+  it.effect("executeMany gives each request its outcome, on both paths, and leaves nothing running", () =>
+    Effect.gen(function* () {
+      // Before, the step's bookkeeping read the answer's usage and threw: on the fused path out of
+      // the pool (a defect ending every request, the call left counted as running), on the full
+      // path as the call's defect.
+      const run = yield* sameOnBothPaths(
+        ["ok:1", "null", "ok:2"].map((prompt) => ({ prompt })),
+        2,
+        10_000
+      )
+      assert.deepStrictEqual(run.outcomes, ["ok ok:1", "ok undefined", "ok ok:2"])
+      assert.strictEqual((run.stats as { inFlight: number }).inFlight, 0)
+    })
   )
 })
 

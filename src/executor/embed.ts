@@ -25,9 +25,11 @@ import type { Refused } from "./refusal.js"
 
 // An embedding has no output tokens or finish reason.
 const responseAttributes = (response: EmbedResponse): Record<string, unknown> =>
-  response.usage === undefined
-    ? { "gen_ai.response.model": response.model }
-    : { "gen_ai.response.model": response.model, "gen_ai.usage.input_tokens": response.usage.inputTokens }
+  typeof response !== "object" || response === null
+    ? {}
+    : response.usage === undefined
+      ? { "gen_ai.response.model": response.model }
+      : { "gen_ai.response.model": response.model, "gen_ai.usage.input_tokens": response.usage.inputTokens }
 
 /**
  * The tokens of an embeddings answer, for the token metrics (input only; providers may report none).

@@ -46,7 +46,9 @@ export const checkRequest = (request: GenerateRequest, limits: RequestLimits): M
   }
 }
 
-const responseAttributes = (response: GenerateResponse) => answerAttributes(response)
+// A provider breaking its contract (no response) is its caller's to see, not a defect of the span's annotation.
+const responseAttributes = (response: GenerateResponse) =>
+  typeof response === "object" && response !== null ? answerAttributes(response) : {}
 
 /**
  * What a generate call's attempts tell in their spans: the model each step asks for (a

@@ -136,8 +136,16 @@ export const stepEnded = (
   if (exit !== undefined && Exit.isSuccess(exit)) {
     series.latency.record(now - started)
     series.successes++
-    const usage = usageOf?.(exit.value as never)
-    if (usage !== undefined) series.addUsage(usage)
+    if (usageOf === undefined) return
+    // The answer is the provider's: one breaking its contract (no response, a usage getter that
+    // throws) must not throw out of the bookkeeping, which the fused path runs as plain JavaScript
+    // (out of a pool, leaving the call counted as running). A try costs nothing until it throws.
+    try {
+      const usage = usageOf(exit.value as never)
+      if (usage !== undefined && usage !== null) series.addUsage(usage)
+    } catch {
+      // No usage to count.
+    }
     return
   }
   const error = exit === undefined ? undefined : Cause.findErrorOption(exit.cause)
