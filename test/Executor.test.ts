@@ -821,6 +821,20 @@ describe("graceful shutdown", () => {
     })
   )
 
+  it.effect("a tracked wait after the executor closed is refused, not run with a deadline that never fires", () =>
+    Effect.gen(function* () {
+      const { executor, close } = yield* setup()
+      yield* close
+      const fiber = yield* Effect.forkChild(Effect.flip(executor.tracked(Effect.never, Duration.seconds(1))))
+      yield* TestClock.adjust("1 second")
+      const done = fiber.pollUnsafe()
+      if (done === undefined) yield* Fiber.interrupt(fiber)
+      // Before, its deadline was linked into the closed lanes, whose sleepers no longer run: it waited for ever.
+      assert.isDefined(done, "the wait outlived its deadline")
+      assert.strictEqual((yield* Fiber.join(fiber))._tag, "ShuttingDownError")
+    })
+  )
+
   it.effect("closing removes the executor's metric series from the registry (issue 13 item 16)", () =>
     Effect.gen(function* () {
       const { executor, close, registry } = yield* setup()

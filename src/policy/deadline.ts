@@ -276,6 +276,12 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
       // left its deadline tracked, and its timer running, until it passed. (The child fiber
       // itself is interrupted with its parent.)
       return Effect.callback<Exit.Exit<A, E> | Ending>((resume) => {
+        // Closed, the lanes have no sleeper left to end a deadline, nor a shutdown to come: a wait
+        // linked now would never be cut. It is cut at once, as the shutdown cut the waits before it.
+        if (closed) {
+          fiber.interruptUnsafe()
+          return resume(Effect.succeed("shutdown" as const))
+        }
         const node = link((ending) => {
           fiber.interruptUnsafe()
           resume(Effect.succeed(ending))
@@ -339,6 +345,8 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
       // callback's registration, so that its cancellation is in place in the same step: started
       // one step before, a caller interrupted at a yield in between left it running.
       Effect.callback<B, E2>((resume) => {
+        // As in `run`: an attempt the closed lanes could never cut does not start.
+        if (closed) return resume(settleWith(context, "shutdown"))
         const fiber = Effect.runForkWith(parent.context)(effect)
         const done = fiber.pollUnsafe()
         if (done !== undefined) return resume(settleWith(context, done))
