@@ -13,7 +13,7 @@
  * @internal
  */
 import { Deferred, Duration, Effect, Exit } from "effect"
-import { type AiError, type FailedAttempt, shouldFallback } from "../AiError.js"
+import { type AiError, type FailedAttempt, shouldFallback, TimeoutError } from "../AiError.js"
 import { exhaustedOr } from "./failure.js"
 import type { Answer, Plan, Step } from "./plan.js"
 import type { Counter, Runner } from "./step.js"
@@ -49,10 +49,16 @@ export const make = (runner: Runner) => {
           Effect.suspend(() => {
             // Nothing starts after a failure that falls back nowhere (not counted: never started).
             if (halted !== undefined) return Effect.fail(halted)
-            // Nor once the call is cut (its total deadline passed, its caller's race lost): a timer
-            // waking in the instant the deadline passed would call a provider for a caller that is
-            // gone. The interruption that ended the call reaches this racer next.
-            if (counter.cut() !== undefined) return Effect.never
+            // Nor once the call is cut (its total deadline passed, its caller cut it): a timer waking
+            // in the instant the deadline passed would call a provider for a caller that is gone.
+            // The interruption that ended the call reaches this racer next; its failure, what the
+            // call would have failed with, only counts if nothing else ends the race.
+            if (counter.cut() !== undefined) {
+              return Effect.fail(
+                counter.external?.error ??
+                  new TimeoutError({ limit: "total", timeout: plan.totalTimeout ?? Duration.zero })
+              )
+            }
             didStart[i] = true
             running++
             hedged[i] = hedge
