@@ -1459,3 +1459,97 @@ describe("Executor.stream: a provider's malformed parts", () => {
     )
   }
 })
+
+describe("Executor.stream: review of the resume and the cache", () => {
+  const finishOf = (provider: string): StreamPart => ({
+    _tag: "Finish",
+    finishReason: "stop",
+    usage: usage(1, 1),
+    provider,
+    model: "m"
+  })
+  const cutAfter = (name: string, text: string): Service => ({
+    name,
+    defaultModel: "m",
+    generate: () => Effect.die("unused"),
+    embed: () => Effect.die("unused"),
+    stream: () =>
+      Stream.concat(
+        Stream.make<[StreamPart]>({ _tag: "TextDelta", text }),
+        Stream.fail(new ModelError({ reason: "Overloaded", message: "dropped", provider: name }))
+      )
+  })
+  const recording = (name: string, sent: Array<GenerateRequest>, text = "more"): Service => ({
+    name,
+    defaultModel: "m",
+    generate: () => Effect.die("unused"),
+    embed: () => Effect.die("unused"),
+    stream: (request) => {
+      sent.push(request)
+      return Stream.make<[StreamPart, StreamPart]>({ _tag: "TextDelta", text }, finishOf(name))
+    }
+  })
+
+  it.effect("a resumed request over the request limits is not sent: the stream ends with its partial text", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({}, { requestLimits: { maxInputChars: 100 } })
+      const delivered = "word ".repeat(20)
+      const sent: Array<GenerateRequest> = []
+      const seen: Array<string> = []
+      const error = yield* failureAfterTexts(
+        executor.stream(ask, {
+          steps: [{ provider: cutAfter("a", delivered) }, { provider: recording("b", sent) }],
+          resume: { instruction: "go on" }
+        }),
+        seen
+      )
+      assert.strictEqual(sent.length, 0, "nothing over the limits sent")
+      assert.strictEqual(seen.join(""), delivered)
+      assert.deepStrictEqual(
+        error._tag === "StreamInterruptedError" && [error.partialText, error.reason, error.provider],
+        [delivered, "Overloaded", "a"]
+      )
+      // Under the limits, the same stream resumes.
+      const short = yield* collect(
+        executor.stream(ask, {
+          steps: [{ provider: cutAfter("a", "word ") }, { provider: recording("b", sent) }],
+          resume: { instruction: "go on" }
+        })
+      )
+      assert.strictEqual(textOf(short), "word more")
+      assert.strictEqual(sent.length, 1)
+    })
+  )
+
+  const failingCache = (name: string, broken: Effect.Effect<never, ModelError>) =>
+    Effect.map(ResponseCache.makeMemory({ name }), (cache) => ({
+      ...cache,
+      getParts: () => broken,
+      setParts: () => broken
+    }))
+
+  it.effect("a custom cache that fails or dies in getParts or setParts never fails a good stream", () =>
+    Effect.gen(function* () {
+      const failure = new ModelError({ reason: "Transport", message: "cache down" })
+      for (const [name, broken] of [
+        ["fails", Effect.fail(failure)],
+        ["dies", Effect.die(new Error("cache bug"))]
+      ] as const) {
+        const cache = yield* failingCache(`custom-cache-${name}`, broken)
+        const { executor } = yield* setup({ respond: () => "a b" }, { guards: { cache } })
+        const parts = yield* collect(executor.stream(ask))
+        assert.strictEqual(textOf(parts), "a b", name)
+        assert.strictEqual(parts.at(-1)?._tag, "Finish", name)
+      }
+    })
+  )
+
+  it.effect("a cache's getParts that is interrupted is not taken for a miss", () =>
+    Effect.gen(function* () {
+      const cache = yield* failingCache("custom-cache-interrupted", Effect.interrupt)
+      const { executor } = yield* setup({ respond: () => "a b" }, { guards: { cache } })
+      const exit = yield* Effect.exit(collect(executor.stream(ask)))
+      assert.isTrue(Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause))
+    })
+  )
+})

@@ -46,6 +46,8 @@ export interface StreamPlan {
     | { readonly maxResumes: number; readonly instruction: string; readonly minOverlap: number }
     | undefined
   readonly cache?: { readonly store: StreamCache; readonly key: string } | undefined
+  /** The request's issue, if any: a resumed stream's continuation the limits refuse is not sent. */
+  readonly validate?: ((request: GenerateRequest) => ModelError | undefined) | undefined
   readonly onRetry?: ((event: RetryEvent<ProviderService>) => Effect.Effect<void>) | undefined
 }
 
@@ -390,6 +392,7 @@ const planned = Effect.fnUntraced(function* (
     idleTimeout,
     totalTimeout,
     resume,
+    validate: options.validate,
     cache:
       cache === undefined || cache.getParts === undefined || cache.setParts === undefined || keyed === undefined
         ? undefined

@@ -59,6 +59,13 @@ const preparedModel = (step: StreamStep, request: GenerateRequest): string | und
   }
 }
 
+// A cache never fails a stream: a read that fails or dies is a miss, a write that does keeps
+// nothing (a custom cache may do either). An interruption is not the cache's answer: it goes on.
+const missOnFailure = (cause: Cause.Cause<unknown>) =>
+  Cause.hasInterrupts(cause) ? Effect.failCause(cause as Cause.Cause<never>) : Effect.succeed(Option.none())
+const keptOrNot = (cause: Cause.Cause<unknown>) =>
+  Cause.hasInterrupts(cause) ? Effect.failCause(cause as Cause.Cause<never>) : Effect.void
+
 // A retry schedule's step (`Schedule.toStep`), made at a stream's first retry.
 type Stepper = (now: number, error: AiError) => Effect.Effect<[Duration.Duration, Duration.Duration], unknown>
 
@@ -104,7 +111,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       )
     }
     if (plan.cache !== undefined) {
-      const cached = yield* plan.cache.store.getParts(plan.cache.key)
+      const cached = yield* Effect.catchCause(plan.cache.store.getParts(plan.cache.key), missOnFailure)
       // A cut while the cache was read (a Redis call): no replay, no attempt.
       if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
       if (Option.isSome(cached) && cached.value.length > 0) {
@@ -305,8 +312,9 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
             finishStep(attempt, exit)
             if (plan.cache !== undefined && resumes === 0 && attempt.step.cacheable !== false) {
               // A stream that completed is answered whether or not the cache could keep its parts.
-              return Effect.map(Effect.ignore(plan.cache.store.setParts(plan.cache.key, collected)), () =>
-                endStream(Exit.void)
+              return Effect.map(
+                Effect.catchCause(plan.cache.store.setParts(plan.cache.key, collected), keptOrNot),
+                () => endStream(Exit.void)
               )
             }
             endStream(Exit.void)
@@ -420,11 +428,16 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         next < plan.steps.length &&
         resumable(error)
       ) {
-        resumes++
-        beginStep(next)
-        attemptsOnStep++
-        request_ = resumeRequest(request, delivered, resume.instruction)
-        return startAttempt(next, request_, new Dedupe(delivered, resume.minOverlap))
+        const resumed = resumeRequest(request, delivered, resume.instruction)
+        // Checked as the stream's request was (a step's `prepare` checks its own answer): a continuation
+        // the limits refuse is not sent, and the stream ends with the failure it would have resumed.
+        if (plan.validate?.(resumed) === undefined) {
+          resumes++
+          beginStep(next)
+          attemptsOnStep++
+          request_ = resumed
+          return startAttempt(next, request_, new Dedupe(delivered, resume.minOverlap))
+        }
       }
       endStream(
         Exit.fail(
