@@ -14,6 +14,7 @@ import {
   Stream
 } from "effect"
 import { TestClock } from "effect/testing"
+import * as Tracer from "effect/Tracer"
 import { type AiError, ModelError, ShuttingDownError } from "../src/AiError.js"
 import type * as Input from "../src/Input.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
@@ -1551,5 +1552,69 @@ describe("Executor.stream: review of the resume and the cache", () => {
       const exit = yield* Effect.exit(collect(executor.stream(ask)))
       assert.isTrue(Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause))
     })
+  )
+
+  it.effect("a step's prepare runs once for its request: the span, the cache key and the step's retries share it", () =>
+    Effect.gen(function* () {
+      const cache = yield* ResponseCache.makeMemory({ name: "prepare-once" })
+      const { executor } = yield* setup({}, { guards: { cache } })
+      let calls = 0
+      const flaky: Service = {
+        name: "a",
+        defaultModel: "m",
+        generate: () => Effect.die("unused"),
+        embed: () => Effect.die("unused"),
+        stream: () =>
+          ++calls === 1
+            ? Stream.fail(new ModelError({ reason: "Overloaded", message: "busy", provider: "a" }))
+            : Stream.make<[StreamPart, StreamPart]>({ _tag: "TextDelta", text: "ok" }, finishOf("a"))
+      }
+      let prepared = 0
+      const prepare = (r: GenerateRequest) => {
+        prepared++
+        return { ...r, system: "be brief" }
+      }
+      const collecting = Tracer.make({ span: (options) => new Tracer.NativeSpan(options) })
+      const fiber = yield* Effect.forkChild(
+        collect(
+          executor.stream(ask, { steps: [{ provider: flaky, prepare }], retry: { initialDelay: 10, jitter: 0 } })
+        ).pipe(Effect.withSpan("caller"), Effect.provideService(Tracer.Tracer, collecting))
+      )
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(textOf(yield* Fiber.join(fiber)), "ok")
+      assert.strictEqual(calls, 2, "retried once")
+      assert.strictEqual(prepared, 1)
+    })
+  )
+
+  it.effect(
+    "a resumed attempt that fails while text it sent may still be a repeat: that text is not delivered, the partial text is what was",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup()
+        const delivered = "The quick brown fox jumps"
+        // The continuation starts repeating the delivered text, then fails: what it sent is held back as a repeat.
+        const repeatsThenFails: Service = {
+          ...cutAfter("b", "brown fox"),
+          stream: () =>
+            Stream.concat(
+              Stream.make<[StreamPart]>({ _tag: "TextDelta", text: "brown fox" }),
+              Stream.fail(new ModelError({ reason: "Overloaded", message: "dropped", provider: "b" }))
+            )
+        }
+        const seen: Array<string> = []
+        const error = yield* failureAfterTexts(
+          executor.stream(ask, {
+            steps: [{ provider: cutAfter("a", delivered) }, { provider: repeatsThenFails }],
+            resume: true
+          }),
+          seen
+        )
+        assert.strictEqual(seen.join(""), delivered)
+        assert.deepStrictEqual(error._tag === "StreamInterruptedError" && [error.partialText, error.provider], [
+          delivered,
+          "b"
+        ])
+      })
   )
 })

@@ -98,9 +98,11 @@ export interface StreamOptions {
         /** The model this step asks for, in place of the request's. */
         readonly model?: string | undefined
         /**
-         * Adapts the request for this step's provider (after `model`), on each attempt, a resumed
-         * step's continuation included. Its answer is checked as the request is (limits included):
-         * one refused, or a throw, ends the attempt with an `InvalidRequest` naming `steps[i].prepare`.
+         * Adapts the request for this step's provider (after `model`), a resumed step's continuation
+         * included: called once per request it adapts, its answer (or throw) reused by the step's
+         * retries, the stream's span and cache key. Its answer is checked as the request is (limits
+         * included): one refused, or a throw, ends the attempt with an `InvalidRequest` naming
+         * `steps[i].prepare`.
          */
         readonly prepare?: ((request: GenerateRequest) => GenerateRequest) | undefined
         /** This step's first-chunk deadline, instead of the stream's `firstChunkTimeout`. */
@@ -279,6 +281,29 @@ const refusedThrown = (options: ExecutorStreamOptions, thrown: unknown) => {
   return Effect.fail(options.refuse(Input.toInvalidRequest(issue), undefined))
 }
 
+// A step's `prepare` called once per request it adapts: the stream's span, its cache key and the
+// step's attempts (its retries) ask it for the same request, and a caller's may cost or count.
+const once = (prepare: (request: GenerateRequest) => GenerateRequest) => {
+  let given: GenerateRequest | undefined
+  let answer: GenerateRequest | undefined
+  let thrown: unknown
+  let threw = false
+  return (request: GenerateRequest): GenerateRequest => {
+    if (request !== given) {
+      given = request
+      threw = false
+      try {
+        answer = prepare(request)
+      } catch (cause) {
+        threw = true
+        thrown = cause
+      }
+    }
+    if (threw) throw thrown
+    return answer!
+  }
+}
+
 // Made once, not per stream: V8 gives a generator function made per call a map of its own, in
 // the old generation, which keeps what its closure reaches alive until the next full collection.
 const planned = Effect.fnUntraced(function* (
@@ -355,7 +380,7 @@ const planned = Effect.fnUntraced(function* (
         prepare:
           model === undefined && prepare === undefined
             ? undefined
-            : (r: GenerateRequest) => {
+            : once((r: GenerateRequest) => {
                 const withModel = model === undefined ? r : { ...r, model }
                 if (prepare === undefined) return withModel
                 let prepared: GenerateRequest
@@ -372,7 +397,7 @@ const planned = Effect.fnUntraced(function* (
                   throw invalidRequest(`steps[${i}].prepare`, `its answer was refused: ${invalid.message}`)
                 }
                 return prepared
-              }
+              })
       })
     }
   } catch (thrown) {
