@@ -121,7 +121,10 @@ export interface StreamOptions {
   readonly idleTimeout?: Duration.Input | "none" | undefined
   /** Deadline of the whole stream, retries, fallbacks and consumer time included. Default 10 minutes. */
   readonly totalTimeout?: Duration.Input | "none" | undefined
-  /** Continue on the next step after a mid-stream failure (lossy; never past a delivered tool call). Default off. */
+  /**
+   * Continue on the next step after a mid-stream failure (lossy; never past a delivered tool call, nor
+   * with a continuation the request limits refuse: the stream then ends with its partial text). Default off.
+   */
   readonly resume?: boolean | ResumeOptions | undefined
   /** Replay completed streams from the executor's cache (default true when it has one). */
   readonly cache?: boolean | undefined
