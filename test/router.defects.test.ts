@@ -3,6 +3,7 @@ import { Effect, Exit, Fiber, Stream, Tracer } from "effect"
 import type { AiError } from "../src/AiError.js"
 import { TestClock } from "effect/testing"
 import { Outcome } from "../src/Model/Mock.js"
+import { captureLogs } from "./utils/logs.js"
 import { makeManager } from "./utils/manager.js"
 
 const ask = { prompt: "q" }
@@ -410,6 +411,67 @@ describe("Router.stream: a stream refused for its options", () => {
       const n = cases.length + 1
       assert.deepStrictEqual([first.total, first.failuresByReason], [n, { InvalidRequest: n }])
       assert.strictEqual((yield* stats.snapshot({ domain: "d-b" })).total, 0)
+    })
+  )
+})
+
+describe("Router: a failing onRetry is logged once per callback", () => {
+  it.effect("on execute with a cache (a plan per call) and on embed, as the executor does", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager(
+        {
+          a: {
+            script: [
+              Outcome.fail("Overloaded"),
+              Outcome.succeed("first"),
+              Outcome.fail("Overloaded"),
+              Outcome.succeed("second"),
+              Outcome.fail("Overloaded"),
+              Outcome.succeed("x"),
+              Outcome.fail("Overloaded"),
+              Outcome.succeed("y")
+            ]
+          }
+        },
+        {
+          breakers: false,
+          cache: { ttl: "1 hour" },
+          domains: [{ name: "d-a", provider: "a", retry: { initialDelay: 100, jitter: 0 } }]
+        }
+      )
+      const logs = yield* captureLogs
+      const options = { onRetry: () => Effect.die(new Error("progress bar broke")) }
+      const fiber = yield* Effect.forkChild(
+        Effect.all([
+          router.execute(ask, "d-a", options),
+          router.execute({ prompt: "other" }, "d-a", options),
+          router.embed({ texts: ["x"] }, "d-a", options),
+          router.embed({ texts: ["y"] }, "d-a", options)
+        ]).pipe(Effect.provide(logs.layer))
+      )
+      yield* TestClock.adjust("1 second")
+      const [first, second] = yield* Fiber.join(fiber)
+      assert.deepStrictEqual([first.response.text, second.response.text], ["first", "second"])
+      const warnings = logs.lines.filter((line) => line.includes("onRetry callback failed"))
+      assert.strictEqual(warnings.length, 1, logs.lines.join("\n"))
+    })
+  )
+})
+
+describe("Router.stream: options changed in place between two calls are checked again", () => {
+  it.effect("a deadline fixed after a refusal is taken; one made invalid after a success is refused", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager({ a: { respond: () => "ok" } }, { breakers: false })
+      const options: { idleTimeout: unknown } = { idleTimeout: -1 }
+      const bad = yield* Effect.flip(Stream.runDrain(router.stream(ask, "d-a", options as never)))
+      assert.strictEqual(invalidField(bad), "idleTimeout")
+      options.idleTimeout = "5 seconds"
+      yield* Stream.runDrain(router.stream(ask, "d-a", options as never))
+      assert.strictEqual(yield* controls.a!.calls, 1)
+      options.idleTimeout = Number.NaN
+      const again = yield* Effect.flip(Stream.runDrain(router.stream(ask, "d-a", options as never)))
+      assert.strictEqual(invalidField(again), "idleTimeout")
+      assert.strictEqual(yield* controls.a!.calls, 1)
     })
   )
 })

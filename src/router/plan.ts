@@ -91,27 +91,44 @@ export const optionKeys = (() => {
 
 const streamDeadlines = ["firstChunkTimeout", "idleTimeout", "totalTimeout"] as const
 
-// Checked once per options object, as the executor's call options are: the gateway gives
-// every stream the same deadlines.
-const streamChecks = new WeakMap<StreamOptions, Input.Issue | null>()
+// Checked once per options object, as the executor's call options are (the gateway gives
+// every stream the same deadlines), with the values it was checked with: a field given another
+// value since (`options.idleTimeout = 5000` between two streams) is checked again.
+interface StreamChecked {
+  readonly firstChunkTimeout: unknown
+  readonly idleTimeout: unknown
+  readonly totalTimeout: unknown
+  readonly resume: unknown
+  readonly issue: Input.Issue | undefined
+}
+const streamChecks = new WeakMap<StreamOptions, StreamChecked>()
 
 /**
  * A stream's deadlines (which take `"none"`) and its `resume`, checked as the executor checks
  * them: the router refuses (and counts) a stream for them before the executor sees it.
  */
 export const streamValueIssue = (options: StreamOptions): Input.Issue | undefined => {
+  const { firstChunkTimeout, idleTimeout, totalTimeout, resume } = options
   if (
-    options.firstChunkTimeout === undefined &&
-    options.idleTimeout === undefined &&
-    options.totalTimeout === undefined &&
-    options.resume === undefined
+    firstChunkTimeout === undefined &&
+    idleTimeout === undefined &&
+    totalTimeout === undefined &&
+    resume === undefined
   ) {
     return undefined
   }
   const known = streamChecks.get(options)
-  if (known !== undefined) return known ?? undefined
+  if (
+    known !== undefined &&
+    known.firstChunkTimeout === firstChunkTimeout &&
+    known.idleTimeout === idleTimeout &&
+    known.totalTimeout === totalTimeout &&
+    known.resume === resume
+  ) {
+    return known.issue
+  }
   const issue = streamIssue(options)
-  streamChecks.set(options, issue ?? null)
+  streamChecks.set(options, { firstChunkTimeout, idleTimeout, totalTimeout, resume, issue })
   return issue
 }
 
@@ -178,11 +195,21 @@ export const countedRefusal = (
   return namingProvider(error, provider)
 }
 
-/** A call's `onRetry` as its plan's hook. */
-export const retryHook = <T, A>(onRetry: CallOptions["onRetry"]): Plan<T, A>["onRetry"] =>
-  onRetry === undefined
-    ? undefined
-    : (event) =>
+type OnRetry = NonNullable<CallOptions["onRetry"]>
+type Hook = NonNullable<Plan<ProviderService, unknown>["onRetry"]>
+
+/**
+ * A call's `onRetry` as its plans' hook: one per callback, whatever the plans it is in. Its
+ * failure is logged once per hook (`policy/callback.ts`), which a hook per plan (a plan per
+ * call) made once per call.
+ */
+export const makeRetryHooks = () => {
+  const hooks = new WeakMap<OnRetry, Hook>()
+  return (onRetry: CallOptions["onRetry"]): Hook | undefined => {
+    if (onRetry === undefined) return undefined
+    let hook = hooks.get(onRetry)
+    if (hook === undefined) {
+      hook = (event) =>
         onRetry({
           provider: event.step.name,
           domain: event.step.domain,
@@ -190,6 +217,11 @@ export const retryHook = <T, A>(onRetry: CallOptions["onRetry"]): Plan<T, A>["on
           error: event.error,
           delay: event.delay
         })
+      hooks.set(onRetry, hook)
+    }
+    return hook
+  }
+}
 
 const tokensOf = (request: GenerateRequest) => estimateInputTokens(request) + (request.maxTokens ?? 0)
 
@@ -197,6 +229,7 @@ const tokensOf = (request: GenerateRequest) => estimateInputTokens(request) + (r
 export const makePlanner = (env: Env) => {
   const { executor, domains, providers, stats } = env
   const cache = executor.guards.cache
+  const retryHook = makeRetryHooks()
 
   const resolve = (name: string) =>
     Effect.flatMap(domains.get(name), (domain) =>
@@ -369,7 +402,7 @@ export const makePlanner = (env: Env) => {
       onSuccess: (apply) => Effect.fail(apply.refuse(error))
     })
 
-  return { resolve, chain, applyOf, planWith, refusedOn, domainCount: domains.all.length }
+  return { resolve, chain, applyOf, planWith, refusedOn, retryHook, domainCount: domains.all.length }
 }
 
 /** The router's planner, built once by {@link makePlanner}. */
