@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Stream, Tracer } from "effect"
+import { Cause, Effect, Exit, Fiber, Stream, Tracer } from "effect"
 import type { AiError } from "../src/AiError.js"
 import { TestClock } from "effect/testing"
 import { Outcome } from "../src/Model/Mock.js"
@@ -472,6 +472,47 @@ describe("Router.stream: options changed in place between two calls are checked 
       const again = yield* Effect.flip(Stream.runDrain(router.stream(ask, "d-a", options as never)))
       assert.strictEqual(invalidField(again), "idleTimeout")
       assert.strictEqual(yield* controls.a!.calls, 1)
+    })
+  )
+})
+
+describe("Router: call options that throw when read", () => {
+  const throwing = (field: string) =>
+    Object.defineProperty({}, field, {
+      enumerable: true,
+      get() {
+        throw new Error(`${field} getter`)
+      }
+    })
+
+  it.effect("a getter that throws is an InvalidRequest naming the option at every entry point, as the executor's", () =>
+    Effect.gen(function* () {
+      const { router, controls } = yield* makeManager({ a: {}, b: {} }, { breakers: false })
+      const prepared = yield* router.prepare("d-a")
+      for (const field of ["timeout", "cache", "allowStale", "onRetry"]) {
+        const streamField = field === "timeout" ? "idleTimeout" : field === "allowStale" ? "resume" : field
+        const calls: ReadonlyArray<readonly [string, string, () => Effect.Effect<unknown, AiError>]> = [
+          ["execute", field, () => router.execute(ask, "d-a", throwing(field))],
+          ["executeWithFallback", field, () => router.executeWithFallback(ask, ["d-a", "d-b"], throwing(field))],
+          ["all", field, () => router.executeParallelDomains(ask, ["d-a", "d-b"], "all", throwing(field))],
+          ["first", field, () => router.executeParallelDomains(ask, ["d-a", "d-b"], "first", throwing(field))],
+          ["hedge", field, () => router.hedge(ask, ["d-a", "d-b"], Object.assign(throwing(field), { after: 10 }))],
+          ["embed", field, () => router.embed({ texts: ["x"] }, "d-a", throwing(field))],
+          ["plan", field, () => router.plan(ask, "d-a", throwing(field))],
+          ["prepare", field, () => prepared(ask, throwing(field))],
+          ["stream", streamField, () => Stream.runDrain(router.stream(ask, "d-a", throwing(streamField)))]
+        ]
+        for (const [name, named, call] of calls) {
+          // Built and run: neither a throw out of the entry point nor a defect of the call.
+          const exit = yield* Effect.exit(Effect.suspend(call))
+          const error = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause) : undefined
+          assert.isTrue(error?._tag === "Some", `${name} ${named}: a typed failure, not a defect`)
+          const value = error?._tag === "Some" ? (error.value as AiError) : undefined
+          assert.strictEqual(value && invalidField(value), named, `${name} ${named}`)
+          assert.include(value?.message, `${named} getter`)
+        }
+      }
+      assert.strictEqual((yield* controls.a!.calls) + (yield* controls.b!.calls), 0)
     })
   )
 })

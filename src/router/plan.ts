@@ -11,6 +11,7 @@ import { type Duration, Effect, Result } from "effect"
 import { invalidRequest, ModelError } from "../AiError.js"
 import { applyTo, type Domain, type DomainsService, type ProvidersService } from "../Domain.js"
 import type { Service as ExecutorService, Plan, Step } from "../Executor.js"
+import { thrownIssue } from "../executor/options.js"
 import * as Input from "../Input.js"
 import {
   checkGenerate,
@@ -154,9 +155,25 @@ const kinds = [
  * is not a function (a `lead` not a step), as its refusal.
  */
 export const unknownOption = (options: object, known: ReadonlySet<string>): ModelError | undefined => {
-  const issue =
-    Input.notAnObject("options", options) ?? Input.unknownKey(options, known) ?? Input.notOfKind(options, kinds)
+  let issue: Input.Issue | undefined
+  try {
+    issue =
+      Input.notAnObject("options", options) ??
+      Input.unknownKey(options, known) ??
+      Input.notOfKind(options, kinds) ??
+      unreadable(options)
+  } catch (thrown) {
+    // A getter (or a `Proxy` trap) that throws, as the executor refuses it: an issue naming the
+    // field, not a throw out of the entry point or a defect of the call where it is read next.
+    issue = thrownIssue(options, thrown)
+  }
   return issue === undefined ? undefined : invalidRequest(issue.path, issue.message)
+}
+
+// Every field read once, here, where a throw is caught: the call reads them again outside any try.
+const unreadable = (options: object): undefined => {
+  for (const key in options) (options as Record<string, unknown>)[key]
+  return undefined
 }
 
 // A request's plan, built without an Effect (a batch starts its items from JavaScript):
