@@ -376,8 +376,10 @@ export const layerLanguageModel = (
       const router = yield* Router
       const known = yield* Effect.serviceOption(Domains)
       yield* checkDomainNames(domains, known._tag === "Some" ? known.value : undefined)
-      yield* Input.orOptionError(checkLanguageModelKeys(options))
-      return languageModelLayer(router, domains, options)
+      // Read once: a getter that throws is an OptionError naming its field, and the calls use what was checked.
+      const read = yield* Input.orOptionError(Input.snapshot(options, "", "options"))
+      yield* Input.orOptionError(checkLanguageModelKeys(read))
+      return languageModelLayer(router, domains, read)
     })
   )
 

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer, Stream } from "effect"
+import { Cause, Effect, Exit, Layer, Stream } from "effect"
 import { LanguageModel, type Prompt } from "effect/ai"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
@@ -126,6 +126,36 @@ describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", ()
         } as never).pipe(Layer.provide(manager))
       )
     }).pipe(Effect.scoped)
+  )
+
+  it.effect(
+    "options whose getter throws are an OptionError naming the field when the layer is built, not a defect",
+    () =>
+      Effect.gen(function* () {
+        const throwing = (field: string) =>
+          Object.defineProperty({}, field, {
+            enumerable: true,
+            get() {
+              throw new Error(`${field} getter`)
+            }
+          })
+        const cases: ReadonlyArray<readonly [unknown, string]> = [
+          [throwing("call"), "call"],
+          [throwing("name"), "name"],
+          [{ call: throwing("timeout") }, "call.timeout"],
+          [{ stream: throwing("idleTimeout") }, "stream.idleTimeout"]
+        ]
+        for (const [options, path] of cases) {
+          const exit = yield* Effect.exit(
+            Layer.build(Router.layerLanguageModel("primary", options as never).pipe(Layer.provide(manager)))
+          )
+          const error = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause) : undefined
+          assert.isTrue(error?._tag === "Some", `${path}: a typed failure, not a defect`)
+          const value = error?._tag === "Some" ? error.value : undefined
+          assert.deepStrictEqual([value?._tag, value?.path], ["OptionError", path])
+          assert.include(value?.message, "getter")
+        }
+      }).pipe(Effect.scoped)
   )
 
   it.effect("streamText streams through the same chain", () =>
