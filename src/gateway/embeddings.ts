@@ -79,7 +79,7 @@ export const make = (env: Env) => {
     // No text embeds in 0 tokens: a provider that says 0 (or nothing) did not count, and the estimate is charged.
     const reported = exit.value.usage?.inputTokens
     const usage = {
-      inputTokens: reported !== undefined && reported > 0 ? reported : inputTokens,
+      inputTokens: reported !== undefined && reported > 0 && Number.isFinite(reported) ? reported : inputTokens,
       outputTokens: 0
     }
     if (span !== undefined) {

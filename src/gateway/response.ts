@@ -24,16 +24,26 @@ const finishReasons: Readonly<Record<Model.FinishReason, string>> = {
  */
 export const finishReasonOf = (reason: Model.FinishReason): string => finishReasons[reason] ?? "stop"
 
+// A count as OpenAI's clients read it (an integer: Python's SDK refuses null, Go's 2.5): a provider of one's own
+// may report NaN (written null), a negative or a fractional count, which the executor passes on.
+const wholeCount = (n: number): number => (Number.isFinite(n) && n > 0 ? Math.floor(n) : 0)
+
 /**
- * An OpenAI `usage` object.
+ * An OpenAI `usage` object: whole counts of 0 or more (a count that is none is 0; a total that is
+ * none is the sum of the others).
  *
  * @internal
  */
-export const usageOf = (usage: Model.Usage) => ({
-  prompt_tokens: usage.inputTokens,
-  completion_tokens: usage.outputTokens,
-  total_tokens: usage.totalTokens
-})
+export const usageOf = (usage: Model.Usage) => {
+  const prompt = wholeCount(usage.inputTokens)
+  const completion = wholeCount(usage.outputTokens)
+  const total = usage.totalTokens
+  return {
+    prompt_tokens: prompt,
+    completion_tokens: completion,
+    total_tokens: Number.isFinite(total) && total >= 0 ? Math.floor(total) : prompt + completion
+  }
+}
 
 // A call's signature (Gemini's thought signature) goes to the client where Gemini's own OpenAI-compatible API puts
 // it, so that a client sending the call back sends it too (Gemini refuses the next turn without it).
@@ -141,7 +151,7 @@ export const embeddings = (
       embedding: encoding === "base64" ? base64Of(vector) : vector
     })),
     model,
-    usage: { prompt_tokens: inputTokens, total_tokens: inputTokens }
+    usage: { prompt_tokens: wholeCount(inputTokens), total_tokens: wholeCount(inputTokens) }
   })
 
 /**

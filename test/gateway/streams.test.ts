@@ -513,3 +513,43 @@ const closed = (socket: Socket) =>
     socket.resume()
     socket.once("close", () => resume(Effect.succeed(true)))
   }).pipe(Effect.timeout("5 seconds"))
+
+describe("Gateway: usage a provider could not count", () => {
+  // A provider of one's own (or an Effect AI model) may report NaN, negative or fractional counts: the
+  // executor passes them on (Stats ignores them); the wire must still carry what OpenAI's clients read.
+  const usage = { inputTokens: Number.NaN, outputTokens: -3, totalTokens: 2.5 }
+  const provider = Layer.succeed(Model.ModelProvider, {
+    name: "g",
+    defaultModel: "m",
+    generate: () => Effect.succeed({ text: "ok", finishReason: "stop" as const, usage, provider: "g", model: "m" }),
+    embed: () => Effect.die("not used"),
+    stream: () =>
+      Stream.fromIterable<Model.StreamPart>([
+        { _tag: "TextDelta", text: "ok" },
+        { _tag: "Finish", finishReason: "stop", usage, provider: "g", model: "m" }
+      ])
+  })
+
+  it.live("is sent as whole counts of 0 or more, never null, in an answer and in a stream's usage chunk", () =>
+    Effect.gen(function* () {
+      const gw = yield* Harness.make({ upstreams: {}, localProviders: { g: provider } })
+      const raw = (body: unknown) =>
+        Effect.promise(() =>
+          fetch(`${gw.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json", authorization: "Bearer sk-client" },
+            body: JSON.stringify(body)
+          }).then((r) => r.text())
+        )
+      const answer = JSON.parse(yield* raw({ model: "d-g", messages: hi }))
+      assert.deepStrictEqual(answer.usage, { prompt_tokens: 0, completion_tokens: 0, total_tokens: 2 })
+      const streamed = yield* raw({ model: "d-g", messages: hi, stream: true, stream_options: { include_usage: true } })
+      const chunks = streamed
+        .split("\n\n")
+        .filter((event) => event.startsWith("data: {"))
+        .map((event) => JSON.parse(event.slice(6)))
+      const last = chunks.at(-1)
+      assert.deepStrictEqual(last.usage, { prompt_tokens: 0, completion_tokens: 0, total_tokens: 2 })
+    })
+  )
+})
