@@ -4,7 +4,21 @@ import { connect as connectTo, createServer, type Socket } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Effect, Exit, Fiber, Layer, Option, Queue, Redacted, Ref, Result, Schedule, type Scope } from "effect"
+import {
+  Cause,
+  Context,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  Queue,
+  Redacted,
+  Ref,
+  Result,
+  Schedule,
+  type Scope
+} from "effect"
 import { TestClock } from "effect/testing"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import type { ModelError } from "../src/AiError.js"
