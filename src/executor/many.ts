@@ -191,26 +191,34 @@ export const make = (env: {
   }
 
   // The options of one call, checked once: a getter (or `Proxy` trap) that throws is an
-  // InvalidRequest naming the option, not a defect ending the call.
+  // InvalidRequest naming the option, not a defect ending the call. A refusal is counted as
+  // `execute`'s are: options that threw when read are not read again to find its provider and domain.
   const checkOptions = (
     manyOptions: ManyOptions
   ): { readonly concurrency: number; readonly max: number; readonly options: ResolvedOptions } | ModelError => {
     try {
       // Before any option is read: `null` options are refused, not a `TypeError`.
       const notObject = Input.notAnObject("options", manyOptions)
-      if (notObject !== undefined) return invalidRequest(notObject.path, notObject.message)
+      if (notObject !== undefined) return refuse(invalidRequest(notObject.path, notObject.message), provider, undefined)
       const concurrency = Input.positiveInt("concurrency", Input.orDefault(manyOptions.concurrency, 5))
-      if (Result.isFailure(concurrency)) return invalidRequest(concurrency.failure.path, concurrency.failure.message)
+      if (Result.isFailure(concurrency)) return refuseOptions(concurrency.failure, manyOptions)
       const max = Input.positiveInt("maxRequests", Input.orDefault(manyOptions.maxRequests, maxRequests))
-      if (Result.isFailure(max)) return invalidRequest(max.failure.path, max.failure.message)
+      if (Result.isFailure(max)) return refuseOptions(max.failure, manyOptions)
       const resolved = resolveSync(manyOptions, manyKeys)
-      if (Result.isFailure(resolved)) return invalidRequest(resolved.failure.path, resolved.failure.message)
+      if (Result.isFailure(resolved)) {
+        return resolved.failure.cause === undefined
+          ? refuseOptions(resolved.failure, manyOptions)
+          : refuse(invalidRequest(resolved.failure.path, resolved.failure.message), provider, undefined)
+      }
       return { concurrency: concurrency.success, max: max.success, options: resolved.success }
     } catch (thrown) {
       const issue = thrownIssue(manyOptions, thrown)
-      return invalidRequest(issue.path, issue.message)
+      return refuse(invalidRequest(issue.path, issue.message), provider, undefined)
     }
   }
+
+  const refuseOptions = (issue: Input.Issue, manyOptions: ManyOptions): ModelError =>
+    refuse(invalidRequest(issue.path, issue.message), manyOptions.provider ?? provider, manyOptions.domain)
 
   const executeMany = (requests: Iterable<GenerateRequest>, manyOptions: ManyOptions = {}) =>
     Effect.withFiber((fiber) => {
@@ -218,7 +226,9 @@ export const make = (env: {
       if (checked instanceof ModelError) return Effect.fail(checked)
       const { concurrency, max, options } = checked
       const items = itemsOf(requests, max)
-      if (items instanceof ModelError) return Effect.fail(items)
+      if (items instanceof ModelError) {
+        return Effect.fail(refuse(items, manyOptions.provider ?? provider, manyOptions.domain))
+      }
       if (isTraced(fiber)) {
         return Effect.withSpan(
           forEachPool(items, concurrency, (request, index) => executeTraced(request, manyOptions, options, index)),

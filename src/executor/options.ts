@@ -11,7 +11,7 @@ import { type Duration, Effect, Result } from "effect"
 import { invalidRequest } from "../AiError.js"
 import type { ExecuteOptions, ResolvedOptions } from "../Executor.js"
 import * as Input from "../Input.js"
-import { decodeRetry, type RetryPolicy } from "../Policy.js"
+import { decodeRetry, RetryPolicy } from "../Policy.js"
 import { labelIssue } from "../stats/labels.js"
 
 /**
@@ -96,7 +96,29 @@ interface Checked {
   readonly timeout: unknown
   readonly totalTimeout: unknown
   readonly retry: unknown
+  /** The fields of a `retry` object that may change in place (not frozen), as they were checked. */
+  readonly retryFields: ReadonlyArray<unknown> | undefined
   readonly resolved: Result.Result<ResolvedOptions, Input.Issue>
+}
+
+const retryKeys = Object.keys(RetryPolicy.fields)
+
+// A policy this module's checks froze (or one its caller froze) cannot change; another object can
+// (`options.retry.maxAttempts = 5`): its fields are kept to be compared.
+const retryFieldsOf = (retry: unknown): ReadonlyArray<unknown> | undefined =>
+  typeof retry === "object" && retry !== null && !Object.isFrozen(retry)
+    ? retryKeys.map((key) => (retry as Record<string, unknown>)[key])
+    : undefined
+
+// Compared without allocating: no key added (an unknown one is refused), none changed.
+const sameRetry = (fields: ReadonlyArray<unknown> | undefined, retry: unknown): boolean => {
+  if (fields === undefined) return true
+  let keys = 0
+  for (const _ in retry as object) if (++keys > retryKeys.length) return false
+  for (let i = 0; i < retryKeys.length; i++) {
+    if ((retry as Record<string, unknown>)[retryKeys[i]!] !== fields[i]) return false
+  }
+  return true
 }
 
 /**
@@ -156,7 +178,8 @@ export const make = (env: {
       cached !== undefined &&
       cached.timeout === timeoutInput &&
       cached.totalTimeout === totalInput &&
-      cached.retry === retryInput
+      cached.retry === retryInput &&
+      sameRetry(cached.retryFields, retryInput)
     ) {
       return cached.resolved
     }
@@ -172,7 +195,13 @@ export const make = (env: {
       ]),
       ([timeout, totalTimeout, retry]): ResolvedOptions => ({ timeout, totalTimeout, retry })
     )
-    resolveCache.set(callOptions, { timeout: timeoutInput, totalTimeout: totalInput, retry: retryInput, resolved })
+    resolveCache.set(callOptions, {
+      timeout: timeoutInput,
+      totalTimeout: totalInput,
+      retry: retryInput,
+      retryFields: retryFieldsOf(retryInput),
+      resolved
+    })
     return resolved
   }
 

@@ -47,5 +47,18 @@ export type Refuse = ReturnType<typeof make>["refuse"]
  */
 export type Refused = ReturnType<typeof make>["refused"]
 
+// Every field but the provider kept: a refusal for our own rate limit tells its limit, one
+// with a cause (options that threw when read) keeps what was thrown.
 const withProvider = (error: ModelError, provider: string): ModelError =>
-  new ModelError({ reason: error.reason, message: error.message, field: error.field, provider })
+  new ModelError({
+    reason: error.reason,
+    message: error.message,
+    provider,
+    model: error.model,
+    status: error.status,
+    retryAfter: error.retryAfter,
+    field: error.field,
+    rateLimit: error.rateLimit,
+    limit: error.limit,
+    cause: error.cause
+  })

@@ -54,13 +54,15 @@ const warned = new WeakSet<object>()
 /**
  * An observer's callback (`onRetry`): what it does is the caller's business, and its failure
  * (a throw, a defect, something not an Effect) must not fail the call it observes. It is
- * logged as a warning once per callback and ignored; an interruption goes on as one.
+ * logged as a warning once per callback and ignored, an interruption of its own included.
  *
  * @internal
  */
 export const observe = (name: string, callback: object, run: () => Effect.Effect<void>): Effect.Effect<void> =>
   Effect.flatMap(Effect.exit(userEffect(name, run)), (exit): Effect.Effect<void> => {
-    if (Exit.isSuccess(exit) || Cause.hasInterruptsOnly(exit.cause)) return exit
+    // An interruption of the caller's fiber never gets here (it skips this continuation): an
+    // interruption seen here is the callback's own (`Effect.interrupt`), a failure of it like any.
+    if (Exit.isSuccess(exit)) return exit
     if (warned.has(callback)) return Effect.void
     warned.add(callback)
     return Effect.logWarning(

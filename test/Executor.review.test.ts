@@ -1,0 +1,126 @@
+/**
+ * The executor's entry checks and bookkeeping: refusals counted and named, options changed in
+ * place, hooks that end themselves, plans and steps built in code.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect, Fiber } from "effect"
+import { TestClock } from "effect/testing"
+import { ModelError } from "../src/AiError.js"
+import type * as Executor from "../src/Executor.js"
+import { Outcome } from "../src/Model/Mock.js"
+import * as Refusal from "../src/executor/refusal.js"
+import { setup } from "./utils/executor.js"
+import { captureLogs } from "./utils/logs.js"
+
+const ask = { prompt: "hello" }
+
+describe("executor refusals", () => {
+  it.effect("an executeMany refused for its options or requests is counted, as execute's refusals are", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      const refusals = [
+        executor.executeMany([ask], { concurrency: 0 }),
+        executor.executeMany([ask], { timeout: -1 as never }),
+        executor.executeMany([ask], { maxRequests: 1.5 }),
+        executor.executeMany([ask, ask], { maxRequests: 1 }),
+        executor.executeMany(5 as never)
+      ]
+      for (const refusal of refusals) {
+        const error = yield* Effect.flip(refusal)
+        assert.strictEqual(error.reason, "InvalidRequest")
+        assert.strictEqual(error.provider, "mock", "named after the provider it was meant for, as execute's")
+      }
+      assert.strictEqual(yield* control.calls, 0)
+      const stats = yield* executor.stats()
+      assert.strictEqual(stats.total, refusals.length)
+      assert.deepStrictEqual(stats.failuresByReason, { InvalidRequest: refusals.length })
+    })
+  )
+
+  it.effect("a refusal named after its provider keeps the error's model, status, retryAfter, limit and cause", () =>
+    Effect.gen(function* () {
+      const { executor, stats } = yield* setup()
+      const { refuse } = Refusal.make(stats, executor.provider)
+      const cause = new Error("underneath")
+      const error = new ModelError({
+        reason: "RateLimited",
+        message: "full",
+        model: "m-1",
+        status: 429,
+        retryAfter: Duration.seconds(3),
+        field: "x",
+        rateLimit: "requests",
+        limit: 10,
+        cause
+      })
+      const refused = refuse(error, executor.provider, undefined)
+      assert.strictEqual(refused.provider, "mock")
+      assert.strictEqual(refused.reason, "RateLimited")
+      assert.strictEqual(refused.message, "full")
+      assert.strictEqual(refused.model, "m-1")
+      assert.strictEqual(refused.status, 429)
+      assert.strictEqual(Duration.toMillis(refused.retryAfter!), 3000)
+      assert.strictEqual(refused.field, "x")
+      assert.strictEqual(refused.rateLimit, "requests")
+      assert.strictEqual(refused.limit, 10)
+      assert.strictEqual(refused.cause, cause)
+    })
+  )
+})
+
+describe("per-call options", () => {
+  it.effect("a retry object changed in place between two calls is read again", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({
+        script: [
+          Outcome.fail("Overloaded"),
+          Outcome.fail("Overloaded"),
+          Outcome.fail("Overloaded"),
+          Outcome.fail("Overloaded"),
+          Outcome.succeed("third try")
+        ]
+      })
+      const retry: { maxAttempts: number; initialDelay: number; jitter: number } = {
+        maxAttempts: 2,
+        initialDelay: 100,
+        jitter: 0
+      }
+      const options: Executor.ExecuteOptions = { retry }
+      const first = yield* Effect.forkChild(Effect.flip(executor.execute(ask, options)))
+      yield* TestClock.adjust("1 second")
+      const failed = yield* Fiber.join(first)
+      assert.strictEqual(failed._tag === "ModelError" && failed.reason, "Overloaded")
+      assert.strictEqual(yield* control.calls, 2)
+      retry.maxAttempts = 3
+      const second = yield* Effect.forkChild(executor.execute(ask, options))
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(second)).text, "third try")
+      assert.strictEqual(yield* control.calls, 5, "the second call made 3 attempts, as its policy now says")
+      // And a change that makes it wrong is refused, naming the field.
+      retry.maxAttempts = 0
+      const error = yield* Effect.flip(executor.execute(ask, options))
+      assert.strictEqual(error._tag === "ModelError" && error.field, "retry.maxAttempts")
+    })
+  )
+})
+
+describe("onRetry", () => {
+  it.effect("an onRetry that interrupts itself does not interrupt the call: logged once, the retry goes on", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({
+        script: [Outcome.fail("Overloaded"), Outcome.fail("Overloaded"), Outcome.succeed("third try")]
+      })
+      const logs = yield* captureLogs
+      const fiber = yield* Effect.forkChild(
+        executor
+          .execute(ask, { retry: { maxAttempts: 3, initialDelay: 100, jitter: 0 }, onRetry: () => Effect.interrupt })
+          .pipe(Effect.provide(logs.layer))
+      )
+      yield* TestClock.adjust("1 second")
+      const exit = yield* Fiber.await(fiber)
+      assert.strictEqual(exit._tag, "Success", String(exit))
+      const warnings = logs.lines.filter((line) => line.includes("onRetry callback failed"))
+      assert.strictEqual(warnings.length, 1, logs.lines.join("\n"))
+    })
+  )
+})
