@@ -57,4 +57,43 @@ describe("deadline lanes", () => {
       yield* Scope.close(scope, Exit.void)
     })
   )
+
+  it.effect("a watch armed after the lanes closed is cut at once as shutdown, not left to a sleeper that is gone", () =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const lanes = yield* Deadline.make.pipe(Scope.provide(scope))
+      yield* Scope.close(scope, Exit.void)
+      const ended: Array<Deadline.Ending> = []
+      const watch = lanes.watch((ending) => ended.push(ending))
+      assert.deepStrictEqual(ended, [], "not called before its owner armed it")
+      watch.arm(Duration.seconds(1))
+      assert.deepStrictEqual(ended, ["shutdown"])
+      assert.strictEqual(watch.ended(), "shutdown")
+      assert.strictEqual(lanes.size(), 0)
+      watch.arm(Duration.seconds(1))
+      yield* TestClock.adjust("2 seconds")
+      assert.deepStrictEqual(ended, ["shutdown"], "called once")
+    })
+  )
+
+  it.effect("a node linked after the lanes closed is ended at once as shutdown, not tracked for ever", () =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const lanes = yield* Deadline.make.pipe(Scope.provide(scope))
+      yield* Scope.close(scope, Exit.void)
+      const expired: Array<Deadline.Ending> = []
+      class Node extends Deadline.Tracked {
+        expire(ending: Deadline.Ending) {
+          expired.push(ending)
+        }
+      }
+      const node = new Node()
+      lanes.link(node, Duration.seconds(1))
+      // Its caller reads `ending` after linking (it may not be ready to be called back yet).
+      assert.strictEqual(node.ending, "shutdown")
+      assert.strictEqual(lanes.size(), 0)
+      yield* TestClock.adjust("2 seconds")
+      assert.deepStrictEqual(expired, [])
+    })
+  )
 })

@@ -7,7 +7,21 @@
  * application provided) takes the full one. `Fused.prototype.begin` is counted to prove which path ran.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Layer, Option, Result, Scheduler, Scope, Stream, Tracer } from "effect"
+import {
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  Result,
+  Scheduler,
+  Scope,
+  Stream,
+  Tracer
+} from "effect"
 import { TestClock } from "effect/testing"
 import { vi } from "vitest"
 import { type AiError, modelError } from "../src/AiError.js"
@@ -19,6 +33,7 @@ import * as Orchestra from "../src/Orchestra.js"
 import * as Policy from "../src/Policy.js"
 import { Router } from "../src/Router.js"
 import * as Engine from "../src/policy/engine.js"
+import * as Deadline from "../src/policy/deadline.js"
 import * as Fused from "../src/policy/fused.js"
 import * as StatsModule from "../src/Stats.js"
 import { type ExecutionStats, Stats } from "../src/Stats.js"
@@ -832,5 +847,49 @@ describe("Router steps and token rate limits", () => {
         for (let i = 0; i < 3; i++) assert.strictEqual((yield* router.execute(long, "open")).provider, "free")
         yield* Scope.close(scope, Exit.void)
       })
+  )
+})
+
+describe("fused path after the lanes closed", () => {
+  it.effect("a call begun on closed lanes ends at once as shutdown instead of waiting for a deadline never cut", () =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const lanes = yield* Deadline.make.pipe(Scope.provide(scope))
+      yield* Scope.close(scope, Exit.void)
+      const clock = yield* Clock.Clock
+      const fiber = yield* Effect.withFiber((f) => Effect.succeed(f))
+      const settled: Array<unknown> = []
+      let left = 0
+      const env: Fused.Env = {
+        clock,
+        lanes,
+        settle: (_call, result) => {
+          settled.push(result)
+          return typeof result === "string" ? Exit.fail(modelError("Unavailable", result)) : result
+        },
+        rest: () => undefined,
+        ended: () => undefined,
+        leave: () => {
+          left++
+        }
+      }
+      const series = { gauges: [], service: { record: () => undefined } } as never
+      const step = { target: undefined, name: "closed", timeout: Duration.seconds(1) }
+      const call = new Fused.Fused(
+        env,
+        fiber,
+        { steps: [step] } as never,
+        () => Effect.never,
+        series,
+        clock.currentTimeMillisUnsafe(),
+        undefined,
+        undefined
+      )
+      const exit = call.begin()
+      assert.isDefined(exit, "the call waited on lanes that will never end its deadline")
+      assert.deepStrictEqual(settled, ["shutdown"])
+      assert.strictEqual(left, 1)
+      assert.strictEqual(lanes.size(), 0)
+    })
   )
 })

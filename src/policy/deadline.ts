@@ -110,12 +110,14 @@ export interface Lanes {
   ) => Effect.Effect<B, E2>
   /**
    * A re-armable watch for long operations (streams): `expire` is called once when the
-   * armed deadline passes or shutdown comes. Arming relinks in O(1).
+   * armed deadline passes or shutdown comes (armed after the lanes closed: at once, from
+   * `arm`). Arming relinks in O(1).
    */
   readonly watch: (expire: (ending: Ending) => void) => Watch
   /**
    * Tracks `node` under `timeout` from `now` (the clock's time when not given; `timeout`
-   * `undefined`: none, but shutdown still finds it).
+   * `undefined`: none, but shutdown still finds it). After the lanes closed, it is not tracked
+   * and its `ending` is `"shutdown"` at once (`expire` is not called): the caller reads it.
    */
   readonly link: (node: Tracked, timeout: Duration.Duration | undefined, now?: number) => void
   /** Stops tracking `node` (nothing is called afterwards); no-op when it is not linked. */
@@ -375,6 +377,8 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
     return {
       arm: (timeout) => {
         if (disposed || node.ending !== undefined) return
+        // As in `run`: closed, no sleeper is left to end the deadline nor a shutdown to come.
+        if (closed) return end(node, "shutdown")
         unlink(node)
         place(node, timeout)
       },
@@ -388,6 +392,12 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
   }
 
   const linkTracked = (node: Tracked, timeout: Duration.Duration | undefined, now?: number): void => {
+    // Closed, it would never be ended: it ends now, unlinked and without `expire` (its caller
+    // links it while starting, not yet ready to be called back), which reads `ending` after.
+    if (closed) {
+      node.ending = "shutdown"
+      return
+    }
     tracked++
     place(node, timeout, now)
   }

@@ -171,6 +171,11 @@ export class Fused extends Deadline.Tracked implements Running {
     // The attempt started with the call: its deadline counts from then (one clock read fewer).
     this.env.lanes.link(this, step.timeout, this.started)
     fiber.addObserver((exit) => this.observe(exit))
+    // Linked after the lanes closed: cut as shutdown now, as `expire` would have.
+    if (this.ending !== undefined) {
+      fiber.interruptUnsafe()
+      return this.ended(this.ending, this.env.clock.currentTimeMillisUnsafe())
+    }
     return undefined
   }
 
