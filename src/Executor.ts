@@ -7,7 +7,7 @@
  * @since 0.1.0
  */
 import { Context, Duration, Effect, Layer, Option, Result, type Stream } from "effect"
-import type { AiError, ModelError } from "./AiError.js"
+import { type AiError, invalidRequest, type ModelError } from "./AiError.js"
 import { Breakers } from "./CircuitBreaker.js"
 import * as Input from "./Input.js"
 import {
@@ -350,6 +350,12 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const executeMany = Many.make({ provider, limits, engine, resolveSync, refuse, planOf })
   const embed = Embed.make({ provider, limits, engine, resolveSync, refused, stepFor, onRetryOf })
   const stream = StreamCall.make({ streams, provider, limits, basePolicy, guards, stepFor, refuse, refused })
+  // Plans built in code (`stepFor`, a router's) are checked where they enter: the executor's own
+  // calls build theirs from checked options and go to the engine directly.
+  const run: Service["run"] = (plan, call) => {
+    const issue = Plans.planIssue(plan as Plan<unknown, unknown>)
+    return issue === undefined ? engine.run(plan, call) : Effect.fail(invalidRequest(issue.path, issue.message))
+  }
 
   const service = {
     execute,
@@ -357,7 +363,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     executeMany,
     embed,
     stream,
-    run: engine.run,
+    run,
     runStream: (plan, request) => streams.run(plan, request),
     stepFor,
     resolve,

@@ -5,9 +5,10 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Fiber } from "effect"
 import { TestClock } from "effect/testing"
-import { ModelError } from "../src/AiError.js"
+import { type AiError, ModelError } from "../src/AiError.js"
 import type * as Executor from "../src/Executor.js"
 import { Outcome } from "../src/Model/Mock.js"
+import * as Policy from "../src/Policy.js"
 import * as Refusal from "../src/executor/refusal.js"
 import { setup } from "./utils/executor.js"
 import { captureLogs } from "./utils/logs.js"
@@ -122,5 +123,50 @@ describe("onRetry", () => {
       const warnings = logs.lines.filter((line) => line.includes("onRetry callback failed"))
       assert.strictEqual(warnings.length, 1, logs.lines.join("\n"))
     })
+  )
+})
+
+describe("plans built in code", () => {
+  const fieldOf = (error: AiError) => (error._tag === "ModelError" ? `${error.reason} ${error.field}` : error._tag)
+
+  it.effect(
+    "a step's timeout, tokens or retry, a total deadline or hedgeAfter that is no valid value is refused naming it",
+    () =>
+      Effect.gen(function* () {
+        const { executor, control } = yield* setup({ respond: () => "hi" })
+        const p = executor.provider
+        const a = executor.stepFor({ ...p, name: "a" })
+        const b = executor.stepFor({ ...p, name: "b" })
+        const cases: ReadonlyArray<readonly [Executor.Plan<typeof p, unknown>, string]> = [
+          [{ steps: [executor.stepFor(p, { timeout: Duration.millis(-5) })] }, "steps[0].timeout"],
+          [{ steps: [a, executor.stepFor(p, { timeout: Duration.zero })] }, "steps[1].timeout"],
+          [{ steps: [executor.stepFor(p, { timeout: Duration.millis(Number.NaN) })] }, "steps[0].timeout"],
+          [{ steps: [executor.stepFor(p, { timeout: 5000 as never })] }, "steps[0].timeout"],
+          [{ steps: [executor.stepFor(p, { tokens: Number.NaN })] }, "steps[0].tokens"],
+          [{ steps: [a, executor.stepFor(p, { tokens: -1 })] }, "steps[1].tokens"],
+          [
+            { steps: [executor.stepFor(p, { retry: { ...Policy.retry(), maxAttempts: 0 } })] },
+            "steps[0].retry.maxAttempts"
+          ],
+          [{ steps: [a], totalTimeout: Duration.millis(-5) }, "totalTimeout"],
+          [{ steps: [a], totalTimeout: Duration.zero }, "totalTimeout"],
+          [{ steps: [a, b], hedgeAfter: Duration.millis(-5) }, "hedgeAfter"],
+          // (`Duration.millis(NaN)` is zero: a hedge after zero starts the backups with the first step.)
+          [{ steps: [a, b], hedgeAfter: 100 as never }, "hedgeAfter"],
+          [{ steps: [] as never }, "steps"]
+        ]
+        for (const [plan, field] of cases) {
+          const error = yield* Effect.flip(executor.run(plan, (target) => target.generate(ask)))
+          assert.strictEqual(fieldOf(error), `InvalidRequest ${field}`)
+        }
+        assert.strictEqual(yield* control.calls, 0)
+        // Valid ones still run: no deadline, an infinite one, a checked policy, whole tokens.
+        const fine = executor.stepFor(p, { timeout: "none", retry: Policy.retry({ maxAttempts: 2 }), tokens: 12 })
+        const answer = yield* executor.run(
+          { steps: [fine, executor.stepFor(p, { timeout: Duration.infinity })], totalTimeout: Duration.seconds(5) },
+          (target) => target.generate(ask)
+        )
+        assert.strictEqual(answer.value.text, "hi")
+      })
   )
 })

@@ -6,14 +6,16 @@
  *
  * @internal
  */
-import type { Duration } from "effect"
+import { Duration, Result } from "effect"
 import type { ExecuteOptions, Guards, Plan, ResolvedOptions, Service } from "../Executor.js"
+import * as Input from "../Input.js"
 import {
   estimateInputTokens,
   type GenerateRequest,
   type GenerateResponse,
   type Service as ProviderService
 } from "../Model.js"
+import { decodeRetry } from "../Policy.js"
 import { keyedRequest } from "../ResponseCache/key.js"
 
 /**
@@ -36,6 +38,52 @@ export type PlanOf = (
 export const tokensOf = (request: GenerateRequest): number => estimateInputTokens(request) + (request.maxTokens ?? 0)
 
 const usageOf = (response: GenerateResponse) => response.usage
+
+// A deadline's issue: no Duration, or one that cuts at once (negative, zero, `NaN` which
+// `Duration.millis` makes zero). Infinite is no deadline. Read without allocating when valid.
+const durationIssue = (path: string, value: unknown, allowZero: boolean): Input.Issue | undefined => {
+  if (value === undefined) return undefined
+  if (!Duration.isDuration(value)) return { path, message: `expected a Duration, got ${Input.kindOf(value)}` }
+  if (!Duration.isFinite(value)) return undefined
+  const millis = Duration.toMillis(value)
+  if (millis > 0 || (allowZero && millis === 0)) return undefined
+  return { path, message: `expected a ${allowZero ? "non-negative" : "positive"} duration, got ${millis} ms` }
+}
+
+/**
+ * The issue of a plan built in code (`Executor.run`): a step's `timeout`, `tokens` or `retry`,
+ * the plan's `totalTimeout` or `hedgeAfter` that is no valid value, named by its path
+ * (`steps[1].timeout`). Walked at each run without allocating while valid (the plans of a
+ * router are built per call): a policy this library checked (frozen) is not checked again.
+ *
+ * @internal
+ */
+export const planIssue = (plan: Plan<unknown, unknown>): Input.Issue | undefined => {
+  const steps: unknown = plan?.steps
+  if (!Array.isArray(steps) || steps.length === 0) {
+    return { path: "steps", message: "expected a non-empty array of steps" }
+  }
+  const total = durationIssue("totalTimeout", plan.totalTimeout, false)
+  if (total !== undefined) return total
+  // Zero starts the backups with the first step: a race, not a deadline that cuts.
+  const hedge = durationIssue("hedgeAfter", plan.hedgeAfter, true)
+  if (hedge !== undefined) return hedge
+  for (let i = 0; i < steps.length; i++) {
+    const step = steps[i] as Plan<unknown, unknown>["steps"][0]
+    const timeout = durationIssue(`steps[${i}].timeout`, step.timeout, false)
+    if (timeout !== undefined) return timeout
+    const tokens = step.tokens
+    if (tokens !== undefined && !(typeof tokens === "number" && Number.isFinite(tokens) && tokens >= 0)) {
+      return { path: `steps[${i}].tokens`, message: `expected a non-negative number, got ${Input.shown(tokens)}` }
+    }
+    const retry = step.retry
+    if (retry !== undefined && !Object.isFrozen(retry)) {
+      const checked = decodeRetry(retry, `steps[${i}].retry`)
+      if (Result.isFailure(checked)) return checked.failure
+    }
+  }
+  return undefined
+}
 
 type OnRetry = NonNullable<ExecuteOptions["onRetry"]>
 
