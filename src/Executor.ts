@@ -338,12 +338,14 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     cache: Option.getOrUndefined(yield* Effect.serviceOption(ResponseCache))
   }
   const engine = yield* Engine.make({ stats, shutdownDeadline })
+  // The executor's provider's limit is its name's, whatever plan or option names it later.
+  engine.claimSlot(provider.name, provider.maxConcurrency, "provider.maxConcurrency")
   const streams = StreamEngine.make({
     engine,
     defaults: { firstChunkTimeout: firstChunk, idleTimeout: idle, totalTimeout: total }
   })
 
-  const { resolveSync, resolve } = CallOptions.make({ defaultTimeout, basePolicy })
+  const { resolveSync, resolve } = CallOptions.make({ defaultTimeout, basePolicy, claimSlot: engine.claimSlot })
   const { refuse, refused } = Refusal.make(stats, provider)
   const { stepFor, planOf, onRetryOf } = Plans.make({ defaultTimeout, guards })
   const { execute, executeWithRetry } = Generate.make({ provider, limits, engine, resolveSync, refused, planOf })
@@ -353,7 +355,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   // Plans built in code (`stepFor`, a router's) are checked where they enter: the executor's own
   // calls build theirs from checked options and go to the engine directly.
   const run: Service["run"] = (plan, call) => {
-    const issue = Plans.planIssue(plan as Plan<unknown, unknown>)
+    const issue = Plans.planIssue(plan as Plan<unknown, unknown>, engine.claimSlot)
     return issue === undefined ? engine.run(plan, call) : Effect.fail(invalidRequest(issue.path, issue.message))
   }
 

@@ -14,6 +14,7 @@ import { setup } from "./utils/executor.js"
 import { captureLogs } from "./utils/logs.js"
 
 const ask = { prompt: "hello" }
+const fieldOf = (error: AiError) => (error._tag === "ModelError" ? `${error.reason} ${error.field}` : error._tag)
 
 describe("executor refusals", () => {
   it.effect("an executeMany refused for its options or requests is counted, as execute's refusals are", () =>
@@ -127,8 +128,6 @@ describe("onRetry", () => {
 })
 
 describe("plans built in code", () => {
-  const fieldOf = (error: AiError) => (error._tag === "ModelError" ? `${error.reason} ${error.field}` : error._tag)
-
   it.effect(
     "a step's timeout, tokens or retry, a total deadline or hedgeAfter that is no valid value is refused naming it",
     () =>
@@ -167,6 +166,43 @@ describe("plans built in code", () => {
           (target) => target.generate(ask)
         )
         assert.strictEqual(answer.value.text, "hi")
+      })
+  )
+})
+
+describe("provider slots by name", () => {
+  it.effect(
+    "one name given two maxConcurrency limits is refused naming both; a step stating none shares the name's",
+    () =>
+      Effect.gen(function* () {
+        const { executor, control } = yield* setup({ latency: "1 second", maxConcurrency: 1 })
+        const p = executor.provider
+        // Another provider object under the executor's provider's name, with another limit.
+        const wider = { ...p, maxConcurrency: 5 }
+        const viaOption = yield* Effect.flip(executor.execute(ask, { provider: wider }))
+        assert.strictEqual(fieldOf(viaOption), "InvalidRequest provider.maxConcurrency")
+        assert.include(viaOption.message, "5")
+        assert.include(viaOption.message, "1")
+        const viaPlan = yield* Effect.flip(
+          executor.run({ steps: [executor.stepFor({ ...p, name: "other" }), executor.stepFor(wider)] }, (target) =>
+            target.generate(ask)
+          )
+        )
+        assert.strictEqual(fieldOf(viaPlan), "InvalidRequest steps[1].maxConcurrency")
+        assert.strictEqual(yield* control.calls, 0)
+
+        // A step on that name stating no limit queues on the name's one slot, not beside it.
+        const unstated = { ...p, maxConcurrency: undefined }
+        const fiber = yield* Effect.forkChild(
+          Effect.all(
+            [executor.execute(ask), executor.run({ steps: [executor.stepFor(unstated)] }, (t) => t.generate(ask))],
+            { concurrency: "unbounded" }
+          )
+        )
+        yield* TestClock.adjust("1 second")
+        assert.isUndefined(fiber.pollUnsafe(), "the two calls ran at once on a provider serving one")
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual((yield* Fiber.join(fiber)).length, 2)
       })
   )
 })

@@ -129,8 +129,10 @@ const sameRetry = (fields: ReadonlyArray<unknown> | undefined, retry: unknown): 
 export const make = (env: {
   readonly defaultTimeout: Duration.Duration | undefined
   readonly basePolicy: RetryPolicy
+  /** The engine's check of a provider's limit against its name's (`policy/engine.ts`). */
+  readonly claimSlot: (name: string, max: number | undefined, path: string) => Input.Issue | undefined
 }) => {
-  const { defaultTimeout, basePolicy } = env
+  const { defaultTimeout, basePolicy, claimSlot } = env
 
   // By options object, with the values it was checked with: a field given another value since
   // (`options.timeout = 5000` between two calls) is checked again, not answered the first check.
@@ -152,6 +154,10 @@ export const make = (env: {
     }
   }
 
+  const providerSlotIssue = (target: NonNullable<ExecuteOptions["provider"]>): Input.Issue | undefined =>
+    slotIssue(target, "provider.maxConcurrency") ??
+    claimSlot(target.name, target.maxConcurrency, "provider.maxConcurrency")
+
   const resolveUnsafe = (
     callOptions: ExecuteOptions,
     known: ReadonlySet<string>,
@@ -166,7 +172,7 @@ export const make = (env: {
       Input.notABoolean(callOptions, flags) ??
       Input.notOfKind(callOptions, kinds) ??
       labelIssue(callOptions) ??
-      (callOptions.provider === undefined ? undefined : slotIssue(callOptions.provider, "provider.maxConcurrency"))
+      (callOptions.provider === undefined ? undefined : providerSlotIssue(callOptions.provider))
     if (flag !== undefined) return Result.fail(flag)
     const timeoutInput = callOptions.timeout
     const totalInput = callOptions.totalTimeout

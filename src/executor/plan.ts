@@ -52,13 +52,16 @@ const durationIssue = (path: string, value: unknown, allowZero: boolean): Input.
 
 /**
  * The issue of a plan built in code (`Executor.run`): a step's `timeout`, `tokens` or `retry`,
- * the plan's `totalTimeout` or `hedgeAfter` that is no valid value, named by its path
- * (`steps[1].timeout`). Walked at each run without allocating while valid (the plans of a
+ * the plan's `totalTimeout` or `hedgeAfter` that is no valid value, or a step's `maxConcurrency`
+ * other than the one its provider name has (`claimSlot`), named by its path (`steps[1].timeout`). Walked at each run without allocating while valid (the plans of a
  * router are built per call): a policy this library checked (frozen) is not checked again.
  *
  * @internal
  */
-export const planIssue = (plan: Plan<unknown, unknown>): Input.Issue | undefined => {
+export const planIssue = (
+  plan: Plan<unknown, unknown>,
+  claimSlot: (name: string, max: number | undefined, path: string) => Input.Issue | undefined
+): Input.Issue | undefined => {
   const steps: unknown = plan?.steps
   if (!Array.isArray(steps) || steps.length === 0) {
     return { path: "steps", message: "expected a non-empty array of steps" }
@@ -75,6 +78,10 @@ export const planIssue = (plan: Plan<unknown, unknown>): Input.Issue | undefined
     const tokens = step.tokens
     if (tokens !== undefined && !(typeof tokens === "number" && Number.isFinite(tokens) && tokens >= 0)) {
       return { path: `steps[${i}].tokens`, message: `expected a non-negative number, got ${Input.shown(tokens)}` }
+    }
+    if (step.slot === undefined && step.maxConcurrency !== undefined) {
+      const slot = claimSlot(step.name, step.maxConcurrency, `steps[${i}].maxConcurrency`)
+      if (slot !== undefined) return slot
     }
     const retry = step.retry
     if (retry !== undefined && !Object.isFrozen(retry)) {

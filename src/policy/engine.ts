@@ -21,6 +21,7 @@
 import { Clock, type Fiber, Deferred, Duration, Effect, Exit, Semaphore, type Scope } from "effect"
 import { type AiError, isRetryable, reasonOf, type ShuttingDownError, TimeoutError } from "../AiError.js"
 import type { Service as StatsService } from "../Stats.js"
+import type * as Input from "../Input.js"
 import type { Series } from "../stats/series.js"
 import * as Deadline from "./deadline.js"
 import * as Fallback from "./fallback.js"
@@ -77,6 +78,12 @@ export interface Engine {
   readonly isClosing: () => boolean
   readonly series: (step: Step<unknown>) => Series
   readonly slot: (name: string, max: number | undefined) => Semaphore.Semaphore | undefined
+  /**
+   * Takes `max` as the limit of the provider slots of `name` (the first limit given for a name is
+   * its); answers the issue (under `path`) of a limit other than the one it has. Called where
+   * providers and plans enter, so that `slot` never meets two limits for one name.
+   */
+  readonly claimSlot: (name: string, max: number | undefined, path: string) => Input.Issue | undefined
 }
 
 /**
@@ -159,14 +166,37 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
 
     const admit = Effect.suspend(() => (closing ? Effect.fail(shuttingDown()) : Effect.void))
 
-    const slot = (name: string, max: number | undefined): Semaphore.Semaphore | undefined => {
+    // By provider name, as its breaker, rate limit and metrics are: one provider, one set of
+    // slots. A step that states no limit takes its name's (a plan's copy of the provider), and
+    // two limits for one name are refused where they enter (`claimSlot`). Without any limit
+    // known (most executors), a step stating none costs one size read.
+    const limits = new Map<string, number>()
+    const slot = (name: string, stated: number | undefined): Semaphore.Semaphore | undefined => {
+      const max = stated ?? (limits.size === 0 ? undefined : limits.get(name))
       if (max === undefined || !Number.isFinite(max)) return undefined
       let found = slots.get(name)
       if (found === undefined) {
-        found = Semaphore.makeUnsafe(max)
+        const known = limits.get(name)
+        if (known === undefined) limits.set(name, max)
+        found = Semaphore.makeUnsafe(known ?? max)
         slots.set(name, found)
       }
       return found
+    }
+
+    const claimSlot = (name: string, max: number | undefined, path: string): Input.Issue | undefined => {
+      if (max === undefined || !Number.isFinite(max)) return undefined
+      const known = limits.get(name)
+      if (known === undefined) {
+        limits.set(name, max)
+        return undefined
+      }
+      return known === max
+        ? undefined
+        : {
+            path,
+            message: `provider "${name}" already has maxConcurrency ${known}, got ${max}: one name is one provider, with one set of slots (give a provider of another limit a name of its own)`
+          }
     }
 
     const seriesOf = (step: Step<unknown>): Series => stats.series(step.statsName ?? step.name, step.domain)
@@ -477,6 +507,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       leave,
       isClosing,
       series: seriesOf,
-      slot
+      slot,
+      claimSlot
     } satisfies Engine
   })
