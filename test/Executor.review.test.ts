@@ -71,6 +71,30 @@ describe("executor refusals", () => {
 })
 
 describe("per-call options", () => {
+  it.effect("options that throw when read are refused naming the field, with what was thrown as the cause", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      const thrown = new Error("vault unavailable")
+      const options = {
+        get timeout(): number {
+          throw thrown
+        }
+      }
+      const refusals: ReadonlyArray<Effect.Effect<unknown, AiError>> = [
+        executor.execute(ask, options),
+        executor.executeWithRetry(ask, options),
+        executor.embed({ texts: ["x"] }, options),
+        executor.executeMany([ask], options)
+      ]
+      for (const refusal of refusals) {
+        const error = yield* Effect.flip(refusal)
+        assert.strictEqual(fieldOf(error), "InvalidRequest timeout")
+        assert.strictEqual(error._tag === "ModelError" && error.cause, thrown)
+      }
+      assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+
   it.effect("a retry object changed in place between two calls is read again", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup({

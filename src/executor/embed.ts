@@ -21,7 +21,7 @@ import type { Telemetry } from "../policy/plan.js"
 import { isTraced } from "../policy/span.js"
 import type { ResolveSync } from "./options.js"
 import type { OnRetryOf } from "./plan.js"
-import type { Refused } from "./refusal.js"
+import { issueError, type Refused } from "./refusal.js"
 
 // An embedding has no output tokens or finish reason.
 const responseAttributes = (response: EmbedResponse): Record<string, unknown> =>
@@ -69,7 +69,7 @@ export const make = (env: {
     Effect.suspend(() => {
       const resolved = resolveSync(callOptions)
       if (Result.isFailure(resolved)) {
-        const error = invalidRequest(resolved.failure.path, resolved.failure.message)
+        const error = issueError(resolved.failure)
         // Options that threw when read are not read again to find the call's provider and domain.
         return resolved.failure.cause === undefined
           ? refused(error, callOptions?.provider ?? provider, callOptions?.domain)

@@ -22,7 +22,7 @@ import { answerAttributes, isTraced } from "../policy/span.js"
 import type { StreamStep } from "../policy/stream-plan.js"
 import { executeKeys, type ResolveSync } from "./options.js"
 import type { PlanOf } from "./plan.js"
-import type { Refused } from "./refusal.js"
+import { issueError, type Refused } from "./refusal.js"
 
 /**
  * The call of a generate plan's step.
@@ -96,7 +96,7 @@ export const make = (env: {
     Effect.withFiber((fiber) => {
       const resolved = resolveSync(callOptions, executeKeys, retryByDefault)
       if (Result.isFailure(resolved)) {
-        const error = invalidRequest(resolved.failure.path, resolved.failure.message)
+        const error = issueError(resolved.failure)
         // Options that threw when read are not read again to find the call's provider and domain.
         return resolved.failure.cause === undefined
           ? refused(error, callOptions?.provider ?? provider, callOptions?.domain)

@@ -19,7 +19,7 @@ import { renamed } from "../policy/failure.js"
 import { chatTelemetry, checkRequest, executeAttributes, generateOf } from "./generate.js"
 import { manyKeys, type ResolveSync, thrownIssue } from "./options.js"
 import type { PlanOf } from "./plan.js"
-import type { Refuse } from "./refusal.js"
+import { issueError, type Refuse } from "./refusal.js"
 
 // An item's outcome: its exit as a Result (a defect, which the pipeline does not let
 // through, would still be one item's typed error, never the whole batch's).
@@ -208,12 +208,12 @@ export const make = (env: {
       if (Result.isFailure(resolved)) {
         return resolved.failure.cause === undefined
           ? refuseOptions(resolved.failure, manyOptions)
-          : refuse(invalidRequest(resolved.failure.path, resolved.failure.message), provider, undefined)
+          : refuse(issueError(resolved.failure), provider, undefined)
       }
       return { concurrency: concurrency.success, max: max.success, options: resolved.success }
     } catch (thrown) {
       const issue = thrownIssue(manyOptions, thrown)
-      return refuse(invalidRequest(issue.path, issue.message), provider, undefined)
+      return refuse(issueError(issue), provider, undefined)
     }
   }
 

@@ -6,7 +6,8 @@
  * @internal
  */
 import { Effect } from "effect"
-import { ModelError } from "../AiError.js"
+import { invalidRequest, ModelError } from "../AiError.js"
+import type * as Input from "../Input.js"
 import type { Service as ProviderService } from "../Model.js"
 import type { Service as StatsService } from "../Stats.js"
 import { isDomainLabel, isProviderLabel } from "../stats/labels.js"
@@ -31,6 +32,18 @@ export const make = (stats: StatsService, provider: ProviderService) => {
     Effect.suspend(() => Effect.fail(refuse(error, target, domain)))
 
   return { refuse, refused }
+}
+
+/**
+ * The `InvalidRequest` of an issue, keeping what was thrown (a getter of the options) as its cause.
+ *
+ * @internal
+ */
+export const issueError = (issue: Input.Issue): ModelError => {
+  const error = invalidRequest(issue.path, issue.message)
+  return issue.cause === undefined
+    ? error
+    : new ModelError({ reason: error.reason, message: error.message, field: error.field, cause: issue.cause })
 }
 
 /**
