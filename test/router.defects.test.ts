@@ -458,6 +458,41 @@ describe("Router: a failing onRetry is logged once per callback", () => {
   )
 })
 
+describe("A failing onRetry is logged once per callback, whatever calls it is given to", () => {
+  it.effect("two streams, and the same callback on the executor and the router", () =>
+    Effect.gen(function* () {
+      const { router, executor } = yield* makeManager(
+        {
+          a: {
+            script: [
+              Outcome.fail("Overloaded"),
+              Outcome.succeed("s1"),
+              Outcome.fail("Overloaded"),
+              Outcome.succeed("s2"),
+              Outcome.fail("Overloaded"),
+              Outcome.succeed("e1")
+            ]
+          }
+        },
+        { breakers: false, domains: [{ name: "d-a", provider: "a", retry: { initialDelay: 100, jitter: 0 } }] }
+      )
+      const logs = yield* captureLogs
+      const onRetry = () => Effect.die(new Error("progress bar broke"))
+      const fiber = yield* Effect.forkChild(
+        Effect.all([
+          Stream.runDrain(router.stream(ask, "d-a", { onRetry })),
+          Stream.runDrain(router.stream(ask, "d-a", { onRetry })),
+          executor.execute(ask, { onRetry, retry: { initialDelay: 100, jitter: 0 } })
+        ]).pipe(Effect.provide(logs.layer))
+      )
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(fiber)
+      const warnings = logs.lines.filter((line) => line.includes("onRetry callback failed"))
+      assert.strictEqual(warnings.length, 1, logs.lines.join("\n"))
+    })
+  )
+})
+
 describe("Router.stream: options changed in place between two calls are checked again", () => {
   it.effect("a deadline fixed after a refusal is taken; one made invalid after a success is refused", () =>
     Effect.gen(function* () {

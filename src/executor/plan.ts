@@ -16,6 +16,7 @@ import {
   type Service as ProviderService
 } from "../Model.js"
 import { decodeRetry } from "../Policy.js"
+import { retryHookOf } from "../policy/callback.js"
 import { keyedRequest } from "../ResponseCache/key.js"
 
 /**
@@ -128,25 +129,7 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
     maxConcurrency: target.maxConcurrency
   })
 
-  // One wrapper per callback, whatever the plans it is in: its failure is logged once per
-  // callback (`policy/callback.ts`), which a wrapper per plan (a plan per call, with a cache or
-  // a rate limit) made once per call.
-  const retryWrappers = new WeakMap<OnRetry, NonNullable<Plan<ProviderService, GenerateResponse>["onRetry"]>>()
-  const onRetryOf = (onRetry: OnRetry): NonNullable<Plan<ProviderService, unknown>["onRetry"]> => {
-    let wrapped = retryWrappers.get(onRetry)
-    if (wrapped === undefined) {
-      wrapped = (event) =>
-        onRetry({
-          provider: event.step.name,
-          domain: event.step.domain,
-          attempt: event.attempt,
-          error: event.error,
-          delay: event.delay
-        })
-      retryWrappers.set(onRetry, wrapped)
-    }
-    return wrapped
-  }
+  const onRetryOf: OnRetryOf = retryHookOf
 
   const planFor = (
     target: ProviderService,

@@ -10,8 +10,10 @@
  *
  * @internal
  */
-import { Cause, Effect, Exit } from "effect"
+import { Cause, type Duration, Effect, Exit } from "effect"
+import type { AiError } from "../AiError.js"
 import * as Input from "../Input.js"
+import type { RetryEvent } from "./plan.js"
 
 /**
  * Whether a callback's result is a Promise (or another thenable): an `async` callback given
@@ -70,3 +72,46 @@ export const observe = (name: string, callback: object, run: () => Effect.Effect
       Cause.squash(exit.cause)
     )
   })
+
+/**
+ * What a caller's `onRetry` is told of a retry (`Executor.RetryInfo`).
+ *
+ * @internal
+ */
+export interface RetryNotice {
+  readonly provider: string
+  readonly domain?: string | undefined
+  readonly attempt: number
+  readonly error: AiError
+  readonly delay: Duration.Duration
+}
+
+type RetryHook = (event: RetryEvent<unknown>) => Effect.Effect<void>
+
+// One hook per callback in the process, whatever the executors, routers and plans it is given to:
+// its failure is logged once per hook (`observe`), which a hook per plan (a plan per call, with a
+// cache or a rate limit) made once per call.
+const retryHooks = new WeakMap<(notice: RetryNotice) => Effect.Effect<void>, RetryHook>()
+
+/**
+ * A caller's `onRetry` as a plan's hook: one per callback.
+ *
+ * @internal
+ */
+export const retryHookOf = <T>(
+  onRetry: (notice: RetryNotice) => Effect.Effect<void>
+): ((event: RetryEvent<T>) => Effect.Effect<void>) => {
+  let hook = retryHooks.get(onRetry)
+  if (hook === undefined) {
+    hook = (event) =>
+      onRetry({
+        provider: event.step.name,
+        domain: event.step.domain,
+        attempt: event.attempt,
+        error: event.error,
+        delay: event.delay
+      })
+    retryHooks.set(onRetry, hook)
+  }
+  return hook
+}

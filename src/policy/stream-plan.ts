@@ -12,6 +12,7 @@ import type { GenerateRequest, Service as ProviderService, StreamPart } from "..
 import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "../Policy.js"
 import { keyedRequest } from "../ResponseCache/key.js"
 import { labelIssue } from "../stats/labels.js"
+import { retryHookOf } from "./callback.js"
 import type { RetryEvent, Step } from "./plan.js"
 import { defaultInstruction, type ResumeOptions } from "./stream-resume.js"
 
@@ -432,17 +433,7 @@ const planned = Effect.fnUntraced(function* (
               request: keyedRequest(keyed, steps[0]!.target.defaultModel)
             })
           },
-    onRetry:
-      options.onRetry === undefined
-        ? undefined
-        : (event) =>
-            options.onRetry!({
-              provider: event.step.name,
-              domain: event.step.domain,
-              attempt: event.attempt,
-              error: event.error,
-              delay: event.delay
-            })
+    onRetry: options.onRetry === undefined ? undefined : retryHookOf(options.onRetry)
   }
   return run(plan, valid)
 })

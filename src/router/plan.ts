@@ -20,6 +20,7 @@ import {
   type GenerateResponse,
   type Service as ProviderService
 } from "../Model.js"
+import { retryHookOf } from "../policy/callback.js"
 import { resumeOf, type StreamStep } from "../policy/stream-plan.js"
 import { keyedRequest } from "../ResponseCache/key.js"
 import type { CallOptions, PlanOptions, Routed, StreamOptions } from "../Router.js"
@@ -212,33 +213,15 @@ export const countedRefusal = (
   return namingProvider(error, provider)
 }
 
-type OnRetry = NonNullable<CallOptions["onRetry"]>
 type Hook = NonNullable<Plan<ProviderService, unknown>["onRetry"]>
 
 /**
- * A call's `onRetry` as its plans' hook: one per callback, whatever the plans it is in. Its
- * failure is logged once per hook (`policy/callback.ts`), which a hook per plan (a plan per
- * call) made once per call.
+ * A call's `onRetry` as its plans' hook: one per callback (`retryHookOf`).
  */
-export const makeRetryHooks = () => {
-  const hooks = new WeakMap<OnRetry, Hook>()
-  return (onRetry: CallOptions["onRetry"]): Hook | undefined => {
-    if (onRetry === undefined) return undefined
-    let hook = hooks.get(onRetry)
-    if (hook === undefined) {
-      hook = (event) =>
-        onRetry({
-          provider: event.step.name,
-          domain: event.step.domain,
-          attempt: event.attempt,
-          error: event.error,
-          delay: event.delay
-        })
-      hooks.set(onRetry, hook)
-    }
-    return hook
-  }
-}
+export const makeRetryHooks =
+  () =>
+  (onRetry: CallOptions["onRetry"]): Hook | undefined =>
+    onRetry === undefined ? undefined : retryHookOf(onRetry)
 
 const tokensOf = (request: GenerateRequest) => estimateInputTokens(request) + (request.maxTokens ?? 0)
 
