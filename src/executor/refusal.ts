@@ -9,6 +9,7 @@ import { Effect } from "effect"
 import { invalidRequest, ModelError } from "../AiError.js"
 import type * as Input from "../Input.js"
 import type { Service as ProviderService } from "../Model.js"
+import { withProvider } from "../policy/failure.js"
 import type { Service as StatsService } from "../Stats.js"
 import { isDomainLabel, isProviderLabel } from "../stats/labels.js"
 
@@ -59,19 +60,3 @@ export type Refuse = ReturnType<typeof make>["refuse"]
  * @internal
  */
 export type Refused = ReturnType<typeof make>["refused"]
-
-// Every field but the provider kept: a refusal for our own rate limit tells its limit, one
-// with a cause (options that threw when read) keeps what was thrown.
-const withProvider = (error: ModelError, provider: string): ModelError =>
-  new ModelError({
-    reason: error.reason,
-    message: error.message,
-    provider,
-    model: error.model,
-    status: error.status,
-    retryAfter: error.retryAfter,
-    field: error.field,
-    rateLimit: error.rateLimit,
-    limit: error.limit,
-    cause: error.cause
-  })

@@ -132,3 +132,22 @@ export const renamed = <E extends AiError>(error: E, named: string): E => {
     cause: error.cause
   }) as E
 }
+
+/**
+ * `error` named after `provider`, every other field kept (a rate limit's `limit`, a `cause`).
+ *
+ * @internal
+ */
+export const withProvider = (error: ModelError, provider: string): ModelError =>
+  new ModelError({
+    reason: error.reason,
+    message: error.message,
+    provider,
+    model: error.model,
+    status: error.status,
+    retryAfter: error.retryAfter,
+    field: error.field,
+    rateLimit: error.rateLimit,
+    limit: error.limit,
+    cause: error.cause
+  })

@@ -14,6 +14,7 @@ import {
   StreamInterruptedError
 } from "../../AiError.js"
 import type { OptionError } from "../../Input.js"
+import { withProvider as namedAfter } from "../../policy/failure.js"
 import * as Model from "../../Model.js"
 import { type Batcher, makeBatcher } from "./batcher.js"
 import { MAX_SEED } from "./decoding.js"
@@ -185,18 +186,7 @@ export const makeWith = Effect.fnUntraced(function* (
   )
 
   const withProvider = <E>(error: E): E =>
-    error instanceof ModelError && error.provider === undefined
-      ? (new ModelError({
-          reason: error.reason,
-          message: error.message,
-          provider,
-          model: error.model,
-          status: error.status,
-          retryAfter: error.retryAfter,
-          field: error.field,
-          cause: error.cause
-        }) as E)
-      : error
+    error instanceof ModelError && error.provider === undefined ? (namedAfter(error, provider) as E) : error
 
   const modelFor = (requested: string | undefined, purpose: Purpose): Effect.Effect<string, ModelError> => {
     const allowed = purpose === "generation" ? config.generationModels : config.embeddingModels
