@@ -431,6 +431,23 @@ describe("Executor.stream", () => {
       )
       const executor = Context.get(context, Executor.Executor)
       const breakers = Context.get(context, CircuitBreaker.Breakers)
+      // A whole answer: a part, then its Finish 100 ms later.
+      const answersWhole: Service = {
+        ...provider,
+        stream: () =>
+          Stream.concat(
+            Stream.make({ _tag: "TextDelta", text: "a " } as StreamPart),
+            Stream.fromEffect(
+              Effect.as(Effect.sleep("100 millis"), {
+                _tag: "Finish",
+                finishReason: "stop",
+                usage: usage(1, 1),
+                provider: "p",
+                model: "m"
+              } as StreamPart)
+            )
+          )
+      }
       // The cut is read ahead with the text; the consumer takes two parts and leaves.
       const parts = yield* collect(Stream.take(executor.stream(ask), 2))
       assert.strictEqual(textOf(parts), "a b ")
@@ -443,22 +460,7 @@ describe("Executor.stream", () => {
         collect(
           executor
             .stream(ask, {
-              provider: {
-                ...provider,
-                stream: () =>
-                  Stream.concat(
-                    Stream.make({ _tag: "TextDelta", text: "a " } as StreamPart),
-                    Stream.fromEffect(
-                      Effect.as(Effect.sleep("100 millis"), {
-                        _tag: "Finish",
-                        finishReason: "stop",
-                        usage: usage(1, 1),
-                        provider: "p",
-                        model: "m"
-                      } as StreamPart)
-                    )
-                  )
-              }
+              provider: answersWhole
             })
             .pipe(
               Stream.tap(() => Effect.sleep("1 second")),
@@ -478,22 +480,7 @@ describe("Executor.stream", () => {
           Stream.runForEach(
             executor.stream(ask, {
               totalTimeout: "2 seconds",
-              provider: {
-                ...provider,
-                stream: () =>
-                  Stream.concat(
-                    Stream.make({ _tag: "TextDelta", text: "a " } as StreamPart),
-                    Stream.fromEffect(
-                      Effect.as(Effect.sleep("100 millis"), {
-                        _tag: "Finish",
-                        finishReason: "stop",
-                        usage: usage(1, 1),
-                        provider: "p",
-                        model: "m"
-                      } as StreamPart)
-                    )
-                  )
-              }
+              provider: answersWhole
             }),
             () => Effect.sleep("5 seconds")
           )
