@@ -479,9 +479,9 @@ describe("Prometheus text format", () => {
         }
         const text = yield* Prometheus.text.pipe(Effect.provideService(Metric.MetricRegistry, registry))
         const requests = parseExposition(text).filter((s) => s.name === "orchestra_requests_total")
-        // execute, executeMany, a stream and a stream's step each: a refused stream is counted as a call is.
+        // execute, executeMany, embed, a stream and a stream's step each: every refusal is counted as a call is.
         assert.deepStrictEqual(requests, [
-          { name: "orchestra_requests_total", labels: { provider: "mock", domain: "none" }, value: 4 * refused.length }
+          { name: "orchestra_requests_total", labels: { provider: "mock", domain: "none" }, value: 5 * refused.length }
         ])
       })
   )
