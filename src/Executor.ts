@@ -351,7 +351,17 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const { execute, executeWithRetry } = Generate.make({ provider, limits, engine, resolveSync, refused, planOf })
   const executeMany = Many.make({ provider, limits, engine, resolveSync, refuse, planOf })
   const embed = Embed.make({ provider, limits, engine, resolveSync, refused, stepFor, onRetryOf })
-  const stream = StreamCall.make({ streams, provider, limits, basePolicy, guards, stepFor, refuse, refused })
+  const stream = StreamCall.make({
+    streams,
+    provider,
+    limits,
+    basePolicy,
+    guards,
+    stepFor,
+    refuse,
+    refused,
+    claimSlot: engine.claimSlot
+  })
   // Plans built in code (`stepFor`, a router's) are checked where they enter: the executor's own
   // calls build theirs from checked options and go to the engine directly.
   const run: Service["run"] = (plan, call) => {

@@ -3,7 +3,7 @@
  * place, hooks that end themselves, plans and steps built in code.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Fiber } from "effect"
+import { Duration, Effect, Fiber, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { type AiError, ModelError } from "../src/AiError.js"
 import type * as Executor from "../src/Executor.js"
@@ -89,6 +89,33 @@ describe("per-call options", () => {
       for (const refusal of refusals) {
         const error = yield* Effect.flip(refusal)
         assert.strictEqual(fieldOf(error), "InvalidRequest timeout")
+        assert.strictEqual(error._tag === "ModelError" && error.cause, thrown)
+      }
+      assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+
+  it.effect("a stream's or resolve's options that throw when read keep what was thrown as the refusal's cause", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      const thrown = new Error("vault unavailable")
+      const options = {
+        get timeout(): number {
+          throw thrown
+        }
+      }
+      const streamOptions = {
+        get idleTimeout(): number {
+          throw thrown
+        }
+      }
+      const refusals: ReadonlyArray<[Effect.Effect<unknown, AiError>, string]> = [
+        [Stream.runDrain(executor.stream(ask, streamOptions)), "idleTimeout"],
+        [executor.resolve(options), "timeout"]
+      ]
+      for (const [refusal, field] of refusals) {
+        const error = yield* Effect.flip(refusal)
+        assert.strictEqual(fieldOf(error), `InvalidRequest ${field}`)
         assert.strictEqual(error._tag === "ModelError" && error.cause, thrown)
       }
       assert.strictEqual(yield* control.calls, 0)
@@ -228,5 +255,29 @@ describe("provider slots by name", () => {
         yield* TestClock.adjust("1 second")
         assert.strictEqual((yield* Fiber.join(fiber)).length, 2)
       })
+  )
+
+  it.effect("a stream's provider, or a step's, under a name given another maxConcurrency is refused naming it", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ maxConcurrency: 1 })
+      const p = executor.provider
+      const wider = { ...p, maxConcurrency: 5 }
+      const cases: ReadonlyArray<[Executor.StreamOptions, string]> = [
+        [{ provider: wider }, "provider.maxConcurrency"],
+        [{ provider: { ...p, maxConcurrency: 0 } }, "provider.maxConcurrency"],
+        [{ steps: [{ provider: { ...p, name: "other" } }, { provider: wider }] }, "steps[1].provider.maxConcurrency"],
+        [{ steps: [{ provider: { ...p, name: "other", maxConcurrency: 1.5 } }] }, "steps[0].provider.maxConcurrency"]
+      ]
+      for (const [options, field] of cases) {
+        const error = yield* Effect.flip(Stream.runDrain(executor.stream(ask, options)))
+        assert.strictEqual(fieldOf(error), `InvalidRequest ${field}`)
+      }
+      assert.include((yield* Effect.flip(Stream.runDrain(executor.stream(ask, { provider: wider })))).message, "5")
+      assert.strictEqual(yield* control.calls, 0)
+      // The same limit, or none stated, streams.
+      yield* Stream.runDrain(executor.stream(ask, { provider: { ...p } }))
+      yield* Stream.runDrain(executor.stream(ask, { steps: [{ provider: { ...p, maxConcurrency: undefined } }] }))
+      assert.strictEqual(yield* control.calls, 2)
+    })
   )
 })

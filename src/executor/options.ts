@@ -8,11 +8,11 @@
  * @internal
  */
 import { type Duration, Effect, Result } from "effect"
-import { invalidRequest } from "../AiError.js"
 import type { ExecuteOptions, ResolvedOptions } from "../Executor.js"
 import * as Input from "../Input.js"
 import { decodeRetry, RetryPolicy } from "../Policy.js"
 import { labelIssue } from "../stats/labels.js"
+import { issueError } from "./refusal.js"
 
 /**
  * A call's options checked, or the issue that names the bad one.
@@ -213,9 +213,7 @@ export const make = (env: {
 
   const resolve = (callOptions: ExecuteOptions) => {
     const resolved = resolveSync(callOptions)
-    return Result.isSuccess(resolved)
-      ? Effect.succeed(resolved.success)
-      : Effect.fail(invalidRequest(resolved.failure.path, resolved.failure.message))
+    return Result.isSuccess(resolved) ? Effect.succeed(resolved.success) : Effect.fail(issueError(resolved.failure))
   }
 
   return { resolveSync, resolve }

@@ -14,9 +14,9 @@ import type { RetryPolicy } from "../Policy.js"
 import type { Streams } from "../policy/stream.js"
 import { labelIssue } from "../stats/labels.js"
 import { checkRequest } from "./generate.js"
-import { kinds, thrownIssue } from "./options.js"
+import { kinds, slotIssue, thrownIssue } from "./options.js"
 import { tokensOf } from "./plan.js"
-import type { Refuse, Refused } from "./refusal.js"
+import { issueError, type Refuse, type Refused } from "./refusal.js"
 
 /**
  * Builds an executor's `stream`.
@@ -55,8 +55,43 @@ export const make = (env: {
   readonly stepFor: Service["stepFor"]
   readonly refuse: Refuse
   readonly refused: Refused
+  /** The engine's check of a provider's limit against its name's (`policy/engine.ts`). */
+  readonly claimSlot: (name: string, max: number | undefined, path: string) => Input.Issue | undefined
 }) => {
-  const { streams, provider, limits, basePolicy, guards, stepFor, refuse, refused } = env
+  const { streams, provider, limits, basePolicy, guards, stepFor, refuse, refused, claimSlot } = env
+
+  // A provider's `maxConcurrency` checked as `execute` checks its `provider` option: one limit per
+  // name, else two streams of one name would share the slots of the first limit seen.
+  const providerSlotIssue = (target: ProviderService, path: string): Input.Issue | undefined =>
+    slotIssue(target, path) ??
+    (typeof target.name === "string" ? claimSlot(target.name, target.maxConcurrency, path) : undefined)
+
+  const slotsIssue = (options: StreamOptions): Input.Issue | undefined => {
+    const target = options.provider
+    return (
+      stepSlotsIssue(options.steps) ??
+      (target?.maxConcurrency === undefined ? undefined : providerSlotIssue(target, "provider.maxConcurrency"))
+    )
+  }
+
+  // A step's field whose getter throws is left to the stream's plan, which names it (`steps[0].provider`).
+  const stepSlotsIssue = (steps: unknown): Input.Issue | undefined => {
+    if (!Array.isArray(steps)) return undefined
+    try {
+      for (let i = 0; i < steps.length; i++) {
+        const step: unknown = steps[i]
+        if (typeof step !== "object" || step === null) continue
+        const target = (step as { readonly provider?: unknown }).provider
+        if (typeof target !== "object" || target === null) continue
+        if ((target as ProviderService).maxConcurrency === undefined) continue
+        const issue = providerSlotIssue(target as ProviderService, `steps[${i}].provider.maxConcurrency`)
+        if (issue !== undefined) return issue
+      }
+    } catch {
+      return undefined
+    }
+    return undefined
+  }
 
   // Made once, not per stream: the stream engine hands them the request.
   const validate = (request: GenerateRequest) => checkRequest(request, limits)
@@ -77,8 +112,7 @@ export const make = (env: {
     } catch (thrown) {
       // A getter (or a `Proxy` trap) of the options that throws: refused naming it, not thrown at the
       // caller, and counted on the executor's provider (the options are not read again to find theirs).
-      const issue = thrownIssue(streamOptions, thrown)
-      return Stream.fromEffect(refused(invalidRequest(issue.path, issue.message), provider, undefined))
+      return Stream.fromEffect(refused(issueError(thrownIssue(streamOptions, thrown)), provider, undefined))
     }
   }
 
@@ -91,7 +125,8 @@ export const make = (env: {
       labelIssue(streamOptions) ??
       (typeof streamOptions.resume === "object" && streamOptions.resume !== null
         ? Input.unknownKey(streamOptions.resume, resumeKeys, "resume.")
-        : undefined)
+        : undefined) ??
+      slotsIssue(streamOptions)
     if (unknown !== undefined) {
       const error = invalidRequest(unknown.path, unknown.message)
       // Options that are no object name no provider: counted on the executor's.
