@@ -285,13 +285,34 @@ const makeWith = Effect.fnUntraced(function* (
       algorithm: r.limits.algorithm
     })
 
-  const counted = (r: Reservation, result: RateLimiter.ConsumeResult, tokens: number): Taken => ({
-    reservation: r,
-    delay: significant(Duration.toMillis(result.delay)),
-    tokens,
-    start: 0,
-    index: -1
-  })
+  // The last reservation taken on each token bucket's key, while it has not gone nor been given back.
+  // A bucket is one count: tokens given back by a waiter with others queued behind it come back now,
+  // not in its slot, and the next caller would go at the instant of the waiter behind. Only the last
+  // reservation's give-back is exact; an earlier one's tokens are kept (a slot lost, the rate held).
+  const lastOnBucket = new Map<string, Taken>()
+
+  const lastTaken = (taken: Taken): Taken => {
+    if (taken.tokens > 0) lastOnBucket.set(taken.reservation.key, taken)
+    return taken
+  }
+
+  // Reservations whose call goes: none of them is given back after.
+  const gone = (taken: ReadonlyArray<Taken>): void => {
+    if (lastOnBucket.size === 0) return
+    for (let i = 0; i < taken.length; i++) {
+      const key = taken[i]!.reservation.key
+      if (lastOnBucket.get(key) === taken[i]) lastOnBucket.delete(key)
+    }
+  }
+
+  const counted = (r: Reservation, result: RateLimiter.ConsumeResult, tokens: number): Taken =>
+    lastTaken({
+      reservation: r,
+      delay: significant(Duration.toMillis(result.delay)),
+      tokens,
+      start: 0,
+      index: -1
+    })
 
   // A store without `AlignedFixedWindow`: windows on the clock (`window` apart from the epoch), each
   // counted under a key of its own with the store's capped fixed window (a refused call takes nothing;
@@ -368,7 +389,7 @@ const makeWith = Effect.fnUntraced(function* (
               // As effect's limiter answers a token bucket's delay.
               const refillMillis = Duration.toMillis(Duration.divideUnsafe(window, r.limit))
               const delay = Math.max(0, Math.ceil(-remaining) * refillMillis - elapsed)
-              return { reservation: r, delay: significant(delay), tokens: r.cost, start: 0, index: -1 }
+              return lastTaken({ reservation: r, delay: significant(delay), tokens: r.cost, start: 0, index: -1 })
             }
           )
     return Effect.tapError(reserved, (error) =>
@@ -405,7 +426,11 @@ const makeWith = Effect.fnUntraced(function* (
   const giveBack = (t: Taken): Effect.Effect<void, RateLimiter.RateLimiterError> => {
     const r = t.reservation
     if (t.tokens === 0) return Effect.void
-    if (r.limits.algorithm !== "fixed-window") return Effect.asVoid(consume(r, -t.tokens))
+    if (r.limits.algorithm !== "fixed-window") {
+      if (lastOnBucket.get(r.key) !== t) return Effect.void
+      lastOnBucket.delete(r.key)
+      return Effect.asVoid(consume(r, -t.tokens))
+    }
     if (windows !== undefined) {
       return windows.fixedWindowRelease({ key: r.key, tokens: t.tokens, start: t.start, index: t.index })
     }
@@ -524,6 +549,7 @@ const makeWith = Effect.fnUntraced(function* (
       return Effect.matchCauseEffect(restore(Effect.void), {
         onFailure: (cause) => Effect.andThen(releaseLeaving(taken), Effect.failCause(cause)),
         onSuccess: () => {
+          gone(taken)
           metrics.wait.record(waited)
           if (waited > 0) metrics.delayed++
           else metrics.immediate++
@@ -543,7 +569,8 @@ const makeWith = Effect.fnUntraced(function* (
       return Effect.all(
         [
           Effect.annotateCurrentSpan({ "orchestra.rate_limit.wait_ms": waited + waitMillis }),
-          Effect.onInterrupt(restore(sleep), () => releaseLeaving(kept))
+          Effect.onInterrupt(restore(sleep), () => releaseLeaving(kept)),
+          Effect.sync(() => gone(kept))
         ],
         { discard: true }
       )

@@ -50,6 +50,46 @@ describe("RateLimit: give-backs free their own window, wherever it is", () => {
   )
 })
 
+describe("RateLimit: a token bucket's rate holds when a waiter in the middle of its queue leaves", () => {
+  it.effect("a bucket of 1 every 3 s: the waiter behind an interrupted one and the next caller never go at once", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("bucket-middle")
+      const limits = yield* service({
+        providers: { [key]: { requestsPerMinute: 1, window: "3 seconds", algorithm: "token-bucket" } },
+        maxWait: "1 minute"
+      })
+      const sent: Array<number> = []
+      const timed = Effect.andThen(
+        limits.acquire(key),
+        Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => sent.push(now)))
+      )
+      yield* timed
+      const middle = yield* Effect.forkChild(timed, { startImmediately: true }) // its slot at 3 s
+      const behind = yield* Effect.forkChild(timed, { startImmediately: true }) // its slot at 6 s
+      yield* Effect.yieldNow
+      yield* Fiber.interrupt(middle)
+      const next = yield* Effect.forkChild(timed, { startImmediately: true })
+      yield* TestClock.adjust("1 minute")
+      yield* Fiber.joinAll([behind, next])
+      sent.sort((a, b) => a - b)
+      for (let i = 1; i < sent.length; i++) {
+        assert.isAtLeast(sent[i]! - sent[i - 1]!, 3_000, `two calls within 3 s on a bucket of 1: ${sent.join(", ")}`)
+      }
+      // The last one's give-back is exact: a refused caller leaves the next slot free.
+      const last = uniqueName("bucket-last")
+      const refusing = yield* service({
+        providers: { [last]: { requestsPerMinute: 1, window: "3 seconds", algorithm: "token-bucket" } },
+        maxWait: "1 second"
+      })
+      yield* refusing.acquire(last)
+      for (let i = 0; i < 3; i++) {
+        const refused = yield* rejection(refusing, last)
+        assert.strictEqual(refused.retryAfter && Duration.toMillis(refused.retryAfter), 3_000)
+      }
+    })
+  )
+})
+
 describe("RateLimit.make on a store of its own: exact fixed windows", () => {
   it.effect("60 tokens at 0 s and at 40 s of a 100-token minute: the second waits for the next minute", () =>
     Effect.gen(function* () {
