@@ -18,9 +18,17 @@ import { RateLimiter, type Redis } from "effect/persistence"
 import { ModelError, type RateLimitKind } from "./AiError.js"
 import * as Timers from "./policy/timers.js"
 import * as Input from "./Input.js"
-import { withAlignedFixedWindow } from "./RateLimit/memory.js"
+import { defaultMaxKeys, KeysFull, withAlignedFixedWindow } from "./RateLimit/memory.js"
 import { make as makeMetrics } from "./RateLimit/metrics.js"
-import { checkOnStoreError, checkOptions, checkTokens, checkWaitUntil, redisFields } from "./RateLimit/options.js"
+import {
+  checkMaxKeys,
+  checkOnStoreError,
+  checkOptions,
+  checkTokens,
+  checkWaitUntil,
+  memoryFields,
+  redisFields
+} from "./RateLimit/options.js"
 import * as RedisStore from "./RateLimit/Redis.js"
 import * as SharedRedis from "./Redis.js"
 import { isTraced } from "./policy/span.js"
@@ -69,6 +77,24 @@ export interface Options {
    * `retryAfter`). `0`: never wait; `Infinity`: wait as long as it takes. Default 30 seconds.
    */
   readonly maxWait?: Input.DurationInput | undefined
+}
+
+/**
+ * Options of {@link layerMemory}.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface MemoryOptions extends Options {
+  /**
+   * Most keys held at once: each limit of a key counts one (a user under `default` with both
+   * limits, two). A key is held until its windows have ended, so a long window (a limit per day)
+   * over many keys (one per user) would grow without bound. A call that needs a new key while
+   * `maxKeys` are held is refused with `RateLimited` naming `maxKeys`, its `retryAfter` when the
+   * first key held is free again; it is never let through unlimited. Keys already held keep their
+   * limits. A positive integer; default 100,000.
+   */
+  readonly maxKeys?: number | undefined
 }
 
 /**
@@ -500,6 +526,23 @@ const makeWith = Effect.fnUntraced(function* (
         storeFailure = result.failure
       }
     }
+    // The memory store full (`maxKeys`): refused whatever `onStoreError`, as letting it through would
+    // leave the key unlimited.
+    const full = storeFailure?.reason._tag === "RateLimitStoreError" ? storeFailure.reason.cause : undefined
+    if (full instanceof KeysFull) {
+      metrics.rejected++
+      return Effect.andThen(
+        releaseLeaving(taken),
+        Effect.fail(
+          new ModelError({
+            reason: "RateLimited",
+            message: `the rate limit of "${key}" cannot be kept: the limiter holds maxKeys ${full.maxKeys} keys, none of whose windows has ended`,
+            provider: key,
+            retryAfter: Duration.millis(Math.ceil(full.retryAfter))
+          })
+        )
+      )
+    }
     if (storeFailure !== undefined && failClosed) {
       metrics.rejected++
       return Effect.andThen(
@@ -693,19 +736,23 @@ const toLimiterError = (error: SharedRedis.StoreError): RateLimiter.RateLimiterE
 /**
  * Limits kept in this process (time from the `Clock`, so `TestClock` drives them). A key's
  * state is dropped once its windows have ended, so limiting many keys (users, virtual keys)
- * holds those in use, not every key ever seen. Invalid options fail the layer with an
- * `OptionError` naming the field.
+ * holds those in use, not every key ever seen, and at most `maxKeys` of them. Invalid options
+ * fail the layer with an `OptionError` naming the field.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerMemory = (options: Options): Layer.Layer<RateLimits, Input.OptionError> =>
+export const layerMemory = (options: MemoryOptions): Layer.Layer<RateLimits, Input.OptionError> =>
   Layer.effect(
     RateLimits,
-    Effect.andThen(
-      Input.orOptionError(checkOptions(options)),
-      Effect.flatMap(RateLimiter.RateLimiterStore, (store) => scoped(options, withAlignedFixedWindow(store)))
-    )
+    Effect.gen(function* () {
+      yield* Input.orOptionError(checkOptions(options, memoryFields))
+      const maxKeys = yield* Input.orOptionError(checkMaxKeys(options.maxKeys, defaultMaxKeys))
+      const store = yield* RateLimiter.RateLimiterStore
+      // Only the limits: `maxKeys` is this layer's store's, and `make` refuses it.
+      const limits: Options = { providers: options.providers, default: options.default, maxWait: options.maxWait }
+      return yield* scoped(limits, withAlignedFixedWindow(store, maxKeys))
+    })
   ).pipe(
     // effect's store sweeps its keys every minute: that timer must not keep a process alive.
     Layer.provide(RateLimiter.layerStoreMemory.pipe(Layer.provide(Timers.layerBackground)))

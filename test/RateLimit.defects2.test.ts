@@ -7,13 +7,69 @@ import * as RateLimit from "../src/RateLimit.js"
 import { withAlignedFixedWindow } from "../src/RateLimit/memory.js"
 import * as RateLimitRedis from "../src/RateLimit/Redis.js"
 import * as Redis from "../src/Redis.js"
-import { effectMemoryStore, rejection, waitOf } from "./utils/rateLimit.js"
+import { effectMemoryStore, rejection, service, waitOf } from "./utils/rateLimit.js"
 import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
 
 let counter = 0
 const uniqueName = (label: string) => `rld2-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
 
 describe("RateLimit memory store: keys whose windows have all ended are dropped", () => {
+  it.effect("maxKeys bounds the keys held: a new key past it is refused naming it, no key goes unlimited", () =>
+    Effect.gen(function* () {
+      const limits = yield* service({
+        default: { requestsPerMinute: 1, window: "1 day" },
+        maxWait: "1 minute",
+        maxKeys: 2
+      } as RateLimit.MemoryOptions)
+      const a = uniqueName("a")
+      yield* limits.acquire(a)
+      yield* limits.acquire(uniqueName("b"))
+      const full = yield* rejection(limits, uniqueName("c"))
+      assert.strictEqual(full.reason, "RateLimited")
+      assert.include(full.message, "maxKeys 2")
+      assert.isFalse(RateLimit.isStoreRefusal(full))
+      // When the first key held is free again: its window's end.
+      assert.strictEqual(full.retryAfter && Duration.toMillis(full.retryAfter), 86_400_000)
+      // A key held is still limited by its own limit.
+      const own = yield* rejection(limits, a)
+      assert.strictEqual(own.rateLimit, "requests")
+      yield* TestClock.adjust("1 day")
+      // The windows ended: both keys are dropped, and new ones are taken.
+      yield* limits.acquire(uniqueName("d"))
+      yield* limits.acquire(uniqueName("e"))
+      assert.include((yield* rejection(limits, uniqueName("f"))).message, "maxKeys")
+    })
+  )
+
+  it.effect("maxKeys bounds token buckets' keys too", () =>
+    Effect.gen(function* () {
+      const limits = yield* service({
+        default: { requestsPerMinute: 1, window: "1 day", algorithm: "token-bucket" },
+        maxKeys: 2
+      } as RateLimit.MemoryOptions)
+      yield* limits.acquire(uniqueName("a"))
+      yield* limits.acquire(uniqueName("b"))
+      const full = yield* rejection(limits, uniqueName("c"))
+      assert.include(full.message, "maxKeys 2")
+      assert.strictEqual(full.retryAfter && Duration.toMillis(full.retryAfter), 86_400_000)
+      yield* TestClock.adjust("1 day")
+      yield* limits.acquire(uniqueName("d"))
+    })
+  )
+
+  it.effect("maxKeys that is no positive integer is refused naming it", () =>
+    Effect.gen(function* () {
+      for (const maxKeys of [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, "5", null]) {
+        const error = yield* Effect.flip(
+          service({ default: { requestsPerMinute: 1 }, maxKeys } as unknown as RateLimit.MemoryOptions)
+        )
+        assert.strictEqual(error._tag, "OptionError")
+        assert.strictEqual(error.path, "maxKeys", String(maxKeys))
+        assert.notInclude(error.message, "unknown option")
+      }
+    })
+  )
+
   it.effect("many keys, then the clock past their windows: the store holds only the keys still in a window", () =>
     Effect.gen(function* () {
       // Token buckets are effect's store's own, which drops a full bucket's key by a sweep every minute.

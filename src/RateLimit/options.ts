@@ -65,6 +65,21 @@ export interface Config {
 const optionFields: ReadonlySet<string> = new Set(["providers", "default", "maxWait"])
 
 /**
+ * The fields `layerMemory` takes (`make` refuses `maxKeys`: a store given to it bounds itself).
+ *
+ * @internal
+ */
+export const memoryFields: ReadonlySet<string> = new Set([...optionFields, "maxKeys"])
+
+/**
+ * `layerMemory`'s `maxKeys`, a positive integer (default `defaultMaxKeys`).
+ *
+ * @internal
+ */
+export const checkMaxKeys = (input: unknown, fallback: number): Input.Checked<number> =>
+  Input.positiveInt("maxKeys", Input.orDefault(input, fallback))
+
+/**
  * The fields `layerRedis` takes (`make` checks against them too).
  *
  * @internal
