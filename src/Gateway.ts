@@ -520,7 +520,7 @@ const closeStalledWrites = (server: NodeServer, writeTimeoutMs: number): void =>
  * HTTP 400, an HTTP/1.1 request without `Host` 400, an `Expect` it cannot meet 417) is answered
  * OpenAI-shaped too, with `Connection: close`, and counted in the gateway's metrics under route
  * `other`. `routes` are served
- * beside the gateway's (the key store's admin routes, `gateway/admin`); any other path is
+ * beside the gateway's (the key store's admin routes, `gateway/admin`), built with the `Gateway` in context; any other path is
  * the gateway's OpenAI-shaped 404 (`code: "unknown_url"`), counted in its metrics.
  *
  * @since 0.2.0
@@ -532,7 +532,7 @@ export const serve = <E = never, R = never>(
 ): Layer.Layer<
   Gateway | HttpServer.HttpServer,
   Input.OptionError | HttpServerError.ServeError | E,
-  Exclude<Requirements | R, HttpRouter.HttpRouter>
+  Exclude<Requirements | R, HttpRouter.HttpRouter | Gateway>
 > =>
   Layer.unwrap(
     Effect.gen(function* () {

@@ -23,7 +23,7 @@
  * @internal
  */
 import { Console, Context, Effect, Layer, Option, Result } from "effect"
-import { HttpRouter, HttpServer, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { HttpRouter, HttpServer, HttpServerError, HttpServerRequest } from "effect/http"
 import { Redis as PersistedRedis } from "effect/persistence"
 import * as CircuitBreaker from "../CircuitBreaker.js"
 import type * as Domain from "../Domain.js"
@@ -44,10 +44,11 @@ import type { Args } from "../cli/Serve.js"
 import type { Checked } from "../cli/Setup.js"
 import * as Admin from "./admin.js"
 import { shown } from "./checks.js"
-import { fromGatewayError, gatewayError } from "./errors.js"
+import { gatewayError } from "./errors.js"
 import * as KeyStore from "./keys/KeyStore.js"
 import * as KeyOptions from "./keys/options.js"
 import * as GatewayOptions from "./options.js"
+import type * as Server from "./server.js"
 import { type FileIssue, issuesOf, loadFile, placed, refuseAll, secret, under } from "./file.js"
 
 const loopback = (host: string) => host === "127.0.0.1" || host === "::1" || host === "localhost"
@@ -55,32 +56,32 @@ const loopback = (host: string) => host === "127.0.0.1" || host === "::1" || hos
 // The names this machine reaches a loopback server by, with any port (`*.localhost` browsers resolve themselves).
 const loopbackName = /^(?:localhost|[a-z0-9-]+\.localhost|127(?:\.[0-9]{1,3}){3}|\[::1\])(?::[0-9]{1,5})?$/i
 
-const otherHost = (host: string) => {
-  const wire = fromGatewayError(
-    gatewayError(
-      "Forbidden",
-      `this gateway has no keys and listens on loopback: it answers requests for localhost only, not for the host ${shown(host)}`,
-      { code: "host_not_allowed" }
-    )
+const otherHost = (host: string) =>
+  gatewayError(
+    "Forbidden",
+    `this gateway has no keys and listens on loopback: it answers requests for localhost only, not for the host ${shown(host)}`,
+    { code: "host_not_allowed" }
   )
-  return HttpServerResponse.text(JSON.stringify(wire.body), { status: wire.status, contentType: "application/json" })
-}
 
 /**
  * The open gateway of `orchestra serve` without a gateway file (no keys, on loopback) answers requests for its
  * loopback names only: a web page whose name is pointed at 127.0.0.1 (DNS rebinding) would reach it as its own
  * origin, send it JSON and read the answers, on the providers' keys. A request without `Host` (HTTP/1.0) comes from
- * no browser. The check wraps the router's handler once (no effect made per request).
+ * no browser. The check wraps the router's handler once (no effect made per request); its refusal is the gateway's
+ * (named, counted).
  */
 const loopbackNamesOnly = Layer.effectDiscard(
-  Effect.flatMap(HttpRouter.HttpRouter, (router) =>
-    router.addGlobalMiddleware((app) =>
+  Effect.gen(function* () {
+    const router = yield* HttpRouter.HttpRouter
+    // `Gateway.serve` builds its `routes` with the gateway in context; the service is the server's handle.
+    const gateway = (yield* Gateway.Gateway) as Server.Handle
+    yield* router.addGlobalMiddleware((app) =>
       Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
         const name = request.headers.host
-        return name === undefined || loopbackName.test(name) ? app : Effect.succeed(otherHost(name))
+        return name === undefined || loopbackName.test(name) ? app : Effect.sync(() => gateway.refuse(otherHost(name)))
       })
     )
-  )
+  })
 )
 
 /** The manager of the config, with its breakers, rate limits and cache on Redis when `redis` is given. */

@@ -16,8 +16,10 @@ import * as Lifecycle from "./lifecycle.js"
 import { GatewayMetrics } from "./metrics.js"
 import type { Options } from "../Gateway.js"
 import { check } from "./options.js"
-import type { Env, Keys } from "./routes.js"
+import type { GatewayError } from "./errors.js"
+import { answered, type Env, failure, type Keys } from "./routes.js"
 import * as Upstream from "./upstream.js"
+import { millis } from "./upstream.js"
 
 /**
  * What the running gateway offers its owner.
@@ -29,6 +31,11 @@ export interface Handle {
   readonly drain: Effect.Effect<void>
   readonly isDraining: () => boolean
   readonly inFlight: () => number
+  /**
+   * The answer to a request refused before any route (`orchestra serve`'s host check), named
+   * and counted under route `other` as the routes' own refusals are.
+   */
+  readonly refuse: (error: GatewayError) => HttpServerResponse.HttpServerResponse
 }
 
 const alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -151,5 +158,10 @@ export const make = Effect.fnUntraced(function* (
     ...(options.metricsPath === undefined ? [] : get(options.metricsPath, info.metrics))
   ]
   if (own.length > 0) yield* router.addAll(own)
-  return { drain: lifecycle.drain, isDraining: lifecycle.isDraining, inFlight: lifecycle.inFlight } satisfies Handle
+  return {
+    drain: lifecycle.drain,
+    isDraining: lifecycle.isDraining,
+    inFlight: lifecycle.inFlight,
+    refuse: (error) => answered(env, "other", millis(clock), failure(env, error), undefined)
+  } satisfies Handle
 })

@@ -190,9 +190,9 @@ describe("orchestra serve", () => {
   )
 })
 
-/** `GET path` on a raw connection with this `Host` header (fetch will not send another): the status and the body. */
+/** `GET path` on a raw connection with this `Host` header (fetch will not send another): the status, head and body. */
 const withHost = (port: number, host: string, path = "/v1/models") =>
-  Effect.callback<{ readonly status: number; readonly body: string }>((resume) => {
+  Effect.callback<{ readonly status: number; readonly head: string; readonly body: string }>((resume) => {
     const socket = connectTo(port, "127.0.0.1", () =>
       socket.write(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`)
     )
@@ -203,7 +203,11 @@ const withHost = (port: number, host: string, path = "/v1/models") =>
     })
     socket.on("close", () =>
       resume(
-        Effect.succeed({ status: Number(answer.slice(9, 12)), body: answer.slice(answer.indexOf("\r\n\r\n") + 4) })
+        Effect.succeed({
+          status: Number(answer.slice(9, 12)),
+          head: answer.slice(0, answer.indexOf("\r\n\r\n")).toLowerCase(),
+          body: answer.slice(answer.indexOf("\r\n\r\n") + 4)
+        })
       )
     )
     return Effect.sync(() => socket.destroy())
@@ -216,6 +220,7 @@ describe("orchestra serve, an open gateway on loopback", () => {
       Effect.gen(function* () {
         const serving = yield* serve(["--config", config, "--port", "0"])
         const port = Number(new URL(yield* serving.url).port)
+        const ids = new Set<string | undefined>()
         for (const host of [
           `evil.example:${port}`,
           "evil.example",
@@ -226,7 +231,14 @@ describe("orchestra serve, an open gateway on loopback", () => {
           assert.strictEqual(refused.status, 403, host)
           const error = (JSON.parse(refused.body) as { error: { code: string; type: string } }).error
           assert.deepStrictEqual([error.code, error.type], ["host_not_allowed", "permission_error"], host)
+          ids.add(/\r\nx-request-id: (req_[0-9a-z]+)\r\n/.exec(`\r\n${refused.head}\r\n`)?.[1])
         }
+        // Named and counted as every other refusal of the gateway.
+        assert.strictEqual(ids.size, 4)
+        assert.isFalse(ids.has(undefined))
+        const metrics = (yield* withHost(port, `localhost:${port}`, "/metrics")).body
+        assert.include(metrics, 'orchestra_gateway_requests_total{route="other",status="403"} 4')
+        assert.include(metrics, 'orchestra_gateway_errors_total{reason="Forbidden"} 4')
         for (const host of [
           `127.0.0.1:${port}`,
           `localhost:${port}`,
