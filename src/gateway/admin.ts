@@ -10,7 +10,8 @@
  * | `POST {path}/keys/:id/disable`, `.../enable` | the key after the change |
  * | `GET {path}/keys/:id/spend` | `{ id, budgets: [{ scope, id, unit, spent, held, limit, remaining, resetsAt }] }` |
  *
- * A key never shows its secret again nor its hash: only its `prefix`. Failures are
+ * Each `GET` route answers `HEAD` as that `GET` without its body. A key never shows its secret again nor its hash:
+ * only its `prefix`. Failures are
  * OpenAI-shaped bodies (401 without the admin key, 400 naming the field, 404, 405 with
  * `Allow` for a wrong method, 409 for an id taken or a store that holds its `maxKeys`, 403 for a key of the
  * configuration, 503 when the store is down). Bodies are
@@ -116,8 +117,8 @@ const allowed = (rest: string): string | undefined => {
   // The router serves a route's path with a trailing slash too.
   const [empty, keys, id, action, ...more] = (rest.endsWith("/") ? rest.slice(0, -1) : rest).split("/")
   if (empty !== "" || keys !== "keys" || more.length > 0 || id === "" || action === "") return undefined
-  if (id === undefined) return "GET, POST"
-  if (action === undefined || action === "spend") return "GET"
+  if (id === undefined) return "GET, HEAD, POST"
+  if (action === undefined || action === "spend") return "GET, HEAD"
   return action === "disable" || action === "enable" ? "POST" : undefined
 }
 
@@ -227,6 +228,15 @@ export const make = Effect.fnUntraced(function* (options: Options) {
 
   const keyBody = (key: KeyInfo) => ({ object: "key", ...key })
 
+  // Each GET route answers HEAD too (Node sends no body for it): the router's own HEAD-as-GET applies only where
+  // no route takes HEAD, and the wildcard below takes every method.
+  const get = (
+    path: `/${string}`,
+    handler: (
+      request: HttpServerRequest.HttpServerRequest
+    ) => Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpRouter.RouteContext>
+  ) => [HttpRouter.route("GET", path, handler), HttpRouter.route("HEAD", path, handler)] as const
+
   const routes = [
     HttpRouter.route(
       "POST",
@@ -244,8 +254,7 @@ export const make = Effect.fnUntraced(function* (options: Options) {
         )
       )
     ),
-    HttpRouter.route(
-      "GET",
+    ...get(
       `${path}/keys`,
       route("keys_list", (request) =>
         Effect.flatMap(listOptions(request.url), (options) =>
@@ -258,8 +267,7 @@ export const make = Effect.fnUntraced(function* (options: Options) {
         )
       )
     ),
-    HttpRouter.route(
-      "GET",
+    ...get(
       `${path}/keys/:id`,
       route("key", (_, id) => Effect.map(store.get(id), (key) => json(200, keyBody(key))))
     ),
@@ -273,8 +281,7 @@ export const make = Effect.fnUntraced(function* (options: Options) {
       `${path}/keys/:id/enable`,
       route("key_enable", (_, id) => Effect.map(store.setDisabled(id, false), (key) => json(200, keyBody(key))))
     ),
-    HttpRouter.route(
-      "GET",
+    ...get(
       `${path}/keys/:id/spend`,
       route("key_spend", (_, id) =>
         Effect.map(store.spend(id), (budgets) => json(200, { object: "spend", id, budgets }))

@@ -2502,8 +2502,10 @@ const adminServer = (store: KeyStore.Service, options: Partial<Admin.Options> = 
             ? {}
             : { body: typeof init.body === "string" ? init.body : JSON.stringify(init.body) })
         })
+        // A HEAD answer has no body to read.
+        const body = init.method === "HEAD" ? await response.text() : await response.json()
         // biome-ignore lint/suspicious/noExplicitAny: the test reads whatever JSON the route answers
-        return { status: response.status, headers: response.headers, body: (await response.json()) as any }
+        return { status: response.status, headers: response.headers, body: body as any }
       })
   })
 
@@ -2858,22 +2860,32 @@ describe("Admin routes", () => {
   )
 
   it.live(
-    "a wrong method on an admin route is a 405 with Allow, as on the gateway's routes; an unknown path a 404",
+    "a wrong method on an admin route is a 405 with Allow, as on the gateway's routes, HEAD a GET without body; an unknown path a 404",
     () =>
       Effect.gen(function* () {
         const admin = yield* adminServer(yield* memory({ keys: [key("cfg", secretA)] }))
         for (const [method, path, allow] of [
           ["GET", "/admin/keys/cfg/disable", "POST"],
           ["PUT", "/admin/keys/cfg/enable?x=1", "POST"],
-          ["DELETE", "/admin/keys/cfg", "GET"],
-          ["POST", "/admin/keys/cfg/spend", "GET"],
-          ["DELETE", "/admin/keys", "GET, POST"]
+          ["DELETE", "/admin/keys/cfg", "GET, HEAD"],
+          ["POST", "/admin/keys/cfg/spend", "GET, HEAD"],
+          ["DELETE", "/admin/keys", "GET, HEAD, POST"],
+          ["HEAD", "/admin/keys/cfg/disable", "POST"]
         ] as const) {
           const refused = yield* admin(path, { method })
           assert.strictEqual(refused.status, 405, `${method} ${path}`)
           assert.strictEqual(refused.headers.get("allow"), allow)
-          assert.strictEqual(refused.body.error.code, "method_not_allowed")
+          if (method !== "HEAD") assert.strictEqual(refused.body.error.code, "method_not_allowed")
         }
+        // HEAD on a GET route is that GET without its body, as on the gateway's routes.
+        for (const path of ["/admin/keys", "/admin/keys?limit=1", "/admin/keys/cfg", "/admin/keys/cfg/spend"]) {
+          const head = yield* admin(path, { method: "HEAD" })
+          assert.strictEqual(head.status, 200, path)
+          assert.strictEqual(head.body, "", path)
+          assert.match(String(head.headers.get("x-request-id")), /^req_[0-9a-z]+$/, path)
+        }
+        assert.strictEqual((yield* admin("/admin/keys/nope", { method: "HEAD" })).status, 404)
+        assert.strictEqual((yield* admin("/admin/keys", { method: "HEAD", admin: false })).status, 401)
         for (const path of ["/admin/elsewhere", "/admin/keys/cfg/rename", "/admin/keys/cfg/spend/more"]) {
           const missing = yield* admin(path, { method: "POST" })
           assert.strictEqual(missing.status, 404, path)
