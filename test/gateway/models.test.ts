@@ -205,10 +205,10 @@ describe("Admin routes: a path with a trailing slash", () => {
         })
       assert.deepStrictEqual(yield* send("GET", "/admin/keys/"), [200, null])
       for (const [method, path, allow] of [
-        ["DELETE", "/admin/keys/", "GET, POST"],
-        ["PUT", "/admin/keys/k1/", "GET"],
+        ["DELETE", "/admin/keys/", "GET, HEAD, POST"],
+        ["PUT", "/admin/keys/k1/", "GET, HEAD"],
         ["GET", "/admin/keys/k1/disable/", "POST"],
-        ["POST", "/admin/keys/k1/spend/?x=1", "GET"]
+        ["POST", "/admin/keys/k1/spend/?x=1", "GET, HEAD"]
       ] as const) {
         assert.deepStrictEqual(yield* send(method, path), [405, allow], `${method} ${path}`)
       }
