@@ -205,11 +205,13 @@ const responseFormatOf = (input: unknown): Checked<Model.ResponseFormat> => {
   }
 }
 
+// OpenAI takes `stop: []` as no stop sequence; an empty one would stop at once, or an upstream refuse it: none either.
 const stopOf = (input: unknown): Checked<ReadonlyArray<string> | undefined> => {
-  if (input === null) return Result.succeed(undefined)
+  if (input === null || input === "") return Result.succeed(undefined)
   if (typeof input === "string") return Result.succeed([input])
   if (Array.isArray(input) && input.length <= 16 && input.every((s) => typeof s === "string")) {
-    return Result.succeed(input as ReadonlyArray<string>)
+    const stops = input.includes("") ? input.filter((s) => s !== "") : (input as ReadonlyArray<string>)
+    return Result.succeed(stops.length === 0 ? undefined : stops)
   }
   return invalid("stop", "expected a string or an array of at most 16 strings")
 }

@@ -345,6 +345,15 @@ describe("gateway wire: chat requests", () => {
     })
   })
 
+  it('stop: [] and stop: "" are no stop sequence (OpenAI accepts an empty list as none); an empty string in a list is left out', () => {
+    for (const stop of [[], "", [""], ["", ""]]) {
+      const call = Result.getOrThrow(chat({ stop }))
+      assert.isFalse("stop" in call.request, JSON.stringify(stop))
+    }
+    assert.deepStrictEqual(Result.getOrThrow(chat({ stop: ["", "END"] })).request.stop, ["END"])
+    assert.deepStrictEqual(Result.getOrThrow(chat({ stop: ["A", "B"] })).request.stop, ["A", "B"])
+  })
+
   it("reads tools, tool_choice, response_format and stream options", () => {
     const call = Result.getOrThrow(
       chat({
