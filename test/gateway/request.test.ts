@@ -354,6 +354,20 @@ describe("gateway wire: chat requests", () => {
     assert.deepStrictEqual(Result.getOrThrow(chat({ stop: ["A", "B"] })).request.stop, ["A", "B"])
   })
 
+  it("response_format.json_schema.description is checked (a string) and not passed on: the providers' request has no place for it", () => {
+    const format = (description: unknown) =>
+      chat({ response_format: { type: "json_schema", json_schema: { name: "s", description, schema: {} } } })
+    assert.deepStrictEqual(Result.getOrThrow(format("what the answer is")).request.responseFormat, {
+      type: "json_schema",
+      name: "s",
+      schema: {}
+    })
+    assert.strictEqual(paramOf(format(null)), "accepted")
+    for (const description of [5, {}, ["x"], true]) {
+      assert.strictEqual(paramOf(format(description)), "response_format.json_schema.description")
+    }
+  })
+
   it("reads tools, tool_choice, response_format and stream options", () => {
     const call = Result.getOrThrow(
       chat({
