@@ -191,7 +191,10 @@ export const make = Effect.fnUntraced(function* (clock: Clock.Clock, providerMod
     const known = targets.get(model)
     if (known !== undefined) return Effect.succeed(known)
     const slash = model.indexOf("/")
-    if (!providerModels || slash <= 0 || slash === model.length - 1) return Effect.fail(notFound(model))
+    // A wildcard is `allowedModels`' (`provider/*`), never a model: a key allowed `a/*` would find "a/*" itself.
+    if (!providerModels || slash <= 0 || slash === model.length - 1 || model.includes("*", slash)) {
+      return Effect.fail(notFound(model))
+    }
     const provider = Object.hasOwn(wrapped, model.slice(0, slash)) ? wrapped[model.slice(0, slash)] : undefined
     if (provider === undefined) return Effect.fail(notFound(model))
     const target: Target = { _tag: "Provider", provider, model: model.slice(slash + 1) }

@@ -404,6 +404,23 @@ describe("Gateway: wrong methods on the routes that are not the API's", () => {
       })
   )
 
+  it.live("a model id with a wildcard is no model: GET /v1/models/a/* is a 404, a chat for it a 404 sent nowhere", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      for (const id of ["a/*", "a/a-*", "a/*/x"]) {
+        const answer = yield* Effect.promise(() => fetch(`${gw.url}/v1/models/${id}`))
+        assert.strictEqual(answer.status, 404, id)
+        const { error } = (yield* Effect.promise(() => answer.json())) as { error: { code: string } }
+        assert.strictEqual(error.code, "model_not_found", id)
+        const chat = yield* Harness.failing(() => gw.client().chat.completions.create({ model: id, messages: hi }))
+        assert.deepStrictEqual([chat.status, chat.code], [404, "model_not_found"], id)
+      }
+      assert.strictEqual((yield* Effect.promise(() => fetch(`${gw.url}/v1/models/a/a-model`))).status, 200)
+      assert.strictEqual((yield* upstream.requests).length, 0)
+    })
+  )
+
   it.live("HEAD on a GET route answers as GET without a body (uptime monitors probe with HEAD), not a 405", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make(Up.openAi())
