@@ -1,7 +1,8 @@
 /**
  * The SSE body of a streamed chat completion, written from the pipeline's parts: text
  * deltas (the first one carries the assistant role), complete tool calls, the finishing
- * chunk, the usage chunk when `stream_options.include_usage` asked for it, then
+ * chunk, the usage chunk when `stream_options.include_usage` asked for it (and then
+ * `"usage": null` on every chunk before it, as OpenAI sends), then
  * `data: [DONE]`. A failure after the first chunk ends the body with an OpenAI-style error
  * event (`data: {"error": {...}}`, which the official clients raise) and never with
  * `[DONE]`. Each read of the pipeline becomes one write; after the Finish, one more read
@@ -86,7 +87,9 @@ export const outputCharsOf = (parts: ReadonlyArray<StreamPart>): number => {
  * @internal
  */
 export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Options): Stream.Stream<Uint8Array> => {
-  const prefix = Wire.chunkPrefix(options.id, options.created, options.model)
+  const base = Wire.chunkPrefix(options.id, options.created, options.model)
+  // With include_usage OpenAI's chunks say `"usage": null` until the last: once in the prefix, nothing per chunk.
+  const prefix = options.includeUsage ? `${base}"usage":null,` : base
   let pending: Parts | undefined = first
   let roleSent = false
   let toolIndex = 0
@@ -137,7 +140,7 @@ export const body = (first: Parts, pull: Pull.Pull<Parts, AiError>, options: Opt
           if (!roleSent) out += delta({ content: "" })
           out += Wire.chunkEvent(prefix, Wire.finishChoices(part.finishReason))
           if (options.includeUsage) {
-            out += Wire.chunkEvent(prefix, `"choices":[],"usage":${JSON.stringify(Wire.usageOf(part.usage))}`)
+            out += Wire.chunkEvent(base, `"choices":[],"usage":${JSON.stringify(Wire.usageOf(part.usage))}`)
           }
           out += "data: [DONE]\n\n"
           done = true

@@ -552,4 +552,43 @@ describe("Gateway: usage a provider could not count", () => {
       assert.deepStrictEqual(last.usage, { prompt_tokens: 0, completion_tokens: 0, total_tokens: 2 })
     })
   )
+
+  it.live(
+    'with include_usage every chunk but the last has "usage": null, as OpenAI sends; without it none has usage',
+    () =>
+      Effect.gen(function* () {
+        const gw = yield* Harness.make({ upstreams: {}, localProviders: { g: provider } })
+        const chunksOf = (body: unknown) =>
+          Effect.promise(() =>
+            fetch(`${gw.url}/v1/chat/completions`, {
+              method: "POST",
+              headers: { "content-type": "application/json", authorization: "Bearer sk-client" },
+              body: JSON.stringify(body)
+            }).then((r) => r.text())
+          ).pipe(
+            Effect.map((text) =>
+              text
+                .split("\n\n")
+                .filter((event) => event.startsWith("data: {"))
+                .map((event) => JSON.parse(event.slice(6)) as Record<string, unknown>)
+            )
+          )
+        const withUsage = yield* chunksOf({
+          model: "d-g",
+          messages: hi,
+          stream: true,
+          stream_options: { include_usage: true }
+        })
+        assert.isAtLeast(withUsage.length, 3)
+        for (const chunk of withUsage.slice(0, -1)) {
+          assert.isTrue("usage" in chunk && chunk.usage === null, JSON.stringify(chunk))
+          assert.strictEqual((chunk.choices as ReadonlyArray<unknown>).length, 1)
+        }
+        assert.deepStrictEqual(withUsage.at(-1)!.choices, [])
+        assert.isObject(withUsage.at(-1)!.usage)
+        const without = yield* chunksOf({ model: "d-g", messages: hi, stream: true })
+        assert.isAtLeast(without.length, 2)
+        for (const chunk of without) assert.isFalse("usage" in chunk, JSON.stringify(chunk))
+      })
+  )
 })
