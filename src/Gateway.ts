@@ -519,9 +519,9 @@ const closeStalledWrites = (server: NodeServer, writeTimeoutMs: number): void =>
  * refuses itself (slower than `requestTimeout` 408, a head over `maxHeaderBytes` 431, not
  * HTTP 400, an HTTP/1.1 request without `Host` 400, an `Expect` it cannot meet 417) is answered
  * OpenAI-shaped too, with `Connection: close`, and counted in the gateway's metrics under route
- * `other`. `routes` are served
- * beside the gateway's (the key store's admin routes, `gateway/admin`), built with the `Gateway` in context; any other path is
- * the gateway's OpenAI-shaped 404 (`code: "unknown_url"`), counted in its metrics.
+ * `other`. `routes` are served beside the gateway's (the key store's admin routes, `gateway/admin`),
+ * built with the `Gateway` in context; any other path is the gateway's OpenAI-shaped 404
+ * (`code: "unknown_url"`), counted in its metrics.
  *
  * @since 0.2.0
  * @category layers
