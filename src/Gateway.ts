@@ -36,19 +36,18 @@
  *
  * @since 0.2.0
  */
-import { createServer, type Server as NodeServer } from "node:http"
-import type { Socket } from "node:net"
+import type { Server as HttpNodeServer } from "node:http"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Context, Duration, Effect, Layer, Option, type Redacted, Result } from "effect"
+import { Context, type Duration, Effect, Layer, Option, type Redacted } from "effect"
 import { HttpRouter, HttpServer, type HttpServerError } from "effect/http"
 import type { Domains, Providers } from "./Domain.js"
 import type { Executor } from "./Executor.js"
 import * as Input from "./Input.js"
 import type { RetryPolicy, RetryPolicyInput } from "./Policy.js"
 import type { Stats } from "./Stats.js"
-import * as ClientErrors from "./gateway/clientErrors.js"
 import type { GatewayError } from "./gateway/errors.js"
 import * as Heap from "./gateway/heap.js"
+import * as NodeServer from "./gateway/node.js"
 import type { GatewayMetrics } from "./gateway/metrics.js"
 import type { Keys } from "./gateway/routes.js"
 import * as Server from "./gateway/server.js"
@@ -382,29 +381,6 @@ export const layerDrain: Layer.Layer<never, never, Gateway | HttpServer.HttpServ
   })
 )
 
-// After the drain, what is left of the connections must not hold the shutdown: stop
-// listening, close the keep-alive connections as they go idle (a drained request's goes
-// idle once its last bytes are written; Node's `close` closes only those idle when it is
-// called), and after `closeGrace` destroy the rest: half-sent request heads, slow readers.
-const closeGrace = Duration.seconds(1)
-
-const closeConnections = (server: NodeServer | undefined): Effect.Effect<void> =>
-  server === undefined
-    ? Effect.void
-    : Effect.gen(function* () {
-        if (server.listening) server.close()
-        const rounds = Duration.toMillis(closeGrace) / 10
-        for (let i = 0; i < rounds; i++) {
-          server.closeIdleConnections()
-          const open = yield* Effect.callback<number>((resume) => {
-            server.getConnections((error, count) => resume(Effect.succeed(error ? 0 : count)))
-          })
-          if (open === 0) return
-          yield* Effect.sleep(Duration.millis(10))
-        }
-        server.closeAllConnections()
-      })
-
 /**
  * Options of {@link serve}: the gateway's and the server's.
  *
@@ -443,74 +419,6 @@ export interface ServeOptions extends Options {
   readonly logRequests?: boolean | undefined
 }
 
-const serveKeys: ReadonlySet<string> = new Set([
-  "host",
-  "port",
-  "maxHeaderBytes",
-  "requestTimeout",
-  "keepAliveTimeout",
-  "writeTimeout",
-  "logRequests"
-])
-
-const host = (input: unknown): Input.Checked<string> =>
-  typeof input === "string" && input.trim().length > 0 && input.trim() === input
-    ? Result.succeed(input)
-    : Result.fail({
-        path: "host",
-        message: `expected a host name or address such as "127.0.0.1", got ${Input.kindOf(input)}`
-      })
-
-const checkServe = (options: ServeOptions) =>
-  Input.all([
-    host(Input.orDefault(options.host, "127.0.0.1")),
-    Input.int("port", Input.orDefault(options.port, 4000), { min: 0, max: 65535 }),
-    Input.int("maxHeaderBytes", Input.orDefault(options.maxHeaderBytes, 16 * 1024), { min: 1024, max: 1024 * 1024 }),
-    // Node's server takes whole milliseconds below its timers' limit, and throws a RangeError otherwise.
-    Input.wholeMillis(
-      "requestTimeout",
-      Input.orDefault(options.requestTimeout, Duration.seconds(30)),
-      Input.maxTimerMillis
-    ),
-    // Node's idle timer is keepAliveTimeout plus its keepAliveTimeoutBuffer (1 second).
-    Input.wholeMillis(
-      "keepAliveTimeout",
-      Input.orDefault(options.keepAliveTimeout, Duration.seconds(65)),
-      Input.maxTimerMillis - 1000
-    ),
-    Input.wholeMillis("writeTimeout", Input.orDefault(options.writeTimeout, Duration.seconds(30)), Input.maxTimerMillis)
-  ])
-
-// Closes the connections whose writes have waited `writeTimeoutMs` on a client that takes none
-// of them (bytes queued, none handed on since), checked by one timer for the server: nothing a
-// request, a Set entry a connection.
-const closeStalledWrites = (server: NodeServer, writeTimeoutMs: number): void => {
-  const sockets = new Set<Socket>()
-  const stalls = new WeakMap<Socket, { sent: number; since: number }>()
-  server.on("connection", (socket: Socket) => {
-    sockets.add(socket)
-    socket.once("close", () => sockets.delete(socket))
-  })
-  const timer = setInterval(
-    () => {
-      const now = Date.now()
-      for (const socket of sockets) {
-        if (socket.writableLength === 0) {
-          stalls.delete(socket)
-          continue
-        }
-        const sent = socket.bytesWritten - socket.writableLength
-        const stall = stalls.get(socket)
-        if (stall === undefined || stall.sent !== sent) stalls.set(socket, { sent, since: now })
-        else if (now - stall.since >= writeTimeoutMs) socket.destroy()
-      }
-    },
-    Math.min(1000, Math.max(25, Math.ceil(writeTimeoutMs / 4)))
-  )
-  timer.unref()
-  server.once("close", () => clearInterval(timer))
-}
-
 /**
  * The gateway on its own Node HTTP server: listens on `host:port`, bounds every request
  * head (`maxHeaderBytes`) and body (`maxBodyBytes`), and on close (SIGTERM under
@@ -536,40 +444,22 @@ export const serve = <E = never, R = never>(
 > =>
   Layer.unwrap(
     Effect.gen(function* () {
-      const [hostname, port, maxHeaderBytes, requestTimeout, keepAliveTimeout, writeTimeout] =
-        yield* Input.orOptionError(checkServe(options))
+      const settings = yield* Input.orOptionError(NodeServer.check(options))
       const gatewayOptions: Record<string, unknown> = {}
-      for (const [key, value] of Object.entries(options)) if (!serveKeys.has(key)) gatewayOptions[key] = value
-      let nodeServer: NodeServer | undefined
+      for (const [key, value] of Object.entries(options)) if (!NodeServer.keys.has(key)) gatewayOptions[key] = value
+      let nodeServer: HttpNodeServer | undefined
       let metrics: GatewayMetrics | undefined
-      const headersTimeout = Math.min(requestTimeout, 60_000)
       const server = NodeHttpServer.layer(
         () => {
-          nodeServer = createServer({
-            maxHeaderSize: maxHeaderBytes,
-            requestTimeout,
-            // Node checks the request deadlines only this often (30 s by default, whatever the deadline).
-            connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.ceil(requestTimeout / 4))),
-            headersTimeout,
-            keepAliveTimeout,
-            noDelay: true,
-            // Node's refusal is a bare 400: `ClientErrors` answers a request without Host as the gateway's.
-            requireHostHeader: false
-          })
-          ClientErrors.install(
-            nodeServer,
-            { requestTimeoutMs: requestTimeout, headersTimeoutMs: headersTimeout, maxHeaderBytes },
-            () => metrics
-          )
-          closeStalledWrites(nodeServer, writeTimeout)
+          nodeServer = NodeServer.make(settings, () => metrics)
           return nodeServer
         },
         {
-          host: hostname,
-          port,
+          host: settings.host,
+          port: settings.port,
           // Our own drain (and its cut) then `closeConnections` have stopped the server and closed
           // every connection by the time it closes: nothing is left to wait for.
-          gracefulShutdownTimeout: closeGrace
+          gracefulShutdownTimeout: NodeServer.closeGrace
         }
       )
       // Built after the server, so closed before it: drain, then close the connections, so that
@@ -578,7 +468,7 @@ export const serve = <E = never, R = never>(
         Effect.gen(function* () {
           const gateway = yield* Gateway
           yield* HttpServer.HttpServer
-          yield* Effect.addFinalizer(() => Effect.andThen(gateway.drain, closeConnections(nodeServer)))
+          yield* Effect.addFinalizer(() => Effect.andThen(gateway.drain, NodeServer.closeConnections(nodeServer)))
         })
       )
       // `routes` after the gateway's (not merged, which builds both at once): a path of theirs that
