@@ -347,10 +347,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   const { resolveSync, resolve } = CallOptions.make({ defaultTimeout, basePolicy, claimSlot: engine.claimSlot })
   const { refuse, refused } = Refusal.make(stats, provider)
-  const { stepFor, planOf, onRetryOf } = Plans.make({ defaultTimeout, guards })
+  const { stepFor, planOf } = Plans.make({ defaultTimeout, guards })
   const { execute, executeWithRetry } = Generate.make({ provider, limits, engine, resolveSync, refused, planOf })
   const executeMany = Many.make({ provider, limits, engine, resolveSync, refuse, planOf })
-  const embed = Embed.make({ provider, limits, engine, resolveSync, refused, stepFor, onRetryOf })
+  const embed = Embed.make({ provider, limits, engine, resolveSync, refused, stepFor })
   const stream = StreamCall.make({
     streams,
     provider,

@@ -17,10 +17,10 @@ import {
 } from "../Model.js"
 import type { Engine } from "../policy/engine.js"
 import { describeDefect } from "../policy/failure.js"
+import { retryHookOf } from "../policy/callback.js"
 import type { Telemetry } from "../policy/plan.js"
 import { isTraced } from "../policy/span.js"
 import type { ResolveSync } from "./options.js"
-import type { OnRetryOf } from "./plan.js"
 import { issueError, type Refused } from "./refusal.js"
 
 // An embedding has no output tokens or finish reason.
@@ -61,9 +61,8 @@ export const make = (env: {
   readonly resolveSync: ResolveSync
   readonly refused: Refused
   readonly stepFor: Service["stepFor"]
-  readonly onRetryOf: OnRetryOf
 }) => {
-  const { provider, limits, engine, resolveSync, refused, stepFor, onRetryOf } = env
+  const { provider, limits, engine, resolveSync, refused, stepFor } = env
 
   const embed = (request: EmbedRequest, callOptions: ExecuteOptions = {}) =>
     Effect.suspend(() => {
@@ -98,7 +97,7 @@ export const make = (env: {
             const plan: Plan<ProviderService, EmbedResponse> = {
               steps: [step],
               totalTimeout: resolved.success.totalTimeout,
-              onRetry: callOptions.onRetry === undefined ? undefined : onRetryOf(callOptions.onRetry),
+              onRetry: callOptions.onRetry === undefined ? undefined : retryHookOf(callOptions.onRetry),
               usageOf: embedUsageOf
             }
             const call = (p: ProviderService) => p.embed(valid)

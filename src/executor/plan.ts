@@ -93,15 +93,6 @@ export const planIssue = (
   return undefined
 }
 
-type OnRetry = NonNullable<ExecuteOptions["onRetry"]>
-
-/**
- * The plan's `onRetry` of a call's `onRetry` option: one per callback.
- *
- * @internal
- */
-export type OnRetryOf = (onRetry: OnRetry) => NonNullable<Plan<ProviderService, unknown>["onRetry"]>
-
 interface Shared {
   readonly plan: Plan<ProviderService, GenerateResponse>
   readonly resolved: ResolvedOptions
@@ -129,8 +120,6 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
     maxConcurrency: target.maxConcurrency
   })
 
-  const onRetryOf: OnRetryOf = retryHookOf
-
   const planFor = (
     target: ProviderService,
     request: GenerateRequest,
@@ -155,7 +144,7 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
               key: cache.key({ provider: target.name, request: keyedRequest(request, target.defaultModel) }),
               allowStale: callOptions.allowStale ?? false
             },
-      onRetry: callOptions.onRetry === undefined ? undefined : onRetryOf(callOptions.onRetry),
+      onRetry: callOptions.onRetry === undefined ? undefined : retryHookOf(callOptions.onRetry),
       usageOf
     }
   }
@@ -194,5 +183,5 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
     return plan
   }
 
-  return { stepFor, planOf, onRetryOf }
+  return { stepFor, planOf }
 }

@@ -26,6 +26,7 @@ import {
   optionKeys,
   type Planner,
   repeatedDomain,
+  retryHook,
   streamValueIssue,
   unknownOption
 } from "./plan.js"
@@ -64,7 +65,7 @@ interface StreamChain {
 /** Builds the router's entry points, once. */
 export const makeCalls = (env: Env) => {
   const { executor, stats } = env
-  const { resolve, chain, applyOf, planWith, refusedOn, retryHook, domainCount } = env.planner
+  const { resolve, chain, applyOf, planWith, refusedOn, domainCount } = env.planner
 
   const run = (
     request: GenerateRequest,

@@ -218,10 +218,8 @@ type Hook = NonNullable<Plan<ProviderService, unknown>["onRetry"]>
 /**
  * A call's `onRetry` as its plans' hook: one per callback (`retryHookOf`).
  */
-export const makeRetryHooks =
-  () =>
-  (onRetry: CallOptions["onRetry"]): Hook | undefined =>
-    onRetry === undefined ? undefined : retryHookOf(onRetry)
+export const retryHook = (onRetry: CallOptions["onRetry"]): Hook | undefined =>
+  onRetry === undefined ? undefined : retryHookOf(onRetry)
 
 const tokensOf = (request: GenerateRequest) => estimateInputTokens(request) + (request.maxTokens ?? 0)
 
@@ -229,7 +227,6 @@ const tokensOf = (request: GenerateRequest) => estimateInputTokens(request) + (r
 export const makePlanner = (env: Env) => {
   const { executor, domains, providers, stats } = env
   const cache = executor.guards.cache
-  const retryHook = makeRetryHooks()
 
   const resolve = (name: string) =>
     Effect.flatMap(domains.get(name), (domain) =>
@@ -402,7 +399,7 @@ export const makePlanner = (env: Env) => {
       onSuccess: (apply) => Effect.fail(apply.refuse(error))
     })
 
-  return { resolve, chain, applyOf, planWith, refusedOn, retryHook, domainCount: domains.all.length }
+  return { resolve, chain, applyOf, planWith, refusedOn, domainCount: domains.all.length }
 }
 
 /** The router's planner, built once by {@link makePlanner}. */
