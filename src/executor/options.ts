@@ -11,6 +11,7 @@ import { type Duration, Effect, Result } from "effect"
 import type { ExecuteOptions, ResolvedOptions } from "../Executor.js"
 import * as Input from "../Input.js"
 import { decodeRetry, RetryPolicy } from "../Policy.js"
+import type { Engine } from "../policy/engine.js"
 import { labelIssue } from "../stats/labels.js"
 import { issueError } from "./refusal.js"
 
@@ -78,6 +79,23 @@ export const slotIssue = (provider: { readonly maxConcurrency?: unknown }, path:
 }
 
 /**
+ * The issue of a provider given to a call (a `provider` option, a stream step's) whose
+ * `maxConcurrency` is no positive integer, or differs from the limit its name already has
+ * (`claimSlot`, the engine's): one name is one provider, with one set of slots.
+ *
+ * @internal
+ */
+export const providerSlotIssue = (
+  claimSlot: Engine["claimSlot"],
+  target: { readonly name?: unknown; readonly maxConcurrency?: unknown },
+  path: string
+): Input.Issue | undefined =>
+  slotIssue(target, path) ??
+  (typeof target.name === "string"
+    ? claimSlot(target.name, target.maxConcurrency as number | undefined, path)
+    : undefined)
+
+/**
  * What a call's options that threw while they were read are refused with: the field whose
  * getter (or `Proxy` trap) throws, read again one by one to name it, else `options`. It
  * carries what was thrown as its `cause`: the options are not read again after it.
@@ -130,7 +148,7 @@ export const make = (env: {
   readonly defaultTimeout: Duration.Duration | undefined
   readonly basePolicy: RetryPolicy
   /** The engine's check of a provider's limit against its name's (`policy/engine.ts`). */
-  readonly claimSlot: (name: string, max: number | undefined, path: string) => Input.Issue | undefined
+  readonly claimSlot: Engine["claimSlot"]
 }) => {
   const { defaultTimeout, basePolicy, claimSlot } = env
 
@@ -154,10 +172,6 @@ export const make = (env: {
     }
   }
 
-  const providerSlotIssue = (target: NonNullable<ExecuteOptions["provider"]>): Input.Issue | undefined =>
-    slotIssue(target, "provider.maxConcurrency") ??
-    claimSlot(target.name, target.maxConcurrency, "provider.maxConcurrency")
-
   const resolveUnsafe = (
     callOptions: ExecuteOptions,
     known: ReadonlySet<string>,
@@ -172,7 +186,9 @@ export const make = (env: {
       Input.notABoolean(callOptions, flags) ??
       Input.notOfKind(callOptions, kinds) ??
       labelIssue(callOptions) ??
-      (callOptions.provider === undefined ? undefined : providerSlotIssue(callOptions.provider))
+      (callOptions.provider === undefined
+        ? undefined
+        : providerSlotIssue(claimSlot, callOptions.provider, "provider.maxConcurrency"))
     if (flag !== undefined) return Result.fail(flag)
     const timeoutInput = callOptions.timeout
     const totalInput = callOptions.totalTimeout

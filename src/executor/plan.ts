@@ -17,6 +17,7 @@ import {
 } from "../Model.js"
 import { decodeRetry } from "../Policy.js"
 import { retryHookOf } from "../policy/callback.js"
+import type { Engine } from "../policy/engine.js"
 import { keyedRequest } from "../ResponseCache/key.js"
 
 /**
@@ -59,10 +60,7 @@ const durationIssue = (path: string, value: unknown, allowZero: boolean): Input.
  *
  * @internal
  */
-export const planIssue = (
-  plan: Plan<unknown, unknown>,
-  claimSlot: (name: string, max: number | undefined, path: string) => Input.Issue | undefined
-): Input.Issue | undefined => {
+export const planIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claimSlot"]): Input.Issue | undefined => {
   const steps: unknown = plan?.steps
   if (!Array.isArray(steps) || steps.length === 0) {
     return { path: "steps", message: "expected a non-empty array of steps" }

@@ -11,10 +11,11 @@ import type { Guards, Service, StreamOptions } from "../Executor.js"
 import * as Input from "../Input.js"
 import type { GenerateRequest, RequestLimits, Service as ProviderService, StreamPart } from "../Model.js"
 import type { RetryPolicy } from "../Policy.js"
+import type { Engine } from "../policy/engine.js"
 import type { Streams } from "../policy/stream.js"
 import { labelIssue } from "../stats/labels.js"
 import { checkRequest } from "./generate.js"
-import { kinds, slotIssue, thrownIssue } from "./options.js"
+import { kinds, providerSlotIssue, thrownIssue } from "./options.js"
 import { tokensOf } from "./plan.js"
 import { issueError, type Refuse, type Refused } from "./refusal.js"
 
@@ -56,21 +57,19 @@ export const make = (env: {
   readonly refuse: Refuse
   readonly refused: Refused
   /** The engine's check of a provider's limit against its name's (`policy/engine.ts`). */
-  readonly claimSlot: (name: string, max: number | undefined, path: string) => Input.Issue | undefined
+  readonly claimSlot: Engine["claimSlot"]
 }) => {
   const { streams, provider, limits, basePolicy, guards, stepFor, refuse, refused, claimSlot } = env
 
   // A provider's `maxConcurrency` checked as `execute` checks its `provider` option: one limit per
   // name, else two streams of one name would share the slots of the first limit seen.
-  const providerSlotIssue = (target: ProviderService, path: string): Input.Issue | undefined =>
-    slotIssue(target, path) ??
-    (typeof target.name === "string" ? claimSlot(target.name, target.maxConcurrency, path) : undefined)
-
   const slotsIssue = (options: StreamOptions): Input.Issue | undefined => {
     const target = options.provider
     return (
       stepSlotsIssue(options.steps) ??
-      (target?.maxConcurrency === undefined ? undefined : providerSlotIssue(target, "provider.maxConcurrency"))
+      (target?.maxConcurrency === undefined
+        ? undefined
+        : providerSlotIssue(claimSlot, target, "provider.maxConcurrency"))
     )
   }
 
@@ -84,7 +83,7 @@ export const make = (env: {
         const target = (step as { readonly provider?: unknown }).provider
         if (typeof target !== "object" || target === null) continue
         if ((target as ProviderService).maxConcurrency === undefined) continue
-        const issue = providerSlotIssue(target as ProviderService, `steps[${i}].provider.maxConcurrency`)
+        const issue = providerSlotIssue(claimSlot, target, `steps[${i}].provider.maxConcurrency`)
         if (issue !== undefined) return issue
       }
     } catch {
