@@ -440,19 +440,19 @@ export const make = Effect.fnUntraced(function* (
     Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(5)))),
     Schedule.upTo({ duration: Duration.millis(resolved.reservationTtlMs) })
   )
+  const chargesText = (charges: ReadonlyArray<Charge>, actual: ReadonlyArray<number>): string =>
+    charges
+      .map(({ counter }, i) => `${amountText(counter, actual[i] ?? 0)} to the ${counter.scope} "${counter.scopeId}"`)
+      .join(", ")
   const lostUsage = (keyId: string, charges: ReadonlyArray<Charge>, actual: ReadonlyArray<number>, why: string) =>
     Effect.logError(
-      `gateway: the usage of a request of the key "${keyId}" was not recorded: ${why}; not charged: ${charges
-        .map(({ counter }, i) => `${amountText(counter, actual[i] ?? 0)} to the ${counter.scope} "${counter.scopeId}"`)
-        .join(", ")}`
+      `gateway: the usage of a request of the key "${keyId}" was not recorded: ${why}; not charged: ${chargesText(charges, actual)}`
     )
   // A settle tried again, its lease perhaps ended and swept meanwhile, that found nothing of the reservation:
   // the earlier attempt that may have reached the store charged it, or none did and it is lost.
   const maybeLostUsage = (keyId: string, charges: ReadonlyArray<Charge>, actual: ReadonlyArray<number>) =>
     Effect.logWarning(
-      `gateway: the usage of a request of the key "${keyId}" may not have been recorded: its settle failed after it may have reached the key store, and when the store answered again the reservation's lease (reservationTtl ${resolved.reservationTtlMs} ms) had ended; charged only if that first attempt ran: ${charges
-        .map(({ counter }, i) => `${amountText(counter, actual[i] ?? 0)} to the ${counter.scope} "${counter.scopeId}"`)
-        .join(", ")}`
+      `gateway: the usage of a request of the key "${keyId}" may not have been recorded: its settle failed after it may have reached the key store, and when the store answered again the reservation's lease (reservationTtl ${resolved.reservationTtlMs} ms) had ended; charged only if that first attempt ran: ${chargesText(charges, actual)}`
     )
   const settleLater = (
     held: Held,
