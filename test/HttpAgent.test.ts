@@ -1509,6 +1509,39 @@ describe("HttpAgent: a Discovery service that never answers", () => {
       assert.strictEqual(record.durationMs, 5_000)
     })
   )
+
+  it.effect(
+    "a task with an invalid timeout is refused before discovery is asked: it neither waits for it nor reads as unavailable",
+    () =>
+      Effect.gen(function* () {
+        let lookups = 0
+        const discovery = Layer.succeed(Discovery.Discovery, {
+          name: "stuck",
+          resolve: () =>
+            Effect.suspend(() => {
+              lookups++
+              return Effect.never
+            })
+        })
+        const context = yield* Layer.build(
+          HttpAgent.layer({ timeout: "5 seconds" }).pipe(
+            Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+            Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
+            Layer.provide(NodeHttpClient.layerUndici)
+          )
+        ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+        const service = Context.get(context, HttpAgent.HttpAgents)
+        for (const timeout of [Number.NaN, -1, "soon"]) {
+          const record = yield* service.call(task("d", undefined, { timeout: timeout as HttpAgent.Task["timeout"] }))
+          assert.deepStrictEqual(
+            [record.status, record.error?.reason, record.error?.field, record.durationMs],
+            ["error", "InvalidRequest", "timeout", 0],
+            JSON.stringify(record)
+          )
+        }
+        assert.strictEqual(lookups, 0)
+      })
+  )
 })
 
 /** An agent answering every task in memory, as the default answer schema expects. */

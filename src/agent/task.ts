@@ -366,6 +366,12 @@ export const makeCall = (env: Env): Call => {
 
     const wrong = issue ?? checkTask(task)
     if (wrong !== undefined) return yield* invalid(undefined, wrong.field, wrong.message)
+    const checkedTimeout = task.timeout === undefined ? undefined : Input.duration("timeout", task.timeout)
+    // Refused before discovery is asked: the task waited for a lookup (up to the service's timeout), and read as
+    // `service_unavailable` when discovery was down, for a timeout it could never be sent with.
+    if (checkedTimeout?._tag === "Failure" && task.agent === undefined) {
+      return yield* invalid(undefined, "timeout", checkedTimeout.failure.message)
+    }
 
     // The task's agent, or the ones discovery found for it, then its own fallback agents.
     let listed: Array<Agent<unknown>>
@@ -429,12 +435,8 @@ export const makeCall = (env: Env): Call => {
     for (const agent of listed) if (!unique.has(agent.url)) unique.set(agent.url, agent)
     const agents = Array.from(unique.values())
     const primary = agents[0]!
-    let timeout: Duration.Duration | undefined
-    if (task.timeout !== undefined) {
-      const checked = Input.duration("timeout", task.timeout)
-      if (checked._tag === "Failure") return yield* invalid(primary, "timeout", checked.failure.message)
-      timeout = checked.success
-    }
+    if (checkedTimeout?._tag === "Failure") return yield* invalid(primary, "timeout", checkedTimeout.failure.message)
+    const timeout = checkedTimeout?.success
     const body = bodyOf(task, dependencies)
     if (typeof body !== "string") {
       if ("field" in body) return yield* invalid(primary, body.field, body.message)
