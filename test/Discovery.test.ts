@@ -1,6 +1,7 @@
+import { inspect } from "node:util"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Ref } from "effect"
+import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Ref, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Discovery from "../src/Discovery.js"
@@ -9,6 +10,7 @@ import * as HttpAgent from "../src/HttpAgent.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as AgentServer from "./utils/agentServer.js"
 import * as Server from "./utils/httpServer.js"
+import { recording } from "./utils/tracer.js"
 
 const resolver = (layer: Layer.Layer<Discovery.Discovery, unknown>) =>
   Effect.map(Layer.build(layer), (context) => Context.get(context, Discovery.Discovery))
@@ -634,6 +636,33 @@ describe("Discovery.layerHttp", () => {
       ] as const) {
         const error = yield* Effect.flip(httpDiscovery(options as Discovery.HttpOptions))
         assert.strictEqual((error as { readonly path: string }).path, path)
+      }
+    })
+  )
+
+  it.effect("a token in the registry URL's query reaches the registry but no span nor error message", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((request, response) =>
+        Server.json(response, 500, { error: `bad token ${request.search.get("token")}` })
+      )
+      const { spans, tracer } = recording()
+      const discovery = yield* httpDiscovery({ url: `${server.url}/agents?token=s3cret-token` })
+      const error = yield* Effect.flip(discovery.resolve(query).pipe(Effect.provideService(Tracer.Tracer, tracer)))
+      assert.strictEqual(error.reason, "Unavailable")
+      const [first] = yield* server.requests
+      assert.deepStrictEqual(
+        [first?.search.get("token"), first?.search.get("concept"), first?.search.get("intent")],
+        ["s3cret-token", "weather", "forecast"]
+      )
+      assert.notInclude(error.message, "s3cret")
+      assert.notInclude(Cause.pretty(Cause.fail(error)), "s3cret")
+      const http = spans.find((s) => s.name === "GET")
+      assert.isDefined(http)
+      for (const span of spans) {
+        assert.notInclude(inspect(Object.fromEntries(span.attributes), { depth: 10 }), "s3cret", span.name)
+        if (span.status._tag === "Ended" && Exit.isFailure(span.status.exit)) {
+          assert.notInclude(Cause.pretty(span.status.exit.cause), "s3cret", span.name)
+        }
       }
     })
   )

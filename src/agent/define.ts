@@ -38,9 +38,12 @@ const checkUrl = (input: unknown): Input.Checked<string> =>
 
 /**
  * The values of a URL's query, as given and decoded: spans show them redacted and records leave
- * the query out, so an agent that echoes one (a key in its error) must not put it back.
+ * the query out, so an agent (or a discovery registry) that echoes one (a key in its error) must
+ * not put it back.
+ *
+ * @internal
  */
-const querySecrets = (url: string): ReadonlyArray<Redacted.Redacted> => {
+export const querySecrets = (url: string): ReadonlyArray<Redacted.Redacted> => {
   const hash = url.indexOf("#")
   const at = url.indexOf("?")
   if (at === -1 || (hash !== -1 && hash < at)) return []

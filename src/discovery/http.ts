@@ -6,14 +6,18 @@
  * @internal
  */
 import { Effect, Result, Schema } from "effect"
-import { HttpClientRequest } from "effect/http"
+import { HttpClientRequest, UrlParams } from "effect/http"
 import type { Endpoint, HttpOptions, Query } from "../Discovery.js"
 import * as Input from "../Input.js"
+import { querySecrets } from "../agent/define.js"
 import * as Client from "../Model/http/client.js"
 import * as Decode from "../Model/http/decode.js"
 import * as Http from "../Model/http/options.js"
 import { httpKeys, optionsIssue } from "./checks.js"
 import * as Lookup from "./lookup.js"
+
+/** Every query parameter name (`UrlParams.CurrentRedactedNames`). */
+const everyName: ReadonlyArray<RegExp> = [/^/]
 
 const Answer = Schema.Struct({
   agents: Schema.Array(
@@ -50,24 +54,28 @@ export const make = Effect.fnUntraced(function* (options: HttpOptions) {
     maxEventBytes: maxResponseBytes
   })
   const decode = Decode.valueDecoder(Answer)
-  const lookup = (query: Query) =>
-    client
-      .json(
-        HttpClientRequest.get(url).pipe(
-          HttpClientRequest.setUrlParams({ concept: query.concept, intent: query.intent }),
-          HttpClientRequest.acceptJson
-        ),
-        decode,
-        { provider: name }
+  // A registry takes no header: a token it needs is in the URL's query, which is a secret as an
+  // agent URL's is (scrubbed from errors, every query value redacted in spans).
+  const ctx = { provider: name, secrets: querySecrets(url) }
+  const hasQuery = /\?[^#]/.test(url)
+  const lookup = (query: Query) => {
+    const exchange = client.json(
+      HttpClientRequest.get(url).pipe(
+        HttpClientRequest.setUrlParams({ concept: query.concept, intent: query.intent }),
+        HttpClientRequest.acceptJson
+      ),
+      decode,
+      ctx
+    )
+    return (hasQuery ? Effect.provideService(exchange, UrlParams.CurrentRedactedNames, everyName) : exchange).pipe(
+      // Each endpoint is checked by `Lookup.make` (a bad duration is an invalid answer).
+      Effect.map((answer): ReadonlyArray<Endpoint> => answer.agents as ReadonlyArray<Endpoint>),
+      Effect.catchIf(
+        (error) => error._tag === "ModelError" && error.status === 404,
+        () => Effect.succeed<ReadonlyArray<Endpoint>>([])
       )
-      .pipe(
-        // Each endpoint is checked by `Lookup.make` (a bad duration is an invalid answer).
-        Effect.map((answer): ReadonlyArray<Endpoint> => answer.agents as ReadonlyArray<Endpoint>),
-        Effect.catchIf(
-          (error) => error._tag === "ModelError" && error.status === 404,
-          () => Effect.succeed<ReadonlyArray<Endpoint>>([])
-        )
-      )
+    )
+  }
   const { url: _url, maxResponseBytes: _max, ...rest } = options
   return yield* Lookup.make(lookup, rest)
 })
