@@ -74,7 +74,10 @@ describe("Discovery.layerStatic", () => {
         // These named entries[0].agents[0], an agent that is not there.
         [[{ concept: "c", intent: "x", agents: null } as never], "entries[0].agents"],
         [[{ concept: "c", intent: "x" } as never], "entries[0].agents"],
-        [[{ concept: "c", intent: "x", agents: "http://127.0.0.1:1" } as never], "entries[0].agents"]
+        [[{ concept: "c", intent: "x", agents: "http://127.0.0.1:1" } as never], "entries[0].agents"],
+        // No query can name them (a query's concept and intent are 1 to 1,000 characters): never served.
+        [[{ concept: "c".repeat(1_001), intent: "x", agents: { url: "http://127.0.0.1:1" } }], "entries[0].concept"],
+        [[{ concept: "c", intent: "x".repeat(1_001), agents: { url: "http://127.0.0.1:1" } }], "entries[0].intent"]
       ]
       for (const [entries, path] of cases) {
         const error = yield* Effect.flip(resolver(Discovery.layerStatic(entries)))

@@ -17,7 +17,7 @@ export const keyOf = (query: Query): string => JSON.stringify([query.concept, qu
 const queryFields = ["concept", "intent"] as const
 
 /** The longest `concept` or `intent` (as a task's): each is a key of the cache and a part of the registry's URL. */
-const maxQueryLength = 1_000
+export const maxQueryLength = 1_000
 
 /**
  * The caller's query, read once into a plain one: a field that is no string (a value without a

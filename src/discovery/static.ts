@@ -10,7 +10,7 @@ import type { Endpoint, Entry, Query, Service } from "../Discovery.js"
 import * as Input from "../Input.js"
 import * as Http from "../Model/http/options.js"
 import { wellFormed } from "../stats/labels.js"
-import { checkEndpoint, checkQuery, entryKeys, keyOf, optionsIssue } from "./checks.js"
+import { checkEndpoint, checkQuery, entryKeys, keyOf, maxQueryLength, optionsIssue } from "./checks.js"
 import { notFound } from "./errors.js"
 
 /** @internal */
@@ -32,8 +32,18 @@ export const make = Effect.fnUntraced(function* (
     const unknown =
       typeof entry === "object" && entry !== null ? Input.unknownKey(entry, entryKeys, `${at}.`) : undefined
     if (unknown !== undefined) return yield* Input.orOptionError(Result.fail(unknown))
-    yield* Input.orOptionError(Http.nonEmpty(`${at}.concept`, entry?.concept))
-    yield* Input.orOptionError(Http.nonEmpty(`${at}.intent`, entry?.intent))
+    for (const field of ["concept", "intent"] as const) {
+      const value = yield* Input.orOptionError(Http.nonEmpty(`${at}.${field}`, entry?.[field]))
+      // No query longer than that is asked (`checkQuery`): the entry would never be served.
+      if (value.length > maxQueryLength) {
+        return yield* Input.orOptionError(
+          Result.fail({
+            path: `${at}.${field}`,
+            message: `expected 1 to ${maxQueryLength} characters, got ${value.length}`
+          })
+        )
+      }
+    }
     const given: unknown = entry.agents
     const agents: ReadonlyArray<unknown> = Array.isArray(given) ? given : [given]
     if (agents.length === 0 || typeof given !== "object" || given === null) {
