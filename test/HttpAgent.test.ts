@@ -1339,10 +1339,17 @@ describe("HttpAgent.dispatch", () => {
       )
       const notArray = yield* Effect.flip(service.dispatch(null as never))
       assert.strictEqual(notArray.field, "tasks")
-      for (const concurrency of [0, Number.NaN, -2]) {
-        const error = yield* Effect.flip(service.dispatch([task("a", server.url)], { concurrency }))
-        assert.deepStrictEqual([error.reason, error.option], ["InvalidOption", "concurrency"])
+      // `null` ran the batch at the default concurrency, as if it were not given.
+      for (const concurrency of [0, Number.NaN, -2, 1.5, null]) {
+        const error = yield* Effect.flip(
+          service.dispatch([task("a", server.url)], { concurrency: concurrency as never })
+        )
+        assert.deepStrictEqual([error.reason, error.option], ["InvalidOption", "concurrency"], String(concurrency))
       }
+      // A getter that throws was a defect out of dispatch, which fails only with a PipelineError.
+      const throwingOptions = yield* Effect.flip(service.dispatch([task("a", server.url)], throwing({}, "concurrency")))
+      assert.deepStrictEqual([throwingOptions.reason, throwingOptions.option], ["InvalidOption", "concurrency"])
+      assert.include(throwingOptions.message, "no concurrency")
       const typo = yield* Effect.flip(service.dispatch([task("a", server.url)], { concurency: 1 } as never))
       assert.deepStrictEqual([typo.reason, typo.option], ["InvalidOption", "concurency"])
       for (const options of [null, "sequential", 2]) {

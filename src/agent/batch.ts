@@ -75,13 +75,19 @@ const stepsOf = (
   return Result.succeed(steps)
 }
 
-const checkOptions = (options: unknown): PipelineError | undefined => {
-  if (options === undefined) return undefined
+const dispatchFields = Definition.known(["concurrency"])
+
+/**
+ * The options read once, as a run's are (a getter that throws is an issue naming its field, not a
+ * defect); their `concurrency` is then checked as a run's, so `null` is refused as `0` is, not
+ * taken for the default.
+ */
+const checkOptions = (options: unknown): Result.Result<unknown, PipelineError> => {
+  if (options === undefined) return Result.succeed(undefined)
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
-    return invalidOption("options", `expected { concurrency }, got ${Input.shown(options)}`)
+    return Result.fail(invalidOption("options", `expected { concurrency }, got ${Input.shown(options)}`))
   }
-  const unknown = Object.keys(options).find((key) => key !== "concurrency")
-  return unknown === undefined ? undefined : invalidOption(unknown, "unknown option")
+  return Result.map(Definition.optionsOf(options, dispatchFields), (read) => read.concurrency)
 }
 
 /** Runs a batch; fails only when the batch itself is invalid. */
@@ -100,16 +106,14 @@ export const dispatch = Effect.fnUntraced(function* (
   if (Result.isFailure(steps)) return yield* Effect.fail(steps.failure)
   const definition = Definition.build(steps.success)
   if (Result.isFailure(definition)) return yield* Effect.fail(definition.failure)
-  const invalid = checkOptions(options)
-  if (invalid !== undefined) return yield* Effect.fail(invalid)
+  const concurrency = checkOptions(options)
+  if (Result.isFailure(concurrency)) return yield* Effect.fail(concurrency.failure)
   const settings = Definition.checkRunOptions(
-    {
-      onFailure: "continue",
-      // A task started beyond the connections waits on a slot as a fiber (and its deadline runs): a
-      // batch of 200,000 made 200,000 fibers at once. Unstarted, it is a slot of the batch's array.
-      concurrency: options?.concurrency ?? env.defaultConcurrency
-    },
-    () => false
+    { onFailure: "continue", concurrency: concurrency.success },
+    () => false,
+    // A task started beyond the connections waits on a slot as a fiber (and its deadline runs): a
+    // batch of 200,000 made 200,000 fibers at once. Unstarted, it is a slot of the batch's array.
+    env.defaultConcurrency
   )
   if (Result.isFailure(settings)) return yield* Effect.fail(settings.failure)
   const result = yield* execute(definition.success, undefined, settings.success, makeRunner(undefined))
