@@ -501,7 +501,8 @@ export interface MermaidOptions<O = unknown, E = unknown> {
  * step's name or description cannot break the diagram or add lines to it. A wrong option
  * throws a `PipelineError` (`reason: "InvalidOption"`) whose `field` names it: a `direction`
  * other than Mermaid's, an unknown option (`dirction`), a `result` that is not a run's, or
- * options that are no object (`"options"`).
+ * options that are no object (`"options"`). A pipeline whose definition was refused throws
+ * that `PipelineError` (the one `validate` fails with), rather than draw the steps before it.
  *
  * @since 0.1.0
  * @category rendering

@@ -565,6 +565,26 @@ describe("Pipeline", () => {
       })
   )
 
+  it.effect(
+    "toMermaid of a pipeline whose definition was refused throws its PipelineError; it drew the steps before it",
+    () =>
+      Effect.gen(function* () {
+        const p = Pipeline.make()
+          .step("a", [], () => Effect.succeed(1))
+          .step("b", ["a"], () => Effect.succeed(2), { timeout: -1 })
+          .step("c", ["b"] as never, () => Effect.succeed(3))
+        const issue = yield* Effect.flip(Pipeline.validate(p))
+        let thrown: unknown
+        try {
+          Pipeline.toMermaid(p)
+        } catch (error) {
+          thrown = error
+        }
+        assert.strictEqual(thrown, issue)
+        assert.deepStrictEqual([issue.reason, issue.field], ["InvalidStep", "steps[1].timeout"])
+      })
+  )
+
   it.effect("toMermaid: a step name or description with quotes, brackets or line breaks stays in its label", () =>
     Effect.gen(function* () {
       const p = Pipeline.make()

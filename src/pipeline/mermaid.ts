@@ -41,6 +41,8 @@ export const toMermaid = <I, O, E, R>(
   self: Pipeline<I, O, E, R>,
   given?: MermaidOptions<O, E> | null | undefined
 ): string => {
+  // Its definition holds only the steps before the one refused: drawn, it looked whole.
+  if (self.issue !== undefined) throw self.issue
   const options = checked(given)
   const outcomes = options.result?.steps as Record<string, StepOutcome<unknown, unknown>> | undefined
   const byName = new Map(self.definition.steps.map((s) => [s.name, s]))
