@@ -358,7 +358,15 @@ describe("HttpAgent.call", () => {
   it.effect("an agent URL with credentials is refused, saying what to use instead, and never shows the password", () =>
     Effect.gen(function* () {
       const service = yield* agents()
-      for (const url of ["http://user:s3cret-pw@127.0.0.1:1/x", "http://s3cret-pw@127.0.0.1:1/x?k=v"]) {
+      for (const url of [
+        "http://user:s3cret-pw@127.0.0.1:1/x",
+        "http://s3cret-pw@127.0.0.1:1/x?k=v",
+        // Forms the URL parser reads as http://user:s3cret-pw@127.0.0.1:1/x: records and names showed them whole.
+        "http:user:s3cret-pw@127.0.0.1:1/x",
+        "http:/user:s3cret-pw@127.0.0.1:1/x",
+        "http:\\\\user:s3cret-pw@127.0.0.1:1/x",
+        "HTTP:\\/user:s3cret-pw@127.0.0.1:1/x"
+      ]) {
         const record = yield* service.call(task("c", url))
         assert.strictEqual(record.status, "error")
         assert.strictEqual(record.error?.field, "agent.url")
@@ -367,8 +375,11 @@ describe("HttpAgent.call", () => {
         assert.notInclude(JSON.stringify(record), "s3cret-pw")
         const agent = HttpAgent.agent({ url })
         assert.notInclude(agent.name, "s3cret-pw")
-        assert.strictEqual(agent.name, "http://127.0.0.1:1/x")
+        assert.strictEqual(agent.name, "http://127.0.0.1:1/x", url)
+        assert.strictEqual(record.url, "http://127.0.0.1:1/x", url)
+        assert.notInclude(inspect(agent), "s3cret-pw")
       }
+      assert.strictEqual((yield* service.stats("http://127.0.0.1:1/x")).statuses.error, 6)
     })
   )
 

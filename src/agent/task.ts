@@ -60,8 +60,19 @@ export const count = (record: TaskRecord, series: string, metrics: AgentMetrics)
  */
 export const display = (url: string): string => {
   const at = url.search(/[?#]/)
-  return (at === -1 ? url : url.slice(0, at)).replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, "$1")
+  const bare = at === -1 ? url : url.slice(0, at)
+  if (!bare.includes("@")) return bare
+  // The URL parser reads `http:user:pw@host`, `http:\\user:pw@host` or ` http://user:pw@host` as credentials
+  // too (such a URL is refused): shown as the parser reads it, without them, not as given.
+  if (URL.canParse(url)) {
+    const parsed = new URL(url)
+    if (parsed.username !== "" || parsed.password !== "") return `${parsed.protocol}//${parsed.host}${parsed.pathname}`
+  }
+  return bare.replace(credentials, "$1")
 }
+
+/** The userinfo of a URL, however many slashes (or backslashes) follow its scheme. */
+const credentials = /^(\s*[a-z][a-z0-9+.-]*:[\\/]*)[^/\\?#]*@/i
 
 /**
  * An agent's name as records, metrics and stats key it: one that is a URL (`scheme://...`)
