@@ -659,6 +659,8 @@ describe("Discovery.layerHttp", () => {
       )
       assert.notInclude(error.message, "s3cret")
       assert.notInclude(Cause.pretty(Cause.fail(error)), "s3cret")
+      assert.notInclude(inspect(error, { depth: 20 }), "s3cret")
+      assert.notInclude(JSON.stringify(error), "s3cret")
       const http = spans.find((s) => s.name === "GET")
       assert.isDefined(http)
       for (const span of spans) {
