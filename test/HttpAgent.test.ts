@@ -1552,8 +1552,8 @@ describe("HttpAgent: a Discovery service that never answers", () => {
         for (const timeout of [Number.NaN, -1, "soon"]) {
           const record = yield* service.call(task("d", undefined, { timeout: timeout as HttpAgent.Task["timeout"] }))
           assert.deepStrictEqual(
-            [record.status, record.error?.reason, record.error?.field, record.durationMs],
-            ["error", "InvalidRequest", "timeout", 0],
+            [record.status, record.error?.reason, record.error?.field, record.durationMs, record.agent, record.url],
+            ["error", "InvalidRequest", "timeout", 0, "discovery:stuck", ""],
             JSON.stringify(record)
           )
         }

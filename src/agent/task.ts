@@ -366,10 +366,16 @@ export const makeCall = (env: Env): Call => {
         count(done, env.seriesName(done.agent), env.metrics)
         return done
       })
-    const invalid = (agent: Agent<unknown> | undefined, field: string, message: string) =>
+    // `label`: the record's agent and URL when it names no agent (a task left to discovery names it).
+    const invalid = (
+      agent: Agent<unknown> | undefined,
+      field: string,
+      message: string,
+      label: { readonly agent: string; readonly url: string } = { agent: noAgent, url: "" }
+    ) =>
       finish({
-        agent: agent?.name ?? noAgent,
-        url: agent === undefined ? "" : display(agent.url),
+        agent: agent?.name ?? label.agent,
+        url: agent === undefined ? label.url : display(agent.url),
         status: "error",
         error: { message: `invalid ${field}: ${message}`, reason: "InvalidRequest", field },
         attempts: 0
@@ -381,7 +387,12 @@ export const makeCall = (env: Env): Call => {
     // Refused before discovery is asked: the task waited for a lookup (up to the service's timeout), and read as
     // `service_unavailable` when discovery was down, for a timeout it could never be sent with.
     if (checkedTimeout?._tag === "Failure" && task.agent === undefined) {
-      return yield* invalid(undefined, "timeout", checkedTimeout.failure.message)
+      return yield* invalid(
+        undefined,
+        "timeout",
+        checkedTimeout.failure.message,
+        labelOf(task, env.agentOf, env.discovery)
+      )
     }
 
     // The task's agent, or the ones discovery found for it, then its own fallback agents.
