@@ -1529,7 +1529,7 @@ describe("HttpAgent: a Discovery service that never answers", () => {
   )
 
   it.effect(
-    "a task with an invalid timeout is refused before discovery is asked: it neither waits for it nor reads as unavailable",
+    "a task with an invalid timeout or body is refused before discovery is asked: it neither waits for it nor reads as unavailable",
     () =>
       Effect.gen(function* () {
         let lookups = 0
@@ -1542,7 +1542,7 @@ describe("HttpAgent: a Discovery service that never answers", () => {
             })
         })
         const context = yield* Layer.build(
-          HttpAgent.layer({ timeout: "5 seconds" }).pipe(
+          HttpAgent.layer({ timeout: "5 seconds", maxRequestBytes: 32 }).pipe(
             Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
             Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
             Layer.provide(NodeHttpClient.layerUndici)
@@ -1554,6 +1554,19 @@ describe("HttpAgent: a Discovery service that never answers", () => {
           assert.deepStrictEqual(
             [record.status, record.error?.reason, record.error?.field, record.durationMs, record.agent, record.url],
             ["error", "InvalidRequest", "timeout", 0, "discovery:stuck", ""],
+            JSON.stringify(record)
+          )
+        }
+        // Nor can a body that is no JSON, or past maxRequestBytes, be sent to whatever agent discovery finds.
+        for (const [args, reason, field] of [
+          [{ t: Number.NaN }, "InvalidRequest", "args"],
+          [{ n: 1n }, "InvalidRequest", "args"],
+          ["x".repeat(64), "TooLarge", undefined]
+        ] as const) {
+          const record = yield* service.call(task("d", undefined, { args }))
+          assert.deepStrictEqual(
+            [record.status, record.error?.reason, record.error?.field, record.durationMs, record.agent, record.url],
+            ["error", reason, field, 0, "discovery:stuck", ""],
             JSON.stringify(record)
           )
         }

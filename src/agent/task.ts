@@ -22,7 +22,7 @@ import { keyedBreaker, messageOf } from "../pipeline/step.js"
 import type { BreakerGuard, LimitGuard, Slot } from "../policy/plan.js"
 import type { RetryPolicy } from "../Policy.js"
 import type { Service as CacheService } from "../ResponseCache.js"
-import { makeBody } from "./body.js"
+import { makeBody, type TooLarge } from "./body.js"
 import type { Connections } from "./connections.js"
 import type { AgentMetrics } from "./metrics.js"
 
@@ -200,6 +200,9 @@ export const isAgentRef = (ref: unknown): ref is Agent<unknown> | string =>
     typeof (ref as Agent<unknown>).name === "string" &&
     typeof (ref as Agent<unknown>).decode === "function")
 
+/** The agent and URL of a record that names no agent of its own. */
+type Label = { readonly agent: string; readonly url: string }
+
 /** The agent of a record for a task that names no valid agent (an invalid task's, and its dependents' in a batch). */
 export const noAgent = "unknown"
 
@@ -371,7 +374,7 @@ export const makeCall = (env: Env): Call => {
       agent: Agent<unknown> | undefined,
       field: string,
       message: string,
-      label: { readonly agent: string; readonly url: string } = { agent: noAgent, url: "" }
+      label: Label = { agent: noAgent, url: "" }
     ) =>
       finish({
         agent: agent?.name ?? label.agent,
@@ -381,18 +384,34 @@ export const makeCall = (env: Env): Call => {
         attempts: 0
       })
 
+    // A body that cannot be sent: not JSON (`InvalidRequest` naming the field), or past `maxRequestBytes`.
+    const unsent = (body: Invalid | TooLarge, agent: Agent<unknown> | undefined, label?: Label) => {
+      if ("field" in body) return invalid(agent, body.field, body.message, label)
+      return finish({
+        agent: agent?.name ?? label?.agent ?? noAgent,
+        url: agent === undefined ? (label?.url ?? "") : display(agent.url),
+        status: "error",
+        error: {
+          message: `task ${JSON.stringify(task.id)}: its request body is ${body.atLeast ? "at least " : ""}${body.size} bytes, past maxRequestBytes (${env.maxRequestBytes}); nothing was sent`,
+          reason: "TooLarge"
+        },
+        attempts: 0
+      })
+    }
+
     const wrong = issue ?? checkTask(task)
     if (wrong !== undefined) return yield* invalid(undefined, wrong.field, wrong.message)
+    // Neither depends on the agent: a task left to discovery that could never be sent is refused before discovery
+    // is asked. It waited for a lookup (up to the service's timeout), and read as `service_unavailable` when
+    // discovery was down.
     const checkedTimeout = task.timeout === undefined ? undefined : Input.duration("timeout", task.timeout)
-    // Refused before discovery is asked: the task waited for a lookup (up to the service's timeout), and read as
-    // `service_unavailable` when discovery was down, for a timeout it could never be sent with.
-    if (checkedTimeout?._tag === "Failure" && task.agent === undefined) {
-      return yield* invalid(
-        undefined,
-        "timeout",
-        checkedTimeout.failure.message,
-        labelOf(task, env.agentOf, env.discovery)
-      )
+    const body = bodyOf(task, dependencies)
+    if (task.agent === undefined) {
+      const label = labelOf(task, env.agentOf, env.discovery)
+      if (checkedTimeout?._tag === "Failure") {
+        return yield* invalid(undefined, "timeout", checkedTimeout.failure.message, label)
+      }
+      if (typeof body !== "string") return yield* unsent(body, undefined, label)
     }
 
     // The task's agent, or the ones discovery found for it, then its own fallback agents.
@@ -459,20 +478,7 @@ export const makeCall = (env: Env): Call => {
     const primary = agents[0]!
     if (checkedTimeout?._tag === "Failure") return yield* invalid(primary, "timeout", checkedTimeout.failure.message)
     const timeout = checkedTimeout?.success
-    const body = bodyOf(task, dependencies)
-    if (typeof body !== "string") {
-      if ("field" in body) return yield* invalid(primary, body.field, body.message)
-      return yield* finish({
-        agent: primary.name,
-        url: display(primary.url),
-        status: "error",
-        error: {
-          message: `task ${JSON.stringify(task.id)}: its request body is ${body.atLeast ? "at least " : ""}${body.size} bytes, past maxRequestBytes (${env.maxRequestBytes}); nothing was sent`,
-          reason: "TooLarge"
-        },
-        attempts: 0
-      })
-    }
+    if (typeof body !== "string") return yield* unsent(body, primary)
     const cacheKey = env.cache === undefined ? undefined : cacheKeyOf(task, primary, dependencies)
 
     let last = primary
