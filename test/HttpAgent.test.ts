@@ -1570,6 +1570,13 @@ describe("HttpAgent: a Discovery service that never answers", () => {
             JSON.stringify(record)
           )
         }
+        // Nor a task whose own fallback agent is refused: it is named, as it is after the agents discovery found.
+        const fallback = yield* service.call(task("d", undefined, { args: null, fallback: ["not a url"] }))
+        assert.deepStrictEqual(
+          [fallback.status, fallback.error?.reason, fallback.error?.field, fallback.agent],
+          ["error", "InvalidRequest", "agent.url", "not a url"],
+          JSON.stringify(fallback)
+        )
         assert.strictEqual(lookups, 0)
       })
   )

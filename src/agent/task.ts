@@ -401,12 +401,17 @@ export const makeCall = (env: Env): Call => {
 
     const wrong = issue ?? checkTask(task)
     if (wrong !== undefined) return yield* invalid(undefined, wrong.field, wrong.message)
-    // Neither depends on the agent: a task left to discovery that could never be sent is refused before discovery
-    // is asked. It waited for a lookup (up to the service's timeout), and read as `service_unavailable` when
+    // None of these depends on what discovery finds: a task left to it that could never be sent is refused before
+    // discovery is asked. It waited for a lookup (up to the service's timeout), and read as `service_unavailable` when
     // discovery was down.
     const checkedTimeout = task.timeout === undefined ? undefined : Input.duration("timeout", task.timeout)
     const body = bodyOf(task, dependencies)
     if (task.agent === undefined) {
+      // In the order a task with an agent is refused: its agents, its timeout, its body.
+      for (const ref of task.fallback ?? []) {
+        const agent = env.agentOf(ref)
+        if (agent.issue !== undefined) return yield* invalid(agent, agent.issue.path, agent.issue.message)
+      }
       const label = labelOf(task, env.agentOf, env.discovery)
       if (checkedTimeout?._tag === "Failure") {
         return yield* invalid(undefined, "timeout", checkedTimeout.failure.message, label)
