@@ -166,6 +166,9 @@ export interface Failed<E> extends Timing {
 }
 
 /**
+ * A deadline ended the step: its attempts' (`timeout`, no fallback left) or its `totalTimeout`,
+ * the fallback's run included (a fallback cut by it did not fail: the step timed out).
+ *
  * @since 0.1.0
  * @category models
  */

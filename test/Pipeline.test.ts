@@ -1,7 +1,7 @@
 import { assert, describe, it, vi } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer, Metric, Ref } from "effect"
 import { TestClock } from "effect/testing"
-import { ModelError } from "../src/AiError.js"
+import { ModelError, TimeoutError } from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Domain from "../src/Domain.js"
 import * as Executor from "../src/Executor.js"
@@ -1115,6 +1115,41 @@ describe("Pipeline steps through the executor's policy pipeline", () => {
       assert.deepStrictEqual(
         slow.status === "timedOut" && [slow.attempts, slow.endedAt, Duration.toMillis(slow.timeout)],
         [3, 100, 100]
+      )
+    })
+  )
+
+  it.effect("totalTimeout cuts a fallback still running: the step is timedOut, not a fallback that failed", () =>
+    Effect.gen(function* () {
+      const context = yield* executorContext(Layer.empty)
+      const p = Pipeline.make()
+        .step("cut", [], () => Effect.fail("x"), {
+          totalTimeout: "100 millis",
+          fallback: { step: () => sleepThen(500, 1) }
+        })
+        // A fallback that fails with a TimeoutError of its own (a model call's) did fail: its error is kept.
+        .step("own", [], () => Effect.fail("x"), {
+          totalTimeout: "1 second",
+          fallback: {
+            step: () =>
+              Effect.andThen(
+                Effect.sleep("20 millis"),
+                Effect.fail(new TimeoutError({ limit: "request", timeout: Duration.millis(20), provider: "model" }))
+              )
+          }
+        })
+      const result = yield* runClocked(p, undefined, { onFailure: "continue" }).pipe(Effect.provideContext(context))
+      const cut = result.steps.cut
+      assert.deepStrictEqual(
+        cut.status === "timedOut" && [Duration.toMillis(cut.timeout), cut.endedAt, cut.attempts],
+        [100, 100, 1],
+        Pipeline.describeOutcome(cut)
+      )
+      const own = result.steps.own
+      assert.deepStrictEqual(
+        own.status === "failed" && [own.message, own.primary],
+        ["fallback failed: request timeout after 20ms (model)", { _tag: "Failed", error: "x" }],
+        Pipeline.describeOutcome(own)
       )
     })
   )

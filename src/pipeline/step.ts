@@ -128,12 +128,15 @@ const governed = Effect.fnUntraced(function* (
   let attempts = 0
   let primary: Primary = { _tag: "NotStarted" }
   let fellBack: Failure | undefined
+  // The fallback's own effect ended (answered or failed), rather than being cut by `totalTimeout`.
+  let fallbackEnded = false
   // The step's own failures, kept as they were while their stand-ins travel the pipeline.
   const originals = new Map<AiError, Cause.Cause<unknown>>()
   const stepName = def.stats ?? def.name
 
   const settle = (effect: Effect.Effect<unknown, unknown, unknown>, own: boolean) =>
     Effect.flatMap(Effect.exit(inherit(effect)), (exit): Effect.Effect<unknown, AiError> => {
+      if (!own) fallbackEnded = true
       if (Exit.isSuccess(exit)) {
         if (own) primary = { _tag: "Done" }
         return Effect.succeed(exit.value)
@@ -241,7 +244,9 @@ const governed = Effect.fnUntraced(function* (
   const original = originals.get(error)
   const cause: Cause.Cause<unknown> = original ?? Cause.fail(error)
   const prefix = fellBack === undefined ? "" : "fallback failed: "
-  if (original === undefined && error._tag === "TimeoutError" && fellBack === undefined) {
+  // A deadline with no fallback, or the step's `totalTimeout` cutting its fallback: the step timed out (the
+  // fallback did not fail).
+  if (original === undefined && error._tag === "TimeoutError" && (fellBack === undefined || !fallbackEnded)) {
     return {
       status: "timedOut",
       step: def.name,
