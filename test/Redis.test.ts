@@ -116,6 +116,29 @@ describe.skipIf(skipRedis)(`Redis.layer's eval (${skipRedis ? skipReason : "need
   )
 })
 
+describe.skipIf(skipRedis)(`Redis.layer: the URL's scheme (${skipRedis ? skipReason : "needs redis-server"})`, () => {
+  it.live(
+    "a scheme in upper or mixed case (REDIS://, Rediss://) is taken: schemes are case-insensitive (RFC 3986)",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          for (const scheme of ["REDIS", "Redis"]) {
+            const url = server.url.replace("redis", scheme)
+            const redis = Context.get(yield* Layer.build(Redis.layer({ url })), PersistenceRedis.Redis)
+            assert.strictEqual(yield* redis.send<string>("PING"), "PONG", url)
+          }
+          // TLS settings take a rediss:// URL in any case; nothing listens on port 1, so the connection fails.
+          const exit = yield* Effect.exit(
+            Effect.scoped(Layer.build(Redis.layer({ url: "Rediss://127.0.0.1:1", tls: { servername: "redis" } })))
+          )
+          const error = Exit.isFailure(exit) ? Exit.findErrorOption(exit) : Option.none()
+          assert.isTrue(Option.isSome(error) && error.value._tag === "RedisError", String(exit))
+        })
+      )
+  )
+})
+
 describe("Redis.layer: why the connection failed", () => {
   it.live("a closed port fails the layer with a RedisError saying what failed and where, without credentials", () =>
     Effect.gen(function* () {

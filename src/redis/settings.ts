@@ -105,8 +105,9 @@ export const settings = (options: Options): Input.Checked<Settings> => {
   if (issue !== undefined) return Result.fail(issue)
   const url = options.url === undefined ? "redis://127.0.0.1:6379" : options.url
   const plain = Redacted.isRedacted(url) ? Redacted.value(url) : url
-  // node-redis parses it with `new URL`, which throws (a defect, not a failure) on one it cannot parse.
-  if (typeof plain !== "string" || !/^rediss?:\/\//.test(plain) || !URL.canParse(plain)) {
+  // node-redis parses it with `new URL`, which throws (a defect, not a failure) on one it cannot parse. A scheme is
+  // case-insensitive (RFC 3986): `new URL` reads REDIS:// as redis:, and so does node-redis.
+  if (typeof plain !== "string" || !/^rediss?:\/\//i.test(plain) || !URL.canParse(plain)) {
     // Never echo the value: it may carry a password.
     return Result.fail({ path: "url", message: "expected a redis:// or rediss:// URL" })
   }
