@@ -325,13 +325,14 @@ export const cacheErrors = Metric.counter("orchestra_cache_errors_total", {
 
 /**
  * Attribute `cache`. Values not stored because their encoding is longer than the cache's
- * `maxValueBytes`: one such write would stall every store sharing the Redis connection.
+ * `maxValueBytes`: one such write would stall every store sharing the Redis connection. Also those
+ * found in Redis longer than it allows (another process's, with a larger bound): not read, a miss.
  *
  * @since 0.3.0
  * @category caches
  */
 export const cacheOversized = Metric.counter("orchestra_cache_oversized_total", {
-  description: "Cache values not stored because they exceed maxValueBytes",
+  description: "Cache values not stored, or found in Redis and not read, because they exceed maxValueBytes",
   incremental: true
 })
 

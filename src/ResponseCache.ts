@@ -137,7 +137,7 @@ export interface Service {
     options?: GetOrComputeOptions<E>
   ) => Effect.Effect<Computed, E | ModelError>
   /**
-   * Fresh answers of several keys, in the order of `keys` (Redis: one `MGET`).
+   * Fresh answers of several keys, in the order of `keys` (Redis: one script call).
    *
    * Every method below fails with an `InvalidRequest` `ModelError` naming the field, before the
    * store is used, for a key that is not a string (`keys[1]`, `entries[0].key`, `key`), a value

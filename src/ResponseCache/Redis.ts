@@ -1,7 +1,7 @@
 /**
  * The response cache in Redis, shared by every process using the same Redis and prefix.
- * Storage is `effect/persistence`'s Redis `BackingPersistence` (one `MGET` for a batch of
- * lookups, one scripted round trip for a batch of writes, expiry by `PEXPIRE`); values are
+ * Storage is `effect/persistence`'s Redis `BackingPersistence` (one script call for a batch of
+ * lookups, which answers no value longer than `maxValueBytes` allows, one scripted round trip for a batch of writes, expiry by `PEXPIRE`); values are
  * encoded with the `ResponseCache.StoredEntry` schema.
  *
  * Redis is an optimisation, never a dependency: every call goes through this library's
@@ -15,7 +15,7 @@
  * @since 0.1.0
  */
 import { Context, Duration, Effect, Exit, Fiber, Layer, type Metric, Option, Schema, Scope } from "effect"
-import { Persistence, type Redis } from "effect/persistence"
+import { Persistence, Redis } from "effect/persistence"
 import type { ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import * as Counters from "../stats/counters.js"
@@ -44,7 +44,9 @@ export interface Options extends ResponseCache.Options {
   readonly redis?: SharedRedis.GuardOptions | undefined
   /**
    * Longest value stored (an answer, or a stream's parts), in UTF-8 bytes of its JSON encoding; longer
-   * ones are not stored (counted in `orchestra_cache_oversized_total`). The entry written around it
+   * ones are not stored (counted in `orchestra_cache_oversized_total`), and one found in Redis longer than
+   * this and 4 KiB for its entry (written by a process with a larger bound) is not read: a miss, counted there too,
+   * the first one said in a warning. The entry written around it
    * (its kind, origin and expiry times, about 100 bytes) is not counted. Default 1 MiB. A large value holds the Redis connection
    * that every store shares while it is written and read: a larger bound needs a deadline that
    * covers the transfer, `redis.timeout` and `Redis.layer`'s `commandTimeout` both (the client
@@ -74,6 +76,38 @@ const keyOf = (key: string): string =>
 const encode = Schema.encodeSync(ResponseCache.StoredEntry)
 const decode = Schema.decodeUnknownExit(ResponseCache.StoredEntry)
 
+// The entry written around a value (its kind, origin, expiry times), which maxValueBytes does not count: a value
+// this process may write is read back whole with it.
+const entryBytes = 4096
+
+// Reads the values of KEYS no longer than ARGV[1] bytes. A longer one (a process with a larger maxValueBytes wrote
+// it) is answered as its length, never sent: read whole, it held the connection every store shares for its transfer
+// and was decoded in full. A key of another type is nil, as MGET answers it.
+const readBounded = Redis.script((keys: ReadonlyArray<string>, limit: number) => [...keys, limit], {
+  numberOfKeys: (keys) => keys.length,
+  lua: `local limit = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS do
+  local n = redis.pcall("STRLEN", KEYS[i])
+  if type(n) ~= "number" or n == 0 then
+    out[i] = false
+  elseif n > limit then
+    out[i] = n
+  else
+    out[i] = redis.call("GET", KEYS[i])
+  end
+end
+return out`
+}).withReturnType<ReadonlyArray<string | number | null>>()
+
+const parsed = (text: string): unknown => {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return undefined
+  }
+}
+
 /**
  * Builds the Redis-backed cache (see {@link layerRedis}).
  *
@@ -94,6 +128,9 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const guard = yield* SharedRedis.makeGuard({ store: `cache:${config.name}`, settings: guardSettings, errors })
   const backing = Context.get(yield* Layer.build(Persistence.layerBackingRedis), Persistence.BackingPersistence)
   const store = yield* backing.make(prefix)
+  // The namespace `effect/persistence`'s store writes under (its store id with `%` and `:` escaped).
+  const namespace = `${prefix.replace(/%/g, "%25").replace(/:/g, "%3A")}:`
+  const readLimited = (yield* Redis.Redis).eval(readBounded)
   // Background writes run in a scope of their own: closing, the layer first waits for those
   // under way (each bounded by the Redis deadline), so that none is dropped silently.
   const writes = yield* Scope.make()
@@ -111,17 +148,32 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   // The value the caller stored (an answer, a stream's parts), as documented: not the entry around
   // it, whose tag and expiry times (~80 bytes) refused a value just under the bound. UTF-8 takes 1
   // to 3 bytes per UTF-16 unit: measure only when the length alone does not decide.
+  const limit = maxValueBytes + entryBytes
   const fits = (encoded: { readonly value: { readonly response?: unknown; readonly parts?: unknown } }): boolean => {
     const json = JSON.stringify(encoded.value.response ?? encoded.value.parts)
     if (json.length > maxValueBytes) return false
     return json.length * 3 <= maxValueBytes || Buffer.byteLength(json, "utf8") <= maxValueBytes
   }
 
+  // Said once: the metric counts them all.
+  let saidTooLong = false
+  const tooLong = (count: number, bytes: number): Effect.Effect<void> => {
+    const counted = Lookup.bump(oversized, count)
+    if (saidTooLong) return counted
+    saidTooLong = true
+    return Effect.andThen(
+      counted,
+      Effect.logWarning(
+        `ResponseCache ${config.name}: a value of ${bytes} bytes in Redis is longer than maxValueBytes (${maxValueBytes}) allows: not read, a miss (written by a process with a larger bound?); counted in orchestra_cache_oversized_total, not said again`
+      )
+    )
+  }
+
   /**
    * Entries of kind `tag` still within their grace, by key; `None` for a miss, a failure, a
-   * value that does not decode or one of the other kind (an answer's key holding stream parts).
-   * A value that is not JSON at all reaches us as a miss: `effect/persistence`'s `getMany`
-   * drops it. `readOrFail` passes on a failure of Redis (`read`: a miss).
+   * value that does not decode (JSON or not) or one of the other kind (an answer's key holding stream parts),
+   * and one longer than `maxValueBytes` allows, which is not read. `readOrFail` passes on a failure of Redis
+   * (`read`: a miss).
    */
   const readOrFail = (
     keys: ReadonlyArray<string>,
@@ -130,12 +182,20 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   ): Effect.Effect<ReadonlyArray<Option.Option<Table.Stored>>, unknown> => {
     const [first, ...rest] = keys
     if (first === undefined) return Effect.succeed([])
-    return guard.call("MGET", store.getMany([first, ...rest])).pipe(
+    return guard.call("GET", readLimited([namespace + first, ...rest.map((k) => namespace + k)], limit)).pipe(
       Effect.flatMap((values) => {
         let corrupt = 0
-        const found = values.map((value): Option.Option<Table.Stored> => {
-          if (value === undefined) return Option.none()
-          const decoded = decode(value)
+        let oversize = 0
+        let bytes = 0
+        const found = keys.map((_, i): Option.Option<Table.Stored> => {
+          const value = values[i]
+          if (value === null || value === undefined) return Option.none()
+          if (typeof value === "number") {
+            oversize++
+            bytes = value
+            return Option.none()
+          }
+          const decoded = decode(parsed(value))
           if (Exit.isFailure(decoded) || decoded.value.value._tag !== tag) {
             corrupt++
             return Option.none()
@@ -143,12 +203,9 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           const entry = decoded.value
           return now < entry.staleUntil ? Option.some({ ...entry, keepFor: entry.staleUntil - now }) : Option.none()
         })
-        return corrupt === 0
-          ? Effect.succeed(found)
-          : Effect.as(
-              Effect.sync(() => errors.add(corrupt)),
-              found
-            )
+        if (corrupt === 0 && oversize === 0) return Effect.succeed(found)
+        const counted = corrupt === 0 ? Effect.void : Effect.sync(() => errors.add(corrupt))
+        return Effect.as(oversize === 0 ? counted : Effect.andThen(counted, tooLong(oversize, bytes)), found)
       })
     )
   }
