@@ -120,7 +120,8 @@ export {
    * in a warning, and connects in the background, its commands failing at once meanwhile.
    * Later outages are the stores' business (each fails open or closed as configured) while
    * the client reconnects in the background. The service's `reserve` waits at most `connectTimeout` for a
-   * connection (a new one's handshake, or one of the pool's to be freed), and `subscribe` at most
+   * connection (a new one's handshake, or one of the pool's to be freed; a new one not ready by then is closed, not
+   * left to hold the pool), and `subscribe` at most
    * `connectTimeout` plus `commandTimeout` (its queue then fails with the `RedisError`); a reserved
    * connection's `eval` shares one deadline as the shared one's does. After a failover, a connection left on the
    * old primary (a replica now, refusing writes with READONLY) is dropped by the first guarded call it refuses (at

@@ -800,6 +800,45 @@ describe.skipIf(skipRedis)(
         ),
       20_000
     )
+
+    it.live(
+      "a reserve that times out on a Redis that stops answering closes the connection it was opening: none is left pending",
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            yield* Effect.addFinalizer(() => server.resume)
+            const redis = Context.get(
+              yield* Layer.build(
+                Redis.layer({ url: server.url, connectTimeout: "300 millis", commandTimeout: "200 millis" })
+              ),
+              PersistenceRedis.Redis
+            )
+            const reserved = Effect.scoped(
+              Effect.flatMap(redis.reserve, (connection) => connection.send<string>("PING"))
+            )
+            assert.strictEqual(yield* reserved, "PONG")
+            yield* server.pause
+            // The pool's connection: its command's deadline drops it.
+            yield* Effect.flip(reserved)
+            for (let i = 0; i < 3; i++) yield* Effect.flip(reserved)
+            // The layer's own connection stays; every connection a reserve opened is closed, not left in its
+            // handshake (where it held the pool: each reserve after it waited for it, until its deadline).
+            const open = yield* Effect.suspend(() => Effect.succeed(openSockets(server.port))).pipe(
+              Effect.flatMap((n) => (n === 1 ? Effect.succeed(n) : Effect.fail(n))),
+              Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "1 second" }))),
+              Effect.orElseSucceed(() => openSockets(server.port))
+            )
+            assert.strictEqual(open, 1)
+            yield* server.resume
+            const again = yield* Effect.suspend(() => reserved).pipe(
+              Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+            )
+            assert.strictEqual(again, "PONG")
+          })
+        ),
+      20_000
+    )
   }
 )
 
@@ -916,6 +955,9 @@ describe.skipIf(skipRedis)(`Redis.layer over TLS (${skipRedis ? skipReason : "ne
           PersistenceRedis.Redis
         )
         assert.strictEqual(yield* redis.send<string>("PING"), "PONG")
+        // A reserved connection is a TLS one as well.
+        const reserved = Effect.flatMap(redis.reserve, (connection) => connection.send<string>("PING"))
+        assert.strictEqual(yield* Effect.scoped(reserved), "PONG")
       })
     )
   )

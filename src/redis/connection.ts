@@ -65,19 +65,20 @@ export const layer = (
         resetAt: Number.NEGATIVE_INFINITY
       }
       const runSync = Effect.runSyncWith(yield* Effect.context<never>())
+      const socket: Socket = {
+        ...(s.tls === undefined ? {} : { tls: true as const, ...s.tls }),
+        connectTimeout: s.connectTimeout,
+        reconnectStrategy: (retries: number, cause: Error) => {
+          state.lastError = cause
+          if (state.connected) runSync(refused(s, state, retries, cause))
+          return state.connected || s.onUnreachableAtStart === "start" ? backoff(retries, s.reconnectMax) : cause
+        }
+      }
       const client = NodeRedis.layer({
         url: s.url,
         disableOfflineQueue: true,
         commandOptions: { timeout: s.commandTimeout, rejectInFlight: true },
-        socket: {
-          ...(s.tls === undefined ? {} : { tls: true as const, ...s.tls }),
-          connectTimeout: s.connectTimeout,
-          reconnectStrategy: (retries: number, cause: Error) => {
-            state.lastError = cause
-            if (state.connected) runSync(refused(s, state, retries, cause))
-            return state.connected || s.onUnreachableAtStart === "start" ? backoff(retries, s.reconnectMax) : cause
-          }
-        }
+        socket
       }).pipe(
         // NodeRedis logs a warning with a stack trace on every failed reconnection attempt;
         // the stores' guards report an outage once instead.
@@ -85,8 +86,8 @@ export const layer = (
       )
       const built =
         s.onUnreachableAtStart === "start"
-          ? startUnconnected(s, client, state, NodeRedis.NodeRedis)
-          : connect(s, client, state, NodeRedis.NodeRedis)
+          ? startUnconnected(s, socket, client, state, NodeRedis.NodeRedis)
+          : connect(s, socket, client, state, NodeRedis.NodeRedis)
       return Layer.effectContext(built).pipe(
         Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout)),
         Layer.merge(Layer.succeed(ConnectionReset, resetOnReadOnly(s, state)))
@@ -152,6 +153,72 @@ const backoff = (retries: number, max: number): number => Math.min(minReconnectM
 
 type Services = Context.Context<Redis.Redis | NodeRedis.NodeRedis>
 
+type Client = NodeRedis.NodeRedis["Service"]["client"]
+
+/** The client's socket options (TLS, connectTimeout, the reconnection backoff). */
+type Socket = NonNullable<NonNullable<Parameters<Client["duplicate"]>[0]>["socket"]>
+
+const destroy = (connection: Client): void => {
+  try {
+    connection.destroy()
+  } catch {
+    // node-redis before 6.3 throws when destroying a client whose connection has failed.
+  }
+}
+
+const sendOn =
+  (connection: Client) =>
+  <A = unknown>(command: string, ...args: ReadonlyArray<string>): Effect.Effect<A, Redis.RedisError> =>
+    Effect.tryPromise({
+      try: () => connection.sendCommand([command, ...args]) as Promise<A>,
+      catch: (cause) => new Redis.RedisError({ cause })
+    })
+
+// A connection of reserve's pool, its handshake included, within connectTimeout; else it is closed. NodeRedis opens
+// them in the pool's own fiber, which a reserve timing out does not interrupt: one left in its handshake with a Redis
+// that stopped answering stayed open, and held the pool (it opens one connection at a time), so every reserve after
+// it failed its deadline until that handshake ended, if ever. Reserved connections do not reconnect (as NodeRedis's).
+const reservedConnection = (s: Settings, socket: Socket, client: Client) =>
+  Effect.interruptible(
+    Effect.tryPromise({
+      try: async (signal) => {
+        // The signal closes a socket still connecting; destroy, one that has connected. (node-redis's TLS options
+        // type omits `signal`, which `tls.connect` takes as `net.connect` does.)
+        const options = { ...socket, reconnectStrategy: false as const, signal }
+        const connection = client.duplicate({ socket: options as Socket })
+        // Failures reach the command that meets them; without a listener node-redis would throw the event.
+        connection.on("error", () => {})
+        signal.addEventListener("abort", () => destroy(connection), { once: true })
+        try {
+          await connection.connect()
+          return connection
+        } catch (cause) {
+          destroy(connection)
+          throw cause
+        }
+      },
+      catch: (cause) => new Redis.RedisError({ cause })
+    }).pipe(
+      Effect.timeoutOrElse({
+        duration: Duration.millis(s.connectTimeout),
+        orElse: () =>
+          Effect.fail(
+            new Redis.RedisError({
+              cause: new ConnectionTimeoutError(
+                `no connection reserved within ${s.connectTimeout} ms from Redis at ${s.address}`
+              )
+            })
+          )
+      })
+    )
+  ).pipe(
+    Effect.map((connection) => ({
+      send: sendOn(connection),
+      // Fails the commands in flight instead of waiting for their replies, as the pool requires.
+      close: Effect.sync(() => destroy(connection))
+    }))
+  )
+
 // A new connection (reserve's, a subscription's) that was not ready in time: its handshake, or the pool's wait.
 class ConnectionTimeoutError extends Error {}
 
@@ -163,9 +230,21 @@ const failedQueue = (error: Redis.RedisError): Effect.Effect<Queue.Dequeue<Redis
 
 // effect's service over node-redis, bounded as the commands are. `eval`: one deadline (see evalWithin), on the
 // shared connection and on a reserved one. `reserve` and `subscribe` open a connection of their own, whose
-// handshake node-redis does not bound: on a Redis that stopped answering they waited for ever.
-const bounded = (s: Settings, context: Services): Services => {
+// handshake node-redis does not bound: on a Redis that stopped answering they waited for ever. The pool of
+// `reserve` is this one's (see reservedConnection), in the scope the services are built in.
+const bounded = Effect.fnUntraced(function* (
+  s: Settings,
+  socket: Socket,
+  context: Services,
+  tag: typeof NodeRedis.NodeRedis
+) {
   const redis = Context.get(context, Redis.Redis)
+  const pooled = yield* Redis.make({
+    send: redis.send,
+    connect: reservedConnection(s, socket, Context.get(context, tag).client),
+    // Never called: `subscribe` below is NodeRedis's.
+    subscribe: () => Effect.die(new Error("unused"))
+  })
   const reserveTimedOut = Effect.fail(
     new Redis.RedisError({
       cause: new ConnectionTimeoutError(
@@ -183,7 +262,7 @@ const bounded = (s: Settings, context: Services): Services => {
     send: redis.send,
     eval: evalWithin(redis.send, s.commandTimeout),
     reserve: Effect.map(
-      Effect.timeoutOrElse(redis.reserve, {
+      Effect.timeoutOrElse(pooled.reserve, {
         duration: Duration.millis(s.connectTimeout),
         orElse: () => reserveTimedOut
       }),
@@ -195,13 +274,14 @@ const bounded = (s: Settings, context: Services): Services => {
         orElse: () => subscribeTimedOut
       })
   })
-}
+})
 
 // node-redis bounds only the socket's connection by connectTimeout, not the handshake after
 // it: a hung Redis (or another server on the port) that accepts the connection and never
 // answered held the build for ever. The build's scope is the layer's: giving up closes the client.
 const connect = (
   s: Settings,
+  socket: Socket,
   client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>,
   state: State,
   tag: typeof NodeRedis.NodeRedis
@@ -210,7 +290,7 @@ const connect = (
     Effect.mapError((error) =>
       layerError(`Redis at ${s.address}: connection failed: ${errorText(error)}`, error.cause)
     ),
-    Effect.map((context) => bounded(s, context)),
+    Effect.flatMap((context) => bounded(s, socket, context, tag)),
     Effect.timeoutOrElse({
       duration: Duration.millis(s.connectTimeout),
       orElse: () => {
@@ -267,6 +347,7 @@ class NotConnectedError extends Error {}
 // command fails at once, as an offline client's do, until it has connected; then they are its own.
 const startUnconnected = Effect.fnUntraced(function* (
   s: Settings,
+  socket: Socket,
   client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>,
   state: State,
   tag: typeof NodeRedis.NodeRedis
@@ -285,13 +366,17 @@ const startUnconnected = Effect.fnUntraced(function* (
   const attempt = (retries: number): Effect.Effect<void> =>
     Effect.flatMap(Scope.fork(scope), (child) =>
       Effect.matchEffect(
-        Effect.timeoutOrElse(Layer.buildWithScope(client, child), {
-          duration: Duration.millis(s.connectTimeout),
-          orElse: () => Effect.fail(timedOut)
-        }),
+        Effect.timeoutOrElse(
+          Effect.flatMap(Layer.buildWithScope(client, child), (context) =>
+            Scope.provide(bounded(s, socket, context, tag), child)
+          ),
+          {
+            duration: Duration.millis(s.connectTimeout),
+            orElse: () => Effect.fail(timedOut)
+          }
+        ),
         {
-          onSuccess: (context) => {
-            const services = bounded(s, context)
+          onSuccess: (services) => {
             redis = Context.get(services, Redis.Redis)
             node = Context.get(services, tag)
             state.connected = true
