@@ -802,6 +802,39 @@ describe.skipIf(skipRedis)(
     )
 
     it.live(
+      "a subscribe that times out closes its connection at once, not when the caller's scope closes: none subscribes later",
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            yield* Effect.addFinalizer(() => server.resume)
+            const redis = Context.get(
+              yield* Layer.build(
+                Redis.layer({ url: server.url, connectTimeout: "300 millis", commandTimeout: "200 millis" })
+              ),
+              PersistenceRedis.Redis
+            )
+            yield* server.pause
+            // In the scope the test goes on in: the subscription's failure comes through its queue.
+            const queue = yield* redis.subscribe("orchestra-late")
+            assert.strictEqual((yield* Effect.flip(Queue.take(queue)))._tag, "RedisError")
+            // Its connection, left in its handshake, subscribed once Redis answered again and filled a queue
+            // nobody reads, for as long as the caller's scope lived.
+            assert.strictEqual(openSockets(server.port), 1)
+            yield* server.resume
+            const admin = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+            yield* Effect.sleep("300 millis")
+            assert.strictEqual(yield* admin.send<number>("PUBLISH", "orchestra-late", "m"), 0)
+            // A subscription that does not time out stays with the caller's scope, and is delivered to.
+            const live = yield* redis.subscribe("orchestra-live")
+            assert.strictEqual(yield* admin.send<number>("PUBLISH", "orchestra-live", "hello"), 1)
+            assert.deepStrictEqual(yield* Queue.take(live), { channel: "orchestra-live", message: "hello" })
+          })
+        ),
+      20_000
+    )
+
+    it.live(
       "a reserve that times out on a Redis that stops answering closes the connection it was opening: none is left pending",
       () =>
         Effect.scoped(

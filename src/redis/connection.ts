@@ -268,11 +268,17 @@ const bounded = Effect.fnUntraced(function* (
       }),
       (connection): Redis.Connection => ({ send: connection.send, eval: evalWithin(connection.send, s.commandTimeout) })
     ),
+    // In a scope of its own, closed when it gives up: NodeRedis's subscriber is the caller's scope's, so one left in
+    // its handshake (or retrying a refused connection) subscribed once Redis answered, into a queue nobody read.
     subscribe: (channel) =>
-      Effect.timeoutOrElse(redis.subscribe(channel), {
-        duration: Duration.millis(subscribeMillis),
-        orElse: () => subscribeTimedOut
-      })
+      Effect.flatMap(Effect.scope, (scope) =>
+        Effect.flatMap(Scope.fork(scope), (own) =>
+          Effect.timeoutOrElse(Scope.provide(redis.subscribe(channel), own), {
+            duration: Duration.millis(subscribeMillis),
+            orElse: () => Effect.andThen(Scope.close(own, Exit.void), subscribeTimedOut)
+          })
+        )
+      )
   })
 })
 
