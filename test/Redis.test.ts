@@ -802,6 +802,34 @@ describe.skipIf(skipRedis)(
     )
 
     it.live(
+      "a blocking pop on a reserved connection waits past commandTimeout for its own timeout and loses no element",
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const redis = Context.get(
+              yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "200 millis" })),
+              PersistenceRedis.Redis
+            )
+            // node-redis keeps a command that blocks on the server out of the client's deadline once sent: cut at
+            // 200 ms, the element Redis popped later would have been answered to nobody.
+            const pop = yield* Effect.forkChild(
+              Effect.scoped(
+                Effect.flatMap(redis.reserve, (connection) =>
+                  connection.send<ReadonlyArray<string> | null>("BLPOP", "orchestra-jobs", "5")
+                )
+              )
+            )
+            yield* Effect.sleep("600 millis")
+            yield* redis.send("RPUSH", "orchestra-jobs", "job-1")
+            assert.deepStrictEqual(yield* Fiber.join(pop), ["orchestra-jobs", "job-1"])
+            assert.strictEqual(yield* redis.send<number>("LLEN", "orchestra-jobs"), 0)
+          })
+        ),
+      20_000
+    )
+
+    it.live(
       "a subscribe that times out closes its connection at once, not when the caller's scope closes: none subscribes later",
       () =>
         Effect.scoped(
