@@ -122,7 +122,9 @@ export {
    * the client reconnects in the background. The service's `reserve` waits at most `connectTimeout` for a
    * connection (a new one's handshake, or one of the pool's to be freed; a new one not ready by then is closed, not
    * left to hold the pool), and `subscribe` at most
-   * `connectTimeout` plus `commandTimeout` (its queue then fails with the `RedisError`, and its connection is closed); a reserved
+   * `connectTimeout` plus `commandTimeout` (its queue then fails with the `RedisError`, and its connection is closed). A subscription
+   * reconnects as the client does (each handshake within `connectTimeout`, at most `reconnectMax` apart) and
+   * subscribes again: messages published meanwhile are not delivered. A reserved
    * connection's `eval` shares one deadline as the shared one's does. After a failover, a connection left on the
    * old primary (a replica now, refusing writes with READONLY) is dropped by the first guarded call it refuses (at
    * most once per `reconnectMax`), so the client reconnects to the primary its address (a DNS name) names now.

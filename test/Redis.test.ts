@@ -862,6 +862,24 @@ describe.skipIf(skipRedis)(
       20_000
     )
 
+    it.live("a subscription Redis refuses (an ACL's NOPERM) fails its queue and closes its connection then", () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const admin = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+          yield* admin.send("ACL", "SETUSER", "limited", "on", ">pw", "~*", "resetchannels", "&allowed", "+@all")
+          const redis = Context.get(
+            yield* Layer.build(Redis.layer({ url: server.url.replace("redis://", "redis://limited:pw@") })),
+            PersistenceRedis.Redis
+          )
+          const before = openSockets(server.port)
+          const queue = yield* redis.subscribe("forbidden")
+          assert.include(Redis.errorText(yield* Effect.flip(Queue.take(queue))), "NOPERM")
+          assert.strictEqual(openSockets(server.port), before)
+        })
+      )
+    )
+
     it.live(
       "a reserve that times out on a Redis that stops answering closes the connection it was opening: none is left pending",
       () =>
@@ -1195,6 +1213,47 @@ const proxyTo = (target: () => number) =>
         for (const socket of sockets) socket.destroy()
       })
   ).pipe(Effect.map(({ server }) => `redis://127.0.0.1:${(server.address() as { readonly port: number }).port}`))
+
+describe.skipIf(skipRedis)(
+  `Redis.layer: a subscription's reconnection (${skipRedis ? skipReason : "needs redis-server"})`,
+  () => {
+    it.live(
+      "a subscriber reconnecting to a server that never answers its handshake tries again after connectTimeout, as the layer's client does, and is delivered to once Redis answers",
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const silentPort = yield* freePort
+            yield* silentServerAt(silentPort)
+            let target = server.port
+            const url = yield* proxyTo(() => target)
+            const redis = Context.get(
+              yield* Layer.build(Redis.layer({ url, connectTimeout: "300 millis", reconnectMax: "100 millis" })),
+              PersistenceRedis.Redis
+            )
+            const admin = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+            const queue = yield* redis.subscribe("orchestra-news")
+            assert.strictEqual(yield* admin.send<number>("PUBLISH", "orchestra-news", "1"), 1)
+            assert.deepStrictEqual(yield* Queue.take(queue), { channel: "orchestra-news", message: "1" })
+            // The subscriber's connection drops, and its address names, for a while, a server that accepts and never
+            // answers (a Redis restarting behind a proxy): its reconnection waited on that handshake for ever.
+            target = silentPort
+            yield* admin.send("CLIENT", "KILL", "TYPE", "pubsub")
+            yield* Effect.sleep("400 millis")
+            target = server.port
+            const delivered = yield* Effect.suspend(() => admin.send<number>("PUBLISH", "orchestra-news", "2")).pipe(
+              Effect.flatMap((n) => (n === 1 ? Effect.void : Effect.fail(n))),
+              Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "5 seconds" }))),
+              Effect.exit
+            )
+            assert.isTrue(Exit.isSuccess(delivered), "the subscriber is back")
+            assert.deepStrictEqual(yield* Queue.take(queue), { channel: "orchestra-news", message: "2" })
+          })
+        ),
+      20_000
+    )
+  }
+)
 
 describe.skipIf(skipRedis)(`Redis.layer: a failover (${skipRedis ? skipReason : "needs redis-server"})`, () => {
   it.live(

@@ -228,10 +228,52 @@ const failedQueue = (error: Redis.RedisError): Effect.Effect<Queue.Dequeue<Redis
     Effect.as(Queue.fail(queue, error), queue)
   )
 
+// A subscription's connection (see NodeRedis's): it reconnects with the layer's backoff and re-subscribes, each
+// reconnection's handshake bounded by connectTimeout as the layer's client's are (see boundHandshakes). Under
+// NodeRedis's, one reconnecting to a server that accepted and never answered (a Redis restarting behind a proxy)
+// waited on it for ever: the subscription delivered nothing again, and said nothing.
+const subscriber =
+  (s: Settings, socket: Socket, client: Client) =>
+  (channel: string, onMessage: (message: Redis.RedisMessage) => void) =>
+    Effect.gen(function* () {
+      const terminal = yield* Deferred.make<void, Redis.RedisError>()
+      // node-redis cannot destroy a socket still connecting: the signal closes it.
+      const abort = new AbortController()
+      const connection = yield* Effect.acquireRelease(
+        Effect.sync(() => client.duplicate({ socket: { ...socket, signal: abort.signal } as Socket })),
+        (connection) =>
+          Effect.sync(() => {
+            destroy(connection)
+            abort.abort()
+          })
+      )
+      connection.on("error", (cause) => {
+        if (!abort.signal.aborted && !connection.isOpen) {
+          Deferred.doneUnsafe(terminal, Exit.fail(new Redis.RedisError({ cause })))
+        }
+      })
+      yield* Effect.tryPromise({
+        try: async () => {
+          try {
+            await connection.connect()
+            await connection.subscribe(channel, (message, channel) => onMessage({ channel, message }))
+          } catch (cause) {
+            // A subscription refused (an ACL's NOPERM) fails its queue: its connection goes now, not with the scope.
+            destroy(connection)
+            abort.abort()
+            throw cause
+          }
+        },
+        catch: (cause) => new Redis.RedisError({ cause })
+      })
+      yield* boundHandshakes(s, connection)
+      return Deferred.await(terminal)
+    })
+
 // effect's service over node-redis, bounded as the commands are. `eval`: one deadline (see evalWithin), on the
 // shared connection and on a reserved one. `reserve` and `subscribe` open a connection of their own, whose
-// handshake node-redis does not bound: on a Redis that stopped answering they waited for ever. The pool of
-// `reserve` is this one's (see reservedConnection), in the scope the services are built in.
+// handshake node-redis does not bound: on a Redis that stopped answering they waited for ever. Their connections
+// are this one's (see reservedConnection, subscriber), the pool in the scope the services are built in.
 const bounded = Effect.fnUntraced(function* (
   s: Settings,
   socket: Socket,
@@ -239,11 +281,11 @@ const bounded = Effect.fnUntraced(function* (
   tag: typeof NodeRedis.NodeRedis
 ) {
   const redis = Context.get(context, Redis.Redis)
-  const pooled = yield* Redis.make({
+  const client = Context.get(context, tag).client
+  const own = yield* Redis.make({
     send: redis.send,
-    connect: reservedConnection(s, socket, Context.get(context, tag).client),
-    // Never called: `subscribe` below is NodeRedis's.
-    subscribe: () => Effect.die(new Error("unused"))
+    connect: reservedConnection(s, socket, client),
+    subscribe: subscriber(s, socket, client)
   })
   const reserveTimedOut = Effect.fail(
     new Redis.RedisError({
@@ -262,20 +304,20 @@ const bounded = Effect.fnUntraced(function* (
     send: redis.send,
     eval: evalWithin(redis.send, s.commandTimeout),
     reserve: Effect.map(
-      Effect.timeoutOrElse(pooled.reserve, {
+      Effect.timeoutOrElse(own.reserve, {
         duration: Duration.millis(s.connectTimeout),
         orElse: () => reserveTimedOut
       }),
       (connection): Redis.Connection => ({ send: connection.send, eval: evalWithin(connection.send, s.commandTimeout) })
     ),
-    // In a scope of its own, closed when it gives up: NodeRedis's subscriber is the caller's scope's, so one left in
-    // its handshake (or retrying a refused connection) subscribed once Redis answered, into a queue nobody read.
+    // In a scope of its own, closed when it gives up: the subscriber is the caller's scope's, so one left in its
+    // handshake (or retrying a refused connection) subscribed once Redis answered, into a queue nobody read.
     subscribe: (channel) =>
       Effect.flatMap(Effect.scope, (scope) =>
-        Effect.flatMap(Scope.fork(scope), (own) =>
-          Effect.timeoutOrElse(Scope.provide(redis.subscribe(channel), own), {
+        Effect.flatMap(Scope.fork(scope), (child) =>
+          Effect.timeoutOrElse(Scope.provide(own.subscribe(channel), child), {
             duration: Duration.millis(subscribeMillis),
-            orElse: () => Effect.andThen(Scope.close(own, Exit.void), subscribeTimedOut)
+            orElse: () => Effect.andThen(Scope.close(child, Exit.void), subscribeTimedOut)
           })
         )
       )
@@ -310,7 +352,7 @@ const connect = (
           state.connected = true
           state.client = Context.get(context, tag).client
         }),
-        boundHandshakes(s, Context.get(context, tag))
+        boundHandshakes(s, Context.get(context, tag).client)
       )
     )
   )
@@ -323,8 +365,7 @@ class HandshakeTimeoutError extends Error {}
 // the Redis that answered later never tried. Each handshake gets connectTimeout; then node-redis drops that
 // connection as after any socket error and tries again after the usual backoff. Only connection events: no cost per
 // command. Set up once the client has connected: its first handshake is bounded by whoever waits for it.
-const boundHandshakes = Effect.fnUntraced(function* (s: Settings, node: NodeRedis.NodeRedis["Service"]) {
-  const client = node.client
+const boundHandshakes = Effect.fnUntraced(function* (s: Settings, client: Client) {
   const run = yield* FiberHandle.makeRuntime<never>()
   const expired = Effect.sleep(Duration.millis(s.connectTimeout)).pipe(
     Effect.andThen(
@@ -389,7 +430,7 @@ const startUnconnected = Effect.fnUntraced(function* (
             state.client = node.client
             const said = warned ? Effect.logInfo(`Redis at ${s.address} connected: the stores use it`) : Effect.void
             return Deferred.succeed(connected, undefined).pipe(
-              Effect.andThen(Scope.provide(boundHandshakes(s, node), child)),
+              Effect.andThen(Scope.provide(boundHandshakes(s, node.client), child)),
               Effect.andThen(said)
             )
           },
