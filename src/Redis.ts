@@ -127,7 +127,9 @@ export {
    * subscribes again: messages published meanwhile are not delivered. A reserved
    * connection's `eval` shares one deadline as the shared one's does. After a failover, a connection left on the
    * old primary (a replica now, refusing writes with READONLY) is dropped by the first guarded call it refuses (at
-   * most once per `reconnectMax`), so the client reconnects to the primary its address (a DNS name) names now.
+   * most once per `reconnectMax`), so the client reconnects to the primary its address (a DNS name) names now; so is a
+   * connection whose guarded calls have all timed out for `connectTimeout` (one a proxy, a NAT or a vanished host lost
+   * without closing it, which a command's deadline leaves open), with an info line.
    * Invalid options fail it with an `OptionError` naming the field. Closed with the layer's scope.
    * The `redis` package (node-redis) is loaded when the layer is built, so modules that only
    * use the in-memory stores never need it.

@@ -1255,6 +1255,89 @@ describe.skipIf(skipRedis)(
   }
 )
 
+/** A loopback TCP proxy to `port` whose `freeze` stops carrying the connections open then, without closing them. */
+const freezableProxyTo = (port: number) =>
+  Effect.acquireRelease(
+    Effect.callback<{
+      readonly server: ReturnType<typeof createServer>
+      readonly pairs: Set<readonly [Socket, Socket]>
+    }>((resume) => {
+      const pairs = new Set<readonly [Socket, Socket]>()
+      const server = createServer((client) => {
+        const upstream = connectTo(port, "127.0.0.1")
+        const pair = [client, upstream] as const
+        pairs.add(pair)
+        for (const socket of pair) {
+          socket.on("error", () => {})
+          socket.on("close", () => {
+            pairs.delete(pair)
+            client.destroy()
+            upstream.destroy()
+          })
+        }
+        client.pipe(upstream).pipe(client)
+      })
+      server.listen(0, "127.0.0.1", () => resume(Effect.succeed({ server, pairs })))
+    }),
+    ({ server, pairs }) =>
+      Effect.sync(() => {
+        server.close()
+        for (const pair of pairs) for (const socket of pair) socket.destroy()
+      })
+  ).pipe(
+    Effect.map(({ server, pairs }) => ({
+      url: `redis://127.0.0.1:${(server.address() as { readonly port: number }).port}`,
+      freeze: Effect.sync(() => {
+        for (const [client, upstream] of pairs) {
+          client.unpipe(upstream)
+          upstream.unpipe(client)
+        }
+      })
+    }))
+  )
+
+describe.skipIf(skipRedis)(
+  `Redis.layer: a connection gone silent (${skipRedis ? skipReason : "needs redis-server"})`,
+  () => {
+    it.live(
+      "a connection that no longer carries replies (a proxy or NAT lost it without closing it) is dropped once its calls have timed out for connectTimeout, and made again",
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const proxy = yield* freezableProxyTo(server.port)
+            const context = yield* Layer.build(
+              Redis.layer({
+                url: proxy.url,
+                connectTimeout: "300 millis",
+                commandTimeout: "100 millis",
+                reconnectMax: "100 millis"
+              })
+            )
+            const redis = Context.get(context, PersistenceRedis.Redis)
+            const guard = yield* Redis.makeGuard({
+              store: `silent-${Math.random()}`,
+              settings: yield* Effect.fromResult(Redis.guardSettings({ reportAfter: "1 minute" }))
+            }).pipe(Effect.provideContext(context))
+            const ping = Effect.suspend(() => guard.call("PING", redis.send<string>("PING")))
+            // A busy machine may take longer than the deadline once.
+            assert.strictEqual(yield* ping.pipe(Effect.retry(Schedule.recurs(5))), "PONG")
+            yield* proxy.freeze
+            const failed = yield* Effect.flip(ping)
+            assert.strictEqual(failed.reason, "Timeout")
+            // TCP to the proxy stays up: the client waited on the lost connection for good.
+            const back = yield* ping.pipe(
+              Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: "5 seconds" }))),
+              Effect.exit
+            )
+            assert.isTrue(Exit.isSuccess(back), String(back))
+          })
+        ),
+      20_000
+    )
+  }
+)
+
 describe.skipIf(skipRedis)(`Redis.layer: a failover (${skipRedis ? skipReason : "needs redis-server"})`, () => {
   it.live(
     "connected to a primary that became a replica (READONLY) while its address now names the new primary: the stores reconnect to it",

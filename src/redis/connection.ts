@@ -10,7 +10,7 @@ import { Context, Deferred, Duration, Effect, Exit, FiberHandle, Layer, Option, 
 import { Redis } from "effect/persistence"
 import * as Input from "../Input.js"
 import type { Options } from "../Redis.js"
-import { errorText, isErrorReply, isReadOnly } from "./errors.js"
+import { errorText, isErrorReply, isReadOnly, type StoreError } from "./errors.js"
 import { evalWithin } from "./eval.js"
 import { minReconnectMillis, type Settings, settings } from "./settings.js"
 
@@ -21,15 +21,18 @@ export const ClientDeadline: Context.Reference<number | undefined> = Context.Ref
 )
 
 /**
- * What a guard calls with a failed call's error (see {@link layer}): a primary turned replica (READONLY) drops the
- * connection, so the client reconnects to the primary its address names now.
+ * What a guard calls with a failed call's error and how long its calls have failed with no success between (see
+ * {@link layer}): a primary turned replica (READONLY), or a connection that has carried no reply for connectTimeout,
+ * is dropped, so the client connects again, to the Redis its address names now.
  *
  * @internal
  */
-export const ConnectionReset: Context.Reference<((error: unknown) => Effect.Effect<void>) | undefined> =
-  Context.Reference<((error: unknown) => Effect.Effect<void>) | undefined>("effect-orchestra/Redis/ConnectionReset", {
-    defaultValue: () => undefined
-  })
+export const ConnectionReset: Context.Reference<
+  ((error: StoreError, failingFor: number) => Effect.Effect<void>) | undefined
+> = Context.Reference<((error: StoreError, failingFor: number) => Effect.Effect<void>) | undefined>(
+  "effect-orchestra/Redis/ConnectionReset",
+  { defaultValue: () => undefined }
+)
 
 // effect's `RedisError` has no message of its own (its schema has only `cause`), so a failed
 // connection said "" in a log or a rendering. The layer's errors say what failed and where.
@@ -90,7 +93,7 @@ export const layer = (
           : connect(s, socket, client, state, NodeRedis.NodeRedis)
       return Layer.effectContext(built).pipe(
         Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout)),
-        Layer.merge(Layer.succeed(ConnectionReset, resetOnReadOnly(s, state)))
+        Layer.merge(Layer.succeed(ConnectionReset, resetConnection(s, state)))
       )
     })
   )
@@ -103,21 +106,26 @@ interface State {
   refusal: string | undefined
   /** The client, once connected. */
   client: NodeRedis.NodeRedis["Service"]["client"] | undefined
-  /** When the connection was last dropped for a READONLY (Clock milliseconds). */
+  /** When the connection was last dropped (see resetConnection; Clock milliseconds). */
   resetAt: number
 }
 
-// A connection dropped because its Redis is a replica now (see resetOnReadOnly).
+// A connection dropped because its Redis is a replica now, or because it carried no reply (see resetConnection).
 class ReadOnlyReplicaError extends Error {}
+class SilentConnectionError extends Error {}
 
 // After a failover the connection stays on the old primary, now a replica that refuses every write (READONLY):
-// node-redis never reconnects on its own, so the stores failed until the process restarted. Dropping it makes
-// node-redis connect again, to the primary the address (a DNS name) names now. At most once per reconnectMax: an
-// address that still names the replica is not reconnected to in a loop.
-const resetOnReadOnly =
+// node-redis never reconnects on its own, so the stores failed until the process restarted. A connection that a
+// proxy, a NAT or a vanished host lost without closing it carries no reply again, and a command's deadline
+// (rejectInFlight) leaves it open: the stores timed out until TCP gave up, if ever (never, through a proxy that
+// still answers TCP). Dropping it makes node-redis connect again, to the Redis the address (a DNS name) names now:
+// after calls that all timed out for connectTimeout (the wait a new connection's handshake is given). At most
+// once per reconnectMax: an address that still names the replica is not reconnected to in a loop.
+const resetConnection =
   (s: Settings, state: State) =>
-  (error: unknown): Effect.Effect<void> =>
-    isReadOnly(error)
+  (error: StoreError, failingFor: number): Effect.Effect<void> => {
+    const readOnly = isReadOnly(error)
+    return readOnly || (error.reason === "Timeout" && failingFor >= s.connectTimeout)
       ? Effect.clockWith((clock) => {
           const client = state.client
           const now = clock.currentTimeMillisUnsafe()
@@ -131,11 +139,17 @@ const resetOnReadOnly =
             return Effect.void
           }
           state.resetAt = now
+          if (!readOnly) {
+            const message = `Redis at ${s.address} answered no call for ${failingFor} ms: reconnecting`
+            client._resetDesyncedConnection(new SilentConnectionError(message))
+            return Effect.logInfo(message)
+          }
           const message = `Redis at ${s.address} answered READONLY (a replica now): reconnecting, to the primary its address names`
           client._resetDesyncedConnection(new ReadOnlyReplicaError(message))
           return Effect.logWarning(message)
         })
       : Effect.void
+  }
 
 // A reconnection that Redis answered with an error (a password rotated: WRONGPASS; a database removed) is tried
 // again for good, while the stores only see "The client is offline": one warning per refusal says why. The

@@ -109,7 +109,7 @@ export const makeGuard = (options: {
         failures++
         if (failingSince === undefined) failingSince = now
         answered = error.cause !== undefined && isErrorReply(error.cause)
-        let count = countError
+        let count = reset === undefined ? countError : Effect.andThen(reset(error, now - failingSince), countError)
         if (reported || now - failingSince < reportAfter) {
           // A call-probe that found Redis gone altogether: the PINGs take over.
           if (reported && !answered && probing !== undefined) count = Effect.andThen(count, probing)
@@ -153,7 +153,7 @@ export const makeGuard = (options: {
         Effect.matchEffect({
           onFailure: (error) => {
             if (error instanceof StoreError) return failed(error)
-            const failure = failed(
+            return failed(
               new StoreError({
                 store,
                 operation,
@@ -162,7 +162,6 @@ export const makeGuard = (options: {
                 cause: error
               })
             )
-            return reset === undefined ? failure : Effect.andThen(reset(error), failure)
           },
           onSuccess: (value) => (failingSince === undefined ? Effect.succeed(value) : Effect.as(succeeded, value))
         })
