@@ -29,6 +29,7 @@ import type { GenerateResponse } from "../src/Model.js"
 import * as RateLimit from "../src/RateLimit.js"
 import * as Redis from "../src/Redis.js"
 import * as ResponseCache from "../src/ResponseCache.js"
+import { settings } from "../src/redis/settings.js"
 import * as RedisCache from "../src/ResponseCache/Redis.js"
 import { captureLogs } from "./utils/logs.js"
 import { freePort, redisServerPath, skipRedis, skipReason, startRedis, startRedisAt } from "./utils/redis.js"
@@ -509,6 +510,17 @@ describe.skipIf(skipRedis)(
 )
 
 describe("Redis.layer options", () => {
+  it("the address messages name is the one node-redis connects to: localhost when the URL names no host", () => {
+    const addressOf = (url: string) => {
+      const checked = settings({ url })
+      return Result.isSuccess(checked) ? checked.success.address : `refused: ${checked.failure.message}`
+    }
+    assert.strictEqual(addressOf("redis://"), "localhost:6379")
+    assert.strictEqual(addressOf("redis:///2"), "localhost:6379")
+    assert.strictEqual(addressOf("redis://10.0.0.7"), "10.0.0.7:6379")
+    assert.strictEqual(addressOf("rediss://[::1]:6380"), "[::1]:6380")
+  })
+
   it.effect(
     "a reconnectMax below the backoff's first pause (50 ms) is an OptionError naming it: a busy loop on a down Redis",
     () =>

@@ -161,7 +161,8 @@ export const settings = (options: Options): Input.Checked<Settings> => {
     ]),
     ([connectTimeout, commandTimeout, reconnectMax]) => ({
       url: plain,
-      address: `${parsed.hostname}:${parsed.port === "" ? "6379" : parsed.port}`,
+      // node-redis connects to localhost when the URL names no host (redis://, redis:///2).
+      address: `${parsed.hostname === "" ? "localhost" : parsed.hostname}:${parsed.port === "" ? "6379" : parsed.port}`,
       connectTimeout,
       commandTimeout,
       reconnectMax,
