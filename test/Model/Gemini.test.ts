@@ -943,6 +943,24 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("a last chunk not followed by a blank line still finishes (Gemini has no terminator to wait for)", () =>
+      Effect.gen(function* () {
+        const body = `${Server.sse([streamChunk("Grüße ")])}data: ${JSON.stringify(streamChunk("aus Köln", "STOP"))}\r\n`
+        const server = yield* Server.make((_, res) => Server.chunked(res, Server.splitAwkward(body)))
+        const p = yield* provider(server)
+        const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
+        assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+        assert.strictEqual(text, "Grüße aus Köln")
+        const finish = parts.at(-1)
+        assert.strictEqual(finish?._tag, "Finish")
+        assert.deepStrictEqual(finish?._tag === "Finish" ? finish.usage : undefined, {
+          inputTokens: 8,
+          outputTokens: 8,
+          totalTokens: 16
+        })
+      })
+    )
+
     it.effect("a streamed function call is a ToolCall part; the stream finishes with tool_calls", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>

@@ -111,6 +111,38 @@ describe("SSE framing", () => {
     })
   )
 
+  it.effect(
+    "a last event whose lines ended but no blank line followed is delivered; one cut inside a line is not",
+    () =>
+      Effect.gen(function* () {
+        for (const end of ["\n", "\r\n", "\r"]) {
+          const events = yield* Stream.runCollect(
+            Sse.events(bytes(`data: a${end}${end}event: last${end}data: b${end}`), ctx, { maxEventBytes: 1024 })
+          )
+          assert.deepStrictEqual(
+            events.map((e) => [e.event, e.data]),
+            [
+              ["message", "a"],
+              ["last", "b"]
+            ],
+            JSON.stringify(end)
+          )
+        }
+        // A CR that ends the body is a whole line end, not half of a CRLF still to come.
+        const cr = yield* Stream.runCollect(Sse.events(bytes("data: a\r\ndata: b\r"), ctx, { maxEventBytes: 1024 }))
+        assert.deepStrictEqual(
+          cr.map((e) => e.data),
+          ["a\nb"]
+        )
+        // Ended inside a line: the text may be cut anywhere, so that event is not delivered.
+        const cut = yield* Stream.runCollect(Sse.events(bytes('data: a\n\ndata: {"b'), ctx, { maxEventBytes: 1024 }))
+        assert.deepStrictEqual(
+          cut.map((e) => e.data),
+          ["a"]
+        )
+      })
+  )
+
   it.effect("an endless event fails TooLarge at its bound", () =>
     Effect.gen(function* () {
       const endless = Stream.concat(bytes("data: "), Stream.forever(bytes("x".repeat(1000))))

@@ -6,6 +6,8 @@
  * decoded a read at a time, a character split across reads kept whole; the
  * parser keeps a CR that ends one read to pair it with an LF that starts the next. `retry:`
  * fields are ignored (a model stream is never reconnected), and one pending event is bounded.
+ * A last event whose lines ended, but that no blank line followed, is delivered when the body
+ * ends; one that ends inside a line (cut anywhere) is not.
  *
  * @since 0.2.0
  */
@@ -108,9 +110,13 @@ export const events = (
         },
         { maxEventSize: options.maxEventBytes }
       )
+      // The last character fed was a line end: the body is not inside a line.
+      let atLineEnd = true
       const feed = (text: string): void => {
         if (failure !== undefined || text.length === 0) return
         if (!sawEvent && head.length < headLength) head += text.slice(0, headLength - head.length)
+        const last = text.charCodeAt(text.length - 1)
+        atLineEnd = last === 10 || last === 13
         if (parser.feed(text) !== undefined) {
           failure = tooLarge(ctx, "one stream event", options.maxEventBytes, "maxEventBytes")
         }
@@ -118,6 +124,9 @@ export const events = (
       }
       const finish = (): void => {
         feed(decoder.end())
+        // Servers leave out the blank line after the last event (OpenAI's own client delivers it too): its
+        // lines are whole, so it is one. A CR ends an empty line even after a CR; a body cut inside a line is not.
+        if (atLineEnd) feed("\r")
         const text = head.trim()
         if (!sawEvent && failure === undefined && text.length > 0 && !text.startsWith(":")) {
           const quoted = JSON.stringify(scrubbedHead(text, HEAD, ctx.secrets))
