@@ -487,6 +487,49 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect(
+      "a stream's error answer wrapped in an array ([{error}], as Google's streaming methods send) is read",
+      () =>
+        Effect.gen(function* () {
+          const answers: Record<string, [number, unknown]> = {
+            quota: [
+              429,
+              [
+                googleError(429, "RESOURCE_EXHAUSTED", "Resource exhausted. Please try again later.", [
+                  { "@type": "type.googleapis.com/google.rpc.RetryInfo", retryDelay: "21s" }
+                ])
+              ]
+            ],
+            badkey: [
+              400,
+              [
+                googleError(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", [
+                  { "@type": "type.googleapis.com/google.rpc.ErrorInfo", reason: "API_KEY_INVALID" }
+                ])
+              ]
+            ],
+            missing: [404, [googleError(404, "NOT_FOUND", "models/missing is not found for API version v1beta")]]
+          }
+          const server = yield* Server.make((req, res) => {
+            const model = req.path.split("/")[3]!.split(":")[0]!
+            const [status, body] = answers[model]!
+            Server.json(res, status, body)
+          })
+          const p = yield* provider(server)
+          const call = (model: string) =>
+            Effect.map(collect(p.stream({ prompt: "x", model })), (r) => modelErrorOf(r.exit))
+          const quota = yield* call("quota")
+          assert.strictEqual(quota.reason, "RateLimited")
+          assert.deepStrictEqual(quota.retryAfter, Duration.seconds(21))
+          assert.strictEqual(quota.message, "gemini answered HTTP 429: Resource exhausted. Please try again later.")
+          const badKey = yield* call("badkey")
+          assert.strictEqual(badKey.reason, "Unauthorized")
+          const missing = yield* call("missing")
+          assert.strictEqual(missing.reason, "InvalidRequest")
+          assert.strictEqual(missing.field, "model")
+        })
+    )
+
     it.effect("function-call args nested too deeply to serialise are Decode naming them, not a defect", () =>
       Effect.gen(function* () {
         const deep = `${"[".repeat(100_000)}${"]".repeat(100_000)}`

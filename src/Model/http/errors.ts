@@ -157,14 +157,17 @@ const parseGoogleDuration = (u: unknown): Duration.Duration | undefined => {
 }
 
 /**
- * Reads the error fields of a parsed JSON error body (anything else gives no fields).
+ * Reads the error fields of a parsed JSON error body (anything else gives no fields). Google's
+ * streaming methods send theirs as an array of one error object (`[{"error": {...}}]`): its
+ * first element is read.
  *
  * @since 0.2.0
  * @category utils
  */
 export const errorInfo = (body: unknown): ErrorInfo => {
-  if (!Predicate.isObject(body) || Array.isArray(body)) return { reasons: [] }
-  const record = body as Record<string, unknown>
+  const value = Array.isArray(body) && body.length > 0 ? body[0] : body
+  if (!Predicate.isObject(value) || Array.isArray(value)) return { reasons: [] }
+  const record = value as Record<string, unknown>
   const nested = record["error"]
   if (typeof nested === "string") return { message: nested, reasons: [] }
   if (Predicate.isObject(nested) && !Array.isArray(nested)) {
