@@ -956,6 +956,44 @@ for (const [name, client] of [
         })
       )
 
+      it.effect(
+        "without tools no tool_choice is sent (OpenAI refuses it alone); one that asks for a call is refused",
+        () =>
+          Effect.gen(function* () {
+            const server = yield* Server.make((req, res) =>
+              bodyOf(req)["stream"] === true
+                ? Server.text(res, 200, Server.sse([chunk("ok", "stop"), "[DONE]"]), {
+                    "content-type": "text/event-stream"
+                  })
+                : Server.json(res, 200, {
+                    model: "m",
+                    choices: [{ index: 0, message: { role: "assistant", content: "ok" }, finish_reason: "stop" }]
+                  })
+            )
+            const p = yield* provider(server)
+            for (const toolChoice of ["auto", "none"] as const) {
+              assert.strictEqual((yield* p.generate({ prompt: "x", tools: [], toolChoice })).text, "ok")
+              const { parts } = yield* collect(p.stream({ prompt: "x", toolChoice }))
+              assert.strictEqual(parts.at(-1)?._tag, "Finish")
+            }
+            const requests = yield* server.requests
+            assert.lengthOf(requests, 4)
+            for (const request of requests) assert.isFalse("tool_choice" in bodyOf(request))
+            for (const toolChoice of ["required", { name: "get_weather" }] as const) {
+              const error = yield* flipModel(p.generate({ prompt: "x", toolChoice }))
+              assert.strictEqual(error.reason, "InvalidRequest")
+              assert.strictEqual(error.field, "toolChoice")
+            }
+            // As Gemini's provider and the gateway refuse it: a named tool that is not among the tools.
+            const unknown = yield* flipModel(
+              p.generate({ prompt: "x", tools: [{ name: "get_time" }], toolChoice: { name: "get_weather" } })
+            )
+            assert.strictEqual(unknown.field, "toolChoice")
+            assert.include(unknown.message, "get_weather")
+            assert.lengthOf(yield* server.requests, 4)
+          })
+      )
+
       it.effect("tools, tool choice, response format and tool messages map to the wire; tool_calls come back", () =>
         Effect.gen(function* () {
           const server = yield* Server.make((_, res) =>

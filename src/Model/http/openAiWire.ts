@@ -372,7 +372,9 @@ export const toolsBody = (tools: ReadonlyArray<Model.ToolDefinition>): Array<unk
 
 /**
  * The JSON body of a `/chat/completions` request. A tool message without the id of the call
- * it answers is refused (`InvalidRequest` naming it).
+ * it answers is refused (`InvalidRequest` naming it), as is a tool choice naming a tool that is
+ * not among the tools, or asking for a call (`"required"`, a named tool) of a request without
+ * tools; `"auto"` and `"none"` are then not sent.
  *
  * @since 0.2.0
  * @category encoding
@@ -402,11 +404,23 @@ export const chatBody = (
     // Only with tools: OpenAI refuses `parallel_tool_calls` without them.
     if (request.parallelToolCalls !== undefined) body["parallel_tool_calls"] = request.parallelToolCalls
   }
-  if (request.toolChoice !== undefined) {
-    body["tool_choice"] =
-      typeof request.toolChoice === "string"
-        ? request.toolChoice
-        : { type: "function", function: { name: request.toolChoice.name } }
+  const choice = request.toolChoice
+  if (choice !== undefined) {
+    if (body["tools"] !== undefined) {
+      if (typeof choice === "object" && !request.tools!.some((tool) => tool.name === choice.name)) {
+        return Effect.fail(invalidRequest("toolChoice", `no tool is named "${choice.name}"`, options.provider))
+      }
+      body["tool_choice"] = typeof choice === "string" ? choice : { type: "function", function: { name: choice.name } }
+    } else if (choice === "required" || typeof choice === "object") {
+      // OpenAI refuses a tool_choice without tools, after a call; "auto" and "none" are what it does without them.
+      return Effect.fail(
+        invalidRequest(
+          "toolChoice",
+          `${typeof choice === "string" ? '"required"' : `{ name: "${choice.name}" }`} asks for a tool call, but the request has no tools`,
+          options.provider
+        )
+      )
+    }
   }
   if (request.responseFormat !== undefined) {
     const format = request.responseFormat
