@@ -1097,6 +1097,32 @@ for (const [name, client] of [
           assert.strictEqual(parts[2]?._tag === "Finish" && parts[2].finishReason, "tool_calls")
         })
       )
+      it.effect("parallel calls streamed all at index 0 (Ollama, SGLang) are told apart by their ids", () =>
+        Effect.gen(function* () {
+          const call = (fn: Record<string, unknown>, id?: string) =>
+            chunk(null, null, {
+              tool_calls: [{ index: 0, ...(id === undefined ? {} : { id, type: "function" }), function: fn }]
+            })
+          const body = Server.sse([
+            call({ name: "get_weather", arguments: '{"city":' }, "call_a"),
+            call({ arguments: '"Paris"}' }),
+            call({ name: "get_time", arguments: '{"zone":' }, "call_b"),
+            call({ arguments: '"CET"}' }),
+            chunk(null, "tool_calls"),
+            "[DONE]"
+          ])
+          const server = yield* Server.make((_, res) =>
+            Server.chunked(res, Server.splitBytes(body, 13), { pauseMs: 0 })
+          )
+          const p = yield* provider(server)
+          const { exit, parts } = yield* collect(p.stream({ prompt: "hi", tools }))
+          assert.isTrue(Exit.isSuccess(exit))
+          assert.deepStrictEqual(parts.slice(0, 2), [
+            { _tag: "ToolCall", call: { id: "call_a", name: "get_weather", arguments: '{"city":"Paris"}' } },
+            { _tag: "ToolCall", call: { id: "call_b", name: "get_time", arguments: '{"zone":"CET"}' } }
+          ])
+        })
+      )
     })
 
     describe("embed", () => {

@@ -312,6 +312,26 @@ describe("Assemble", () => {
   )
 })
 
+describe("tool calls of one index", () => {
+  it.effect("a new id at an index already taken opens another call (servers that number every call 0)", () =>
+    Effect.gen(function* () {
+      const calls = Assemble.toolCallAssembler()
+      calls.add({ index: 0, id: "call_a", name: "add", arguments: "" })
+      calls.add({ index: 0, arguments: '{"a":' })
+      calls.add({ index: 0, id: "call_a", arguments: "1}" })
+      calls.add({ index: 0, id: "call_b", name: "get_weather", arguments: '{"city":' })
+      calls.add({ index: 0, arguments: '"Paris"}' })
+      // A genuine index 1 after them is a third call, not the second one's continuation.
+      calls.add({ index: 1, id: "call_c", name: "get_time" })
+      assert.deepStrictEqual(yield* calls.parts(ctx), [
+        { _tag: "ToolCall", call: { id: "call_a", name: "add", arguments: '{"a":1}' } },
+        { _tag: "ToolCall", call: { id: "call_b", name: "get_weather", arguments: '{"city":"Paris"}' } },
+        { _tag: "ToolCall", call: { id: "call_c", name: "get_time", arguments: "{}" } }
+      ])
+    })
+  )
+})
+
 describe("errors", () => {
   it("status -> reason from data", () => {
     const info = (fields: Partial<Errors.ErrorInfo> = {}): Errors.ErrorInfo => ({ reasons: [], ...fields })

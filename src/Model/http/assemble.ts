@@ -160,7 +160,9 @@ export const assemble = <C>(
 /**
  * One fragment of a tool call streamed as deltas (OpenAI's `delta.tool_calls[]`): the first
  * fragment of a call carries its id and name, the next ones pieces of its arguments (a name
- * repeated whole in a later fragment counts once).
+ * repeated whole in a later fragment counts once). A new id at an index that already has a call
+ * of another id opens another call, which that index's fragments then go on (servers that
+ * number every call 0).
  *
  * @since 0.2.0
  * @category models
@@ -213,19 +215,36 @@ export const toolCallAssembler = (): ToolCallAssembler => {
     number,
     { id: string | undefined; name: string; arguments: string; signature: string | undefined }
   >()
+  // The call each index of the wire stands for now: some servers (Ollama, SGLang, proxies) number every call 0.
+  const slots = new Map<number, number>()
   let last: number | undefined
   let next = 0
+  const opensAnother = (delta: ToolCallDelta, slot: number | undefined): boolean => {
+    const id = calls.get(slot ?? -1)?.id
+    return typeof delta.id === "string" && delta.id.length > 0 && id !== undefined && delta.id !== id
+  }
   const indexOf = (delta: ToolCallDelta): number => {
-    if (typeof delta.index === "number") return delta.index
+    if (typeof delta.index === "number") {
+      const given = delta.index
+      let slot = slots.get(given)
+      if (slot === undefined || opensAnother(delta, slot)) {
+        slot = slot === undefined && !calls.has(given) ? given : next
+        slots.set(given, slot)
+      }
+      return slot
+    }
     const opens = typeof delta.id === "string" && delta.id.length > 0 && delta.id !== calls.get(last ?? -1)?.id
     return opens || last === undefined ? next : last
   }
   return {
     add: (delta) => {
-      const index = indexOf(delta)
       // A Map takes any number as a key: -1 sorted first; after Infinity, every call without an index merged into one.
-      if (!(Number.isInteger(index) && index >= 0 && index < maxToolCalls)) {
-        return typeof delta.index === "number"
+      if (typeof delta.index === "number" && !(Number.isInteger(delta.index) && delta.index >= 0)) {
+        return `${delta.index} is not a tool-call index (an integer from 0 to ${maxToolCalls - 1})`
+      }
+      const index = indexOf(delta)
+      if (index >= maxToolCalls) {
+        return typeof delta.index === "number" && delta.index >= maxToolCalls
           ? `${delta.index} is not a tool-call index (an integer from 0 to ${maxToolCalls - 1})`
           : `more than ${maxToolCalls} tool calls`
       }
