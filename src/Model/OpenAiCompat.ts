@@ -260,7 +260,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
           id: call.id || `call_${i}`,
           name: call.function.name,
           // No arguments is an empty object, as Gemini's and effect/ai's calls read (both refuse "" as not JSON).
-          arguments: call.function.arguments || "{}",
+          arguments: Wire.argumentsText(call.function.arguments) || "{}",
           ...(signature === undefined ? {} : { signature })
         }
       })
@@ -359,7 +359,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                       index: delta.index,
                       id: delta.id,
                       name: delta.function?.name,
-                      arguments: delta.function?.arguments,
+                      arguments: Wire.argumentsText(delta.function?.arguments),
                       signature: Wire.signatureOf(delta.extra_content)
                     })
                     if (issue !== undefined) {

@@ -1688,6 +1688,47 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
     })
   )
 
+  it.effect(
+    "tool-call arguments sent as the object itself (llama.cpp's --tool-args-object, TGI) are its JSON text",
+    () =>
+      Effect.gen(function* () {
+        const args = { city: "Paris", days: [1, 2] }
+        const server = yield* Server.make((req, res) =>
+          bodyOf(req)["stream"] === true
+            ? Server.text(
+                res,
+                200,
+                Server.sse([
+                  chunk(null, null, {
+                    tool_calls: [{ index: 0, id: "call_a", type: "function", function: { name: "get_weather" } }]
+                  }),
+                  chunk(null, null, { tool_calls: [{ index: 0, function: { arguments: args } }] }),
+                  chunk(null, "tool_calls"),
+                  "[DONE]"
+                ]),
+                { "content-type": "text/event-stream" }
+              )
+            : Server.json(
+                res,
+                200,
+                // Written by hand: JSON.stringify would write 1e400 (Infinity) as null.
+                `{"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_a","type":"function","function":{"name":"get_weather","arguments":${
+                  bodyOf(req)["model"] === "huge" ? '{"city":"Paris","n":1e400}' : JSON.stringify(args)
+                }}}]},"finish_reason":"tool_calls"}]}`
+              )
+        )
+        const p = yield* provider(server)
+        const expected = { id: "call_a", name: "get_weather", arguments: '{"city":"Paris","days":[1,2]}' }
+        assert.deepStrictEqual((yield* p.generate({ prompt: "x" })).toolCalls, [expected])
+        const { parts } = yield* collect(p.stream({ prompt: "x" }))
+        assert.deepStrictEqual(parts[0], { _tag: "ToolCall", call: expected })
+        // A number JSON cannot write back is no argument: Decode naming it, never a silent null.
+        const error = yield* flipModel(p.generate({ prompt: "x", model: "huge" }))
+        assert.strictEqual(error.reason, "Decode")
+        assert.strictEqual(error.field, "choices[0].message.tool_calls[0].function.arguments.n")
+      })
+  )
+
   it.effect('an answer naming its model "" is told as the model asked for, in generate, stream and embed', () =>
     Effect.gen(function* () {
       const server = yield* Server.make((req, res) => {

@@ -11,7 +11,7 @@ import { Effect, Result, Schema } from "effect"
 import { Base64 } from "effect/encoding"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
-import { tokenCount } from "./decode.js"
+import { finite, shallow, tokenCount } from "./decode.js"
 import { type CallContext, malformed, unaskedDimensions, unevenVectors } from "./errors.js"
 
 const Text = Schema.optional(Schema.NullOr(Schema.String))
@@ -97,11 +97,31 @@ export const signatureOf = (extra: unknown): string | undefined => {
 export const extraContentOf = (call: Model.ToolCall): { readonly extra_content?: unknown } =>
   call.signature === undefined ? {} : { extra_content: { google: { thought_signature: call.signature } } }
 
+/**
+ * A call's arguments: their JSON text, as OpenAI sends them, or the object itself (llama.cpp's
+ * server with `--tool-args-object`, TGI), read as its JSON text. Written again with
+ * `JSON.stringify`: too deep overflows it, and `1e400` (Infinity) it writes as null.
+ */
+const Arguments = Schema.optional(
+  Schema.NullOr(Schema.Union([Schema.String, Schema.Record(Schema.String, Schema.Unknown).check(shallow, finite)]))
+)
+
+/**
+ * The JSON text of a call's arguments as {@link Arguments} reads them (`undefined` for none).
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const argumentsText = (
+  args: string | { readonly [key: string]: unknown } | null | undefined
+): string | undefined =>
+  typeof args === "string" ? args : args === null || args === undefined ? undefined : JSON.stringify(args)
+
 const ToolCallWire = Schema.Struct({
   id: Text,
   type: Text,
   // A call of no tool is refused, as a streamed call that never got a name is.
-  function: Schema.Struct({ name: Schema.NonEmptyString, arguments: Text }),
+  function: Schema.Struct({ name: Schema.NonEmptyString, arguments: Arguments }),
   extra_content: ExtraContent
 })
 
@@ -150,7 +170,7 @@ export const ChatChunk = Schema.Struct({
                   Schema.Struct({
                     index: Count,
                     id: Text,
-                    function: Schema.optional(Schema.NullOr(Schema.Struct({ name: Text, arguments: Text }))),
+                    function: Schema.optional(Schema.NullOr(Schema.Struct({ name: Text, arguments: Arguments }))),
                     extra_content: ExtraContent
                   })
                 )
