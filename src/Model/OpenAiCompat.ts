@@ -333,9 +333,16 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                 const chunk = decoded.success
                 if (chunk.model !== undefined && chunk.model !== null) answeredModel = chunk.model
                 if (chunk.usage !== undefined && chunk.usage !== null) usage = chunk.usage
+                const choices = chunk.choices
+                if (choices === undefined || choices === null) {
+                  // A usage chunk may leave `choices` out; a chunk with neither is no chunk of an answer.
+                  return chunk.usage !== undefined && chunk.usage !== null
+                    ? Effect.succeed([])
+                    : Effect.fail(Errors.malformed(ctx, "choices", "a chunk with neither choices nor usage"))
+                }
                 const parts: Array<Model.StreamPart> = []
-                for (let i = 0; i < chunk.choices.length; i++) {
-                  const choice = chunk.choices[i]!
+                for (let i = 0; i < choices.length; i++) {
+                  const choice = choices[i]!
                   if ((choice.index ?? 0) !== 0) {
                     sawOther = true
                     continue

@@ -812,6 +812,45 @@ for (const [name, client] of [
         })
       )
 
+      it.effect(
+        "a usage chunk without a choices field (Fireworks, Bedrock) is read; a chunk with neither is Decode",
+        () =>
+          Effect.gen(function* () {
+            const { choices: _, ...usageOnly } = usageChunk
+            const server = yield* Server.make((req, res) =>
+              Server.chunked(
+                res,
+                Server.splitBytes(
+                  Server.sse(
+                    bodyOf(req)["model"] === "bare"
+                      ? [
+                          chunk("Hi"),
+                          { id: "chatcmpl-1", object: "chat.completion.chunk" },
+                          chunk(null, "stop"),
+                          "[DONE]"
+                        ]
+                      : [chunk("Hi"), chunk(null, "stop"), usageOnly, "[DONE]"]
+                  ),
+                  9
+                ),
+                { pauseMs: 0 }
+              )
+            )
+            const p = yield* provider(server)
+            const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
+            assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+            assert.strictEqual(text, "Hi")
+            const finish = parts.at(-1)
+            assert.deepStrictEqual(finish?._tag === "Finish" ? finish.usage : undefined, {
+              inputTokens: 9,
+              outputTokens: 4,
+              totalTokens: 13
+            })
+            const bare = modelErrorOf((yield* collect(p.stream({ prompt: "hi", model: "bare" }))).exit)
+            assert.deepStrictEqual([bare.reason, bare.field], ["Decode", "choices"])
+          })
+      )
+
       it.effect("a usage chunk without prompt_tokens still finishes: the input estimated, the output counted", () =>
         Effect.gen(function* () {
           const server = yield* Server.make((_, res) =>

@@ -149,38 +149,43 @@ export const ChatCompletion = Schema.Struct({
 })
 
 /**
- * One chunk of a streamed answer. `choices` is required (the final usage chunk has it empty).
+ * One chunk of a streamed answer. The final usage chunk has `choices` empty, or (Fireworks,
+ * Bedrock) leaves it out: a chunk without it must carry `usage`, which the caller checks.
  *
  * @since 0.2.0
  * @category schemas
  */
 export const ChatChunk = Schema.Struct({
   model: Text,
-  choices: Schema.Array(
-    Schema.Struct({
-      index: Count,
-      delta: Schema.optional(
-        Schema.NullOr(
-          Schema.Struct({
-            content: Content,
-            refusal: Text,
-            tool_calls: Schema.optional(
-              Schema.NullOr(
-                Schema.Array(
-                  Schema.Struct({
-                    index: Count,
-                    id: Text,
-                    function: Schema.optional(Schema.NullOr(Schema.Struct({ name: Text, arguments: Arguments }))),
-                    extra_content: ExtraContent
-                  })
+  choices: Schema.optional(
+    Schema.NullOr(
+      Schema.Array(
+        Schema.Struct({
+          index: Count,
+          delta: Schema.optional(
+            Schema.NullOr(
+              Schema.Struct({
+                content: Content,
+                refusal: Text,
+                tool_calls: Schema.optional(
+                  Schema.NullOr(
+                    Schema.Array(
+                      Schema.Struct({
+                        index: Count,
+                        id: Text,
+                        function: Schema.optional(Schema.NullOr(Schema.Struct({ name: Text, arguments: Arguments }))),
+                        extra_content: ExtraContent
+                      })
+                    )
+                  )
                 )
-              )
+              })
             )
-          })
-        )
-      ),
-      finish_reason: Text
-    })
+          ),
+          finish_reason: Text
+        })
+      )
+    )
   ),
   usage: Schema.optional(Schema.NullOr(UsageWire))
 })
