@@ -216,7 +216,8 @@ export const toolCallAssembler = (): ToolCallAssembler => {
     { id: string | undefined; name: string; arguments: string; signature: string | undefined }
   >()
   // The call each index of the wire stands for now: some servers (Ollama, SGLang, proxies) number every call 0.
-  const slots = new Map<number, number>()
+  // Made at the first call: most streams carry none.
+  let slots: Map<number, number> | undefined
   let last: number | undefined
   let next = 0
   const opensAnother = (delta: ToolCallDelta, slot: number | undefined): boolean => {
@@ -226,6 +227,7 @@ export const toolCallAssembler = (): ToolCallAssembler => {
   const indexOf = (delta: ToolCallDelta): number => {
     if (typeof delta.index === "number") {
       const given = delta.index
+      slots ??= new Map()
       let slot = slots.get(given)
       if (slot === undefined || opensAnother(delta, slot)) {
         slot = slot === undefined && !calls.has(given) ? given : next
