@@ -286,6 +286,28 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect(
+      "tool-call arguments holding a number JSON cannot write back (1e400) are Decode naming it, not null",
+      () =>
+        Effect.gen(function* () {
+          // Written by hand: JSON.parse reads 1e400 as Infinity, which JSON.stringify wrote back as null, silently.
+          const call = '{"function":{"name":"f","arguments":{"city":"Oslo","n":[1,1e400]}}}'
+          const server = yield* Server.make((req, res) =>
+            bodyOf(req)["stream"] === true
+              ? Server.text(res, 200, `{"model":"m","message":{"content":"","tool_calls":[${call}]},"done":false}\n`, {
+                  "content-type": "application/x-ndjson"
+                })
+              : Server.json(res, 200, `{"model":"m","message":{"role":"assistant","tool_calls":[${call}]},"done":true}`)
+          )
+          const p = yield* provider(server)
+          const field = "message.tool_calls[0].function.arguments.n[1]"
+          const error = yield* flipModel(p.generate({ prompt: "x" }))
+          assert.deepStrictEqual([error.reason, error.field], ["Decode", field])
+          const { exit } = yield* collect(p.stream({ prompt: "x" }))
+          assert.strictEqual(modelErrorOf(exit).field, field)
+        })
+    )
+
     it.effect("a server that never answers ends with a request TimeoutError at `timeout`", () =>
       Effect.gen(function* () {
         const server = yield* Server.make(Server.hang)

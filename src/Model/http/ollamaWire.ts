@@ -10,7 +10,7 @@ import { Duration, Effect, Result, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
-import { shallow, tokenCount } from "./decode.js"
+import { finite, shallow, tokenCount } from "./decode.js"
 import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
 import { toolsBody } from "./openAiWire.js"
 
@@ -41,7 +41,8 @@ const ToolCalls = Schema.optional(
         function: Schema.Struct({
           // A call without a name cannot be dispatched: Decode naming it, as on the other providers.
           name: Schema.NonEmptyString,
-          arguments: Schema.optional(Schema.Unknown.check(shallow, objectArguments))
+          // Written again with JSON.stringify: 1e400 (Infinity) it would write as null.
+          arguments: Schema.optional(Schema.Unknown.check(shallow, objectArguments, finite))
         })
       })
     )
