@@ -81,9 +81,12 @@ const modelOption = (path: string, input: unknown): Input.Checked<string> =>
 const checkOptions = (options: Options) =>
   Input.all([
     Http.settings(options),
-    Redacted.isRedacted(options.apiKey)
-      ? Result.succeed(options.apiKey)
-      : Result.fail({ path: "apiKey", message: "expected a Redacted secret (Redacted.make or Config.Redacted)" }),
+    !Redacted.isRedacted(options.apiKey)
+      ? Result.fail({ path: "apiKey", message: "expected a Redacted secret (Redacted.make or Config.Redacted)" })
+      : // GEMINI_API_KEY set but empty: every call would be refused as an unregistered caller's.
+        String(Redacted.value(options.apiKey)).trim().length === 0
+        ? Result.fail({ path: "apiKey", message: "expected a non-empty key (is GEMINI_API_KEY set but empty?)" })
+        : Result.succeed(options.apiKey),
     Http.nonEmpty("name", Input.orDefault(options.name, "gemini")),
     modelOption("model", Input.orDefault(options.model, "gemini-2.5-flash")),
     modelOption("embeddingModel", Input.orDefault(options.embeddingModel, "gemini-embedding-001")),

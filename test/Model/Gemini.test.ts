@@ -1349,6 +1349,9 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ headers: { "x-a": "b\nc" } }), 'headers["x-a"]')
         assert.strictEqual(yield* pathOf({ headers: { expect: "100-continue" } }), 'headers["expect"]')
         assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("k\r\n") }), "apiKey")
+        // GEMINI_API_KEY set but empty: every call would be refused as an unregistered caller.
+        assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("") }), "apiKey")
+        assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("  ") }), "apiKey")
         // null is a wrong value, not the default.
         assert.strictEqual(yield* pathOf({ streamIdleTimeout: null as never }), "streamIdleTimeout")
         assert.strictEqual(yield* pathOf({ model: null as never }), "model")
