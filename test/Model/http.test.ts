@@ -328,6 +328,13 @@ describe("tool calls of one index", () => {
         { _tag: "ToolCall", call: { id: "call_b", name: "get_weather", arguments: '{"city":"Paris"}' } },
         { _tag: "ToolCall", call: { id: "call_c", name: "get_time", arguments: "{}" } }
       ])
+      // Poolside sends the fragments after a call's first under another id, without a name: still that call.
+      const renamed = Assemble.toolCallAssembler()
+      renamed.add({ index: 0, id: "call_a", name: "add", arguments: '{"a":' })
+      renamed.add({ index: 0, id: "call_x", arguments: "1}" })
+      assert.deepStrictEqual(yield* renamed.parts(ctx), [
+        { _tag: "ToolCall", call: { id: "call_x", name: "add", arguments: '{"a":1}' } }
+      ])
     })
   )
 })

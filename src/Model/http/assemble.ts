@@ -160,9 +160,9 @@ export const assemble = <C>(
 /**
  * One fragment of a tool call streamed as deltas (OpenAI's `delta.tool_calls[]`): the first
  * fragment of a call carries its id and name, the next ones pieces of its arguments (a name
- * repeated whole in a later fragment counts once). A new id at an index that already has a call
- * of another id opens another call, which that index's fragments then go on (servers that
- * number every call 0).
+ * repeated whole in a later fragment counts once). A new id with a name at an index that already
+ * has a call of another id opens another call, which that index's fragments then go on (servers
+ * that number every call 0); a new id without a name goes on with the call.
  *
  * @since 0.2.0
  * @category models
@@ -220,9 +220,18 @@ export const toolCallAssembler = (): ToolCallAssembler => {
   let slots: Map<number, number> | undefined
   let last: number | undefined
   let next = 0
+  // A call starts with its id and its name: another id without a name goes on with the call (Poolside changes the
+  // id after a call's first fragment).
   const opensAnother = (delta: ToolCallDelta, slot: number | undefined): boolean => {
     const id = calls.get(slot ?? -1)?.id
-    return typeof delta.id === "string" && delta.id.length > 0 && id !== undefined && delta.id !== id
+    return (
+      typeof delta.id === "string" &&
+      delta.id.length > 0 &&
+      id !== undefined &&
+      delta.id !== id &&
+      typeof delta.name === "string" &&
+      delta.name.length > 0
+    )
   }
   const indexOf = (delta: ToolCallDelta): number => {
     if (typeof delta.index === "number") {
