@@ -118,7 +118,7 @@ const apiKeyOf = (input: unknown): Input.Checked<Redacted.Redacted<string>> => {
     return Result.fail({ path: "apiKey", message: "expected a Redacted secret (Redacted.make or Config.Redacted)" })
   }
   const key = Redacted.value(input)
-  if (typeof key !== "string" || key.length === 0)
+  if (typeof key !== "string" || key.trim().length === 0)
     return Result.fail({ path: "apiKey", message: "expected a non-empty key" })
   // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it looks for
   if (/[\u0000-\u001f\u007f]/.test(key)) {

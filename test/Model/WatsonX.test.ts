@@ -1511,6 +1511,8 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("key\n") }), "apiKey")
         assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("k\u0000ey") }), "apiKey")
         assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("") }), "apiKey")
+        // Blank: IAM would refuse it at the first call, as an empty one.
+        assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("   ") }), "apiKey")
         assert.strictEqual(yield* pathOf({ refreshMargin: -1 }), "refreshMargin")
         assert.strictEqual(yield* pathOf({ projectId: undefined }), "projectId")
         assert.strictEqual(yield* pathOf({ spaceId: "s" }), "spaceId")
