@@ -1135,6 +1135,24 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect(
+      "a connection cut after the finishReason chunk (no terminator to wait for) ends the stream finished",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.chunked(res, [Server.sse([streamChunk("a")]), Server.sse([streamChunk("b", "STOP")])], {
+              end: "destroy"
+            })
+          )
+          const p = yield* provider(server)
+          const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
+          assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+          assert.strictEqual(text, "ab")
+          const finish = parts.at(-1)
+          assert.strictEqual(finish?._tag === "Finish" ? finish.finishReason : undefined, "stop")
+        })
+    )
+
     it.effect("a stream that ends or is cut before a finishReason is Transport after its text", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((req, res) =>

@@ -760,6 +760,20 @@ for (const [name, client] of [
           })
       )
 
+      it.effect("a connection cut after the finish_reason (before usage and [DONE]) finishes, usage estimated", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.chunked(res, [Server.sse([chunk("one ")]), Server.sse([chunk("two", "stop")])], { end: "destroy" })
+          )
+          const p = yield* provider(server)
+          const { exit, parts, text } = yield* collect(p.stream({ prompt: "hi" }))
+          assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+          assert.strictEqual(text, "one two")
+          const finish = parts.at(-1)
+          assert.strictEqual(finish?._tag === "Finish" ? finish.finishReason : undefined, "stop")
+        })
+      )
+
       it.effect("a finish_reason without [DONE] or usage still finishes, usage estimated", () =>
         Effect.gen(function* () {
           const server = yield* Server.make((_, res) =>

@@ -41,7 +41,7 @@ export interface AssembleOptions<C> {
   /**
    * The answer is complete but for trailing chunks (a usage chunk, a terminator): once it
    * says so, the stream waits at most `wait` for the next chunk, then ends as if the body
-   * had ended (`onEnd`). Asked once per read.
+   * had ended (`onEnd`), as it does when the connection is then cut (`Transport`). Asked once per read.
    *
    * @since 0.3.0
    */
@@ -59,6 +59,9 @@ export interface AssembleOptions<C> {
  */
 export const settledWait = (idleTimeout: Duration.Duration): Duration.Duration =>
   Duration.min(Duration.seconds(2), Duration.millis(Duration.toMillis(idleTimeout) / 2))
+
+const isTransport = (error: ModelError | TimeoutError): boolean =>
+  error._tag === "ModelError" && error.reason === "Transport"
 
 /**
  * The `StreamPart`s of a stream of chunks. It ends at the first `Finish` (nothing upstream
@@ -139,10 +142,15 @@ export const assemble = <C>(
           out.length > 0 ? Effect.succeed(out as unknown as Arr.NonEmptyReadonlyArray<Model.StreamPart>) : pull
         const next = Pull.catchDone(upstream, () => Effect.succeed(undefined))
         const settled = options.settled
+        // Once the answer is whole, a connection cut before its trailing chunks ends it as the body's end would.
         const nextSettled =
           settled === undefined
             ? next
-            : Effect.timeoutOrElse(next, { duration: settled.wait, orElse: () => Effect.succeed(undefined) })
+            : Effect.catchIf(
+                Effect.timeoutOrElse(next, { duration: settled.wait, orElse: () => Effect.succeed(undefined) }),
+                isTransport,
+                () => Effect.succeed(undefined)
+              )
         const pull: Pull.Pull<Arr.NonEmptyReadonlyArray<Model.StreamPart>, ModelError | TimeoutError> = Effect.suspend(
           () => {
             if (failure !== undefined) return Effect.fail(failure)
