@@ -262,19 +262,22 @@ describe("found in review: providers that break their contract", () => {
 })
 
 describe("found in review: a provider answering no response", () => {
-  it.effect("executeMany gives each request its outcome, on both paths, and leaves nothing running", () =>
-    Effect.gen(function* () {
-      // Before, the step's bookkeeping read the answer's usage and threw: on the fused path out of
-      // the pool (a defect ending every request, the call left counted as running), on the full
-      // path as the call's defect.
-      const run = yield* sameOnBothPaths(
-        ["ok:1", "null", "ok:2"].map((prompt) => ({ prompt })),
-        2,
-        10_000
-      )
-      assert.deepStrictEqual(run.outcomes, ["ok ok:1", "ok undefined", "ok ok:2"])
-      assert.strictEqual((run.stats as { inFlight: number }).inFlight, 0)
-    })
+  it.effect(
+    "executeMany gives each request its outcome (that one a Decode error), on both paths, and leaves nothing running",
+    () =>
+      Effect.gen(function* () {
+        // Before, the step's bookkeeping read the answer's usage and threw: on the fused path out of
+        // the pool (a defect ending every request, the call left counted as running), on the full
+        // path as the call's defect.
+        const run = yield* sameOnBothPaths(
+          ["ok:1", "null", "ok:2"].map((prompt) => ({ prompt })),
+          2,
+          10_000
+        )
+        // No response is no success: the caller would read `.text` of it (Executor.answers.test.ts).
+        assert.deepStrictEqual(run.outcomes, ["ok ok:1", "ModelError Decode", "ok ok:2"])
+        assert.strictEqual((run.stats as { inFlight: number }).inFlight, 0)
+      })
   )
 })
 

@@ -41,6 +41,15 @@ export const tokensOf = (request: GenerateRequest): number => estimateInputToken
 
 const usageOf = (response: GenerateResponse) => response.usage
 
+/**
+ * What is wrong with a provider's answer that is no object (`null`, `undefined`: a provider
+ * written in JavaScript, an adapter that returns nothing): its caller would read `.text` of it.
+ *
+ * @internal
+ */
+export const providerAnswerIssue = (value: unknown): string | undefined =>
+  typeof value === "object" && value !== null ? undefined : `answered ${Input.shown(value)}, not a response`
+
 // A deadline's issue: no Duration, or one that cuts at once (negative, zero, `NaN` which
 // `Duration.millis` makes zero). Infinite is no deadline. Read without allocating when valid.
 const durationIssue = (path: string, value: unknown, allowZero: boolean): Input.Issue | undefined => {
@@ -115,7 +124,8 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
     breaker: guards.breaker,
     rateLimit: guards.rateLimit,
     tokens: stepOptions.tokens,
-    maxConcurrency: target.maxConcurrency
+    maxConcurrency: target.maxConcurrency,
+    answerIssue: providerAnswerIssue
   })
 
   const planFor = (

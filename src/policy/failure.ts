@@ -75,6 +75,14 @@ export const unexpected = (
 }
 
 /**
+ * The error of an attempt whose target answered something that is no answer (`Step.answerIssue`).
+ *
+ * @internal
+ */
+export const malformedAnswer = (provider: string, issue: string): ModelError =>
+  new ModelError({ reason: "Decode", message: `the provider ${provider} ${issue}`, provider, field: "response" })
+
+/**
  * A provider call's typed failure as the call's error: an `AiError` as is; anything else (a
  * provider that breaks its contract: a plain `Error`, a string, `undefined`) becomes a
  * `ModelError` of reason `Unknown` with the value as its `cause`, so that the retry and

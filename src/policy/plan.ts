@@ -127,6 +127,12 @@ export interface Step<T> {
    * reached as a fallback); it still answers the callers of its call. Default: kept.
    */
   readonly cacheable?: boolean | undefined
+  /**
+   * What is wrong with an answer of its target, if anything (a provider breaking its contract:
+   * `null` for a response). An attempt answering one it names fails with a `Decode` error naming
+   * the step, which falls back as any malformed answer does, instead of answering its caller.
+   */
+  readonly answerIssue?: ((value: unknown) => string | undefined) | undefined
 }
 
 /**

@@ -17,7 +17,7 @@ import { notAnEffect, observe } from "./callback.js"
 import { type AiError, isRetryable, reasonOf, TimeoutError } from "../AiError.js"
 import { schedule as retrySchedule } from "../Policy.js"
 import type { Series } from "../stats/series.js"
-import { cutByShutdown, notAnAiError, unexpected } from "./failure.js"
+import { cutByShutdown, malformedAnswer, notAnAiError, unexpected } from "./failure.js"
 import type * as Deadline from "./deadline.js"
 import type { Cut, Plan, Step, Telemetry } from "./plan.js"
 import { breakered, type Queued } from "./queued.js"
@@ -206,7 +206,7 @@ export interface Runner {
 export interface Driver extends Runner {
   /** How an attempt's fiber ended, as the attempt's outcome (a timeout counted). */
   readonly settleAttempt: <A>(
-    step: Pick<Step<unknown>, "name" | "timeout">,
+    step: Pick<Step<unknown>, "name" | "timeout" | "answerIssue">,
     result: Exit.Exit<A, AiError> | Deadline.Ending
   ) => Exit.Exit<A, AiError>
   /** After a failed attempt, the next one when the policy says so, else the failure. */
@@ -231,7 +231,7 @@ export const make = (env: Env): Driver => {
 
   // How an attempt's fiber ended becomes the attempt's outcome; a success passes through as is.
   const settleAttempt = <A>(
-    step: Pick<Step<unknown>, "name" | "timeout">,
+    step: Pick<Step<unknown>, "name" | "timeout" | "answerIssue">,
     result: Exit.Exit<A, AiError> | Deadline.Ending
   ): Exit.Exit<A, AiError> => {
     if (result === "timeout") {
@@ -239,7 +239,10 @@ export const make = (env: Env): Driver => {
       return Exit.fail(new TimeoutError({ limit: "request", timeout: step.timeout!, provider: step.name }))
     }
     if (result === "shutdown") return Exit.fail(cutByShutdown())
-    if (Exit.isSuccess(result)) return result
+    if (Exit.isSuccess(result)) {
+      const issue = step.answerIssue?.(result.value)
+      return issue === undefined ? result : Exit.fail(malformedAnswer(step.name, issue))
+    }
     const error = Cause.findErrorOption(result.cause)
     if (error._tag === "None") return Exit.fail(unexpected(result.cause, step.name))
     const replaced = notAnAiError(error.value, step.name)
