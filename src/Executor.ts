@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Layer, Option, Result, type Stream } from "effect"
+import { Context, Duration, Effect, Layer, Option, Result, Stream } from "effect"
 import { type AiError, invalidRequest, type ModelError } from "./AiError.js"
 import { Breakers } from "./CircuitBreaker.js"
 import * as Input from "./Input.js"
@@ -369,6 +369,14 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     return issue === undefined ? engine.run(plan, call) : Effect.fail(invalidRequest(issue.path, issue.message))
   }
 
+  // A stream plan built in code, checked as `run`'s plans are, and its request as `stream`'s is.
+  const runStream: Service["runStream"] = (plan, request) => {
+    const issue = Plans.streamPlanIssue(plan, engine.claimSlot)
+    if (issue !== undefined) return Stream.fail(invalidRequest(issue.path, issue.message))
+    const invalid = Generate.checkRequest(request, limits)
+    return invalid === undefined ? streams.run(plan, request) : Stream.fail(invalid)
+  }
+
   const service = {
     execute,
     executeWithRetry,
@@ -376,7 +384,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     embed,
     stream,
     run,
-    runStream: (plan, request) => streams.run(plan, request),
+    runStream,
     stepFor,
     resolve,
     provider,

@@ -203,7 +203,9 @@ describe("plans built in code", () => {
           [{ steps: [a, b], hedgeAfter: Duration.millis(-5) }, "hedgeAfter"],
           // (`Duration.millis(NaN)` is zero: a hedge after zero starts the backups with the first step.)
           [{ steps: [a, b], hedgeAfter: 100 as never }, "hedgeAfter"],
-          [{ steps: [] as never }, "steps"]
+          [{ steps: [] as never }, "steps"],
+          [{ steps: [a, null] as never }, "steps[1]"],
+          [{ steps: [{ ...a, name: undefined }] as never }, "steps[0].name"]
         ]
         for (const [plan, field] of cases) {
           const error = yield* Effect.flip(executor.run(plan, (target) => target.generate(ask)))
@@ -278,6 +280,60 @@ describe("provider slots by name", () => {
       yield* Stream.runDrain(executor.stream(ask, { provider: { ...p } }))
       yield* Stream.runDrain(executor.stream(ask, { steps: [{ provider: { ...p, maxConcurrency: undefined } }] }))
       assert.strictEqual(yield* control.calls, 2)
+    })
+  )
+})
+
+describe("stream plans built in code (runStream)", () => {
+  const streamPlan = (
+    executor: Executor.Service,
+    fields: Partial<Record<keyof Executor.StreamPlan, unknown>> = {}
+  ): Executor.StreamPlan =>
+    ({
+      steps: [executor.stepFor(executor.provider)],
+      firstChunkTimeout: undefined,
+      idleTimeout: undefined,
+      totalTimeout: undefined,
+      ...fields
+    }) as Executor.StreamPlan
+
+  it.effect("an empty plan, a bad deadline, step, resume or hook, or a bad request is refused naming it", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ respond: () => "hi" })
+      const p = executor.provider
+      const cases: ReadonlyArray<readonly [Executor.StreamPlan, string]> = [
+        [streamPlan(executor, { steps: [] }), "steps"],
+        [streamPlan(executor, { steps: undefined }), "steps"],
+        [streamPlan(executor, { firstChunkTimeout: Duration.millis(-5) }), "firstChunkTimeout"],
+        [streamPlan(executor, { idleTimeout: Duration.zero }), "idleTimeout"],
+        [streamPlan(executor, { totalTimeout: 5000 }), "totalTimeout"],
+        [streamPlan(executor, { steps: [executor.stepFor(p, { timeout: Duration.millis(-1) })] }), "steps[0].timeout"],
+        [streamPlan(executor, { steps: [executor.stepFor(p, { tokens: Number.NaN })] }), "steps[0].tokens"],
+        [
+          streamPlan(executor, { steps: [executor.stepFor(p, { retry: { ...Policy.retry(), maxAttempts: 0 } })] }),
+          "steps[0].retry.maxAttempts"
+        ],
+        [streamPlan(executor, { steps: [{ ...executor.stepFor(p), prepare: "model-b" }] }), "steps[0].prepare"],
+        [streamPlan(executor, { resume: { maxResumes: 0, minOverlap: 4, instruction: "go on" } }), "resume.maxResumes"],
+        [
+          streamPlan(executor, { resume: { maxResumes: 1, minOverlap: Number.NaN, instruction: "go on" } }),
+          "resume.minOverlap"
+        ],
+        [streamPlan(executor, { resume: { maxResumes: 1, minOverlap: 4 } }), "resume.instruction"],
+        [streamPlan(executor, { onRetry: "log" }), "onRetry"]
+      ]
+      for (const [plan, field] of cases) {
+        const error = yield* Effect.flip(Stream.runCollect(executor.runStream(plan, ask)))
+        assert.strictEqual(fieldOf(error), `InvalidRequest ${field}`)
+      }
+      const empty = yield* Effect.flip(Stream.runCollect(executor.runStream(streamPlan(executor), { prompt: "" })))
+      assert.strictEqual(empty._tag === "ModelError" && empty.reason, "InvalidRequest")
+      assert.strictEqual(yield* control.calls, 0)
+      // A valid plan still streams.
+      const parts = yield* Stream.runCollect(
+        executor.runStream(streamPlan(executor, { totalTimeout: Duration.seconds(5) }), ask)
+      )
+      assert.strictEqual(parts.at(-1)?._tag, "Finish")
     })
   )
 })

@@ -7,7 +7,7 @@
  * @internal
  */
 import { Duration, Result } from "effect"
-import type { ExecuteOptions, Guards, Plan, ResolvedOptions, Service } from "../Executor.js"
+import type { ExecuteOptions, Guards, Plan, ResolvedOptions, Service, StreamPlan } from "../Executor.js"
 import * as Input from "../Input.js"
 import {
   estimateInputTokens,
@@ -81,6 +81,14 @@ export const planIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claim
   if (hedge !== undefined) return hedge
   for (let i = 0; i < steps.length; i++) {
     const step = steps[i] as Plan<unknown, unknown>["steps"][0]
+    // Read below and by the engine (its name labels the step's series): a hole or `null` was a
+    // TypeError thrown out of `run` itself, not even its Effect's failure.
+    if (typeof step !== "object" || step === null) {
+      return { path: `steps[${i}]`, message: `expected a step, got ${Input.kindOf(step)}` }
+    }
+    if (typeof step.name !== "string") {
+      return { path: `steps[${i}].name`, message: `expected a string, got ${Input.kindOf(step.name)}` }
+    }
     const timeout = durationIssue(`steps[${i}].timeout`, step.timeout, false)
     if (timeout !== undefined) return timeout
     const tokens = step.tokens
@@ -95,6 +103,66 @@ export const planIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claim
     if (retry !== undefined && !Object.isFrozen(retry)) {
       const checked = decodeRetry(retry, `steps[${i}].retry`)
       if (Result.isFailure(checked)) return checked.failure
+    }
+  }
+  return undefined
+}
+
+const resumeFields = [
+  ["maxResumes", 1],
+  ["minOverlap", 1]
+] as const
+
+/**
+ * The issue of a stream plan built in code (`Executor.runStream`): what {@link planIssue} finds
+ * in its steps and total deadline, a first-chunk or idle deadline that is no valid value, a step's
+ * `prepare` or the plan's `validate` or `onRetry` that is no function, a `resume` whose counts
+ * are no positive integers or whose `instruction` is no string, a `cache` without its store and key.
+ *
+ * @internal
+ */
+export const streamPlanIssue = (plan: StreamPlan, claimSlot: Engine["claimSlot"]): Input.Issue | undefined => {
+  const issue = planIssue(plan as unknown as Plan<unknown, unknown>, claimSlot)
+  if (issue !== undefined) return issue
+  const deadline =
+    durationIssue("firstChunkTimeout", plan.firstChunkTimeout, false) ??
+    durationIssue("idleTimeout", plan.idleTimeout, false)
+  if (deadline !== undefined) return deadline
+  for (let i = 0; i < plan.steps.length; i++) {
+    const prepare = plan.steps[i]!.prepare
+    if (prepare !== undefined && typeof prepare !== "function") {
+      return { path: `steps[${i}].prepare`, message: `expected a function, got ${Input.kindOf(prepare)}` }
+    }
+  }
+  for (const key of ["validate", "onRetry"] as const) {
+    const hook = plan[key]
+    if (hook !== undefined && typeof hook !== "function") {
+      return { path: key, message: `expected a function, got ${Input.kindOf(hook)}` }
+    }
+  }
+  const resume: unknown = plan.resume
+  if (resume !== undefined) {
+    if (typeof resume !== "object" || resume === null) {
+      return {
+        path: "resume",
+        message: `expected { maxResumes, minOverlap, instruction }, got ${Input.kindOf(resume)}`
+      }
+    }
+    for (const [key, min] of resumeFields) {
+      const checked = Input.int(`resume.${key}`, (resume as Record<string, unknown>)[key], { min })
+      if (Result.isFailure(checked)) return checked.failure
+    }
+    const instruction = (resume as Record<string, unknown>).instruction
+    if (typeof instruction !== "string") {
+      return { path: "resume.instruction", message: `expected a string, got ${Input.kindOf(instruction)}` }
+    }
+  }
+  const cache: unknown = plan.cache
+  if (cache !== undefined) {
+    const { store, key } = (typeof cache === "object" && cache !== null ? cache : {}) as Record<string, unknown>
+    const parts = (typeof store === "object" && store !== null ? store : {}) as Record<string, unknown>
+    if (typeof key !== "string" || typeof parts.getParts !== "function" || typeof parts.setParts !== "function") {
+      return { path: "cache", message: "expected { store: { getParts, setParts }, key }" }
     }
   }
   return undefined
