@@ -205,7 +205,13 @@ describe("plans built in code", () => {
           [{ steps: [a, b], hedgeAfter: 100 as never }, "hedgeAfter"],
           [{ steps: [] as never }, "steps"],
           [{ steps: [a, null] as never }, "steps[1]"],
-          [{ steps: [{ ...a, name: undefined }] as never }, "steps[0].name"]
+          [{ steps: [{ ...a, name: undefined }] as never }, "steps[0].name"],
+          // Labels of the step's series: a number there ended every Prometheus scrape of the registry
+          // with a TypeError, for as long as the series lived.
+          [{ steps: [{ ...a, name: "" }] }, "steps[0].name"],
+          [{ steps: [a, { ...b, domain: 5 as never }] }, "steps[1].domain"],
+          [{ steps: [{ ...a, domain: "" }] }, "steps[0].domain"],
+          [{ steps: [{ ...a, statsName: {} as never }] }, "steps[0].statsName"]
         ]
         for (const [plan, field] of cases) {
           const error = yield* Effect.flip(executor.run(plan, (target) => target.generate(ask)))

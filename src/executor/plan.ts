@@ -61,8 +61,14 @@ const durationIssue = (path: string, value: unknown, allowZero: boolean): Input.
   return { path, message: `expected a ${allowZero ? "non-negative" : "positive"} duration, got ${millis} ms` }
 }
 
+const labelValueIssue = (path: string, value: unknown, optional: boolean): Input.Issue | undefined =>
+  (optional && value === undefined) || (typeof value === "string" && value !== "")
+    ? undefined
+    : { path, message: `expected a non-empty string, got ${Input.shown(value)}` }
+
 /**
- * The issue of a plan built in code (`Executor.run`): a step's `timeout`, `tokens` or `retry`,
+ * The issue of a plan built in code (`Executor.run`): a step that is no object, a step's `name`,
+ * `domain` or `statsName` that is no non-empty string, a step's `timeout`, `tokens` or `retry`,
  * the plan's `totalTimeout` or `hedgeAfter` that is no valid value, or a step's `maxConcurrency`
  * other than the one its provider name has (`claimSlot`), named by its path (`steps[1].timeout`). Walked at each run without allocating while valid (the plans of a
  * router are built per call): a policy this library checked (frozen) is not checked again.
@@ -86,9 +92,13 @@ export const planIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claim
     if (typeof step !== "object" || step === null) {
       return { path: `steps[${i}]`, message: `expected a step, got ${Input.kindOf(step)}` }
     }
-    if (typeof step.name !== "string") {
-      return { path: `steps[${i}].name`, message: `expected a string, got ${Input.kindOf(step.name)}` }
-    }
+    // The labels of its series: one that is no string ended every Prometheus scrape of the registry
+    // with a TypeError, for as long as the series lived.
+    const label =
+      labelValueIssue(`steps[${i}].name`, step.name, false) ??
+      labelValueIssue(`steps[${i}].domain`, step.domain, true) ??
+      labelValueIssue(`steps[${i}].statsName`, step.statsName, true)
+    if (label !== undefined) return label
     const timeout = durationIssue(`steps[${i}].timeout`, step.timeout, false)
     if (timeout !== undefined) return timeout
     const tokens = step.tokens
