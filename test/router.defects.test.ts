@@ -551,3 +551,34 @@ describe("Router: call options that throw when read", () => {
     })
   )
 })
+
+describe("Router.plan's lead step", () => {
+  it.effect("is sent the request as given, as documented: a prepare it carries (a stream step's) is not applied", () =>
+    Effect.gen(function* () {
+      const { router, executor, controls } = yield* makeManager(
+        { main: {}, backup: {} },
+        { domains: [{ name: "d-backup", provider: "backup", model: "domain-model", system: "be brief" }] }
+      )
+      let prepared = 0
+      const lead = {
+        ...executor.stepFor(executor.provider),
+        // Before, the router called it at each attempt: unchecked, its throw an Unknown failure of the
+        // provider, and the request sent was not the one the cache key was made of.
+        prepare: (request: { readonly prompt?: string }) => {
+          prepared++
+          return { ...request, model: "lead-model" }
+        }
+      }
+      const routed = yield* router.plan({ prompt: "q", model: undefined }, ["d-backup"], { lead })
+      yield* executor.run(routed.plan, routed.call)
+      const sent = yield* controls.main!.requests
+      assert.strictEqual(prepared, 0)
+      assert.isUndefined(sent.at(-1)!.request.model)
+      // The domains' own steps still get their domain's model and system prompt.
+      const second = yield* router.plan({ prompt: "q" }, ["d-backup"])
+      yield* executor.run(second.plan, second.call)
+      const backup = (yield* controls.backup!.requests).at(-1)!.request as { model?: string; system?: string }
+      assert.deepStrictEqual([backup.model, backup.system], ["domain-model", "be brief"])
+    })
+  )
+})

@@ -11,10 +11,16 @@ import { type AiError, type FailedAttempt, FallbackExhaustedError, invalidReques
 import { applyTo, type Domain } from "../Domain.js"
 import type { Service as ExecutorService, StreamOptions as ExecutorStreamOptions, Step } from "../Executor.js"
 import * as Input from "../Input.js"
-import { type EmbedRequest, type GenerateRequest, type Service as ProviderService, validateEmbed } from "../Model.js"
+import {
+  type EmbedRequest,
+  type GenerateRequest,
+  type GenerateResponse,
+  type Service as ProviderService,
+  validateEmbed
+} from "../Model.js"
 import { embedUsageOf } from "../executor/embed.js"
 import { chatTelemetry } from "../executor/generate.js"
-import { CurrentCut, type Cut } from "../policy/plan.js"
+import { CurrentCut, type Cut, type Telemetry } from "../policy/plan.js"
 import { isTraced, traced } from "../policy/span.js"
 import { ownPrepare } from "../policy/stream-plan.js"
 import type { Answer, CallOptions, HedgeOptions, Service, StreamOptions } from "../Router.js"
@@ -26,10 +32,17 @@ import {
   optionKeys,
   type Planner,
   repeatedDomain,
+  requestFor,
   retryHook,
   streamValueIssue,
   unknownOption
 } from "./plan.js"
+
+// The model each step asks for is the one of the request it sends (`requestFor`): its domain's, or the caller's.
+const routedTelemetry = (request: GenerateRequest): Telemetry<ProviderService, GenerateResponse> => ({
+  ...chatTelemetry(request),
+  requestModel: (step) => requestFor(step, request).model ?? step.target.defaultModel
+})
 
 const notAnArray = invalidRequest("domains", "expected an array of domain names")
 const oneHedged = invalidRequest(
@@ -79,7 +92,7 @@ export const makeCalls = (env: Env) => {
     return Effect.flatMap(planWith(request, names, options, hedgeAfter), (routed) => {
       const fiber = Fiber.getCurrent()
       const plan =
-        fiber !== undefined && isTraced(fiber) ? { ...routed.plan, telemetry: chatTelemetry(request) } : routed.plan
+        fiber !== undefined && isTraced(fiber) ? { ...routed.plan, telemetry: routedTelemetry(request) } : routed.plan
       return Effect.map(executor.run(plan, routed.call), routed.answer)
     })
   }

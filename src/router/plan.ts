@@ -21,7 +21,7 @@ import {
   type Service as ProviderService
 } from "../Model.js"
 import { retryHookOf } from "../policy/callback.js"
-import { resumeOf, type StreamStep } from "../policy/stream-plan.js"
+import { resumeOf } from "../policy/stream-plan.js"
 import { keyedRequest } from "../ResponseCache/key.js"
 import type { CallOptions, PlanOptions, Routed, StreamOptions } from "../Router.js"
 import type { Service as StatsService } from "../Stats.js"
@@ -37,9 +37,19 @@ export interface Env {
   readonly stats: StatsService
 }
 
-interface DomainStep extends StreamStep {
+interface DomainStep extends Step<ProviderService> {
   readonly domainConfig: Domain
   readonly cacheable: boolean
+}
+
+/**
+ * The request a routed call's step sends: its domain applied on the router's own steps; on a
+ * `lead`, the request as given (as `PlanOptions.lead` says), whatever else the step carries (a
+ * stream step's `prepare` was applied at each attempt, unchecked, and the cache keyed on another request).
+ */
+export const requestFor = (step: Step<ProviderService>, request: GenerateRequest): GenerateRequest => {
+  const domain = (step as Partial<DomainStep>).domainConfig
+  return domain === undefined ? request : applyTo(domain, request)
 }
 
 export const noDomains = invalidRequest("domains", "give at least one domain")
@@ -273,7 +283,6 @@ export const makePlanner = (env: Env) => {
       (provider): DomainStep => ({
         ...executor.stepFor(provider, { domain: domain.name, timeout: domain.timeout, retry: domain.retry ?? false }),
         domainConfig: domain,
-        prepare: (r: GenerateRequest) => applyTo(domain, r),
         cacheable: domain.cache !== false
       })
     )
@@ -343,7 +352,7 @@ export const makePlanner = (env: Env) => {
       }
       return {
         plan,
-        call: (provider, step) => provider.generate((step as Partial<DomainStep>).prepare?.(valid) ?? valid),
+        call: (provider, step) => provider.generate(requestFor(step, valid)),
         answer: (answer) => ({
           response: answer.value,
           domain: answer.step.domain ?? "none",
