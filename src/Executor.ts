@@ -365,7 +365,11 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   // Plans built in code (`stepFor`, a router's) are checked where they enter: the executor's own
   // calls build theirs from checked options and go to the engine directly.
   const run: Service["run"] = (plan, call) => {
-    const issue = Plans.planIssue(plan as Plan<unknown, unknown>, engine.claimSlot)
+    const issue =
+      Plans.planIssue(plan as Plan<unknown, unknown>, engine.claimSlot) ??
+      (typeof call === "function"
+        ? undefined
+        : { path: "call", message: `expected a function, got ${Input.kindOf(call)}` })
     return issue === undefined ? engine.run(plan, call) : Effect.fail(invalidRequest(issue.path, issue.message))
   }
 

@@ -211,12 +211,24 @@ describe("plans built in code", () => {
           [{ steps: [{ ...a, name: "" }] }, "steps[0].name"],
           [{ steps: [a, { ...b, domain: 5 as never }] }, "steps[1].domain"],
           [{ steps: [{ ...a, domain: "" }] }, "steps[0].domain"],
-          [{ steps: [{ ...a, statsName: {} as never }] }, "steps[0].statsName"]
+          [{ steps: [{ ...a, statsName: {} as never }] }, "steps[0].statsName"],
+          // Hooks and a cache the engine calls: one that is no function was a defect of the call.
+          [{ steps: [a], onEnded: 5 as never }, "onEnded"],
+          [{ steps: [a], onRetry: "log" as never }, "onRetry"],
+          [{ steps: [a], usageOf: {} as never }, "usageOf"],
+          [{ steps: [a], cache: { key: "k", allowStale: false } as never }, "cache"],
+          [
+            { steps: [a], cache: { guard: { getOrCompute: () => Effect.void }, key: 5, allowStale: false } as never },
+            "cache"
+          ]
         ]
         for (const [plan, field] of cases) {
           const error = yield* Effect.flip(executor.run(plan, (target) => target.generate(ask)))
           assert.strictEqual(fieldOf(error), `InvalidRequest ${field}`)
         }
+        // A call that is no function would fail every attempt as its provider's failure (tripping its breaker).
+        const noCall = yield* Effect.flip(executor.run({ steps: [a] }, undefined as never))
+        assert.strictEqual(fieldOf(noCall), "InvalidRequest call")
         assert.strictEqual(yield* control.calls, 0)
         // Valid ones still run: no deadline, an infinite one, a checked policy, whole tokens.
         const fine = executor.stepFor(p, { timeout: "none", retry: Policy.retry({ maxAttempts: 2 }), tokens: 12 })

@@ -68,14 +68,41 @@ const labelValueIssue = (path: string, value: unknown, optional: boolean): Input
 
 /**
  * The issue of a plan built in code (`Executor.run`): a step that is no object, a step's `name`,
- * `domain` or `statsName` that is no non-empty string, a step's `timeout`, `tokens` or `retry`,
+ * `domain` or `statsName` that is no non-empty string, a hook (`onRetry`, `onEnded`, `usageOf`) that
+ * is no function, a `cache` without its guard and key, a step's `timeout`, `tokens` or `retry`,
  * the plan's `totalTimeout` or `hedgeAfter` that is no valid value, or a step's `maxConcurrency`
  * other than the one its provider name has (`claimSlot`), named by its path (`steps[1].timeout`). Walked at each run without allocating while valid (the plans of a
  * router are built per call): a policy this library checked (frozen) is not checked again.
  *
  * @internal
  */
-export const planIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claimSlot"]): Input.Issue | undefined => {
+export const planIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claimSlot"]): Input.Issue | undefined =>
+  stepsIssue(plan, claimSlot) ?? callHooksIssue(plan)
+
+const callHooks = ["onRetry", "onEnded", "usageOf"] as const
+
+// The hooks and the cache the engine calls: one that is no function was a defect of the call (or,
+// a `call` of `run`, a failure of every attempt counted as its provider's, tripping its breaker).
+const callHooksIssue = (plan: Plan<unknown, unknown>): Input.Issue | undefined => {
+  for (const key of callHooks) {
+    const hook = plan[key]
+    if (hook !== undefined && typeof hook !== "function") {
+      return { path: key, message: `expected a function, got ${Input.kindOf(hook)}` }
+    }
+  }
+  const cache: unknown = plan.cache
+  if (cache === undefined) return undefined
+  const { guard, key } = (typeof cache === "object" && cache !== null ? cache : {}) as Record<string, unknown>
+  return typeof key === "string" &&
+    typeof guard === "object" &&
+    guard !== null &&
+    typeof (guard as Record<string, unknown>).getOrCompute === "function"
+    ? undefined
+    : { path: "cache", message: "expected { guard: { getOrCompute }, key, allowStale }" }
+}
+
+// What plans of calls and of streams share: their steps, total deadline and hedge delay.
+const stepsIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claimSlot"]): Input.Issue | undefined => {
   const steps: unknown = plan?.steps
   if (!Array.isArray(steps) || steps.length === 0) {
     return { path: "steps", message: "expected a non-empty array of steps" }
@@ -132,7 +159,7 @@ const resumeFields = [
  * @internal
  */
 export const streamPlanIssue = (plan: StreamPlan, claimSlot: Engine["claimSlot"]): Input.Issue | undefined => {
-  const issue = planIssue(plan as unknown as Plan<unknown, unknown>, claimSlot)
+  const issue = stepsIssue(plan as unknown as Plan<unknown, unknown>, claimSlot)
   if (issue !== undefined) return issue
   const deadline =
     durationIssue("firstChunkTimeout", plan.firstChunkTimeout, false) ??
