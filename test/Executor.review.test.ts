@@ -3,10 +3,13 @@
  * place, hooks that end themselves, plans and steps built in code.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, Stream } from "effect"
+import { Duration, Effect, Fiber, Layer, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { type AiError, ModelError } from "../src/AiError.js"
-import type * as Executor from "../src/Executor.js"
+import * as Domain from "../src/Domain.js"
+import * as Executor from "../src/Executor.js"
+import { ModelProvider } from "../src/Model.js"
+import * as Mock from "../src/Model/Mock.js"
 import { Outcome } from "../src/Model/Mock.js"
 import * as Policy from "../src/Policy.js"
 import * as Refusal from "../src/executor/refusal.js"
@@ -352,6 +355,23 @@ describe("stream plans built in code (runStream)", () => {
         executor.runStream(streamPlan(executor, { totalTimeout: Duration.seconds(5) }), ask)
       )
       assert.strictEqual(parts.at(-1)?._tag, "Finish")
+    })
+  )
+})
+
+describe("providers without a name", () => {
+  it.effect("an executor's provider, or a registry's, whose name is no non-empty string is refused naming it", () =>
+    Effect.gen(function* () {
+      const { provider } = yield* Mock.make()
+      // Its name labels every series of its calls: `undefined` or a number there made every later
+      // Prometheus scrape of the registry die with a TypeError; "" is no name to key its breaker by.
+      for (const name of [undefined, 5, ""]) {
+        const nameless = Layer.succeed(ModelProvider, { ...provider, name } as never)
+        const executor = yield* Effect.flip(Layer.build(Executor.layerWithStats().pipe(Layer.provide(nameless))))
+        assert.deepStrictEqual([executor._tag, executor.path], ["OptionError", "provider.name"], String(name))
+        const registry = yield* Effect.flip(Layer.build(Domain.layerProviders({ main: nameless })))
+        assert.deepStrictEqual([registry._tag, registry.path], ["OptionError", "providers.main.name"], String(name))
+      }
     })
   )
 })

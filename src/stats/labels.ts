@@ -107,8 +107,8 @@ export const labelIssue = (options: { readonly domain?: unknown; readonly provid
 }
 
 /**
- * The issue of a provider's name that is `Metrics.otherSeries` (or is no well-formed Unicode,
- * {@link textIssue}): the series bounds count the
+ * The issue of a provider's name that is no non-empty string, or is `Metrics.otherSeries` (or is no
+ * well-formed Unicode, {@link textIssue}): the series bounds count the
  * names past them under it (breaker keys, rate-limit keys, the HTTP agents' `Stats` series),
  * so a provider of that name would have no breaker gauge and its figures would add up with
  * theirs. Checked where a provider enters: an executor's, an orchestra's `providers`, a
@@ -117,9 +117,13 @@ export const labelIssue = (options: { readonly domain?: unknown; readonly provid
  * @internal
  */
 export const providerNameIssue = (name: string, path: string): Issue | undefined =>
-  name === otherSeries
-    ? { path, message: `"${name}" is reserved: the names past a series bound count together under it` }
-    : textIssue(name, path)
+  // A provider written in JavaScript may have none: `undefined` or a number labelling its series made
+  // every later Prometheus scrape of the registry die with a TypeError.
+  typeof name !== "string" || name === ""
+    ? { path, message: `expected a non-empty string, got ${Input.shown(name)}` }
+    : name === otherSeries
+      ? { path, message: `"${name}" is reserved: the names past a series bound count together under it` }
+      : textIssue(name, path)
 
 /**
  * Whether a value may label a call's series as its provider: named, not the reserved
