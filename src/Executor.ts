@@ -181,7 +181,10 @@ export interface Service {
   readonly stats: Snapshot
   /** True once the executor's scope has begun to close. */
   readonly isShuttingDown: Effect.Effect<boolean>
-  /** Runs an effect as a tracked wait: the shutdown interrupts it with `ShuttingDownError`. */
+  /**
+   * Runs an effect as a tracked wait: the shutdown interrupts it with `ShuttingDownError`, and
+   * `timeout` (a positive `Duration`; an `InvalidRequest` naming it otherwise) with a `TimeoutError`.
+   */
   readonly tracked: <A, E>(
     effect: Effect.Effect<A, E>,
     timeout?: Duration.Duration | undefined
@@ -381,6 +384,15 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     return invalid === undefined ? streams.run(plan, request) : Stream.fail(invalid)
   }
 
+  // The engine's own waits are given checked deadlines; a caller's is checked here: a number or
+  // a string was a defect of the wait, a negative one cut it at once as a TimeoutError.
+  const tracked: Service["tracked"] = (effect, timeout) => {
+    const issue = Plans.durationIssue("timeout", timeout, false)
+    return issue === undefined
+      ? engine.tracked(effect, timeout)
+      : Effect.fail(invalidRequest(issue.path, issue.message))
+  }
+
   const service = {
     execute,
     executeWithRetry,
@@ -396,7 +408,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     limits,
     stats: stats.snapshot,
     isShuttingDown: Effect.sync(engine.isClosing),
-    tracked: engine.tracked
+    tracked
   } satisfies Service
   startedBy.set(service, engine.start)
   return service

@@ -375,3 +375,29 @@ describe("providers without a name", () => {
     })
   )
 })
+
+describe("tracked", () => {
+  it.effect("a timeout that is no positive Duration is refused naming it, not a defect nor a wait cut at once", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup()
+      const wait = Effect.as(Effect.sleep("1 second"), "done")
+      for (const timeout of [
+        Duration.millis(-5),
+        Duration.zero,
+        Duration.millis(Number.NaN),
+        5000,
+        "5 seconds",
+        null
+      ]) {
+        const error = yield* Effect.flip(executor.tracked(wait, timeout as never))
+        assert.strictEqual(fieldOf(error as AiError), "InvalidRequest timeout", String(timeout))
+      }
+      const fiber = yield* Effect.forkChild(executor.tracked(wait, Duration.seconds(5)))
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yield* Fiber.join(fiber), "done")
+      const none = yield* Effect.forkChild(executor.tracked(wait))
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yield* Fiber.join(none), "done")
+    })
+  )
+})

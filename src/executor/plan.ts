@@ -50,9 +50,13 @@ const usageOf = (response: GenerateResponse) => response.usage
 export const providerAnswerIssue = (value: unknown): string | undefined =>
   typeof value === "object" && value !== null ? undefined : `answered ${Input.shown(value)}, not a response`
 
-// A deadline's issue: no Duration, or one that cuts at once (negative, zero, `NaN` which
-// `Duration.millis` makes zero). Infinite is no deadline. Read without allocating when valid.
-const durationIssue = (path: string, value: unknown, allowZero: boolean): Input.Issue | undefined => {
+/**
+ * A deadline's issue: no Duration, or one that cuts at once (negative, zero, `NaN` which
+ * `Duration.millis` makes zero). Infinite is no deadline. Read without allocating when valid.
+ *
+ * @internal
+ */
+export const durationIssue = (path: string, value: unknown, allowZero: boolean): Input.Issue | undefined => {
   if (value === undefined) return undefined
   if (!Duration.isDuration(value)) return { path, message: `expected a Duration, got ${Input.kindOf(value)}` }
   if (!Duration.isFinite(value)) return undefined
