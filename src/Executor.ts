@@ -377,11 +377,14 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   }
 
   // A stream plan built in code, checked as `run`'s plans are, and its request as `stream`'s is.
+  const validateStream = (request: GenerateRequest) => Generate.checkRequest(request, limits)
   const runStream: Service["runStream"] = (plan, request) => {
     const issue = Plans.streamPlanIssue(plan, engine.claimSlot)
     if (issue !== undefined) return Stream.fail(invalidRequest(issue.path, issue.message))
     const invalid = Generate.checkRequest(request, limits)
-    return invalid === undefined ? streams.run(plan, request) : Stream.fail(invalid)
+    if (invalid !== undefined) return Stream.fail(invalid)
+    // A resumed stream's continuation is checked as the request was, unless the plan checks its own.
+    return streams.run(plan.validate === undefined ? { ...plan, validate: validateStream } : plan, request)
   }
 
   // The engine's own waits are given checked deadlines; a caller's is checked here: a number or

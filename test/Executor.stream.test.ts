@@ -1509,6 +1509,25 @@ describe("Executor.stream: review of the resume and the cache", () => {
     })
   )
 
+  it.effect("runStream: a plan without validate has its resumed request checked under the executor's limits", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({}, { requestLimits: { maxInputChars: 100 } })
+      const delivered = "word ".repeat(20)
+      const sent: Array<GenerateRequest> = []
+      const plan: Executor.StreamPlan = {
+        steps: [executor.stepFor(cutAfter("a", delivered)), executor.stepFor(recording("b", sent))],
+        firstChunkTimeout: undefined,
+        idleTimeout: undefined,
+        totalTimeout: undefined,
+        resume: { maxResumes: 1, minOverlap: 4, instruction: "go on" }
+      }
+      const error = yield* failureAfterTexts(executor.runStream(plan, ask), [])
+      // Before, a plan built in code without `validate` sent any continuation, past every limit.
+      assert.strictEqual(sent.length, 0, "nothing over the limits sent")
+      assert.strictEqual(error._tag, "StreamInterruptedError")
+    })
+  )
+
   const failingCache = (name: string, broken: Effect.Effect<never, ModelError>) =>
     Effect.map(ResponseCache.makeMemory({ name }), (cache) => ({
       ...cache,
