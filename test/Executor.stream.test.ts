@@ -1087,11 +1087,14 @@ describe("Executor.stream", () => {
         // A `prepare` that is no function died with "prepare is not a function" once the stream started.
         [{ steps: [{ provider: executor.provider, prepare: 5 }] }, "steps[0].prepare"],
         [{ steps: [{ provider: executor.provider, model: 5 }] }, "steps[0].model"],
+        // A model no request may name was sent as it was: a step's model is checked as a request's is.
+        [{ steps: [{ provider: executor.provider, model: "" }] }, "steps[0].model"],
+        [{ steps: [{ provider: executor.provider, model: " gpt-4o" }] }, "steps[0].model"],
         [{ steps: [null] }, "steps[0]"],
         [{ steps: "fast" }, "steps"]
       ] as const) {
         const error = yield* Effect.flip(collect(executor.stream(ask, options as never)))
-        assert.strictEqual(error._tag === "ModelError" && error.field, field)
+        assert.strictEqual(error._tag === "ModelError" && error.field, field, error.message)
       }
       assert.strictEqual(yield* control.calls, 0)
       void Duration

@@ -208,6 +208,14 @@ const stepsIssue = (steps: unknown): Input.Issue | undefined => {
     const label =
       Input.notOfKind(step as object, stepKinds) ?? labelIssue(step as object) ?? Input.notABoolean(step, ["cache"])
     if (label !== undefined) return { path: `steps[${i}].${label.path}`, message: label.message }
+    // Checked as a request's model is: a step's replaces it after the request's checks, and was sent as it was.
+    const model = (step as { readonly model?: unknown }).model
+    if (typeof model === "string" && (model.length === 0 || model.trim() !== model)) {
+      return {
+        path: `steps[${i}].model`,
+        message: `expected a model id (not empty, no leading or trailing spaces), got ${Input.shown(model)}`
+      }
+    }
   }
   return undefined
 }
