@@ -88,7 +88,9 @@ const callHooks = ["onRetry", "onEnded", "usageOf"] as const
 // The hooks and the cache the engine calls: one that is no function was a defect of the call (or,
 // a `call` of `run`, a failure of every attempt counted as its provider's, tripping its breaker).
 const callHooksIssue = (plan: Plan<unknown, unknown>): Input.Issue | undefined => {
-  for (const key of callHooks) {
+  // Indexed: this runs for every call of a router.
+  for (let i = 0; i < callHooks.length; i++) {
+    const key = callHooks[i]!
     const hook = plan[key]
     if (hook !== undefined && typeof hook !== "function") {
       return { path: key, message: `expected a function, got ${Input.kindOf(hook)}` }
