@@ -216,6 +216,9 @@ describe("plans built in code", () => {
           [{ steps: [{ ...a, domain: "" }] }, "steps[0].domain"],
           [{ steps: [{ ...a, statsName: {} as never }] }, "steps[0].statsName"],
           // Hooks and a cache the engine calls: one that is no function was a defect of the call.
+          // A primitive is frozen: taken for a policy this library had checked, it reached the retry driver.
+          [{ steps: [executor.stepFor(p, { retry: true as never })] }, "steps[0].retry"],
+          [{ steps: [executor.stepFor(p, { retry: 3 as never })] }, "steps[0].retry"],
           [{ steps: [a], onEnded: 5 as never }, "onEnded"],
           [{ steps: [a], onRetry: "log" as never }, "onRetry"],
           [{ steps: [a], usageOf: {} as never }, "usageOf"],

@@ -143,7 +143,8 @@ const stepsIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claimSlot"]
       if (slot !== undefined) return slot
     }
     const retry = step.retry
-    if (retry !== undefined && !Object.isFrozen(retry)) {
+    // A primitive is frozen too: only an object may be a policy checked before.
+    if (retry !== undefined && (typeof retry !== "object" || retry === null || !Object.isFrozen(retry))) {
       const checked = decodeRetry(retry, `steps[${i}].retry`)
       if (Result.isFailure(checked)) return checked.failure
     }
