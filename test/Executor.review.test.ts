@@ -219,6 +219,10 @@ describe("plans built in code", () => {
           // A primitive is frozen: taken for a policy this library had checked, it reached the retry driver.
           [{ steps: [executor.stepFor(p, { retry: true as never })] }, "steps[0].retry"],
           [{ steps: [executor.stepFor(p, { retry: 3 as never })] }, "steps[0].retry"],
+          // Guards the engine calls at each attempt: one without its method was a defect of the call.
+          [{ steps: [{ ...a, rateLimit: {} as never }] }, "steps[0].rateLimit.acquire"],
+          [{ steps: [{ ...a, breaker: { execute: () => Effect.void } as never }] }, "steps[0].breaker.admit"],
+          [{ steps: [{ ...a, slot: null as never }] }, "steps[0].slot"],
           [{ steps: [a], onEnded: 5 as never }, "onEnded"],
           [{ steps: [a], onRetry: "log" as never }, "onRetry"],
           [{ steps: [a], usageOf: {} as never }, "usageOf"],

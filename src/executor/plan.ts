@@ -65,6 +65,32 @@ export const durationIssue = (path: string, value: unknown, allowZero: boolean):
   return { path, message: `expected a ${allowZero ? "non-negative" : "positive"} duration, got ${millis} ms` }
 }
 
+// Each guard a step may carry, with the methods the engine calls at each attempt.
+const stepGuards = [
+  ["breaker", ["execute", "admit"]],
+  ["rateLimit", ["acquire"]],
+  ["slot", ["withPermit"]]
+] as const
+
+// Walked by index, without allocating while valid: it runs for every call of a router.
+const guardIssue = (i: number, step: object): Input.Issue | undefined => {
+  for (let g = 0; g < stepGuards.length; g++) {
+    const name = stepGuards[g]![0]
+    const methods = stepGuards[g]![1]
+    const guard: unknown = (step as Record<string, unknown>)[name]
+    if (guard === undefined) continue
+    if (typeof guard !== "object" || guard === null) {
+      return { path: `steps[${i}].${name}`, message: `expected an object with ${methods.join(", ")}` }
+    }
+    for (let m = 0; m < methods.length; m++) {
+      if (typeof (guard as Record<string, unknown>)[methods[m]!] !== "function") {
+        return { path: `steps[${i}].${name}.${methods[m]}`, message: "expected a function" }
+      }
+    }
+  }
+  return undefined
+}
+
 const labelValueIssue = (path: string, value: unknown, optional: boolean): Input.Issue | undefined =>
   (optional && value === undefined) || (typeof value === "string" && value !== "")
     ? undefined
@@ -72,7 +98,8 @@ const labelValueIssue = (path: string, value: unknown, optional: boolean): Input
 
 /**
  * The issue of a plan built in code (`Executor.run`): a step that is no object, a step's `name`,
- * `domain` or `statsName` that is no non-empty string, a hook (`onRetry`, `onEnded`, `usageOf`) that
+ * `domain` or `statsName` that is no non-empty string, a step's `breaker`, `rateLimit` or `slot`
+ * without the methods the engine calls, a hook (`onRetry`, `onEnded`, `usageOf`) that
  * is no function, a `cache` without its guard and key, a step's `timeout`, `tokens` or `retry`,
  * the plan's `totalTimeout` or `hedgeAfter` that is no valid value, or a step's `maxConcurrency`
  * other than the one its provider name has (`claimSlot`), named by its path (`steps[1].timeout`). Walked at each run without allocating while valid (the plans of a
@@ -132,6 +159,8 @@ const stepsIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claimSlot"]
       labelValueIssue(`steps[${i}].domain`, step.domain, true) ??
       labelValueIssue(`steps[${i}].statsName`, step.statsName, true)
     if (label !== undefined) return label
+    const guard = guardIssue(i, step)
+    if (guard !== undefined) return guard
     const timeout = durationIssue(`steps[${i}].timeout`, step.timeout, false)
     if (timeout !== undefined) return timeout
     const tokens = step.tokens
