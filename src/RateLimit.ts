@@ -23,6 +23,7 @@ import { make as makeMetrics } from "./RateLimit/metrics.js"
 import {
   checkMaxKeys,
   checkOnStoreError,
+  checkPolicy,
   checkOptions,
   checkTokens,
   checkWaitUntil,
@@ -249,6 +250,7 @@ const makeWith = Effect.fnUntraced(function* (
   policy: StorePolicy = {}
 ) {
   const config = yield* Input.orOptionError(checkOptions(options))
+  yield* Input.orOptionError(checkPolicy(policy))
   const onStoreError = yield* Input.orOptionError(checkOnStoreError(policy.onStoreError))
   const storeRetryAfter = yield* Input.orOptionError(
     Input.duration("retryAfter", Input.orDefault(policy.retryAfter, "1 second"))

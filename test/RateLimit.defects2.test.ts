@@ -349,3 +349,24 @@ describe.skipIf(skipRedis)(
     )
   }
 )
+
+describe("RateLimit.make's store policy", () => {
+  it.effect("a misspelt key, a policy that is no object or a guard without call is refused naming it", () =>
+    Effect.gen(function* () {
+      const store = yield* effectMemoryStore
+      const options = { default: { requestsPerMinute: 1 } }
+      // A misspelt `onStoreError: "reject"` left the limiter failing open, unseen.
+      for (const [policy, path] of [
+        [{ onStoreErorr: "reject" }, "onStoreErorr"],
+        [null, "policy"],
+        ["reject", "policy"],
+        [{ guard: {} }, "guard.call"]
+      ] as const) {
+        const error = yield* Effect.flip(RateLimit.make(options, store, policy as never))
+        assert.deepStrictEqual([error._tag, error.path], ["OptionError", path], JSON.stringify(policy))
+      }
+      const fine = yield* RateLimit.make(options, store, { onStoreError: "reject", retryAfter: "2 seconds" })
+      yield* fine.acquire(uniqueName("policy"))
+    })
+  )
+})

@@ -159,3 +159,30 @@ export const checkWaitUntil = (waitUntil: unknown): Input.Checked<number> => {
  */
 export const checkOnStoreError = (input: unknown): Input.Checked<"allow" | "reject"> =>
   Input.oneOf("onStoreError", Input.orDefault(input, "allow"), ["allow", "reject"])
+
+const policyFields: ReadonlySet<string> = new Set(["onStoreError", "guard", "retryAfter"])
+
+/**
+ * `make`'s store policy, checked as its options are: a misspelt key (`onStoreErorr: "reject"`) left
+ * the limiter failing open unseen, and a policy that is no object was a `TypeError`.
+ *
+ * @internal
+ */
+export const checkPolicy = (policy: unknown): Input.Checked<void> => {
+  if (typeof policy !== "object" || policy === null || Array.isArray(policy)) {
+    return Result.fail({
+      path: "policy",
+      message: `expected an object { onStoreError, retryAfter }, got ${Input.kindOf(policy)}`
+    })
+  }
+  const unknown = Input.unknownKey(policy, policyFields)
+  if (unknown !== undefined) return Result.fail(unknown)
+  const guard: unknown = (policy as Record<string, unknown>).guard
+  if (
+    guard !== undefined &&
+    (typeof guard !== "object" || guard === null || typeof (guard as Record<string, unknown>).call !== "function")
+  ) {
+    return Result.fail({ path: "guard.call", message: "expected a function" })
+  }
+  return Result.void
+}
