@@ -31,6 +31,7 @@ import * as CallOptions from "./executor/options.js"
 import * as Plans from "./executor/plan.js"
 import * as Refusal from "./executor/refusal.js"
 import * as StreamCall from "./executor/stream.js"
+import { isThenable } from "./policy/callback.js"
 import * as Engine from "./policy/engine.js"
 import type * as CallPlan from "./policy/plan.js"
 import type { Answer, Plan, Step } from "./policy/plan.js"
@@ -184,6 +185,7 @@ export interface Service {
   /**
    * Runs an effect as a tracked wait: the shutdown interrupts it with `ShuttingDownError`, and
    * `timeout` (a positive `Duration`; an `InvalidRequest` naming it otherwise) with a `TimeoutError`.
+   * Something that is no Effect is an `InvalidRequest` naming `effect`.
    */
   readonly tracked: <A, E>(
     effect: Effect.Effect<A, E>,
@@ -390,6 +392,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   // The engine's own waits are given checked deadlines; a caller's is checked here: a number or
   // a string was a defect of the wait, a negative one cut it at once as a TimeoutError.
   const tracked: Service["tracked"] = (effect, timeout) => {
+    // Anything else handed to the run loop ended the caller's fiber past every handler (`policy/callback.ts`).
+    const given: unknown = effect
+    if (!Effect.isEffect(given)) {
+      // A Promise's own rejection, handled: unhandled, it would end a Node process.
+      if (isThenable(given)) given.then(undefined, () => undefined)
+      return Effect.fail(invalidRequest("effect", `expected an Effect, got ${Input.kindOf(given)}`))
+    }
     const issue = Plans.durationIssue("timeout", timeout, false)
     return issue === undefined
       ? engine.tracked(effect, timeout)

@@ -384,7 +384,7 @@ describe("providers without a name", () => {
 })
 
 describe("tracked", () => {
-  it.effect("a timeout that is no positive Duration is refused naming it, not a defect nor a wait cut at once", () =>
+  it.effect("an effect that is no Effect, or a timeout no positive Duration, is refused naming it, not a defect", () =>
     Effect.gen(function* () {
       const { executor } = yield* setup()
       const wait = Effect.as(Effect.sleep("1 second"), "done")
@@ -398,6 +398,11 @@ describe("tracked", () => {
       ]) {
         const error = yield* Effect.flip(executor.tracked(wait, timeout as never))
         assert.strictEqual(fieldOf(error as AiError), "InvalidRequest timeout", String(timeout))
+      }
+      // Something that is no Effect ended the caller's fiber past every handler ("Not a valid effect").
+      for (const effect of [42, null, Promise.resolve(1)]) {
+        const error = yield* Effect.flip(executor.tracked(effect as never))
+        assert.strictEqual(fieldOf(error as AiError), "InvalidRequest effect", String(effect))
       }
       const fiber = yield* Effect.forkChild(executor.tracked(wait, Duration.seconds(5)))
       yield* TestClock.adjust("1 second")
