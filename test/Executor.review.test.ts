@@ -223,6 +223,10 @@ describe("plans built in code", () => {
           [{ steps: [{ ...a, rateLimit: {} as never }] }, "steps[0].rateLimit.acquire"],
           [{ steps: [{ ...a, breaker: { execute: () => Effect.void } as never }] }, "steps[0].breaker.admit"],
           [{ steps: [{ ...a, slot: null as never }] }, "steps[0].slot"],
+          // Claimed as the name's limit unchecked: 0 queued every call of that name for ever after.
+          [{ steps: [{ ...a, name: "zero-slots", maxConcurrency: 0 }] }, "steps[0].maxConcurrency"],
+          [{ steps: [{ ...a, name: "negative-slots", maxConcurrency: -1 }] }, "steps[0].maxConcurrency"],
+          [{ steps: [{ ...a, name: "fractional-slots", maxConcurrency: 1.5 }] }, "steps[0].maxConcurrency"],
           [{ steps: [a], onEnded: 5 as never }, "onEnded"],
           [{ steps: [a], onRetry: "log" as never }, "onRetry"],
           [{ steps: [a], usageOf: {} as never }, "usageOf"],
@@ -240,6 +244,9 @@ describe("plans built in code", () => {
         const noCall = yield* Effect.flip(executor.run({ steps: [a] }, undefined as never))
         assert.strictEqual(fieldOf(noCall), "InvalidRequest call")
         assert.strictEqual(yield* control.calls, 0)
+        // The names refused above took no limit: a later step on them runs.
+        const later = yield* executor.run({ steps: [{ ...a, name: "zero-slots" }] }, (target) => target.generate(ask))
+        assert.strictEqual(later.value.text, "hi")
         // Valid ones still run: no deadline, an infinite one, a checked policy, whole tokens.
         const fine = executor.stepFor(p, { timeout: "none", retry: Policy.retry({ maxAttempts: 2 }), tokens: 12 })
         const answer = yield* executor.run(

@@ -19,6 +19,7 @@ import { decodeRetry } from "../Policy.js"
 import { retryHookOf } from "../policy/callback.js"
 import type { Engine } from "../policy/engine.js"
 import { keyedRequest } from "../ResponseCache/key.js"
+import { slotIssue } from "./options.js"
 
 /**
  * The plan of one call of a provider.
@@ -168,7 +169,10 @@ const stepsIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claimSlot"]
       return { path: `steps[${i}].tokens`, message: `expected a non-negative number, got ${Input.shown(tokens)}` }
     }
     if (step.slot === undefined && step.maxConcurrency !== undefined) {
-      const slot = claimSlot(step.name, step.maxConcurrency, `steps[${i}].maxConcurrency`)
+      // Checked before it is claimed as its name's limit: 0 or -1 queued every call of the name for ever after.
+      const slot =
+        slotIssue(step, `steps[${i}].maxConcurrency`) ??
+        claimSlot(step.name, step.maxConcurrency, `steps[${i}].maxConcurrency`)
       if (slot !== undefined) return slot
     }
     const retry = step.retry
