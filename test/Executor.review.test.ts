@@ -227,6 +227,8 @@ describe("plans built in code", () => {
           [{ steps: [{ ...a, name: "zero-slots", maxConcurrency: 0 }] }, "steps[0].maxConcurrency"],
           [{ steps: [{ ...a, name: "negative-slots", maxConcurrency: -1 }] }, "steps[0].maxConcurrency"],
           [{ steps: [{ ...a, name: "fractional-slots", maxConcurrency: 1.5 }] }, "steps[0].maxConcurrency"],
+          // Called where each attempt settles, in plain JavaScript on the fused path.
+          [{ steps: [{ ...a, answerIssue: "no" as never }] }, "steps[0].answerIssue"],
           [{ steps: [a], onEnded: 5 as never }, "onEnded"],
           [{ steps: [a], onRetry: "log" as never }, "onRetry"],
           [{ steps: [a], usageOf: {} as never }, "usageOf"],
@@ -240,10 +242,19 @@ describe("plans built in code", () => {
           const error = yield* Effect.flip(executor.run(plan, (target) => target.generate(ask)))
           assert.strictEqual(fieldOf(error), `InvalidRequest ${field}`)
         }
+        // One that throws is its attempt's typed failure, on the fused path too: it left the call hanging.
+        const throwing = {
+          ...a,
+          answerIssue: () => {
+            throw new Error("check bug")
+          }
+        }
+        const thrown = yield* Effect.flip(executor.run({ steps: [throwing] }, (target) => target.generate(ask)))
+        assert.deepStrictEqual(thrown._tag === "ModelError" && [thrown.reason, thrown.provider], ["Unknown", "a"])
         // A call that is no function would fail every attempt as its provider's failure (tripping its breaker).
         const noCall = yield* Effect.flip(executor.run({ steps: [a] }, undefined as never))
         assert.strictEqual(fieldOf(noCall), "InvalidRequest call")
-        assert.strictEqual(yield* control.calls, 0)
+        assert.strictEqual(yield* control.calls, 1, "the throwing check's call only")
         // The names refused above took no limit: a later step on them runs.
         const later = yield* executor.run({ steps: [{ ...a, name: "zero-slots" }] }, (target) => target.generate(ask))
         assert.strictEqual(later.value.text, "hi")

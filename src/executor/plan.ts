@@ -162,6 +162,10 @@ const stepsIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claimSlot"]
     if (label !== undefined) return label
     const guard = guardIssue(i, step)
     if (guard !== undefined) return guard
+    // Called where each attempt settles, in plain JavaScript on the fused path: a throw there left the call hanging.
+    if (step.answerIssue !== undefined && typeof step.answerIssue !== "function") {
+      return { path: `steps[${i}].answerIssue`, message: `expected a function, got ${Input.kindOf(step.answerIssue)}` }
+    }
     const timeout = durationIssue(`steps[${i}].timeout`, step.timeout, false)
     if (timeout !== undefined) return timeout
     const tokens = step.tokens

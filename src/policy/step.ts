@@ -240,7 +240,15 @@ export const make = (env: Env): Driver => {
     }
     if (result === "shutdown") return Exit.fail(cutByShutdown())
     if (Exit.isSuccess(result)) {
-      const issue = step.answerIssue?.(result.value)
+      const check = step.answerIssue
+      if (check === undefined) return result
+      let issue: string | undefined
+      try {
+        issue = check(result.value)
+      } catch (defect) {
+        // Run in plain JavaScript on the fused path: a throw out of here left the call hanging.
+        return Exit.fail(unexpected(Cause.die(defect), step.name))
+      }
       return issue === undefined ? result : Exit.fail(malformedAnswer(step.name, issue))
     }
     const error = Cause.findErrorOption(result.cause)
