@@ -231,6 +231,25 @@ describe("orchestra asks its questions on the terminal, not into redirected stdo
       assert.include(result.stderr, "orchestra: --wizard cancelled: nothing ran")
     })
   )
+  it.live(
+    '--wizard answered no to "Run this command?" is cancelled as Ctrl-C is: said, JSON under --json, exit 130',
+    () =>
+      Effect.gen(function* () {
+        // Every optional flag of stats asked (eight, seven with --json given) declined (Enter), then "Run this
+        // command?" turned to no and submitted.
+        const declined = (asked: number) => [...Array(asked).fill(enter), key("right"), enter]
+        const plain = yield* inProcess(["stats", "--wizard"], { stdinIsTerminal: true, keys: declined(8) })
+        assert.strictEqual(plain.code, 130, plain.stderr)
+        assert.notInclude(plain.stdout, "Execution stats")
+        assert.include(plain.stderr, "orchestra: --wizard cancelled: nothing ran")
+        const document = yield* inProcess(["stats", "--wizard", "--json"], { stdinIsTerminal: true, keys: declined(7) })
+        assert.strictEqual(document.code, 130, document.stderr)
+        assert.deepStrictEqual(JSON.parse(document.stdout), {
+          ok: false,
+          error: { message: "--wizard cancelled: nothing ran", kind: "interrupted" }
+        })
+      })
+  )
   it.live("--wizard=true is --wizard; --wizard=false, --wizard no and --no-wizard run the command without one", () =>
     Effect.gen(function* () {
       const refused = yield* inProcess(["test", "--wizard=true", "--json"])

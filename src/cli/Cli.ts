@@ -202,7 +202,8 @@ const givenFlags = (name: string, tokens: ReadonlyArray<string>): Set<string> | 
  * effect/cli's own wizard writes its questions to stdout (the console's log and the
  * terminal's display), where `orchestra stats --wizard --json > out.json` keeps its data:
  * here they go to stderr, as the prompts of `start` do, and only the command itself writes
- * on stdout. Cancelled (Ctrl-C, Esc), nothing runs and the exit code is 130.
+ * on stdout. Cancelled (Ctrl-C, Esc, or "Run this command?" answered no), nothing runs, it says so (as JSON
+ * too under `--json`) and the exit code is 130.
  */
 const wizard = (argv: ReadonlyArray<string>, json: JsonOutput) =>
   Effect.gen(function* () {
@@ -258,16 +259,17 @@ const wizard = (argv: ReadonlyArray<string>, json: JsonOutput) =>
       yield* Console.log("")
       return go ? Option.some(args.slice(1)) : Option.none()
     })
-    const answered = yield* asking(questions).pipe(
-      Effect.catchTag("QuitError", () => {
-        const message = "--wizard cancelled: nothing ran"
-        return printError(`\norchestra: ${message}`).pipe(
-          Effect.andThen(printFailure(json, "interrupted", message)),
-          Effect.andThen(new ExitCode({ code: exitCodes.interrupted }))
-        )
-      })
-    )
-    if (Option.isSome(answered)) yield* cli(answered.value)
+    // "Run this command?" answered no is a cancel as Ctrl-C is: exit 0 would tell a script the command ran.
+    const cancelled = (newline: string) => {
+      const message = "--wizard cancelled: nothing ran"
+      return printError(`${newline}orchestra: ${message}`).pipe(
+        Effect.andThen(printFailure(json, "interrupted", message)),
+        Effect.andThen(new ExitCode({ code: exitCodes.interrupted }))
+      )
+    }
+    const answered = yield* asking(questions).pipe(Effect.catchTag("QuitError", () => cancelled("\n")))
+    if (Option.isNone(answered)) return yield* cancelled("")
+    yield* cli(answered.value)
   })
 
 /**
