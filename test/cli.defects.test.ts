@@ -159,6 +159,27 @@ describe("orchestra says why a config file cannot be read", () => {
     })
   )
 
+  it.live('ORCHESTRA_CONFIG of spaces is a usage error naming it, as `--config " "` is; set to "" it is not set', () =>
+    Effect.gen(function* () {
+      const withEnv = (value: string) =>
+        Effect.provideService(
+          ConfigProvider.ConfigProvider,
+          ConfigProvider.fromEnv({ env: { ORCHESTRA_CONFIG: value } })
+        )
+      for (const value of [" ", "  \t "]) {
+        const result = yield* inProcess(["stats", "--json"], { terminal: false }).pipe(withEnv(value))
+        assert.strictEqual(result.code, 2, JSON.stringify(value))
+        const message = "ORCHESTRA_CONFIG is empty: set it to a config file's path, or unset it"
+        assert.strictEqual(result.err, `orchestra: ${message}`)
+        assert.deepStrictEqual(JSON.parse(result.out), { ok: false, error: { message, kind: "usage" } })
+      }
+      // Effect's config reads an empty variable as one not set (so does every variable the config names).
+      const unset = yield* inProcess(["stats", "--json"], { terminal: false }).pipe(withEnv(""))
+      assert.strictEqual(unset.code, 0, unset.err)
+      assert.deepInclude(JSON.parse(unset.out) as object, { ok: true })
+    })
+  )
+
   it.live("a config from a pipe (`--config <(make-config)`) is read as a file is", () =>
     Effect.gen(function* () {
       const fifo = NodePath.join(dir, "config.fifo")

@@ -28,9 +28,19 @@ export const prepare = (common: Common): Effect.Effect<Setup.Checked, ExitCode, 
         kind: "usage"
       })
     }
-    const fromEnv = yield* Config.option(Config.NonEmptyString("ORCHESTRA_CONFIG")).pipe(
+    const fromEnv = yield* Config.option(Config.String("ORCHESTRA_CONFIG")).pipe(
       Effect.orElseSucceed(() => Option.none<string>())
     )
+    // As `--config "  "`: resolved, spaces name a file no one can see in the message. ("" is read as not set, as
+    // Effect's config reads every empty variable.)
+    if (Option.isNone(common.config) && Option.isSome(fromEnv) && fromEnv.value.trim().length === 0) {
+      return yield* failWith(
+        common,
+        exitCodes.usage,
+        "ORCHESTRA_CONFIG is empty: set it to a config file's path, or unset it",
+        { kind: "usage" }
+      )
+    }
     const loaded = yield* CliConfig.load(common.config, fromEnv)
     return yield* Setup.check(loaded)
   }).pipe(
