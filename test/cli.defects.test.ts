@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import * as NodeServices from "@effect/platform-node/NodeServices"
-import { afterAll, assert, describe, it, vi } from "@effect/vitest"
+import { afterAll, assert, describe, it } from "@effect/vitest"
 import {
   ByteSize,
   ConfigProvider,
@@ -287,15 +287,13 @@ describe("orchestra interrupted (Ctrl-C, SIGTERM)", () => {
       })
       const drawn = yield* Deferred.make<void>()
       const written: Array<string> = []
-      const spy = vi.spyOn(process.stderr, "write").mockImplementation((chunk: string | Uint8Array) => {
-        const text = typeof chunk === "string" ? chunk : new TextDecoder().decode(chunk)
+      const draw = (text: string) => {
         written.push(text)
         if (text.includes("1/2")) Deferred.doneUnsafe(drawn, Exit.void)
-        return true
-      })
-      yield* Effect.addFinalizer(() => Effect.sync(() => spy.mockRestore()))
+      }
       const err: Array<string> = []
-      const fiber = yield* inProcess(["bench", "--prompts", "a,b", "--rounds", "1", "--config", config], { err }).pipe(
+      const argv = ["bench", "--prompts", "a,b", "--rounds", "1", "--config", config]
+      const fiber = yield* inProcess(argv, { err, drawn: draw }).pipe(
         Effect.provide(ConfigProvider.layer(ConfigProvider.fromUnknown({ TERM: "xterm" }))),
         Effect.forkChild
       )
@@ -316,15 +314,10 @@ describe("orchestra in CI (CI=true)", () => {
     Effect.gen(function* () {
       const config = writeConfig("ci.json", { providers: { m: { type: "mock" } } })
       const written: Array<string> = []
-      const spy = vi.spyOn(process.stderr, "write").mockImplementation((chunk: string | Uint8Array) => {
-        written.push(typeof chunk === "string" ? chunk : new TextDecoder().decode(chunk))
-        return true
-      })
-      yield* Effect.addFinalizer(() => Effect.sync(() => spy.mockRestore()))
       const bench = (env: Record<string, string>) =>
-        inProcess(["bench", "--prompts", "a,b", "--rounds", "1", "--config", config]).pipe(
-          Effect.provide(ConfigProvider.layer(ConfigProvider.fromUnknown({ TERM: "xterm", ...env })))
-        )
+        inProcess(["bench", "--prompts", "a,b", "--rounds", "1", "--config", config], {
+          drawn: (text) => void written.push(text)
+        }).pipe(Effect.provide(ConfigProvider.layer(ConfigProvider.fromUnknown({ TERM: "xterm", ...env }))))
       const drawn = yield* bench({ CI: "false" })
       assert.strictEqual(drawn.code, 0, drawn.err)
       assert.include(written.join(""), "2/2", "a terminal without CI gets the bar")

@@ -282,6 +282,20 @@ describe("orchestra asks its questions on the terminal, not into redirected stdo
   )
 })
 
+describe("orchestra bench's progress bar", () => {
+  it.live("is drawn on the Stdio service's stderr, as every other write of the command goes through its services", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("progress.json", { providers: { m: { type: "mock" } } })
+      const result = yield* inProcess(["bench", "--prompts", "a,b", "--rounds", "1", "--json", "--config", config])
+      assert.strictEqual(result.code, 0, result.stderr)
+      // Redrawn in place (a carriage return, the rest of the line cleared), and ended with a newline.
+      assert.match(result.stderr, /\r.*\[█+\] 2\/2 .*\[K\n/)
+      assert.include(result.stderr, "\u001b[K\n")
+      assert.deepInclude(JSON.parse(result.stdout) as object, { ok: true })
+    })
+  )
+})
+
 describe("orchestra --json: a command line that cannot be parsed is one JSON error on stdout", () => {
   const usage = (result: { readonly code: number; readonly stdout: string; readonly stderr: string }) => {
     assert.strictEqual(result.code, 2, result.stderr)

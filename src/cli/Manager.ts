@@ -5,7 +5,7 @@
  *
  * @since 0.2.0
  */
-import { Config, Console, Effect, type FileSystem, Layer, Option, type Path, Stdio } from "effect"
+import { Config, Console, Effect, type FileSystem, Layer, Option, type Path, Stdio, Stream } from "effect"
 import { defaultMaxItems, type ProgressEvent } from "../Batch.js"
 import * as Input from "../Input.js"
 import type * as Orchestra from "../Orchestra.js"
@@ -213,24 +213,22 @@ export const progressBar = Effect.fnUntraced(function* (label: string, total: nu
   const ci = yield* envVar("CI")
   const inCi = ci !== undefined && !["", "false", "0"].includes(ci.trim().toLowerCase())
   const enabled = (yield* stdio.stderrIsTerminal) && term !== "dumb" && !inCi
+  // Through the Stdio service, as the rest of the command writes: a line that cannot be drawn fails nothing.
+  const write = (text: string) => Stream.run(Stream.make(text), stdio.stderr()).pipe(Effect.ignore)
   let failed = 0
-  const draw = (done: number, elapsedMs: number) => {
+  const line = (done: number, elapsedMs: number) => {
     const width = 28
     const filled = total === 0 ? width : Math.round((width * done) / total)
     const failures = failed > 0 ? `, ${failed} failed` : ""
-    process.stderr.write(
-      `\r${label.padEnd(11)} [${"█".repeat(filled)}${"░".repeat(width - filled)}] ${done}/${total}${failures}  ${formatMs(elapsedMs)}\u001b[K`
-    )
+    return `\r${label.padEnd(11)} [${"█".repeat(filled)}${"░".repeat(width - filled)}] ${done}/${total}${failures}  ${formatMs(elapsedMs)}\u001b[K`
   }
   return {
     onEvent: (event: ProgressEvent): Effect.Effect<void> =>
-      Effect.sync(() => {
-        if (!enabled || event._tag === "Started" || event._tag === "Retried") return
+      Effect.suspend(() => {
+        if (!enabled || event._tag === "Started" || event._tag === "Retried") return Effect.void
         if (event._tag === "Failed") failed++
-        draw(event.done, event.elapsedMs)
+        return write(line(event.done, event.elapsedMs))
       }),
-    end: Effect.sync(() => {
-      if (enabled) process.stderr.write("\n")
-    })
+    end: enabled ? write("\n") : Effect.void
   }
 })

@@ -3,7 +3,7 @@
  * test stdio, what it printed collected line by line.
  */
 import * as NodeServices from "@effect/platform-node/NodeServices"
-import { Console, Effect, type FileSystem, Layer, Stdio, Stream } from "effect"
+import { Console, Effect, type FileSystem, Layer, Sink, Stdio, Stream } from "effect"
 import * as Cli from "../../src/cli/Cli.js"
 
 export interface Terminal {
@@ -16,7 +16,13 @@ export interface Terminal {
   readonly fs?: Layer.Layer<FileSystem.FileSystem> | undefined
   /** Where stderr's lines go (read them even when the command is interrupted). */
   readonly err?: Array<string> | undefined
+  /** Where what is written to the Stdio service's stderr goes (the progress bar), each write as it came. */
+  readonly drawn?: ((text: string) => void) | undefined
 }
+
+const decoder = new TextDecoder()
+const drawInto = (drawn: ((text: string) => void) | undefined) => (chunk: string | Uint8Array) =>
+  Effect.sync(() => drawn?.(typeof chunk === "string" ? chunk : decoder.decode(chunk)))
 
 /** Runs `orchestra <argv>`: its exit code and what it printed on stdout and stderr (lines joined by "\n"). */
 export const inProcess = (argv: ReadonlyArray<string>, options: Terminal = {}) =>
@@ -38,7 +44,8 @@ export const inProcess = (argv: ReadonlyArray<string>, options: Terminal = {}) =
             stdin: Stream.make(new TextEncoder().encode(options.stdin ?? "")),
             stdinIsTerminal: Effect.succeed(options.stdinIsTerminal ?? false),
             stdoutIsTerminal: Effect.succeed(terminal),
-            stderrIsTerminal: Effect.succeed(terminal)
+            stderrIsTerminal: Effect.succeed(terminal),
+            stderr: () => Sink.forEach(drawInto(options.drawn))
           })
         )
       ),
