@@ -382,6 +382,23 @@ describe("more prompts than policies.maxItems", () => {
       assert.strictEqual(fits.code, 0, fits.err)
     })
   )
+
+  it.live("are refused as they are counted, before each is parsed into an item (a 16 MiB file holds 8 million)", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("max-items-file.json", {
+        providers: { m: { type: "mock", reply: "fine" } },
+        policies: { maxItems: 2 }
+      })
+      // The third prompt's empty query would be found by parsing it: the count is refused first, so none is parsed.
+      const file = NodePath.join(dir, "max-items.txt")
+      writeFileSync(file, "a\n# a comment\n\nb\nsupport: \n")
+      for (const command of [["bench", "--rounds", "1"], ["stats"]]) {
+        const run = yield* inProcess([...command, "--file", file, "--config", config])
+        assert.strictEqual(run.code, 2, run.err)
+        assert.strictEqual(run.err, "orchestra: 3 prompts: more than a batch takes (policies.maxItems: 2)")
+      }
+    })
+  )
 })
 
 describe("a config with a great many issues", () => {

@@ -174,24 +174,14 @@ const startsWithDomain = (piece: string, name: string): boolean =>
   piece.startsWith(name) && /^\s*:/.test(piece.slice(name.length))
 
 /**
- * Fails with exit code 2 when there are more prompts than one batch of the config's manager
- * takes (`policies.maxItems`), before any provider is built or any call made.
+ * The most items one batch of the config's manager takes (`policies.maxItems`): more prompts
+ * are refused as they are read (`Prompts.read`), before any provider is built or any call made.
  *
  * @since 0.3.0
- * @category combinators
+ * @category utils
  */
-export const checkBatchSize = (
-  common: Common,
-  checked: Setup.Checked,
-  count: number
-): Effect.Effect<void, ExitCode> => {
-  const maxItems = checked.loaded.config.policies?.maxItems ?? defaultMaxItems
-  return count <= maxItems
-    ? Effect.void
-    : failWith(common, exitCodes.usage, `${count} prompts: more than a batch takes (policies.maxItems: ${maxItems})`, {
-        kind: "usage"
-      })
-}
+export const maxItemsOf = (checked: Setup.Checked): number =>
+  checked.loaded.config.policies?.maxItems ?? defaultMaxItems
 
 const envVar = (name: string) =>
   Config.option(Config.String(name)).pipe(

@@ -93,9 +93,39 @@ export const flags = {
 const maxFileBytes = 16 * 1024 * 1024
 
 /**
+ * The flags that give the prompts, checked before anything is read: not both `--prompts` and
+ * `--file`, one of them when `required`, and not an empty `--file ""`. Said before the config is
+ * looked at, as the other flags are.
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const checkSource = (
+  common: Common,
+  prompts: Option.Option<string>,
+  file: Option.Option<string>,
+  required: boolean
+): Effect.Effect<void, ExitCode> => {
+  if (Option.isSome(prompts) && Option.isSome(file)) {
+    return failWith(common, exitCodes.usage, "give either --prompts or --file, not both", { kind: "usage" })
+  }
+  if (Option.isNone(prompts) && Option.isNone(file) && required) {
+    return failWith(common, exitCodes.usage, 'give the prompts with --prompts "a,b,c" or --file prompts.txt', {
+      kind: "usage"
+    })
+  }
+  if (Option.isSome(file) && file.value.trim().length === 0) {
+    return failWith(common, exitCodes.usage, "--file is empty: give the path of a prompts file", { kind: "usage" })
+  }
+  return Effect.void
+}
+
+/**
  * Reads the prompts from `--prompts` or `--file` (not both). `required`: none given is a
  * usage error. A source given but without a prompt (`--prompts ",,,"`, a file of comments)
- * is one too, whether required or not: it was meant to run something.
+ * is one too, whether required or not: it was meant to run something. More than `maxItems`
+ * (the config's `policies.maxItems`) are refused as they are counted, naming it: none is kept
+ * past that count (a prompts file of 16 MiB holds 8 million).
  *
  * @since 0.2.0
  * @category constructors
@@ -104,29 +134,22 @@ export const read = Effect.fnUntraced(function* (
   common: Common,
   prompts: Option.Option<string>,
   file: Option.Option<string>,
-  required: boolean
+  required: boolean,
+  maxItems = Number.POSITIVE_INFINITY
 ) {
-  if (Option.isSome(prompts) && Option.isSome(file)) {
-    return yield* failWith(common, exitCodes.usage, "give either --prompts or --file, not both", { kind: "usage" })
-  }
+  yield* checkSource(common, prompts, file, required)
   const noPrompts = (where: string) =>
     failWith(common, exitCodes.usage, `no prompts given: ${where}`, { kind: "usage" })
-  if (Option.isSome(prompts)) {
-    const list = splitList(prompts.value)
-    return list.length > 0 ? list : yield* noPrompts("--prompts holds only commas and spaces")
-  }
-  if (Option.isNone(file)) {
-    return required
-      ? yield* failWith(common, exitCodes.usage, 'give the prompts with --prompts "a,b,c" or --file prompts.txt', {
-          kind: "usage"
-        })
-      : []
-  }
-  if (file.value.trim().length === 0) {
-    return yield* failWith(common, exitCodes.usage, "--file is empty: give the path of a prompts file", {
+  const tooMany = (count: number) =>
+    failWith(common, exitCodes.usage, `${count} prompts: more than a batch takes (policies.maxItems: ${maxItems})`, {
       kind: "usage"
     })
+  if (Option.isSome(prompts)) {
+    const list = splitList(prompts.value)
+    if (list.length > maxItems) return yield* tooMany(list.length)
+    return list.length > 0 ? list : yield* noPrompts("--prompts holds only commas and spaces")
   }
+  if (Option.isNone(file)) return []
   const fs = yield* FileSystem.FileSystem
   const unreadable = (why: string) =>
     failWith(common, exitCodes.usage, `cannot read ${file.value}: ${why}`, { kind: "usage" })
@@ -144,10 +167,18 @@ export const read = Effect.fnUntraced(function* (
     return yield* unreadable(`line ${decoded.failure.line} is not UTF-8 text (save the file as UTF-8)`)
   }
   const text = decoded.success
-  const lines = text
-    .split(/\r?\n/)
-    .map((line) => line.trim())
-    .filter((line) => line.length > 0 && !line.startsWith("#"))
+  // One pass, no array of every line: past `maxItems` the prompts are only counted.
+  const lines: Array<string> = []
+  let count = 0
+  for (let start = 0; start <= text.length; ) {
+    const newline = text.indexOf("\n", start)
+    const end = newline < 0 ? text.length : newline
+    const line = text.slice(start, end).trim()
+    start = end + 1
+    if (line.length === 0 || line.startsWith("#")) continue
+    if (++count <= maxItems) lines.push(line)
+  }
+  if (count > maxItems) return yield* tooMany(count)
   return lines.length > 0 ? lines : yield* noPrompts(`${file.value} has only blank lines and # comments`)
 })
 

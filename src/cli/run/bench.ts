@@ -26,7 +26,7 @@ import {
   printText,
   stdoutClosed
 } from "../Common.js"
-import { checkBatchSize, checkDomains, checkSplitFlags, prepare, progressBar, provideOrchestra } from "../Manager.js"
+import { checkDomains, checkSplitFlags, maxItemsOf, prepare, progressBar, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
 import { domainNames } from "../Setup.js"
 
@@ -187,13 +187,13 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const { concurrency, maxTokens } = yield* Prompts.checkRunFlags(common, args)
   const rounds = Option.isNone(args.rounds) ? 3 : yield* positiveIntOf(common, "--rounds", args.rounds.value, maxRounds)
   const fallback = yield* fallbackOf(common, args.fallback)
-  const prompts = yield* Prompts.read(common, args.prompts, args.file, true)
+  yield* Prompts.checkSource(common, args.prompts, args.file, true)
   const checked = yield* prepare(common)
+  const prompts = yield* Prompts.read(common, args.prompts, args.file, true, maxItemsOf(checked))
   const domain = Option.getOrUndefined(args.domain)
   yield* checkSplitFlags(common, checked, args)
   yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
   const items = yield* Prompts.toItems(common, prompts, domainNames(checked.loaded), maxTokens)
-  yield* checkBatchSize(common, checked, items.length)
   const cache = checked.loaded.config.policies?.cache
   if (cache !== undefined && cache !== false) {
     yield* Console.error("orchestra: note: policies.cache is on, so repeated prompts are answered from the cache")

@@ -19,7 +19,7 @@ import {
   printText,
   stdoutClosed
 } from "../Common.js"
-import { checkBatchSize, checkDomains, checkSplitFlags, prepare, provideOrchestra } from "../Manager.js"
+import { checkDomains, checkSplitFlags, maxItemsOf, prepare, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
 import { domainNames } from "../Setup.js"
 import type { Args } from "../Stats.js"
@@ -36,8 +36,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const { concurrency, maxTokens } = yield* Prompts.checkRunFlags(common, args)
   // Checked with or without prompts: `stats` is the cheap check, so it refuses what `test` refuses.
   const fallback = yield* fallbackOf(common, args.fallback)
-  const prompts = yield* Prompts.read(common, args.prompts, args.file, false)
+  yield* Prompts.checkSource(common, args.prompts, args.file, false)
   const checked = yield* prepare(common)
+  const prompts = yield* Prompts.read(common, args.prompts, args.file, false, maxItemsOf(checked))
   const file = checked.loaded.file ?? null
   yield* checkSplitFlags(common, checked, args)
   yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
@@ -72,7 +73,6 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     return yield* print(common, stats, { ok: true, prompts: 0, config: file }, "Execution stats (empty)")
   }
   const items = yield* Prompts.toItems(common, prompts, domainNames(checked.loaded), maxTokens)
-  yield* checkBatchSize(common, checked, items.length)
   // Prompts answered or failed so far: what an interruption (Ctrl-C, SIGTERM) reports.
   let finished = 0
   const onProgress = (event: ProgressEvent) => {
