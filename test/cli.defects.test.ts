@@ -374,6 +374,37 @@ describe("orchestra flags whose value starts with a dash", () => {
   )
 })
 
+describe("orchestra short flags glued to their value", () => {
+  it.live(
+    "`-phello`, `-c3`, `-dsupport` are the flag and its value, as getopt reads them (`-phi` showed the help, exit 0)",
+    () =>
+      Effect.gen(function* () {
+        const config = writeConfig("glued.json", { providers: { m: { type: "mock", reply: "glued" } } })
+        const one = yield* inProcess(["test", "-phello", "-dsupport", "--config", config, "--json"], {
+          terminal: false
+        })
+        assert.strictEqual(one.code, 0, one.err)
+        assert.deepInclude(JSON.parse(one.out) as object, {
+          ok: true,
+          prompt: "hello",
+          domain: "support",
+          answer: "glued"
+        })
+        // `h` in the value is no `-h`: the command runs rather than answering with its help page.
+        const help = yield* inProcess(["test", "-phi", "--config", config, "--json"], { terminal: false })
+        assert.strictEqual(help.code, 0, help.err)
+        assert.deepInclude(JSON.parse(help.out) as object, { ok: true, prompt: "hi" })
+        const many = yield* inProcess(["stats", "-c3", "-fnone.txt", "--config", config, "--json"], { terminal: false })
+        assert.strictEqual(many.code, 2, many.err)
+        assert.strictEqual(many.err, "orchestra: cannot read none.txt: no such file")
+        const concurrency = yield* inProcess(["stats", "-c0", "--prompts", "a", "--config", config], {
+          terminal: false
+        })
+        assert.strictEqual(concurrency.err, "orchestra: --concurrency: expected a value of at least 1, got 0")
+      })
+  )
+})
+
 describe("orchestra --wizard", () => {
   it.live("off a terminal it is a usage error (exit 2), not 'Wizard cancelled.' with exit 0 and nothing run", () =>
     Effect.gen(function* () {

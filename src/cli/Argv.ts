@@ -24,11 +24,24 @@ const textFlags: Readonly<Record<string, string>> = {
 
 const flagName = /^--?[A-Za-z][\w-]*$/
 
+/** The short flags that take a value, by their long name: `-phello` is `--prompt=hello`, as getopt reads it. */
+const shortValueFlags: Readonly<Record<string, string>> = {
+  p: "--prompt",
+  f: "--file",
+  d: "--domain",
+  c: "--concurrency"
+}
+
+// A short flag with its value in the same word (`-phello`, `-c3`); `-p=hello` effect/cli reads itself.
+const gluedShort = /^-([A-Za-z])([^=][\s\S]*)$/
+
 /**
  * The command line with a text flag's value that starts with a dash (`-p "-5 degrees in F?"`,
  * `--prompt "- a list item"`) joined to its flag (`--prompt=-5 degrees in F?`): effect/cli
  * would read it as more flags and refuse them, where getopt takes it as the value. A value
- * shaped like a flag name (`-p --json`) is left alone: that is a missing value.
+ * shaped like a flag name (`-p --json`) is left alone: that is a missing value. A short flag
+ * glued to its value (`-phello`, `-c3`) is the flag and its value too (`--prompt=hello`), as getopt
+ * reads it: effect/cli would read `-phi` as `-p -h -i`, and answer with the help page.
  *
  * @since 0.3.0
  * @category run
@@ -38,6 +51,13 @@ export const joinDashValues = (argv: ReadonlyArray<string>): ReadonlyArray<strin
   for (let i = 0; i < argv.length; i++) {
     const token = argv[i]!
     if (token === "--") return [...out, ...argv.slice(i)]
+    // effect/cli would read `-phi` as `-p -h -i`: the help page, exit 0, and nothing run.
+    const glued = gluedShort.exec(token)
+    const long = glued === null ? undefined : shortValueFlags[glued[1]!]
+    if (long !== undefined) {
+      out.push(`${long}=${glued![2]}`)
+      continue
+    }
     const flag = Object.hasOwn(textFlags, token) ? textFlags[token] : undefined
     const next = argv[i + 1]
     if (flag !== undefined && next?.startsWith("-") && next !== "--" && !flagName.test(next)) {
