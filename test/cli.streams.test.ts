@@ -294,6 +294,19 @@ describe("orchestra bench's progress bar", () => {
       assert.deepInclude(JSON.parse(result.stdout) as object, { ok: true })
     })
   )
+
+  it.live("is redrawn a few times a second, not at every item (a write each cost the batch more than the call)", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("progress-many.json", { providers: { m: { type: "mock" } } })
+      const prompts = Array.from({ length: 300 }, (_, i) => `p${i}`).join(",")
+      const result = yield* inProcess(["bench", "--prompts", prompts, "--rounds", "1", "--json", "--config", config])
+      assert.strictEqual(result.code, 0, result.stderr)
+      const draws = result.stderr.split("\r").length - 1
+      // 600 items answered in two runs, each run well under a second: its first and last state, and few between.
+      assert.isAtMost(draws, 60, `${draws} redraws`)
+      assert.include(result.stderr, "300/300")
+    })
+  )
 })
 
 describe("orchestra --json: a command line that cannot be parsed is one JSON error on stdout", () => {

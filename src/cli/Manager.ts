@@ -189,10 +189,13 @@ const envVar = (name: string) =>
     Effect.orElseSucceed(() => undefined)
   )
 
+/** The least time between two redraws of a progress bar (its last state is always drawn). */
+const redrawMs = 100
+
 /**
  * A progress bar on stderr, drawn only when stderr is a terminal that can redraw a line
  * (not `TERM=dumb`), and not in CI (`CI` set, but not to `false` or `0`): a CI that gives the
- * process a terminal keeps each redraw as a line of its log.
+ * process a terminal keeps each redraw as a line of its log. Redrawn at most every 100 ms, and at the end.
  *
  * @since 0.1.0
  * @category output
@@ -206,6 +209,9 @@ export const progressBar = Effect.fnUntraced(function* (label: string, total: nu
   // Through the Stdio service, as the rest of the command writes: a line that cannot be drawn fails nothing.
   const write = (text: string) => Stream.run(Stream.make(text), stdio.stderr()).pipe(Effect.ignore)
   let failed = 0
+  // When the bar was last drawn (the batch's elapsed milliseconds): a redraw per item would cost a batch of fast
+  // calls more than its calls, and no one reads a bar redrawn more often than this.
+  let drawnAt = Number.NEGATIVE_INFINITY
   const line = (done: number, elapsedMs: number) => {
     const width = 28
     const filled = total === 0 ? width : Math.round((width * done) / total)
@@ -217,6 +223,8 @@ export const progressBar = Effect.fnUntraced(function* (label: string, total: nu
       Effect.suspend(() => {
         if (!enabled || event._tag === "Started" || event._tag === "Retried") return Effect.void
         if (event._tag === "Failed") failed++
+        if (event.done < total && event.elapsedMs - drawnAt < redrawMs) return Effect.void
+        drawnAt = event.elapsedMs
         return write(line(event.done, event.elapsedMs))
       }),
     end: enabled ? write("\n") : Effect.void
