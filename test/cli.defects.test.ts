@@ -19,13 +19,17 @@ import {
   Exit,
   Fiber,
   FileSystem,
+  Console,
+  Layer,
   Option,
   PlatformError,
+  Stdio,
   Stream
 } from "effect"
 import { CircuitOpenError, ModelError, TimeoutError } from "../src/AiError.js"
 import { errorJson, exitOnSecondSignal } from "../src/cli/Common.js"
 import * as CliConfig from "../src/cli/Config.js"
+import * as Cli from "../src/cli/Cli.js"
 import * as Setup from "../src/cli/Setup.js"
 import { inProcess } from "./utils/cli.js"
 
@@ -277,6 +281,60 @@ describe("orchestra interrupted (Ctrl-C, SIGTERM)", () => {
       assert.include(written.join(""), "interrupted again")
     }
   })
+
+  it.live(
+    "a second Ctrl-C under --json still leaves the JSON error on stdout (the first one's comes after the drain)",
+    () =>
+      Effect.gen(function* () {
+        const config = writeConfig("second-signal.json", {
+          providers: { m: { type: "mock", script: [{ _tag: "Hang" }] } },
+          policies: { executor: { timeout: "none" } }
+        })
+        const last = (argv: ReadonlyArray<string>) =>
+          Effect.gen(function* () {
+            const exiting: { lastWords?: (() => string | undefined) | undefined } = {}
+            // stdin stays open, as a person's who has not typed yet: `start` waits on it.
+            const stdin = Stdio.layerTest({ stdin: Stream.never })
+            const fiber = yield* Cli.run([...argv, "--config", config], { exiting }).pipe(
+              Effect.provide(Layer.merge(NodeServices.layer, stdin)),
+              Effect.provideService(Console.Console, { ...globalThis.console, log: () => {}, error: () => {} }),
+              Effect.forkChild
+            )
+            // The call hangs: what a second signal would leave on stdout, asked for while it runs.
+            yield* Effect.sleep("1 second")
+            const words = exiting.lastWords?.()
+            yield* Fiber.interrupt(fiber)
+            return words
+          })
+        const document = yield* last(["test", "-p", "hi", "--json"])
+        assert.deepStrictEqual(JSON.parse(document ?? "null"), {
+          ok: false,
+          error: {
+            message: "interrupted: exited at a second signal, without waiting for the drain",
+            kind: "interrupted"
+          }
+        })
+        const line = yield* last(["start", "--json"])
+        assert.deepStrictEqual(JSON.parse(line ?? "null"), {
+          type: "error",
+          error: {
+            message: "interrupted: exited at a second signal, without waiting for the drain",
+            kind: "interrupted"
+          }
+        })
+        assert.isUndefined(yield* last(["test", "-p", "hi"]))
+        // exitOnSecondSignal writes them before it exits.
+        const written: Array<string> = []
+        const target = Object.assign(new EventEmitter(), {
+          exit: () => {},
+          stderr: { write: () => true },
+          stdout: { write: (text: string) => written.push(text) }
+        })
+        exitOnSecondSignal(target, 1, () => "{}")
+        target.emit("SIGINT")
+        assert.deepStrictEqual(written, ["{}\n"])
+      })
+  )
 
   it.live("bench ends its progress line and says it was interrupted", () =>
     Effect.gen(function* () {

@@ -8,7 +8,7 @@ import { Cause, Console, Effect, Layer, Option, Stdio, Stream, Terminal } from "
 import { CliError, CliOutput, Command, CommandSpec, type Flag, Prompt } from "effect/cli"
 import { asksJson, commandAt, commandFirst, flagsOf, joinDashValues, wizardOf } from "./Argv.js"
 import * as Bench from "./Bench.js"
-import { ExitCode, exitCodes, printError, printJson, stdoutClosed } from "./Common.js"
+import { ExitCode, exitCodes, jsonText, printError, stdoutClosed } from "./Common.js"
 import * as Serve from "./Serve.js"
 import * as Start from "./Start.js"
 import * as Stats from "./Stats.js"
@@ -48,14 +48,15 @@ export const command = Command.make("orchestra").pipe(
  */
 export type JsonOutput = "none" | "document" | "lines"
 
+const failureJson = (json: JsonOutput, kind: string, message: string): string =>
+  jsonText(
+    { jsonLines: json === "lines" },
+    json === "lines" ? { type: "error", error: { message, kind } } : { ok: false, error: { message, kind } }
+  )
+
 /** A failure as a `--json` consumer reads every other one: `{ ok: false, error }`, or an error line. */
 const printFailure = (json: JsonOutput, kind: string, message: string): Effect.Effect<void> =>
-  json === "none"
-    ? Effect.void
-    : printJson(
-        { jsonLines: json === "lines" },
-        json === "lines" ? { type: "error", error: { message, kind } } : { ok: false, error: { message, kind } }
-      )
+  json === "none" ? Effect.void : Console.log(failureJson(json, kind, message))
 
 /**
  * A single-value flag given more than once, as effect/cli refuses it (an `InvalidValue` whose
@@ -278,18 +279,28 @@ const wizard = (argv: ReadonlyArray<string>, json: JsonOutput) =>
  * the runtime's teardown makes it 130. Under `--json` every failure, a command line that
  * cannot be parsed and an interruption included, also puts its JSON on stdout. `interrupted`:
  * a signal came before the command could run (while the modules loaded); nothing runs, and it
- * ends as an interruption.
+ * ends as an interruption. `exiting.lastWords` is set to what stdout still needs if the process
+ * exits at once (a second signal, while the first one's drain runs): under `--json`, the error
+ * the interruption would print after the drain, unless a document or an error is out already.
  *
  * @since 0.1.0
  * @category run
  */
-export const run = (argv: ReadonlyArray<string>, options?: { readonly interrupted?: boolean | undefined }) =>
+export const run = (
+  argv: ReadonlyArray<string>,
+  options?: {
+    readonly interrupted?: boolean | undefined
+    readonly exiting?: { lastWords?: (() => string | undefined) | undefined } | undefined
+  }
+) =>
   Console.consoleWith((console) => {
     const json = jsonOutput(argv)
     const { asked, rest } = wizardOf(argv)
     // Whether the command wrote on stdout: then its JSON document is out, and a second one would
     // make the output no JSON at all (JSON lines may go on).
     let wrote = false
+    // Whether its failure was printed already (an error line for `start`).
+    let failed = false
     const watched: Console.Console = {
       ...console,
       log: (...args: ReadonlyArray<unknown>) => {
@@ -297,8 +308,21 @@ export const run = (argv: ReadonlyArray<string>, options?: { readonly interrupte
         console.log(...args)
       }
     }
+    const said = (kind: string, message: string) =>
+      Effect.andThen(
+        Effect.sync(() => {
+          failed = true
+        }),
+        printFailure(json, kind, message)
+      )
     const failure = (kind: string, message: string) =>
-      Effect.suspend(() => (json === "document" && wrote ? Effect.void : printFailure(json, kind, message)))
+      Effect.suspend(() => (json === "document" && wrote ? Effect.void : said(kind, message)))
+    if (options?.exiting !== undefined) {
+      options.exiting.lastWords = () =>
+        json === "none" || failed || (json === "document" && wrote) || subcommandOf(argv)?.name === Serve.command.name
+          ? undefined
+          : failureJson(json, "interrupted", "interrupted: exited at a second signal, without waiting for the drain")
+    }
     // What was not reported yet: said on stderr, and as JSON under `--json`.
     const unreported = (message: string, detail = message) =>
       Effect.as(
@@ -335,6 +359,12 @@ export const run = (argv: ReadonlyArray<string>, options?: { readonly interrupte
           : Effect.flatMap(stdoutClosed, (closed) => (closed ? Effect.void : failure("interrupted", "interrupted")))
       ),
       Effect.provideService(Console.Console, watched),
-      Effect.provide(presenter(json !== "none"))
+      Effect.provide(presenter(json !== "none")),
+      // Ended, it owes stdout nothing more.
+      Effect.ensuring(
+        Effect.sync(() => {
+          if (options?.exiting !== undefined) options.exiting.lastWords = undefined
+        })
+      )
     )
   })

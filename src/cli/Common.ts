@@ -79,6 +79,7 @@ export interface SignalTarget {
   readonly on: (signal: "SIGINT" | "SIGTERM", listener: () => void) => unknown
   readonly exit: (code: number) => void
   readonly stderr: { readonly write: (text: string) => unknown }
+  readonly stdout?: { readonly write: (text: string) => unknown } | undefined
 }
 
 /**
@@ -86,16 +87,24 @@ export interface SignalTarget {
  * (calls finish or are cancelled, a local model stops, connections close). A second one
  * while that takes its time means the user will not wait: the process exits at once with
  * 130, saying so. `received`: the signals that came before (while the modules loaded).
+ * `lastWords`: what stdout still needs before the exit (under `--json`, the error the drain would
+ * have printed once over), written there first.
  *
  * @since 0.3.0
  * @category run
  */
-export const exitOnSecondSignal = (target: SignalTarget, received = 0): void => {
+export const exitOnSecondSignal = (
+  target: SignalTarget,
+  received = 0,
+  lastWords?: (() => string | undefined) | undefined
+): void => {
   let signals = received
   const onSignal = () => {
     signals++
     if (signals < 2) return
     target.stderr.write("\norchestra: interrupted again: exiting now\n")
+    const words = lastWords?.()
+    if (words !== undefined) target.stdout?.write(`${words}\n`)
     target.exit(exitCodes.interrupted)
   }
   target.on("SIGINT", onSignal)
@@ -201,7 +210,16 @@ export const printError = (text: string): Effect.Effect<void> =>
  * @category output
  */
 export const printJson = (common: Pick<Common, "jsonLines">, value: unknown): Effect.Effect<void> =>
-  Console.log(asciiControls(common.jsonLines === true ? JSON.stringify(value) : JSON.stringify(value, null, 2)))
+  Console.log(jsonText(common, value))
+
+/**
+ * The text {@link printJson} prints (without its newline).
+ *
+ * @since 0.3.0
+ * @category output
+ */
+export const jsonText = (common: Pick<Common, "jsonLines">, value: unknown): string =>
+  asciiControls(common.jsonLines === true ? JSON.stringify(value) : JSON.stringify(value, null, 2))
 
 // JSON.stringify escapes C0 controls but writes DEL and C1 controls (0x9b, a CSI) as they are; as
 // `\u` escapes they are the same data, and no terminal a JSON document is shown on obeys them.

@@ -53,10 +53,12 @@ const flushStdout = Effect.callback<void>((resume) => {
   })
 })
 
-Common.exitOnSecondSignal(process, early)
+// Under `--json`, what the command still owes stdout if a second signal ends the process before the drain.
+const exiting: { lastWords?: (() => string | undefined) | undefined } = {}
+Common.exitOnSecondSignal(process, early, () => exiting.lastWords?.())
 
 Effect.raceFirst(
-  Effect.tap(run(process.argv.slice(2), { interrupted: early > 0 }), () => flushStdout),
+  Effect.tap(run(process.argv.slice(2), { interrupted: early > 0, exiting }), () => flushStdout),
   stdoutGone
 ).pipe(
   Effect.provide(environment),
