@@ -29,6 +29,15 @@ import { maxModelLength } from "./request.js"
 import { millis } from "./upstream.js"
 import * as Wire from "./response.js"
 
+const decodes = (path: string): boolean => {
+  try {
+    decodeURI(path)
+    return true
+  } catch {
+    return false
+  }
+}
+
 /**
  * @internal
  */
@@ -189,5 +198,28 @@ export const make = (env: Env) => {
       )
     })
 
-  return { models, model, health, ready, metrics, fallback }
+  // The router finds no route for a path whose escapes do not decode (`%ZZ`, a cut UTF-8 sequence): under the
+  // gateway's own server that is the only path no route takes.
+  const unroutable = (request: HttpServerRequest.HttpServerRequest) => {
+    const path = request.url.split("?")[0]!
+    if (decodes(path)) return fallback(request)
+    return Effect.sync(() =>
+      answered(
+        env,
+        "other",
+        millis(clock),
+        failure(
+          env,
+          gatewayError(
+            "InvalidRequest",
+            `the path ${clip(path)} is not valid percent-encoding: each % must begin an escape of UTF-8 bytes, such as %2F`,
+            { code: "invalid_url" }
+          )
+        ),
+        undefined
+      )
+    )
+  }
+
+  return { models, model, health, ready, metrics, fallback, unroutable }
 }

@@ -5,7 +5,7 @@
  * @internal
  */
 import { Clock, Effect, References, Tracer } from "effect"
-import { HttpRouter, type HttpServerRequest, type HttpServerResponse } from "effect/http"
+import { HttpRouter, HttpServerError, type HttpServerRequest, type HttpServerResponse } from "effect/http"
 import { Executor } from "../Executor.js"
 import * as Input from "../Input.js"
 import * as Prometheus from "../Prometheus.js"
@@ -37,6 +37,11 @@ export interface Handle {
    */
   readonly refuse: (error: GatewayError) => HttpServerResponse.HttpServerResponse
 }
+
+const isRouteNotFound = (
+  error: unknown
+): error is HttpServerError.HttpServerError & { readonly reason: HttpServerError.RouteNotFound } =>
+  HttpServerError.isHttpServerError(error) && error.reason._tag === "RouteNotFound"
 
 const alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -152,6 +157,17 @@ export const make = Effect.fnUntraced(function* (
   // The router prefers any other route to a wildcard, so routes added later (`Gateway.serve`'s
   // `routes`, the health paths below) still win over this one.
   if (catchAll && api !== "") yield* router.add("*", "/*", info.fallback)
+  // A path the router cannot decode matches no route, not even the one above: its refusal is the gateway's too,
+  // not the router's empty 404. Built once: a request pays one frame for it.
+  if (catchAll) {
+    // Typed as a middleware that handles no error (effect/http's rule): this one handles only what the router raised.
+    yield* router.addGlobalMiddleware(
+      (app) =>
+        Effect.catchIf(app as Effect.Effect<HttpServerResponse.HttpServerResponse, unknown>, isRouteNotFound, (error) =>
+          info.unroutable(error.reason.request)
+        ) as never
+    ) as Effect.Effect<void>
+  }
   const own = [
     ...(options.livePath === undefined ? [] : get(options.livePath, info.health)),
     ...(options.readyPath === undefined ? [] : get(options.readyPath, info.ready)),

@@ -303,6 +303,36 @@ describe("Gateway: requests refused before any provider", () => {
   )
 })
 
+describe("Gateway: a path that is not valid percent-encoding", () => {
+  it.live("is a 400 naming the path, OpenAI-shaped, with a request id and counted, not the router's empty 404", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      for (const [method, path] of [
+        ["POST", "/v1/chat%ZZ"],
+        ["GET", "/v1/models/%E0%A4%A"],
+        ["GET", "/healthz%"],
+        ["HEAD", "/v1/models%zz"]
+      ] as const) {
+        const answer = yield* Effect.promise(() => fetch(`${gw.url}${path}`, { method }))
+        assert.strictEqual(answer.status, 400, path)
+        assert.match(answer.headers.get("x-request-id") ?? "", /^req_/, path)
+        if (method === "HEAD") continue
+        const body = (yield* Effect.promise(() => answer.json())) as {
+          error: { code: string; type: string; message: string; param: string | null }
+        }
+        assert.deepStrictEqual([body.error.type, body.error.code], ["invalid_request_error", "invalid_url"], path)
+        assert.include(body.error.message, path)
+      }
+      // A path with valid escapes is still routed (a model id with a slash, encoded).
+      const encoded = yield* Effect.promise(() => fetch(`${gw.url}/v1/models/a%2Fa-model`))
+      assert.strictEqual(encoded.status, 200)
+      assert.lengthOf(yield* upstream.requests, 0)
+      assert.include(yield* gw.metrics, 'orchestra_gateway_requests_total{route="other",status="400"} 4')
+    })
+  )
+})
+
 describe("Gateway: a body that is not sent as JSON", () => {
   it.live(
     "is a 415 naming its Content-Type (or Content-Encoding), never sent upstream: a web page can post text/plain or a form to an open gateway without asking first",
