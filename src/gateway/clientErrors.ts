@@ -12,6 +12,8 @@ import { type IncomingMessage, type Server, type ServerResponse, STATUS_CODES } 
 import type { Duplex } from "node:stream"
 import { fromGatewayError, type GatewayError, gatewayError } from "./errors.js"
 import type { GatewayMetrics } from "./metrics.js"
+import { requestIdHeader } from "./routes.js"
+import { makeIds } from "./server.js"
 
 /**
  * The server's limits, as its refusals name them.
@@ -28,17 +30,19 @@ interface Answer {
   readonly status: number
   readonly reason: string
   readonly body: string
-  /** The whole HTTP/1.1 response, for the socket. */
-  readonly raw: string
+  /** The whole HTTP/1.1 response for the socket, up to its request id's value. */
+  readonly head: string
+  /** The rest of it, after the request id. */
+  readonly rest: string
 }
 
 const answerOf = (error: GatewayError): Answer => {
   const wire = fromGatewayError(error)
   const body = JSON.stringify(wire.body)
-  const raw =
+  const head =
     `HTTP/1.1 ${wire.status} ${STATUS_CODES[wire.status]}\r\nContent-Type: application/json\r\n` +
-    `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
-  return { status: wire.status, reason: wire.reason, body, raw }
+    `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n${requestIdHeader}: `
+  return { status: wire.status, reason: wire.reason, body, head, rest: `\r\n\r\n${body}` }
 }
 
 interface ClientError extends Error {
@@ -67,6 +71,8 @@ const inFlight = (socket: Duplex): ServerResponse | null | undefined =>
  * @internal
  */
 export const install = (server: Server, limits: Limits, metrics: () => GatewayMetrics | undefined): void => {
+  // Named as every answer of the gateway is (`x-request-id`), by ids of the server's own.
+  const nextId = makeIds()
   const headers =
     limits.headersTimeoutMs < limits.requestTimeoutMs ? ` (its headers within ${limits.headersTimeoutMs} ms)` : ""
   const timeout = answerOf(
@@ -124,7 +130,7 @@ export const install = (server: Server, limits: Limits, metrics: () => GatewayMe
     // close (499): counted here too, it would be counted twice.
     if (response == null) metrics()?.refused(answer.status, answer.reason)
     // Destroyed once flushed, as Node's own answer is, so that a client that keeps its side open holds nothing.
-    socket.end(answer.raw, () => socket.destroy())
+    socket.end(`${answer.head}${nextId("req_")}${answer.rest}`, () => socket.destroy())
   })
 
   const refuse = (answer: Answer, response: ServerResponse) => {
@@ -132,7 +138,8 @@ export const install = (server: Server, limits: Limits, metrics: () => GatewayMe
     response.writeHead(answer.status, {
       "content-type": "application/json",
       "content-length": Buffer.byteLength(answer.body),
-      connection: "close"
+      connection: "close",
+      [requestIdHeader]: nextId("req_")
     })
     response.end(answer.body)
   }

@@ -62,9 +62,15 @@ const raw = (url: string, parts: ReadonlyArray<string>, pause = 0) =>
     return Effect.sync(() => socket.destroy())
   })
 
+const seen: Array<string> = []
+
 const assertShaped = (answer: Answer, status: number, type: string, code: string) => {
   assert.strictEqual(answer.status, status, answer.body)
   assert.strictEqual(answer.headers["connection"], "close")
+  // Named as every other answer of the gateway is, and each its own.
+  assert.match(answer.headers["x-request-id"] ?? "", /^req_[0-9a-z]+$/)
+  assert.notInclude(seen, answer.headers["x-request-id"])
+  seen.push(answer.headers["x-request-id"]!)
   assert.match(answer.headers["content-type"] ?? "", /^application\/json/)
   assert.strictEqual(Number(answer.headers["content-length"]), Buffer.byteLength(answer.body))
   assert.isDefined(answer.json, `not JSON: ${answer.body}`)
@@ -119,6 +125,7 @@ describe("Gateway: what Node's server answers on its own", () => {
       assert.strictEqual(error.code, "headers_too_large")
       assert.include(error.message, "2048 bytes")
       assert.strictEqual(error.headers?.get("connection"), "close")
+      assert.match(error.headers?.get("x-request-id") ?? "", /^req_/)
       assert.lengthOf(yield* upstream.requests, 0)
       const answer = yield* raw(gw.url, [`${head}x-large: ${"b".repeat(4096)}\r\n\r\n`])
       assertShaped(answer, 431, "invalid_request_error", "headers_too_large")
