@@ -18,7 +18,7 @@
  *
  * Keys, budgets and per-key limits come from a {@link KeyStore} in context (`gateway/keys`:
  * in memory or on Redis); without one the gateway refuses to build unless
- * `allowAnonymous: true`. Shutdown drains: new requests get 503 and `/readyz` turns 503,
+ * `allowAnonymous: true`. Shutdown drains: `/readyz` turns 503, after `drainDelay` new requests get 503,
  * the running ones get up to `drainTimeout`, then calls are answered 503 and streams end
  * with an error event. See `docs/gateway.md`.
  *
@@ -262,9 +262,18 @@ export interface Options {
     | undefined
   /**
    * On shutdown, how long running requests and streams may finish before they are cut.
-   * Default 10 s. `serve` stops at most 3 seconds after it, whatever the clients do.
+   * Default 10 s. `serve` stops at most 3 seconds after it (and `drainDelay` before it), whatever the clients do.
    */
   readonly drainTimeout?: Duration.Input | undefined
+  /**
+   * On shutdown, how long `/readyz` answers 503 while new requests are still served, before they are
+   * refused (503) and the drain starts: give it at least the time your load balancer takes to see a
+   * failing `/readyz` (its check interval times its failure threshold), so that it stops sending before
+   * any request is refused. Default 0 (refused at once); the shutdown takes this much longer.
+   *
+   * @since 0.3.0
+   */
+  readonly drainDelay?: Duration.Input | undefined
   /**
    * Path of the Prometheus metrics, or `false`. Default `"/metrics"`. Without `metricsToken`
    * the route is open to every client of the port: the series name providers, domains, key
@@ -300,10 +309,11 @@ export interface Options {
  */
 export interface Service {
   /**
-   * Refuses new requests (503, `/readyz` 503), waits for the running ones up to
+   * Turns `/readyz` 503, after `drainDelay` refuses new requests (503), waits for the running ones up to
    * `drainTimeout`, then cuts the rest. Idempotent; closing the layer runs it too.
    */
   readonly drain: Effect.Effect<void>
+  /** Whether the drain has started (`/readyz` answers 503), its `drainDelay` included. */
   readonly isDraining: () => boolean
   /** Requests and streams being served now. */
   readonly inFlight: () => number

@@ -297,7 +297,8 @@ describe("a gateway file with mistakes in several sections' values", () => {
           maxBodyBytes: -1,
           defaultMaxTokens: 0,
           stream: { idleTimeout: 0 },
-          drainTimeout: "soon"
+          drainTimeout: "soon",
+          drainDelay: -1
         },
         keys: { keys: [] }
       })
@@ -311,14 +312,15 @@ describe("a gateway file with mistakes in several sections' values", () => {
           "gateway.maxBodyBytes",
           "gateway.defaultMaxTokens",
           "gateway.stream.idleTimeout",
-          "gateway.drainTimeout"
+          "gateway.drainTimeout",
+          "gateway.drainDelay"
         ]
       )
       assert.strictEqual(issues[0]!.message, "unknown option")
       assert.strictEqual(issues[1]!.message, "expected a value of at least 1024, got -1")
       for (const issue of issues) assert.notInclude(issue.message, "problems in all", issue.path)
       const lines = result.err.split("\n")
-      assert.strictEqual(lines[0], `orchestra: ${file}: 5 mistakes`)
+      assert.strictEqual(lines[0], `orchestra: ${file}: 6 mistakes`)
       assert.deepStrictEqual(
         lines.slice(1),
         issues.map((issue) => `  ${issue.path}: ${issue.message}`)

@@ -1,6 +1,6 @@
 /**
- * The gateway's shutdown: stop accepting (new requests get a 503 with `Connection: close`
- * and `/readyz` turns 503, so a load balancer moves away), drain the requests and streams
+ * The gateway's shutdown: `/readyz` turns 503, so a load balancer moves away; after `drainDelay`
+ * (none by default) stop accepting (new requests get a 503 with `Connection: close`), drain the requests and streams
  * in flight up to a deadline, then cut the rest: a call still running is answered 503
  * (`shutting_down`), a stream still running ends with an error event, never a clean
  * `[DONE]`.
@@ -37,13 +37,16 @@ export interface Entry {
 export interface Lifecycle {
   readonly isDraining: () => boolean
   readonly inFlight: () => number
-  /** Counts a request in; `undefined` when draining (answer 503). */
+  /** Counts a request in; `undefined` once the drain refuses new requests (answer 503): after its `drainDelay`. */
   readonly enter: () => Entry | undefined
   /** Counts it out (idempotent). */
   readonly leave: (entry: Entry) => void
   /** Calls `stop` with a `ShuttingDownError` when the drain cuts `entry` (at once if it already has): streams stop on it. */
   readonly onCut: (entry: Entry, stop: (error: ShuttingDownError) => void) => void
-  /** Drains: refuse new requests, wait for the running ones up to the deadline, cut the rest. Idempotent. */
+  /**
+   * Drains: turn not ready, after `drainDelay` refuse new requests, wait for the running ones up to the
+   * deadline, cut the rest. Idempotent.
+   */
   readonly drain: Effect.Effect<void>
 }
 
@@ -55,18 +58,24 @@ const cutError = () =>
  */
 export const make = (options: {
   readonly drainTimeout: Duration.Duration
+  /**
+   * How long the drain keeps admitting new requests after it starts (`isDraining`, so `/readyz` 503, from
+   * its start): a load balancer polling `/readyz` stops sending before any request is refused. Default none.
+   */
+  readonly drainDelay?: Duration.Duration | undefined
   /** After the cut, how long cut requests get to send their last bytes. */
   readonly cutGrace?: Duration.Duration | undefined
   readonly onCount?: ((inFlight: number) => void) | undefined
 }): Effect.Effect<Lifecycle> =>
   Effect.gen(function* () {
     let draining = false
+    let refusing = false
     let count = 0
     let idle: Deferred.Deferred<void> | undefined
     const entries = new Set<Entry>()
 
     const enter = (): Entry | undefined => {
-      if (draining) return undefined
+      if (refusing) return undefined
       const entry: Entry = { fiber: undefined, stop: undefined, cut: false, left: false }
       count++
       entries.add(entry)
@@ -93,6 +102,10 @@ export const make = (options: {
     const drain = yield* Effect.cached(
       Effect.gen(function* () {
         draining = true
+        if (options.drainDelay !== undefined && Duration.isGreaterThan(options.drainDelay, Duration.zero)) {
+          yield* Effect.sleep(options.drainDelay)
+        }
+        refusing = true
         yield* waitIdle(options.drainTimeout)
         if (count === 0) return
         for (const entry of Array.from(entries)) {

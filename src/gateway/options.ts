@@ -29,6 +29,7 @@ export interface Resolved {
     readonly totalTimeout: Duration.Duration | "none" | undefined
   }
   readonly drainTimeout: Duration.Duration
+  readonly drainDelay: Duration.Duration
   readonly metricsPath: `/${string}` | undefined
   /** The SHA-256 (hex) of the token `metricsPath` needs, `undefined` for an open route: the token itself is not kept. */
   readonly metricsTokenSha256: string | undefined
@@ -47,6 +48,7 @@ const known: ReadonlySet<string> = new Set([
   "defaultMaxTokens",
   "stream",
   "drainTimeout",
+  "drainDelay",
   "metricsPath",
   "metricsToken",
   "metricsBuckets",
@@ -209,6 +211,7 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
     Input.duration(p("drainTimeout"), Input.orDefault(options.drainTimeout, Duration.seconds(10)), {
       allowZero: true
     }),
+    Input.duration(p("drainDelay"), Input.orDefault(options.drainDelay, Duration.zero), { allowZero: true }),
     metricsPath,
     optionalPath(p("healthPaths.live"), health === false ? false : health?.live, "/healthz"),
     optionalPath(p("healthPaths.ready"), health === false ? false : health?.ready, "/readyz"),
@@ -233,6 +236,7 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
     idleTimeout,
     totalTimeout,
     drainTimeout,
+    drainDelay,
     metricsPathChecked,
     livePath,
     readyPath,
@@ -253,6 +257,7 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
     defaultMaxTokens,
     stream: { firstChunkTimeout, idleTimeout, totalTimeout },
     drainTimeout,
+    drainDelay,
     metricsPath: metricsPathChecked,
     metricsTokenSha256: metricsTokenSha256.success,
     metricsBuckets: Input.orDefault(options.metricsBuckets, "all"),

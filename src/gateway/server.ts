@@ -94,6 +94,7 @@ export const make = Effect.fnUntraced(function* (
   onMetrics?.(metrics)
   const lifecycle = yield* Lifecycle.make({
     drainTimeout: options.drainTimeout,
+    drainDelay: options.drainDelay,
     onCount: (n) => {
       metrics.inFlight = n
     }

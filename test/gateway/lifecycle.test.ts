@@ -6,7 +6,9 @@
  */
 import { connect, type Socket } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber } from "effect"
+import { Duration, Effect, Fiber } from "effect"
+import { TestClock } from "effect/testing"
+import * as Lifecycle from "../../src/gateway/lifecycle.js"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
@@ -190,6 +192,56 @@ describe("Gateway: shutdown is bounded", () => {
         assert.lengthOf(yield* upstream.requests, 0)
       }),
     20_000
+  )
+})
+
+describe("Gateway: drainDelay, /readyz turning 503 before requests are refused", () => {
+  it.effect("the lifecycle: during the delay requests are still admitted, then refused, then drained (TestClock)", () =>
+    Effect.gen(function* () {
+      const lifecycle = yield* Lifecycle.make({ drainTimeout: Duration.seconds(10), drainDelay: Duration.seconds(5) })
+      const drain = yield* Effect.forkChild(lifecycle.drain, { startImmediately: true })
+      assert.isTrue(lifecycle.isDraining())
+      const late = lifecycle.enter()
+      assert.isDefined(late)
+      yield* TestClock.adjust("4999 millis")
+      assert.isDefined(lifecycle.enter())
+      yield* TestClock.adjust("1 millis")
+      assert.isUndefined(lifecycle.enter())
+      // The requests admitted during the delay are drained as any other: the drain waits for them.
+      assert.strictEqual(lifecycle.inFlight(), 2)
+      lifecycle.leave(late!)
+      assert.isUndefined(drain.pollUnsafe())
+    })
+  )
+
+  it.effect("without a delay (the default) requests are refused as /readyz turns", () =>
+    Effect.gen(function* () {
+      const lifecycle = yield* Lifecycle.make({ drainTimeout: Duration.seconds(10) })
+      yield* Effect.forkChild(lifecycle.drain, { startImmediately: true })
+      assert.isTrue(lifecycle.isDraining())
+      assert.isUndefined(lifecycle.enter())
+    })
+  )
+
+  it.effect("the gateway: /readyz is 503 while a request is still answered, then requests get 503 (TestClock)", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi(["one", "two", "three"]))
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url },
+        gateway: { drainDelay: "5 seconds", drainTimeout: "1 second" }
+      })
+      const draining = yield* Effect.forkChild(gw.gateway.drain, { startImmediately: true })
+      yield* Harness.eventually(() => gw.gateway.isDraining())
+      const ready = yield* status(`${gw.url}/readyz`)
+      assert.strictEqual(ready.status, 503)
+      const served = yield* post(gw.url, { model: "d-a", messages: hi })
+      assert.strictEqual(served.status, 200, served.body)
+      yield* TestClock.adjust("5 seconds")
+      const refused = yield* post(gw.url, { model: "d-a", messages: hi })
+      assert.strictEqual(refused.status, 503)
+      assert.include(refused.body, "shutting_down")
+      yield* Fiber.join(draining)
+    })
   )
 })
 
