@@ -22,6 +22,7 @@
  *
  * @internal
  */
+import * as NodePath from "node:path"
 import { Console, Context, Effect, Layer, Option, Result } from "effect"
 import { HttpRouter, HttpServer, HttpServerError, HttpServerRequest } from "effect/http"
 import { Redis as PersistedRedis } from "effect/persistence"
@@ -49,7 +50,17 @@ import * as KeyStore from "./keys/KeyStore.js"
 import * as KeyOptions from "./keys/options.js"
 import * as GatewayOptions from "./options.js"
 import type * as Server from "./server.js"
-import { type FileIssue, issuesOf, loadFile, placed, refuseAll, secret, under } from "./file.js"
+import {
+  type FileIssue,
+  issuesOf,
+  loadFile,
+  placed,
+  redisTls,
+  redisTlsField,
+  refuseAll,
+  secret,
+  under
+} from "./file.js"
 
 const loopback = (host: string) => host === "127.0.0.1" || host === "::1" || host === "localhost"
 
@@ -194,6 +205,12 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     config.metrics === undefined
       ? undefined
       : given(yield* secret(config.metrics.tokenEnv ?? "ORCHESTRA_METRICS_TOKEN", "metrics.tokenEnv"))
+  // Read here, so that a file missing is said with the file's other mistakes; relative to the gateway file.
+  const redisTlsRead =
+    config.redis?.tls === undefined || file === undefined
+      ? undefined
+      : yield* redisTls(NodePath.dirname(file), config.redis.tls)
+  if (redisTlsRead !== undefined) issues.push(...redisTlsRead.issues)
   if (config.admin !== undefined && config.keys === undefined) {
     issues.push({ path: "admin", message: "the admin routes manage keys: add a `keys` section" })
   } else if (file !== undefined && config.keys === undefined && config.allowAnonymous !== true) {
@@ -273,8 +290,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       : Redis.layer({
           url: redisUrl,
           commandTimeout: config.redis?.commandTimeout ?? 500,
-          onUnreachableAtStart: config.redis?.onUnreachableAtStart
-        }).pipe(under("redis", (path) => (path === "url" ? "redis.urlEnv" : undefined), file))
+          onUnreachableAtStart: config.redis?.onUnreachableAtStart,
+          tls: redisTlsRead?.tls
+        }).pipe(under("redis", (path) => (path === "url" ? "redis.urlEnv" : redisTlsField(path)), file))
   const keys =
     config.keys === undefined
       ? Layer.empty

@@ -6,8 +6,9 @@
  * @internal
  */
 
-import { Config, Effect, FileSystem, Layer, Option, Path, type Redacted, Result, Schema, Stream } from "effect"
+import { Config, Effect, FileSystem, Layer, Option, Path, Redacted, Result, Schema, Stream } from "effect"
 import * as Input from "../Input.js"
+import type * as Redis from "../Redis.js"
 import { type Common, exitCodes, failWith, fileTypeText, platformErrorText } from "../cli/Common.js"
 import { shapeIssues, shownIssues } from "../cli/Config.js"
 import * as Json from "../cli/json.js"
@@ -59,7 +60,16 @@ export const GatewayFile = Schema.Struct({
       onUnreachableAtStart: opt(Schema.Literals(["fail", "start"])),
       timeout: opt(Duration),
       reportAfter: opt(Duration),
-      probeInterval: opt(Duration)
+      probeInterval: opt(Duration),
+      // `Redis.layer`'s `tls`, its PEM texts as files (relative to the gateway file), read as the gateway starts.
+      tls: opt(
+        Schema.Struct({
+          caFile: opt(Schema.Union([Schema.String, Schema.Array(Schema.String)])),
+          certFile: opt(Schema.String),
+          keyFile: opt(Schema.String),
+          servername: opt(Schema.String)
+        })
+      )
     })
   ),
   keys: opt(Options),
@@ -164,6 +174,82 @@ export const refuseAll = (common: Common, file: string, issues: ReadonlyArray<Fi
     ...(more > 0 ? { moreIssues: more } : {})
   })
 }
+
+// A PEM file holds a certificate, a chain or a CA bundle: kilobytes, a few hundred for a system's whole bundle.
+const maxPemBytes = 1024 * 1024
+
+/** The text of a PEM file the gateway file names (`name`, relative to `dir`); unreadable, the mistake naming `what`. */
+const pemFile = Effect.fnUntraced(function* (dir: string, name: string, what: string) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const file = path.resolve(dir, name)
+  const fail = (message: string) => Result.fail<FileIssue>({ path: what, message: `cannot read ${file}: ${message}` })
+  if (name.trim() === "")
+    return Result.fail<FileIssue>({ path: what, message: "expected a file name, got an empty one" })
+  const info = yield* Effect.result(fs.stat(file))
+  if (Result.isFailure(info)) return fail(platformErrorText(info.failure))
+  if (info.success.type !== "File") return fail(`not a file (${fileTypeText(info.success.type)})`)
+  if (Number(info.success.size) > maxPemBytes) return fail(`over ${maxPemBytes} bytes: not a PEM file`)
+  // The size said is no bound (a file may grow after it was looked at): no more than one byte past it is read.
+  const bytes = yield* fs.stream(file, { bytesToRead: maxPemBytes + 1 }).pipe(
+    Stream.runCollect,
+    Effect.map((chunks) => Buffer.concat(chunks)),
+    Effect.result
+  )
+  if (Result.isFailure(bytes)) return fail(platformErrorText(bytes.failure))
+  if (bytes.success.length > maxPemBytes) return fail(`over ${maxPemBytes} bytes: not a PEM file`)
+  return Result.succeed<string>(bytes.success.toString("utf8"))
+})
+
+/**
+ * The `tls` of `Redis.layer` from the gateway file's `redis.tls` (`dir`: the gateway file's folder): its files read,
+ * the key `Redacted`; every file that cannot be read (and a certificate without its key) is a mistake naming its field.
+ */
+export const redisTls = Effect.fnUntraced(function* (
+  dir: string,
+  spec: NonNullable<NonNullable<GatewayFile["redis"]>["tls"]>
+) {
+  const issues: Array<FileIssue> = []
+  const read = function* (name: string, what: string) {
+    const text = yield* pemFile(dir, name, what)
+    if (Result.isSuccess(text)) return text.success
+    issues.push(text.failure)
+    return undefined
+  }
+  let ca: string | Array<string> | undefined
+  if (typeof spec.caFile === "string") ca = yield* read(spec.caFile, "redis.tls.caFile")
+  else if (spec.caFile !== undefined) {
+    if (spec.caFile.length === 0) {
+      issues.push({ path: "redis.tls.caFile", message: "expected a file name, or a non-empty list of them" })
+    }
+    const all: Array<string> = []
+    for (const [i, name] of spec.caFile.entries()) {
+      const text = yield* read(name, `redis.tls.caFile[${i}]`)
+      if (text !== undefined) all.push(text)
+    }
+    ca = all
+  }
+  if ((spec.certFile === undefined) !== (spec.keyFile === undefined)) {
+    issues.push(
+      spec.certFile === undefined
+        ? { path: "redis.tls.certFile", message: "expected the client certificate of keyFile, given with it" }
+        : { path: "redis.tls.keyFile", message: "expected the private key of certFile, given with it" }
+    )
+  }
+  const cert = spec.certFile === undefined ? undefined : yield* read(spec.certFile, "redis.tls.certFile")
+  const key = spec.keyFile === undefined ? undefined : yield* read(spec.keyFile, "redis.tls.keyFile")
+  const tls: Redis.TlsOptions = {
+    ...(ca === undefined ? {} : { ca }),
+    ...(cert === undefined ? {} : { cert }),
+    ...(key === undefined ? {} : { key: Redacted.make(key) }),
+    ...(spec.servername === undefined ? {} : { servername: spec.servername })
+  }
+  return { tls, issues }
+})
+
+/** Where a field of `Redis.layer`'s `tls` is in the gateway file, which gives its PEM texts as files. */
+export const redisTlsField = (path: string): string | undefined =>
+  path === "tls.ca" || path === "tls.cert" || path === "tls.key" ? `redis.${path}File` : undefined
 
 /** A secret a `*Env` field of the gateway file names; unset, the mistake said with the file's others. */
 export const secret = (name: string, what: string): Effect.Effect<Result.Result<Redacted.Redacted, FileIssue>> =>

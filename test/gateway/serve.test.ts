@@ -14,7 +14,7 @@ import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Exit, Schedule } from "effect"
 import OpenAI from "openai"
 import { hashSecret } from "../../src/gateway/keys/KeyStore.js"
-import { freePort, skipRedis, skipReason, startRedis, startRedisAt } from "../utils/redis.js"
+import { freePort, skipRedis, skipReason, startRedis, startRedisAt, startTlsRedis } from "../utils/redis.js"
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url))
 const ENTRY = NodePath.join(ROOT, "src/cli/bin.ts")
@@ -532,6 +532,52 @@ describe("orchestra serve, start-up failures", () => {
   )
 })
 
+describe("orchestra serve, redis.tls files", () => {
+  it.live(
+    "a file redis.tls names that is missing or unreadable, or a certificate without its key, is named with the file's other mistakes; nothing is connected",
+    () =>
+      Effect.gen(function* () {
+        writeFileSync(NodePath.join(dir, "tls-ca.pem"), "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+        const gateway = write("redis-tls-missing.json", {
+          server: { port: 0 },
+          redis: { tls: { caFile: ["tls-ca.pem", "no-such-ca.pem"], certFile: "tls-ca.pem" } },
+          keys: { keys: [] },
+          gateway: { maxBodyBytes: -1 }
+        })
+        const result = yield* Effect.flatMap(
+          serve(["--config", config, "--gateway", gateway], { REDIS_URL: "rediss://127.0.0.1:1/0" }),
+          (s) => s.exit
+        )
+        assert.strictEqual(result.code, 2, result.stderr)
+        const error = JSON.parse(result.stdout).error as {
+          file: string
+          issues: ReadonlyArray<{ path: string; message: string }>
+        }
+        assert.strictEqual(error.file, gateway)
+        const byPath = Object.fromEntries(error.issues.map((issue) => [issue.path, issue.message]))
+        assert.include(byPath["redis.tls.caFile[1]"], "no such file")
+        assert.include(byPath["redis.tls.caFile[1]"], NodePath.join(dir, "no-such-ca.pem"))
+        assert.include(byPath["redis.tls.keyFile"], "certFile")
+        assert.isDefined(byPath["gateway.maxBodyBytes"])
+        assert.isUndefined(byPath["redis.tls.caFile[0]"])
+        // A directory is no PEM file either.
+        const folder = write("redis-tls-folder.json", {
+          server: { port: 0 },
+          redis: { tls: { caFile: "." } },
+          keys: { keys: [] }
+        })
+        const refused = yield* Effect.flatMap(
+          serve(["--config", config, "--gateway", folder], { REDIS_URL: "rediss://127.0.0.1:1/0" }),
+          (s) => s.exit
+        )
+        assert.strictEqual(refused.code, 2, refused.stderr)
+        assert.include(refused.stderr, "redis.tls.caFile: ")
+        assert.include(refused.stderr, "not a file (directory)")
+      }),
+    120_000
+  )
+})
+
 describe("orchestra serve, the keys of the gateway file", () => {
   it.live(
     "every mistake in the keys, however found, is said one way: the file, then each entry's path under keys",
@@ -875,6 +921,45 @@ describe("orchestra serve, the metrics token", () => {
 })
 
 describe.skipIf(skipRedis)(`orchestra serve on Redis${skipRedis ? ` (${skipReason})` : ""}`, () => {
+  it.live(
+    "redis.tls: a Redis of a private CA that asks for a client certificate is reached with the CA, certificate and key read from files, relative to the gateway file",
+    () =>
+      Effect.gen(function* () {
+        const redis = yield* startTlsRedis
+        const relative = (name: string) => NodePath.relative(dir, NodePath.join(redis.dir, name))
+        const gateway = write("redis-tls.json", {
+          server: { port: 0 },
+          redis: {
+            urlEnv: "TEST_REDIS_URL",
+            tls: { caFile: relative("ca.crt"), certFile: relative("client.crt"), keyFile: relative("client.key") }
+          },
+          keys: { keys: [{ id: "app", sha256: hashSecret(SECRET) }] }
+        })
+        // onUnreachableAtStart "fail" (the default): listening means the TLS connection was made.
+        const serving = yield* serve(["--config", config, "--gateway", gateway], { TEST_REDIS_URL: redis.url })
+        const url = yield* serving.url
+        const models = yield* Effect.promise(() =>
+          fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${SECRET}` } })
+        )
+        assert.strictEqual(models.status, 200)
+        // Without the client certificate, this Redis refuses the connection: the start fails.
+        const bare = write("redis-tls-ca-only.json", {
+          server: { port: 0 },
+          redis: { urlEnv: "TEST_REDIS_URL", tls: { caFile: relative("ca.crt") } },
+          keys: { keys: [] }
+        })
+        const refused = yield* Effect.flatMap(
+          serve(["--config", config, "--gateway", bare], { TEST_REDIS_URL: redis.url }),
+          (s) => s.exit
+        )
+        assert.strictEqual(refused.code, 1, refused.stderr)
+        assert.include(refused.stderr, "cannot connect to Redis (TEST_REDIS_URL)")
+        serving.child.kill("SIGTERM")
+        assert.strictEqual((yield* serving.exit).code, 130)
+      }),
+    120_000
+  )
+
   it.live(
     "a wrong redis.timeout is named redis.timeout, not keys.redis.timeout",
     () =>

@@ -3,8 +3,8 @@
  * persistence, stopped when the scope closes. `kill` / `start` simulate an outage and a
  * recovery on the same port.
  */
-import { type ChildProcess, spawn } from "node:child_process"
-import { existsSync, mkdtempSync, rmSync } from "node:fs"
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { delimiter, join } from "node:path"
@@ -149,3 +149,93 @@ export const startRedisAt = Effect.fnUntraced(function* (port: number) {
 
 /** {@link startRedisAt} a free loopback port. */
 export const startRedis: Effect.Effect<RedisServer, Error, Scope.Scope> = Effect.flatMap(freePort, startRedisAt)
+
+/**
+ * A `redis-server` speaking TLS only on a free loopback port, whose certificate (for 127.0.0.1) a CA of its own
+ * signed, and which asks every client for a certificate of that CA: `dir` holds `ca.crt`, and `client.crt` and
+ * `client.key` for a client. Stopped, and its files removed, when the scope closes.
+ */
+export const startTlsRedis = Effect.gen(function* () {
+  const binary = redisServerPath
+  if (binary === undefined) {
+    return yield* Effect.fail(new Error("redis-server is not installed: apt-get install -y redis-server"))
+  }
+  const dir = yield* Effect.acquireRelease(
+    Effect.sync(() => mkdtempSync(join(tmpdir(), "orchestra-redis-tls-"))),
+    (path) => Effect.sync(() => rmSync(path, { recursive: true, force: true }))
+  )
+  const file = (name: string) => join(dir, name)
+  const openssl = (...args: ReadonlyArray<string>) => execFileSync("openssl", args, { stdio: "ignore" })
+  const signed = (name: string, subject: string, ext?: string) => {
+    openssl(
+      "req",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-subj",
+      subject,
+      "-keyout",
+      file(`${name}.key`),
+      "-out",
+      file(`${name}.csr`)
+    )
+    openssl(
+      "x509",
+      "-req",
+      "-in",
+      file(`${name}.csr`),
+      "-CA",
+      file("ca.crt"),
+      "-CAkey",
+      file("ca.key"),
+      "-CAcreateserial",
+      "-days",
+      "1",
+      ...(ext === undefined ? [] : ["-extfile", ext]),
+      "-out",
+      file(`${name}.crt`)
+    )
+  }
+  yield* Effect.try(() => {
+    writeFileSync(file("san.ext"), "subjectAltName=IP:127.0.0.1\n")
+    openssl(
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      "/CN=orchestra test CA",
+      "-keyout",
+      file("ca.key"),
+      "-out",
+      file("ca.crt")
+    )
+    signed("server", "/CN=127.0.0.1", file("san.ext"))
+    signed("client", "/CN=orchestra test client")
+  })
+  const port = yield* freePort
+  yield* Effect.acquireRelease(
+    Effect.callback<ChildProcess, Error>((resume) => {
+      const child = spawn(
+        binary,
+        [
+          ...["--port", "0", "--tls-port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+          ...["--dir", dir, "--tls-cert-file", file("server.crt"), "--tls-key-file", file("server.key")],
+          ...["--tls-ca-cert-file", file("ca.crt"), "--tls-auth-clients", "yes"]
+        ],
+        { stdio: ["ignore", "pipe", "pipe"] }
+      )
+      let output = ""
+      child.stdout?.on("data", (chunk: Buffer) => {
+        output += chunk.toString()
+        if (output.includes("Ready to accept connections")) resume(Effect.succeed(child))
+      })
+      child.once("exit", (code) => resume(Effect.fail(new Error(`redis-server exited with ${code}: ${output}`))))
+    }),
+    killChild
+  )
+  return { url: `rediss://127.0.0.1:${port}`, dir }
+})
