@@ -372,7 +372,8 @@ export const toMessages = (request: GenerateRequest): ReadonlyArray<Message> => 
  */
 export const estimateTokens = (text: string): number => Math.ceil(text.length / 4)
 
-// Everything of a request a provider reads as input: text, tool calls, tool definitions, the response schema.
+// Everything of a request a provider reads as input: text, tool calls, tool definitions, the response schema and
+// its description.
 const inputChars = (request: GenerateRequest): number => {
   let chars = request.system?.length ?? 0
   if (request.prompt !== undefined) chars += request.prompt.length
@@ -383,6 +384,7 @@ const inputChars = (request: GenerateRequest): number => {
   if (request.tools !== undefined && request.tools.length > 0) chars += JSON.stringify(request.tools).length
   if (request.responseFormat?.type === "json_schema") {
     chars += request.responseFormat.name.length + JSON.stringify(request.responseFormat.schema).length
+    chars += request.responseFormat.description?.length ?? 0
   }
   return chars
 }

@@ -199,6 +199,8 @@ describe("ResponseCache.key", () => {
       { prompt: "hi", responseFormat: { type: "json_schema", name: "s", schema } },
       { prompt: "hi", responseFormat: { type: "json_schema", name: "s", schema, strict: true } },
       { prompt: "hi", responseFormat: { type: "json_schema", name: "t", schema } },
+      { prompt: "hi", responseFormat: { type: "json_schema", name: "s", schema, description: "a place" } },
+      { prompt: "hi", responseFormat: { type: "json_schema", name: "s", schema, description: "a person" } },
       { prompt: "hi", stop: ["a"] },
       { prompt: "hi", stop: ["a", "b"] },
       {

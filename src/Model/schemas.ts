@@ -56,6 +56,11 @@ export const ResponseFormat = Schema.Union([
   Schema.Struct({
     type: Schema.Literal("json_schema"),
     name: Schema.String,
+    /**
+     * What the answer is for, which the model reads (OpenAI's `json_schema.description`); providers without a
+     * place for it (Gemini, Ollama) leave it out.
+     */
+    description: Schema.optional(Schema.String),
     schema: Schema.Record(Schema.String, Schema.Unknown),
     strict: Schema.optional(Schema.Boolean)
   })

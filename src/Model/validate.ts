@@ -191,7 +191,7 @@ export const checkGenerate = (
   if (request.responseFormat?.type === "json_schema") {
     const schema = jsonChars(request.responseFormat.schema)
     if (schema === undefined) return invalid("responseFormat.schema", "not JSON (JSON.stringify fails on it)")
-    chars += schema + request.responseFormat.name.length
+    chars += schema + request.responseFormat.name.length + (request.responseFormat.description?.length ?? 0)
     if (chars > limits.maxInputChars) return overLimit("responseFormat", chars, limits)
   }
   if (request.stop !== undefined) {

@@ -58,7 +58,9 @@ const stopForm = (stop: ReadonlyArray<string> | undefined): unknown => {
 const formatForm = (format: ResponseFormat | undefined): unknown => {
   if (format === undefined || format.type === "text") return null
   if (format.type === "json_object") return format.type
-  return [format.type, format.name, sortedJson(format.schema), format.strict === true]
+  const form = [format.type, format.name, sortedJson(format.schema), format.strict === true]
+  // Last and only when set, so that the keys of every format without one stay what they were.
+  return format.description === undefined ? form : [...form, format.description]
 }
 
 /**

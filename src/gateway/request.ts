@@ -5,8 +5,7 @@
  *
  * Parameters the pipeline cannot honour are refused, not dropped (`n` above 1, penalties,
  * `logit_bias`, `logprobs`); purely informational ones (`user`, `metadata`, `store`, ...)
- * are accepted and ignored, as is `response_format.json_schema.description` (the providers'
- * request has no place for it). The conversation (`messages`) is read in `messages.ts`, with the
+ * are accepted and ignored. The conversation (`messages`) is read in `messages.ts`, with the
  * checks both share in `checks.ts`.
  *
  * @internal
@@ -194,14 +193,13 @@ const responseFormatOf = (input: unknown): Checked<Model.ResponseFormat> => {
       if (spec.strict !== undefined && spec.strict !== null && typeof spec.strict !== "boolean") {
         return invalid("response_format.json_schema.strict", "expected a boolean")
       }
-      // Checked as OpenAI does, but not passed on: `Model.ResponseFormat` (what every provider reads) has no
-      // description, and the schema's own `description` fields travel with it.
       if (spec.description !== undefined && spec.description !== null && typeof spec.description !== "string") {
         return invalid("response_format.json_schema.description", "expected a string")
       }
       return Result.succeed({
         type: "json_schema",
         name: spec.name,
+        ...(typeof spec.description === "string" ? { description: spec.description } : {}),
         schema: (spec.schema as Record<string, unknown> | undefined) ?? {},
         ...(typeof spec.strict === "boolean" ? { strict: spec.strict } : {})
       })

@@ -397,7 +397,7 @@ describe("WatsonX wire", () => {
           topP: 0.9,
           stop: ["x"],
           seed: 7,
-          responseFormat: { type: "json_schema", name: "s", schema, strict: true }
+          responseFormat: { type: "json_schema", name: "s", description: "a summary", schema, strict: true }
         },
         "m"
       ),
@@ -413,7 +413,10 @@ describe("WatsonX wire", () => {
         top_p: 0.9,
         stop: ["x"],
         seed: 7,
-        response_format: { type: "json_schema", json_schema: { name: "s", schema, strict: true } }
+        response_format: {
+          type: "json_schema",
+          json_schema: { name: "s", description: "a summary", schema, strict: true }
+        }
       }
     )
   })

@@ -15,6 +15,7 @@ import {
 import { gatewayError, toWire } from "../../src/gateway/errors.js"
 import * as Request from "../../src/gateway/request.js"
 import * as Wire from "../../src/gateway/response.js"
+import * as Model from "../../src/Model.js"
 
 const chat = (body: Record<string, unknown>) =>
   Request.parseChat({ model: "m", messages: [{ role: "user", content: "hi" }], ...body })
@@ -354,15 +355,25 @@ describe("gateway wire: chat requests", () => {
     assert.deepStrictEqual(Result.getOrThrow(chat({ stop: ["A", "B"] })).request.stop, ["A", "B"])
   })
 
-  it("response_format.json_schema.description is checked (a string) and not passed on: the providers' request has no place for it", () => {
+  it("response_format.json_schema.description is checked (a string) and passed on", () => {
     const format = (description: unknown) =>
       chat({ response_format: { type: "json_schema", json_schema: { name: "s", description, schema: {} } } })
     assert.deepStrictEqual(Result.getOrThrow(format("what the answer is")).request.responseFormat, {
       type: "json_schema",
       name: "s",
+      description: "what the answer is",
       schema: {}
     })
-    assert.strictEqual(paramOf(format(null)), "accepted")
+    assert.deepStrictEqual(Result.getOrThrow(format(null)).request.responseFormat, {
+      type: "json_schema",
+      name: "s",
+      schema: {}
+    })
+    // It is input the provider reads: reserved against budgets, and counted by the input estimate.
+    const long = Result.getOrThrow(format("x".repeat(30_000))).request
+    const short = Result.getOrThrow(format("x")).request
+    assert.isAtLeast(Model.reserveInputTokens(long) - Model.reserveInputTokens(short), 9_999)
+    assert.isAtLeast(Model.estimateInputTokens(long) - Model.estimateInputTokens(short), 7_499)
     for (const description of [5, {}, ["x"], true]) {
       assert.strictEqual(paramOf(format(description)), "response_format.json_schema.description")
     }

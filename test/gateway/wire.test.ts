@@ -57,6 +57,25 @@ describe("Gateway: what the client sends", () => {
       assert.deepStrictEqual((sent!.json as { tools: unknown }).tools, tools)
     })
   )
+
+  it.live("a json_schema response format keeps its description upstream (what the answer is for)", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi(['{"city":"Rome"}']))
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const response_format = {
+        type: "json_schema" as const,
+        json_schema: {
+          name: "place",
+          description: "the city the user is asking about",
+          schema: { type: "object", properties: { city: { type: "string" } } },
+          strict: true
+        }
+      }
+      yield* Harness.call(() => gw.client().chat.completions.create({ model: "d-a", messages: hi, response_format }))
+      const [sent] = yield* upstream.requests
+      assert.deepStrictEqual((sent!.json as { response_format: unknown }).response_format, response_format)
+    })
+  )
 })
 
 describe("Gateway: parallel_tool_calls", () => {

@@ -455,6 +455,7 @@ export const chatBody = (
             type: "json_schema",
             json_schema: {
               name: format.name,
+              ...(format.description === undefined ? {} : { description: format.description }),
               schema: format.schema,
               ...(format.strict === undefined ? {} : { strict: format.strict })
             }

@@ -219,6 +219,7 @@ export const chatBody = (request: Model.GenerateRequest, model: string): Record<
             type: "json_schema",
             json_schema: {
               name: format.name,
+              ...(format.description === undefined ? {} : { description: format.description }),
               schema: format.schema,
               ...(format.strict === undefined ? {} : { strict: format.strict })
             }
