@@ -435,7 +435,7 @@ export interface ServeOptions extends Options {
  * `NodeRuntime.runMain`) drains the gateway before the server stops. Provides the
  * `HttpServer` (its `address` tells the port chosen for `port: 0`). A request the Node server
  * refuses itself (slower than `requestTimeout` 408, a head over `maxHeaderBytes` 431, not
- * HTTP 400, an HTTP/1.1 request without `Host` 400, an `Expect` it cannot meet 417) is answered
+ * HTTP 400, an HTTP/1.1 request without `Host` 400, an `Expect` it cannot meet 417, a `CONNECT` it would drop 405) is answered
  * OpenAI-shaped too, with an `x-request-id` and `Connection: close`, and counted in the gateway's metrics under route
  * `other`. `routes` are served beside the gateway's (the key store's admin routes, `gateway/admin`),
  * built with the `Gateway` in context; any other path is the gateway's OpenAI-shaped 404

@@ -2,7 +2,7 @@
  * What Node's HTTP server answers on its own, before any route sees the request (a request
  * slower than `requestTimeout`, a head over `maxHeaderBytes`, bytes that are not HTTP, chunk
  * extensions over Node's limit, an `Expect` other than `100-continue`, an HTTP/1.1 request without
- * `Host`), answered as every
+ * `Host`, a `CONNECT`, which it would drop unanswered), answered as every
  * other refusal of the gateway: an OpenAI-shaped JSON body with the right status, the
  * connection closed after it, and counted in the gateway's metrics (route `other`).
  *
@@ -105,6 +105,11 @@ export const install = (server: Server, limits: Limits, metrics: () => GatewayMe
       code: "missing_host_header"
     })
   )
+  const connect = answerOf(
+    gatewayError("MethodNotAllowed", "CONNECT is not allowed: this is an OpenAI-compatible API, not a proxy", {
+      status: 405
+    })
+  )
   const answers: Readonly<Record<string, Answer>> = {
     ERR_HTTP_REQUEST_TIMEOUT: timeout,
     HPE_HEADER_OVERFLOW: headTooLarge,
@@ -131,6 +136,13 @@ export const install = (server: Server, limits: Limits, metrics: () => GatewayMe
     if (response == null) metrics()?.refused(answer.status, answer.reason)
     // Destroyed once flushed, as Node's own answer is, so that a client that keeps its side open holds nothing.
     socket.end(`${answer.head}${nextId("req_")}${answer.rest}`, () => socket.destroy())
+  })
+
+  // Without a listener, Node drops a CONNECT's connection without a word; `head` (what came after it) is not read.
+  server.on("connect", (_request: IncomingMessage, socket: Duplex) => {
+    metrics()?.refused(connect.status, connect.reason)
+    socket.on("error", () => socket.destroy())
+    socket.end(`${connect.head}${nextId("req_")}${connect.rest}`, () => socket.destroy())
   })
 
   const refuse = (answer: Answer, response: ServerResponse) => {

@@ -202,6 +202,20 @@ describe("Gateway: what Node's server answers on its own", () => {
     10_000
   )
 
+  it.live("a CONNECT (as to a proxy) is a 405, not a connection dropped without a word", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const answer = yield* raw(gw.url, ["CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n"])
+      const message = assertShaped(answer, 405, "invalid_request_error", "method_not_allowed")
+      assert.include(message, "CONNECT")
+      assert.lengthOf(yield* upstream.requests, 0)
+      const metrics = yield* gw.metrics
+      assert.include(metrics, 'orchestra_gateway_requests_total{route="other",status="405"} 1')
+      assert.include(metrics, 'orchestra_gateway_errors_total{reason="MethodNotAllowed"} 1')
+    })
+  )
+
   it.live("Expect: 100-continue is still honoured: the body is asked for and the request answered", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make(Up.openAi(["ok"]))
