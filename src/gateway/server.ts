@@ -38,9 +38,9 @@ export interface Handle {
   readonly refuse: (error: GatewayError) => HttpServerResponse.HttpServerResponse
 }
 
-const isRouteNotFound = (
-  error: unknown
-): error is HttpServerError.HttpServerError & { readonly reason: HttpServerError.RouteNotFound } =>
+type RouteNotFound = HttpServerError.HttpServerError & { readonly reason: HttpServerError.RouteNotFound }
+
+const isRouteNotFound = (error: unknown): error is RouteNotFound =>
   HttpServerError.isHttpServerError(error) && error.reason._tag === "RouteNotFound"
 
 const alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -158,17 +158,20 @@ export const make = Effect.fnUntraced(function* (
   // The router prefers any other route to a wildcard, so routes added later (`Gateway.serve`'s
   // `routes`, the health paths below) still win over this one.
   if (catchAll && api !== "") yield* router.add("*", "/*", info.fallback)
-  // A path the router cannot decode matches no route, not even the one above: its refusal is the gateway's too,
-  // not the router's empty 404. Built once: a request pays one frame for it.
-  if (catchAll) {
-    // Typed as a middleware that handles no error (effect/http's rule): this one handles only what the router raised.
-    yield* router.addGlobalMiddleware(
-      (app) =>
-        Effect.catchIf(app as Effect.Effect<HttpServerResponse.HttpServerResponse, unknown>, isRouteNotFound, (error) =>
-          info.unroutable(error.reason.request)
-        ) as never
-    ) as Effect.Effect<void>
-  }
+  // A path the router cannot decode (`%ZZ`) matches no route, not even the wildcards above: its refusal is the
+  // gateway's too, not the router's empty 404, on the paths the gateway answers for (every path on its own server,
+  // those under its prefix in an application's router). Built once: a request pays one frame for it.
+  const owns = (url: string) =>
+    catchAll || api === "" || (url.startsWith(api) && (url.length === api.length || "/?;".includes(url[api.length]!)))
+  const unroutable = (error: unknown): error is RouteNotFound =>
+    isRouteNotFound(error) && owns(error.reason.request.url)
+  // Typed as a middleware that handles no error (effect/http's rule): this one handles only what the router raised.
+  yield* router.addGlobalMiddleware(
+    (app) =>
+      Effect.catchIf(app as Effect.Effect<HttpServerResponse.HttpServerResponse, unknown>, unroutable, (error) =>
+        info.unroutable(error.reason.request)
+      ) as never
+  ) as Effect.Effect<void>
   const own = [
     ...(options.livePath === undefined ? [] : get(options.livePath, info.health)),
     ...(options.readyPath === undefined ? [] : get(options.readyPath, info.ready)),

@@ -2,15 +2,20 @@
  * Refusals and failures as the official client sees them: the status, the OpenAI-shaped
  * body, `Retry-After`; the key store's reservation released whenever a call fails.
  */
+import { createServer } from "node:http"
 import { connect } from "node:net"
+import { NodeHttpServer } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Redacted } from "effect"
+import { Context, Duration, Effect, Layer, Redacted } from "effect"
+import { HttpRouter, HttpServer, HttpServerResponse } from "effect/http"
 import { RateLimiter } from "effect/persistence"
 import { ModelError } from "../../src/AiError.js"
 import * as Gateway from "../../src/Gateway.js"
 import * as Errors from "../../src/gateway/errors.js"
 import * as Local from "../../src/Model/Local.js"
+import * as Mock from "../../src/Model/Mock.js"
 import * as Ollama from "../../src/Model/Ollama.js"
+import * as Orchestra from "../../src/Orchestra.js"
 import * as UndiciHttpClient from "../../src/UndiciHttpClient.js"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
@@ -330,6 +335,43 @@ describe("Gateway: a path that is not valid percent-encoding", () => {
       assert.lengthOf(yield* upstream.requests, 0)
       assert.include(yield* gw.metrics, 'orchestra_gateway_requests_total{route="other",status="400"} 4')
     })
+  )
+
+  it.live(
+    "under Gateway.layer in an application's router: the gateway's paths only, the application's 404s its own",
+    () =>
+      Effect.gen(function* () {
+        const mine = Layer.effectDiscard(
+          Effect.flatMap(HttpRouter.HttpRouter, (router) =>
+            router.add("GET", "/app/hello", HttpServerResponse.text("hello"))
+          )
+        )
+        const manager = Orchestra.layer({
+          providers: { a: Mock.layer({ name: "a", respond: () => "a" }) },
+          domains: [{ name: "d-a", provider: "a" }]
+        })
+        const context = yield* Layer.build(
+          HttpRouter.serve(Layer.mergeAll(Gateway.layer({ prefix: "/llm/v1", allowAnonymous: true }), mine), {
+            disableLogger: true,
+            disableListenLog: true
+          }).pipe(
+            Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
+            Layer.provide(manager)
+          )
+        )
+        const address = Context.get(context, HttpServer.HttpServer).address as { readonly port: number }
+        const get = (path: string) =>
+          Effect.promise(async () => {
+            const response = await fetch(`http://127.0.0.1:${address.port}${path}`)
+            return [response.status, await response.text()] as const
+          })
+        const [status, body] = yield* get("/llm/v1/models%ZZ")
+        assert.strictEqual(status, 400)
+        assert.strictEqual((JSON.parse(body) as { error: { code: string } }).error.code, "invalid_url")
+        assert.deepStrictEqual(yield* get("/app/hello"), [200, "hello"])
+        assert.deepStrictEqual(yield* get("/app/hello%ZZ"), [404, ""])
+        assert.deepStrictEqual(yield* get("/llm/v2%ZZ"), [404, ""])
+      }).pipe(Effect.scoped)
   )
 })
 
