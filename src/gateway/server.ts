@@ -4,7 +4,7 @@
  *
  * @internal
  */
-import { Clock, Effect, References, Tracer } from "effect"
+import { Cause, Clock, Effect, References, Tracer } from "effect"
 import { HttpRouter, HttpServerError, type HttpServerRequest, type HttpServerResponse } from "effect/http"
 import { Executor } from "../Executor.js"
 import * as Input from "../Input.js"
@@ -106,11 +106,15 @@ export const make = Effect.fnUntraced(function* (
   if (renew !== undefined) {
     // An application's store says how often: a zero or negative one would spin.
     const every = yield* Input.orOptionError(Input.duration("keys.renew.every", renew.every))
-    yield* Effect.sleep(every).pipe(
-      Effect.andThen(Effect.suspend(() => (held.size === 0 ? Effect.void : renew.run([...held])))),
-      Effect.forever,
-      Effect.forkScoped
+    // A renewal that dies (a store's bug) must not end the loop: every reservation would then lapse at its lease's end.
+    const run = Effect.suspend(() => (held.size === 0 ? Effect.void : renew.run([...held]))).pipe(
+      Effect.catchCause((cause) =>
+        Cause.hasInterruptsOnly(cause)
+          ? Effect.failCause(cause)
+          : Effect.logWarning("gateway: the key store's renew failed; tried again at the next", Cause.pretty(cause))
+      )
     )
+    yield* Effect.sleep(every).pipe(Effect.andThen(run), Effect.forever, Effect.forkScoped)
   }
   // Closing the layer drains (a no-op when the owner drained first, as `Gateway.serve` does).
   yield* Effect.addFinalizer(() => lifecycle.drain)

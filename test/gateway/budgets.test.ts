@@ -2,7 +2,7 @@
  * Budgets through the gateway: what a request reserved bounds what it can be charged.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Effect, Exit, Fiber, Layer, Redacted } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Redacted } from "effect"
 import { TestClock } from "effect/testing"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
 import { indexModelBudgets } from "../../src/gateway/keys/ledger.js"
@@ -319,6 +319,52 @@ describe("Gateway: budgets", () => {
         }
         assert.deepStrictEqual([level!.spent, level!.held], [18, 0])
       })
+  )
+})
+
+describe("Gateway: a key store's renew", () => {
+  it.effect("a renewal that dies (a key store's bug) is logged, and the next ones still run (TestClock)", () =>
+    Effect.gen(function* () {
+      let answer: () => void = () => {}
+      const answered = new Promise<void>((resolve) => {
+        answer = resolve
+      })
+      const upstream = yield* Server.make(async (_, response) => {
+        await answered
+        return Server.json(response, 200, Up.completion("words"))
+      })
+      const { service } = Harness.keyStore({ "sk-a": { id: "a" } })
+      const runs: Array<number> = []
+      const keys: typeof service = {
+        ...service,
+        renew: {
+          every: Duration.seconds(1),
+          run: (reservations) =>
+            Effect.suspend(() => {
+              runs.push(reservations.length)
+              return runs.length === 1 ? Effect.die(new Error("the store's bug")) : Effect.void
+            })
+        }
+      }
+      const logs: Array<string> = []
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, keys, executor: { timeout: "none" }, logs })
+      const call = yield* Effect.forkChild(
+        Harness.call(() => gw.client("sk-a").chat.completions.create({ model: "d-a", messages: hi })),
+        { startImmediately: true }
+      )
+      yield* upstream.awaitRequests(1)
+      yield* TestClock.adjust("1 second")
+      yield* TestClock.adjust("1 second")
+      yield* TestClock.adjust("1 second")
+      // Told once the renewals are counted: an assertion failing while the call ran would leave the gateway to drain it.
+      answer()
+      yield* Fiber.join(call)
+      assert.deepStrictEqual(runs, [1, 1, 1])
+      assert.isTrue(
+        logs.some((line) => line.includes("the store's bug")),
+        logs.join("\n")
+      )
+    })
   )
 })
 
