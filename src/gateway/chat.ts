@@ -422,7 +422,7 @@ export const make = (env: Env) => {
     const parsed = parseChat(body)
     if (parsed._tag === "Failure") return yield* Effect.fail(parsed.failure)
     const chatCall = parsed.success
-    const target = yield* upstream.resolve(chatCall.model)
+    const target = yield* upstream.resolve(chatCall.model, key?.allowedModels)
     yield* checkAllowed(key, chatCall.model)
     const valid = yield* Effect.mapError(validateGenerate(chatCall.request, executor.limits), (error) =>
       named(error, chatCall.hoisted)

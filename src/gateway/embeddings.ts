@@ -112,7 +112,7 @@ export const make = (env: Env) => {
     const parsed = parseEmbed(body)
     if (parsed._tag === "Failure") return yield* Effect.fail(parsed.failure)
     const call = parsed.success
-    const target = yield* upstream.resolve(call.model)
+    const target = yield* upstream.resolve(call.model, key?.allowedModels)
     yield* checkAllowed(key, call.model)
     const valid = yield* Effect.mapError(validateEmbed(call.request, executor.limits), asInput)
     let inputTokens = 0

@@ -137,7 +137,8 @@ export interface Upstream {
   readonly providers: ReadonlyArray<ProviderService>
   /** The names a `model` may take. */
   readonly models: Models
-  readonly resolve: (model: string) => Effect.Effect<Target, GatewayError>
+  /** The target of `model`; `allowed`: the names the request's key may use, which a 404 lists instead of every model. */
+  readonly resolve: (model: string, allowed?: ReadonlyArray<string> | undefined) => Effect.Effect<Target, GatewayError>
 }
 
 /**
@@ -181,22 +182,24 @@ export const make = Effect.fnUntraced(function* (clock: Clock.Clock, providerMod
     providers: providerModels ? registry.names : [],
     upstreams
   }
-  const notFound = (model: string) =>
-    gatewayError("NotFound", `The model "${model}" does not exist: use ${describe(models)}`, {
-      param: "model",
-      code: "model_not_found"
-    })
+  // A key limited to some models is told those: the gateway's other domains and providers are not its to know.
+  const notFound = (model: string, allowed: ReadonlyArray<string> | undefined) =>
+    gatewayError(
+      "NotFound",
+      `The model "${model}" does not exist: use ${allowed === undefined ? describe(models) : allowedText(allowed)}`,
+      { param: "model", code: "model_not_found" }
+    )
 
-  const resolve = (model: string): Effect.Effect<Target, GatewayError> => {
+  const resolve = (model: string, allowed?: ReadonlyArray<string> | undefined): Effect.Effect<Target, GatewayError> => {
     const known = targets.get(model)
     if (known !== undefined) return Effect.succeed(known)
     const slash = model.indexOf("/")
     // A wildcard is `allowedModels`' (`provider/*`), never a model: a key allowed `a/*` would find "a/*" itself.
     if (!providerModels || slash <= 0 || slash === model.length - 1 || model.includes("*", slash)) {
-      return Effect.fail(notFound(model))
+      return Effect.fail(notFound(model, allowed))
     }
     const provider = Object.hasOwn(wrapped, model.slice(0, slash)) ? wrapped[model.slice(0, slash)] : undefined
-    if (provider === undefined) return Effect.fail(notFound(model))
+    if (provider === undefined) return Effect.fail(notFound(model, allowed))
     const target: Target = { _tag: "Provider", provider, model: model.slice(slash + 1) }
     // Names that resolved are kept (bounded: only provider/model pairs clients actually use, up to 1,000).
     if (targets.size < byName.size + 1_000) targets.set(model, target)
@@ -211,6 +214,14 @@ export const make = Effect.fnUntraced(function* (clock: Clock.Clock, providerMod
     resolve
   } satisfies Upstream
 })
+
+const maxListed = 20
+
+const allowedText = (allowed: ReadonlyArray<string>): string => {
+  if (allowed.length === 0) return "none: this key may use no model"
+  const listed = allowed.slice(0, maxListed).join(", ")
+  return `one this key may use (${allowed.length > maxListed ? `${listed} and ${allowed.length - maxListed} more` : listed})`
+}
 
 /**
  * What {@link make} needs.

@@ -128,6 +128,21 @@ describe("Gateway: keys", () => {
           ["b/b-large", "b"]
         ]
       )
+      // A model that does not exist is told with the names this key may use, not every domain of the gateway.
+      for (const [route, unknown] of [
+        ["chat", (): Promise<unknown> => gw.client("sk-bob").chat.completions.create({ model: "gpt-9", messages: hi })],
+        ["embeddings", (): Promise<unknown> => gw.client("sk-bob").embeddings.create({ model: "gpt-9", input: "x" })]
+      ] as const) {
+        const missing = yield* Harness.failing(unknown)
+        assert.deepStrictEqual([missing.status, missing.code], [404, "model_not_found"], route)
+        assert.include(missing.message, '"gpt-9"', route)
+        assert.include(missing.message, "d-b", route)
+        assert.notInclude(missing.message, "d-a", route)
+      }
+      const missingForAll = yield* Harness.failing(() =>
+        gw.client("sk-alice").chat.completions.create({ model: "gpt-9", messages: hi })
+      )
+      assert.include(missingForAll.message, "d-a")
       const found = yield* Harness.call(() => gw.client("sk-carol").models.retrieve("b/b-large"))
       assert.strictEqual(found.id, "b/b-large")
       const answered = yield* Harness.call(() =>
