@@ -290,6 +290,8 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       : Redis.layer({
           url: redisUrl,
           commandTimeout: config.redis?.commandTimeout ?? 500,
+          connectTimeout: config.redis?.connectTimeout,
+          reconnectMax: config.redis?.reconnectMax,
           onUnreachableAtStart: config.redis?.onUnreachableAtStart,
           tls: redisTlsRead?.tls
         }).pipe(under("redis", (path) => (path === "url" ? "redis.urlEnv" : redisTlsField(path)), file))

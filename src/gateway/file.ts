@@ -57,6 +57,8 @@ export const GatewayFile = Schema.Struct({
         )
       ),
       commandTimeout: opt(Duration),
+      connectTimeout: opt(Duration),
+      reconnectMax: opt(Duration),
       onUnreachableAtStart: opt(Schema.Literals(["fail", "start"])),
       timeout: opt(Duration),
       reportAfter: opt(Duration),

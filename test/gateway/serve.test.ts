@@ -389,6 +389,45 @@ describe("orchestra serve, start-up failures", () => {
   )
 
   it.live(
+    "redis.connectTimeout and redis.reconnectMax are taken from the file and checked, naming them",
+    () =>
+      Effect.gen(function* () {
+        // A server that takes connections and never answers: the handshake waits out connectTimeout.
+        const silent = createServer((socket) => socket.on("error", () => {}))
+        yield* Effect.acquireRelease(
+          Effect.callback<void>((resume) => {
+            silent.listen(0, "127.0.0.1", () => resume(Effect.void))
+          }),
+          () => Effect.sync(() => silent.close())
+        )
+        const port = (silent.address() as AddressInfo).port
+        const exitOf = (name: string, redis: Record<string, unknown>) =>
+          Effect.flatMap(
+            serve(
+              ["--config", config, "--gateway", write(name, { server: { port: 0 }, allowAnonymous: true, redis })],
+              { REDIS_URL: `redis://127.0.0.1:${port}/0` }
+            ),
+            (started) => started.exit
+          )
+        const [zero, fast, short] = yield* Effect.all(
+          [
+            exitOf("connect-timeout-zero.json", { connectTimeout: 0 }),
+            exitOf("reconnect-max-fast.json", { reconnectMax: 10 }),
+            exitOf("connect-timeout-short.json", { connectTimeout: "300 millis" })
+          ],
+          { concurrency: 3 }
+        )
+        assert.strictEqual(zero.code, 2, zero.stderr)
+        assert.include(zero.stderr, "invalid redis.connectTimeout: expected a duration above zero, got 0")
+        assert.strictEqual(fast.code, 2, fast.stderr)
+        assert.include(fast.stderr, "invalid redis.reconnectMax: expected at least 50 ms")
+        assert.strictEqual(short.code, 1, short.stderr)
+        assert.include(short.stderr, "within 300 ms")
+      }),
+    120_000
+  )
+
+  it.live(
     "an unset variable a *Env field names, or a value that is no variable's name, is said after the gateway file's path",
     () =>
       Effect.gen(function* () {
