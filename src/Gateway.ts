@@ -493,7 +493,7 @@ export const serve = <E = never, R = never>(
               })
             ),
             {
-              disableLogger: options.logRequests !== true,
+              disableLogger: !settings.logRequests,
               disableListenLog: true
             }
           )

@@ -68,6 +68,11 @@ const host = (input: unknown): Input.Checked<string> =>
         message: `expected a host name or address such as "127.0.0.1", got ${Input.kindOf(input)}`
       })
 
+const logRequests = (input: unknown): Input.Checked<boolean> =>
+  typeof input === "boolean"
+    ? Result.succeed(input)
+    : Result.fail({ path: "logRequests", message: `expected true or false, got ${Input.kindOf(input)}` })
+
 /**
  * The server's settings, checked.
  *
@@ -80,6 +85,7 @@ export interface Settings {
   readonly requestTimeout: number
   readonly keepAliveTimeout: number
   readonly writeTimeout: number
+  readonly logRequests: boolean
 }
 
 /**
@@ -109,15 +115,17 @@ export const check = (options: ServeOptions): Input.Checked<Settings> =>
         "writeTimeout",
         Input.orDefault(options.writeTimeout, Duration.seconds(30)),
         Input.maxTimerMillis
-      )
+      ),
+      logRequests(Input.orDefault(options.logRequests, false))
     ]),
-    ([host, port, maxHeaderBytes, requestTimeout, keepAliveTimeout, writeTimeout]) => ({
+    ([host, port, maxHeaderBytes, requestTimeout, keepAliveTimeout, writeTimeout, logRequests]) => ({
       host,
       port,
       maxHeaderBytes,
       requestTimeout,
       keepAliveTimeout,
-      writeTimeout
+      writeTimeout,
+      logRequests
     })
   )
 

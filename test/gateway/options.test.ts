@@ -203,6 +203,9 @@ describe("Gateway options", () => {
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, requestTimeout: 0 }), "requestTimeout")
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, requestTimeout: null } as never), "requestTimeout")
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, port: null } as never), "port")
+      // Not read as false unsaid: "true" from an environment variable would turn request logs off.
+      assert.strictEqual(yield* pathOf({ allowAnonymous: true, logRequests: "true" } as never), "logRequests")
+      assert.strictEqual(yield* pathOf({ allowAnonymous: true, logRequests: null } as never), "logRequests")
     })
   )
 
