@@ -295,6 +295,14 @@ export const make = Effect.fnUntraced(function* (options: Options) {
         const allow = allowed(url.slice(path.length))
         if (allow === undefined)
           return Effect.fail(gatewayError("NotFound", "No such admin route", { code: "not_found" }))
+        // A method the path's route takes reaches this one only when the router did not take the id: longer than its
+        // parameters may be (100 characters), so no key's (at most 64).
+        if (allow.split(", ").includes(request.method)) {
+          const id = url.slice(path.length).split("/")[2] ?? ""
+          return Effect.fail(
+            gatewayError("NotFound", `No key with the id "${clip(id)}"`, { param: "id", code: "key_not_found" })
+          )
+        }
         const refused = gatewayError(
           "MethodNotAllowed",
           `${request.method} is not allowed on ${clip(url)}: use ${allow}`,

@@ -225,6 +225,16 @@ describe("Admin routes: a path with a trailing slash", () => {
       )
       assert.strictEqual(long[0], 405)
       assert.isBelow(long[1].length, 200)
+      // An id longer than the router's parameters (100 characters) is no key's: a 404, not a 405 that says to use GET.
+      for (const [method, suffix] of [
+        ["GET", ""],
+        ["HEAD", ""],
+        ["GET", "/spend"],
+        ["POST", "/disable"]
+      ] as const) {
+        const path = `/admin/keys/${"k".repeat(101)}${suffix}`
+        assert.deepStrictEqual((yield* send(method, path))[0], 404, `${method} ${path}`)
+      }
       // Without the admin key: the Bearer challenge HTTP requires of a 401.
       const refused = yield* Effect.promise(() => fetch(`http://127.0.0.1:${address.port}/admin/keys`))
       assert.strictEqual(refused.status, 401)
