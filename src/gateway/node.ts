@@ -94,6 +94,11 @@ export interface Settings {
  * @internal
  */
 export const check = (options: ServeOptions): Input.Checked<Settings> =>
+  typeof options !== "object" || options === null || Array.isArray(options)
+    ? Result.fail({ path: "(options)", message: `expected an object, got ${Input.kindOf(options)}` })
+    : checkFields(options)
+
+const checkFields = (options: ServeOptions): Input.Checked<Settings> =>
   Result.map(
     Input.all([
       host(Input.orDefault(options.host, "127.0.0.1")),

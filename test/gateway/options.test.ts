@@ -206,6 +206,9 @@ describe("Gateway options", () => {
       // Not read as false unsaid: "true" from an environment variable would turn request logs off.
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, logRequests: "true" } as never), "logRequests")
       assert.strictEqual(yield* pathOf({ allowAnonymous: true, logRequests: null } as never), "logRequests")
+      // A JavaScript caller's null or array: the options named, not a TypeError thrown as a defect.
+      assert.strictEqual(yield* pathOf(null as never), "(options)")
+      assert.strictEqual(yield* pathOf([] as never), "(options)")
     })
   )
 
