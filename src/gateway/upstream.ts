@@ -186,7 +186,7 @@ export const make = Effect.fnUntraced(function* (clock: Clock.Clock, providerMod
   const notFound = (model: string, allowed: ReadonlyArray<string> | undefined) =>
     gatewayError(
       "NotFound",
-      `The model "${model}" does not exist: use ${allowed === undefined ? describe(models) : allowedText(allowed)}`,
+      `The model "${model}" does not exist: use ${allowed === undefined || allowed.includes("*") ? describe(models) : allowedText(allowed)}`,
       { param: "model", code: "model_not_found" }
     )
 

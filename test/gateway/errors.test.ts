@@ -30,7 +30,8 @@ const keys = () =>
       "sk-bob": { id: "bob", name: "Bob", allowedModels: ["d-b"] },
       "sk-carol": { id: "carol", name: "Carol", allowedModels: ["b/b-large", "a/*", "b/b-model"] },
       "sk-broke": { id: "broke", name: "Broke", team: "t1" },
-      "sk-busy": { id: "busy", name: "Busy" }
+      "sk-busy": { id: "busy", name: "Busy" },
+      "sk-star": { id: "star", name: "Star", allowedModels: ["*"] }
     },
     (key) =>
       key.id === "broke"
@@ -143,6 +144,12 @@ describe("Gateway: keys", () => {
         gw.client("sk-alice").chat.completions.create({ model: "gpt-9", messages: hi })
       )
       assert.include(missingForAll.message, "d-a")
+      // A key allowed every model ("*") is told every model, as a key without allowedModels.
+      const missingForStar = yield* Harness.failing(() =>
+        gw.client("sk-star").chat.completions.create({ model: "gpt-9", messages: hi })
+      )
+      assert.include(missingForStar.message, "d-a")
+      assert.include(missingForStar.message, "d-b")
       const found = yield* Harness.call(() => gw.client("sk-carol").models.retrieve("b/b-large"))
       assert.strictEqual(found.id, "b/b-large")
       const answered = yield* Harness.call(() =>
