@@ -209,7 +209,8 @@ export interface KeyStoreService {
    * with the reservations of its requests still running (none settled or released), so that a
    * store whose reservations end after a time (`gateway/keys`: `reservationTtl`) does not end
    * one whose request runs longer, which would let other requests spend its budget again.
-   * Optional: without it a reservation is held as the store holds it.
+   * Optional: without it a reservation is held as the store holds it. A `run` that fails or dies is logged, and
+   * the next goes on as planned.
    *
    * @since 0.3.0
    */
