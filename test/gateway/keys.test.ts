@@ -1723,18 +1723,19 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         Effect.gen(function* () {
           const server = yield* startRedis
           const prefix = `${unique("renew")}:`
-          const running = yield* onRedis(server, { prefix, reservationTtl: "300 millis" })
+          const running = yield* onRedis(server, { prefix, reservationTtl: "1 second" })
           const created = yield* running.store.create({ id: "k", budget: { tokens: 100, period: "1 hour" } })
           const held = yield* running.store.reserve(
             yield* running.store.authenticate(created.secret),
             "m",
             estimate(50, 50)
           )
-          const other = yield* onRedis(server, { prefix, reservationTtl: "300 millis" })
+          const other = yield* onRedis(server, { prefix, reservationTtl: "1 second" })
           const otherKey = yield* other.store.authenticate(created.secret)
           const renew = running.store.renew
-          assert.strictEqual(Duration.toMillis(renew.every), 75)
-          // As the gateway does while the request runs: three lease lengths, Redis's own clock.
+          assert.strictEqual(Duration.toMillis(renew.every), 250)
+          // As the gateway does while the request runs: three lease lengths, Redis's own clock. A lease of 1 s: with
+          // 300 ms, a renewal 75 ms apart came after the lease ended on a machine at load 12, and the test failed.
           for (let i = 0; i < 12; i++) {
             yield* Effect.sleep(renew.every)
             yield* renew.run([held])
