@@ -127,6 +127,23 @@ describe("maxInputChars counts every character a request sends", () => {
     })
   )
 
+  it.effect("empty tool calls count their wire overhead: 50,000 of them are not a request of no size", () =>
+    Effect.gen(function* () {
+      const empty = { id: "", name: "", arguments: "" }
+      const request = (calls: number): Model.GenerateRequest => ({
+        messages: [
+          { role: "user", content: "go" },
+          { role: "assistant", content: "", toolCalls: Array.from({ length: calls }, () => empty) }
+        ]
+      })
+      const error = yield* Effect.flip(Model.validateGenerate(request(50_000)))
+      assert.strictEqual(error.reason, "InvalidRequest")
+      assert.strictEqual(error.field, "messages")
+      assert.deepStrictEqual(yield* fieldOf(request(10)), ["InvalidRequest", "messages"])
+      yield* Model.validateGenerate(request(1), limits)
+    })
+  )
+
   it.effect("tool parameters JSON cannot write (a BigInt) are refused naming them, not a defect", () =>
     Effect.gen(function* () {
       assert.deepStrictEqual(yield* fieldOf({ prompt: "x", tools: [{ name: "lookup", parameters: { n: 1n } }] }), [

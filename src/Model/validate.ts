@@ -171,7 +171,8 @@ export const checkGenerate = (
       if (message.content.trim().length > 0 || message.toolCalls !== undefined) anyContent = true
       if (message.toolCalls !== undefined) {
         for (const call of message.toolCalls) {
-          chars += call.id.length + call.name.length + call.arguments.length + (call.signature?.length ?? 0)
+          chars +=
+            toolCallOverhead + call.id.length + call.name.length + call.arguments.length + (call.signature?.length ?? 0)
         }
       }
     }
@@ -216,6 +217,10 @@ export const asksOneToolCall = (request: GenerateRequest): boolean =>
 /** @internal */
 export const oneToolCallRefused = (provider: string) =>
   `${provider} has no setting for at most one tool call a turn: leave parallelToolCalls out, or use a provider that has one`
+
+// What a tool call costs on the wire with every field empty, at least (Gemini's and Ollama's shapes; OpenAI's
+// is ~65): without it, a conversation of empty calls counts as nothing however many it has.
+const toolCallOverhead = 32
 
 const overLimit = (field: string, chars: number, limits: RequestLimits) =>
   invalid(field, `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`)
