@@ -116,6 +116,15 @@ describe("Model.validateGenerate", () => {
     })
   )
 
+  it.effect("an empty text to embed is refused naming its index, as OpenAI and the gateway refuse it", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(validateEmbed({ texts: ["a", ""] }))
+      assert.strictEqual(error.reason, "InvalidRequest")
+      assert.strictEqual(error.field, "texts[1]")
+      yield* validateEmbed({ texts: ["a", " "] })
+    })
+  )
+
   it.effect("an empty embedding request says so, naming texts (not a missing texts[0])", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(validateEmbed({ texts: [] as never }))

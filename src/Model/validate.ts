@@ -253,7 +253,12 @@ export const validateEmbed = (
     return refuse("texts", `${request.texts.length} texts exceed the limit of ${limits.maxEmbedTexts}`)
   }
   let chars = 0
-  for (const text of request.texts) chars += text.length
+  for (let i = 0; i < request.texts.length; i++) {
+    const text = request.texts[i]!
+    // OpenAI refuses an empty input (after a call), Ollama gives it no vector: every provider fails on it.
+    if (text.length === 0) return refuse(`texts[${i}]`, "expected a non-empty text: an empty one has no embedding")
+    chars += text.length
+  }
   if (chars > limits.maxInputChars) {
     return refuse("texts", `the input has ${chars} characters, over the limit of ${limits.maxInputChars}`)
   }

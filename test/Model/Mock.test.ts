@@ -343,7 +343,7 @@ describe("Mock", () => {
   it.effect("embed: deterministic unit vectors of the given dimensions, in input order", () =>
     Effect.gen(function* () {
       const { provider } = yield* Mock.make({ dimensions: 16 })
-      const first = yield* provider.embed({ texts: ["alpha", "beta", "alpha", ""] })
+      const first = yield* provider.embed({ texts: ["alpha", "beta", "alpha", "g"] })
       const again = yield* provider.embed({ texts: ["beta"] })
       assert.strictEqual(first.vectors.length, 4)
       for (const vector of first.vectors) {
@@ -353,7 +353,10 @@ describe("Mock", () => {
       assert.deepStrictEqual(first.vectors[0], first.vectors[2])
       assert.deepStrictEqual(first.vectors[1], again.vectors[0])
       assert.notDeepEqual(first.vectors[0], first.vectors[1])
-      assert.deepStrictEqual(first.usage, { inputTokens: 5, outputTokens: 0, totalTokens: 5 })
+      assert.deepStrictEqual(first.usage, { inputTokens: 6, outputTokens: 0, totalTokens: 6 })
+      // As every real provider: an empty text has no embedding.
+      const empty = (yield* Effect.flip(provider.embed({ texts: ["alpha", ""] }))) as ModelError
+      assert.deepStrictEqual([empty.reason, empty.field], ["InvalidRequest", "texts[1]"])
       const error = (yield* Effect.flip(
         (yield* Mock.make({ script: [Mock.Outcome.fail("Unavailable")] })).provider.embed({ texts: ["x"] })
       )) as ModelError
