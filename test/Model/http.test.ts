@@ -746,6 +746,26 @@ layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
       })
   )
 
+  it.effect("a Retry-After date in asctime form is GMT, as every HTTP date, whatever the local time zone", () =>
+    Effect.gen(function* () {
+      const zone = process.env.TZ
+      process.env.TZ = "America/New_York"
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          if (zone === undefined) delete process.env.TZ
+          else process.env.TZ = zone
+        })
+      )
+      yield* TestClock.setTime(Date.UTC(2026, 0, 1))
+      const server = yield* Server.make((_, res) =>
+        Server.json(res, 503, { error: { message: "later" } }, { "retry-after": "Thu Jan  1 00:00:30 2026" })
+      )
+      const client = yield* Client.make(settings())
+      const error = modelError(yield* Effect.flip(client.json(post(server), anything, ctx)))
+      assert.deepStrictEqual(error.retryAfter, Duration.seconds(30))
+    })
+  )
+
   it.effect("a status error ends the client span with our error and its status; no span when tracing is off", () =>
     Effect.gen(function* () {
       const server = yield* Server.make((_, res) =>

@@ -276,6 +276,7 @@ export const classify = (status: number | undefined, info: ErrorInfo): Reason =>
 }
 
 const DELAY_SECONDS = /^\d+(?:\.\d+)?$/
+const ASCTIME = /^[A-Za-z]{3} [A-Za-z]{3} [ \d]\d \d\d:\d\d:\d\d \d{4}$/
 
 /**
  * `Retry-After` as a duration: delay-seconds, or an HTTP-date relative to `nowMillis` (the
@@ -296,7 +297,8 @@ export const parseRetryAfter = (
   if (value !== undefined && value.length > 0) {
     if (DELAY_SECONDS.test(value)) return delay(Number(value) * 1000)
     // An HTTP-date starts with the day's name. Date.parse reads it; the current time comes from the Clock.
-    const date = /^[A-Za-z]{3}/.test(value) ? Date.parse(value) : Number.NaN
+    // asctime's form names no zone, which Date.parse would read as local time: HTTP dates are GMT (RFC 9110).
+    const date = /^[A-Za-z]{3}/.test(value) ? Date.parse(ASCTIME.test(value) ? `${value} GMT` : value) : Number.NaN
     if (!Number.isNaN(date)) return Duration.millis(Math.max(0, date - nowMillis))
   }
   return info?.retryDelay
