@@ -396,6 +396,25 @@ describe("errors", () => {
     assert.isTrue(google !== undefined && Duration.isFinite(google))
   })
 
+  it("Gemini's 400 FAILED_PRECONDITION (no service in this region, no free tier) falls back, never retries", () => {
+    for (const message of [
+      "User location is not supported for the API use.",
+      "Gemini API free tier is not available in your country. Please enable billing on your project in Google AI Studio."
+    ]) {
+      const body = JSON.stringify({ error: { code: 400, message, status: "FAILED_PRECONDITION" } })
+      const error = Errors.errorFromStatus(400, {}, body, 0, ctx)
+      assert.strictEqual(error.reason, "Unauthorized", message)
+      assert.isTrue(shouldFallback(error), message)
+      assert.isFalse(isRetryable(error), message)
+    }
+    // Inside a stream (no status), the same.
+    const inStream = Errors.errorFromPayload(
+      [{ error: { code: 400, message: "User location is not supported", status: "FAILED_PRECONDITION" } }],
+      ctx
+    )
+    assert.strictEqual(inStream.reason, "Unauthorized")
+  })
+
   it("a 404 names the model only with a JSON error body; secrets are scrubbed from the provider's message", () => {
     const secret = Redacted.make("sk-live-0123456789")
     const ollama: Errors.CallContext = { provider: "ollama", notFoundField: "model", secrets: [secret] }

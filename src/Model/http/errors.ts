@@ -221,7 +221,7 @@ const typeReasons: Readonly<Record<string, Reason>> = {
   invalid_request_error: "InvalidRequest",
   INVALID_ARGUMENT: "InvalidRequest",
   NOT_FOUND: "InvalidRequest",
-  FAILED_PRECONDITION: "InvalidRequest",
+  FAILED_PRECONDITION: "Unauthorized",
   authentication_error: "Unauthorized",
   permission_error: "Unauthorized",
   UNAUTHENTICATED: "Unauthorized",
@@ -240,7 +240,8 @@ const NOT_IMPLEMENTED = 501
 
 /**
  * The reason of an HTTP status, refined by the structured fields of the error body (codes
- * and types, never message text): 429 `RateLimited`, 401/402/403/407 `Unauthorized`, 408/504
+ * and types, never message text): 429 `RateLimited`, 401/402/403/407 (and Google's `FAILED_PRECONDITION`,
+ * a caller the service will not serve) `Unauthorized`, 408/504
  * `Timeout`, 409 `Unavailable`, 413 (and a 4xx of code `context_length_exceeded`) `TooLarge`, 500/529
  * `Overloaded`, 501 `InvalidRequest` (what this server does not implement, retrying cannot
  * change), 502/503 and other 5xx `Unavailable`, other 4xx `InvalidRequest`. Without a
@@ -255,6 +256,9 @@ export const classify = (status: number | undefined, info: ErrorInfo): Reason =>
   if (info.reasons.includes("API_KEY_INVALID") || info.reasons.includes("API_KEY_SERVICE_BLOCKED")) {
     return "Unauthorized"
   }
+  // Google's 400 for a caller this service will not serve (its region, a free tier not offered there): this
+  // account's failure at this provider, as a refused key is; another provider may serve the request.
+  if (info.type === "FAILED_PRECONDITION") return "Unauthorized"
   if (code === "content_filter" || code === "content_policy_violation") return "ContentFilter"
   if (status === 529 || info.type === "overloaded_error") return "Overloaded"
   if (status !== undefined && status > 0) {
