@@ -177,9 +177,17 @@ const checkOptions = (options: Options) =>
     ]),
     Http.headers("headers", options.headers),
     Model.requestLimits(options.requestLimits),
-    options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
+    options.apiKey === undefined
       ? Result.succeed(undefined)
-      : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" }),
+      : !Redacted.isRedacted(options.apiKey)
+        ? Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" })
+        : // OPENAI_API_KEY set but empty would go as "Bearer "; a server without keys wants no key, not a blank one.
+          String(Redacted.value(options.apiKey)).trim().length === 0
+          ? Result.fail({
+              path: "apiKey",
+              message: "expected a non-empty key (is OPENAI_API_KEY set but empty? unset it for a server without keys)"
+            })
+          : Result.succeed(undefined),
     Http.headerOption("organization", "OpenAI-Organization", options.organization),
     Http.headerOption("project", "OpenAI-Project", options.project),
     Http.headerOption("apiKey", "authorization", options.apiKey),

@@ -1437,6 +1437,9 @@ for (const [name, client] of [
             ["organization", { organization: 5 as never }],
             ["project", { project: null as never }],
             ["apiKey", { apiKey: Redacted.make(`${KEY}\n`) }],
+            // OPENAI_API_KEY set but empty: it was sent as "Bearer ", which OpenAI refuses at every call.
+            ["apiKey", { apiKey: Redacted.make("") }],
+            ["apiKey", { apiKey: Redacted.make("  ") }],
             // null is a wrong value, not the default.
             ["timeout", { timeout: null as never }],
             ["maxResponseBytes", { maxResponseBytes: null as never }],
