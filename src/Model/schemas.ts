@@ -38,6 +38,12 @@ export const Message = Schema.Struct({
  */
 export const toolNamePattern = /^[A-Za-z_][A-Za-z0-9_-]{0,63}$/
 
+/**
+ * OpenAI's rule for a response format's name (`json_schema.name`), which the servers of its API
+ * refuse otherwise; providers that send no name (Gemini, Ollama) take any.
+ */
+export const responseFormatNamePattern = /^[a-zA-Z0-9_-]{1,64}$/
+
 export const ToolDefinition = Schema.Struct({
   name: Schema.String.check(
     Schema.isPattern(toolNamePattern, {

@@ -13,7 +13,7 @@
 import { Result } from "effect"
 import * as Input from "../Input.js"
 import type * as Model from "../Model.js"
-import { toolNamePattern } from "../Model/schemas.js"
+import { responseFormatNamePattern, toolNamePattern } from "../Model/schemas.js"
 import { maxSchemaDepth, nestsDeeper } from "../Model/validate.js"
 import { type Checked, clip, invalid, isObject, nullable, shown, tooDeep } from "./checks.js"
 import { gatewayError } from "./errors.js"
@@ -118,7 +118,7 @@ const positiveInt = (param: string, value: unknown): Checked<number> =>
 
 // OpenAI's rule for a response format's name, and the library's for a function's (OpenAI's, starting with a letter or
 // `_` as Gemini's): a name a provider would refuse is refused here, not sent on to one that may accept it.
-const formatName = /^[a-zA-Z0-9_-]{1,64}$/
+const formatName = responseFormatNamePattern
 
 const toolsOf = (input: unknown): Checked<ReadonlyArray<Model.ToolDefinition>> => {
   if (!Array.isArray(input)) return invalid("tools", `expected an array, got ${Input.kindOf(input)}`)

@@ -219,3 +219,27 @@ describe("parseJson", () => {
     }
   })
 })
+
+describe("chatBody", () => {
+  const options: Wire.ChatBodyOptions = {
+    model: "m",
+    stream: false,
+    streamUsage: false,
+    maxTokensField: "max_tokens",
+    provider: "p"
+  }
+  const format = (name: string) => ({ type: "json_schema" as const, name, schema: { type: "object" } })
+
+  it.effect("a response format's name outside OpenAI's ^[a-zA-Z0-9_-]{1,64}$ is refused naming it, before a call", () =>
+    Effect.gen(function* () {
+      for (const name of ["", "my schema", "a.b", "x".repeat(65), "naïve"]) {
+        const error = yield* Effect.flip(Wire.chatBody({ prompt: "hi", responseFormat: format(name) }, options))
+        assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "responseFormat.name"], name)
+      }
+      for (const name of ["w", "Answer_v2-1", "x".repeat(64)]) {
+        const body = yield* Wire.chatBody({ prompt: "hi", responseFormat: format(name) }, options)
+        assert.strictEqual((body["response_format"] as { json_schema: { name: string } }).json_schema.name, name)
+      }
+    })
+  )
+})

@@ -11,6 +11,7 @@ import { Effect, Result, Schema } from "effect"
 import { Base64 } from "effect/encoding"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
+import { responseFormatNamePattern } from "../schemas.js"
 import { finite, shallow, tokenCount } from "./decode.js"
 import { type CallContext, malformed, unaskedDimensions, unevenVectors } from "./errors.js"
 
@@ -399,7 +400,8 @@ export const toolsBody = (tools: ReadonlyArray<Model.ToolDefinition>): Array<unk
  * The JSON body of a `/chat/completions` request. A tool message without the id of the call
  * it answers is refused (`InvalidRequest` naming it), as is a tool choice naming a tool that is
  * not among the tools, or asking for a call (`"required"`, a named tool) of a request without
- * tools; `"auto"` and `"none"` are then not sent.
+ * tools (`"auto"` and `"none"` are then not sent), or a response format's name outside OpenAI's
+ * `^[a-zA-Z0-9_-]{1,64}$`.
  *
  * @since 0.2.0
  * @category encoding
@@ -449,6 +451,16 @@ export const chatBody = (
   }
   if (request.responseFormat !== undefined) {
     const format = request.responseFormat
+    if (format.type === "json_schema" && !responseFormatNamePattern.test(format.name)) {
+      // OpenAI refuses it with a 400, after a round trip.
+      return Effect.fail(
+        invalidRequest(
+          "responseFormat.name",
+          "expected a name of 1 to 64 characters of a-z, A-Z, 0-9, _ or -",
+          options.provider
+        )
+      )
+    }
     body["response_format"] =
       format.type === "json_schema"
         ? {
