@@ -134,6 +134,9 @@ const EMBED_BATCH = 256
 
 // Gemini's OpenAI-compatible endpoint: the one server known to want thought signatures back.
 const googleOpenAiHost = "generativelanguage.googleapis.com"
+// OpenAI's own API takes at most 4 stop sequences; servers of its protocol (vLLM, llama.cpp) take more.
+const openAiHost = "api.openai.com"
+const openAiMaxStop = 4
 
 const decodeCompletion = Decode.valueDecoder(Wire.ChatCompletion, { accept: Wire.isChatCompletion })
 const decodeChunk = Decode.resultDecoder(Wire.ChatChunk, { accept: Wire.isChatChunk })
@@ -221,7 +224,9 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const apiKey = options.apiKey
   const secrets = apiKey === undefined ? headerSet.secrets : [apiKey, ...headerSet.secrets]
   const streamUsage = Input.orDefault(options.streamUsage, true)
-  const sendSignatures = options.sendThoughtSignatures ?? new URL(baseUrl).hostname === googleOpenAiHost
+  const host = new URL(baseUrl).hostname
+  const sendSignatures = options.sendThoughtSignatures ?? host === googleOpenAiHost
+  const maxStopSequences = host === openAiHost ? openAiMaxStop : undefined
 
   const headers: Record<string, string> = { ...headerSet.values }
   if (options.organization !== undefined) headers["OpenAI-Organization"] = options.organization
@@ -243,7 +248,15 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
     Effect.flatMap(Model.validateGenerate(request, limits), (valid) => {
       const model = valid.model ?? defaultModel
       return Effect.map(
-        Wire.chatBody(valid, { model, stream, streamUsage, maxTokensField, provider: name, sendSignatures }),
+        Wire.chatBody(valid, {
+          model,
+          stream,
+          streamUsage,
+          maxTokensField,
+          provider: name,
+          sendSignatures,
+          maxStopSequences
+        }),
         (body) => ({ valid, model, body, ctx: ctxOf(model) })
       )
     })

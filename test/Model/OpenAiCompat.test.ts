@@ -2017,6 +2017,34 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat thought signatures", (it) => {
   )
 })
 
+layer(NodeHttpClient.layerUndici)("OpenAiCompat stop sequences", (it) => {
+  it.effect(
+    "more than 4 are refused naming stop before a call to api.openai.com (its limit); other servers get every one",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_req, res) => Server.json(res, 200, completion("ok")))
+        const stop = ["a", "b", "c", "d", "e"]
+        yield* (yield* provider(server)).generate({ prompt: "x", stop })
+        assert.deepStrictEqual(bodyOf((yield* server.requests)[0])["stop"], stop)
+        const toServer = (client: HttpClient.HttpClient) =>
+          HttpClient.mapRequest(client, (request) =>
+            HttpClientRequest.setUrl(request, request.url.replace("https://api.openai.com/v1", `${server.url}/v1`))
+          )
+        const openAi = yield* provider(server, { baseUrl: "https://api.openai.com/v1", transformClient: toServer })
+        for (const call of [
+          openAi.generate({ prompt: "x", stop }),
+          Stream.runDrain(openAi.stream({ prompt: "x", stop }))
+        ]) {
+          const error = yield* flipModel(call)
+          assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "stop"])
+        }
+        assert.strictEqual((yield* server.requests).length, 1, "no call for a refused request")
+        yield* openAi.generate({ prompt: "x", stop: stop.slice(0, 4) })
+        assert.deepStrictEqual(bodyOf((yield* server.requests)[1])["stop"], stop.slice(0, 4))
+      })
+  )
+})
+
 layer(NodeHttpClient.layerUndici)("OpenAiCompat tool_calls without tool calls", (it) => {
   it.effect(
     "finish_reason tool_calls with no tool calls is Decode naming the missing calls (generate and stream)",

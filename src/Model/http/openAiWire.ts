@@ -344,6 +344,8 @@ export interface ChatBodyOptions {
   readonly provider: string
   /** Send tool calls' signatures as `extra_content` (only Gemini's endpoint takes them). Default false. */
   readonly sendSignatures?: boolean | undefined
+  /** The most stop sequences the server takes (OpenAI's 4); more are refused naming `stop`. Default: any. */
+  readonly maxStopSequences?: number | undefined
 }
 
 const messageOf = (
@@ -423,7 +425,18 @@ export const chatBody = (
   if (request.maxTokens !== undefined) body[options.maxTokensField] = request.maxTokens
   if (request.temperature !== undefined) body["temperature"] = request.temperature
   if (request.topP !== undefined) body["top_p"] = request.topP
-  if (request.stop !== undefined) body["stop"] = request.stop
+  if (request.stop !== undefined) {
+    if (options.maxStopSequences !== undefined && request.stop.length > options.maxStopSequences) {
+      return Effect.fail(
+        invalidRequest(
+          "stop",
+          `${options.provider} takes at most ${options.maxStopSequences} stop sequences, got ${request.stop.length}`,
+          options.provider
+        )
+      )
+    }
+    body["stop"] = request.stop
+  }
   if (request.seed !== undefined) body["seed"] = request.seed
   // No tools is sent as no field: OpenAI refuses `tools: []` (an array too short).
   if (request.tools !== undefined && request.tools.length > 0) {
