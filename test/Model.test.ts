@@ -116,6 +116,16 @@ describe("Model.validateGenerate", () => {
     })
   )
 
+  it.effect("an empty stop sequence is refused naming it: Ollama and vLLM would stop every answer at its start", () =>
+    Effect.gen(function* () {
+      const error = yield* Effect.flip(validateGenerate({ prompt: "hi", stop: ["END", ""] }))
+      assert.strictEqual(error.reason, "InvalidRequest")
+      assert.strictEqual(error.field, "stop[1]")
+      yield* validateGenerate({ prompt: "hi", stop: ["END", " "] })
+      yield* validateGenerate({ prompt: "hi", stop: [] })
+    })
+  )
+
   it.effect("an empty text to embed is refused naming its index, as OpenAI and the gateway refuse it", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(validateEmbed({ texts: ["a", ""] }))

@@ -196,7 +196,12 @@ export const checkGenerate = (
     if (chars > limits.maxInputChars) return overLimit("responseFormat", chars, limits)
   }
   if (request.stop !== undefined) {
-    for (const stop of request.stop) chars += stop.length
+    for (let i = 0; i < request.stop.length; i++) {
+      const stop = request.stop[i]!
+      // Found at the start of any text: Ollama and vLLM would cut every answer to nothing.
+      if (stop.length === 0) return invalid(`stop[${i}]`, "an empty stop sequence would stop every answer at its start")
+      chars += stop.length
+    }
     if (chars > limits.maxInputChars) return overLimit("stop", chars, limits)
   }
   return undefined
