@@ -8,7 +8,7 @@
  *
  * @since 0.1.0
  */
-import { Config, Effect, Layer, Redacted, Result, Stream } from "effect"
+import { Config, Effect, Layer, type Redacted, Stream } from "effect"
 import type { HttpClient } from "effect/http"
 import { HttpClientRequest } from "effect/http"
 import type { AiError, ModelError } from "../AiError.js"
@@ -149,10 +149,7 @@ const checkOptions = (options: Options) =>
     Input.oneOf("api", Input.orDefault(options.api, "chat"), ["chat", "generate"]),
     Input.optional(options.keepAlive, (input) => Wire.keepAlive("keepAlive", input)),
     Http.headers("headers", options.headers),
-    options.apiKey === undefined || Redacted.isRedacted(options.apiKey)
-      ? Result.succeed(undefined)
-      : Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" }),
-    Http.headerOption("apiKey", "authorization", options.apiKey),
+    Http.optionalBearerKey("apiKey", "OLLAMA_API_KEY", options.apiKey),
     Input.optional(options.embeddingDimensions, (d) => Input.positiveInt("embeddingDimensions", d)),
     Model.requestLimits(options.requestLimits)
   ])
@@ -168,7 +165,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   yield* Input.orOptionError(optionKeys(given))
   // Read once: a getter that throws is an OptionError naming its field, not a defect out of the layer.
   const options = (yield* Input.orOptionError(Input.readFields(given))) as Options
-  const [settings, host, name, defaultModel, embeddingModel, api, keepAlive, headerSet, , , dimensions, limits] =
+  const [settings, host, name, defaultModel, embeddingModel, api, keepAlive, headerSet, , dimensions, limits] =
     yield* Input.orOptionError(checkOptions(options))
   const client = yield* Client.make(settings, options.transformClient, headerSet.secretNames)
   const apiKey = options.apiKey

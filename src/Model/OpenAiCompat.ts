@@ -11,7 +11,7 @@
  *
  * @since 0.1.0
  */
-import { Config, Effect, Layer, Redacted, Result, Stream } from "effect"
+import { Config, Effect, Layer, type Redacted, Result, Stream } from "effect"
 import type { HttpClient } from "effect/http"
 import { HttpClientRequest } from "effect/http"
 import type { AiError } from "../AiError.js"
@@ -180,20 +180,9 @@ const checkOptions = (options: Options) =>
     ]),
     Http.headers("headers", options.headers),
     Model.requestLimits(options.requestLimits),
-    options.apiKey === undefined
-      ? Result.succeed(undefined)
-      : !Redacted.isRedacted(options.apiKey)
-        ? Result.fail({ path: "apiKey", message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" })
-        : // OPENAI_API_KEY set but empty would go as "Bearer "; a server without keys wants no key, not a blank one.
-          String(Redacted.value(options.apiKey)).trim().length === 0
-          ? Result.fail({
-              path: "apiKey",
-              message: "expected a non-empty key (is OPENAI_API_KEY set but empty? unset it for a server without keys)"
-            })
-          : Result.succeed(undefined),
     Http.headerOption("organization", "OpenAI-Organization", options.organization),
     Http.headerOption("project", "OpenAI-Project", options.project),
-    Http.headerOption("apiKey", "authorization", options.apiKey),
+    Http.optionalBearerKey("apiKey", "OPENAI_API_KEY", options.apiKey),
     notBoolean(options)
   ])
 

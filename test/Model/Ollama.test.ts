@@ -959,6 +959,9 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           ['headers["upgrade"]', { headers: { upgrade: "websocket" } }],
           ['headers["connection"]', { headers: { connection: "upgrade" } }],
           ["apiKey", { apiKey: Redacted.make("k\n") }],
+          // OLLAMA_API_KEY set but empty: it was sent as "Bearer ", which ollama.com refuses at every call.
+          ["apiKey", { apiKey: Redacted.make("") }],
+          ["apiKey", { apiKey: Redacted.make(" ") }],
           // null is a wrong value, not the default.
           ["host", { host: null as never }],
           ["timeout", { timeout: null as never }],

@@ -255,6 +255,29 @@ export const header = (path: string, name: string, value: string): Input.Checked
 }
 
 /**
+ * Checks an optional API key sent as a bearer token: absent (no `Authorization` header), or a
+ * `Redacted` key that is not empty or blank. A key variable set but empty (`env`) would go as
+ * `Bearer `, refused at every call; a server without keys wants the key absent, not blank.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const optionalBearerKey = (path: string, env: string, input: unknown): Input.Checked<void> => {
+  if (input === undefined) return Result.succeed(undefined)
+  if (!Redacted.isRedacted(input)) {
+    return Result.fail({ path, message: "expected a Redacted value (Redacted.make(key) or Config.Redacted)" })
+  }
+  const key = Redacted.value(input)
+  if (typeof key === "string" && key.trim().length === 0) {
+    return Result.fail({
+      path,
+      message: `expected a non-empty key (is ${env} set but empty? unset it for a server without keys)`
+    })
+  }
+  return headerOption(path, "authorization", input)
+}
+
+/**
  * Checks an option sent as a header: absent, a string or a `Redacted` one; anything else
  * (`null`, a number) is an issue naming the option, not a header of its `String()`.
  *
