@@ -248,7 +248,8 @@ export interface RequestLimits {
   /**
    * Characters of everything a generation request sends, together: the system prompt, the
    * prompt or every message's content (tool results and their `toolCallId` included), each
-   * tool call's id, name, arguments and signature, each tool's name, description and parameters
+   * tool call's id, name, arguments and signature plus 32 for the call itself (so that calls with
+   * every field empty still count), each tool's name, description and parameters
    * (as JSON text), a JSON response schema (its name, and the schema as JSON text) and the stop
    * sequences. Over it, the request is refused naming `prompt` or `messages`, else `tools`,
    * `responseFormat` or `stop`, whichever took it over. For an embedding request, the
