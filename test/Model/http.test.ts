@@ -396,6 +396,22 @@ describe("errors", () => {
     assert.isTrue(google !== undefined && Duration.isFinite(google))
   })
 
+  it("an error object in a 200 answer or a stream names its field as the same body of a status error does", () => {
+    const notFound = { error: { message: "no such model", type: "invalid_request_error", code: "model_not_found" } }
+    for (const where of ["answer", "stream"] as const) {
+      const error = Errors.errorFromPayload(notFound, ctx, where)
+      assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "model"], where)
+      assert.isTrue(shouldFallback(error), where)
+      const param = Errors.errorFromPayload(
+        { error: { message: "bad", type: "invalid_request_error", param: "stop" } },
+        ctx
+      )
+      assert.deepStrictEqual([param.reason, param.field], ["InvalidRequest", "stop"], where)
+    }
+    const status = Errors.errorFromStatus(400, {}, JSON.stringify(notFound), 0, ctx)
+    assert.deepStrictEqual([status.reason, status.field], ["InvalidRequest", "model"])
+  })
+
   it("Gemini's 400 FAILED_PRECONDITION (no service in this region, no free tier) falls back, never retries", () => {
     for (const message of [
       "User location is not supported for the API use.",

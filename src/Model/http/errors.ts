@@ -322,6 +322,18 @@ export const parseJsonOrUndefined = (text: string): unknown => {
   }
 }
 
+/** The request field an error names: what the server does not implement is the model; else the body's. */
+const fieldOf = (status: number | undefined, info: ErrorInfo, ctx: CallContext): string | undefined =>
+  status === NOT_IMPLEMENTED
+    ? "model"
+    : info.param !== undefined
+      ? cleanField(info.param, ctx)
+      : info.code === "model_not_found"
+        ? "model"
+        : status === 404 && info.message !== undefined
+          ? ctx.notFoundField
+          : undefined
+
 /**
  * The error of a non-2xx answer, from its status, headers and (the start of) its body.
  *
@@ -340,16 +352,7 @@ export const errorFromStatus = (
   const reason = classify(status, info)
   const trimmed = bodyText.trim()
   const detail = info.message ?? (trimmed.length > 0 ? trimmed : undefined)
-  const field =
-    status === NOT_IMPLEMENTED
-      ? "model"
-      : info.param !== undefined
-        ? cleanField(info.param, ctx)
-        : info.code === "model_not_found"
-          ? "model"
-          : status === 404 && info.message !== undefined
-            ? ctx.notFoundField
-            : undefined
+  const field = fieldOf(status, info, ctx)
   return new ModelError({
     reason,
     message: clean(`${ctx.provider} answered HTTP ${status}${detail === undefined ? "" : `: ${detail}`}`, ctx),
@@ -401,7 +404,8 @@ export const errorFromPayload = (
     model: ctx.model,
     status,
     retryAfter: info.retryDelay,
-    field: status === NOT_IMPLEMENTED && reason === "InvalidRequest" ? "model" : undefined
+    // As the same body of a status error: an unknown model (`model_not_found`) then falls back as it does.
+    field: reason === "InvalidRequest" ? fieldOf(status, info, ctx) : undefined
   })
 }
 
