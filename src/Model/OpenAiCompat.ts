@@ -134,8 +134,8 @@ const EMBED_BATCH = 256
 
 // Gemini's OpenAI-compatible endpoint: the one server known to want thought signatures back.
 const googleOpenAiHost = "generativelanguage.googleapis.com"
-// OpenAI's own API takes at most 4 stop sequences; servers of its protocol (vLLM, llama.cpp) take more.
-const openAiHost = "api.openai.com"
+// OpenAI's own API (and Azure's) takes at most 4 stop sequences; servers of its protocol (vLLM, llama.cpp) take more.
+const isOpenAiHost = (host: string): boolean => host === "api.openai.com" || host.endsWith(".openai.azure.com")
 const openAiMaxStop = 4
 
 const decodeCompletion = Decode.valueDecoder(Wire.ChatCompletion, { accept: Wire.isChatCompletion })
@@ -215,7 +215,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const streamUsage = Input.orDefault(options.streamUsage, true)
   const host = new URL(baseUrl).hostname
   const sendSignatures = options.sendThoughtSignatures ?? host === googleOpenAiHost
-  const maxStopSequences = host === openAiHost ? openAiMaxStop : undefined
+  const maxStopSequences = isOpenAiHost(host) ? openAiMaxStop : undefined
 
   const headers: Record<string, string> = { ...headerSet.values }
   if (options.organization !== undefined) headers["OpenAI-Organization"] = options.organization

@@ -2043,6 +2043,19 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat stop sequences", (it) => {
         assert.deepStrictEqual(bodyOf((yield* server.requests)[1])["stop"], stop.slice(0, 4))
       })
   )
+
+  it.effect("Azure OpenAI's hosts hold the same limit of 4, refused before any call", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_req, res) => Server.json(res, 200, completion("ok")))
+      const azure = yield* provider(server, {
+        baseUrl: "https://my-resource.openai.azure.com/openai/v1",
+        transformClient: (client) => HttpClient.mapRequest(client, () => HttpClientRequest.post(`${server.url}/v1/x`))
+      })
+      const error = yield* flipModel(azure.generate({ prompt: "x", stop: ["a", "b", "c", "d", "e"] }))
+      assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "stop"])
+      assert.strictEqual((yield* server.requests).length, 0)
+    })
+  )
 })
 
 layer(NodeHttpClient.layerUndici)("OpenAiCompat tool_calls without tool calls", (it) => {
