@@ -137,8 +137,8 @@ export interface AgentOptions {
 
 /**
  * Describes an agent. Without `answer`, answers are decoded with {@link Answer} and the
- * record's result is the answer's `result` (a `status` of `"error"` or `"failed"` makes an
- * `error` record); with `answer`, the whole decoded answer is the result. Every option is
+ * record's result is the answer's `result` (a `status` of `"error"` or `"failed"`, in any
+ * case, makes an `error` record; any other status is a result); with `answer`, the whole decoded answer is the result. Every option is
  * checked: an invalid one (`timeout: NaN`, a URL with credentials) is kept as the agent's
  * `issue`, and each task sent to it ends in an `error` record naming the field.
  *

@@ -283,6 +283,27 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("an agent's status is read whatever its case: ERROR and Failed are error records; others are results", () =>
+    Effect.gen(function* () {
+      // The task id is the status the agent answers.
+      const server = yield* AgentServer.make((t) => ({
+        json: { task_id: t.task_id, status: t.task_id.replace(/^\d+:/, ""), result: "no data" }
+      }))
+      const service = yield* agents()
+      const statuses = ["ERROR", "Failed", "FAILED", "Error", " error "]
+      for (const [i, status] of statuses.entries()) {
+        const record = yield* service.call(task(`${i}:${status}`, server.url))
+        assert.strictEqual(record.status, "error", status)
+        assert.include(record.error?.message, "no data", status)
+      }
+      for (const [i, status] of ["success", "OK", "done", "completed"].entries()) {
+        const record = yield* service.call(task(`${i}:${status}`, server.url))
+        assert.strictEqual(record.status, "success", status)
+        assert.strictEqual(record.result, "no data", status)
+      }
+    })
+  )
+
   it.effect("an agent's report of a failed task is scrubbed of secret headers and bounded in the record", () =>
     Effect.gen(function* () {
       const SECRET = "agent-token-4b7e2a9c1d"

@@ -159,6 +159,17 @@ const readOptions = (given: Given): { readonly options: Given; readonly issue?: 
   return { options: copy as unknown as Given, issue }
 }
 
+/**
+ * The status of a failed task as the agent wrote it (without surrounding spaces), if it is one:
+ * `error` or `failed` in any case. `"ERROR"` or `"Failed"` made a `success` record of the agent's
+ * own report of a failure.
+ */
+const failedStatus = (status: string): string | undefined => {
+  const trimmed = status.trim()
+  const lower = trimmed.toLowerCase()
+  return lower === "error" || lower === "failed" ? trimmed : undefined
+}
+
 /** The agent constructor, with `schema` (`HttpAgent.Answer`) the default answer; built once. */
 export const makeAgent = (schema: typeof Answer) => {
   const decodeAnswer = Decode.valueDecoder(schema)
@@ -200,10 +211,11 @@ export const makeAgent = (schema: typeof Answer) => {
               })
             )
           }
-          if (answer.status === "error" || answer.status === "failed") {
+          const reported = answer.status === undefined ? undefined : failedStatus(answer.status)
+          if (reported !== undefined) {
             // The agent's own words, kept as its error messages are: without secrets, cut short.
             const detail = typeof answer.result === "string" ? `: ${Errors.clean(answer.result, ctx)}` : ""
-            return Effect.succeed({ _tag: "Reported", message: `${name} reported status "${answer.status}"${detail}` })
+            return Effect.succeed({ _tag: "Reported", message: `${name} reported status "${reported}"${detail}` })
           }
           return Effect.succeed({ _tag: "Result", value: answer.result })
         })
