@@ -1525,6 +1525,40 @@ describe("HttpAgent: a Discovery service of the application's own", () => {
   )
 })
 
+describe("HttpAgent: a Discovery service of the application's own answering thousands", () => {
+  it.effect(
+    "only its first 10 endpoints are tried, as the library's discoveries keep (maxAgents), then the task's fallback",
+    () =>
+      Effect.gen(function* () {
+        const down = yield* AgentServer.make(() => ({ status: 503, json: { error: "down" } }))
+        const good = yield* AgentServer.make()
+        // Past the bound, an entry is not even read: one that is no object refuses nothing.
+        const endpoints = Array.from({ length: 1_000 }, (_, i) => (i === 500 ? null : { url: `${down.url}/a${i}` }))
+        const discovery = Layer.succeed(Discovery.Discovery, {
+          name: "unfiltered",
+          resolve: () => Effect.succeed(endpoints as never)
+        })
+        const context = yield* Layer.build(
+          HttpAgent.layer().pipe(
+            Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+            Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
+            Layer.provide(NodeHttpClient.layerUndici)
+          )
+        ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+        const record = yield* Context.get(context, HttpAgent.HttpAgents).call(
+          task("d", undefined, { fallback: [good.url] })
+        )
+        assert.strictEqual(record.status, "success", JSON.stringify(record))
+        assert.deepStrictEqual([record.agent, record.fallbackUsed, record.attempts], [good.url, true, 11])
+        assert.strictEqual(down.requests(), 10)
+        assert.deepStrictEqual(
+          down.paths().map((path) => path.slice(path.lastIndexOf("/") + 1)),
+          Array.from({ length: 10 }, (_, i) => `a${i}`)
+        )
+      })
+  )
+})
+
 describe("HttpAgent: a Discovery service that never answers", () => {
   it.effect("the lookup is cut at the service's timeout: the task ends service_unavailable, it does not hang", () =>
     Effect.gen(function* () {

@@ -12,6 +12,7 @@ import { Cause, Clock, Duration, Effect, Exit, Option, Redacted, Result } from "
 import { HttpClientRequest, UrlParams } from "effect/http"
 import { type AiError, ModelError } from "../AiError.js"
 import type { Service as DiscoveryService, Endpoint } from "../Discovery.js"
+import { defaultMaxAgents } from "../discovery/checks.js"
 import type { Service as ExecutorService, Step } from "../Executor.js"
 import type { Agent, Decoded, Task, TaskRecord } from "../HttpAgent.js"
 import * as Input from "../Input.js"
@@ -307,12 +308,15 @@ export const readTask = (given: Task): { readonly task: Task; readonly issue?: I
 /**
  * The endpoints a Discovery service of the application's own answered, each read once into a
  * plain `{ url, name, timeout }` (the library's own are sound already), or what is wrong with
- * them: not an array, an entry that is no object, a field that throws when read.
+ * them: not an array, an entry that is no object, a field that throws when read. Only the first
+ * `defaultMaxAgents` are read, as the library's discoveries keep: each is a fallback a task may
+ * try in turn (a task walked all of an unfiltered list of thousands).
  */
 const readEndpoints = (answer: unknown): ReadonlyArray<Endpoint> | string => {
   if (!Array.isArray(answer)) return "no array of endpoints"
   const out: Array<Endpoint> = []
-  for (let i = 0; i < answer.length; i++) {
+  const kept = Math.min(answer.length, defaultMaxAgents)
+  for (let i = 0; i < kept; i++) {
     const entry: unknown = answer[i]
     if (typeof entry !== "object" || entry === null) return `an endpoint [${i}] that is no object`
     try {

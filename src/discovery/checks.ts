@@ -11,6 +11,14 @@ import * as Input from "../Input.js"
 import * as Http from "../Model/http/options.js"
 import { type DiscoveryError, fail } from "./errors.js"
 
+/**
+ * Agents kept of a discovery's answer unless `maxAgents` says otherwise; a `Discovery` service
+ * of the application's own, which has no such option, is held to it by the agents.
+ *
+ * @internal
+ */
+export const defaultMaxAgents = 10
+
 /** The key of a query in a cache or a static map. */
 export const keyOf = (query: Query): string => JSON.stringify([query.concept, query.intent])
 

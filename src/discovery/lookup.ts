@@ -12,7 +12,7 @@ import type { Endpoint, Options, Query, Service } from "../Discovery.js"
 import * as Input from "../Input.js"
 import * as Http from "../Model/http/options.js"
 import { wellFormed } from "../stats/labels.js"
-import { checkEndpoint, checkQuery, keyOf, optionKeys, optionsIssue } from "./checks.js"
+import { checkEndpoint, checkQuery, defaultMaxAgents, keyOf, optionKeys, optionsIssue } from "./checks.js"
 import { type DiscoveryError, fail, notFound } from "./errors.js"
 
 const DETAIL_MAX = 300
@@ -60,7 +60,7 @@ export const make = Effect.fnUntraced(function* <E>(
       Input.positiveInt("capacity", Input.orDefault(options.capacity, 1000)),
       Input.duration("timeout", Input.orDefault(options.timeout, "5 seconds")),
       Input.duration("staleFor", Input.orDefault(options.staleFor, "10 minutes"), { allowZero: true }),
-      Input.positiveInt("maxAgents", Input.orDefault(options.maxAgents, 10)),
+      Input.positiveInt("maxAgents", Input.orDefault(options.maxAgents, defaultMaxAgents)),
       Input.positiveInt("maxConcurrentLookups", Input.orDefault(options.maxConcurrentLookups, 10))
     ])
   )
