@@ -316,7 +316,8 @@ export interface Service {
   /**
    * The figures of an agent (or agent name, or URL: read without its query). The first 100
    * agent names have series of their own; a name past them answers the figures of all of them,
-   * `agent: "(other)"`. What is no agent (`null`) reads the tasks that named none (`"unknown"`).
+   * `agent: "(other)"`. What is no agent (`null`) reads the tasks that named none (`"unknown"`), where the records of a
+   * refused agent (a typo'd URL) are counted too: it takes no series of its own.
    */
   readonly stats: (agent: Agent<unknown> | string) => Effect.Effect<AgentStats>
 }

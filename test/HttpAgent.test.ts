@@ -400,7 +400,9 @@ describe("HttpAgent.call", () => {
         assert.strictEqual(record.url, "http://127.0.0.1:1/x", url)
         assert.notInclude(inspect(agent), "s3cret-pw")
       }
-      assert.strictEqual((yield* service.stats("http://127.0.0.1:1/x")).statuses.error, 6)
+      // Refused agents take no series of their own: their records count with the tasks naming no valid agent.
+      assert.strictEqual((yield* service.stats("http://127.0.0.1:1/x")).statuses.error, 0)
+      assert.strictEqual((yield* service.stats("unknown")).statuses.error, 6)
     })
   )
 
@@ -1705,6 +1707,44 @@ describe("HttpAgent: metric series and stats per agent name", () => {
         assert.strictEqual((yield* service.stats("http://agents.test/task/new")).tasks, 9_901)
       }),
     60_000
+  )
+
+  it.effect(
+    "refused agents (typo'd URLs) take no series: their records count as unknown, later agents keep theirs",
+    () =>
+      Effect.gen(function* () {
+        const registry = new Map<string, never>()
+        const service = yield* agents({ registry, client: echoClient })
+        const refused = Array.from({ length: 150 }, (_, i) => `htp://agents.test/typo/${i}`)
+        for (const [i, url] of refused.entries()) {
+          const record = yield* service.call(task(`r${i}`, url))
+          assert.deepStrictEqual([record.status, record.error?.field, record.agent], ["error", "agent.url", url])
+        }
+        // In a batch too: a task refused, and one skipped after it whose agent is refused as well.
+        const bad = HttpAgent.agent({ url: "http://agents.test/bad", name: "bad-timeout", timeout: Number.NaN })
+        const records = yield* service.dispatch([
+          task("a", HttpAgent.agent({ url: "http://agents.test/bad", name: "bad-retry", retry: null as never })),
+          task("b", bad, { dependsOn: ["a"] })
+        ])
+        assert.deepStrictEqual(
+          records.map((r) => [r.status, r.agent]),
+          [
+            ["error", "bad-retry"],
+            ["skipped", "bad-timeout"]
+          ]
+        )
+        const real = "http://agents.test/real"
+        assert.strictEqual((yield* service.call(task("real", real))).status, "success")
+        const own = yield* service.stats(real)
+        assert.deepStrictEqual([own.agent, own.tasks, own.calls.total], [real, 1, 1])
+        const unknown = yield* service.stats(bad)
+        assert.deepStrictEqual([unknown.agent, unknown.statuses.error, unknown.statuses.skipped], ["unknown", 151, 1])
+        const snapshot = yield* Effect.provideService(Metric.snapshot, Metric.MetricRegistry, registry)
+        const labels = new Set(
+          snapshot.filter((m) => m.id === Metrics.agentTasks.id).map((m) => m.attributes?.["agent"])
+        )
+        assert.deepStrictEqual([...labels].sort(), [real, "unknown"])
+      })
   )
 
   it.effect(

@@ -21,8 +21,8 @@ export interface Env {
   /** The agent and URL of a record for a task that sent nothing (`task.ts`'s `labelOf`). */
   readonly labelOf: (task: Task) => { readonly agent: string; readonly url: string }
   readonly metrics: AgentMetrics
-  /** The name an agent's metric series carry (`task.ts`'s `Env.seriesName`). */
-  readonly seriesName: (agent: string) => string
+  /** The series name a record of `task` that sent nothing is counted under (`task.ts`'s `seriesOf`, bounded). */
+  readonly seriesOf: (task: Task, agent: string) => string
   /** Tasks running at once when the caller gives no `concurrency`: the connections there are. */
   readonly defaultConcurrency: number
 }
@@ -147,7 +147,7 @@ export const dispatch = Effect.fnUntraced(function* (
           durationMs: 0,
           attempts: 0
         }
-        count(record, env.seriesName(record.agent), env.metrics)
+        count(record, env.seriesOf(task, record.agent), env.metrics)
         return record
       }
     }
@@ -161,7 +161,7 @@ export const dispatch = Effect.fnUntraced(function* (
       durationMs: "durationMs" in outcome ? outcome.durationMs : 0,
       attempts: 0
     }
-    count(record, env.seriesName(record.agent), env.metrics)
+    count(record, env.seriesOf(task, record.agent), env.metrics)
     return record
   })
 })

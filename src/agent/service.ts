@@ -21,7 +21,7 @@ import { Stats } from "../Stats.js"
 import { dispatch as runBatch } from "./batch.js"
 import * as Connections from "./connections.js"
 import * as AgentMetrics from "./metrics.js"
-import { agentName, isAgentRef, labelOf as taskLabel, makeCall, noAgent } from "./task.js"
+import { agentName, isAgentRef, labelOf as taskLabel, makeCall, noAgent, seriesOf } from "./task.js"
 
 /** What the service takes from `HttpAgent.ts`. */
 export interface Env {
@@ -180,7 +180,9 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
 
   const agentStats = Effect.fn("HttpAgent.stats")(function* (ref: Agent<unknown> | string) {
     // What is no agent (null from JavaScript) reads the records of the tasks that named none, as they are counted.
-    const given = typeof ref === "string" ? agentName(ref) : isAgentRef(ref) ? ref.name : noAgent
+    // A refused agent's records are counted with those, too.
+    const given =
+      typeof ref === "string" ? agentName(ref) : isAgentRef(ref) && ref.issue === undefined ? ref.name : noAgent
     // A lookup takes no series: a name not seen while there is room has none yet (all zeros).
     const name = ownSeries.has(given) || ownSeries.size < maxAgentSeries ? given : otherAgents
     const counts = {} as Record<Status, number>
@@ -209,7 +211,7 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
         call,
         labelOf,
         metrics,
-        seriesName,
+        seriesOf: (task, name) => seriesName(seriesOf(task, name, agentOf)),
         defaultConcurrency: maxConnections
       })
     }),

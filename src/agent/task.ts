@@ -227,6 +227,14 @@ export const labelOf = (
   return { agent: task.agent === undefined && discovery !== undefined ? discoveryAgent(discovery) : noAgent, url: "" }
 }
 
+/**
+ * The series a record of `task` that sent nothing is counted in: its agent's (`agent`, the
+ * record's), or `unknown` for an agent that was refused (a typo'd URL), which takes none of the
+ * bounded series: a hundred of them left every real agent after them in `(other)`.
+ */
+export const seriesOf = (task: Task, agent: string, agentOf: Env["agentOf"]): string =>
+  isAgentRef(task.agent) && agentOf(task.agent).issue !== undefined ? noAgent : agent
+
 const notAgent = (field: string, ref: unknown): Invalid => ({
   field,
   message: `expected an agent (HttpAgent.agent) or its URL, got ${Input.kindOf(ref)}`
@@ -362,7 +370,8 @@ export const makeCall = (env: Env): Call => {
       yield* Effect.annotateCurrentSpan("agent.task_id", id)
     }
     const startedAt = yield* Clock.currentTimeMillis
-    const finish = (record: Omit<TaskRecord, "durationMs" | "startedAt" | "taskId">) =>
+    // `series`: where the record is counted when not under its agent's name (a refused agent's).
+    const finish = (record: Omit<TaskRecord, "durationMs" | "startedAt" | "taskId">, series?: string) =>
       Effect.map(Clock.currentTimeMillis, (now): TaskRecord => {
         const done: TaskRecord = {
           taskId: typeof id === "string" ? id : shownId(id),
@@ -370,7 +379,7 @@ export const makeCall = (env: Env): Call => {
           durationMs: now - startedAt,
           ...record
         }
-        count(done, env.seriesName(done.agent), env.metrics)
+        count(done, env.seriesName(series ?? done.agent), env.metrics)
         return done
       })
     // `label`: the record's agent and URL when it names no agent (a task left to discovery names it).
@@ -380,13 +389,16 @@ export const makeCall = (env: Env): Call => {
       message: string,
       label: Label = { agent: noAgent, url: "" }
     ) =>
-      finish({
-        agent: agent?.name ?? label.agent,
-        url: agent === undefined ? label.url : display(agent.url),
-        status: "error",
-        error: { message: `invalid ${field}: ${message}`, reason: "InvalidRequest", field },
-        attempts: 0
-      })
+      finish(
+        {
+          agent: agent?.name ?? label.agent,
+          url: agent === undefined ? label.url : display(agent.url),
+          status: "error",
+          error: { message: `invalid ${field}: ${message}`, reason: "InvalidRequest", field },
+          attempts: 0
+        },
+        agent?.issue === undefined ? undefined : noAgent
+      )
 
     // A body that cannot be sent: not JSON (`InvalidRequest` naming the field), or past `maxRequestBytes`.
     const unsent = (body: Invalid | TooLarge, agent: Agent<unknown> | undefined, label?: Label) => {
