@@ -131,7 +131,10 @@ export interface AgentOptions {
   readonly name?: string | undefined
   readonly timeout?: Input.DurationInput | undefined
   readonly retry?: RetryPolicy | RetryPolicyInput | undefined
-  /** Sent with every request; give secrets as `Redacted` (they are scrubbed from errors). Spans show only allow-listed headers. */
+  /**
+   * Sent with every request; give secrets as `Redacted` (they are scrubbed from errors). Spans show only allow-listed
+   * headers. A `Redacted` one is refused on a plain `http` URL off loopback (it would travel in clear text).
+   */
   readonly headers?: Readonly<Record<string, string | Redacted.Redacted>> | undefined
 }
 

@@ -376,6 +376,44 @@ describe("HttpAgent.call", () => {
       }).pipe(Effect.provide(FetchHttpClient.layer))
   )
 
+  it.effect(
+    "a Redacted header over plain http off loopback is refused naming it, as Gemini's and watsonx's keys are",
+    () =>
+      Effect.gen(function* () {
+        const service = yield* agents({ client: echoClient })
+        for (const url of [
+          "http://agents.test/task",
+          "HTTP://10.0.0.7:8080/task?k=v",
+          "http://127.0.0.1.example/task"
+        ]) {
+          const agent = HttpAgent.agent({
+            url,
+            name: "remote",
+            headers: { "x-tenant": "t1", "X-Api-Key": Redacted.make("agent-s3cret") }
+          })
+          assert.strictEqual(agent.issue?.path, 'agent.headers["X-Api-Key"]', url)
+          assert.include(agent.issue?.message, "plain http is refused off loopback", url)
+          const record = yield* service.call(task("h", agent))
+          assert.deepStrictEqual(
+            [record.status, record.error?.reason, record.error?.field, record.agent, record.attempts],
+            ["error", "InvalidRequest", 'agent.headers["X-Api-Key"]', "remote", 0],
+            url
+          )
+          assert.notInclude(JSON.stringify(record), "agent-s3cret")
+        }
+        // https anywhere, loopback over http, and plain (not Redacted) headers are sent.
+        for (const [url, headers] of [
+          ["https://agents.test/task", { authorization: Redacted.make("Bearer t") }],
+          ["http://127.0.0.1:1/task", { authorization: Redacted.make("Bearer t") }],
+          ["http://localhost:1/task", { authorization: Redacted.make("Bearer t") }],
+          ["http://[::1]:1/task", { authorization: Redacted.make("Bearer t") }],
+          ["http://agents.test/task", { "x-tenant": "t1" }]
+        ] as const) {
+          assert.isUndefined(HttpAgent.agent({ url, headers }).issue, url)
+        }
+      })
+  )
+
   it.effect("an agent URL with credentials is refused, saying what to use instead, and never shows the password", () =>
     Effect.gen(function* () {
       const service = yield* agents()

@@ -114,7 +114,7 @@ const agentIssue = (
   if (answer !== undefined && !Schema.isSchema(answer)) {
     return Result.fail({ path: "answer", message: "expected a Schema of the agent's answer" })
   }
-  return Result.map(
+  return Result.flatMap(
     Input.all([
       checkUrl(options.url),
       // The name is shown in records, errors, metrics and stats: a URL without its query (a token).
@@ -136,13 +136,20 @@ const agentIssue = (
       Input.optional(options.timeout, (t) => Input.duration("timeout", t)),
       Input.optional(options.retry, (r) => decodeRetry(r, "retry"))
     ]),
-    ([, name, timeout, retry]) => ({
-      name,
-      timeout,
-      retry,
-      headers: headerSet.success.given,
-      secrets: [...headerSet.success.secrets, ...querySecrets(options.url)]
-    })
+    ([url, name, timeout, retry]) => {
+      const given = headerSet.success.given
+      // As Gemini's and watsonx's keys: a secret crosses no network in clear text.
+      const secret = Object.keys(given).find((header) => Redacted.isRedacted(given[header]))
+      const plain = secret === undefined ? undefined : Http.secretUrl(`headers[${JSON.stringify(secret)}]`, url)
+      if (plain !== undefined && Result.isFailure(plain)) return Result.fail(plain.failure)
+      return Result.succeed({
+        name,
+        timeout,
+        retry,
+        headers: given,
+        secrets: [...headerSet.success.secrets, ...querySecrets(options.url)]
+      })
+    }
   )
 }
 
