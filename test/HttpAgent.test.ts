@@ -1786,6 +1786,31 @@ describe("HttpAgent: metric series and stats per agent name", () => {
   )
 
   it.effect(
+    "an agent name past 256 characters (a long URL path) counts under (other), not written whole in series",
+    () =>
+      Effect.gen(function* () {
+        const registry = new Map<string, never>()
+        const service = yield* agents({ registry, client: echoClient })
+        const long = `http://agents.test/${"p".repeat(100_000)}`
+        const record = yield* service.call(task("long", long))
+        assert.deepStrictEqual([record.status, record.agent], ["success", long])
+        const stats = yield* service.stats(long)
+        assert.deepStrictEqual([stats.agent, stats.tasks, stats.calls.total], ["(other)", 1, 1])
+        // At the bound, a name has its series.
+        const edge = `http://agents.test/${"e".repeat(256 - "http://agents.test/".length)}`
+        assert.strictEqual(edge.length, 256)
+        yield* service.call(task("edge", edge))
+        assert.strictEqual((yield* service.stats(edge)).agent, edge)
+        const snapshot = yield* Effect.provideService(Metric.snapshot, Metric.MetricRegistry, registry)
+        const labels = snapshot.flatMap((m) => Object.values(m.attributes ?? {}).map(String))
+        assert.isFalse(
+          labels.some((label) => label.length > 256),
+          "no metric label holds the long name"
+        )
+      })
+  )
+
+  it.effect(
     "stats of something that is no agent (null, {}) reads the figures of records without one, not a defect",
     () =>
       Effect.gen(function* () {

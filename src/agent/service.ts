@@ -18,6 +18,7 @@ import { decodeRetry } from "../Policy.js"
 import { ResponseCache } from "../ResponseCache.js"
 import * as Metrics from "../Metrics.js"
 import { Stats } from "../Stats.js"
+import { maxOwnLabelChars } from "../stats/labels.js"
 import { dispatch as runBatch } from "./batch.js"
 import * as Connections from "./connections.js"
 import * as AgentMetrics from "./metrics.js"
@@ -149,11 +150,13 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
   const agentOf = (ref: Agent<unknown> | string): Agent<unknown> => (typeof ref === "string" ? ofUrl(ref) : ref)
   const metrics = AgentMetrics.make(yield* Effect.context<never>())
   yield* Effect.addFinalizer(() => Effect.sync(metrics.release))
-  // The first maxAgentSeries names have series of their own; a name once given one keeps it.
+  // The first maxAgentSeries names have series of their own; a name once given one keeps it. A name
+  // past maxOwnLabelChars (a URL of a long path) has none, as a breaker's or rate limit's key: it was
+  // written whole in each of its series on every scrape.
   const ownSeries = new Set<string>()
   const seriesName = (name: string): string => {
     if (ownSeries.has(name) || name === otherAgents) return name
-    if (ownSeries.size >= maxAgentSeries) return otherAgents
+    if (ownSeries.size >= maxAgentSeries || name.length > maxOwnLabelChars) return otherAgents
     ownSeries.add(name)
     return name
   }
@@ -184,7 +187,10 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
     const given =
       typeof ref === "string" ? agentName(ref) : isAgentRef(ref) && ref.issue === undefined ? ref.name : noAgent
     // A lookup takes no series: a name not seen while there is room has none yet (all zeros).
-    const name = ownSeries.has(given) || ownSeries.size < maxAgentSeries ? given : otherAgents
+    const name =
+      ownSeries.has(given) || (ownSeries.size < maxAgentSeries && given.length <= maxOwnLabelChars)
+        ? given
+        : otherAgents
     const counts = {} as Record<Status, number>
     let tasks = 0
     for (const status of statuses) {
