@@ -1599,6 +1599,31 @@ describe("HttpAgent: a Discovery service of the application's own answering thou
   )
 })
 
+describe("HttpAgent: the library's discoveries keep their own bound", () => {
+  it.effect("a static map's 12 agents and a lookup's maxAgents: 12 are all tried, not cut at 10", () =>
+    Effect.gen(function* () {
+      const down = yield* AgentServer.make(() => ({ status: 503, json: { error: "down" } }))
+      const good = yield* AgentServer.make()
+      const endpoints = [...Array.from({ length: 11 }, (_, i) => ({ url: `${down.url}/s${i}` })), { url: good.url }]
+      for (const discovery of [
+        Discovery.layerStatic([{ concept: "weather", intent: "*", agents: endpoints }]),
+        Discovery.layer(() => Effect.succeed(endpoints), { maxAgents: 12 })
+      ]) {
+        const context = yield* Layer.build(
+          HttpAgent.layer().pipe(
+            Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+            Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
+            Layer.provide(NodeHttpClient.layerUndici)
+          )
+        ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+        const record = yield* Context.get(context, HttpAgent.HttpAgents).call(task("d", undefined))
+        assert.deepStrictEqual([record.status, record.agent, record.attempts], ["success", good.url, 12])
+      }
+      assert.strictEqual(down.requests(), 22)
+    })
+  )
+})
+
 describe("HttpAgent: a Discovery service that never answers", () => {
   it.effect("the lookup is cut at the service's timeout: the task ends service_unavailable, it does not hang", () =>
     Effect.gen(function* () {

@@ -12,7 +12,7 @@ import { Cause, Clock, Duration, Effect, Exit, Option, Redacted, Result } from "
 import { HttpClientRequest, UrlParams } from "effect/http"
 import { type AiError, ModelError } from "../AiError.js"
 import type { Service as DiscoveryService, Endpoint } from "../Discovery.js"
-import { defaultMaxAgents } from "../discovery/checks.js"
+import { defaultMaxAgents, isOwnService } from "../discovery/checks.js"
 import type { Service as ExecutorService, Step } from "../Executor.js"
 import type { Agent, Decoded, Task, TaskRecord } from "../HttpAgent.js"
 import * as Input from "../Input.js"
@@ -314,16 +314,17 @@ export const readTask = (given: Task): { readonly task: Task; readonly issue?: I
 }
 
 /**
- * The endpoints a Discovery service of the application's own answered, each read once into a
- * plain `{ url, name, timeout }` (the library's own are sound already), or what is wrong with
- * them: not an array, an entry that is no object, a field that throws when read. Only the first
- * `defaultMaxAgents` are read, as the library's discoveries keep: each is a fallback a task may
- * try in turn (a task walked all of an unfiltered list of thousands).
+ * The endpoints a Discovery service answered, each read once into a plain `{ url, name, timeout }`
+ * (the library's own are sound already), or what is wrong with them: not an array, an entry that
+ * is no object, a field that throws when read. Of a service of the application's own, only the
+ * first `defaultMaxAgents` are read, as the library's discoveries keep by default: each is a
+ * fallback a task may try in turn (a task walked all of an unfiltered list of thousands). The
+ * library's own are bounded already (`maxAgents`, or what a static map was given).
  */
-const readEndpoints = (answer: unknown): ReadonlyArray<Endpoint> | string => {
+const readEndpoints = (answer: unknown, own: boolean): ReadonlyArray<Endpoint> | string => {
   if (!Array.isArray(answer)) return "no array of endpoints"
   const out: Array<Endpoint> = []
-  const kept = Math.min(answer.length, defaultMaxAgents)
+  const kept = own ? answer.length : Math.min(answer.length, defaultMaxAgents)
   for (let i = 0; i < kept; i++) {
     const entry: unknown = answer[i]
     if (typeof entry !== "object" || entry === null) return `an endpoint [${i}] that is no object`
@@ -472,7 +473,7 @@ export const makeCall = (env: Env): Call => {
           attempts: 0
         })
       if (found._tag === "Failure") return yield* unavailable(found.failure.message, found.failure.reason)
-      const endpoints = readEndpoints(found.success)
+      const endpoints = readEndpoints(found.success, isOwnService(discovery))
       if (typeof endpoints === "string") {
         return yield* unavailable(`${discovery.name}: resolve answered ${endpoints}`, "Unavailable")
       }

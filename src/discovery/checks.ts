@@ -6,7 +6,7 @@
  * @internal
  */
 import { Effect, Result } from "effect"
-import type { Endpoint, Query } from "../Discovery.js"
+import type { Endpoint, Query, Service } from "../Discovery.js"
 import * as Input from "../Input.js"
 import * as Http from "../Model/http/options.js"
 import { type DiscoveryError, fail } from "./errors.js"
@@ -18,6 +18,25 @@ import { type DiscoveryError, fail } from "./errors.js"
  * @internal
  */
 export const defaultMaxAgents = 10
+
+/** Marks a service the library made (its answers bounded by its own `maxAgents`, or a static map's). */
+const bounded: unique symbol = Symbol("effect-orchestra/Discovery/bounded")
+
+/**
+ * A service of the library's own: its answers are bounded already (`maxAgents`, or the agents a
+ * static map was given), so the agents take them whole. A copy (`{ ...service }`) is not marked.
+ *
+ * @internal
+ */
+export const ownService = <S extends Service>(service: S): S =>
+  Object.defineProperty(service, bounded, { value: true, enumerable: false })
+
+/**
+ * Whether `service` is one of the library's own ({@link ownService}).
+ *
+ * @internal
+ */
+export const isOwnService = (service: Service): boolean => (service as { readonly [bounded]?: true })[bounded] === true
 
 /** The key of a query in a cache or a static map. */
 export const keyOf = (query: Query): string => JSON.stringify([query.concept, query.intent])

@@ -12,7 +12,7 @@ import type { Endpoint, Options, Query, Service } from "../Discovery.js"
 import * as Input from "../Input.js"
 import * as Http from "../Model/http/options.js"
 import { wellFormed } from "../stats/labels.js"
-import { checkEndpoint, checkQuery, defaultMaxAgents, keyOf, optionKeys, optionsIssue } from "./checks.js"
+import { checkEndpoint, checkQuery, defaultMaxAgents, keyOf, optionKeys, optionsIssue, ownService } from "./checks.js"
 import { type DiscoveryError, fail, notFound } from "./errors.js"
 
 const DETAIL_MAX = 300
@@ -188,6 +188,6 @@ export const make = Effect.fnUntraced(function* <E>(
       )
     })
 
-  const service: Service = { name, resolve: Effect.fn("Discovery.resolve")(resolve) }
+  const service: Service = ownService({ name, resolve: Effect.fn("Discovery.resolve")(resolve) })
   return service
 })

@@ -10,7 +10,7 @@ import type { Endpoint, Entry, Query, Service } from "../Discovery.js"
 import * as Input from "../Input.js"
 import * as Http from "../Model/http/options.js"
 import { wellFormed } from "../stats/labels.js"
-import { checkEndpoint, checkQuery, entryKeys, keyOf, maxQueryLength, optionsIssue } from "./checks.js"
+import { checkEndpoint, checkQuery, entryKeys, keyOf, maxQueryLength, optionsIssue, ownService } from "./checks.js"
 import { notFound } from "./errors.js"
 
 /** @internal */
@@ -65,6 +65,6 @@ export const make = Effect.fnUntraced(function* (
       const found = table.get(keyOf(q)) ?? table.get(keyOf({ concept: q.concept, intent: "*" }))
       return found === undefined ? Effect.fail(notFound(q)) : Effect.succeed(found)
     })
-  const service: Service = { name, resolve }
+  const service: Service = ownService({ name, resolve })
   return service
 })
