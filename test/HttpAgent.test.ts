@@ -1802,6 +1802,9 @@ describe("HttpAgent: metric series and stats per agent name", () => {
         assert.deepStrictEqual([own.agent, own.tasks, own.calls.total], [real, 1, 1])
         const unknown = yield* service.stats(bad)
         assert.deepStrictEqual([unknown.agent, unknown.statuses.error, unknown.statuses.skipped], ["unknown", 151, 1])
+        // A refused URL given as a string reads them too; a name that is no URL reads its own.
+        assert.strictEqual((yield* service.stats(refused[0]!)).agent, "unknown")
+        assert.strictEqual((yield* service.stats("search")).agent, "search")
         const snapshot = yield* Effect.provideService(Metric.snapshot, Metric.MetricRegistry, registry)
         const labels = new Set(
           snapshot.filter((m) => m.id === Metrics.agentTasks.id).map((m) => m.attributes?.["agent"])

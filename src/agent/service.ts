@@ -22,7 +22,7 @@ import { maxOwnLabelChars } from "../stats/labels.js"
 import { dispatch as runBatch } from "./batch.js"
 import * as Connections from "./connections.js"
 import * as AgentMetrics from "./metrics.js"
-import { agentName, isAgentRef, labelOf as taskLabel, makeCall, noAgent, seriesOf } from "./task.js"
+import { agentName, isAgentRef, isUrl, labelOf as taskLabel, makeCall, noAgent, seriesOf } from "./task.js"
 
 /** What the service takes from `HttpAgent.ts`. */
 export interface Env {
@@ -183,9 +183,15 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
 
   const agentStats = Effect.fn("HttpAgent.stats")(function* (ref: Agent<unknown> | string) {
     // What is no agent (null from JavaScript) reads the records of the tasks that named none, as they are counted.
-    // A refused agent's records are counted with those, too.
+    // A refused agent's records are counted with those, too: given as an agent, or as a URL (a name is no agent).
     const given =
-      typeof ref === "string" ? agentName(ref) : isAgentRef(ref) && ref.issue === undefined ? ref.name : noAgent
+      typeof ref === "string"
+        ? isUrl(ref) && agentOf(ref).issue !== undefined
+          ? noAgent
+          : agentName(ref)
+        : isAgentRef(ref) && ref.issue === undefined
+          ? ref.name
+          : noAgent
     // A lookup takes no series: a name not seen while there is room has none yet (all zeros).
     const name =
       ownSeries.has(given) || (ownSeries.size < maxAgentSeries && given.length <= maxOwnLabelChars)

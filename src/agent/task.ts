@@ -79,7 +79,10 @@ const credentials = /^(\s*[a-z][a-z0-9+.-]*:[\\/]*)[^/\\?#]*@/i
  * An agent's name as records, metrics and stats key it: one that is a URL (`scheme://...`)
  * without its query, fragment and credentials, as the default name (the agent's URL) is.
  */
-export const agentName = (name: string): string => (/^[a-z][a-z0-9+.-]*:\/\//i.test(name) ? display(name) : name)
+export const agentName = (name: string): string => (isUrl(name) ? display(name) : name)
+
+/** Whether an agent reference or name is a URL (`scheme://...`), not a name. */
+export const isUrl = (name: string): boolean => /^[a-z][a-z0-9+.-]*:\/\//i.test(name)
 
 /** What every request to an agent starts from: its URL, headers (secrets unwrapped) and `Accept`, and its host. */
 interface Prepared {
