@@ -1565,6 +1565,37 @@ describe("HttpAgent: a Discovery service of the application's own", () => {
   )
 })
 
+describe("HttpAgent: a Discovery service of the application's own answering no Effect", () => {
+  it.effect("resolve answering a Promise or undefined is a service_unavailable record naming it, not a defect", () =>
+    Effect.gen(function* () {
+      const answers: ReadonlyArray<readonly [() => unknown, string]> = [
+        [() => Promise.resolve([]), "a Promise (wrap it in Effect.tryPromise)"],
+        [() => Promise.reject(new Error("down")), "a Promise (wrap it in Effect.tryPromise)"],
+        [() => undefined, "undefined"]
+      ]
+      for (const [resolve, what] of answers) {
+        const discovery = Layer.succeed(Discovery.Discovery, { name: "own", resolve: resolve as never })
+        const context = yield* Layer.build(
+          HttpAgent.layer().pipe(
+            Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+            Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
+            Layer.provide(NodeHttpClient.layerUndici)
+          )
+        ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+        const exit = yield* Effect.exit(Context.get(context, HttpAgent.HttpAgents).call(task("d", undefined)))
+        assert.isTrue(Exit.isSuccess(exit), what)
+        const record = (exit as Exit.Success<HttpAgent.TaskRecord>).value
+        assert.deepStrictEqual(
+          [record.status, record.agent, record.error?.reason],
+          ["service_unavailable", "discovery:own", "DiscoveryUnavailable"],
+          what
+        )
+        assert.include(record.error?.message, `own: resolve answered ${what}, not an Effect`)
+      }
+    })
+  )
+})
+
 describe("HttpAgent: a Discovery service of the application's own answering thousands", () => {
   it.effect(
     "only its first 10 endpoints are tried, as the library's discoveries keep (maxAgents), then the task's fallback",

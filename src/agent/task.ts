@@ -341,6 +341,25 @@ const readEndpoints = (answer: unknown, own: boolean): ReadonlyArray<Endpoint> |
   return out
 }
 
+/**
+ * Asks discovery for a task's agents. A Discovery service of the application's own may answer
+ * what is no Effect (a Promise, `undefined`): the call died with "Not a valid effect", which no
+ * handler of the lookup's could catch; it is the lookup's failure, naming what it answered.
+ */
+const resolveOwn = (
+  discovery: DiscoveryService,
+  task: Task
+): Effect.Effect<ReadonlyArray<Endpoint>, { readonly reason: string; readonly message: string }> =>
+  Effect.suspend(() => {
+    const answer: unknown = discovery.resolve({ concept: task.concept, intent: task.intent })
+    if (Effect.isEffect(answer)) return answer as ReturnType<DiscoveryService["resolve"]>
+    const thenable = typeof (answer as PromiseLike<unknown> | null)?.then === "function"
+    // Its rejection would otherwise be unhandled: the answer is refused either way.
+    if (thenable) Promise.resolve(answer).catch(() => undefined)
+    const what = thenable ? "a Promise (wrap it in Effect.tryPromise)" : Input.kindOf(answer)
+    return Effect.fail({ reason: "Unavailable", message: `${discovery.name}: resolve answered ${what}, not an Effect` })
+  })
+
 /** Builds the service's `call`; it never fails. */
 export const makeCall = (env: Env): Call => {
   // Once per agent, not per request (nor per retry); weakly held, so an agent made for one task's
@@ -447,7 +466,7 @@ export const makeCall = (env: Env): Call => {
       const discovery = env.discovery
       // A Discovery service of the application's own may throw, die or never answer (the
       // library's catch their lookups' failures and bound them).
-      const found = yield* Effect.suspend(() => discovery.resolve({ concept: task.concept, intent: task.intent })).pipe(
+      const found = yield* resolveOwn(discovery, task).pipe(
         Effect.result,
         Effect.catchDefect((defect) =>
           Effect.succeed(
