@@ -1596,6 +1596,35 @@ describe("HttpAgent: a Discovery service of the application's own answering no E
   )
 })
 
+describe("HttpAgent: a Discovery service of the application's own named what no label can hold", () => {
+  it.effect("its records count under (other): a lone surrogate (no UTF-8 form) labels no series", () =>
+    Effect.gen(function* () {
+      const registry = new Map<string, never>()
+      const discovery = Layer.succeed(Discovery.Discovery, {
+        name: "reg-\uD800",
+        resolve: (q) => Effect.fail(new Discovery.DiscoveryError({ reason: "Unavailable", ...q, message: "down" }))
+      })
+      const context = yield* Layer.build(
+        HttpAgent.layer().pipe(
+          Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+          Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
+          Layer.provide(NodeHttpClient.layerUndici)
+        )
+      ).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+      const service = Context.get(context, HttpAgent.HttpAgents)
+      const record = yield* service.call(task("d", undefined))
+      assert.deepStrictEqual([record.status, record.agent], ["service_unavailable", "discovery:reg-\uD800"])
+      assert.strictEqual((yield* service.stats("(other)")).statuses.service_unavailable, 1)
+      const snapshot = yield* Effect.provideService(Metric.snapshot, Metric.MetricRegistry, registry)
+      const labels = snapshot.flatMap((m) => Object.values(m.attributes ?? {}).map(String))
+      assert.isFalse(
+        labels.some((label) => /[\uD800-\uDFFF]/u.test(label)),
+        "no label holds a lone surrogate"
+      )
+    })
+  )
+})
+
 describe("HttpAgent: a Discovery service of the application's own answering thousands", () => {
   it.effect(
     "only its first 10 endpoints are tried, as the library's discoveries keep (maxAgents), then the task's fallback",

@@ -18,7 +18,7 @@ import { decodeRetry } from "../Policy.js"
 import { ResponseCache } from "../ResponseCache.js"
 import * as Metrics from "../Metrics.js"
 import { Stats } from "../Stats.js"
-import { maxOwnLabelChars } from "../stats/labels.js"
+import { isOwnSeriesLabel } from "../stats/labels.js"
 import { dispatch as runBatch } from "./batch.js"
 import * as Connections from "./connections.js"
 import * as AgentMetrics from "./metrics.js"
@@ -151,12 +151,13 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
   const metrics = AgentMetrics.make(yield* Effect.context<never>())
   yield* Effect.addFinalizer(() => Effect.sync(metrics.release))
   // The first maxAgentSeries names have series of their own; a name once given one keeps it. A name
-  // past maxOwnLabelChars (a URL of a long path) has none, as a breaker's or rate limit's key: it was
-  // written whole in each of its series on every scrape.
+  // no label can hold has none, as a breaker's or rate limit's key: one past maxOwnLabelChars (a URL of
+  // a long path) was written whole in each of its series on every scrape, and one holding a lone
+  // surrogate (a Discovery service's of the application's own) made a scrape Prometheus refuses.
   const ownSeries = new Set<string>()
   const seriesName = (name: string): string => {
     if (ownSeries.has(name) || name === otherAgents) return name
-    if (ownSeries.size >= maxAgentSeries || name.length > maxOwnLabelChars) return otherAgents
+    if (ownSeries.size >= maxAgentSeries || !isOwnSeriesLabel(name)) return otherAgents
     ownSeries.add(name)
     return name
   }
@@ -194,9 +195,7 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
           : noAgent
     // A lookup takes no series: a name not seen while there is room has none yet (all zeros).
     const name =
-      ownSeries.has(given) || (ownSeries.size < maxAgentSeries && given.length <= maxOwnLabelChars)
-        ? given
-        : otherAgents
+      ownSeries.has(given) || (ownSeries.size < maxAgentSeries && isOwnSeriesLabel(given)) ? given : otherAgents
     const counts = {} as Record<Status, number>
     let tasks = 0
     for (const status of statuses) {
