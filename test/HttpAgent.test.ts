@@ -414,6 +414,51 @@ describe("HttpAgent.call", () => {
       })
   )
 
+  it.effect(
+    "an agent URL that is no string (one String() throws on) is its issue naming agent.url, not an exception",
+    () =>
+      Effect.gen(function* () {
+        const urls: ReadonlyArray<unknown> = [
+          Object.create(null),
+          {
+            toString: () => {
+              throw new Error("no string")
+            }
+          },
+          5
+        ]
+        const service = yield* agents()
+        for (const url of urls) {
+          const agent = HttpAgent.agent({ url: url as string })
+          assert.strictEqual(agent.issue?.path, "agent.url")
+          assert.deepStrictEqual([agent.name, agent.url], ["unknown", ""])
+          const record = yield* service.call(task("u", agent))
+          assert.deepStrictEqual(
+            [record.status, record.error?.field, record.agent, record.url],
+            ["error", "agent.url", "unknown", ""]
+          )
+          // Given a name, the records name it.
+          assert.strictEqual(HttpAgent.agent({ url: url as string, name: "named" }).name, "named")
+        }
+        // An endpoint of a Discovery service of the application's own: a record, not a defect.
+        const discovery = Layer.succeed(Discovery.Discovery, {
+          name: "own",
+          resolve: () => Effect.succeed([{ url: Object.create(null) }])
+        })
+        const context = yield* Layer.build(
+          HttpAgent.layer().pipe(
+            Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+            Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
+            Layer.provide(NodeHttpClient.layerUndici)
+          )
+        ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+        const exit = yield* Effect.exit(Context.get(context, HttpAgent.HttpAgents).call(task("d", undefined)))
+        assert.isTrue(Exit.isSuccess(exit))
+        const record = (exit as Exit.Success<HttpAgent.TaskRecord>).value
+        assert.deepStrictEqual([record.status, record.error?.field], ["error", "agent.url"])
+      })
+  )
+
   it.effect("an agent URL with credentials is refused, saying what to use instead, and never shows the password", () =>
     Effect.gen(function* () {
       const service = yield* agents()

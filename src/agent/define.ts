@@ -183,7 +183,10 @@ export const makeAgent = (schema: typeof Answer) => {
   return (given: Given): Agent<unknown> => {
     const { options, issue: unreadable } = readOptions(given)
     const checked = unreadable === undefined ? agentIssue(options) : Result.fail(unreadable)
-    const named = typeof options?.name === "string" ? agentName(options.name) : display(String(options?.url))
+    // A URL that is no string is shown as none: its String() may throw (a null-prototype object), out of a
+    // constructor that keeps every issue, or out of a call whose Discovery service answered it.
+    const url = typeof options?.url === "string" ? options.url : ""
+    const named = typeof options?.name === "string" ? agentName(options.name) : url === "" ? noAgent : display(url)
     // A refused agent's records still count under its name: not one that no label can hold.
     const name = Result.isSuccess(checked)
       ? checked.success.name
@@ -192,7 +195,7 @@ export const makeAgent = (schema: typeof Answer) => {
         : noAgent
     const base = Result.isSuccess(checked)
       ? { ...checked.success, url: options.url }
-      : { name, url: String(options?.url), timeout: undefined, retry: undefined, headers: {}, secrets: [] }
+      : { name, url, timeout: undefined, retry: undefined, headers: {}, secrets: [] }
     const issue = Result.isFailure(checked) ? { ...checked.failure, path: `agent.${checked.failure.path}` } : undefined
     const ctx = { provider: name, secrets: base.secrets }
     if (issue === undefined && options.answer !== undefined) {
