@@ -459,6 +459,45 @@ describe("HttpAgent.call", () => {
       })
   )
 
+  it.effect("an agent whose field throws when read is refused as no agent: call, dispatch and stats do not die", () =>
+    Effect.gen(function* () {
+      const decode = HttpAgent.agent({ url: "http://127.0.0.1:1/x" }).decode
+      const throwing = (field: string) =>
+        Object.defineProperty({ url: "http://127.0.0.1:1/x", name: "x", decode }, field, {
+          enumerable: true,
+          get: () => {
+            throw new Error(`no ${field}`)
+          }
+        }) as HttpAgent.Agent
+      const service = yield* agents({ client: echoClient })
+      for (const field of ["url", "name", "decode", "issue"]) {
+        const agent = throwing(field)
+        const own = yield* Effect.exit(service.call(task("t", agent)))
+        assert.isTrue(Exit.isSuccess(own), field)
+        assert.deepStrictEqual(
+          Exit.isSuccess(own) ? [own.value.status, own.value.error?.field, own.value.agent] : [],
+          ["error", "agent", "unknown"],
+          field
+        )
+        const fallback = yield* Effect.exit(service.call(task("f", "http://agents.test/a", { fallback: [agent] })))
+        assert.deepStrictEqual(Exit.isSuccess(fallback) ? fallback.value.error?.field : "died", "fallback[0]", field)
+        const records = yield* Effect.exit(
+          service.dispatch([task("a", null as never), task("b", agent, { dependsOn: ["a"] })])
+        )
+        assert.deepStrictEqual(
+          Exit.isSuccess(records) ? records.value.map((r) => [r.status, r.agent]) : "died",
+          [
+            ["error", "unknown"],
+            ["skipped", "unknown"]
+          ],
+          field
+        )
+        const stats = yield* Effect.exit(service.stats(agent))
+        assert.deepStrictEqual(Exit.isSuccess(stats) ? stats.value.agent : "died", "unknown", field)
+      }
+    })
+  )
+
   it.effect("an agent URL with credentials is refused, saying what to use instead, and never shows the password", () =>
     Effect.gen(function* () {
       const service = yield* agents()

@@ -195,14 +195,27 @@ export interface Invalid {
   readonly message: string
 }
 
-/** An agent made by `HttpAgent.agent`, or a URL; anything else (`{ url }`, a number) is refused by name. */
-export const isAgentRef = (ref: unknown): ref is Agent<unknown> | string =>
-  typeof ref === "string" ||
-  (typeof ref === "object" &&
-    ref !== null &&
-    typeof (ref as Agent<unknown>).url === "string" &&
-    typeof (ref as Agent<unknown>).name === "string" &&
-    typeof (ref as Agent<unknown>).decode === "function")
+/**
+ * An agent made by `HttpAgent.agent`, or a URL; anything else (`{ url }`, a number) is refused by
+ * name, as is an object whose field throws when read (a `Proxy`): `call`, `dispatch` and `stats`
+ * died of it.
+ */
+export const isAgentRef = (ref: unknown): ref is Agent<unknown> | string => {
+  if (typeof ref === "string") return true
+  if (typeof ref !== "object" || ref === null) return false
+  try {
+    const agent = ref as Agent<unknown>
+    const issue: unknown = agent.issue
+    return (
+      typeof agent.url === "string" &&
+      typeof agent.name === "string" &&
+      typeof agent.decode === "function" &&
+      (issue === undefined || (typeof issue === "object" && issue !== null))
+    )
+  } catch {
+    return false
+  }
+}
 
 /** The agent and URL of a record that names no agent of its own. */
 type Label = { readonly agent: string; readonly url: string }
