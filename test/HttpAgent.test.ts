@@ -1709,6 +1709,40 @@ describe("HttpAgent: a Discovery service of the application's own named what no 
   )
 })
 
+describe("HttpAgent: a Discovery service of the application's own failing with no DiscoveryError", () => {
+  it.effect("an Error, a string or null is DiscoveryUnavailable with a message naming it, not undefined", () =>
+    Effect.gen(function* () {
+      const failures: ReadonlyArray<readonly [unknown, string]> = [
+        [new Error("registry down"), "own: resolve failed: registry down"],
+        ["down", "own: resolve failed: down"],
+        [null, "own: resolve failed with null"],
+        [{ reason: "NotFound", message: "nothing for weather" }, "nothing for weather"]
+      ]
+      for (const [failure, message] of failures) {
+        const discovery = Layer.succeed(Discovery.Discovery, {
+          name: "own",
+          resolve: () => Effect.fail(failure as never)
+        })
+        const context = yield* Layer.build(
+          HttpAgent.layer().pipe(
+            Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+            Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
+            Layer.provide(NodeHttpClient.layerUndici)
+          )
+        ).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+        const exit = yield* Effect.exit(Context.get(context, HttpAgent.HttpAgents).call(task("d", undefined)))
+        assert.isTrue(Exit.isSuccess(exit), message)
+        const record = (exit as Exit.Success<HttpAgent.TaskRecord>).value
+        const reason = message === "nothing for weather" ? "DiscoveryNotFound" : "DiscoveryUnavailable"
+        assert.deepStrictEqual(
+          [record.status, record.error?.reason, record.error?.message],
+          ["service_unavailable", reason, message]
+        )
+      }
+    })
+  )
+})
+
 describe("HttpAgent: a Discovery service of the application's own answering thousands", () => {
   it.effect(
     "only its first 10 endpoints are tried, as the library's discoveries keep (maxAgents), then the task's fallback",

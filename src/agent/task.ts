@@ -354,6 +354,36 @@ const readEndpoints = (answer: unknown, own: boolean): ReadonlyArray<Endpoint> |
   return out
 }
 
+/** The longest part of a failure's own message a record keeps. */
+const failureChars = 300
+
+/**
+ * What a lookup failed with, as a record shows it: a `DiscoveryError` as it is; anything else a
+ * Discovery service of the application's own failed with (an `Error`, a string, `null`) is
+ * `Unavailable` with its message (bounded) or its kind, not a record of reason
+ * `Discoveryundefined` and no message.
+ */
+const lookupFailure = (
+  discovery: DiscoveryService,
+  failure: unknown
+): { readonly reason: string; readonly message: string } => {
+  let detail: unknown = failure
+  try {
+    if (typeof failure === "object" && failure !== null) {
+      const { reason, message } = failure as { readonly reason?: unknown; readonly message?: unknown }
+      if (typeof message === "string" && (reason === "NotFound" || reason === "Unavailable")) return { reason, message }
+      detail = message
+    }
+  } catch {
+    detail = undefined
+  }
+  const message =
+    typeof detail === "string"
+      ? `resolve failed: ${detail.length > failureChars ? `${Input.wholePrefix(detail, failureChars)}…` : detail}`
+      : `resolve failed with ${Input.kindOf(failure)}`
+  return { reason: "Unavailable", message: `${discovery.name}: ${message}` }
+}
+
 /**
  * Asks discovery for a task's agents. A Discovery service of the application's own may answer
  * what is no Effect (a Promise, `undefined`): the call died with "Not a valid effect", which no
@@ -365,7 +395,11 @@ const resolveOwn = (
 ): Effect.Effect<ReadonlyArray<Endpoint>, { readonly reason: string; readonly message: string }> =>
   Effect.suspend(() => {
     const answer: unknown = discovery.resolve({ concept: task.concept, intent: task.intent })
-    if (Effect.isEffect(answer)) return answer as ReturnType<DiscoveryService["resolve"]>
+    if (Effect.isEffect(answer)) {
+      return Effect.mapError(answer as Effect.Effect<ReadonlyArray<Endpoint>, unknown>, (failure) =>
+        lookupFailure(discovery, failure)
+      )
+    }
     const thenable = typeof (answer as PromiseLike<unknown> | null)?.then === "function"
     // Its rejection would otherwise be unhandled: the answer is refused either way.
     if (thenable) Promise.resolve(answer).catch(() => undefined)
