@@ -304,6 +304,29 @@ describe("HttpAgent.call", () => {
     })
   )
 
+  it.effect("an agent's failure report whose result is an error object keeps its message in the record", () =>
+    Effect.gen(function* () {
+      const results: Record<string, unknown> = {
+        a: { message: "quota exhausted" },
+        b: { error: { message: "no such city", code: "not_found" } },
+        c: { error: "rate limited upstream" }
+      }
+      const server = yield* AgentServer.make((t) => ({
+        json: { task_id: t.task_id, status: "failed", result: results[t.task_id] }
+      }))
+      const service = yield* agents()
+      for (const [id, words] of [
+        ["a", "quota exhausted"],
+        ["b", "no such city"],
+        ["c", "rate limited upstream"]
+      ]) {
+        const record = yield* service.call(task(id!, server.url))
+        assert.strictEqual(record.status, "error")
+        assert.strictEqual(record.error?.message, `${server.url} reported status "failed": ${words}`)
+      }
+    })
+  )
+
   it.effect("an agent's report of a failed task is scrubbed of secret headers and bounded in the record", () =>
     Effect.gen(function* () {
       const SECRET = "agent-token-4b7e2a9c1d"

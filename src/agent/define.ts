@@ -224,7 +224,9 @@ export const makeAgent = (schema: typeof Answer) => {
           const reported = answer.status === undefined ? undefined : failedStatus(answer.status)
           if (reported !== undefined) {
             // The agent's own words, kept as its error messages are: without secrets, cut short.
-            const detail = typeof answer.result === "string" ? `: ${Errors.clean(answer.result, ctx)}` : ""
+            // A result that is an error object (`{ message }`, `{ error: { message } }`) says why as a string would.
+            const words = typeof answer.result === "string" ? answer.result : Errors.errorInfo(answer.result).message
+            const detail = words === undefined ? "" : `: ${Errors.clean(words, ctx)}`
             return Effect.succeed({ _tag: "Reported", message: `${name} reported status "${reported}"${detail}` })
           }
           return Effect.succeed({ _tag: "Result", value: answer.result })
