@@ -1440,6 +1440,21 @@ describe("HttpAgent.dispatch", () => {
     })
   )
 
+  it.effect("the per-host limit is per host:port: http and https of one host (ports 80 and 443) are two hosts", () =>
+    Effect.gen(function* () {
+      const service = yield* agents({ client: echoClient })
+      for (const url of ["http://agents.test/a", "https://agents.test/a", "http://agents.test:8080/a"]) {
+        assert.strictEqual((yield* service.call(task("h", url))).status, "success", url)
+      }
+      const stats = yield* service.connections
+      assert.deepStrictEqual(Object.keys(stats.peakByHost).sort(), [
+        "agents.test:443",
+        "agents.test:80",
+        "agents.test:8080"
+      ])
+    })
+  )
+
   it.effect("permits are handed over in arrival order", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make((t) => ({ delayMs: 5, ...AgentServer.defaultReply(t) }))

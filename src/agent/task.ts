@@ -95,6 +95,14 @@ interface Prepared {
 /** Every query parameter name (`UrlParams.CurrentRedactedNames`). */
 const everyName: ReadonlyArray<RegExp> = [/^/]
 
+/**
+ * The key of the per-host limit: `host:port`, the port written out when the URL leaves it to its
+ * scheme. `url.host` is `h` for both `http://h` and `https://h` (ports 80 and 443), which shared a
+ * limit the docs give per `host:port`.
+ */
+const hostPort = (url: URL): string =>
+  url.port === "" ? `${url.hostname}:${url.protocol === "https:" ? 443 : 80}` : url.host
+
 const prepare = (agent: Agent<unknown>): Prepared => {
   const headers: Record<string, string> = {}
   for (const [name, value] of Object.entries(agent.headers)) {
@@ -105,7 +113,7 @@ const prepare = (agent: Agent<unknown>): Prepared => {
   const url = hash === -1 ? agent.url : agent.url.slice(0, hash)
   return {
     request: HttpClientRequest.post(url).pipe(HttpClientRequest.setHeaders(headers), HttpClientRequest.acceptJson),
-    host: new URL(agent.url).host,
+    host: hostPort(new URL(agent.url)),
     hasQuery: url.includes("?")
   }
 }
