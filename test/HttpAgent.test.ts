@@ -1170,6 +1170,23 @@ describe("HttpAgent: breakers, cache and fallback through the executor's pipelin
     })
   )
 
+  it.effect("an agent URL listed again with another fragment (never sent) is asked once, behind one breaker", () =>
+    Effect.gen(function* () {
+      const down = yield* AgentServer.make(() => ({ status: 503 }))
+      const spare = yield* AgentServer.make()
+      const service = yield* agents({ breakers: { failMax: 1 } })
+      const record = yield* service.call(
+        task("frag", `${down.url}?k=1#a`, { fallback: [`${down.url}?k=1#b`, `${down.url}?k=1`, spare.url] })
+      )
+      assert.deepStrictEqual([record.status, record.agent, record.attempts], ["success", spare.url, 2])
+      assert.deepStrictEqual([down.requests(), spare.requests()], [1, 1])
+      // Its breaker opened for the URL, whatever fragment names it.
+      const again = yield* service.call(task("frag2", `${down.url}?k=1#c`))
+      assert.deepStrictEqual([again.status, again.error?.reason], ["service_unavailable", "CircuitOpen"])
+      assert.strictEqual(down.requests(), 1)
+    })
+  )
+
   it.effect("an agent listed again among a task's fallbacks is asked once", () =>
     Effect.gen(function* () {
       const down = yield* AgentServer.make(() => ({ status: 503 }))

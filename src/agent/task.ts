@@ -103,14 +103,19 @@ const everyName: ReadonlyArray<RegExp> = [/^/]
 const hostPort = (url: URL): string =>
   url.port === "" ? `${url.hostname}:${url.protocol === "https:" ? 443 : 80}` : url.host
 
+/** A URL as it is sent: without its fragment. */
+const withoutFragment = (url: string): string => {
+  const hash = url.indexOf("#")
+  return hash === -1 ? url : url.slice(0, hash)
+}
+
 const prepare = (agent: Agent<unknown>): Prepared => {
   const headers: Record<string, string> = {}
   for (const [name, value] of Object.entries(agent.headers)) {
     headers[name] = Redacted.isRedacted(value) ? Redacted.value(value) : value
   }
   // The fragment is never sent; spans showed it.
-  const hash = agent.url.indexOf("#")
-  const url = hash === -1 ? agent.url : agent.url.slice(0, hash)
+  const url = withoutFragment(agent.url)
   return {
     request: HttpClientRequest.post(url).pipe(HttpClientRequest.setHeaders(headers), HttpClientRequest.acceptJson),
     host: hostPort(new URL(agent.url)),
@@ -176,7 +181,9 @@ const unwrap = (
  * name is in `CircuitOpenError` messages, records and the `breaker` metric attribute, where a
  * token of the query must not appear.
  */
-export const breakerKey = (url: string): string => {
+export const breakerKey = (given: string): string => {
+  // The fragment is never sent: `#a` and `#b` are one agent.
+  const url = withoutFragment(given)
   const at = url.indexOf("?")
   return at === -1
     ? display(url)
@@ -571,8 +578,12 @@ export const makeCall = (env: Env): Call => {
     }
     // An agent (URL) listed twice (two registrations, a fallback that is the agent again) is asked
     // once: the second request would be a retry nobody asked for, of a task that need not be idempotent.
+    // Its fragment is never sent: a URL listed again with another one is the same agent.
     const unique = new Map<string, Agent<unknown>>()
-    for (const agent of listed) if (!unique.has(agent.url)) unique.set(agent.url, agent)
+    for (const agent of listed) {
+      const sent = withoutFragment(agent.url)
+      if (!unique.has(sent)) unique.set(sent, agent)
+    }
     const agents = Array.from(unique.values())
     const primary = agents[0]!
     if (checkedTimeout?._tag === "Failure") return yield* invalid(primary, "timeout", checkedTimeout.failure.message)
