@@ -133,9 +133,17 @@ export interface AgentOptions {
   readonly retry?: RetryPolicy | RetryPolicyInput | undefined
   /**
    * Sent with every request; give secrets as `Redacted` (they are scrubbed from errors). Spans show only allow-listed
-   * headers. A `Redacted` one is refused on a plain `http` URL off loopback (it would travel in clear text).
+   * headers. A `Redacted` one is refused on a plain `http` URL off loopback (it would travel in clear text), unless
+   * `allowPlainHttpSecrets` is true.
    */
   readonly headers?: Readonly<Record<string, string | Redacted.Redacted>> | undefined
+  /**
+   * Sends `Redacted` headers over a plain `http` URL off loopback: for a network that is the application's own (a
+   * service mesh that encrypts between services, a private link). Default false: such an agent is refused.
+   *
+   * @since 0.3.0
+   */
+  readonly allowPlainHttpSecrets?: boolean | undefined
 }
 
 /**

@@ -434,6 +434,19 @@ describe("HttpAgent.call", () => {
         ] as const) {
           assert.isUndefined(HttpAgent.agent({ url, headers }).issue, url)
         }
+        // A network the application says is its own: sent, still scrubbed from what the agent prints.
+        const meshed = HttpAgent.agent({
+          url: "http://search.mesh.internal:8080/task",
+          headers: { "X-Api-Key": Redacted.make("agent-s3cret") },
+          allowPlainHttpSecrets: true
+        })
+        assert.isUndefined(meshed.issue)
+        assert.notInclude(JSON.stringify(meshed), "agent-s3cret")
+        const notBoolean = HttpAgent.agent({
+          url: "http://search.mesh.internal:8080/task",
+          allowPlainHttpSecrets: "yes" as unknown as boolean
+        })
+        assert.strictEqual(notBoolean.issue?.path, "agent.allowPlainHttpSecrets")
       })
   )
 

@@ -92,7 +92,15 @@ const agentProto: object = {
 
 const made = (fields: Agent<unknown>): Agent<unknown> => Object.assign(Object.create(agentProto), fields)
 
-const agentKeys: ReadonlySet<string> = new Set(["url", "name", "timeout", "retry", "headers", "answer"])
+const agentKeys: ReadonlySet<string> = new Set([
+  "url",
+  "name",
+  "timeout",
+  "retry",
+  "headers",
+  "answer",
+  "allowPlainHttpSecrets"
+])
 
 const agentIssue = (
   options: AgentOptions
@@ -114,6 +122,8 @@ const agentIssue = (
   if (answer !== undefined && !Schema.isSchema(answer)) {
     return Result.fail({ path: "answer", message: "expected a Schema of the agent's answer" })
   }
+  const plainHttp = Input.notABoolean(options, ["allowPlainHttpSecrets"])
+  if (plainHttp !== undefined) return Result.fail(plainHttp)
   return Result.flatMap(
     Input.all([
       checkUrl(options.url),
@@ -138,8 +148,12 @@ const agentIssue = (
     ]),
     ([url, name, timeout, retry]) => {
       const given = headerSet.success.given
-      // As Gemini's and watsonx's keys: a secret crosses no network in clear text.
-      const secret = Object.keys(given).find((header) => Redacted.isRedacted(given[header]))
+      // As Gemini's and watsonx's keys: a secret crosses no network in clear text, unless the application says the
+      // network is its own (a service mesh encrypting it, a private link).
+      const secret =
+        options.allowPlainHttpSecrets === true
+          ? undefined
+          : Object.keys(given).find((header) => Redacted.isRedacted(given[header]))
       const plain = secret === undefined ? undefined : Http.secretUrl(`headers[${JSON.stringify(secret)}]`, url)
       if (plain !== undefined && Result.isFailure(plain)) return Result.fail(plain.failure)
       return Result.succeed({
