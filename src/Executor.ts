@@ -36,7 +36,7 @@ import * as Engine from "./policy/engine.js"
 import type * as CallPlan from "./policy/plan.js"
 import type { Answer, Plan, Step } from "./policy/plan.js"
 import * as StreamEngine from "./policy/stream.js"
-import type * as StreamPlans from "./policy/stream-plan.js"
+import * as StreamPlans from "./policy/stream-plan.js"
 import type { StreamOptions, StreamPlan } from "./policy/stream-plan.js"
 import { layer as statsLayer, type Snapshot, Stats } from "./Stats.js"
 import { providerNameIssue } from "./stats/labels.js"
@@ -385,8 +385,9 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     if (issue !== undefined) return Stream.fail(invalidRequest(issue.path, issue.message))
     const invalid = Generate.checkRequest(request, limits)
     if (invalid !== undefined) return Stream.fail(invalid)
-    // A resumed stream's continuation is checked as the request was, unless the plan checks its own.
-    return streams.run(plan.validate === undefined ? { ...plan, validate: validateStream } : plan, request)
+    // A resumed stream's continuation is checked as the request was, unless the plan checks its own;
+    // a step's `prepare` answer as `stream`'s steps' are.
+    return streams.run(StreamPlans.checkedStreamPlan(plan, validateStream), request)
   }
 
   // The engine's own waits are given checked deadlines; a caller's is checked here: a number or

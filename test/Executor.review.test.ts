@@ -8,7 +8,7 @@ import { TestClock } from "effect/testing"
 import { type AiError, ModelError } from "../src/AiError.js"
 import * as Domain from "../src/Domain.js"
 import * as Executor from "../src/Executor.js"
-import { ModelProvider } from "../src/Model.js"
+import { type GenerateRequest, ModelProvider, type Service, type StreamPart, usage } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import { Outcome } from "../src/Model/Mock.js"
 import * as Policy from "../src/Policy.js"
@@ -380,6 +380,53 @@ describe("stream plans built in code (runStream)", () => {
         executor.runStream(streamPlan(executor, { totalTimeout: Duration.seconds(5) }), ask)
       )
       assert.strictEqual(parts.at(-1)?._tag, "Finish")
+    })
+  )
+
+  it.effect("a step's prepare answering no valid request ends the attempt naming it, as stream's does", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({}, { requestLimits: { maxInputChars: 100 } })
+      const sent: Array<unknown> = []
+      const other: Service = {
+        name: "other",
+        defaultModel: "m",
+        generate: () => Effect.die("unused"),
+        embed: () => Effect.die("unused"),
+        stream: (request: GenerateRequest) => {
+          sent.push(request)
+          return Stream.make<[StreamPart, StreamPart]>(
+            { _tag: "TextDelta", text: "ok" },
+            { _tag: "Finish", finishReason: "stop", usage: usage(1, 1), provider: "other", model: "m" }
+          )
+        }
+      }
+      const answers: ReadonlyArray<readonly [string, () => unknown]> = [
+        ["nothing", () => undefined],
+        ["a prompt that is no string", () => ({ prompt: 42 })],
+        ["no conversation", () => ({})],
+        ["a misspelt field", () => ({ prompt: "hi", temprature: 1 })],
+        ["a request over the limits", () => ({ prompt: "x".repeat(1_000) })]
+      ]
+      const planWith = (prepare: (r: GenerateRequest) => GenerateRequest) =>
+        streamPlan(executor, { steps: [{ ...executor.stepFor(other), prepare }] })
+      for (const [name, prepare] of answers) {
+        // Traced too: its span read the answer's model, a TypeError on `undefined`.
+        for (const traced of [false, true]) {
+          const run = Stream.runCollect(executor.runStream(planWith(prepare as never), ask))
+          const error = yield* Effect.flip(traced ? Effect.withSpan(run, "caller") : run)
+          assert.strictEqual(fieldOf(error), "InvalidRequest steps[0].prepare", `${name}: ${error.message}`)
+        }
+      }
+      assert.deepStrictEqual(sent, [])
+      // A valid answer is sent as it is.
+      const parts = yield* Stream.runCollect(
+        executor.runStream(
+          planWith((r) => ({ ...r, system: "be brief" })),
+          ask
+        )
+      )
+      assert.strictEqual(parts.at(-1)?._tag, "Finish")
+      assert.deepStrictEqual(sent, [{ ...ask, system: "be brief" }])
     })
   )
 })

@@ -316,6 +316,61 @@ const once = (prepare: (request: GenerateRequest) => GenerateRequest) => {
   }
 }
 
+// Step `i`'s request: with its `model`, adapted by its `prepare`, once per request (`once`). What
+// a caller's `prepare` throws or answers is the attempt's refusal naming it (`prepareRefusal`), its
+// answer checked as the request was, its limits included: no provider sees what the executor refuses.
+const checkedPrepare = (
+  i: number,
+  model: string | undefined,
+  prepare: ((request: GenerateRequest) => GenerateRequest) | undefined,
+  validate: (request: GenerateRequest) => ModelError | undefined
+) => {
+  const own = prepare !== undefined && ownPrepares.has(prepare)
+  return once((r: GenerateRequest) => {
+    const withModel = model === undefined ? r : { ...r, model }
+    if (prepare === undefined) return withModel
+    let prepared: GenerateRequest
+    try {
+      prepared = prepare(withModel)
+    } catch (cause) {
+      throw invalidRequest(`steps[${i}].prepare`, `the prepare option threw: ${Input.thrownMessage(cause)}`)
+    }
+    if (own) return prepared
+    const invalid = validate(prepared)
+    if (invalid !== undefined) {
+      throw invalidRequest(`steps[${i}].prepare`, `its answer was refused: ${invalid.message}`)
+    }
+    return prepared
+  })
+}
+
+/**
+ * A stream plan built in code (`Executor.runStream`) with its steps' `prepare`s checked as
+ * `Executor.stream`'s are, by `validate` (and its own `validate` defaulting to it). The plan itself
+ * when it has no `prepare` of a caller's and a `validate`: a copy only when one is needed.
+ *
+ * @internal
+ */
+export const checkedStreamPlan = (
+  plan: StreamPlan,
+  validate: (request: GenerateRequest) => ModelError | undefined
+): StreamPlan => {
+  let steps: Array<StreamStep> | undefined
+  for (let i = 0; i < plan.steps.length; i++) {
+    const step = plan.steps[i]!
+    const prepare = step.prepare
+    if (prepare === undefined || ownPrepares.has(prepare)) continue
+    steps ??= plan.steps.slice()
+    steps[i] = { ...step, prepare: checkedPrepare(i, undefined, prepare, validate) }
+  }
+  if (steps === undefined && plan.validate !== undefined) return plan
+  return {
+    ...plan,
+    steps: (steps ?? plan.steps) as unknown as StreamPlan["steps"],
+    validate: plan.validate ?? validate
+  }
+}
+
 // Made once, not per stream: V8 gives a generator function made per call a map of its own, in
 // the old generation, which keeps what its closure reaches alive until the next full collection.
 const planned = Effect.fnUntraced(function* (
@@ -382,7 +437,6 @@ const planned = Effect.fnUntraced(function* (
       const base = options.stepFor(input.provider ?? options.provider, input.domain ?? options.domain, valid)
       const model = input.model
       const prepare = input.prepare
-      const own = prepare !== undefined && ownPrepares.has(prepare)
       steps.push({
         ...base,
         // A stream step's `timeout` is its first-chunk deadline (`undefined`: the stream's).
@@ -390,26 +444,7 @@ const planned = Effect.fnUntraced(function* (
         cacheable: input.cache !== false,
         retry: checked,
         prepare:
-          model === undefined && prepare === undefined
-            ? undefined
-            : once((r: GenerateRequest) => {
-                const withModel = model === undefined ? r : { ...r, model }
-                if (prepare === undefined) return withModel
-                let prepared: GenerateRequest
-                try {
-                  prepared = prepare(withModel)
-                } catch (cause) {
-                  // Thrown on to the attempt, which ends with it (`prepareRefusal`): a refusal, not a defect.
-                  throw invalidRequest(`steps[${i}].prepare`, `the prepare option threw: ${Input.thrownMessage(cause)}`)
-                }
-                // Checked as the request was, its limits included: no provider sees what the executor would refuse.
-                if (own) return prepared
-                const invalid = options.validate(prepared)
-                if (invalid !== undefined) {
-                  throw invalidRequest(`steps[${i}].prepare`, `its answer was refused: ${invalid.message}`)
-                }
-                return prepared
-              })
+          model === undefined && prepare === undefined ? undefined : checkedPrepare(i, model, prepare, options.validate)
       })
     }
   } catch (thrown) {
