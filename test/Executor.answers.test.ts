@@ -92,3 +92,54 @@ describe("a provider answering no response", () => {
     })
   )
 })
+
+describe("a provider answering another number of vectors than texts", () => {
+  const vectors = (count: number) => ({
+    vectors: Array.from({ length: count }, (_, i) => [i, i]),
+    provider: "counting",
+    model: "m"
+  })
+
+  it.effect("executor.embed and router.embed fail with a Decode error naming the provider", () =>
+    Effect.gen(function* () {
+      const answers: ReadonlyArray<readonly [string, unknown]> = [
+        ["fewer vectors", vectors(1)],
+        ["more vectors", vectors(3)],
+        ["no vectors", vectors(0)],
+        ["vectors that are no array", { vectors: { length: 2 }, provider: "counting", model: "m" }],
+        ["no vectors field", { provider: "counting", model: "m" }]
+      ]
+      for (const [name, answer] of answers) {
+        const counting = provider("counting", answer)
+        const context = yield* build(
+          Router.layer.pipe(
+            Layer.provideMerge(Executor.layerWithStats()),
+            Layer.provideMerge(
+              Layer.mergeAll(
+                Domain.layerDomains([{ name: "d", provider: "counting" }]),
+                Layer.succeed(Domain.Providers, Domain.makeProviders({ counting })),
+                Layer.succeed(ModelProvider, counting)
+              )
+            )
+          )
+        )
+        const executor = Context.get(context, Executor.Executor)
+        const error = yield* Effect.flip(executor.embed({ texts: ["a", "b"] }))
+        assert.strictEqual(described(error), "Decode counting response", `executor, ${name}: ${error.message}`)
+        assert.include(error.message, "counting")
+        const routed = yield* Effect.flip(Context.get(context, Router.Router).embed({ texts: ["a", "b"] }, "d"))
+        assert.strictEqual(described(routed), "Decode counting response", `router, ${name}: ${routed.message}`)
+      }
+      // As many vectors as texts answer as they are.
+      const counting = provider("counting", vectors(2))
+      const context = yield* build(
+        Executor.layerWithStats().pipe(Layer.provideMerge(Layer.succeed(ModelProvider, counting)))
+      )
+      const answer = yield* Context.get(context, Executor.Executor).embed({ texts: ["a", "b"] })
+      assert.deepStrictEqual(answer.vectors, [
+        [0, 0],
+        [1, 1]
+      ])
+    })
+  )
+})

@@ -18,7 +18,7 @@ import {
   type Service as ProviderService,
   validateEmbed
 } from "../Model.js"
-import { embedUsageOf } from "../executor/embed.js"
+import { embedAnswerIssue, embedUsageOf } from "../executor/embed.js"
 import { chatTelemetry } from "../executor/generate.js"
 import { CurrentCut, type Cut, type Telemetry } from "../policy/plan.js"
 import { isTraced, traced } from "../policy/span.js"
@@ -358,7 +358,8 @@ export const makeCalls = (env: Env) => {
         timeout: domain.timeout,
         retry: domain.retry ?? false
       }),
-      maxConcurrency: undefined
+      maxConcurrency: undefined,
+      answerIssue: embedAnswerIssue(valid.texts.length)
     }
     const answer = yield* executor.run(
       { steps: [step], totalTimeout, onRetry: retryHook(options.onRetry), usageOf: embedUsageOf },
