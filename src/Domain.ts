@@ -399,11 +399,36 @@ export interface ProvidersService {
  */
 export class Providers extends Context.Service<Providers, ProvidersService>()("effect-orchestra/Providers") {}
 
-/**
- * @since 0.1.0
- * @category constructors
- */
-export const makeProviders = (providers: Readonly<Record<string, ProviderService>>): ProvidersService => {
+// Breakers, rate limits, provider slots, cache keys, stats and metrics go by a provider's own
+// name: one that is no name labelled every series of its calls (each call of a router over it was
+// refused naming `steps[0].name`), and two providers of one name would share them all, unseen.
+const providersIssue = (entries: ReadonlyArray<readonly [string, unknown]>): Input.Issue | undefined => {
+  const keyOf = new Map<string, string>()
+  for (const [key, provider] of entries) {
+    if (typeof provider !== "object" || provider === null) {
+      return { path: `providers.${key}`, message: `expected a provider, got ${Input.kindOf(provider)}` }
+    }
+    const { name, maxConcurrency } = provider as { readonly name: string; readonly maxConcurrency?: unknown }
+    const reserved = providerNameIssue(name, `providers.${key}.name`)
+    if (reserved !== undefined) return reserved
+    const other = keyOf.get(name)
+    if (other !== undefined) {
+      return {
+        path: `providers.${key}.name`,
+        message: `"${name}" is already the name of providers.${other}: two providers of one name would share its breaker, rate limits, cache entries and stats; give each its own name`
+      }
+    }
+    keyOf.set(name, key)
+    // Its calls' steps claim it as its name's limit: 0 refused each of them, 1.5 was 1.
+    if (maxConcurrency !== undefined) {
+      const slots = Input.positiveInt(`providers.${key}.maxConcurrency`, maxConcurrency)
+      if (Result.isFailure(slots)) return slots.failure
+    }
+  }
+  return undefined
+}
+
+const providersRegistry = (providers: Readonly<Record<string, ProviderService>>): ProvidersService => {
   const names = Object.keys(providers)
   return {
     names,
@@ -421,6 +446,39 @@ export const makeProviders = (providers: Readonly<Record<string, ProviderService
     }
   }
 }
+
+/**
+ * The registry of providers given in code, checked as {@link layerProviders} checks its own: a
+ * value that is no provider, a provider's `name` that is no non-empty string (or is reserved), two
+ * providers of one name, a `maxConcurrency` that is no positive integer: an `OptionError` naming
+ * the field, e.g. `providers.main.name`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeProviders = (
+  providers: Readonly<Record<string, ProviderService>>
+): Effect.Effect<ProvidersService, Input.OptionError> =>
+  Effect.suspend(() => {
+    if (typeof providers !== "object" || providers === null) {
+      return Effect.fail(
+        new Input.OptionError({ path: "providers", message: `expected an object, got ${Input.kindOf(providers)}` })
+      )
+    }
+    // Copied: a record changed after its check would register what no check saw.
+    let entries: ReadonlyArray<readonly [string, ProviderService]>
+    try {
+      entries = Object.entries(providers)
+    } catch (thrown) {
+      return Effect.fail(
+        new Input.OptionError({ path: "providers", message: `reading it threw: ${Input.thrownMessage(thrown)}` })
+      )
+    }
+    const issue = providersIssue(entries)
+    return issue === undefined
+      ? Effect.succeed(providersRegistry(Object.fromEntries(entries)))
+      : Effect.fail(Input.toOptionError(issue))
+  })
 
 /**
  * Builds each provider layer once, in the registry's scope, and registers it by name.
@@ -448,24 +506,10 @@ export const layerProviders = <const L extends Record<string, Layer.Layer<ModelP
         )
       ),
       (entries) => {
-        // Breakers, rate limits, provider slots, cache keys, stats and metrics go by a provider's
-        // own name: two providers of one name would share them all, unseen.
-        const keyOf = new Map<string, string>()
-        for (const [key, provider] of entries) {
-          const reserved = providerNameIssue(provider.name, `providers.${key}.name`)
-          if (reserved !== undefined) return Effect.fail(Input.toOptionError(reserved))
-          const other = keyOf.get(provider.name)
-          if (other !== undefined) {
-            return Effect.fail(
-              new Input.OptionError({
-                path: `providers.${key}.name`,
-                message: `"${provider.name}" is already the name of providers.${other}: two providers of one name would share its breaker, rate limits, cache entries and stats; give each its own name`
-              })
-            )
-          }
-          keyOf.set(provider.name, key)
-        }
-        return Effect.succeed(makeProviders(Object.fromEntries(entries)))
+        const issue = providersIssue(entries)
+        return issue === undefined
+          ? Effect.succeed(providersRegistry(Object.fromEntries(entries)))
+          : Effect.fail(Input.toOptionError(issue))
       }
     )
   ) as never

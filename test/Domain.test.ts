@@ -220,7 +220,7 @@ describe("Domains and Providers registries", () => {
     Effect.gen(function* () {
       const domains = yield* Domain.makeDomains(Domain.predefined("main"))
       const { provider } = yield* Mock.make({ name: "registered" })
-      const providers = Domain.makeProviders({ main: provider })
+      const providers = yield* Domain.makeProviders({ main: provider })
       const forged = 'legal" (known: legal)\nERROR payments down'
       for (const error of [yield* Effect.flip(domains.get(forged)), yield* Effect.flip(providers.get(forged))]) {
         assert.notInclude(error.message, "\n", error.message)
@@ -286,7 +286,7 @@ describe("Domains and Providers registries", () => {
   it.effect("a provider that is not registered is Unavailable, prototype names included", () =>
     Effect.gen(function* () {
       const { provider } = yield* Mock.make({ name: "registered" })
-      const providers = Domain.makeProviders({ main: provider })
+      const providers = yield* Domain.makeProviders({ main: provider })
       assert.deepStrictEqual(providers.names, ["main"])
       assert.strictEqual((yield* providers.get("main")).name, "registered")
       for (const name of ["other", "toString", "__proto__", "constructor"]) {
@@ -294,6 +294,31 @@ describe("Domains and Providers registries", () => {
         assert.strictEqual(error.reason, "Unavailable", name)
         assert.include(error.message, "registered: main")
       }
+    })
+  )
+
+  it.effect("makeProviders checks its providers as layerProviders does: an OptionError naming the field", () =>
+    Effect.gen(function* () {
+      const { provider } = yield* Mock.make({ name: "main" })
+      const cases: ReadonlyArray<readonly [Record<string, unknown>, string]> = [
+        // Each call of a router over them failed with `InvalidRequest steps[0].name`, not its build.
+        [{ main: { ...provider, name: "" } }, "providers.main.name"],
+        [{ main: { ...provider, name: undefined } }, "providers.main.name"],
+        [{ main: { ...provider, name: Metrics.otherSeries } }, "providers.main.name"],
+        // Two of one name would share its breaker, rate limits, cache entries and stats, unseen.
+        [{ main: provider, copy: { ...provider } }, "providers.copy.name"],
+        [{ main: null }, "providers.main"],
+        [{ main: "mock" }, "providers.main"],
+        // Every call of it failed with `InvalidRequest steps[0].maxConcurrency`.
+        [{ main: { ...provider, maxConcurrency: 0 } }, "providers.main.maxConcurrency"]
+      ]
+      for (const [providers, path] of cases) {
+        const error = yield* Effect.flip(Domain.makeProviders(providers as never))
+        assert.deepStrictEqual([error._tag, error.path], ["OptionError", path], JSON.stringify(providers))
+      }
+      const registry = yield* Domain.makeProviders({ main: provider, other: { ...provider, name: "other" } })
+      assert.deepStrictEqual(registry.names, ["main", "other"])
+      assert.strictEqual((yield* registry.get("other")).name, "other")
     })
   )
 

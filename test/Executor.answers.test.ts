@@ -63,7 +63,10 @@ describe("a provider answering no response", () => {
 
   it.effect("a router's domain on such a provider falls back to the next, as on any malformed answer", () =>
     Effect.gen(function* () {
-      const providers = Domain.makeProviders({ bare: provider("bare", null), good: provider("good", response("good")) })
+      const providers = yield* Domain.makeProviders({
+        bare: provider("bare", null),
+        good: provider("good", response("good"))
+      })
       const context = yield* build(
         Router.layer.pipe(
           Layer.provideMerge(Executor.layer()),
@@ -117,7 +120,7 @@ describe("a provider answering another number of vectors than texts", () => {
             Layer.provideMerge(
               Layer.mergeAll(
                 Domain.layerDomains([{ name: "d", provider: "counting" }]),
-                Layer.succeed(Domain.Providers, Domain.makeProviders({ counting })),
+                Layer.effect(Domain.Providers, Domain.makeProviders({ counting })),
                 Layer.succeed(ModelProvider, counting)
               )
             )

@@ -1376,7 +1376,7 @@ describe("Pipeline steps that call models keep their domain's policies (entry po
   const routed = Effect.gen(function* () {
     const primary = yield* Mock.make({ name: "primary", script: [Mock.Outcome.fail("Overloaded")] })
     const backup = yield* Mock.make({ name: "backup" })
-    const providers = Domain.makeProviders({ primary: primary.provider, backup: backup.provider })
+    const providers = yield* Domain.makeProviders({ primary: primary.provider, backup: backup.provider })
     const layer = Router.layer.pipe(
       Layer.provideMerge(Executor.layer({ timeout: "none" })),
       Layer.provideMerge(

@@ -157,7 +157,7 @@ export const make = Effect.fnUntraced(function* (clock: Clock.Clock, providerMod
       .pipe(Effect.mapError((error) => Input.toOptionError({ path: `providers.${name}`, message: error.message })))
     wrapped[name] = timed(clock, provider)
   }
-  const timedRegistry = makeProviders(wrapped)
+  const timedRegistry = yield* makeProviders(wrapped)
   const router = yield* Router.make.pipe(Effect.provideService(Providers, timedRegistry))
   const byName = new Map(domains.all.map((domain) => [domain.name, domain] as const))
   const targets = new Map<string, Target>()

@@ -22,7 +22,7 @@ const mockServices = Effect.map(Mock.make({ name: "m" }), (mock) =>
   Executor.layer().pipe(
     Layer.provideMerge(Stats.layer),
     Layer.provideMerge(Layer.succeed(ModelProvider, mock.provider)),
-    Layer.provideMerge(Layer.succeed(Domain.Providers, Domain.makeProviders({ m: mock.provider }))),
+    Layer.provideMerge(Layer.effect(Domain.Providers, Domain.makeProviders({ m: mock.provider }))),
     Layer.provideMerge(Domain.layerDomains([{ name: "d", provider: "m" }]))
   )
 )

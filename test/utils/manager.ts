@@ -39,7 +39,7 @@ export const makeManager = (mocks: Readonly<Record<string, Mock.Options>>, optio
     const built = yield* Effect.forEach(Object.entries(mocks), ([key, mock]) =>
       Effect.map(Mock.make({ name: key, ...mock }), (m) => [key, m] as const)
     )
-    const providers = Domain.makeProviders(Object.fromEntries(built.map(([key, m]) => [key, m.provider])))
+    const providers = yield* Domain.makeProviders(Object.fromEntries(built.map(([key, m]) => [key, m.provider])))
     const domains = options.domains ?? built.map(([key]) => ({ name: `d-${key}`, provider: key }))
     const guards = Layer.mergeAll(
       options.breakers === false ? Layer.empty : CircuitBreaker.layerMemory(options.breakers ?? {}),
