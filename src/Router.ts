@@ -375,11 +375,14 @@ export const layerLanguageModel = (
     Effect.gen(function* () {
       const router = yield* Router
       const known = yield* Effect.serviceOption(Domains)
-      yield* checkDomainNames(domains, known._tag === "Some" ? known.value : undefined)
+      // Copied once and the copy checked: the caller's array changed later would change the domains
+      // of every call (an unknown one, one named twice), past the check.
+      const served = Array.isArray(domains) ? Object.freeze(domains.slice()) : domains
+      yield* checkDomainNames(served, known._tag === "Some" ? known.value : undefined)
       // Read once: a getter that throws is an OptionError naming its field, and the calls use what was checked.
       const read = yield* Input.orOptionError(Input.snapshot(options, "", "options"))
       yield* Input.orOptionError(checkLanguageModelKeys(read))
-      return languageModelLayer(router, domains, read)
+      return languageModelLayer(router, served, read)
     })
   )
 

@@ -78,6 +78,22 @@ describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", ()
     }).pipe(Effect.scoped)
   )
 
+  it.effect("the domains checked when the layer is built are the ones its calls use, whatever the array becomes", () =>
+    Effect.gen(function* () {
+      const domains = ["primary", "backup"]
+      const context = yield* Layer.build(Router.layerLanguageModel(domains).pipe(Layer.provideMerge(manager)))
+      // Changed after the check: its calls went to an unknown domain, or the domain named twice.
+      domains.splice(0, 2, "nope", "backup", "backup")
+      const text = yield* LanguageModel.generateText({ prompt: "hello" }).pipe(
+        Effect.map((response) => response.text),
+        Effect.provideContext(context)
+      )
+      assert.strictEqual(text, "answered by the backup")
+      const stats = yield* Stats.snapshot({ domain: "backup" }).pipe(Effect.provideContext(context))
+      assert.strictEqual(stats.fallbacks, 1)
+    }).pipe(Effect.scoped)
+  )
+
   it.effect("a misspelt option is an OptionError naming it when the layer is built, not a refusal of every call", () =>
     Effect.gen(function* () {
       const pathOf = (options: unknown) =>

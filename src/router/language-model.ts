@@ -17,26 +17,25 @@ export type Options = EffectAi.LanguageModelOptions & {
   readonly stream?: StreamOptions | undefined
 }
 
-/** The `LanguageModel` layer over a router. */
+/** The `LanguageModel` layer over a router; `domains` checked, an array copied (`Router.layerLanguageModel`). */
 export const languageModelLayer = (
   router: Service,
   domains: string | ReadonlyArray<string>,
   options: Options
 ): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, OptionError> => {
-  const names = typeof domains === "string" ? domains : domains
   return EffectAi.layerLanguageModel(
     {
       generate: (request) =>
         Effect.map(
-          typeof names === "string"
-            ? router.execute(request, names, options.call)
-            : router.executeWithFallback(request, names, options.call),
+          typeof domains === "string"
+            ? router.execute(request, domains, options.call)
+            : router.executeWithFallback(request, domains, options.call),
           (answer) => answer.response
         ),
-      stream: (request) => router.stream(request, names, options.stream)
+      stream: (request) => router.stream(request, domains, options.stream)
     },
     {
-      name: options.name ?? (typeof names === "string" ? names : names.join(",")),
+      name: options.name ?? (typeof domains === "string" ? domains : domains.join(",")),
       settings: options.settings,
       limits: options.limits
     }
