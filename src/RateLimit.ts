@@ -27,6 +27,7 @@ import {
   checkOptions,
   checkTokens,
   checkWaitUntil,
+  type Config,
   memoryFields,
   redisFields
 } from "./RateLimit/options.js"
@@ -241,15 +242,19 @@ export const make = (
   options: Options,
   store: RateLimiter.RateLimiterStore["Service"],
   policy: StorePolicy = {}
-): Effect.Effect<Service, Input.OptionError> => Effect.map(makeWith(options, store, policy), (built) => built.service)
+): Effect.Effect<Service, Input.OptionError> =>
+  Effect.flatMap(Input.orOptionError(checkOptions(options)), (config) =>
+    Effect.map(makeWith(config, store, policy), (built) => built.service)
+  )
 
-// `make`, and what removes its metric series from the registry (the layers call it when they close).
+// `make` over options checked (`checkOptions`: the layers check theirs with their own fields and hand
+// over the whole result, so no option of `make`'s is dropped on the way), and what removes its metric
+// series from the registry (the layers call it when they close).
 const makeWith = Effect.fnUntraced(function* (
-  options: Options,
+  config: Config,
   store: RateLimiter.RateLimiterStore["Service"],
   policy: StorePolicy = {}
 ) {
-  const config = yield* Input.orOptionError(checkOptions(options))
   yield* Input.orOptionError(checkPolicy(policy))
   const onStoreError = yield* Input.orOptionError(checkOnStoreError(policy.onStoreError))
   const storeRetryAfter = yield* Input.orOptionError(
@@ -681,11 +686,11 @@ const makeWith = Effect.fnUntraced(function* (
 
 // A layer's limiter: its series leave the registry when the layer closes.
 const scoped = (
-  options: Options,
+  config: Config,
   store: RateLimiter.RateLimiterStore["Service"],
   policy?: StorePolicy
 ): Effect.Effect<Service, Input.OptionError, Scope.Scope> =>
-  Effect.flatMap(makeWith(options, store, policy), ({ service, release }) =>
+  Effect.flatMap(makeWith(config, store, policy), ({ service, release }) =>
     Effect.as(
       Effect.addFinalizer(() => Effect.sync(release)),
       service
@@ -748,12 +753,10 @@ export const layerMemory = (options: MemoryOptions): Layer.Layer<RateLimits, Inp
   Layer.effect(
     RateLimits,
     Effect.gen(function* () {
-      yield* Input.orOptionError(checkOptions(options, memoryFields))
+      const config = yield* Input.orOptionError(checkOptions(options, memoryFields))
       const maxKeys = yield* Input.orOptionError(checkMaxKeys(options.maxKeys, defaultMaxKeys))
       const store = yield* RateLimiter.RateLimiterStore
-      // Only the limits: `maxKeys` is this layer's store's, and `make` refuses it.
-      const limits: Options = { providers: options.providers, default: options.default, maxWait: options.maxWait }
-      return yield* scoped(limits, withAlignedFixedWindow(store, maxKeys))
+      return yield* scoped(config, withAlignedFixedWindow(store, maxKeys))
     })
   ).pipe(
     // effect's store sweeps its keys every minute: that timer must not keep a process alive.
@@ -773,13 +776,11 @@ export const layerRedis = (options: RedisOptions): Layer.Layer<RateLimits, Input
   Layer.effect(
     RateLimits,
     Effect.gen(function* () {
-      yield* Input.orOptionError(checkOptions(options, redisFields))
+      const config = yield* Input.orOptionError(checkOptions(options, redisFields))
       const settings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
       const onStoreError = yield* Input.orOptionError(checkOnStoreError(options.onStoreError))
       const guard = yield* SharedRedis.makeGuard({ store: "ratelimit", settings })
       const store = yield* RedisStore.makeStore({ prefix: options.prefix })
-      // Only the limits: the Redis options are this layer's, and `make` refuses them.
-      const limits: Options = { providers: options.providers, default: options.default, maxWait: options.maxWait }
-      return yield* scoped(limits, store, { onStoreError, guard, retryAfter: settings.probeInterval })
+      return yield* scoped(config, store, { onStoreError, guard, retryAfter: settings.probeInterval })
     })
   )

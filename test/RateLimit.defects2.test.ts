@@ -1,10 +1,11 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Context, Duration, Effect, Fiber, Layer } from "effect"
+import { Clock, Context, Duration, Effect, Fiber, Layer, type Scope } from "effect"
 import { RateLimiter, Redis as PersistenceRedis } from "effect/persistence"
 import { TestClock } from "effect/testing"
 import type { ModelError } from "../src/AiError.js"
 import * as RateLimit from "../src/RateLimit.js"
 import { withAlignedFixedWindow } from "../src/RateLimit/memory.js"
+import { optionFields as makeOptionFields } from "../src/RateLimit/options.js"
 import * as RateLimitRedis from "../src/RateLimit/Redis.js"
 import * as Redis from "../src/Redis.js"
 import { effectMemoryStore, rejection, service, waitOf } from "./utils/rateLimit.js"
@@ -370,3 +371,72 @@ describe("RateLimit.make's store policy", () => {
     })
   )
 })
+
+describe.skipIf(skipRedis)(
+  `RateLimit layers pass make every option it takes (${skipRedis ? skipReason : "needs redis-server"})`,
+  () => {
+    // One case per option `make` takes, each seen on the limiter built: an option a layer accepted
+    // (its check knows the field) and did not hand to `make` would be dropped, unseen.
+    const cases: Record<
+      string,
+      (key: string) => {
+        readonly options: RateLimit.Options
+        readonly check: (limits: RateLimit.Service, label: string) => Effect.Effect<void, unknown>
+      }
+    > = {
+      providers: (key) => ({
+        options: { providers: { [key]: { requestsPerMinute: 3 } } },
+        check: (limits, label) =>
+          Effect.sync(() => assert.strictEqual(limits.limitsOf(key)?.requestsPerMinute, 3, label))
+      }),
+      default: (key) => ({
+        options: { default: { tokensPerMinute: 7 } },
+        check: (limits, label) => Effect.sync(() => assert.strictEqual(limits.limitsOf(key)?.tokensPerMinute, 7, label))
+      }),
+      maxWait: (key) => ({
+        // Without it (30 s), the second call would wait for the next window instead of being refused.
+        options: { providers: { [key]: { requestsPerMinute: 1, window: "10 seconds" } }, maxWait: 0 },
+        check: (limits, label) =>
+          Effect.gen(function* () {
+            yield* limits.acquire(key)
+            const refused = yield* Effect.flip(Effect.timeout(limits.acquire(key), "2 seconds"))
+            assert.strictEqual((refused as ModelError).reason, "RateLimited", `${label}: ${String(refused)}`)
+          })
+      })
+    }
+
+    it.live("each option of make's is in effect through make, layerMemory and layerRedis", () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          assert.deepStrictEqual(Object.keys(cases).sort(), [...makeOptionFields].sort(), "a case per option of make's")
+          const server = yield* startRedis
+          const store = yield* effectMemoryStore
+          const builders: ReadonlyArray<
+            readonly [string, (options: RateLimit.Options) => Effect.Effect<RateLimit.Service, unknown, Scope.Scope>]
+          > = [
+            ["make", (options) => RateLimit.make(options, store)],
+            ["layerMemory", (options) => service(options)],
+            [
+              "layerRedis",
+              (options) =>
+                Effect.map(
+                  Layer.build(RateLimit.layerRedis(options).pipe(Layer.provide(Redis.layer({ url: server.url })))),
+                  Context.get(RateLimit.RateLimits)
+                )
+            ]
+          ]
+          for (const [field, make] of Object.entries(cases)) {
+            for (const [name, build] of builders) {
+              const { options, check } = make(uniqueName(field))
+              const label = `${name}, ${field}`
+              yield* Effect.mapError(
+                Effect.flatMap(build(options), (limits) => check(limits, label)),
+                (error) => new Error(`${label}: ${String(error)}`)
+              )
+            }
+          }
+        })
+      )
+    )
+  }
+)

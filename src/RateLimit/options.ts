@@ -62,7 +62,12 @@ export interface Config {
   readonly maxWait: Duration.Duration
 }
 
-const optionFields: ReadonlySet<string> = new Set(["providers", "default", "maxWait"])
+/**
+ * The fields `make` takes.
+ *
+ * @internal
+ */
+export const optionFields: ReadonlySet<string> = new Set(["providers", "default", "maxWait"])
 
 /**
  * The fields `layerMemory` takes (`make` refuses `maxKeys`: a store given to it bounds itself).
