@@ -243,8 +243,9 @@ export const make = (
   store: RateLimiter.RateLimiterStore["Service"],
   policy: StorePolicy = {}
 ): Effect.Effect<Service, Input.OptionError> =>
-  Effect.flatMap(Input.orOptionError(checkOptions(options)), (config) =>
-    Effect.map(makeWith(config, store, policy), (built) => built.service)
+  Effect.flatMap(
+    Effect.suspend(() => Input.orOptionError(checkOptions(options))),
+    (config) => Effect.map(makeWith(config, store, policy), (built) => built.service)
   )
 
 // `make` over options checked (`checkOptions`: the layers check theirs with their own fields and hand

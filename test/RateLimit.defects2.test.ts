@@ -351,6 +351,26 @@ describe.skipIf(skipRedis)(
   }
 )
 
+describe("RateLimit.make's options", () => {
+  it.effect("are read when its Effect runs, not when it is made", () =>
+    Effect.gen(function* () {
+      const store = yield* effectMemoryStore
+      let reads = 0
+      const options: RateLimit.Options = {
+        get default() {
+          reads++
+          return { requestsPerMinute: 2 }
+        }
+      }
+      const making = RateLimit.make(options, store)
+      assert.strictEqual(reads, 0)
+      const limits = yield* making
+      assert.isAbove(reads, 0)
+      assert.strictEqual(limits.limitsOf(uniqueName("read"))?.requestsPerMinute, 2)
+    })
+  )
+})
+
 describe("RateLimit.make's store policy", () => {
   it.effect("a misspelt key, a policy that is no object or a guard without call is refused naming it", () =>
     Effect.gen(function* () {
