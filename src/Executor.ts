@@ -246,6 +246,10 @@ export interface Options {
  * @category constructors
  */
 export const checkOptions = (options: Options) => {
+  // Before any field is read: `null` was a TypeError out of the layer's build, `5` or `[]` the defaults.
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    return Result.fail({ path: "options", message: `expected an object, got ${Input.kindOf(options)}` })
+  }
   if (
     options.stream !== undefined &&
     (typeof options.stream !== "object" || options.stream === null || Array.isArray(options.stream))

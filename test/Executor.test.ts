@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Result, Stream, Tracer } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Result, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError, ModelError } from "../src/AiError.js"
 import * as Executor from "../src/Executor.js"
@@ -420,6 +420,23 @@ describe("Executor.execute", () => {
         assert.strictEqual(error._tag === "OptionError" && error.path, path)
       }
     })
+  )
+
+  it.effect(
+    "options that are no object fail the layer naming options: null was a TypeError defect, 5 or [] taken",
+    () =>
+      Effect.gen(function* () {
+        for (const options of [null, 5, "x", [], () => ({})]) {
+          const exit = yield* Effect.exit(Effect.scoped(setup({}, options as never)))
+          const error = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause) : undefined
+          assert.deepStrictEqual(
+            error?._tag === "Some" ? [error.value._tag, (error.value as { path?: string }).path] : String(exit),
+            ["OptionError", "options"],
+            String(options)
+          )
+        }
+        yield* Effect.scoped(setup({}, {}))
+      })
   )
 
   it.effect("guards of the wrong shape fail the layer naming them, not every call", () =>
