@@ -278,6 +278,15 @@ export const checkOptions = (options: Options) => {
   ])
 }
 
+// A getter (or `Proxy` trap) of the options that throws: an issue naming the field, not a defect of the build.
+const checkOptionsRead = (options: Options): ReturnType<typeof checkOptions> => {
+  try {
+    return checkOptions(options)
+  } catch (thrown) {
+    return Result.fail(CallOptions.thrownIssue(options, thrown))
+  }
+}
+
 const optionKeys: ReadonlySet<string> = new Set([
   "timeout",
   "retry",
@@ -333,7 +342,7 @@ const checkGuards = (guards: unknown): Input.Issue | undefined => {
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const [defaultTimeout, basePolicy, shutdownDeadline, limits, firstChunk, idle, total] = yield* Input.orOptionError(
-    checkOptions(options)
+    checkOptionsRead(options)
   )
   const provider = yield* ModelProvider
   const reserved =

@@ -439,6 +439,23 @@ describe("Executor.execute", () => {
       })
   )
 
+  it.effect("an option whose getter throws fails the layer with an OptionError naming it, not a defect", () =>
+    Effect.gen(function* () {
+      const options = {
+        get timeout(): number {
+          throw new Error("vault unreachable")
+        }
+      }
+      const exit = yield* Effect.exit(Effect.scoped(setup({}, options as never)))
+      const error = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause) : undefined
+      assert.deepStrictEqual(
+        error?._tag === "Some" ? [error.value._tag, (error.value as { path?: string }).path] : String(exit),
+        ["OptionError", "timeout"]
+      )
+      assert.include(error?._tag === "Some" ? error.value.message : "", "vault unreachable")
+    })
+  )
+
   it.effect("guards of the wrong shape fail the layer naming them, not every call", () =>
     Effect.gen(function* () {
       const cases: ReadonlyArray<readonly [unknown, string]> = [
