@@ -165,8 +165,14 @@ export const make = Effect.fnUntraced(function* (
   // A path the router cannot decode (`%ZZ`) matches no route, not even the wildcards above: its refusal is the
   // gateway's too, not the router's empty 404, on the paths the gateway answers for (every path on its own server,
   // those under its prefix in an application's router). Built once: a request pays one frame for it.
+  // Without regard to case, as the router matches paths.
+  const lowerApi = api.toLowerCase()
   const owns = (url: string) =>
-    catchAll || api === "" || (url.startsWith(api) && (url.length === api.length || "/?;".includes(url[api.length]!)))
+    catchAll ||
+    api === "" ||
+    (url.length >= api.length &&
+      url.slice(0, api.length).toLowerCase() === lowerApi &&
+      (url.length === api.length || "/?;".includes(url[api.length]!)))
   const unroutable = (error: unknown): error is RouteNotFound =>
     isRouteNotFound(error) && owns(error.reason.request.url)
   // Typed as a middleware that handles no error (effect/http's rule): this one handles only what the router raised.

@@ -360,7 +360,7 @@ describe("Gateway: a path that is not valid percent-encoding", () => {
   )
 
   it.live(
-    "under Gateway.layer in an application's router: the gateway's paths only, the application's 404s its own",
+    "under Gateway.layer in an application's router: the gateway's paths only (their case ignored, as the router ignores it), the application's 404s its own",
     () =>
       Effect.gen(function* () {
         const mine = Layer.effectDiscard(
@@ -390,6 +390,11 @@ describe("Gateway: a path that is not valid percent-encoding", () => {
         const [status, body] = yield* get("/llm/v1/models%ZZ")
         assert.strictEqual(status, 400)
         assert.strictEqual((JSON.parse(body) as { error: { code: string } }).error.code, "invalid_url")
+        // The router matches `/LLM/V1/models` as `/llm/v1/models`: its undecodable form is the gateway's too.
+        assert.strictEqual((yield* get("/LLM/V1/models"))[0], 200)
+        const [upper, upperBody] = yield* get("/LLM/V1/models%ZZ")
+        assert.strictEqual(upper, 400, upperBody)
+        assert.strictEqual((JSON.parse(upperBody) as { error: { code: string } }).error.code, "invalid_url")
         assert.deepStrictEqual(yield* get("/app/hello"), [200, "hello"])
         assert.deepStrictEqual(yield* get("/app/hello%ZZ"), [404, ""])
         assert.deepStrictEqual(yield* get("/llm/v2%ZZ"), [404, ""])
