@@ -161,16 +161,20 @@ export const make = Effect.fnUntraced(function* (options: Options) {
         )
   }
 
+  const tooLarge = () => gatewayError("TooLarge", `the request body is larger than ${maxBodyBytes} bytes`)
   const readBody = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<unknown, GatewayError> =>
-    request.arrayBuffer.pipe(
-      Effect.provideService(HttpIncomingMessage.MaxBodySize, ByteSize.bytes(maxBodyBytes)),
-      Effect.mapError((error) =>
-        error.reason._tag === "RequestParseError" && error.reason.reason === "BodyTooLarge"
-          ? gatewayError("TooLarge", `the request body is larger than ${maxBodyBytes} bytes`)
-          : gatewayError("InvalidRequest", "the request body could not be read", { param: "body" })
-      ),
-      Effect.flatMap((bytes) => Effect.fromResult(jsonOf(bytes)))
-    )
+    // A declared length over the bound is refused at once, as on the gateway's routes, not after reading up to it.
+    Number(request.headers["content-length"]) > maxBodyBytes
+      ? Effect.fail(tooLarge())
+      : request.arrayBuffer.pipe(
+          Effect.provideService(HttpIncomingMessage.MaxBodySize, ByteSize.bytes(maxBodyBytes)),
+          Effect.mapError((error) =>
+            error.reason._tag === "RequestParseError" && error.reason.reason === "BodyTooLarge"
+              ? tooLarge()
+              : gatewayError("InvalidRequest", "the request body could not be read", { param: "body" })
+          ),
+          Effect.flatMap((bytes) => Effect.fromResult(jsonOf(bytes)))
+        )
 
   // One series per (route, status): `route` names a declared route, never the path asked for.
   // Counters of the routes' scope, made at the first answer of each: they leave the registry with

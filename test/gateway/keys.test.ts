@@ -6,6 +6,7 @@
  * routes over HTTP, and the answers the official client reads.
  */
 import { createServer } from "node:http"
+import { connect } from "node:net"
 import { inspect } from "node:util"
 import { NodeHttpServer } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
@@ -2492,7 +2493,7 @@ const adminServer = (store: KeyStore.Service, options: Partial<Admin.Options> = 
     const context = yield* Layer.buildWithScope(app, scope).pipe(Effect.orDie)
     const address = Context.get(context, HttpServer.HttpServer).address as { readonly port: number }
     const base = `http://127.0.0.1:${address.port}`
-    return (path: string, init: { method?: string; body?: unknown; admin?: string | false } = {}) =>
+    const ask = (path: string, init: { method?: string; body?: unknown; admin?: string | false } = {}) =>
       Effect.promise(async () => {
         const headers: Record<string, string> = { "content-type": "application/json" }
         if (init.admin !== false) headers.authorization = `Bearer ${init.admin ?? adminSecret}`
@@ -2508,6 +2509,24 @@ const adminServer = (store: KeyStore.Service, options: Partial<Admin.Options> = 
         // biome-ignore lint/suspicious/noExplicitAny: the test reads whatever JSON the route answers
         return { status: response.status, headers: response.headers, body: body as any }
       })
+    return Object.assign(ask, { port: address.port })
+  })
+
+/** What the server answers first on a raw connection sent `payload` (its status line), or the empty string if it closed. */
+const rawStatus = (port: number, payload: string) =>
+  Effect.callback<string>((resume) => {
+    const socket = connect(port, "127.0.0.1")
+    let answer = ""
+    socket.on("data", (data: Buffer) => {
+      answer += data.toString("latin1")
+      if (answer.includes("\r\n")) {
+        resume(Effect.succeed(answer.slice(0, answer.indexOf("\r\n"))))
+        socket.destroy()
+      }
+    })
+    socket.on("close", () => resume(Effect.succeed(answer)))
+    socket.write(payload)
+    return Effect.sync(() => socket.destroy())
   })
 
 /**
@@ -2858,6 +2877,18 @@ describe("Admin routes", () => {
         assert.strictEqual(notJson.body.error.code, "invalid_json")
         assert.strictEqual(notJson.body.error.param, "body")
       })
+  )
+
+  it.live("a declared Content-Length over maxBodyBytes is a 413 at once, without waiting for the body", () =>
+    Effect.gen(function* () {
+      const admin = yield* adminServer(yield* memory({}), { maxBodyBytes: 4096 })
+      const head = (length: number) =>
+        `POST /admin/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${adminSecret}\r\n` +
+        `Content-Type: application/json\r\nContent-Length: ${length}\r\n\r\n{`
+      // Without the body that was declared, the server would wait for it: the test would time out.
+      const status = yield* rawStatus(admin.port, head(100_000)).pipe(Effect.timeout("3 seconds"))
+      assert.strictEqual(status, "HTTP/1.1 413 Payload Too Large")
+    })
   )
 
   it.live(
