@@ -98,7 +98,7 @@ export const refuseIn = (common: Common, file: string, message: string) =>
 export const loadFile = Effect.fnUntraced(function* (common: Common, flag: Option.Option<string>) {
   const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
-  const fromEnv = yield* Config.option(Config.NonEmptyString("ORCHESTRA_GATEWAY")).pipe(
+  const fromEnv = yield* Config.option(Config.String("ORCHESTRA_GATEWAY")).pipe(
     Effect.orElseSucceed(() => Option.none<string>())
   )
   if (Option.isSome(flag) && flag.value.trim() === "") {
@@ -106,6 +106,16 @@ export const loadFile = Effect.fnUntraced(function* (common: Common, flag: Optio
     return yield* failWith(common, exitCodes.usage, "--gateway is empty: give the gateway file's path", {
       kind: "usage"
     })
+  }
+  // As ORCHESTRA_CONFIG: spaces would name a file no one can see in the message. ("" is read as not set, as
+  // Effect's config reads every empty variable.)
+  if (Option.isNone(flag) && Option.isSome(fromEnv) && fromEnv.value.trim().length === 0) {
+    return yield* failWith(
+      common,
+      exitCodes.usage,
+      "ORCHESTRA_GATEWAY is empty: set it to a gateway file's path, or unset it",
+      { kind: "usage" }
+    )
   }
   const explicit = Option.orElse(flag, () => fromEnv)
   const file = path.resolve(Option.getOrElse(explicit, () => "orchestra.gateway.json"))

@@ -11,9 +11,10 @@ import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Exit, Schedule } from "effect"
+import { ConfigProvider, Deferred, Effect, Exit, Schedule } from "effect"
 import OpenAI from "openai"
 import { hashSecret } from "../../src/gateway/keys/KeyStore.js"
+import { inProcess } from "../utils/cli.js"
 import { freePort, skipRedis, skipReason, startRedis, startRedisAt, startTlsRedis } from "../utils/redis.js"
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url))
@@ -544,6 +545,25 @@ describe("orchestra serve, start-up failures", () => {
         assert.include(result.stderr, `${missing}: no such file (named by the environment variable ORCHESTRA_GATEWAY)`)
       }),
     120_000
+  )
+
+  it.live(
+    'ORCHESTRA_GATEWAY of spaces is a usage error naming it, as `--gateway " "` is (and ORCHESTRA_CONFIG of spaces)',
+    () =>
+      Effect.gen(function* () {
+        for (const value of [" ", "  \t "]) {
+          const result = yield* inProcess(["serve", "--json", "--config", config], { terminal: false }).pipe(
+            Effect.provideService(
+              ConfigProvider.ConfigProvider,
+              ConfigProvider.fromEnv({ env: { ORCHESTRA_GATEWAY: value } })
+            )
+          )
+          assert.strictEqual(result.code, 2, JSON.stringify(value))
+          const message = "ORCHESTRA_GATEWAY is empty: set it to a gateway file's path, or unset it"
+          assert.strictEqual(result.err, `orchestra: ${message}`)
+          assert.deepStrictEqual(JSON.parse(result.out), { ok: false, error: { message, kind: "usage" } })
+        }
+      })
   )
 
   it.live(
