@@ -311,7 +311,9 @@ export interface Options {
 export interface Service {
   /**
    * Turns `/readyz` 503, after `drainDelay` refuses new requests (503), waits for the running ones up to
-   * `drainTimeout`, then cuts the rest. Idempotent; closing the layer runs it too.
+   * `drainTimeout`, then cuts the rest. Idempotent; closing the layer runs it too. Interrupted (every caller of
+   * it interrupted), the drain is cancelled: `/readyz` answers 200 and requests are admitted again, and the next
+   * drain starts over.
    */
   readonly drain: Effect.Effect<void>
   /** Whether the drain has started (`/readyz` answers 503), its `drainDelay` included. */

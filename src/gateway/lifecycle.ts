@@ -45,7 +45,7 @@ export interface Lifecycle {
   readonly onCut: (entry: Entry, stop: (error: ShuttingDownError) => void) => void
   /**
    * Drains: turn not ready, after `drainDelay` refuse new requests, wait for the running ones up to the
-   * deadline, cut the rest. Idempotent.
+   * deadline, cut the rest. Idempotent. Interrupted, it is cancelled: ready and admitting again.
    */
   readonly drain: Effect.Effect<void>
 }
@@ -99,22 +99,36 @@ export const make = (options: {
         return Effect.asVoid(Effect.timeoutOption(Deferred.await(idle), timeout))
       })
 
+    // Which run of the drain is the latest: an interrupted one gives readiness back only if no other started since.
+    let runs = 0
+    const run = Effect.gen(function* () {
+      draining = true
+      if (options.drainDelay !== undefined && Duration.isGreaterThan(options.drainDelay, Duration.zero)) {
+        yield* Effect.sleep(options.drainDelay)
+      }
+      refusing = true
+      yield* waitIdle(options.drainTimeout)
+      if (count === 0) return
+      for (const entry of Array.from(entries)) {
+        entry.cut = true
+        // A stream ends through its pipeline (an error event, or before its first chunk the failure's status).
+        if (entry.stop !== undefined) entry.stop(cutError())
+        else entry.fiber?.interruptUnsafe()
+      }
+      yield* waitIdle(options.cutGrace ?? Duration.seconds(2))
+    })
     const drain = yield* Effect.cached(
-      Effect.gen(function* () {
-        draining = true
-        if (options.drainDelay !== undefined && Duration.isGreaterThan(options.drainDelay, Duration.zero)) {
-          yield* Effect.sleep(options.drainDelay)
-        }
-        refusing = true
-        yield* waitIdle(options.drainTimeout)
-        if (count === 0) return
-        for (const entry of Array.from(entries)) {
-          entry.cut = true
-          // A stream ends through its pipeline (an error event, or before its first chunk the failure's status).
-          if (entry.stop !== undefined) entry.stop(cutError())
-          else entry.fiber?.interruptUnsafe()
-        }
-        yield* waitIdle(options.cutGrace ?? Duration.seconds(2))
+      Effect.suspend(() => {
+        const mine = ++runs
+        // Interrupted (every caller left: `cached` runs it afresh next time), the drain is cancelled: left not ready
+        // and admitting, or refusing for good, the gateway would say one thing and do another until the next drain.
+        return Effect.onInterrupt(run, () =>
+          Effect.sync(() => {
+            if (mine !== runs) return
+            draining = false
+            refusing = false
+          })
+        )
       })
     )
 

@@ -214,6 +214,38 @@ describe("Gateway: drainDelay, /readyz turning 503 before requests are refused",
     })
   )
 
+  it.effect(
+    "a drain interrupted gives readiness back (not ready while admitting, nor refusing for good); the next drain starts anew (TestClock)",
+    () =>
+      Effect.gen(function* () {
+        const lifecycle = yield* Lifecycle.make({ drainTimeout: Duration.seconds(10), drainDelay: Duration.seconds(5) })
+        // Interrupted within its delay: /readyz said 503 while every request was still admitted.
+        const first = yield* Effect.forkChild(lifecycle.drain, { startImmediately: true })
+        yield* TestClock.adjust("1 second")
+        assert.isTrue(lifecycle.isDraining())
+        yield* Fiber.interrupt(first)
+        assert.isFalse(lifecycle.isDraining())
+        // Interrupted while it waits for a running request: it refused new ones.
+        const running = lifecycle.enter()!
+        const second = yield* Effect.forkChild(lifecycle.drain, { startImmediately: true })
+        yield* TestClock.adjust("5 seconds")
+        assert.isUndefined(lifecycle.enter())
+        yield* Fiber.interrupt(second)
+        assert.isFalse(lifecycle.isDraining())
+        const admitted = lifecycle.enter()
+        assert.isDefined(admitted)
+        lifecycle.leave(admitted!)
+        // A drain after it is a whole one: not ready at once, refusing after its delay, done once the request left.
+        const third = yield* Effect.forkChild(lifecycle.drain, { startImmediately: true })
+        assert.isTrue(lifecycle.isDraining())
+        yield* TestClock.adjust("5 seconds")
+        assert.isUndefined(lifecycle.enter())
+        lifecycle.leave(running)
+        yield* Fiber.join(third)
+        assert.isTrue(lifecycle.isDraining())
+      })
+  )
+
   it.effect("without a delay (the default) requests are refused as /readyz turns", () =>
     Effect.gen(function* () {
       const lifecycle = yield* Lifecycle.make({ drainTimeout: Duration.seconds(10) })
