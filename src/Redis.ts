@@ -97,6 +97,11 @@ export interface TlsOptions {
   readonly cert?: string | undefined
   /** PEM private key of `cert`. Pass it as `Redacted` (`Config.redacted("REDIS_TLS_KEY")`). */
   readonly key?: string | Redacted.Redacted<string> | undefined
+  /**
+   * The passphrase `key` is encrypted with (since 0.3.0); with `key`. Pass it as `Redacted`
+   * (`Config.redacted("REDIS_TLS_PASSPHRASE")`). A wrong one fails the connection with a `RedisError`.
+   */
+  readonly passphrase?: string | Redacted.Redacted<string> | undefined
   /** The name the server's certificate must carry, when not the URL's host (a tunnel, an address). */
   readonly servername?: string | undefined
 }

@@ -1,7 +1,6 @@
-import { execFileSync, spawn } from "node:child_process"
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { execFileSync } from "node:child_process"
+import { readFileSync } from "node:fs"
 import { connect as connectTo, createServer, type Socket } from "node:net"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import {
@@ -32,7 +31,7 @@ import * as ResponseCache from "../src/ResponseCache.js"
 import { settings } from "../src/redis/settings.js"
 import * as RedisCache from "../src/ResponseCache/Redis.js"
 import { captureLogs } from "./utils/logs.js"
-import { freePort, redisServerPath, skipRedis, skipReason, startRedis, startRedisAt } from "./utils/redis.js"
+import { freePort, skipRedis, skipReason, startRedis, startRedisAt, startTlsRedis } from "./utils/redis.js"
 
 /** Sockets of this process still open to `port`. */
 const openSockets = (port: number): number =>
@@ -551,7 +550,11 @@ describe("Redis.layer options", () => {
         [{ url: "rediss://127.0.0.1:1", tls: { ca: 42 } }, "tls.ca"],
         [{ url: "rediss://127.0.0.1:1", tls: { key } }, "tls.cert"],
         [{ url: "rediss://127.0.0.1:1", tls: { cert: "PEM" } }, "tls.key"],
-        [{ url: "rediss://127.0.0.1:1", tls: { servername: "" } }, "tls.servername"]
+        [{ url: "rediss://127.0.0.1:1", tls: { servername: "" } }, "tls.servername"],
+        // The passphrase of tls.key: alone it would decrypt nothing.
+        [{ url: "rediss://127.0.0.1:1", tls: { passphrase: Redacted.make("s3cret") } }, "tls.passphrase"],
+        [{ url: "rediss://127.0.0.1:1", tls: { cert: "PEM", key, passphrase: "" } }, "tls.passphrase"],
+        [{ url: "rediss://127.0.0.1:1", tls: { cert: "PEM", key, passphrase: 42 } }, "tls.passphrase"]
       ] as const) {
         const exit = yield* Effect.exit(Effect.scoped(Layer.build(Redis.layer(options as never))))
         const error = Exit.isFailure(exit) ? Exit.findErrorOption(exit) : Option.none()
@@ -943,116 +946,20 @@ describe.skipIf(skipRedis)(
   }
 )
 
-/**
- * A redis-server speaking TLS only, on a free loopback port, its certificate (for 127.0.0.1) signed by a CA of its
- * own: `ca` is that CA's PEM. Stopped, and its files removed, when the scope closes.
- */
-const tlsRedis = Effect.gen(function* () {
-  const dir = yield* Effect.acquireRelease(
-    Effect.sync(() => mkdtempSync(join(tmpdir(), "orchestra-redis-tls-"))),
-    (path) => Effect.sync(() => rmSync(path, { recursive: true, force: true }))
-  )
-  const file = (name: string) => join(dir, name)
-  const openssl = (...args: ReadonlyArray<string>) => execFileSync("openssl", args, { stdio: "ignore" })
-  yield* Effect.sync(() => {
-    writeFileSync(file("san.ext"), "subjectAltName=IP:127.0.0.1\n")
-    openssl(
-      "req",
-      "-x509",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-days",
-      "1",
-      "-subj",
-      "/CN=orchestra test CA",
-      "-keyout",
-      file("ca.key"),
-      "-out",
-      file("ca.crt")
-    )
-    openssl(
-      "req",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-subj",
-      "/CN=127.0.0.1",
-      "-keyout",
-      file("server.key"),
-      "-out",
-      file("server.csr")
-    )
-    openssl(
-      "x509",
-      "-req",
-      "-in",
-      file("server.csr"),
-      "-CA",
-      file("ca.crt"),
-      "-CAkey",
-      file("ca.key"),
-      "-CAcreateserial",
-      "-days",
-      "1",
-      "-extfile",
-      file("san.ext"),
-      "-out",
-      file("server.crt")
-    )
-  }).pipe(Effect.orDie)
-  const port = yield* freePort
-  yield* Effect.acquireRelease(
-    Effect.callback<ReturnType<typeof spawn>, Error>((resume) => {
-      const child = spawn(
-        redisServerPath ?? "redis-server",
-        [
-          "--port",
-          "0",
-          "--tls-port",
-          String(port),
-          "--bind",
-          "127.0.0.1",
-          "--save",
-          "",
-          "--appendonly",
-          "no",
-          "--dir",
-          dir,
-          "--tls-cert-file",
-          file("server.crt"),
-          "--tls-key-file",
-          file("server.key"),
-          "--tls-ca-cert-file",
-          file("ca.crt"),
-          "--tls-auth-clients",
-          "no"
-        ],
-        { stdio: ["ignore", "pipe", "pipe"] }
-      )
-      let output = ""
-      child.stdout?.on("data", (chunk: Buffer) => {
-        output += chunk.toString()
-        if (output.includes("Ready to accept connections")) resume(Effect.succeed(child))
-      })
-      child.once("exit", (code) => resume(Effect.fail(new Error(`redis-server exited with ${code}: ${output}`))))
-    }),
-    (child) => Effect.sync(() => child.kill("SIGKILL"))
-  ).pipe(Effect.orDie)
-  return { url: `rediss://127.0.0.1:${port}`, ca: readFileSync(file("ca.crt"), "utf8") }
-})
-
 describe.skipIf(skipRedis)(`Redis.layer over TLS (${skipRedis ? skipReason : "needs redis-server"})`, () => {
   it.live("rediss:// to a Redis whose certificate a CA of its own signed: trusted through tls.ca", () =>
     Effect.scoped(
       Effect.gen(function* () {
-        const server = yield* tlsRedis
+        const server = yield* startTlsRedis.pipe(Effect.orDie)
+        const pem = (name: string) => readFileSync(join(server.dir, name), "utf8")
+        // It asks for a client certificate as well.
+        const client = { cert: pem("client.crt"), key: Redacted.make(pem("client.key")) }
         // Node's default CAs do not know it: refused, naming why.
-        const refused = yield* Effect.flip(Effect.scoped(Layer.build(Redis.layer({ url: server.url }))))
+        const refused = yield* Effect.flip(Effect.scoped(Layer.build(Redis.layer({ url: server.url, tls: client }))))
         assert.strictEqual(refused._tag, "RedisError")
         assert.include(refused.message, "certificate")
         const redis = Context.get(
-          yield* Layer.build(Redis.layer({ url: server.url, tls: { ca: server.ca } })),
+          yield* Layer.build(Redis.layer({ url: server.url, tls: { ca: pem("ca.crt"), ...client } })),
           PersistenceRedis.Redis
         )
         assert.strictEqual(yield* redis.send<string>("PING"), "PONG")
@@ -1061,6 +968,61 @@ describe.skipIf(skipRedis)(`Redis.layer over TLS (${skipRedis ? skipReason : "ne
         assert.strictEqual(yield* Effect.scoped(reserved), "PONG")
       })
     )
+  )
+
+  it.live(
+    "a client key encrypted with a passphrase: used with tls.passphrase; without it, or a wrong one, a RedisError",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startTlsRedis.pipe(Effect.orDie)
+          const file = (name: string) => join(server.dir, name)
+          execFileSync(
+            "openssl",
+            [
+              "pkey",
+              "-in",
+              file("client.key"),
+              "-aes256",
+              "-passout",
+              "pass:pass-s3cret",
+              "-out",
+              file("client.enc.key")
+            ],
+            { stdio: "ignore" }
+          )
+          const tls = {
+            ca: readFileSync(file("ca.crt"), "utf8"),
+            cert: readFileSync(file("client.crt"), "utf8"),
+            key: Redacted.make(readFileSync(file("client.enc.key"), "utf8"))
+          }
+          assert.include(Redacted.value(tls.key), "ENCRYPTED")
+          const redis = Context.get(
+            yield* Layer.build(
+              Redis.layer({ url: server.url, tls: { ...tls, passphrase: Redacted.make("pass-s3cret") } })
+            ),
+            PersistenceRedis.Redis
+          )
+          assert.strictEqual(yield* redis.send<string>("PING"), "PONG")
+          assert.strictEqual(yield* Effect.scoped(Effect.flatMap(redis.reserve, (c) => c.send<string>("PING"))), "PONG")
+          for (const passphrase of [undefined, Redacted.make("wrong-s3cret")]) {
+            const refused = yield* Effect.flip(
+              Effect.scoped(
+                Layer.build(
+                  Redis.layer({
+                    url: server.url,
+                    connectTimeout: "2 seconds",
+                    tls: passphrase === undefined ? tls : { ...tls, passphrase }
+                  })
+                )
+              )
+            )
+            assert.strictEqual(refused._tag, "RedisError", String(refused))
+            assert.notInclude(String(refused), "s3cret")
+          }
+        })
+      ),
+    20_000
   )
 })
 

@@ -69,6 +69,8 @@ export const GatewayFile = Schema.Struct({
           caFile: opt(Schema.Union([Schema.String, Schema.Array(Schema.String)])),
           certFile: opt(Schema.String),
           keyFile: opt(Schema.String),
+          // The key's passphrase is a secret: the variable holding it, as every secret of this file.
+          passphraseEnv: opt(EnvName),
           servername: opt(Schema.String)
         })
       )
@@ -250,10 +252,17 @@ export const redisTls = Effect.fnUntraced(function* (
   }
   const cert = spec.certFile === undefined ? undefined : yield* read(spec.certFile, "redis.tls.certFile")
   const key = spec.keyFile === undefined ? undefined : yield* read(spec.keyFile, "redis.tls.keyFile")
+  let passphrase: Redacted.Redacted | undefined
+  if (spec.passphraseEnv !== undefined) {
+    const given = yield* secret(spec.passphraseEnv, "redis.tls.passphraseEnv")
+    if (Result.isSuccess(given)) passphrase = given.success
+    else issues.push(given.failure)
+  }
   const tls: Redis.TlsOptions = {
     ...(ca === undefined ? {} : { ca }),
     ...(cert === undefined ? {} : { cert }),
     ...(key === undefined ? {} : { key: Redacted.make(key) }),
+    ...(passphrase === undefined ? {} : { passphrase }),
     ...(spec.servername === undefined ? {} : { servername: spec.servername })
   }
   return { tls, issues }
@@ -261,7 +270,11 @@ export const redisTls = Effect.fnUntraced(function* (
 
 /** Where a field of `Redis.layer`'s `tls` is in the gateway file, which gives its PEM texts as files. */
 export const redisTlsField = (path: string): string | undefined =>
-  path === "tls.ca" || path === "tls.cert" || path === "tls.key" ? `redis.${path}File` : undefined
+  path === "tls.ca" || path === "tls.cert" || path === "tls.key"
+    ? `redis.${path}File`
+    : path === "tls.passphrase"
+      ? "redis.tls.passphraseEnv"
+      : undefined
 
 /** A secret a `*Env` field of the gateway file names; unset, the mistake said with the file's others. */
 export const secret = (name: string, what: string): Effect.Effect<Result.Result<Redacted.Redacted, FileIssue>> =>

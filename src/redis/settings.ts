@@ -26,6 +26,7 @@ export interface TlsSettings {
   readonly ca?: string | Array<string>
   readonly cert?: string
   readonly key?: string
+  readonly passphrase?: string
   readonly servername?: string
 }
 
@@ -57,7 +58,7 @@ const optionKeys: ReadonlySet<string> = new Set([
   "tls"
 ])
 
-const tlsKeys: ReadonlySet<string> = new Set(["ca", "cert", "key", "servername"])
+const tlsKeys: ReadonlySet<string> = new Set(["ca", "cert", "key", "passphrase", "servername"])
 
 const pem = (input: unknown): input is string => typeof input === "string" && input.trim() !== ""
 
@@ -69,7 +70,7 @@ const tlsSettings = (tls: TlsOptions, url: URL): Input.Checked<TlsSettings> => {
   if (issue !== undefined) return Result.fail(issue)
   // Given with redis://, they would be ignored: the connection would go in clear.
   if (url.protocol !== "rediss:") return Result.fail({ path: "tls", message: "takes a rediss:// URL (TLS)" })
-  const out: { ca?: string | Array<string>; cert?: string; key?: string; servername?: string } = {}
+  const out: { ca?: string | Array<string>; cert?: string; key?: string; passphrase?: string; servername?: string } = {}
   if (tls.ca !== undefined) {
     const ca = typeof tls.ca === "string" ? [tls.ca] : tls.ca
     if (!Array.isArray(ca) || ca.length === 0 || !ca.every(pem)) {
@@ -83,6 +84,16 @@ const tlsSettings = (tls: TlsOptions, url: URL): Input.Checked<TlsSettings> => {
     if (!pem(key)) return Result.fail({ path: "tls.key", message: "expected a PEM private key, with tls.cert" })
     out.cert = tls.cert
     out.key = key
+  }
+  const passphrase = Redacted.isRedacted(tls.passphrase) ? Redacted.value(tls.passphrase) : tls.passphrase
+  if (passphrase !== undefined) {
+    if (key === undefined) {
+      return Result.fail({ path: "tls.passphrase", message: "expected the passphrase of tls.key, given with it" })
+    }
+    if (typeof passphrase !== "string" || passphrase === "") {
+      return Result.fail({ path: "tls.passphrase", message: "expected the passphrase of tls.key, a non-empty string" })
+    }
+    out.passphrase = passphrase
   }
   if (tls.servername !== undefined) {
     if (typeof tls.servername !== "string" || tls.servername === "") {

@@ -3,7 +3,7 @@
  * from the gateway file, SIGTERM drains (a running stream finishes with `[DONE]`, then the
  * process exits), and a bad gateway file is refused with exit code 2 naming the field.
  */
-import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process"
+import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from "node:child_process"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { type AddressInfo, connect as connectTo, createServer } from "node:net"
 import { createRequire } from "node:module"
@@ -1015,6 +1015,67 @@ describe.skipIf(skipRedis)(`orchestra serve on Redis${skipRedis ? ` (${skipReaso
         assert.include(refused.stderr, "cannot connect to Redis (TEST_REDIS_URL)")
         serving.child.kill("SIGTERM")
         assert.strictEqual((yield* serving.exit).code, 130)
+      }),
+    120_000
+  )
+
+  it.live(
+    "redis.tls.passphraseEnv: a client key encrypted with a passphrase is used with the passphrase of the variable it names; the variable unset, or no keyFile, is said naming the field",
+    () =>
+      Effect.gen(function* () {
+        const redis = yield* startTlsRedis
+        const relative = (name: string) => NodePath.relative(dir, NodePath.join(redis.dir, name))
+        execFileSync(
+          "openssl",
+          ["pkey", "-in", NodePath.join(redis.dir, "client.key"), "-aes256", "-passout", "pass:pass-s3cret"].concat([
+            "-out",
+            NodePath.join(redis.dir, "client.enc.key")
+          ]),
+          { stdio: "ignore" }
+        )
+        const tls = {
+          caFile: relative("ca.crt"),
+          certFile: relative("client.crt"),
+          keyFile: relative("client.enc.key")
+        }
+        const gateway = write("redis-tls-passphrase.json", {
+          server: { port: 0 },
+          redis: { urlEnv: "TEST_REDIS_URL", tls: { ...tls, passphraseEnv: "TEST_REDIS_PASSPHRASE" } },
+          keys: { keys: [{ id: "app", sha256: hashSecret(SECRET) }] }
+        })
+        // onUnreachableAtStart "fail" (the default): listening means the TLS connection was made.
+        const serving = yield* serve(["--config", config, "--gateway", gateway], {
+          TEST_REDIS_URL: redis.url,
+          TEST_REDIS_PASSPHRASE: "pass-s3cret"
+        })
+        const url = yield* serving.url
+        const models = yield* Effect.promise(() =>
+          fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${SECRET}` } })
+        )
+        assert.strictEqual(models.status, 200)
+        serving.child.kill("SIGTERM")
+        assert.strictEqual((yield* serving.exit).code, 130)
+        const unset = yield* Effect.flatMap(
+          serve(["--config", config, "--gateway", gateway], { TEST_REDIS_URL: redis.url }),
+          (s) => s.exit
+        )
+        assert.strictEqual(unset.code, 2, unset.stderr)
+        assert.include(unset.stderr, "redis.tls.passphraseEnv: set the environment variable TEST_REDIS_PASSPHRASE")
+        const keyless = write("redis-tls-passphrase-keyless.json", {
+          server: { port: 0 },
+          redis: { urlEnv: "TEST_REDIS_URL", tls: { caFile: tls.caFile, passphraseEnv: "TEST_REDIS_PASSPHRASE" } },
+          keys: { keys: [] }
+        })
+        const alone = yield* Effect.flatMap(
+          serve(["--config", config, "--gateway", keyless], {
+            TEST_REDIS_URL: redis.url,
+            TEST_REDIS_PASSPHRASE: "pass-s3cret"
+          }),
+          (s) => s.exit
+        )
+        assert.strictEqual(alone.code, 2, alone.stderr)
+        assert.include(alone.stderr, "redis.tls.passphraseEnv")
+        for (const out of [unset, alone]) assert.notInclude(out.stderr + out.stdout, "pass-s3cret")
       }),
     120_000
   )
