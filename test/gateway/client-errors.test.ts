@@ -232,6 +232,46 @@ describe("Gateway: what Node's server answers on its own", () => {
     })
   )
 
+  it.live(
+    "Expect: 100-continue refused before the body is asked for: no key, a wrong key, or a declared length over maxBodyBytes is answered without 100 Continue",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(Up.openAi(["ok"]))
+        const { service } = Harness.keyStore({ "sk-good": { id: "a" } })
+        const gw = yield* Harness.make({
+          upstreams: { a: upstream.url },
+          keys: service,
+          gateway: { maxBodyBytes: 4096 }
+        })
+        const body = JSON.stringify({ model: "d-a", messages: [{ role: "user", content: "hi" }] })
+        // The client waits for 100 Continue (or the final answer) before it sends the body: here, never.
+        const expecting = (auth: string, length: number) =>
+          raw(gw.url, [`${head}${auth}Expect: 100-continue\r\nContent-Length: ${length}\r\n\r\n`])
+        for (const [auth, length, status] of [
+          ["", body.length, 401],
+          ["Authorization: Basic c2stZ29vZA==\r\n", body.length, 401],
+          ["Authorization: Bearer sk-wrong\r\n", body.length, 401],
+          ["Authorization: Bearer sk-good\r\n", 100_000, 413]
+        ] as const) {
+          const answer = yield* expecting(auth, length)
+          assert.isFalse(answer.continued, `${auth}${length}`)
+          assert.strictEqual(answer.status, status, answer.body)
+          // Its body never read: the connection is not kept for a next request that would start inside it.
+          assert.strictEqual(answer.headers.connection, "close")
+        }
+        const served = yield* raw(
+          gw.url,
+          [
+            `${head}Authorization: Bearer sk-good\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: ${body.length}\r\n\r\n`,
+            body
+          ],
+          100
+        )
+        assert.isTrue(served.continued)
+        assert.strictEqual(served.status, 200, served.body)
+      })
+  )
+
   it.live("a client that resets its connection mid-head is dropped unanswered, and the gateway goes on serving", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make(Up.openAi())
