@@ -611,6 +611,23 @@ describe("CircuitBreaker registry: memory and series (item 17)", () => {
     )
   )
 
+  it.effect('an empty key is a circuit of its own, its series counted under (other): breaker="" is no label', () =>
+    withBreakers({ failMax: 1, resetTimeout: "1 minute" }, (breakers) =>
+      Effect.gen(function* () {
+        // Prometheus reads an empty label value as no label: the gauge of the key "" was a series
+        // without its breaker, and added up with any other such series in a `sum by (breaker)`.
+        yield* run(breakers, "", overloaded)
+        yield* expectRejected(breakers, "", "open")
+        assert.strictEqual(yield* breakers.state(""), "open")
+        assert.deepStrictEqual(yield* series("orchestra_breaker_state", ""), [])
+        assert.deepStrictEqual(yield* series("orchestra_breaker_transitions_total", ""), [])
+        assert.deepStrictEqual(yield* series("orchestra_breaker_rejections_total", ""), [])
+        assert.strictEqual(yield* transitions("(other)", "closed", "open"), 1)
+        assert.strictEqual(yield* rejections("(other)"), 1)
+      })
+    )
+  )
+
   it.effect("a very long key is a circuit of its own, its series counted under (other)", () =>
     withBreakers({ failMax: 1, resetTimeout: "1 minute" }, (breakers) =>
       Effect.gen(function* () {

@@ -52,7 +52,8 @@ export const maxOwnLabelChars = 256
 
 /**
  * Whether a name met at run time (a breaker key, a rate-limit key under `default`) may label
- * series of its own: not `Metrics.otherSeries`, nor holding a lone surrogate, which the
+ * series of its own: not empty (Prometheus reads an empty label value as no label: the series
+ * lost its key), not `Metrics.otherSeries`, nor holding a lone surrogate, which the
  * exposition writes as U+FFFD (two such keys were one series twice, and Prometheus refuses a
  * scrape holding one), nor longer than {@link maxOwnLabelChars} (a user id of a megabyte was
  * written whole in each of its series on every scrape). The others count under `"(other)"`;
@@ -61,7 +62,7 @@ export const maxOwnLabelChars = 256
  * @internal
  */
 export const isOwnSeriesLabel = (name: string): boolean =>
-  name.length <= maxOwnLabelChars && name !== otherSeries && !loneSurrogate.test(name)
+  name !== "" && name.length <= maxOwnLabelChars && name !== otherSeries && !loneSurrogate.test(name)
 
 /**
  * A name checked by {@link textIssue}, as `Input`'s checks answer: for a name that enters as an
