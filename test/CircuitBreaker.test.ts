@@ -353,6 +353,14 @@ describe("CircuitBreaker (memory)", () => {
           Effect.fail(new ShuttingDownError({ message: "closing" })),
           // a stream its provider's shutdown cut after text (the local provider's)
           Effect.fail(new StreamInterruptedError({ partialText: "Hel", reason: "ShuttingDown" })),
+          // a stream whose resumption another breaker refused (the executor wraps the refusal after text)
+          Effect.fail(
+            new StreamInterruptedError({
+              partialText: "Hel",
+              reason: "CircuitOpen",
+              cause: new CircuitOpenError({ breaker: "other", state: "open" })
+            })
+          ),
           Effect.interrupt
         ]
         for (const effect of notCounted) {

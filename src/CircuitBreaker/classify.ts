@@ -19,11 +19,13 @@ const countedReasons: ReadonlySet<Reason> = new Set<Reason>([
 const callersFault: ReadonlySet<string> = new Set(["InvalidRequest", "ContentFilter", "TooLarge"])
 
 /**
- * A stream its provider's own shutdown cut after text (`reason` `"ShuttingDown"`, as
- * `reasonOf` labels a `ShuttingDownError`): the provider was closed, it did not fail.
+ * A stream cut after text by what says nothing about its provider, as `reasonOf` labels it: its
+ * own shutdown (`"ShuttingDown"`: the provider was closed, it did not fail), or another breaker's
+ * refusal (`"CircuitOpen"`: the executor's stream whose resumption the next step's open circuit
+ * refused), which counts for nothing unwrapped either.
  */
-const cutByShutdown = (error: AiError): boolean =>
-  error._tag === "StreamInterruptedError" && error.reason === "ShuttingDown"
+const cutByNoFault = (error: AiError): boolean =>
+  error._tag === "StreamInterruptedError" && (error.reason === "ShuttingDown" || error.reason === "CircuitOpen")
 
 /**
  * The default classifier (the table in `docs/circuit-breaker.md`): transient provider
@@ -41,7 +43,7 @@ export const defaultIsFailure = (error: AiError): boolean => {
     case "TimeoutError":
       return true
     case "StreamInterruptedError":
-      return !callersFault.has(error.reason) && !cutByShutdown(error)
+      return !callersFault.has(error.reason) && !cutByNoFault(error)
     case "FallbackExhaustedError":
       // Without a step (never from this library; a hand-made or decoded one) there is no last
       // error to judge: it counts, as a failure that says nothing else does.
@@ -61,7 +63,7 @@ export type Outcome = "Success" | "Failure" | "Ignored"
 
 /**
  * Classifies a call's exit. Interruption, another breaker's refusal and shutdown (a stream
- * cut by it included) say nothing about the provider (`Ignored`, whatever the classifier
+ * cut by either included) say nothing about the provider (`Ignored`, whatever the classifier
  * says); defects and failures that are not `AiError`s count; a classifier that throws counts
  * the call as a failure.
  *
@@ -80,8 +82,7 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>, isFailure: (error: 
   try {
     const error =
       found.value._tag === "FallbackExhaustedError" && found.value.attempts.length > 0 ? found.value.last : found.value
-    if (error._tag === "CircuitOpenError" || error._tag === "ShuttingDownError" || cutByShutdown(error))
-      return "Ignored"
+    if (error._tag === "CircuitOpenError" || error._tag === "ShuttingDownError" || cutByNoFault(error)) return "Ignored"
     return isFailure(error) ? "Failure" : "Success"
   } catch {
     return "Failure"
