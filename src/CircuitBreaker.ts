@@ -20,12 +20,12 @@
  *
  * @since 0.1.0
  */
-import { Context, Effect, type Exit, Layer, type Scope, type Stream } from "effect"
+import { Context, Effect, type Exit, Layer, Result, type Scope, type Stream } from "effect"
 import * as Store from "effect/persistence/CircuitBreaker"
 import type * as Redis from "effect/persistence/Redis"
 import type { AiError, CircuitOpenError } from "./AiError.js"
 import { make as makeCore, memoryBackend } from "./CircuitBreaker/core.js"
-import { check } from "./CircuitBreaker/options.js"
+import { check, read } from "./CircuitBreaker/options.js"
 import * as Input from "./Input.js"
 import type { StoreError } from "./Redis.js"
 import { makeRedis, type RedisOptions } from "./CircuitBreaker/Redis.js"
@@ -218,7 +218,7 @@ export interface Options {
  * @category constructors
  */
 export const makeMemory = Effect.fnUntraced(function* (options: Options = {}) {
-  const config = yield* Input.orOptionError(check(options))
+  const config = yield* Input.orOptionError(Result.flatMap(read(options), (given) => check(given)))
   const context = yield* Layer.build(Store.layerStoreMemory({ idleTimeToLive: config.idleTimeToLive }))
   return yield* makeCore(config, memoryBackend(Context.get(context, Store.CircuitBreakerStore)))
 })

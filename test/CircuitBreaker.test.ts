@@ -34,6 +34,7 @@ import { maxOwnLabelChars } from "../src/stats/labels.js"
 import * as BreakerCore from "../src/CircuitBreaker/core.js"
 import { check } from "../src/CircuitBreaker/options.js"
 import * as Store from "effect/persistence/CircuitBreaker"
+import * as PersistenceRedis from "effect/persistence/Redis"
 
 let counter = 0
 const uniqueKey = (label: string) => `test-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
@@ -826,6 +827,30 @@ describe("CircuitBreaker options (item 11)", () => {
       yield* refused({ name: "b-\uD800" }, "name", "surrogate")
       yield* refused({ name: "b-\uDC00" }, "name", "surrogate")
     })
+  )
+
+  it.effect("an option whose getter throws is an OptionError naming it, never a defect out of the layer", () =>
+    Effect.gen(function* () {
+      const throwing = (field: string) =>
+        Object.defineProperty({}, field, {
+          enumerable: true,
+          get: () => {
+            throw new Error(`no ${field}`)
+          }
+        })
+      yield* refused(throwing("failMax"), "failMax", "no failMax")
+      yield* refused(throwing("resetTimeout"), "resetTimeout", "no resetTimeout")
+      yield* refused({ rolling: throwing("size") }, "rolling.size", "no size")
+      const redis = yield* Effect.flip(
+        Layer.build(
+          CircuitBreaker.layerRedis(throwing("prefix") as CircuitBreaker.RedisOptions).pipe(
+            Layer.provide(Layer.succeed(PersistenceRedis.Redis, {} as PersistenceRedis.Redis["Service"]))
+          )
+        )
+      )
+      assert.strictEqual(redis._tag, "OptionError")
+      assert.strictEqual((redis as OptionError).path, "prefix")
+    }).pipe(Effect.scoped)
   )
 
   it.effect("null is refused like any other wrong value, never read as the default", () =>

@@ -13,7 +13,7 @@ import type { Options } from "../CircuitBreaker.js"
 import * as Input from "../Input.js"
 import * as SharedRedis from "../Redis.js"
 import { make as makeCore } from "./core.js"
-import { check, millis } from "./options.js"
+import { check, millis, read } from "./options.js"
 
 /**
  * Options of the Redis breakers: the breaker {@link Options} and the store's own.
@@ -90,7 +90,8 @@ const redisKey = (key: string): string => (needsEscape.test(key) ? key.replace(e
  * @since 0.2.0
  * @category constructors
  */
-export const makeRedis = Effect.fnUntraced(function* (options: RedisOptions = {}) {
+export const makeRedis = Effect.fnUntraced(function* (given: RedisOptions = {}) {
+  const options = yield* Input.orOptionError(read(given))
   const config = yield* Input.orOptionError(check(options, redisKeys))
   if (config.tripPolicy._tag === "Consecutive" && config.tripPolicy.failures > Input.maxRedisMillis) {
     // The store's scripts refuse a count above 2^50: every record would be a store error, and

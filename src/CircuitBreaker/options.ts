@@ -109,6 +109,26 @@ const tripPolicy = (options: Options): Input.Checked<TripPolicy> => {
 }
 
 /**
+ * The options' fields (and `rolling`'s) read once into plain copies, before any check: a getter
+ * (or a `Proxy` trap) that throws is an issue naming its field, never a defect out of the layer,
+ * and a getter read again cannot answer other than what was checked. Anything but an object
+ * passes as it is, for `check` to refuse.
+ *
+ * @internal
+ */
+export const read = <O extends Options>(options: O): Input.Checked<O> => {
+  if (Input.kindOf(options) !== "an object") return Result.succeed(options)
+  return Result.flatMap(Input.readFields(options), (fields) => {
+    const rolling = fields.rolling
+    if (Input.kindOf(rolling) !== "an object") return Result.succeed(fields as O)
+    return Result.map(
+      Input.readFields(rolling as object, undefined, "rolling"),
+      (copy) => ({ ...fields, rolling: copy }) as unknown as O
+    )
+  })
+}
+
+/**
  * Checks the options common to every breaker layer.
  *
  * @internal
