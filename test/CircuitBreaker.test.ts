@@ -850,6 +850,18 @@ describe("CircuitBreaker options (item 11)", () => {
       )
       assert.strictEqual(redis._tag, "OptionError")
       assert.strictEqual((redis as OptionError).path, "prefix")
+      // Options whose fields are getters of their class are read as before (own fields are not the only ones).
+      class Settings {
+        get failMax() {
+          return 1
+        }
+        get rolling() {
+          return undefined
+        }
+      }
+      const breakers = yield* CircuitBreaker.makeMemory(new Settings())
+      yield* run(breakers, "settings", overloaded)
+      assert.strictEqual(yield* breakers.state("settings"), "open")
     }).pipe(Effect.scoped)
   )
 

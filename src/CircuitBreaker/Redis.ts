@@ -91,7 +91,7 @@ const redisKey = (key: string): string => (needsEscape.test(key) ? key.replace(e
  * @category constructors
  */
 export const makeRedis = Effect.fnUntraced(function* (given: RedisOptions = {}) {
-  const options = yield* Input.orOptionError(read(given))
+  const options = yield* Input.orOptionError(read(given, redisKeys))
   const config = yield* Input.orOptionError(check(options, redisKeys))
   if (config.tripPolicy._tag === "Consecutive" && config.tripPolicy.failures > Input.maxRedisMillis) {
     // The store's scripts refuse a count above 2^50: every record would be a store error, and

@@ -108,6 +108,20 @@ const tripPolicy = (options: Options): Input.Checked<TripPolicy> => {
   )
 }
 
+// Its own fields and the known ones it has (a getter of its class included), each read once: listing
+// fields that throws is left to `Input.readFields`, which names it.
+const fieldsOf = (input: object, known: Iterable<string>, prefix?: string) => {
+  let own: ReadonlyArray<string>
+  try {
+    own = Object.keys(input)
+  } catch {
+    return Input.readFields(input, undefined, prefix)
+  }
+  return Input.readFields(input, [...new Set([...own, ...known])], prefix)
+}
+
+const rollingKeys: ReadonlyArray<string> = ["size", "minimumCalls", "failureRate", "window"]
+
 /**
  * The options' fields (and `rolling`'s) read once into plain copies, before any check: a getter
  * (or a `Proxy` trap) that throws is an issue naming its field, never a defect out of the layer,
@@ -116,13 +130,13 @@ const tripPolicy = (options: Options): Input.Checked<TripPolicy> => {
  *
  * @internal
  */
-export const read = <O extends Options>(options: O): Input.Checked<O> => {
+export const read = <O extends Options>(options: O, extraKeys: ReadonlySet<string> = new Set()): Input.Checked<O> => {
   if (Input.kindOf(options) !== "an object") return Result.succeed(options)
-  return Result.flatMap(Input.readFields(options), (fields) => {
+  return Result.flatMap(fieldsOf(options, [...knownKeys, ...extraKeys]), (fields) => {
     const rolling = fields.rolling
     if (Input.kindOf(rolling) !== "an object") return Result.succeed(fields as O)
     return Result.map(
-      Input.readFields(rolling as object, undefined, "rolling"),
+      fieldsOf(rolling as object, rollingKeys, "rolling"),
       (copy) => ({ ...fields, rolling: copy }) as unknown as O
     )
   })
