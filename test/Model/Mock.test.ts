@@ -410,6 +410,28 @@ describe("Mock", () => {
       })
     )
 
+    it.effect(
+      "a wrong shape (null, a string where an array goes) is an OptionError naming the field, not a TypeError",
+      () =>
+        Effect.gen(function* () {
+          const cases: ReadonlyArray<readonly [unknown, string]> = [
+            [null, "options"],
+            [{ random: null }, "random"],
+            [{ random: { success: 0.5, failures: null } }, "random.failures"],
+            [{ random: { success: 0.5, failures: "Overloaded" } }, "random.failures"],
+            [{ script: [{ _tag: "Succeed", chunks: "abc" }] }, "script[0].chunks"],
+            [{ script: [{ _tag: "Succeed", toolCalls: "abc" }] }, "script[0].toolCalls"],
+            [{ script: [{ _tag: "Succeed", toolCalls: null }] }, "script[0].toolCalls"],
+            [{ script: [{ _tag: "Fail", reason: "Overloaded", message: 42 }] }, "script[0].message"]
+          ]
+          for (const [options, path] of cases) {
+            const error = yield* Effect.suspend(() => configError(options as Mock.Options))
+            assert.strictEqual(error._tag, "OptionError")
+            assert.strictEqual(error.path, path, JSON.stringify(options))
+          }
+        })
+    )
+
     it.effect("unknown options and reasons are refused, not ignored", () =>
       Effect.gen(function* () {
         const typo = yield* configError({ latancy: 100 } as Mock.Options)

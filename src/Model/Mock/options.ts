@@ -68,8 +68,12 @@ const isToolCall = Schema.is(ToolCall)
 
 const issue = (path: string, message: string): Input.Checked<never> => Result.fail({ path, message })
 
-const known = (path: string, value: object, keys: ReadonlySet<string>): Input.Checked<void> => {
-  for (const key of Object.keys(value)) {
+// Options may come from a file (`orchestra serve`): a null or a string where an object goes is an
+// issue naming the field, not a TypeError thrown out of `make`.
+const known = (path: string, value: unknown, keys: ReadonlySet<string>): Input.Checked<void> => {
+  const notObject = Input.notAnObject(path === "" ? "options" : path, value)
+  if (notObject !== undefined) return Result.fail(notObject)
+  for (const key of Object.keys(value as object)) {
     if (!keys.has(key))
       return issue(path === "" ? key : `${path}.${key}`, `unknown option (expected one of ${[...keys].join(", ")})`)
   }
@@ -112,15 +116,24 @@ const planOf = (path: string, outcome: Outcome): Input.Checked<Planned> =>
     if (outcome.text !== undefined && typeof outcome.text !== "string") {
       return yield* issue(`${path}.text`, `expected a string, got ${Input.kindOf(outcome.text)}`)
     }
+    if (outcome._tag === "Fail" && outcome.message !== undefined && typeof outcome.message !== "string") {
+      return yield* issue(`${path}.message`, `expected a string, got ${Input.kindOf(outcome.message)}`)
+    }
     switch (outcome._tag) {
       case "Succeed": {
         if (outcome.chunks !== undefined) {
+          if (!Array.isArray(outcome.chunks)) {
+            return yield* issue(`${path}.chunks`, `expected an array of strings, got ${Input.kindOf(outcome.chunks)}`)
+          }
           if (outcome.text !== undefined) return yield* issue(`${path}.chunks`, "give `text` or `chunks`, not both")
           const i = outcome.chunks.findIndex((chunk) => typeof chunk !== "string")
           if (i >= 0) return yield* issue(`${path}.chunks[${i}]`, "expected a string")
         }
         if (outcome.finishReason !== undefined && !isFinishReason(outcome.finishReason)) {
           return yield* issue(`${path}.finishReason`, `unknown finish reason ${JSON.stringify(outcome.finishReason)}`)
+        }
+        if (outcome.toolCalls !== undefined && !Array.isArray(outcome.toolCalls)) {
+          return yield* issue(`${path}.toolCalls`, `expected an array, got ${Input.kindOf(outcome.toolCalls)}`)
         }
         const bad = (outcome.toolCalls ?? []).findIndex((call) => !isToolCall(call))
         if (bad >= 0) return yield* issue(`${path}.toolCalls[${bad}]`, "expected { id, name, arguments } strings")
@@ -152,7 +165,15 @@ const randomOf = (mix: RandomMix): Input.Checked<(random: () => number) => Plann
     if (success + hang > 1) return yield* issue("random.hang", `success ${success} + hang ${hang} exceed 1`)
     const weights: Array<readonly [Reason, number]> = []
     let total = 0
-    for (const [reason, weight] of Object.entries(mix.failures ?? { Overloaded: 1 })) {
+    const failures = mix.failures ?? { Overloaded: 1 }
+    // null is a wrong value, not the default.
+    if (mix.failures === null || typeof failures !== "object" || Array.isArray(failures)) {
+      return yield* issue(
+        "random.failures",
+        `expected an object of weights by reason, got ${Input.shown(mix.failures)}`
+      )
+    }
+    for (const [reason, weight] of Object.entries(failures)) {
       if (!isReason(reason)) return yield* issue(`random.failures.${reason}`, "unknown reason")
       total += yield* Input.number(`random.failures.${reason}`, weight, { min: 0 })
       weights.push([reason, total])
