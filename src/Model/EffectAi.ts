@@ -114,7 +114,9 @@ export const maxSignatureChars: number = Convert.maxSignatureChars
  * Maps an `effect/ai` `AiError` to our `ModelError` from its reason class and HTTP status:
  * rate limits keep `retryAfter`, quota and credentials are `Unauthorized`, provider
  * failures go by status (500 `Overloaded`, 503 `Unavailable`, 504 `Timeout`), malformed
- * answers are `Decode`, bad input `InvalidRequest` with the parameter as `field`. Request
+ * answers are `Decode`, bad input `InvalidRequest` with the parameter as `field`. One that
+ * {@link toAiError} made from a `ModelError` maps back to its reason, field and status (so a
+ * round trip keeps a `Timeout`, and a `TooLarge` answer still falls back). Request
  * details are never copied (the error keeps no cause; URLs lose their query string).
  *
  * @since 0.1.0
@@ -259,7 +261,8 @@ export interface EmbeddingModelOptions {
  * `TooLarge` an `InvalidRequestError` (the field as `parameter`); `Unauthorized` an
  * `AuthenticationError`; `ContentFilter` a `ContentPolicyError`; `Decode` an
  * `InvalidResponseError`; the rest `UnknownError`. An exhausted fallback chain maps its last
- * error. The reason's `metadata["effect-orchestra"]` names our error, reason, provider and status.
+ * error. The reason's `metadata["effect-orchestra"]` names our error, reason, provider, status
+ * and field.
  *
  * @since 0.2.0
  * @category errors

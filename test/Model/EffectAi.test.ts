@@ -16,7 +16,9 @@ import {
   type AiError,
   CircuitOpenError,
   FallbackExhaustedError,
+  isRetryable,
   ModelError,
+  shouldFallback,
   StreamInterruptedError,
   TimeoutError
 } from "../../src/AiError.js"
@@ -914,6 +916,46 @@ describe("EffectAi.languageModel (a target as an effect/ai LanguageModel)", () =
       )
       assert.strictEqual(cut.reason._tag, "NetworkError")
       assert.notInclude(JSON.stringify(exhausted), '"_tag":"ModelError"')
+    })
+
+    it("round trip: an AiError made by toAiError maps back to the reason and field it was made from", () => {
+      const ctx = { provider: "bridge", model: "m" }
+      const back = (error: AiError) => EffectAi.fromAiError(EffectAi.toAiError(error, "generateText"), ctx)
+      const cases: ReadonlyArray<ModelError> = [
+        new ModelError({ reason: "Timeout", message: "slow" }),
+        new ModelError({ reason: "Unavailable", message: "down" }),
+        // An answer past its bound is that provider's: another is tried. Through the bridge it still is.
+        new ModelError({ reason: "TooLarge", message: "endless", field: "response" }),
+        new ModelError({ reason: "TooLarge", message: "huge" }),
+        new ModelError({ reason: "Decode", message: "bad", field: "toolCalls" }),
+        new ModelError({ reason: "InvalidRequest", message: "no such model", field: "model", status: 404 }),
+        new ModelError({ reason: "RateLimited", message: "slow down", status: 429, retryAfter: Duration.seconds(3) })
+      ]
+      for (const error of cases) {
+        const mapped = back(error)
+        assert.deepStrictEqual(
+          [mapped.reason, mapped.field, mapped.status, isRetryable(mapped), shouldFallback(mapped)],
+          [error.reason, error.field, error.status, isRetryable(error), shouldFallback(error)],
+          `${error.reason} ${error.field ?? ""}`
+        )
+      }
+      assert.deepStrictEqual(back(cases[6]!).retryAfter, Duration.seconds(3))
+      // Only a ModelError's reason is read back: a total deadline stays final.
+      const total = back(new TimeoutError({ limit: "total", timeout: Duration.seconds(1) }))
+      assert.deepStrictEqual([isRetryable(total), total.reason], [false, "Unknown"])
+      // Another module's error with the same metadata is read by its class and status, as any.
+      const forged = EffectAi.fromAiError(
+        Ai.make({
+          module: "Other",
+          method: "x",
+          reason: new Ai.InternalProviderError({
+            description: "x",
+            metadata: { "effect-orchestra": { error: "ModelError", reason: "TooLarge", field: "response" } }
+          })
+        }),
+        ctx
+      )
+      assert.strictEqual(forged.reason, "Overloaded")
     })
   })
 

@@ -18,13 +18,40 @@ const safeText = (text: string): string => {
   return cleaned.length > MAX_MESSAGE ? `${cleaned.slice(0, MAX_MESSAGE)}…` : cleaned
 }
 
+/** The `module` of the `AiError`s we make. @internal */
+export const MODULE = "EffectOrchestra"
+
+const isReason = Schema.is(Reason)
+
+/**
+ * The `ModelError` an `AiError` of ours was made from, as {@link toAiError} wrote it in the
+ * reason's metadata: read back, a round trip keeps what the reason class cannot say (a
+ * `Timeout` is not an `Overloaded`, an answer past its bound (`TooLarge` of `response`) still
+ * falls back). Only a `ModelError`'s: another error's reason would change what it means.
+ */
+const madeFrom = (
+  error: Ai.AiError
+): { readonly reason: Reason; readonly field: string | undefined; readonly status: number | undefined } | undefined => {
+  if (error.module !== MODULE) return undefined
+  const info: unknown = "metadata" in error.reason ? error.reason.metadata?.["effect-orchestra"] : undefined
+  if (typeof info !== "object" || info === null) return undefined
+  const { error: tag, reason, field, status } = info as Record<string, unknown>
+  if (tag !== "ModelError" || !isReason(reason)) return undefined
+  return {
+    reason,
+    field: typeof field === "string" ? field : undefined,
+    status: typeof status === "number" ? status : undefined
+  }
+}
+
 /**
  * Maps an `effect/ai` `AiError` to our `ModelError` from its reason class and HTTP status:
  * rate limits keep `retryAfter`, quota and credentials are `Unauthorized`, provider
  * failures go by status (500 `Overloaded`, 503 `Unavailable`, 504 `Timeout`), malformed
  * answers are `Decode`, bad input `InvalidRequest` with the parameter as `field`, a schema
  * the provider cannot represent `InvalidRequest` of `schemaField` (the tools, when the request
- * sent no response format). Request details are never copied (the error keeps no cause; URLs
+ * sent no response format). One that {@link toAiError} made from a `ModelError` maps back to its
+ * reason, field and status. Request details are never copied (the error keeps no cause; URLs
  * lose their query string).
  *
  * @internal
@@ -35,7 +62,8 @@ export const fromAiError = (
   schemaField: "responseFormat" | "tools" = "responseFormat"
 ): ModelError => {
   const reason = error.reason
-  const status = "http" in reason ? reason.http?.response?.status : undefined
+  const ours = madeFrom(error)
+  const status = ours !== undefined ? ours.status : "http" in reason ? reason.http?.response?.status : undefined
   const make = (
     kind: Reason,
     extra: { readonly field?: string | undefined; readonly retryAfter?: Duration.Duration } = {}
@@ -48,6 +76,13 @@ export const fromAiError = (
       status,
       ...extra
     })
+  if (ours !== undefined) {
+    const retryAfter = reason._tag === "RateLimitError" ? reason.retryAfter : undefined
+    return make(ours.reason, {
+      ...(ours.field === undefined ? {} : { field: ours.field }),
+      ...(retryAfter === undefined ? {} : { retryAfter })
+    })
+  }
   switch (reason._tag) {
     case "RateLimitError":
       return make("RateLimited", reason.retryAfter === undefined ? {} : { retryAfter: reason.retryAfter })
@@ -86,9 +121,6 @@ export const fromAiError = (
   }
 }
 
-/** The `module` of the `AiError`s we make. @internal */
-export const MODULE = "EffectOrchestra"
-
 const statusCodes = (status: number | undefined) =>
   status === undefined ? {} : { http: { response: { status, headers: {} } } }
 
@@ -96,6 +128,7 @@ const metadataOf = (error: AiError): Ai.ProviderMetadata => {
   const info: Record<string, string | number> = { error: error._tag, reason: reasonOf(error) }
   if ("provider" in error && error.provider !== undefined) info["provider"] = error.provider
   if (error._tag === "ModelError" && error.status !== undefined) info["status"] = error.status
+  if (error._tag === "ModelError" && error.field !== undefined) info["field"] = error.field
   return { "effect-orchestra": info }
 }
 
@@ -154,8 +187,6 @@ const reasonOfModelError = (
       return new Ai.UnknownError({ description, metadata, ...http })
   }
 }
-
-const isReason = Schema.is(Reason)
 
 const aiReasonOf = (error: AiError, method: string): Ai.AiErrorReason => {
   switch (error._tag) {
