@@ -490,6 +490,28 @@ describe("Mock", () => {
       })
     )
 
+    it.effect("a scripted Fail or Hang with no chunks does not run respond: a stream fails as generate does", () =>
+      Effect.gen(function* () {
+        let calls = 0
+        const respond = () => {
+          calls++
+          throw new Error("respond bug")
+        }
+        const { provider } = yield* Mock.make({
+          respond,
+          script: [Mock.Outcome.fail("Overloaded"), Mock.Outcome.fail("Overloaded"), Mock.Outcome.hang()]
+        })
+        const generated = (yield* Effect.flip(provider.generate({ prompt: "x" }))) as ModelError
+        const streamed = (yield* Effect.flip(Stream.runCollect(provider.stream({ prompt: "x" })))) as ModelError
+        assert.deepStrictEqual([generated.reason, streamed.reason], ["Overloaded", "Overloaded"])
+        const hung = yield* Stream.runCollect(provider.stream({ prompt: "x" })).pipe(Effect.forkChild)
+        yield* TestClock.adjust("1 hour")
+        assert.isUndefined(hung.pollUnsafe())
+        yield* Fiber.interrupt(hung)
+        assert.strictEqual(calls, 0)
+      })
+    )
+
     it.effect("the layer fails with the OptionError; a good one provides the provider and its control", () =>
       Effect.gen(function* () {
         const failed = yield* Effect.flip(Layer.build(Mock.layer({ latency: Number.NaN })))

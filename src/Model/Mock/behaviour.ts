@@ -246,7 +246,9 @@ export const build = (
     const valid = validated.success
     const { outcome, random } = plan()
     const model = valid.model ?? defaultModel
-    const text = textFor(valid, outcome)
+    // A failure or a stall before any chunk needs no answer: `respond` runs for it no more than in `generate`.
+    const text =
+      outcome._tag !== "Succeed" && (outcome.afterChunks ?? 0) === 0 ? Result.succeed("") : textFor(valid, outcome)
     if (text._tag === "Failure") {
       ending = "failed"
       return Effect.fail(text.failure)
