@@ -68,7 +68,10 @@ export interface Options {
   readonly allowRemoteModels?: boolean | undefined
   /** Where downloaded models are cached. Default: transformers.js's own (`node_modules/@xenova/transformers/.cache`). */
   readonly cacheDir?: string | undefined
-  /** Hub to download from (a mirror, say): an http(s) URL. Default `https://huggingface.co/`. */
+  /**
+   * Hub to download from (a mirror, say): an http(s) URL, without credentials (fetch refuses
+   * them), query or fragment (each file's path is appended to it). Default `https://huggingface.co/`.
+   */
   readonly remoteHost?: string | undefined
   /** Load `*_quantized.onnx` files (the transformers.js default). Default `true`. */
   readonly quantized?: boolean | undefined

@@ -347,6 +347,24 @@ describe("Local provider", () => {
     })
   )
 
+  it.effect("a remoteHost with credentials, a query or a fragment is refused, without echoing the credentials", () =>
+    Effect.gen(function* () {
+      // fetch refuses a URL with credentials, and transformers.js appends the file's path after
+      // the host as text: a query or fragment would swallow it. Each would only fail on first download.
+      for (const remoteHost of [
+        "https://user:s3cret-token@mirror.example/",
+        "https://s3cret-token@mirror.example/",
+        "https://mirror.example/hub?token=s3cret-token",
+        "https://mirror.example/hub#s3cret-token"
+      ]) {
+        const error = yield* Effect.flip(Effect.scoped(Local.make({ remoteHost, allowRemoteModels: true })))
+        assert.strictEqual(error._tag, "OptionError", remoteHost)
+        if (error._tag === "OptionError") assert.strictEqual(error.path, "remoteHost")
+        assert.notInclude(error.message, "s3cret-token")
+      }
+    })
+  )
+
   it.effect("requestLimits are the user's: 3,000 texts pass a raised bound, a lowered one refuses by field", () =>
     Effect.gen(function* () {
       const raised = (yield* build({ requestLimits: { maxEmbedTexts: 3_000 } })).model

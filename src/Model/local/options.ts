@@ -94,6 +94,21 @@ const hubUrl = (path: string, input: unknown): Input.Checked<string> => {
     return Result.fail({ path, message: `expected an http(s) URL, got ${Input.shown(input)}` })
   }
   const url = new URL(input)
+  // fetch refuses a URL with credentials, and transformers.js appends each file's path to the host
+  // as text, which a query or fragment would swallow: either failed only at the first download,
+  // and the credentials or a token in the query were written into that load's error.
+  if (url.username !== "" || url.password !== "") {
+    return Result.fail({
+      path,
+      message: `expected an http(s) URL without credentials (fetch refuses them), got ${url.protocol}//<credentials>@${url.host}${url.pathname}`
+    })
+  }
+  if (url.search !== "" || url.hash !== "") {
+    return Result.fail({
+      path,
+      message: `expected an http(s) URL without a query or fragment (the file's path is appended to it), got ${url.origin}${url.pathname}`
+    })
+  }
   if (url.protocol !== "http:" && url.protocol !== "https:") {
     return Result.fail({ path, message: `expected an http(s) URL, got ${input}` })
   }
