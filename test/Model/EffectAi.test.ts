@@ -394,6 +394,31 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
       })
     )
 
+    it.effect("a hand-made LanguageModel failing with something that is no AiError fails Unknown, not a defect", () =>
+      Effect.gen(function* () {
+        const thrown = new Error("sdk blew up at https://api.example/v1?key=SECRET-KEY-9")
+        const handMade = Layer.succeed(LanguageModel.LanguageModel, {
+          generateText: () => Effect.fail(thrown),
+          streamText: () => Stream.fail(thrown)
+        } as unknown as LanguageModel.LanguageModel)
+        const embedder = Layer.succeed(EmbeddingModel.EmbeddingModel, {
+          embedMany: () => Effect.fail("not an error at all")
+        } as unknown as EmbeddingModel.EmbeddingModel)
+        const provider = yield* EffectAi.make({ name: "sdk" }).pipe(Effect.provide(Layer.merge(handMade, embedder)))
+        const exits = [
+          yield* Effect.exit(provider.generate({ prompt: "x" })),
+          yield* Effect.exit(Stream.runCollect(provider.stream({ prompt: "x" }))),
+          yield* Effect.exit(provider.embed({ texts: ["x"] }))
+        ]
+        for (const exit of exits) {
+          const error = failureOf(exit) as ModelError
+          assert.deepStrictEqual([error?._tag, error?.reason, error?.provider], ["ModelError", "Unknown", "sdk"])
+          assert.notInclude(error.message, "SECRET-KEY-9")
+        }
+        assert.include((failureOf(exits[0]!) as ModelError).message, "sdk blew up")
+      })
+    )
+
     it.effect("a URL's query string (which may carry a key) never reaches the message", () =>
       Effect.gen(function* () {
         const { provider } = yield* providerWith({

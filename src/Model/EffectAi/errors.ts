@@ -7,6 +7,7 @@
 import type { Duration } from "effect"
 import { Schema } from "effect"
 import { AiError as Ai } from "effect/ai"
+import * as Input from "../../Input.js"
 import { type AiError, isRetryable, ModelError, Reason, reasonOf } from "../../AiError.js"
 import { type CallContext, classify } from "../http/errors.js"
 
@@ -17,6 +18,29 @@ const safeText = (text: string): string => {
   const cleaned = text.replace(/(https?:\/\/[^\s?#)]+)\?[^\s)#]*/g, "$1?<redacted>")
   return cleaned.length > MAX_MESSAGE ? `${cleaned.slice(0, MAX_MESSAGE)}…` : cleaned
 }
+
+/**
+ * What a `LanguageModel` or `EmbeddingModel` failed with, as our `ModelError`: an `AiError` by
+ * {@link fromAiError}; anything else (a hand-made service over another SDK, typed loosely) is
+ * `Unknown` with its message, rather than a defect that would skip every fallback.
+ *
+ * @internal
+ */
+export const fromFailure = (
+  error: unknown,
+  ctx: CallContext,
+  schemaField: "responseFormat" | "tools" = "responseFormat"
+): ModelError =>
+  Ai.isAiError(error)
+    ? fromAiError(error, ctx, schemaField)
+    : new ModelError({
+        reason: "Unknown",
+        message: safeText(
+          `${ctx.provider}: the effect/ai service failed with ${Input.kindOf(error)} that is no AiError: ${Input.thrownMessage(error)}`
+        ),
+        provider: ctx.provider,
+        model: ctx.model
+      })
 
 /** The `module` of the `AiError`s we make. @internal */
 export const MODULE = "EffectOrchestra"

@@ -29,7 +29,7 @@ import {
   withToolCalls
 } from "./convert.js"
 import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
-import { fromAiError } from "./errors.js"
+import { fromAiError, fromFailure } from "./errors.js"
 
 const settingKeys = ["temperature", "maxTokens", "topP", "stop", "seed", "responseFormat", "parallelToolCalls"] as const
 
@@ -257,7 +257,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       const response = yield* (
         extra === undefined ? call : Effect.updateContext(call, (c: Context.Context<never>) => Context.merge(c, extra))
       ).pipe(
-        Effect.mapError((error) => fromAiError(error, ctx, schemaField)),
+        Effect.mapError((error) => fromFailure(error, ctx, schemaField)),
         Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(requestTimeout(ctx, timeout)) })
       )
       const text = response.text
@@ -317,7 +317,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
             extra === undefined
               ? raw
               : Stream.updateContext(raw, (c: Context.Context<never>) => Context.merge(c, extra))
-          ).pipe(Stream.mapError((error) => fromAiError(error, ctx, schemaField)))
+          ).pipe(Stream.mapError((error) => fromFailure(error, ctx, schemaField)))
           return assemble(parts, {
             ctx,
             idleTimeout: streamIdleTimeout,
@@ -392,7 +392,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         return yield* invalidRequest("texts", `no effect/ai EmbeddingModel was provided to ${name}`, name)
       }
       const response = yield* embedder.value.embedMany(valid.texts).pipe(
-        Effect.mapError((error) => fromAiError(error, ctx)),
+        Effect.mapError((error) => fromFailure(error, ctx)),
         Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(requestTimeout(ctx, timeout)) })
       )
       // EmbeddingModel.make checks the count; a hand-made service need not, and vectors would then pair with the wrong texts.
