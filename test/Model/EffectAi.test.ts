@@ -204,6 +204,33 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
       })
   )
 
+  it.effect("a tool choice no declared tool can meet is refused on toolChoice, not dropped or sent on", () =>
+    Effect.gen(function* () {
+      const { provider, seen } = yield* providerWith({
+        generate: Effect.succeed([{ type: "text", text: "no tool" }, finish()]),
+        stream: Stream.make({ type: "text-delta", id: "t", delta: "no tool" }, finish())
+      })
+      const tool = { name: "lookup", parameters: { type: "object", properties: {} } }
+      const requests: ReadonlyArray<Model.GenerateRequest> = [
+        { prompt: "x", toolChoice: "required" },
+        { prompt: "x", toolChoice: { name: "lookup" } },
+        { prompt: "x", tools: [tool], toolChoice: { name: "lokup" } }
+      ]
+      for (const request of requests) {
+        const generated = (yield* Effect.flip(provider.generate(request))) as ModelError
+        const streamed = failureOf((yield* collect(provider.stream(request))).exit) as ModelError
+        for (const error of [generated, streamed]) {
+          assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "toolChoice"], JSON.stringify(request))
+        }
+      }
+      assert.strictEqual(seen.length, 0)
+      // What a model does without tools anyway is no contradiction.
+      for (const toolChoice of ["auto", "none"] as const) {
+        assert.strictEqual((yield* provider.generate({ prompt: "x", toolChoice })).text, "no tool")
+      }
+    })
+  )
+
   it.effect("tools go in as JSON-Schema tools; tool calls come back unresolved, in generate and stream", () =>
     Effect.gen(function* () {
       const call: Response.StreamPartEncoded = {

@@ -178,6 +178,20 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
     })
     const tools = valid.tools ?? []
     const choice = valid.toolChoice
+    // Without tools no toolkit is sent, so a choice that asks for a call would be dropped (a text
+    // answer to "required"); a name no tool has would reach the provider. Refused, as over HTTP.
+    if (typeof choice === "object" && !tools.some((tool) => tool.name === choice.name)) {
+      return yield* invalidRequest(
+        "toolChoice",
+        tools.length === 0
+          ? `{ name: "${choice.name}" } asks for a tool call, but the request has no tools`
+          : `no tool is named "${choice.name}"`,
+        name
+      )
+    }
+    if (choice === "required" && tools.length === 0) {
+      return yield* invalidRequest("toolChoice", '"required" asks for a tool call, but the request has no tools', name)
+    }
     // The schema an UnsupportedSchemaError (which names none) is about: the tools, unless a JSON format was sent.
     const schemaField =
       tools.length > 0 && (valid.responseFormat === undefined || valid.responseFormat.type === "text")
