@@ -422,7 +422,11 @@ describe("Mock", () => {
             [{ script: [{ _tag: "Succeed", chunks: "abc" }] }, "script[0].chunks"],
             [{ script: [{ _tag: "Succeed", toolCalls: "abc" }] }, "script[0].toolCalls"],
             [{ script: [{ _tag: "Succeed", toolCalls: null }] }, "script[0].toolCalls"],
-            [{ script: [{ _tag: "Fail", reason: "Overloaded", message: 42 }] }, "script[0].message"]
+            [{ script: [{ _tag: "Fail", reason: "Overloaded", message: 42 }] }, "script[0].message"],
+            // A tag that is a key of every object is no outcome either.
+            [{ script: [{ _tag: "toString" }] }, "script[0]._tag"],
+            [{ script: [{ _tag: "constructor" }] }, "script[0]._tag"],
+            [{ random: { success: 0.5, failures: { toString: 1 } } }, "random.failures.toString"]
           ]
           for (const [options, path] of cases) {
             const error = yield* Effect.suspend(() => configError(options as Mock.Options))

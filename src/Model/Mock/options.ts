@@ -107,7 +107,7 @@ const latencyOf = (path: string, input: Latency | undefined): Input.Checked<Span
 
 const planOf = (path: string, outcome: Outcome): Input.Checked<Planned> =>
   Result.gen(function* () {
-    if (typeof outcome !== "object" || outcome === null || !(outcome._tag in outcomeKeys)) {
+    if (typeof outcome !== "object" || outcome === null || !Object.hasOwn(outcomeKeys, outcome._tag)) {
       return yield* issue(`${path}._tag`, "expected Succeed, Fail or Hang (use Mock.Outcome.succeed/fail/hang)")
     }
     yield* known(path, outcome, outcomeKeys[outcome._tag])
