@@ -37,6 +37,7 @@ import {
   Stdio,
   Stream
 } from "effect"
+import { ModelError } from "../src/AiError.js"
 import type { BatchResult, ItemResult } from "../src/Batch.js"
 import * as Cli from "../src/cli/Cli.js"
 import { parseQuery } from "../src/cli/Common.js"
@@ -44,7 +45,7 @@ import * as CliConfig from "../src/cli/Config.js"
 import type { Provider } from "../src/cli/ConfigSchema.js"
 import * as Json from "../src/cli/json.js"
 import * as Providers from "../src/cli/Providers.js"
-import { formatTable, quantile, roundOrder, summarise } from "../src/cli/run/bench.js"
+import { figuresOf, formatTable, quantile, roundOrder, summarise } from "../src/cli/run/bench.js"
 import { lines, notUtf8, tooLong } from "../src/cli/run/start.js"
 import * as Setup from "../src/cli/Setup.js"
 import { inProcess as cliInProcess } from "./utils/cli.js"
@@ -1437,7 +1438,8 @@ describe("orchestra bench arithmetic", () => {
     durationMs,
     retries: 0
   })
-  const batch = (elapsedMs: number, results: ReadonlyArray<ItemResult>) => ({ elapsedMs, results }) as BatchResult
+  const batch = (elapsedMs: number, results: ReadonlyArray<ItemResult>) =>
+    figuresOf({ elapsedMs, results } as BatchResult)
 
   it("rounds alternate which side runs first", () => {
     assert.deepStrictEqual([1, 2, 3, 4].map(roundOrder), [
@@ -1464,6 +1466,20 @@ describe("orchestra bench arithmetic", () => {
     })
     assert.strictEqual(quantile([], 0.5), 0)
     assert.strictEqual(quantile([7], 0.95), 7)
+  })
+
+  it("a run is kept as its wall time, its items' durations and its success count: never its answers or errors", () => {
+    const answered = (index: number, durationMs: number): ItemResult => ({
+      ...item(index, "success", durationMs),
+      answer: { text: "x".repeat(1000) } as unknown as NonNullable<ItemResult["answer"]>
+    })
+    const failed: ItemResult = { ...item(2, "error", 7), error: new ModelError({ reason: "Overloaded", message: "m" }) }
+    const figures = figuresOf({
+      elapsedMs: 40,
+      results: [answered(0, 30), answered(1, 10), failed]
+    } as unknown as BatchResult)
+    assert.deepStrictEqual(figures, { elapsedMs: 40, durations: Float64Array.of(30, 10, 7), successes: 2 })
+    assert.deepStrictEqual(Object.keys(figures).sort(), ["durations", "elapsedMs", "successes"])
   })
 
   it("the success rate reads 100 only when every item succeeded, 0 only when none did; 1 failure in 20,000 read 100.0 %", () => {

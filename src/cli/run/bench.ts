@@ -60,7 +60,7 @@ const round2 = (n: number): number => Math.round(n * 100) / 100
  * @since 0.2.0
  * @category utils
  */
-export const quantile = (sorted: ReadonlyArray<number>, q: number): number => {
+export const quantile = (sorted: ArrayLike<number>, q: number): number => {
   if (sorted.length === 0) return 0
   const at = (sorted.length - 1) * q
   const low = Math.floor(at)
@@ -69,13 +69,46 @@ export const quantile = (sorted: ReadonlyArray<number>, q: number): number => {
 }
 
 /**
+ * What the report needs of one run, taken from its result as the run ends so that the result
+ * (every item's answer) is not kept for the rounds after it: its wall time, its items' durations
+ * and how many succeeded.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface RunFigures {
+  readonly elapsedMs: number
+  readonly durations: Float64Array
+  readonly successes: number
+}
+
+/**
+ * @since 0.3.0
+ * @category utils
+ */
+export const figuresOf = (result: BatchResult): RunFigures => {
+  const durations = new Float64Array(result.results.length)
+  let successes = 0
+  result.results.forEach((r, i) => {
+    durations[i] = r.durationMs
+    if (r.status === "success") successes++
+  })
+  return { elapsedMs: result.elapsedMs, durations, successes }
+}
+
+/**
  * @since 0.2.0
  * @category utils
  */
-export const summarise = (runs: ReadonlyArray<BatchResult>): Side => {
-  const items = runs.flatMap((run) => run.results)
-  const durations = items.map((r) => r.durationMs).sort((a, b) => a - b)
-  const successes = items.filter((r) => r.status === "success").length
+export const summarise = (runs: ReadonlyArray<RunFigures>): Side => {
+  const durations = new Float64Array(runs.reduce((n, run) => n + run.durations.length, 0))
+  let at = 0
+  for (const run of runs) {
+    durations.set(run.durations, at)
+    at += run.durations.length
+  }
+  durations.sort()
+  const successes = runs.reduce((n, run) => n + run.successes, 0)
   const walls = runs.map((run) => run.elapsedMs)
   return {
     elapsedMs: round2(
@@ -86,8 +119,8 @@ export const summarise = (runs: ReadonlyArray<BatchResult>): Side => {
     ),
     rounds: walls.map(round2),
     successes,
-    failures: items.length - successes,
-    successRate: successRate(successes, items.length),
+    failures: durations.length - successes,
+    successRate: successRate(successes, durations.length),
     latency: {
       p50: round2(quantile(durations, 0.5)),
       p95: round2(quantile(durations, 0.95)),
@@ -211,8 +244,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
           .run(items, { ...options, concurrency: limit, onEvent: bar.onEvent })
           .pipe(Effect.ensuring(bar.end))
       })
-    const sequentialRuns: Array<BatchResult> = []
-    const concurrentRuns: Array<BatchResult> = []
+    // Folded as each run ends: a run's result holds every answer, and 1,000,000 prompts kept for six runs took gigabytes.
+    const sequentialRuns: Array<RunFigures> = []
+    const concurrentRuns: Array<RunFigures> = []
     const failures: Array<Failure> = []
     let round = 1
     const runRounds = Effect.gen(function* () {
@@ -220,7 +254,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         const suffix = rounds === 1 ? "" : ` ${round}/${rounds}`
         for (const run of roundOrder(round)) {
           const result = yield* runOnce(`${run}${suffix}`, run === "sequential" ? 1 : concurrency)
-          ;(run === "sequential" ? sequentialRuns : concurrentRuns).push(result)
+          ;(run === "sequential" ? sequentialRuns : concurrentRuns).push(figuresOf(result))
           // One by one: spread as arguments, a round of 150,000 failures overflowed the stack.
           for (const failure of failuresOf(run, round, result, prompts)) failures.push(failure)
         }
