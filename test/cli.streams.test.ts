@@ -27,6 +27,7 @@ import {
   Terminal
 } from "effect"
 import * as Cli from "../src/cli/Cli.js"
+import { StderrColumns } from "../src/cli/Manager.js"
 
 const dir = mkdtempSync(NodePath.join(tmpdir(), "orchestra-cli-streams-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
@@ -305,6 +306,47 @@ describe("orchestra bench's progress bar", () => {
       // 600 items answered in two runs, each run well under a second: its first and last state, and few between.
       assert.isAtMost(draws, 60, `${draws} redraws`)
       assert.include(result.stderr, "300/300")
+    })
+  )
+})
+
+describe("orchestra bench's progress bar on a narrow terminal", () => {
+  const clearLine = "\u001b[K"
+  // Each redraw's visible text: what a carriage return starts, without the clearing of the line's rest.
+  const draws = (stderr: string) =>
+    stderr
+      .split("\r")
+      .slice(1)
+      .map((draw) => draw.replace(/\n$/, "").replace(clearLine, ""))
+
+  it.live("is cut to stderr's width: a line wider than the terminal wraps, and each redraw then leaves a line", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("progress-narrow.json", { providers: { m: { type: "mock" } } })
+      const bench = (columns: number | undefined) =>
+        inProcess(["bench", "--prompts", "a,b", "--rounds", "2", "--json", "--config", config]).pipe(
+          Effect.provideService(StderrColumns, () => columns)
+        )
+      const wide = yield* bench(undefined)
+      assert.strictEqual(wide.code, 0, wide.stderr)
+      const full = draws(wide.stderr)
+      assert.isNotEmpty(full)
+      // "sequential 1/2 [████████████████████████████] 2/2  1.2 ms": 57 columns and more.
+      for (const draw of full) assert.isAtLeast(draw.length, 57, draw)
+      for (const columns of [80, 50, 30, 12, 1]) {
+        const result = yield* bench(columns)
+        assert.strictEqual(result.code, 0, result.stderr)
+        const drawn = draws(result.stderr)
+        assert.strictEqual(drawn.length, full.length)
+        // Short of the last column, where some terminals wrap already.
+        for (const draw of drawn) assert.isAtMost(draw.length, Math.max(columns - 1, 0), `${columns}: ${draw}`)
+        if (columns >= 30) for (const draw of drawn) assert.match(draw, / [12]\/2 /, `${columns}: ${draw}`)
+      }
+      // Wide enough, the line is as it was.
+      const roomy = yield* bench(200)
+      assert.deepStrictEqual(
+        draws(roomy.stderr).map((draw) => draw.replace(/ [\d.]+ m?s$/, "")),
+        full.map((draw) => draw.replace(/ [\d.]+ m?s$/, ""))
+      )
     })
   )
 })

@@ -5,7 +5,7 @@
  *
  * @since 0.2.0
  */
-import { Config, Console, Effect, type FileSystem, Layer, Option, type Path, Stdio, Stream } from "effect"
+import { Config, Console, Context, Effect, type FileSystem, Layer, Option, type Path, Stdio, Stream } from "effect"
 import { defaultMaxItems, type ProgressEvent } from "../Batch.js"
 import * as Input from "../Input.js"
 import type * as Orchestra from "../Orchestra.js"
@@ -189,13 +189,28 @@ const envVar = (name: string) =>
     Effect.orElseSucceed(() => undefined)
   )
 
+const failures = (failed: number) => (failed > 0 ? `, ${failed} failed` : "")
+
+/**
+ * The width of stderr's terminal in columns, asked at each redraw of a progress bar: `undefined`
+ * when it is not known (stderr is no terminal). Node's `process.stderr.columns` unless provided
+ * (a test, an embedding that draws stderr elsewhere).
+ *
+ * @since 0.3.0
+ * @category output
+ */
+export const StderrColumns = Context.Reference<() => number | undefined>("effect-orchestra/cli/StderrColumns", {
+  defaultValue: () => () => process.stderr.columns
+})
+
 /** The least time between two redraws of a progress bar (its last state is always drawn). */
 const redrawMs = 100
 
 /**
  * A progress bar on stderr, drawn only when stderr is a terminal that can redraw a line
  * (not `TERM=dumb`), and not in CI (`CI` set, but not to `false` or `0`): a CI that gives the
- * process a terminal keeps each redraw as a line of its log. Redrawn at most every 100 ms, and at the end.
+ * process a terminal keeps each redraw as a line of its log. Redrawn at most every 100 ms, and at the end;
+ * cut to the terminal's width ({@link StderrColumns}), the bar narrowed first.
  *
  * @since 0.1.0
  * @category output
@@ -212,11 +227,18 @@ export const progressBar = Effect.fnUntraced(function* (label: string, total: nu
   // When the bar was last drawn (the batch's elapsed milliseconds): a redraw per item would cost a batch of fast
   // calls more than its calls, and no one reads a bar redrawn more often than this.
   let drawnAt = Number.NEGATIVE_INFINITY
+  const columns = yield* StderrColumns
   const line = (done: number, elapsedMs: number) => {
-    const width = 28
+    const head = `${label.padEnd(11)} `
+    const tail = ` ${done}/${total}${failures(failed)}  ${formatMs(elapsedMs)}`
+    // Read at each redraw, to follow a resized window. A line as wide as the terminal wraps (some wrap at its last
+    // column already), and each redraw, back only to the start of the last line, leaves a line behind.
+    const known = columns()
+    const room = known !== undefined && Number.isFinite(known) && known > 0 ? known - 1 : Number.POSITIVE_INFINITY
+    const width = Math.min(28, room - head.length - tail.length - 2)
+    if (width < 5) return `\r${`${head}${tail.slice(1)}`.slice(0, room)}\u001b[K`
     const filled = total === 0 ? width : Math.round((width * done) / total)
-    const failures = failed > 0 ? `, ${failed} failed` : ""
-    return `\r${label.padEnd(11)} [${"█".repeat(filled)}${"░".repeat(width - filled)}] ${done}/${total}${failures}  ${formatMs(elapsedMs)}\u001b[K`
+    return `\r${head}[${"█".repeat(filled)}${"░".repeat(width - filled)}]${tail}\u001b[K`
   }
   return {
     onEvent: (event: ProgressEvent): Effect.Effect<void> =>
