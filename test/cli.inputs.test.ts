@@ -343,3 +343,26 @@ describe("a gateway file with mistakes in several sections' values", () => {
     })
   )
 })
+
+describe("serve --port out of range", () => {
+  it.live("is said with the range of a port, however large (it said at most 9007199254740991 past that)", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("port.json", { providers: { m: { type: "mock" } } })
+      for (const [value, shown] of [
+        ["70000", "70000"],
+        ["9007199254740992", "9007199254740992"],
+        ["99999999999999999999999", "1e+23"],
+        ["1e300", "1e+300"]
+      ] as const) {
+        const result = yield* run(["serve", "--port", value, "--config", config])
+        assert.strictEqual(result.code, 2, result.err)
+        assert.strictEqual(result.err, `orchestra: invalid --port: expected a value of at most 65535, got ${shown}`)
+      }
+      const below = yield* run(["serve", "--port", "-99999999999999999999999", "--config", config])
+      assert.strictEqual(below.err, "orchestra: invalid --port: expected a value of at least 0, got -1e+23")
+      // Past a double's range it is no number at all.
+      const infinite = yield* run(["serve", "--port", "1e400", "--config", config])
+      assert.strictEqual(infinite.err, 'orchestra: --port: expected an integer, got "1e400"')
+    })
+  )
+})

@@ -435,8 +435,8 @@ export const positiveIntOf = (
 
 /**
  * The value of an {@link integerFlag} whose range is checked later, where the value is used
- * (`serve --port` by the gateway, which names `--port` or the file's `server.port`); a value
- * that is no integer ends the command as {@link positiveIntOf} does.
+ * (`serve --port` by the gateway, which names `--port` or the file's `server.port`), however
+ * large it is; a value that is no integer ends the command as {@link positiveIntOf} does.
  *
  * @since 0.3.0
  * @category combinators
@@ -445,7 +445,8 @@ export const integerOf = (
   common: Common,
   flag: string,
   text: string,
-  check: (value: number) => Input.Checked<number> = (value) => Input.int(flag, value)
+  // No bound here, not even the safe integers': past it, `--port 1e23` was said to be above 9007199254740991, not 65535.
+  check: (value: number) => Input.Checked<number> = (value) => Input.int(flag, value, { max: Number.POSITIVE_INFINITY })
 ): Effect.Effect<number, ExitCode> => {
   const trimmed = text.trim()
   const value = decimal.test(trimmed) ? Number(trimmed) : Number.NaN
