@@ -330,6 +330,22 @@ describe("bench with many failed items", () => {
   )
 })
 
+describe("a provider that cannot start", () => {
+  it.live('is named once: `provider "l": model …`, not `provider "l": l: model …`', () =>
+    Effect.gen(function* () {
+      const config = writeConfig("no-model.json", {
+        providers: { l: { type: "local", modelPath: "./no-such-models", cacheDir: "./model-cache" } }
+      })
+      const result = yield* inProcess(["test", "-p", "x", "--json", "--config", config])
+      assert.strictEqual(result.code, 1, result.err)
+      assert.match(result.err, /^orchestra: provider "l": model "tiny-(gpt2|bert)" not found: no config\.json in /)
+      const error = (JSON.parse(result.out) as { error: { message: string; kind: string; provider: string } }).error
+      assert.match(error.message, /^provider "l": model "tiny-(gpt2|bert)" not found/)
+      assert.deepInclude(error, { kind: "provider", provider: "l" })
+    })
+  )
+})
+
 describe("bench's memory", () => {
   v8.setFlagsFromString("--expose-gc")
   const gc = vm.runInNewContext("gc") as () => void

@@ -291,7 +291,15 @@ const setupError =
           detail: error.message,
           issue: Providers.issueOf(formatPath(["providers", provider]), error)
         })
-      : new SetupError({ provider, kind: "provider", detail: error.message })
+      : new SetupError({ provider, kind: "provider", detail: withoutProvider(provider, error) })
+
+// The library's provider errors start with the provider's name (`l: model "x" not found`), which SetupError says already.
+const withoutProvider = (provider: string, error: ModelError): string => {
+  const prefix = `${provider}: `
+  return error.provider === provider && error.message.startsWith(prefix) && error.message.length > prefix.length
+    ? error.message.slice(prefix.length)
+    : error.message
+}
 
 /** The manager's options that the file holds under `policies`. */
 const policyOptions = /^(?:executor|maxConcurrent|maxItems|breakers|rateLimits|cache)(?:$|[.[])/
