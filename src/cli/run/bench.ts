@@ -8,7 +8,7 @@
  * @since 0.2.0
  */
 import { Console, Effect, Option } from "effect"
-import { Batch, type BatchResult, type Item } from "../../Batch.js"
+import { Batch, type BatchResult, type Item, type ItemResult } from "../../Batch.js"
 import { percent, successRate } from "../../stats/figures.js"
 import { type Args, maxRounds } from "../Bench.js"
 import {
@@ -141,23 +141,18 @@ interface Failure {
   readonly text: string
 }
 
-const failuresOf = (
-  run: Failure["run"],
-  round: number,
-  result: BatchResult,
-  prompts: ReadonlyArray<string>
-): ReadonlyArray<Failure> =>
-  result.results
-    .filter((r) => r.status !== "success")
-    .map((r) => ({
-      run,
-      round,
-      item: r.index + 1,
-      prompt: prompts[r.index] ?? "",
-      status: r.status,
-      ...(r.error === undefined ? {} : { error: errorJson(r.error) }),
-      text: r.error === undefined ? r.status : errorText(r.error)
-    }))
+const failureOf = (run: Failure["run"], round: number, r: ItemResult, prompts: ReadonlyArray<string>): Failure => ({
+  run,
+  round,
+  item: r.index + 1,
+  prompt: prompts[r.index] ?? "",
+  status: r.status,
+  ...(r.error === undefined ? {} : { error: errorJson(r.error) }),
+  text: r.error === undefined ? r.status : errorText(r.error)
+})
+
+/** How many failed items the text report names; it counts the rest. */
+const shownFailures = 20
 
 /**
  * The table `bench` prints.
@@ -247,7 +242,10 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     // Folded as each run ends: a run's result holds every answer, and 1,000,000 prompts kept for six runs took gigabytes.
     const sequentialRuns: Array<RunFigures> = []
     const concurrentRuns: Array<RunFigures> = []
+    // Every failure under --json, whose document lists them; else the first few, which the text names (a million
+    // prompts failing in three rounds were six million objects for 20 lines), and a count for each round.
     const failures: Array<Failure> = []
+    const failedIn: Array<number> = Array.from({ length: rounds }, () => 0)
     let round = 1
     const runRounds = Effect.gen(function* () {
       for (; round <= rounds; round++) {
@@ -255,8 +253,11 @@ export const run = Effect.fnUntraced(function* (args: Args) {
         for (const run of roundOrder(round)) {
           const result = yield* runOnce(`${run}${suffix}`, run === "sequential" ? 1 : concurrency)
           ;(run === "sequential" ? sequentialRuns : concurrentRuns).push(figuresOf(result))
-          // One by one: spread as arguments, a round of 150,000 failures overflowed the stack.
-          for (const failure of failuresOf(run, round, result, prompts)) failures.push(failure)
+          for (const r of result.results) {
+            if (r.status === "success") continue
+            failedIn[round - 1]!++
+            if (common.json || failures.length < shownFailures) failures.push(failureOf(run, round, r, prompts))
+          }
         }
       }
     })
@@ -266,12 +267,14 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       Effect.gen(function* () {
         const seq = summarise(sequentialRuns.slice(0, done))
         const conc = summarise(concurrentRuns.slice(0, done))
+        // Failures are kept in the order of their rounds: the first ones of the first `done` rounds are among them.
         const counted = failures.filter((f) => f.round <= done)
+        const failed = failedIn.slice(0, done).reduce((a, b) => a + b, 0)
         const speedup = conc.elapsedMs === 0 ? 0 : seq.elapsedMs / conc.elapsedMs
         const waves = Math.ceil(items.length / Math.min(concurrency, items.length))
         const idealSpeedup = items.length / waves
         const warmUpFailures = warmUp.results.filter((r) => r.status !== "success").length
-        const ok = counted.length === 0 && !interrupted
+        const ok = failed === 0 && !interrupted
         if (common.json) {
           yield* printJson(common, {
             ok,
@@ -300,27 +303,27 @@ export const run = Effect.fnUntraced(function* (args: Args) {
           const warm = `warm-up: ${plural(warmUp.results.length, "call")} in ${formatMs(warmUp.elapsedMs)}, not counted${
             warmUpFailures > 0 ? ` (${warmUpFailures} failed)` : ""
           }`
-          const shown = counted.slice(0, 20).map((f) => `  ${failureText(f)}`)
+          const shown = counted.slice(0, shownFailures).map((f) => `  ${failureText(f)}`)
           yield* printText(
             [
               formatTable(title, seq, conc, speedup, ideal),
               warm,
-              ...(counted.length === 0
+              ...(failed === 0
                 ? []
                 : [
                     "",
-                    `${plural(counted.length, "failed item")}:`,
+                    `${plural(failed, "failed item")}:`,
                     ...shown,
-                    ...(counted.length > 20 ? [`  ... and ${counted.length - 20} more`] : [])
+                    ...(failed > shown.length ? [`  ... and ${failed - shown.length} more`] : [])
                   ])
             ].join("\n")
           )
         }
-        if (counted.length > 0) {
+        if (failed > 0) {
           // Said on stderr too, with --json or without, as every failure is: stdout holds the data.
           const total = items.length * done * 2
           yield* printError(
-            `orchestra: ${counted.length} of ${plural(total, "item")} failed; the first: ${failureText(counted[0]!)}`
+            `orchestra: ${failed} of ${plural(total, "item")} failed; the first: ${failureText(counted[0]!)}`
           )
         }
         return ok
