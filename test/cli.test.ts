@@ -1521,6 +1521,26 @@ describe("orchestra queries", () => {
     })
   )
 
+  it.effect(
+    "start reads a line that comes a few bytes at a time in linear time (each piece copied every piece before it)",
+    () =>
+      Effect.gen(function* () {
+        // A producer that writes as it goes (another model's streamed answer piped in): 300,000 pieces of 1 byte, each
+        // copying the list of those before, were 4.5e10 copies (80,000 took 55 s).
+        const piece = new Uint8Array([0x61])
+        const pieces = Stream.fromIterable({
+          *[Symbol.iterator]() {
+            for (let i = 0; i < 300_000; i++) yield piece
+            yield new Uint8Array([0x0a, 0x62, 0x0a])
+          }
+          // A piece a pull, as stdin gives them: the runtime yields between them, so a slow read fails the timeout.
+        }).pipe(Stream.rechunk(1))
+        const read = yield* Stream.runCollect(lines(pieces))
+        assert.deepStrictEqual(Array.from(read), ["a".repeat(300_000), "b"])
+      }),
+    { timeout: 30_000 }
+  )
+
   it.live("start: stdin that cannot be read ends the session with 1, not 0, saying why", () =>
     Effect.gen(function* () {
       const config = writeConfig("stdin-error.json", { providers: { m: { type: "mock" } } })

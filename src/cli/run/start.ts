@@ -58,14 +58,15 @@ export const tooLong: Refused = { refused: `line longer than ${maxLineChars} cha
 export const notUtf8: Refused = { refused: "line not in UTF-8 (set the terminal or the file to UTF-8): ignored" }
 
 interface LineState {
-  /** The bytes of the line being read, so far. */
-  readonly pending: ReadonlyArray<Uint8Array>
+  /**
+   * The bytes of the line being read, so far: added to in place, this stream's own (a line that comes a byte at a
+   * time, copied at each byte, took time in the square of its length).
+   */
+  readonly pending: Array<Uint8Array>
   readonly size: number
   /** The line being read is already too long: the rest of it is dropped. */
   readonly tooLong: boolean
 }
-
-const empty: LineState = { pending: [], size: 0, tooLong: false }
 
 /** One line's bytes as text, without its `\r`. */
 const decodeLine = (parts: ReadonlyArray<Uint8Array>): string | Refused => {
@@ -90,14 +91,15 @@ const decodeLine = (parts: ReadonlyArray<Uint8Array>): string | Refused => {
 export const lines = <E, R>(bytes: Stream.Stream<Uint8Array, E, R>): Stream.Stream<string | Refused, E, R> =>
   bytes.pipe(
     Stream.mapAccum(
-      (): LineState => empty,
+      (): LineState => ({ pending: [], size: 0, tooLong: false }),
       (state: LineState, chunk: Uint8Array): readonly [LineState, ReadonlyArray<string | Refused>] => {
         const out: Array<string | Refused> = []
         let { pending, size, tooLong: dropping } = state
         let start = 0
         for (let newline = chunk.indexOf(0x0a); newline >= 0; newline = chunk.indexOf(0x0a, start)) {
           const part = chunk.subarray(start, newline)
-          out.push(dropping || size + part.length > maxLineBytes ? tooLong : decodeLine([...pending, part]))
+          if (!dropping && size + part.length <= maxLineBytes) pending.push(part)
+          out.push(dropping || size + part.length > maxLineBytes ? tooLong : decodeLine(pending))
           pending = []
           size = 0
           dropping = false
@@ -105,10 +107,8 @@ export const lines = <E, R>(bytes: Stream.Stream<Uint8Array, E, R>): Stream.Stre
         }
         const rest = chunk.slice(start)
         if (dropping || size + rest.length > maxLineBytes) return [{ pending: [], size: 0, tooLong: true }, out]
-        return [
-          { pending: rest.length === 0 ? pending : [...pending, rest], size: size + rest.length, tooLong: false },
-          out
-        ]
+        if (rest.length > 0) pending.push(rest)
+        return [{ pending, size: size + rest.length, tooLong: false }, out]
       },
       {
         onHalt: (state) => (state.tooLong ? [tooLong] : state.size > 0 ? [decodeLine(state.pending)] : [])
