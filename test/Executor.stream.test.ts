@@ -1627,3 +1627,38 @@ describe("Executor.stream: review of the resume and the cache", () => {
       })
   )
 })
+
+describe("Executor.stream: a step cut by the total deadline", () => {
+  // A call's step cut by its total deadline counts a timeout; a stream's was counted a `Timeout`
+  // failure without one when no attempt was running (a retry's hook) or its upstream had ended.
+  for (const [when, mock, options, consume] of [
+    [
+      "between two attempts (a retry's onRetry hook)",
+      { script: [Outcome.fail("Overloaded", { latency: "10 millis" }), Outcome.succeed("ok")] },
+      {
+        totalTimeout: "1 second",
+        retry: { maxAttempts: 3, initialDelay: "500 millis", jitter: 0 },
+        onRetry: () => Effect.sleep("2 seconds")
+      },
+      () => Effect.void
+    ],
+    [
+      "with its whole answer read ahead of a slow consumer",
+      { respond: () => "a b c d", chunkDelay: "100 millis" },
+      { totalTimeout: "700 millis" },
+      () => Effect.sleep("1 second")
+    ]
+  ] as const) {
+    it.effect(`${when} counts a timeout, as a call's does`, () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup(mock)
+        const fiber = yield* Effect.forkChild(Effect.flip(Stream.runForEach(executor.stream(ask, options), consume)))
+        yield* TestClock.adjust("1 minute")
+        const error = yield* Fiber.join(fiber)
+        assert.strictEqual(error._tag === "TimeoutError" && error.limit, "total")
+        const stats = yield* executor.stats()
+        assert.deepStrictEqual([stats.failuresByReason, stats.timeouts], [{ Timeout: 1 }, 1])
+      })
+    )
+  }
+})

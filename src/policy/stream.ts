@@ -66,6 +66,14 @@ const missOnFailure = (cause: Cause.Cause<unknown>) =>
 const keptOrNot = (cause: Cause.Cause<unknown>) =>
   Cause.hasInterrupts(cause) ? Effect.failCause(cause as Cause.Cause<never>) : Effect.void
 
+// An attempt that ended on its first-chunk or idle deadline: its watch counted that timeout.
+const ownTimeout = (attempt: Attempt | undefined): boolean => {
+  const end = attempt?.end
+  if (end === undefined || end._tag === "Success") return false
+  const error = Cause.findErrorOption(end.cause)
+  return error._tag === "Some" && error.value._tag === "TimeoutError" && error.value.limit !== "total"
+}
+
 // A retry schedule's step (`Schedule.toStep`), made at a stream's first retry.
 type Stepper = (now: number, error: AiError) => Effect.Effect<[Duration.Duration, Duration.Duration], unknown>
 
@@ -171,8 +179,11 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
     // A stream whose Finish the consumer holds is complete: it ends as such at its next pull.
     const cutShort = (error: AiError, timedOut: boolean) => {
       if (finishDelivered) return
+      // The step's timeout, as a call's cut step counts one: between two attempts or with its upstream
+      // ended (read ahead) too, unless that attempt's own deadline already counted it.
+      const open = current ?? stepAttempt
+      if (timedOut && open !== undefined && !stepClosed && !ownTimeout(current)) open.series.timeouts++
       if (current !== undefined && current.end === undefined) {
-        if (timedOut) current.series.timeouts++
         current.end = Exit.fail(error)
         cutAttempt = current
         current.fiber?.interruptUnsafe()
