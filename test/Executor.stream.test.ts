@@ -15,7 +15,7 @@ import {
 } from "effect"
 import { TestClock } from "effect/testing"
 import * as Tracer from "effect/Tracer"
-import { type AiError, ModelError, ShuttingDownError } from "../src/AiError.js"
+import { type AiError, isRetryable, ModelError, ShuttingDownError, shouldFallback } from "../src/AiError.js"
 import type * as Input from "../src/Input.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
@@ -1661,4 +1661,43 @@ describe("Executor.stream: a step cut by the total deadline", () => {
       })
     )
   }
+})
+
+describe("Executor.stream: a deadline after a tool call and no text", () => {
+  // The consumer holds the call: a TimeoutError without text reads as retryable (`isRetryable`,
+  // `shouldFallback`), so an outer retry would run the stream again and deliver the call twice.
+  it.effect("ends the stream with an error no retry restarts, carrying the deadline's reason", () =>
+    Effect.gen(function* () {
+      const call = { id: "c1", name: "lookup", arguments: "{}" }
+      const provider: Service = {
+        name: "p",
+        defaultModel: "m",
+        generate: () => Effect.die("unused"),
+        embed: () => Effect.die("unused"),
+        stream: () => Stream.concat(Stream.make<[StreamPart]>({ _tag: "ToolCall", call }), Stream.never)
+      }
+      const tags: Array<string> = []
+      yield* withExecutorOver(provider, (executor) =>
+        Effect.gen(function* () {
+          const fiber = yield* Effect.forkChild(
+            Effect.flip(
+              Stream.runForEach(executor.stream(ask, { idleTimeout: "1 second" }), (p) =>
+                Effect.sync(() => tags.push(p._tag))
+              )
+            )
+          )
+          yield* TestClock.adjust("1 second")
+          const error = yield* Fiber.join(fiber)
+          assert.deepStrictEqual(tags, ["ToolCall"])
+          assert.isFalse(isRetryable(error), `${error._tag} is retryable`)
+          assert.isFalse(shouldFallback(error), `${error._tag} falls back`)
+          assert.deepStrictEqual(
+            error._tag === "StreamInterruptedError" && [error.partialText, error.provider, error.reason],
+            ["", "p", "Timeout"]
+          )
+          assert.deepStrictEqual((yield* executor.stats()).failuresByReason, { Timeout: 1 })
+        })
+      )
+    })
+  )
 })

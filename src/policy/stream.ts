@@ -452,7 +452,9 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       }
       endStream(
         Exit.fail(
-          error._tag === "TimeoutError"
+          // Only tool calls delivered: a TimeoutError without text would read as retryable (`isRetryable`),
+          // and an outer retry would deliver the calls again.
+          error._tag === "TimeoutError" && delivered.length > 0
             ? new TimeoutError({
                 limit: error.limit,
                 timeout: error.timeout,
