@@ -9,6 +9,7 @@ import {
   Fiber,
   Layer,
   Option,
+  Result,
   Scheduler,
   Scope,
   Stream
@@ -29,6 +30,7 @@ import {
 } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import { Outcome } from "../src/Model/Mock.js"
+import { decodeRetry } from "../src/Policy.js"
 import * as Engine from "../src/policy/engine.js"
 import { CurrentCut, type Cut, stopStreams } from "../src/policy/plan.js"
 import * as Streams from "../src/policy/stream.js"
@@ -1698,6 +1700,41 @@ describe("Executor.stream: a deadline after a tool call and no text", () => {
           assert.deepStrictEqual((yield* executor.stats()).failuresByReason, { Timeout: 1 })
         })
       )
+    })
+  )
+})
+
+describe("Executor.stream: a consumer that leaves during a retry's onRetry hook", () => {
+  // The hook, interrupted by the stream's finalizer, armed the retry's backoff after the finalizer
+  // had disposed of it: a watch left on the deadline lanes until its delay passed.
+  it.effect("leaves nothing on the deadline lanes", () =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(StatsModule.layer, scope)
+      const stats = Context.get(context, StatsModule.Stats)
+      const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
+      const streams = Streams.make({
+        engine,
+        defaults: { firstChunkTimeout: undefined, idleTimeout: undefined, totalTimeout: undefined }
+      })
+      const target = {
+        name: "p",
+        stream: () => Stream.fail(new ModelError({ reason: "Overloaded", message: "busy", provider: "p" }))
+      }
+      const retry = Result.getOrThrow(decodeRetry({ maxAttempts: 3, initialDelay: "1 hour", jitter: 0 }))
+      const plan = {
+        steps: [{ target, name: "p", timeout: undefined, retry }],
+        firstChunkTimeout: undefined,
+        idleTimeout: undefined,
+        totalTimeout: undefined,
+        onRetry: () => Effect.never
+      }
+      const consumer = yield* Effect.forkChild(Stream.runDrain(streams.run(plan as never, { prompt: "x" })))
+      yield* TestClock.adjust("1 second")
+      assert.isUndefined(consumer.pollUnsafe(), "in the hook")
+      yield* Fiber.interrupt(consumer)
+      assert.strictEqual(engine.lanes.size(), 0)
+      yield* Scope.close(scope, Exit.void)
     })
   )
 })

@@ -241,8 +241,9 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
     const finalizer = Effect.suspend(() => {
       total?.dispose()
       cut?.stops?.delete(stop)
-      backoff?.dispose()
+      // The hook first: interrupted, it ends at once, and its end arms the backoff disposed below.
       hook?.interruptUnsafe()
+      backoff?.dispose()
       leave()
       const attempt = current
       // Closed once the consumer had the Finish, without a last pull nor a cut: the stream is complete.
