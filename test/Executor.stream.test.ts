@@ -1738,3 +1738,31 @@ describe("Executor.stream: a consumer that leaves during a retry's onRetry hook"
     })
   )
 })
+
+describe("Executor.stream: resume after a provider's content filter", () => {
+  // A call cut by its provider's content filter does not fall back (`shouldFallback`): a stream's
+  // continuation on the next provider went on with the answer the filter had stopped.
+  it.effect("is not resumed: the stream ends with its partial text, the next step never asked", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({
+        script: [
+          Outcome.fail("ContentFilter", { afterChunks: 2, text: "alpha beta gamma" }),
+          Outcome.succeed("gamma delta")
+        ]
+      })
+      const a = { ...executor.provider, name: "a" }
+      const b = { ...executor.provider, name: "b" }
+      const seen: Array<string> = []
+      const error = yield* failureAfterTexts(
+        executor.stream(ask, { steps: [{ provider: a }, { provider: b }], resume: true }),
+        seen
+      )
+      assert.deepStrictEqual(
+        error._tag === "StreamInterruptedError" && [error.partialText, error.provider, error.reason],
+        ["alpha beta ", "a", "ContentFilter"]
+      )
+      assert.strictEqual(seen.join(""), "alpha beta ")
+      assert.strictEqual(yield* control.calls, 1)
+    })
+  )
+})

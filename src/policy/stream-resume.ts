@@ -109,10 +109,15 @@ export const resumeRequest = (original: GenerateRequest, partial: string, instru
 }
 
 /**
- * Whether a mid-stream failure may be resumed on the next step: any `ModelError`, a failure
- * that falls back, a missed first-chunk or idle deadline; never the total deadline.
+ * Whether a mid-stream failure may be resumed on the next step: any `ModelError` but a content
+ * filter's, a failure that falls back, a missed first-chunk or idle deadline; never the total deadline.
  *
  * @internal
  */
 export const resumable = (error: AiError): boolean =>
-  error._tag === "TimeoutError" ? error.limit !== "total" : shouldFallback(error) || error._tag === "ModelError"
+  error._tag === "TimeoutError"
+    ? error.limit !== "total"
+    : error._tag === "ModelError"
+      ? // The answer its provider's filter stopped is not continued elsewhere, as a call does not fall back then.
+        error.reason !== "ContentFilter"
+      : shouldFallback(error)
