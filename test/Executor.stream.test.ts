@@ -1766,3 +1766,34 @@ describe("Executor.stream: resume after a provider's content filter", () => {
     })
   )
 })
+
+describe("Executor.stream: a custom cache's getParts answering no whole stream", () => {
+  // A live provider's parts are checked; a custom cache's were replayed as they came: a stream
+  // without its Finish ended cleanly, a string was replayed a character a part, `undefined` threw.
+  const finish: StreamPart = {
+    _tag: "Finish",
+    finishReason: "stop",
+    usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+    provider: "p",
+    model: "m"
+  }
+  for (const [name, answer] of [
+    ["parts without their Finish", [{ _tag: "TextDelta", text: "half" }]],
+    ["parts after the Finish", [{ _tag: "TextDelta", text: "x" }, finish, { _tag: "TextDelta", text: "y" }]],
+    ["a malformed part", [{ _tag: "TextDelta" }, finish]],
+    ["a string", "abc"],
+    ["undefined", undefined]
+  ] as const) {
+    it.effect(`${name}: taken for a miss, the provider's stream answers`, () =>
+      Effect.gen(function* () {
+        const memory = yield* ResponseCache.makeMemory({ name: `custom-parts-${name}` })
+        const cache = { ...memory, getParts: () => Effect.succeed(Option.some(answer as never)) }
+        const { executor, control } = yield* setup({ respond: () => "a b" }, { guards: { cache } })
+        const parts = yield* collect(executor.stream(ask))
+        assert.strictEqual(textOf(parts), "a b")
+        assert.strictEqual(parts.at(-1)?._tag, "Finish")
+        assert.strictEqual(yield* control.calls, 1)
+      })
+    )
+  }
+})

@@ -103,6 +103,26 @@ const partIssue = (part: unknown): string | undefined => {
   }
 }
 
+/**
+ * Whether a cache's answer is a whole stream: stream parts, ending with their one `Finish`.
+ * A custom cache can answer anything; a live provider's parts are checked as they come.
+ *
+ * @internal
+ */
+export const isWholeStream = (parts: unknown): parts is readonly [StreamPart, ...Array<StreamPart>] => {
+  if (!Array.isArray(parts) || parts.length === 0) return false
+  try {
+    for (let i = 0; i < parts.length; i++) {
+      if (partIssue(parts[i]) !== undefined) return false
+      if ((parts[i]._tag === "Finish") !== (i === parts.length - 1)) return false
+    }
+  } catch {
+    // A part's getter that throws.
+    return false
+  }
+  return true
+}
+
 // A provider's part that is not a StreamPart: the attempt's failure (a Decode error falls back
 // as one on a generation does), never a defect in the consumer's fiber.
 const malformed = (provider: string, position: number, issue: string) =>

@@ -32,7 +32,7 @@ import type { Engine } from "./engine.js"
 import { cutByShutdown, exhaustedOr, shuttingDown } from "./failure.js"
 import { CurrentCut } from "./plan.js"
 import { endSpan, isTraced } from "./span.js"
-import { type Attempt, attemptStarter, closeAttempt, type StreamSpan } from "./stream-attempt.js"
+import { type Attempt, attemptStarter, closeAttempt, isWholeStream, type StreamSpan } from "./stream-attempt.js"
 import {
   type ExecutorStreamOptions,
   type StreamDefaults,
@@ -122,13 +122,16 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       const cached = yield* Effect.catchCause(plan.cache.store.getParts(plan.cache.key), missOnFailure)
       // A cut while the cache was read (a Redis call): no replay, no attempt.
       if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
-      if (Option.isSome(cached) && cached.value.length > 0) {
+      // What is not a whole stream (a custom cache's answer) is a miss: replayed, a stream without
+      // its Finish would end as if complete.
+      if (Option.isSome(cached) && isWholeStream(cached.value)) {
+        const parts = cached.value
         span?.span.attribute("orchestra.cache", "hit")
         let replayed = false
         return Effect.suspend(() => {
           if (replayed) return Cause.done()
           replayed = true
-          return Effect.succeed(cached.value as unknown as readonly [StreamPart, ...Array<StreamPart>])
+          return Effect.succeed(parts)
         })
       }
     }
