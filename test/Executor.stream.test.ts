@@ -1797,3 +1797,48 @@ describe("Executor.stream: a custom cache's getParts answering no whole stream",
     )
   }
 })
+
+describe("Executor.stream: an upstream that stays open after its Finish", () => {
+  // As documented: the stream ends at the Finish and the upstream is closed then, not when a slow
+  // consumer reaches the Finish (its connection held meanwhile, up to the total deadline).
+  it.effect("is closed when its Finish arrives, whatever the consumer's pace", () =>
+    Effect.gen(function* () {
+      const finish: StreamPart = {
+        _tag: "Finish",
+        finishReason: "stop",
+        usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 },
+        provider: "p",
+        model: "m"
+      }
+      let closed = false
+      const provider: Service = {
+        name: "p",
+        defaultModel: "m",
+        generate: () => Effect.die("unused"),
+        embed: () => Effect.die("unused"),
+        stream: () =>
+          Stream.concat(
+            Stream.make<[StreamPart, StreamPart]>({ _tag: "TextDelta", text: "a" }, finish),
+            Stream.never
+          ).pipe(
+            Stream.ensuring(
+              Effect.sync(() => {
+                closed = true
+              })
+            )
+          )
+      }
+      yield* withExecutorOver(provider, (executor) =>
+        Effect.gen(function* () {
+          const release = yield* Deferred.make<void>()
+          const fiber = yield* Effect.forkChild(Stream.runForEach(executor.stream(ask), () => Deferred.await(release)))
+          yield* TestClock.adjust("1 second")
+          const closedBeforeRead = closed
+          yield* Deferred.succeed(release, undefined)
+          yield* Fiber.join(fiber)
+          assert.isTrue(closedBeforeRead, "the upstream was held open until the consumer read its Finish")
+        })
+      )
+    })
+  )
+})

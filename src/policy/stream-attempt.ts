@@ -275,7 +275,9 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
   // The upstream's pull as is: `Stream.toPull` wraps every pull in a merge of its context
   // into the caller's and a semaphore (~1 µs and a copy of the context a chunk); this
   // fiber is its only reader and runs in that very context.
-  const pull = yield* Channel.toPullScoped(Stream.toChannel(step.target.stream(upstream)), attempt.scope)
+  // In a scope of its own, closed at its Finish: not when a slow consumer reads that far.
+  const upstreamScope = yield* Scope.fork(attempt.scope)
+  const pull = yield* Channel.toPullScoped(Stream.toChannel(step.target.stream(upstream)), upstreamScope)
   // Built once per attempt, not once per chunk.
   const next = Effect.catchCause(pull, doneAsUndefined)
   let position = 0
@@ -313,6 +315,7 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
   }
   attempt.watch.arm(undefined)
   if (attempt.finish === undefined) return yield* NoFinish(step.name)
+  yield* Scope.close(upstreamScope, Exit.void)
 })
 
 const producer = (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
