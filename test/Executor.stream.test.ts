@@ -16,7 +16,14 @@ import {
 } from "effect"
 import { TestClock } from "effect/testing"
 import * as Tracer from "effect/Tracer"
-import { type AiError, isRetryable, ModelError, ShuttingDownError, shouldFallback } from "../src/AiError.js"
+import {
+  type AiError,
+  isRetryable,
+  ModelError,
+  ShuttingDownError,
+  StreamInterruptedError,
+  shouldFallback
+} from "../src/AiError.js"
 import type * as Input from "../src/Input.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
@@ -1838,6 +1845,30 @@ describe("Executor.stream: an upstream that stays open after its Finish", () => 
           yield* Fiber.join(fiber)
           assert.isTrue(closedBeforeRead, "the upstream was held open until the consumer read its Finish")
         })
+      )
+    })
+  )
+})
+
+describe("Executor.stream: a provider's own StreamInterruptedError naming no provider", () => {
+  // Every other failure after text names the step's provider; this one named none.
+  it.effect("names the step's provider", () =>
+    Effect.gen(function* () {
+      const provider: Service = {
+        name: "p",
+        defaultModel: "m",
+        generate: () => Effect.die("unused"),
+        embed: () => Effect.die("unused"),
+        stream: () =>
+          Stream.concat(
+            Stream.make<[StreamPart]>({ _tag: "TextDelta", text: "a" }),
+            Stream.fail(new StreamInterruptedError({ partialText: "a", reason: "Transport", detail: "reset" }))
+          )
+      }
+      const error = yield* withExecutorOver(provider, (executor) => Effect.flip(collect(executor.stream(ask))))
+      assert.deepStrictEqual(
+        error._tag === "StreamInterruptedError" && [error.partialText, error.provider, error.reason, error.detail],
+        ["a", "p", "Transport", "reset"]
       )
     })
   )

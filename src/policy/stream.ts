@@ -469,7 +469,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
               ? // The provider's partialText is its own text: not what a resumed stream delivered before it.
                 new StreamInterruptedError({
                   partialText: delivered,
-                  provider: error.provider,
+                  provider: error.provider ?? attempt.step.name,
                   reason: error.reason,
                   detail: error.detail,
                   cause: error.cause
