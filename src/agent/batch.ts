@@ -14,7 +14,8 @@ import { invalidOption, invalidStep, type PipelineError } from "../pipeline/erro
 import { describe, execute } from "../pipeline/scheduler.js"
 import { makeRunner } from "../pipeline/step.js"
 import type { AgentMetrics } from "./metrics.js"
-import { type Call, count, readTask } from "./task.js"
+import { readTask } from "./checks.js"
+import { type Call, count } from "./task.js"
 
 export interface Env {
   readonly call: Call

@@ -7,7 +7,7 @@
 import { Buffer } from "node:buffer"
 import type { Task } from "../HttpAgent.js"
 import * as Input from "../Input.js"
-import type { Invalid } from "./task.js"
+import type { Invalid } from "./checks.js"
 
 /** Thrown by the args' replacer: where a number JSON would write as `null` sits. */
 class NotFinite {

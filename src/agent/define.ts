@@ -17,7 +17,7 @@ import * as Errors from "../Model/http/errors.js"
 import * as Http from "../Model/http/options.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
 import { textIssue } from "../stats/labels.js"
-import { agentName, display, noAgent } from "./task.js"
+import { agentName, display, noAgent } from "./names.js"
 
 // What the URL parser drops without a word (surrounding spaces, a tab or newline anywhere): the
 // request went to another URL than the one given, and records named that one.

@@ -22,7 +22,8 @@ import { isOwnSeriesLabel } from "../stats/labels.js"
 import { dispatch as runBatch } from "./batch.js"
 import * as Connections from "./connections.js"
 import * as AgentMetrics from "./metrics.js"
-import { agentName, isAgentRef, isUrl, labelOf as taskLabel, makeCall, noAgent, seriesOf } from "./task.js"
+import { agentName, isAgentRef, isUrl, labelOf as taskLabel, noAgent, seriesOf } from "./names.js"
+import { makeCall } from "./task.js"
 
 /** What the service takes from `HttpAgent.ts`. */
 export interface Env {

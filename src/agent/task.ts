@@ -12,20 +12,31 @@ import { Cause, Clock, Duration, Effect, Exit, Option, Redacted, Result } from "
 import { HttpClientRequest, UrlParams } from "effect/http"
 import { type AiError, ModelError } from "../AiError.js"
 import type { Service as DiscoveryService, Endpoint } from "../Discovery.js"
-import { defaultMaxAgents, isOwnService } from "../discovery/checks.js"
+import { isOwnService } from "../discovery/checks.js"
 import type { Service as ExecutorService, Step } from "../Executor.js"
 import type { Agent, Decoded, Task, TaskRecord } from "../HttpAgent.js"
 import * as Input from "../Input.js"
 import type { GenerateResponse } from "../Model.js"
 import type * as Client from "../Model/http/client.js"
-import { checkDependsOn } from "../pipeline/definition.js"
 import { keyedBreaker, messageOf } from "../pipeline/step.js"
 import type { BreakerGuard, LimitGuard, Slot } from "../policy/plan.js"
 import type { RetryPolicy } from "../Policy.js"
 import type { Service as CacheService } from "../ResponseCache.js"
 import { makeBody, type TooLarge } from "./body.js"
+import { checkTask, type Invalid, maxNameLength, readTask, shownId } from "./checks.js"
 import type { Connections } from "./connections.js"
+import { readEndpoints, resolveOwn } from "./lookup.js"
 import type { AgentMetrics } from "./metrics.js"
+import {
+  type AgentOf,
+  breakerKey,
+  discoveryAgent,
+  display,
+  type Label,
+  labelOf,
+  noAgent,
+  withoutFragment
+} from "./names.js"
 
 /** What a task needs from the service. */
 export interface Env {
@@ -42,7 +53,7 @@ export interface Env {
   readonly retry: RetryPolicy | undefined
   /** Where the agent metrics are recorded (the service's). */
   readonly metrics: AgentMetrics
-  readonly agentOf: (ref: Agent<unknown> | string) => Agent<unknown>
+  readonly agentOf: AgentOf
   readonly fromEndpoint: (endpoint: Endpoint) => Agent<unknown>
   /** `HttpAgent.statsDomain`: the domain the calls are counted under. */
   readonly statsDomain: string
@@ -54,35 +65,6 @@ export type Call = (task: Task, dependencies: Record<string, unknown> | undefine
 
 /** Counts a record under `series` (its agent's series name): its status, and its duration for the tasks that went out. */
 export const count = (record: TaskRecord, series: string, metrics: AgentMetrics): void => metrics.count(record, series)
-
-/**
- * A URL as records and spans show it: without its query string, fragment nor credentials (a
- * refused URL is shown too).
- */
-export const display = (url: string): string => {
-  const at = url.search(/[?#]/)
-  const bare = at === -1 ? url : url.slice(0, at)
-  if (!bare.includes("@")) return bare
-  // The URL parser reads `http:user:pw@host`, `http:\\user:pw@host` or ` http://user:pw@host` as credentials
-  // too (such a URL is refused): shown as the parser reads it, without them, not as given.
-  if (URL.canParse(url)) {
-    const parsed = new URL(url)
-    if (parsed.username !== "" || parsed.password !== "") return `${parsed.protocol}//${parsed.host}${parsed.pathname}`
-  }
-  return bare.replace(credentials, "$1")
-}
-
-/** The userinfo of a URL, however many slashes (or backslashes) follow its scheme. */
-const credentials = /^(\s*[a-z][a-z0-9+.-]*:[\\/]*)[^/\\?#]*@/i
-
-/**
- * An agent's name as records, metrics and stats key it: one that is a URL (`scheme://...`)
- * without its query, fragment and credentials, as the default name (the agent's URL) is.
- */
-export const agentName = (name: string): string => (isUrl(name) ? display(name) : name)
-
-/** Whether an agent reference or name is a URL (`scheme://...`), not a name. */
-export const isUrl = (name: string): boolean => /^[a-z][a-z0-9+.-]*:\/\//i.test(name)
 
 /** What every request to an agent starts from: its URL, headers (secrets unwrapped) and `Accept`, and its host. */
 interface Prepared {
@@ -102,12 +84,6 @@ const everyName: ReadonlyArray<RegExp> = [/^/]
  */
 const hostPort = (url: URL): string =>
   url.port === "" ? `${url.hostname}:${url.protocol === "https:" ? 443 : 80}` : url.host
-
-/** A URL as it is sent: without its fragment. */
-const withoutFragment = (url: string): string => {
-  const hash = url.indexOf("#")
-  return hash === -1 ? url : url.slice(0, hash)
-}
 
 const prepare = (agent: Agent<unknown>): Prepared => {
   const headers: Record<string, string> = {}
@@ -175,21 +151,6 @@ const unwrap = (
   )
 }
 
-/**
- * The breaker of an agent URL: one per URL, named as records show URLs (no query), with a
- * digest of the query so that two queries (two tenants, two keys) keep two breakers. The
- * name is in `CircuitOpenError` messages, records and the `breaker` metric attribute, where a
- * token of the query must not appear.
- */
-export const breakerKey = (given: string): string => {
-  // The fragment is never sent: `#a` and `#b` are one agent.
-  const url = withoutFragment(given)
-  const at = url.indexOf("?")
-  return at === -1
-    ? display(url)
-    : `${display(url)}?#${createHash("sha256").update(url.slice(at)).digest("hex").slice(0, 12)}`
-}
-
 // A batch task's dependencies' results are its input as its args are: another document's summary
 // is no answer for this one. A task without them keeps the key it always had.
 const cacheKeyOf = (task: Task, agent: Agent<unknown>, dependencies: Record<string, unknown> | undefined): string =>
@@ -205,222 +166,11 @@ const cacheKeyOf = (task: Task, agent: Agent<unknown>, dependencies: Record<stri
         )
         .digest("hex")}`
 
-export interface Invalid {
-  readonly field: string
-  readonly message: string
-}
-
-/**
- * An agent made by `HttpAgent.agent`, or a URL; anything else (`{ url }`, a number) is refused by
- * name, as is an object whose field throws when read (a `Proxy`): `call`, `dispatch` and `stats`
- * died of it.
- */
-export const isAgentRef = (ref: unknown): ref is Agent<unknown> | string => {
-  if (typeof ref === "string") return true
-  if (typeof ref !== "object" || ref === null) return false
-  try {
-    const agent = ref as Agent<unknown>
-    const issue: unknown = agent.issue
-    return (
-      typeof agent.url === "string" &&
-      typeof agent.name === "string" &&
-      typeof agent.decode === "function" &&
-      (issue === undefined || (typeof issue === "object" && issue !== null))
-    )
-  } catch {
-    return false
-  }
-}
-
-/** The agent and URL of a record that names no agent of its own. */
-type Label = { readonly agent: string; readonly url: string }
-
-/** The agent of a record for a task that names no valid agent (an invalid task's, and its dependents' in a batch). */
-export const noAgent = "unknown"
-
-/** The agent of the records discovery decides: nothing found, discovery down. */
-const discoveryAgent = (discovery: DiscoveryService): string => `discovery:${discovery.name}`
-
-/**
- * The agent and URL of a record for a task that sent nothing (skipped in a batch): its
- * agent; for a task without one, discovery's label (or none without a Discovery service);
- * for an agent that is not one, none, as the invalid task's own record says.
- */
-export const labelOf = (
-  task: Task,
-  agentOf: Env["agentOf"],
-  discovery: DiscoveryService | undefined
-): { readonly agent: string; readonly url: string } => {
-  if (isAgentRef(task.agent)) {
-    const agent = agentOf(task.agent)
-    return { agent: agent.name, url: display(agent.url) }
-  }
-  return { agent: task.agent === undefined && discovery !== undefined ? discoveryAgent(discovery) : noAgent, url: "" }
-}
-
-/**
- * The series a record of `task` that sent nothing is counted in: its agent's (`agent`, the
- * record's), or `unknown` for an agent that was refused (a typo'd URL), which takes none of the
- * bounded series: a hundred of them left every real agent after them in `(other)`.
- */
-export const seriesOf = (task: Task, agent: string, agentOf: Env["agentOf"]): string =>
-  isAgentRef(task.agent) && agentOf(task.agent).issue !== undefined ? noAgent : agent
-
-const notAgent = (field: string, ref: unknown): Invalid => ({
-  field,
-  message: `expected an agent (HttpAgent.agent) or its URL, got ${Input.kindOf(ref)}`
-})
-
-const taskKeys: ReadonlySet<string> = new Set([
-  "id",
-  "agent",
-  "fallback",
-  "intent",
-  "concept",
-  "args",
-  "dependsOn",
-  "timeout",
-  "cacheKey"
-])
-
-/** The longest `id`, `intent`, `concept` or `cacheKey` a task may have. */
-const maxNameLength = 1_000
-
-/** A refused id as its record names the task: a number as it reads, anything else by its kind (`String` may throw). */
-const shownId = (id: unknown): string =>
-  typeof id === "number" || typeof id === "boolean" || id === undefined ? String(id) : Input.kindOf(id)
-
-const checkTask = (task: Task): Invalid | undefined => {
-  if (typeof task !== "object" || task === null)
-    return { field: "task", message: "expected a task { id, intent, concept }" }
-  // A misspelt `timout` left the default deadline; a `dependOn` ran the task before its dependency.
-  for (const key of Object.keys(task)) {
-    if (!taskKeys.has(key))
-      return { field: key, message: `unknown field (expected one of ${[...taskKeys].join(", ")})` }
-  }
-  for (const field of ["id", "intent", "concept"] as const) {
-    const value = task[field]
-    if (typeof value !== "string") return { field, message: `expected a string, got ${Input.kindOf(value)}` }
-    // A concept or intent is a registry query (its URL, the discovery cache's key); an id names the task.
-    if (value.length === 0 || value.length > maxNameLength)
-      return { field, message: `expected 1 to ${maxNameLength} characters, got ${value.length}` }
-  }
-  if (task.agent !== undefined && !isAgentRef(task.agent)) return notAgent("agent", task.agent)
-  if (task.fallback !== undefined && !Array.isArray(task.fallback)) {
-    return { field: "fallback", message: "expected an array of agents" }
-  }
-  for (const [i, ref] of (task.fallback ?? []).entries()) {
-    if (!isAgentRef(ref)) return notAgent(`fallback[${i}]`, ref)
-  }
-  if (task.cacheKey !== undefined) {
-    if (typeof task.cacheKey !== "string") return { field: "cacheKey", message: "expected a string" }
-    // Kept as part of a cache key in memory or on Redis: as bounded as the names of the default key.
-    if (task.cacheKey.length === 0 || task.cacheKey.length > maxNameLength) {
-      return { field: "cacheKey", message: `expected 1 to ${maxNameLength} characters, got ${task.cacheKey.length}` }
-    }
-  }
-  // Unused outside a batch, but refused as a batch refuses it (`null` ran a batch task at once).
-  const dependsOn = checkDependsOn(task.dependsOn)
-  return Result.isFailure(dependsOn) ? { field: dependsOn.failure.path, message: dependsOn.failure.message } : undefined
-}
-
 /** An answer as its agent's schema decoded it, and as it came (for the response cache). */
 interface Sent {
   readonly decoded: Decoded<unknown>
   readonly answer: unknown
 }
-
-/**
- * The task's fields read once, into a plain copy: a getter (or `Proxy` trap) that throws is the
- * issue of that field, not a defect of a call that promises a record; the field is then absent
- * from the copy, which the record is made from.
- */
-export const readTask = (given: Task): { readonly task: Task; readonly issue?: Invalid | undefined } => {
-  if (typeof given !== "object" || given === null) return { task: given }
-  const { copy, issue } = Input.readOwnFields(given, "task")
-  return {
-    task: copy as unknown as Task,
-    issue: issue === undefined ? undefined : { field: issue.path, message: issue.message }
-  }
-}
-
-/**
- * The endpoints a Discovery service answered, each read once into a plain `{ url, name, timeout }`
- * (the library's own are sound already), or what is wrong with them: not an array, an entry that
- * is no object, a field that throws when read. Of a service of the application's own, only the
- * first `defaultMaxAgents` are read, as the library's discoveries keep by default: each is a
- * fallback a task may try in turn (a task walked all of an unfiltered list of thousands). The
- * library's own are bounded already (`maxAgents`, or what a static map was given).
- */
-const readEndpoints = (answer: unknown, own: boolean): ReadonlyArray<Endpoint> | string => {
-  if (!Array.isArray(answer)) return "no array of endpoints"
-  const out: Array<Endpoint> = []
-  const kept = own ? answer.length : Math.min(answer.length, defaultMaxAgents)
-  for (let i = 0; i < kept; i++) {
-    const entry: unknown = answer[i]
-    if (typeof entry !== "object" || entry === null) return `an endpoint [${i}] that is no object`
-    try {
-      const { url, name, timeout } = entry as Endpoint
-      out.push({ url, name, timeout })
-    } catch (cause) {
-      return `an endpoint [${i}] whose field threw when read: ${Input.thrownMessage(cause)}`
-    }
-  }
-  return out
-}
-
-/** The longest part of a failure's own message a record keeps. */
-const failureChars = 300
-
-/**
- * What a lookup failed with, as a record shows it: a `DiscoveryError` as it is; anything else a
- * Discovery service of the application's own failed with (an `Error`, a string, `null`) is
- * `Unavailable` with its message (bounded) or its kind, not a record of reason
- * `Discoveryundefined` and no message.
- */
-const lookupFailure = (
-  discovery: DiscoveryService,
-  failure: unknown
-): { readonly reason: string; readonly message: string } => {
-  let detail: unknown = failure
-  try {
-    if (typeof failure === "object" && failure !== null) {
-      const { reason, message } = failure as { readonly reason?: unknown; readonly message?: unknown }
-      if (typeof message === "string" && (reason === "NotFound" || reason === "Unavailable")) return { reason, message }
-      detail = message
-    }
-  } catch {
-    detail = undefined
-  }
-  const message =
-    typeof detail === "string"
-      ? `resolve failed: ${detail.length > failureChars ? `${Input.wholePrefix(detail, failureChars)}…` : detail}`
-      : `resolve failed with ${Input.kindOf(failure)}`
-  return { reason: "Unavailable", message: `${discovery.name}: ${message}` }
-}
-
-/**
- * Asks discovery for a task's agents. A Discovery service of the application's own may answer
- * what is no Effect (a Promise, `undefined`): the call died with "Not a valid effect", which no
- * handler of the lookup's could catch; it is the lookup's failure, naming what it answered.
- */
-const resolveOwn = (
-  discovery: DiscoveryService,
-  task: Task
-): Effect.Effect<ReadonlyArray<Endpoint>, { readonly reason: string; readonly message: string }> =>
-  Effect.suspend(() => {
-    const answer: unknown = discovery.resolve({ concept: task.concept, intent: task.intent })
-    if (Effect.isEffect(answer)) {
-      return Effect.mapError(answer as Effect.Effect<ReadonlyArray<Endpoint>, unknown>, (failure) =>
-        lookupFailure(discovery, failure)
-      )
-    }
-    const thenable = typeof (answer as PromiseLike<unknown> | null)?.then === "function"
-    // Its rejection would otherwise be unhandled: the answer is refused either way.
-    if (thenable) Promise.resolve(answer).catch(() => undefined)
-    const what = thenable ? "a Promise (wrap it in Effect.tryPromise)" : Input.kindOf(answer)
-    return Effect.fail({ reason: "Unavailable", message: `${discovery.name}: resolve answered ${what}, not an Effect` })
-  })
 
 /** Builds the service's `call`; it never fails. */
 export const makeCall = (env: Env): Call => {
