@@ -730,6 +730,49 @@ describe("Executor.stream", () => {
       })
   )
 
+  // Found in review: the step counted Interrupted without the answer's usage, while its breaker recorded a success.
+  it.effect(
+    "a whole answer read ahead of a consumer that leaves before its Finish counts as a success with its usage",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup()
+        const answersWhole: Service = {
+          ...executor.provider,
+          name: "whole",
+          // Its Finish 100 ms after its text: read ahead while the consumer is busy with the text.
+          stream: () =>
+            Stream.concat(
+              Stream.make({ _tag: "TextDelta", text: "a " } as StreamPart),
+              Stream.fromEffect(
+                Effect.as(Effect.sleep("100 millis"), {
+                  _tag: "Finish",
+                  finishReason: "stop",
+                  usage: usage(3, 5),
+                  provider: "whole",
+                  model: "m"
+                } as StreamPart)
+              )
+            )
+        }
+        const fiber = yield* Effect.forkChild(
+          collect(
+            executor.stream(ask, { provider: answersWhole }).pipe(
+              Stream.tap(() => Effect.sleep("1 second")),
+              Stream.take(1)
+            )
+          )
+        )
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual(textOf(yield* Fiber.join(fiber)), "a ")
+        const stats = yield* executor.stats()
+        assert.deepStrictEqual(
+          [stats.successes, stats.failuresByReason, stats.tokens],
+          [1, {}, { input: 3, output: 5 }],
+          "the provider's answer was whole, its tokens spent"
+        )
+      })
+  )
+
   // Found in review: between two attempts the step was left without an outcome.
   for (const [ending, reason] of [
     ["a cut", "ShuttingDown"],

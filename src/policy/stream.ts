@@ -266,7 +266,10 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         terminal = error === undefined ? Exit.interrupt() : Exit.fail(error)
         const open = attempt ?? stepAttempt
         if (error?._tag === "TimeoutError" && open !== undefined && !stepClosed) open.series.timeouts++
-        finishStep(open, terminal)
+        // An end its provider reached, read ahead (a whole answer, its tokens spent), counts as its
+        // breaker records it below; the stream itself ends as its consumer left it.
+        const own = error === undefined && attempt?.end !== undefined && attempt !== cutAttempt
+        finishStep(open, own ? attempt.end! : terminal)
       }
       if (attempt === undefined) return Effect.void
       // The breaker counts nothing of a stream its consumer left or the stream's deadline cut, but
