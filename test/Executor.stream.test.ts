@@ -1916,3 +1916,32 @@ describe("Executor.stream: a provider's own StreamInterruptedError naming no pro
     })
   )
 })
+
+describe("Executor.stream: resume after a request every provider refuses", () => {
+  // A call refused so (`InvalidRequest` not about the model, `TooLarge` not about the answer) does
+  // not fall back (`shouldFallback`): a continuation, the same request and longer, would be refused too.
+  for (const reason of ["InvalidRequest", "TooLarge"] as const) {
+    it.effect(
+      `${reason} mid-stream is not resumed: the stream ends with its partial text, the next step never asked`,
+      () =>
+        Effect.gen(function* () {
+          const { executor, control } = yield* setup({
+            script: [Outcome.fail(reason, { afterChunks: 2, text: "alpha beta gamma" }), Outcome.succeed("gamma delta")]
+          })
+          const a = { ...executor.provider, name: "a" }
+          const b = { ...executor.provider, name: "b" }
+          const seen: Array<string> = []
+          const error = yield* failureAfterTexts(
+            executor.stream(ask, { steps: [{ provider: a }, { provider: b }], resume: true }),
+            seen
+          )
+          assert.deepStrictEqual(
+            error._tag === "StreamInterruptedError" && [error.partialText, error.provider, error.reason],
+            ["alpha beta ", "a", reason]
+          )
+          assert.strictEqual(seen.join(""), "alpha beta ")
+          assert.strictEqual(yield* control.calls, 1)
+        })
+    )
+  }
+})

@@ -109,15 +109,12 @@ export const resumeRequest = (original: GenerateRequest, partial: string, instru
 }
 
 /**
- * Whether a mid-stream failure may be resumed on the next step: any `ModelError` but a content
- * filter's, a failure that falls back, a missed first-chunk or idle deadline; never the total deadline.
+ * Whether a mid-stream failure may be resumed on the next step: a failure that falls back, a missed
+ * first-chunk or idle deadline; never the total deadline. As a call does not fall back then, neither
+ * the answer a content filter stopped is continued elsewhere nor a request every provider would
+ * refuse (`InvalidRequest` but about the model, `TooLarge` but about the answer) is sent again, longer.
  *
  * @internal
  */
 export const resumable = (error: AiError): boolean =>
-  error._tag === "TimeoutError"
-    ? error.limit !== "total"
-    : error._tag === "ModelError"
-      ? // The answer its provider's filter stopped is not continued elsewhere, as a call does not fall back then.
-        error.reason !== "ContentFilter"
-      : shouldFallback(error)
+  error._tag === "TimeoutError" ? error.limit !== "total" : shouldFallback(error)
