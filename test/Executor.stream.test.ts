@@ -38,9 +38,12 @@ import {
 import * as Mock from "../src/Model/Mock.js"
 import { Outcome } from "../src/Model/Mock.js"
 import { decodeRetry } from "../src/Policy.js"
+import { tokensOf } from "../src/executor/plan.js"
 import * as Engine from "../src/policy/engine.js"
 import { CurrentCut, type Cut, stopStreams } from "../src/policy/plan.js"
 import * as Streams from "../src/policy/stream.js"
+import { defaultInstruction, resumeRequest } from "../src/policy/stream-resume.js"
+import { RateLimits } from "../src/RateLimit.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as StatsModule from "../src/Stats.js"
 import { setup } from "./utils/executor.js"
@@ -1944,4 +1947,41 @@ describe("Executor.stream: resume after a request every provider refuses", () =>
         })
     )
   }
+})
+
+describe("Executor.stream: a resumed step's rate limit", () => {
+  // The continuation carries the partial answer and the instruction: its estimate was the original request's.
+  it.effect("takes the tokens of the continuation it sends, not of the original request", () =>
+    Effect.gen(function* () {
+      const taken: Array<[string, number | undefined]> = []
+      const limits = Layer.succeed(RateLimits, {
+        acquire: (key, cost) => Effect.sync(() => void taken.push([key, cost?.tokens])),
+        limitsOf: () => undefined
+      })
+      const context = yield* Layer.build(
+        Executor.layerWithStats().pipe(
+          Layer.provideMerge(
+            Mock.layer({
+              script: [
+                Outcome.fail("Overloaded", { afterChunks: 2, text: "alpha beta gamma" }),
+                Outcome.succeed("gamma")
+              ]
+            })
+          ),
+          Layer.provideMerge(limits)
+        )
+      )
+      const executor = Context.get(context, Executor.Executor)
+      const a = { ...executor.provider, name: "a" }
+      const b = { ...executor.provider, name: "b" }
+      const parts = yield* collect(executor.stream(ask, { steps: [{ provider: a }, { provider: b }], resume: true }))
+      assert.strictEqual(textOf(parts), "alpha beta gamma")
+      const continuation = resumeRequest(ask, "alpha beta ", defaultInstruction)
+      assert.isAbove(tokensOf(continuation), tokensOf(ask))
+      assert.deepStrictEqual(taken, [
+        ["a", tokensOf(ask)],
+        ["b", tokensOf(continuation)]
+      ])
+    })
+  )
 })

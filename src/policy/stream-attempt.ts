@@ -29,7 +29,7 @@ import {
 } from "effect"
 import { type AiError, ModelError, TimeoutError } from "../AiError.js"
 import * as Input from "../Input.js"
-import { ChunkDeadline, type Finish, type GenerateRequest, type StreamPart } from "../Model.js"
+import { ChunkDeadline, estimateInputTokens, type Finish, type GenerateRequest, type StreamPart } from "../Model.js"
 import type { Series } from "../stats/series.js"
 import type { Ending, Watch } from "./deadline.js"
 import type { Engine } from "./engine.js"
@@ -232,7 +232,12 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
   const step = attempt.step
   if (step.rateLimit !== undefined) {
     const at = host.totalAt()
-    yield* step.rateLimit.acquire(step.name, { tokens: step.tokens, waitUntil: at === Infinity ? undefined : at })
+    // A continuation (resumed) is longer than the request the step's estimate was made of: its own is taken.
+    const tokens =
+      step.tokens === undefined || attempt.dedupe === undefined
+        ? step.tokens
+        : estimateInputTokens(upstream) + (upstream.maxTokens ?? 0)
+    yield* step.rateLimit.acquire(step.name, { tokens, waitUntil: at === Infinity ? undefined : at })
   }
   if (step.breaker !== undefined) {
     attempt.permit = yield* Scope.provide(step.breaker.admit(step.name), attempt.scope)
