@@ -39,6 +39,7 @@ import * as Mock from "../src/Model/Mock.js"
 import { Outcome } from "../src/Model/Mock.js"
 import { decodeRetry } from "../src/Policy.js"
 import { tokensOf } from "../src/executor/plan.js"
+import * as Deadline from "../src/policy/deadline.js"
 import * as Engine from "../src/policy/engine.js"
 import { CurrentCut, type Cut, stopStreams } from "../src/policy/plan.js"
 import * as Streams from "../src/policy/stream.js"
@@ -1787,6 +1788,45 @@ describe("Executor.stream: a consumer that leaves during a retry's onRetry hook"
       assert.isUndefined(consumer.pollUnsafe(), "in the hook")
       yield* Fiber.interrupt(consumer)
       assert.strictEqual(engine.lanes.size(), 0)
+      yield* Scope.close(scope, Exit.void)
+    })
+  )
+})
+
+describe("Executor.stream: a consumer that leaves during a retry's onRetry hook, the deadline lanes closed", () => {
+  // The hook, interrupted by the stream's finalizer, armed the retry's backoff on lanes already closed,
+  // whose immediate "shutdown" ending ended the stream first: its step was left without an outcome.
+  it.effect("counts its step as Interrupted", () =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(StatsModule.layer, scope)
+      const stats = Context.get(context, StatsModule.Stats)
+      const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
+      const lanesScope = yield* Scope.make()
+      const lanes = yield* Deadline.make.pipe(Scope.provide(lanesScope))
+      const streams = Streams.make({
+        engine: { ...engine, lanes },
+        defaults: { firstChunkTimeout: undefined, idleTimeout: undefined, totalTimeout: undefined }
+      })
+      const target = {
+        name: "lanes-closed",
+        stream: () => Stream.fail(new ModelError({ reason: "Overloaded", message: "busy", provider: "lanes-closed" }))
+      }
+      const retry = Result.getOrThrow(decodeRetry({ maxAttempts: 3, initialDelay: "1 hour", jitter: 0 }))
+      const plan = {
+        steps: [{ target, name: "lanes-closed", timeout: undefined, retry }],
+        firstChunkTimeout: undefined,
+        idleTimeout: undefined,
+        totalTimeout: undefined,
+        onRetry: () => Effect.never
+      }
+      const consumer = yield* Effect.forkChild(Stream.runDrain(streams.run(plan as never, { prompt: "x" })))
+      yield* TestClock.adjust("1 second")
+      assert.isUndefined(consumer.pollUnsafe(), "in the hook")
+      yield* Scope.close(lanesScope, Exit.void)
+      yield* Fiber.interrupt(consumer)
+      const counted = yield* stats.snapshot({ provider: "lanes-closed" })
+      assert.deepStrictEqual([counted.total, counted.failuresByReason], [1, { Interrupted: 1 }])
       yield* Scope.close(scope, Exit.void)
     })
   )

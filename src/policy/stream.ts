@@ -225,6 +225,8 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
     let totalAt = Number.POSITIVE_INFINITY
     const stop = (error: AiError) => cutShort(error, false)
 
+    // Set when the stream's scope closes: the hook's end then arms no retry.
+    let closing = false
     let stepClosed = false
     const finishStep = (attempt: Attempt | undefined, exit: Exit.Exit<void, AiError>) => {
       if (stepClosed || attempt === undefined) return
@@ -242,9 +244,11 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
     }
 
     const finalizer = Effect.suspend(() => {
+      closing = true
       total?.dispose()
       cut?.stops?.delete(stop)
-      // The hook first: interrupted, it ends at once, and its end arms the backoff disposed below.
+      // Interrupted, the hook ends at once, arming no backoff (`closing`): on lanes already closed, a
+      // backoff's immediate "shutdown" ending would end the stream before its step is counted below.
       hook?.interruptUnsafe()
       backoff?.dispose()
       leave()
@@ -407,7 +411,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
                 () =>
                   Effect.sync(() => {
                     hook = undefined
-                    if (terminal === undefined) wait()
+                    if (terminal === undefined && !closing) wait()
                   })
               ),
               { startImmediately: true }
