@@ -299,10 +299,9 @@ export const layerLanguageModel = (
   options: LanguageModelOptions = {}
 ): Layer.Layer<LanguageModel.LanguageModel | AiModel.ProviderName, Input.OptionError> =>
   Layer.effectContext(
-    Effect.map(languageModel(target, options), (service) =>
-      Context.make(LanguageModel.LanguageModel, service).pipe(
-        Context.add(AiModel.ProviderName, options.name ?? "effect-orchestra")
-      )
+    // The name as it was checked: `options` is read once.
+    Effect.map(To.languageModelNamed(target, options), ({ name, service }) =>
+      Context.make(LanguageModel.LanguageModel, service).pipe(Context.add(AiModel.ProviderName, name))
     )
   )
 

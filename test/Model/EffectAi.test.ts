@@ -1450,6 +1450,21 @@ describe("EffectAi: options whose fields throw when read", () => {
   )
 })
 
+describe("EffectAi.layerLanguageModel: the options are read once", () => {
+  it.effect("the ProviderName is the name that was checked, not a second read of options.name", () =>
+    Effect.gen(function* () {
+      const { provider } = yield* Mock.make({})
+      let reads = 0
+      const options = Object.defineProperty({}, "name", {
+        enumerable: true,
+        get: () => (reads++ === 0 ? "checked" : "")
+      })
+      const context = yield* Layer.build(EffectAi.layerLanguageModel(provider, options))
+      assert.deepStrictEqual([Context.get(context, AiModel.ProviderName), reads], ["checked", 1])
+    })
+  )
+})
+
 describe("EffectAi.languageModel: a prompt that cannot become our request", () => {
   it.effect(
     "a tool result JSON cannot write (a BigInt) is an InvalidRequestError naming the prompt, not a defect",

@@ -156,11 +156,12 @@ const annotateResponse = (
  * their JSON Schemas, `generateObject`'s schema a `json_schema` response format; the
  * request is checked before the target sees it. Answers come back as `effect/ai` parts with
  * the finish reason, usage and model (a refusal as `metadata["effect-orchestra"].refusal` of the
- * `response-metadata` part); failures as `effect/ai` `AiError`s ({@link toAiError}).
+ * `response-metadata` part); failures as `effect/ai` `AiError`s ({@link toAiError}). With the
+ * name as checked, for the `ProviderName` beside it (the options are read once).
  *
  * @internal
  */
-export const languageModel = Effect.fnUntraced(function* (target: Target, given: LanguageModelOptions = {}) {
+export const languageModelNamed = Effect.fnUntraced(function* (target: Target, given: LanguageModelOptions = {}) {
   const options = yield* Input.orOptionError(readOptions(given, languageModelKeys))
   const [name, defaults, limits] = yield* Input.orOptionError(
     Input.all([
@@ -193,7 +194,7 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, given:
     return parts.success
   })
 
-  return yield* LanguageModel.make({
+  const service = yield* LanguageModel.make({
     generateText,
     streamText: (providerOptions) =>
       Stream.unwrap(
@@ -273,7 +274,15 @@ export const languageModel = Effect.fnUntraced(function* (target: Target, given:
         })
       )
   })
+  return { service, name } as const
 })
+
+/** {@link languageModelNamed}'s service. @internal */
+export const languageModel = (
+  target: Target,
+  given?: LanguageModelOptions
+): Effect.Effect<LanguageModel.LanguageModel, Input.OptionError> =>
+  Effect.map(languageModelNamed(target, given), (made) => made.service)
 
 type EmbedEntry = Request.Entry<EmbeddingModel.EmbeddingRequest>
 
