@@ -117,7 +117,9 @@ export const maxSignatureChars: number = Convert.maxSignatureChars
  * answers are `Decode`, bad input `InvalidRequest` with the parameter as `field`. One that
  * {@link toAiError} made from a `ModelError` maps back to its reason, field and status (so a
  * round trip keeps a `Timeout`, and a `TooLarge` answer still falls back). Request
- * details are never copied (the error keeps no cause; URLs lose their query string).
+ * details are never copied (the error keeps no cause; URLs lose their query string). The
+ * provider {@link make} builds also maps a `ShuttingDownError` of {@link toAiError} back to
+ * a `ShuttingDownError` (here it is `Unknown`, as this returns a `ModelError`).
  *
  * @since 0.1.0
  * @category errors

@@ -18,6 +18,7 @@ import {
   FallbackExhaustedError,
   isRetryable,
   ModelError,
+  ShuttingDownError,
   shouldFallback,
   StreamInterruptedError,
   TimeoutError
@@ -1447,6 +1448,40 @@ describe("EffectAi: options whose fields throw when read", () => {
       const em = failureOf(yield* Effect.exit(EffectAi.embeddingModel(provider, throwing("model"))))
       assert.deepStrictEqual([em._tag, em.path], ["OptionError", "model"])
     })
+  )
+})
+
+describe("EffectAi: a shutdown across the bridge stays a shutdown", () => {
+  it.effect(
+    "round trip: toAiError of a ShuttingDownError, through EffectAi.make, is a ShuttingDownError (no fallback)",
+    () =>
+      Effect.gen(function* () {
+        const shutdown = new ShuttingDownError({ message: "the executor is shutting down" })
+        const bridged = EffectAi.toAiError(shutdown, "generateText")
+        const { provider } = yield* providerWith({
+          generate: Effect.fail(bridged),
+          stream: Stream.fail(bridged)
+        })
+        const generated = yield* Effect.flip(provider.generate({ prompt: "x" }))
+        assert.deepStrictEqual(
+          [generated._tag, generated.message, shouldFallback(generated), isRetryable(generated)],
+          ["ShuttingDownError", shutdown.message, false, false]
+        )
+        const streamed = failureOf((yield* collect(provider.stream({ prompt: "x" }))).exit)
+        assert.deepStrictEqual([streamed._tag, shouldFallback(streamed)], ["ShuttingDownError", false])
+        // Another module's error naming a shutdown in its metadata is read by its class, as any.
+        const forged = Ai.make({
+          module: "Other",
+          method: "x",
+          reason: new Ai.UnknownError({ metadata: { "effect-orchestra": { error: "ShuttingDownError" } } })
+        })
+        const other = yield* providerWith({ generate: Effect.fail(forged) })
+        const unknown = yield* Effect.flip(other.provider.generate({ prompt: "x" }))
+        assert.deepStrictEqual(
+          [unknown._tag, unknown._tag === "ModelError" ? unknown.reason : ""],
+          ["ModelError", "Unknown"]
+        )
+      })
   )
 })
 

@@ -8,7 +8,7 @@ import type { Duration } from "effect"
 import { Schema } from "effect"
 import { AiError as Ai } from "effect/ai"
 import * as Input from "../../Input.js"
-import { type AiError, isRetryable, ModelError, Reason, reasonOf } from "../../AiError.js"
+import { type AiError, isRetryable, ModelError, Reason, reasonOf, ShuttingDownError } from "../../AiError.js"
 import { type CallContext, classify } from "../http/errors.js"
 
 const MAX_MESSAGE = 500
@@ -20,8 +20,8 @@ const safeText = (text: string): string => {
 }
 
 /**
- * What a `LanguageModel` or `EmbeddingModel` failed with, as our `ModelError`: an `AiError` by
- * {@link fromAiError}; anything else (a hand-made service over another SDK, typed loosely) is
+ * What a `LanguageModel` or `EmbeddingModel` failed with, as our error: an `AiError` by
+ * {@link fromBridged}; anything else (a hand-made service over another SDK, typed loosely) is
  * `Unknown` with its message, rather than a defect that would skip every fallback.
  *
  * @internal
@@ -30,9 +30,9 @@ export const fromFailure = (
   error: unknown,
   ctx: CallContext,
   schemaField: "responseFormat" | "tools" = "responseFormat"
-): ModelError =>
+): ModelError | ShuttingDownError =>
   Ai.isAiError(error)
-    ? fromAiError(error, ctx, schemaField)
+    ? fromBridged(error, ctx, schemaField)
     : new ModelError({
         reason: "Unknown",
         message: safeText(
@@ -47,6 +47,29 @@ export const MODULE = "EffectOrchestra"
 
 const isReason = Schema.is(Reason)
 
+// What toAiError wrote in the reason's metadata, only from an AiError of ours.
+const ourInfo = (error: Ai.AiError): Record<string, unknown> | undefined => {
+  if (error.module !== MODULE) return undefined
+  const info: unknown = "metadata" in error.reason ? error.reason.metadata?.["effect-orchestra"] : undefined
+  return typeof info === "object" && info !== null ? (info as Record<string, unknown>) : undefined
+}
+
+/**
+ * {@link fromAiError}, except that a `ShuttingDownError` {@link toAiError} made maps back to
+ * one: as an `UnknownError` it would read as `Unknown`, which falls back, where a shutdown
+ * admits no more work.
+ *
+ * @internal
+ */
+export const fromBridged = (
+  error: Ai.AiError,
+  ctx: CallContext,
+  schemaField: "responseFormat" | "tools" = "responseFormat"
+): ModelError | ShuttingDownError =>
+  ourInfo(error)?.["error"] === "ShuttingDownError"
+    ? new ShuttingDownError({ message: safeText(error.reason.message) })
+    : fromAiError(error, ctx, schemaField)
+
 /**
  * The `ModelError` an `AiError` of ours was made from, as {@link toAiError} wrote it in the
  * reason's metadata: read back, a round trip keeps what the reason class cannot say (a
@@ -56,10 +79,9 @@ const isReason = Schema.is(Reason)
 const madeFrom = (
   error: Ai.AiError
 ): { readonly reason: Reason; readonly field: string | undefined; readonly status: number | undefined } | undefined => {
-  if (error.module !== MODULE) return undefined
-  const info: unknown = "metadata" in error.reason ? error.reason.metadata?.["effect-orchestra"] : undefined
-  if (typeof info !== "object" || info === null) return undefined
-  const { error: tag, reason, field, status } = info as Record<string, unknown>
+  const info = ourInfo(error)
+  if (info === undefined) return undefined
+  const { error: tag, reason, field, status } = info
   if (tag !== "ModelError" || !isReason(reason)) return undefined
   return {
     reason,

@@ -7,7 +7,7 @@
  */
 import { Context, Effect, Option, Result, Stream } from "effect"
 import { AiError as Ai, EmbeddingModel, LanguageModel, Model as AiModel, type Response } from "effect/ai"
-import { type AiError, invalidRequest, ModelError } from "../../AiError.js"
+import { type AiError, invalidRequest, ModelError, type ShuttingDownError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import type { Options } from "../EffectAi.js"
@@ -29,7 +29,7 @@ import {
   withToolCalls
 } from "./convert.js"
 import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
-import { fromAiError, fromFailure } from "./errors.js"
+import { fromBridged, fromFailure } from "./errors.js"
 
 const settingKeys = ["temperature", "maxTokens", "topP", "stop", "seed", "responseFormat", "parallelToolCalls"] as const
 
@@ -335,7 +335,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
           return assemble(parts, {
             ctx,
             idleTimeout: streamIdleTimeout,
-            step: (part): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
+            step: (part): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError | ShuttingDownError> => {
               if ("metadata" in part) {
                 chars += refusals.add(part)
                 if (chars > maxOutputChars) return Effect.fail(tooLarge(ctx))
@@ -374,7 +374,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                 case "error":
                   return Effect.fail(
                     Ai.isAiError(part.error)
-                      ? fromAiError(part.error, ctx, schemaField)
+                      ? fromBridged(part.error, ctx, schemaField)
                       : new ModelError({
                           reason: "Unknown",
                           message: `${name}: the stream sent an error part`,

@@ -16,7 +16,7 @@
  */
 import type { Array as Arr } from "effect"
 import { Cause, Duration, Effect, Fiber, Pull, Stream } from "effect"
-import type { ModelError, TimeoutError } from "../../AiError.js"
+import type { AiError, ModelError, TimeoutError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import { type CallContext, endedEarly, idleTimeout, malformed } from "./errors.js"
 
@@ -26,18 +26,18 @@ import { type CallContext, endedEarly, idleTimeout, malformed } from "./errors.j
  * @since 0.2.0
  * @category models
  */
-export interface AssembleOptions<C> {
+export interface AssembleOptions<C, E extends AiError = ModelError> {
   readonly ctx: CallContext
   /** Longest wait for the next chunk, the first one included. */
   readonly idleTimeout: Duration.Duration
   /** The parts of one chunk. Fails with an error the provider sent mid-stream (after the text before it). */
-  readonly step: (chunk: C) => Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError>
+  readonly step: (chunk: C) => Effect.Effect<ReadonlyArray<Model.StreamPart>, E>
   /**
    * Called when the chunks end before any `Finish`: the parts that end the stream (a
    * `Finish` built from what was seen), or the failure of a stream that broke off. When it
    * gives no `Finish`, the stream fails as ended early.
    */
-  readonly onEnd: () => Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError>
+  readonly onEnd: () => Effect.Effect<ReadonlyArray<Model.StreamPart>, E>
   /**
    * The answer is complete but for trailing chunks (a usage chunk, a terminator): once it
    * says so, the stream waits at most `wait` for the next chunk, then ends as if the body
@@ -60,8 +60,7 @@ export interface AssembleOptions<C> {
 export const settledWait = (idleTimeout: Duration.Duration): Duration.Duration =>
   Duration.min(Duration.seconds(2), Duration.millis(Duration.toMillis(idleTimeout) / 2))
 
-const isTransport = (error: ModelError | TimeoutError): boolean =>
-  error._tag === "ModelError" && error.reason === "Transport"
+const isTransport = (error: AiError): boolean => error._tag === "ModelError" && error.reason === "Transport"
 
 /**
  * The `StreamPart`s of a stream of chunks. It ends at the first `Finish` (nothing upstream
@@ -72,10 +71,10 @@ const isTransport = (error: ModelError | TimeoutError): boolean =>
  * @since 0.2.0
  * @category streaming
  */
-export const assemble = <C>(
-  chunks: Stream.Stream<C, ModelError>,
-  options: AssembleOptions<C>
-): Stream.Stream<Model.StreamPart, ModelError | TimeoutError> =>
+export const assemble = <C, E extends AiError = ModelError>(
+  chunks: Stream.Stream<C, E>,
+  options: AssembleOptions<C, E>
+): Stream.Stream<Model.StreamPart, E | ModelError | TimeoutError> =>
   Stream.suspend(() => {
     let delivered = ""
     // A reader that bounds the wait between chunks at least as strictly (the executor) makes
@@ -93,7 +92,7 @@ export const assemble = <C>(
       Effect.sync(() => {
         let finished = false
         let ended = false
-        let failure: ModelError | undefined
+        let failure: E | ModelError | undefined
         const take = (parts: ReadonlyArray<Model.StreamPart>, out: Array<Model.StreamPart>): void => {
           for (const part of parts) {
             if (finished) return
@@ -151,15 +150,16 @@ export const assemble = <C>(
                 isTransport,
                 () => Effect.succeed(undefined)
               )
-        const pull: Pull.Pull<Arr.NonEmptyReadonlyArray<Model.StreamPart>, ModelError | TimeoutError> = Effect.suspend(
-          () => {
-            if (failure !== undefined) return Effect.fail(failure)
-            if (finished || ended) return Cause.done()
-            return Effect.flatMap(settled?.done() ? nextSettled : next, (chunks) =>
-              Effect.flatMap(chunks === undefined ? end : steps(chunks), emit)
-            )
-          }
-        )
+        const pull: Pull.Pull<
+          Arr.NonEmptyReadonlyArray<Model.StreamPart>,
+          E | ModelError | TimeoutError
+        > = Effect.suspend(() => {
+          if (failure !== undefined) return Effect.fail(failure)
+          if (finished || ended) return Cause.done()
+          return Effect.flatMap(settled?.done() ? nextSettled : next, (chunks) =>
+            Effect.flatMap(chunks === undefined ? end : steps(chunks), emit)
+          )
+        })
         return pull
       })
     )
