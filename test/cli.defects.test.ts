@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import * as NodeServices from "@effect/platform-node/NodeServices"
-import { afterAll, assert, describe, it } from "@effect/vitest"
+import { afterAll, assert, describe, it, vi } from "@effect/vitest"
 import {
   ByteSize,
   ConfigProvider,
@@ -27,7 +27,7 @@ import {
   Stream
 } from "effect"
 import { CircuitOpenError, ModelError, TimeoutError } from "../src/AiError.js"
-import { errorJson, exitOnSecondSignal } from "../src/cli/Common.js"
+import { errorJson, exitOnSecondSignal, readAtMost } from "../src/cli/Common.js"
 import * as CliConfig from "../src/cli/Config.js"
 import * as Cli from "../src/cli/Cli.js"
 import * as Setup from "../src/cli/Setup.js"
@@ -487,6 +487,31 @@ describe("orchestra prompts from a pipe", () => {
       const result = yield* inProcess(["stats", "--file", fifo, "--config", config], { terminal: false })
       assert.strictEqual(result.code, 2, result.err)
       assert.strictEqual(result.err, `orchestra: cannot read ${fifo}: more than ${max} bytes (at most ${max})`)
+    }).pipe(Effect.scoped)
+  )
+})
+
+describe("readAtMost from a pipe written in small pieces", () => {
+  it.live("keeps each read in a buffer of its own size, not a slice of a 64 KB one (which would hold it all)", () =>
+    Effect.gen(function* () {
+      const fifo = NodePath.join(dir, "pieces.fifo")
+      execFileSync("mkfifo", [fifo])
+      const piece = "p".repeat(49)
+      const writer = spawn(
+        "sh",
+        ["-c", 'for i in 1 2 3 4 5 6 7 8 9 10; do echo "$1"; done > "$2"', "sh", piece, fifo],
+        {
+          stdio: "ignore"
+        }
+      )
+      yield* Effect.addFinalizer(() => Effect.sync(() => writer.kill("SIGKILL")))
+      const concat = vi.spyOn(Buffer, "concat")
+      yield* Effect.addFinalizer(() => Effect.sync(() => concat.mockRestore()))
+      const read = yield* readAtMost(fifo, 16 * 1024 * 1024)
+      assert.strictEqual(Buffer.from(read).toString(), `${piece}\n`.repeat(10))
+      const kept = concat.mock.calls.flatMap(([chunks]) => [...chunks])
+      assert.isAbove(kept.length, 0)
+      for (const chunk of kept) assert.strictEqual(chunk.buffer.byteLength, chunk.byteLength)
     }).pipe(Effect.scoped)
   )
 })

@@ -335,10 +335,13 @@ export const readAtMost = (file: string, limit: number): Effect.Effect<Uint8Arra
       const handle = await NodeFs.open(file, NodeFs.constants.O_RDONLY | NodeFs.constants.O_NONBLOCK)
       try {
         const chunks: Array<Uint8Array> = []
+        // One buffer to read into; each read is copied out at its size: a slice of it would keep it
+        // whole (a pipe written 50 bytes at a time would hold 64 KB per 50 bytes).
+        const into = Buffer.allocUnsafe(Math.min(65_536, limit + 1))
         let total = 0
         while (total <= limit && !signal.aborted) {
           const read = await handle
-            .read(Buffer.alloc(Math.min(65_536, limit + 1 - total)), 0, undefined, null)
+            .read(into, 0, Math.min(into.length, limit + 1 - total), null)
             .catch((error: unknown) => {
               if ((error as NodeJS.ErrnoException).code === "EAGAIN") return undefined
               throw error
@@ -348,7 +351,7 @@ export const readAtMost = (file: string, limit: number): Effect.Effect<Uint8Arra
             continue
           }
           if (read.bytesRead === 0) break
-          chunks.push(read.buffer.subarray(0, read.bytesRead))
+          chunks.push(new Uint8Array(into.subarray(0, read.bytesRead)))
           total += read.bytesRead
         }
         return Buffer.concat(chunks)
