@@ -112,7 +112,9 @@ export interface Service {
    * Runs one attempt under `key` if its circuit admits it and records the outcome with the
    * classifier. Refusals fail at once with `CircuitOpenError` (state `"open"` with
    * `retryAfter`, `"half-open"` while the probe runs, or `"isolated"`) without running the
-   * effect. Put the attempt's deadline inside, the retry outside.
+   * effect. Put the attempt's deadline inside, the retry outside. A `key` that is no string
+   * (from JavaScript; the types forbid it) is a defect, a `ModelError` `InvalidRequest` of field
+   * `key`, as it is for `admit`, `isolate` and `reset` (`state` reads it as closed).
    */
   readonly execute: <A, E extends AiError>(
     key: string,

@@ -1156,3 +1156,30 @@ describe("CircuitBreaker: reset and isolate racing calls in flight", () => {
     )
   )
 })
+
+describe("CircuitBreaker: a key that is no string (from JavaScript)", () => {
+  it.effect("execute, admit, isolate and reset die with an InvalidRequest naming the key, not a TypeError", () =>
+    withBreakers({ failMax: 1 }, (breakers) =>
+      Effect.gen(function* () {
+        for (const key of [undefined, 42, null, { name: "x" }] as ReadonlyArray<unknown> as ReadonlyArray<string>) {
+          const ran = yield* Ref.make(false)
+          const exits: ReadonlyArray<Exit.Exit<unknown, unknown>> = [
+            yield* Effect.exit(breakers.execute(key, Ref.set(ran, true))),
+            yield* Effect.exit(Effect.scoped(breakers.admit(key))),
+            yield* Effect.exit(breakers.isolate(key)),
+            yield* Effect.exit(breakers.reset(key))
+          ]
+          for (const exit of exits) {
+            const reason = Exit.isFailure(exit) ? exit.cause.reasons[0] : undefined
+            const defect = reason?._tag === "Die" ? reason.defect : undefined
+            assert.instanceOf(defect, ModelError, String(key))
+            assert.deepStrictEqual([defect.reason, defect.field], ["InvalidRequest", "key"])
+            assert.include(defect.message, "expected a string")
+          }
+          assert.isFalse(yield* Ref.get(ran), "a call under no key must not run")
+        }
+        assert.strictEqual(yield* breakers.size, 0)
+      })
+    )
+  )
+})

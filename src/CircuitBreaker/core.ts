@@ -11,13 +11,19 @@
  */
 import { Cause, Duration, Effect, type Schedule, Scope } from "effect"
 import type * as Store from "effect/persistence/CircuitBreaker"
-import type { AiError, CircuitOpenError } from "../AiError.js"
+import { type AiError, type CircuitOpenError, invalidRequest } from "../AiError.js"
+import * as Input from "../Input.js"
 import type { Permit, Service, State } from "../CircuitBreaker.js"
 import type { StoreError } from "../Redis.js"
 import { type FastBreaker, fastBreakers } from "../policy/fused.js"
 import { type Outcome, outcomeOf } from "./classify.js"
 import { type Config, openTime } from "./options.js"
 import { type Entry, makeRegistry } from "./registry.js"
+
+// A key from JavaScript may be anything: refused by name before the registry reads it as a string.
+// A defect, as the types forbid it: failing would add an error to every caller's type.
+const badKey = (key: unknown): Effect.Effect<never> =>
+  Effect.die(invalidRequest("key", `expected a string, got ${Input.kindOf(key)}`))
 
 /**
  * The store operations a backend offers, already bounded (Redis: through its guard).
@@ -390,52 +396,55 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
     })
 
   const execute: Service["execute"] = backend.scopedAdmit
-    ? (key, effect) => Effect.scopedWith((admitScope) => run(key, effect, admitScope))
-    : (key, effect) => run(key, effect, scope)
+    ? (key, effect) =>
+        typeof key === "string" ? Effect.scopedWith((admitScope) => run(key, effect, admitScope)) : badKey(key)
+    : (key, effect) => (typeof key === "string" ? run(key, effect, scope) : badKey(key))
 
   const unrecorded = (key: string): Permit => ({ key, probe: false, record: () => Effect.void })
 
   const admit: Service["admit"] = (key) =>
-    Effect.uninterruptible(
-      Effect.flatMap(Effect.scope, (permitScope) =>
-        Effect.suspend(() => {
-          const now = clock.currentTimeMillisUnsafe()
-          const entry = entryFor(key, now)
-          const refusal = refusedHere(entry, now)
-          if (refusal !== undefined) return refusal
-          entry.lastActivity = now
-          const storeKey = entry.storeKey
-          return Effect.matchCauseEffect(Scope.provide(backend.admit(storeKey), permitScope), {
-            onFailure: (cause) => refused(entry, cause) ?? Effect.succeed(unrecorded(key)),
-            onSuccess: (admission) => {
-              admitted(entry, admission, now)
-              let done = false
-              const permit: Permit = {
-                key,
-                probe: admission.probe,
-                // Uninterruptible: once a record has begun (and made later ones no-ops), it reaches
-                // the store. Cut midway, a probe's record left the memory store's probe slot held
-                // for ever, every other call refused half-open.
-                record: (outcome) =>
-                  Effect.uninterruptible(
-                    Effect.suspend(() => {
-                      if (done) return Effect.void
-                      done = true
-                      return record(
-                        entry,
-                        storeKey,
-                        admission,
-                        outcome === "ignored" ? "Ignored" : outcomeOf(outcome, isFailure)
+    typeof key !== "string"
+      ? badKey(key)
+      : Effect.uninterruptible(
+          Effect.flatMap(Effect.scope, (permitScope) =>
+            Effect.suspend(() => {
+              const now = clock.currentTimeMillisUnsafe()
+              const entry = entryFor(key, now)
+              const refusal = refusedHere(entry, now)
+              if (refusal !== undefined) return refusal
+              entry.lastActivity = now
+              const storeKey = entry.storeKey
+              return Effect.matchCauseEffect(Scope.provide(backend.admit(storeKey), permitScope), {
+                onFailure: (cause) => refused(entry, cause) ?? Effect.succeed(unrecorded(key)),
+                onSuccess: (admission) => {
+                  admitted(entry, admission, now)
+                  let done = false
+                  const permit: Permit = {
+                    key,
+                    probe: admission.probe,
+                    // Uninterruptible: once a record has begun (and made later ones no-ops), it reaches
+                    // the store. Cut midway, a probe's record left the memory store's probe slot held
+                    // for ever, every other call refused half-open.
+                    record: (outcome) =>
+                      Effect.uninterruptible(
+                        Effect.suspend(() => {
+                          if (done) return Effect.void
+                          done = true
+                          return record(
+                            entry,
+                            storeKey,
+                            admission,
+                            outcome === "ignored" ? "Ignored" : outcomeOf(outcome, isFailure)
+                          )
+                        })
                       )
-                    })
-                  )
-              }
-              return Effect.as(Scope.addFinalizer(permitScope, permit.record("ignored")), permit)
-            }
-          })
-        })
-      )
-    )
+                  }
+                  return Effect.as(Scope.addFinalizer(permitScope, permit.record("ignored")), permit)
+                }
+              })
+            })
+          )
+        )
 
   const state: Service["state"] = Effect.fn("CircuitBreaker.state")(function* (key: string) {
     const entry = registry.get(key)
@@ -462,6 +471,7 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
   })
 
   const isolate: Service["isolate"] = Effect.fn("CircuitBreaker.isolate")(function* (key: string) {
+    if (typeof key !== "string") return yield* badKey(key)
     const entry = entryFor(key, clock.currentTimeMillisUnsafe())
     if (backend.shared) yield* backend.isolate(entry.storeKey)
     else entry.isolated = true
@@ -470,6 +480,7 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
   })
 
   const reset: Service["reset"] = Effect.fn("CircuitBreaker.reset")(function* (key: string) {
+    if (typeof key !== "string") return yield* badKey(key)
     // In memory the store may still count failures of a key this registry evicted: the entry
     // comes back to move it to a fresh store key.
     const entry = backend.shared ? registry.get(key) : entryFor(key, clock.currentTimeMillisUnsafe())
