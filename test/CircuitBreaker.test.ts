@@ -694,6 +694,25 @@ describe("CircuitBreaker registry: memory and series (item 17)", () => {
     )
   )
 
+  it.effect("resets of keys never seen create nothing maxKeys cannot evict: the registry stays bounded", () =>
+    withBreakers({ failMax: 2, maxKeys: 5 }, (breakers) =>
+      Effect.gen(function* () {
+        const k = uniqueKey("reset-unknown")
+        for (let i = 0; i < 200; i++) yield* breakers.reset(`${k}-${i}`)
+        assert.isAtMost(yield* breakers.size, 5)
+        // Calls still make room, and a key reset unseen works as any.
+        for (let i = 0; i < 20; i++) yield* breakers.execute(`${k}-call-${i}`, ok)
+        assert.isAtMost(yield* breakers.size, 5)
+        assert.strictEqual(yield* breakers.state(`${k}-3`), "closed")
+        yield* repeat(breakers, `${k}-3`, overloaded, 2)
+        assert.strictEqual(yield* breakers.state(`${k}-3`), "open")
+        yield* breakers.reset(`${k}-3`)
+        assert.strictEqual(yield* breakers.state(`${k}-3`), "closed")
+        assert.strictEqual(yield* breakers.execute(`${k}-3`, ok), "ok")
+      })
+    )
+  )
+
   it.effect("keys that only ever succeed never reach the store: memory is maxKeys, not every key seen", () =>
     Effect.gen(function* () {
       const context = yield* Layer.build(Store.layerStoreMemory({ idleTimeToLive: "1 hour" }))
