@@ -537,34 +537,34 @@ const makeWith = Effect.fnUntraced(function* (
     // The memory store full (`maxKeys`): refused whatever `onStoreError`, as letting it through would
     // leave the key unlimited.
     const full = storeFailure?.reason._tag === "RateLimitStoreError" ? storeFailure.reason.cause : undefined
-    if (full instanceof KeysFull) {
+    // Refused for the store's sake (full, or failing closed): what was taken is given back.
+    const refuse = (message: string, retryAfter: Duration.Duration, cause?: unknown) => {
       metrics.rejected++
       return Effect.andThen(
         releaseLeaving(taken),
         Effect.fail(
           new ModelError({
             reason: "RateLimited",
-            message: `the rate limit of "${key}" cannot be kept: the limiter holds maxKeys ${full.maxKeys} keys, none of whose windows has ended`,
+            message,
             provider: key,
-            retryAfter: Duration.millis(Math.ceil(full.retryAfter))
+            retryAfter,
+            ...(cause === undefined ? {} : { cause })
           })
         )
       )
     }
+    if (full instanceof KeysFull) {
+      return refuse(
+        `the rate limit of "${key}" cannot be kept: the limiter holds maxKeys ${full.maxKeys} keys, none of whose windows has ended`,
+        Duration.millis(Math.ceil(full.retryAfter))
+      )
+    }
     if (storeFailure !== undefined && failClosed) {
-      metrics.rejected++
-      return Effect.andThen(
-        releaseLeaving(taken),
-        Effect.fail(
-          new ModelError({
-            reason: "RateLimited",
-            message: `the rate limit of "${key}" cannot be checked (store unavailable) and onStoreError is "reject"`,
-            provider: key,
-            retryAfter: storeRetryAfter,
-            // What tells this refusal from a limit's (which names it in `rateLimit`): the store failed.
-            cause: storeFailure
-          })
-        )
+      return refuse(
+        `the rate limit of "${key}" cannot be checked (store unavailable) and onStoreError is "reject"`,
+        storeRetryAfter,
+        // What tells this refusal from a limit's (which names it in `rateLimit`): the store failed.
+        storeFailure
       )
     }
     // A wait the caller's deadline would cut is not made: it fails now, and a fallback gets the time left.
