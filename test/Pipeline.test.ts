@@ -1,5 +1,5 @@
 import { assert, describe, it, vi } from "@effect/vitest"
-import { Context, Duration, Effect, Fiber, Layer, Metric, Ref } from "effect"
+import { Context, Duration, Effect, type Exit, Fiber, Layer, Metric, Ref } from "effect"
 import { TestClock } from "effect/testing"
 import { ModelError, TimeoutError } from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
@@ -282,6 +282,53 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect("a step whose effect hands the run loop no Effect (deep inside) fails, named; no hang, no defect", () =>
+    Effect.gen(function* () {
+      // `run` returns an Effect, but its flatMap returns 42: Effect's run loop ends that fiber at
+      // once with a defect, skipping every handler on its stack (the step's `Effect.exit` too).
+      const broken = () => Effect.flatMap(Effect.sleep("10 millis"), (): Effect.Effect<never> => 42 as never)
+      const p = yield* Pipeline.fromSteps<undefined, unknown, never, never>([
+        { name: "broken", run: broken },
+        { name: "slow", run: () => sleepThen(50, "late") },
+        { name: "after", dependsOn: ["broken"], run: () => Effect.succeed("never") }
+      ])
+      for (const mode of ["parallel", "sequential"] as const) {
+        for (const onFailure of ["continue", "failFast"] as const) {
+          const fiber = yield* Effect.forkChild(Pipeline.run(p, undefined, { mode, onFailure }))
+          yield* TestClock.adjust("1 hour")
+          const exit = fiber.pollUnsafe()
+          if (exit === undefined) yield* Fiber.interrupt(fiber)
+          const label = `${mode}, ${onFailure}`
+          assert.isDefined(exit, `${label}: the run ended`)
+          assert.isTrue(exit!._tag === "Success", `${label}: the run did not die`)
+          const result = (exit as Exit.Success<Pipeline.Result<Record<string, unknown>, never>>).value
+          const broke = result.steps.broken
+          assert.strictEqual(broke?.status, "failed", label)
+          assert.include(broke?.status === "failed" ? broke.message : "", "Not a valid effect: 42", label)
+          assert.deepStrictEqual(
+            broke?.status === "failed" && [
+              broke.error,
+              broke.startedAt - result.startedAt,
+              broke.endedAt - result.startedAt
+            ],
+            [undefined, 0, 10],
+            label
+          )
+          assert.strictEqual(result.steps.after?.status, "skipped", label)
+          const slow = result.steps.slow?.status
+          assert.strictEqual(
+            slow,
+            onFailure === "continue" ? "succeeded" : mode === "parallel" ? "interrupted" : "skipped"
+          )
+          assert.deepStrictEqual(
+            result.failedSteps,
+            onFailure === "failFast" && mode === "parallel" ? ["broken", "slow"] : ["broken"]
+          )
+        }
+      }
+    })
+  )
+
   it.effect("ready steps start in definition order, whatever order they became ready in", () =>
     Effect.gen(function* () {
       const order: Array<string> = []
@@ -352,6 +399,12 @@ describe("Pipeline", () => {
       yield* TestClock.adjust("50 millis")
       yield* Fiber.interrupt(fiber)
       assert.deepStrictEqual([...(yield* Ref.get(interrupted))].sort(), ["x", "y"])
+      // One at a time (each step on a fiber of its own), the running one too.
+      yield* Ref.set(interrupted, [])
+      const sequential = yield* Effect.forkChild(Pipeline.run(p, undefined, { mode: "sequential" }))
+      yield* TestClock.adjust("150 millis")
+      yield* Fiber.interrupt(sequential)
+      assert.deepStrictEqual(yield* Ref.get(interrupted), ["y"])
     })
   )
 

@@ -5,10 +5,18 @@
  *
  * @internal
  */
-import { Clock, Duration, Effect, Fiber, Queue } from "effect"
+import { type Cause, Clock, Duration, Effect, Exit, Fiber, Queue } from "effect"
 import type { Result, StepOutcome, Strategy } from "../Pipeline.js"
-import { type Definition, depsOf, type Failure, type RunSettings, record, type StepDef } from "./definition.js"
-import type { Runner } from "./step.js"
+import {
+  type Context,
+  type Definition,
+  depsOf,
+  type Failure,
+  type RunSettings,
+  record,
+  type StepDef
+} from "./definition.js"
+import { messageOf, type Runner } from "./step.js"
 
 type Outcome = StepOutcome<unknown, unknown>
 
@@ -64,6 +72,36 @@ const stopped = (step: string, stoppedBy: string, outcomes: ReadonlyMap<string, 
   failedStep: stoppedBy,
   at
 })
+
+/**
+ * The outcome of a step whose fiber ended without giving one. The runner turns every failure into an
+ * outcome, but Effect's run loop ends a fiber at once, skipping every handler on its stack, when it is
+ * handed something that is not an Effect (a step's `flatMap` returning `42`): only the fiber's exit
+ * says so. A step that interrupted its own fiber ends here too.
+ */
+const lost = (def: StepDef, cause: Cause.Cause<unknown>, startedAt: number, endedAt: number): Outcome => ({
+  status: "failed",
+  step: def.name,
+  cause,
+  message: messageOf(cause),
+  attempts: 1,
+  startedAt,
+  endedAt,
+  durationMs: endedAt - startedAt
+})
+
+/** A step on a fiber of its own, so that a fiber its effect ends (see {@link lost}) is not the run's. */
+const isolated = (runStep: Runner, def: StepDef, context: Context, startedAt: number): Effect.Effect<Outcome> =>
+  Effect.flatMap(Effect.forkChild(runStep(def, context, startedAt), { startImmediately: true }), (fiber) =>
+    // Interrupted, the run waits for the step to stop, as a parallel run does.
+    Effect.flatMap(
+      Effect.onInterrupt(Fiber.await(fiber), () => Fiber.interrupt(fiber)),
+      (exit) =>
+        Exit.isSuccess(exit)
+          ? Effect.succeed(exit.value)
+          : Effect.map(Clock.currentTimeMillis, (now) => lost(def, exit.cause, startedAt, now))
+    )
+  )
 
 interface Run {
   readonly outcomes: Map<string, Outcome>
@@ -132,7 +170,10 @@ const runParallel = Effect.fnUntraced(function* (
   const running = new Map<string, Fiber.Fiber<void>>()
   const startedAt = new Map<string, number>()
   const done = yield* Queue.unbounded<Outcome>()
+  const clock = yield* Clock.Clock
   let stoppedBy: string | undefined
+  // Set while a fail-fast run interrupts its running steps: those interruptions are ours, not outcomes.
+  let stopping = false
 
   // Arrows, not a generator made at each run (see `execute`).
   const start = (def: StepDef) =>
@@ -148,6 +189,12 @@ const runParallel = Effect.fnUntraced(function* (
         Effect.flatMap((fiber) =>
           Effect.sync(() => {
             running.set(def.name, fiber as Fiber.Fiber<void>)
+            // A fiber that ended without offering its outcome (see `lost`): its exit is the outcome.
+            fiber.addObserver((exit) => {
+              if (!stopping && Exit.isFailure(exit)) {
+                Queue.offerUnsafe(done, lost(def, exit.cause, now, clock.currentTimeMillisUnsafe()))
+              }
+            })
           })
         )
       )
@@ -190,6 +237,7 @@ const runParallel = Effect.fnUntraced(function* (
     const outcome = yield* Queue.take(done)
     settle(outcome, yield* Clock.currentTimeMillis)
     if (stoppedBy !== undefined && running.size > 0) {
+      stopping = true
       yield* Fiber.interruptAll(Array.from(running.values()))
       // Steps that finished while we interrupted keep their real outcome.
       for (const finished of yield* Queue.clear(done)) settle(finished, yield* Clock.currentTimeMillis)
@@ -244,7 +292,7 @@ const runSequential = Effect.fnUntraced(function* (
       continue
     }
     started.push(def.name)
-    const outcome = yield* runStep(def, { input, deps: depsOf(def, outputs) }, now)
+    const outcome = yield* isolated(runStep, def, { input, deps: depsOf(def, outputs) }, now)
     outcomes.set(def.name, outcome)
     if (outcome.status === "succeeded") outputs.set(def.name, outcome.output)
     else if (options.onFailure === "failFast") stoppedBy = def.name
