@@ -709,6 +709,74 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
   )
 
   it.effect(
+    "the steps list, a dependsOn list or a fallback whose element, getter or trap throws: a PipelineError naming it; fromSteps died and .step threw",
+    () =>
+      Effect.gen(function* () {
+        const failing = (message: string) => () => {
+          throw new Error(message)
+        }
+        // An array whose element `at` cannot be read (a Proxy's get trap that throws).
+        const unreadable = <A>(items: ReadonlyArray<A>, at: number) =>
+          new Proxy([...items], {
+            get: (target, key, receiver) =>
+              key === String(at) ? failing(`element ${at} trap`)() : Reflect.get(target, key, receiver)
+          })
+        const steps = yield* Effect.flip(
+          Pipeline.fromSteps(
+            unreadable(
+              [
+                { name: "a", run: ok },
+                { name: "b", run: ok }
+              ],
+              1
+            )
+          )
+        )
+        assert.deepStrictEqual([steps.reason, steps.field, steps.steps], ["InvalidStep", "steps[1]", []])
+        assert.include(steps.message, "element 1 trap")
+        const length = new Proxy([], {
+          get: (target, key) => (key === "length" ? failing("length trap")() : Reflect.get(target, key))
+        })
+        const lengthError = yield* Effect.flip(Pipeline.fromSteps(length))
+        assert.deepStrictEqual([lengthError.reason, lengthError.field], ["InvalidStep", "steps"])
+        assert.include(lengthError.message, "length trap")
+
+        const dependsOn = unreadable(["a", "b"], 1)
+        const spec = yield* Effect.flip(
+          Pipeline.fromSteps([
+            { name: "a", run: ok },
+            { name: "b", run: ok },
+            { name: "c", dependsOn, run: ok }
+          ])
+        )
+        assert.deepStrictEqual([spec.reason, spec.field, spec.steps], ["InvalidStep", "steps[2].dependsOn[1]", ["c"]])
+        assert.include(spec.message, "element 1 trap")
+        const built = Pipeline.make()
+          .step("a", [], ok)
+          .step("b", unreadable(["a"], 0) as never, ok)
+        const step = yield* Effect.flip(Pipeline.validate(built))
+        assert.deepStrictEqual([step.reason, step.field], ["InvalidStep", "steps[1].dependsOn[0]"])
+
+        const getter = (field: string) =>
+          Object.defineProperty({}, field, { enumerable: true, get: failing(`${field} getter`) })
+        const keys = new Proxy({}, { ownKeys: failing("keys trap") })
+        for (const [fallback, field, message] of [
+          [getter("value"), "steps[0].fallback.value", "value getter"],
+          [getter("step"), "steps[0].fallback.step", "step getter"],
+          [keys, "steps[0].fallback", "keys trap"]
+        ] as const) {
+          const error = yield* Effect.flip(Pipeline.fromSteps([{ name: "a", run: ok, fallback: fallback as never }]))
+          assert.deepStrictEqual([error.reason, error.field, error.steps], ["InvalidStep", field, ["a"]])
+          assert.include(error.message, message)
+          const viaBuilder = yield* Effect.flip(
+            Pipeline.validate(Pipeline.make().step("a", [], ok, { fallback } as never))
+          )
+          assert.strictEqual(viaBuilder.field, field)
+        }
+      })
+  )
+
+  it.effect(
     "a step or its options as a class (fields as getters or methods on its prototype) are read; a Map, which has none, is refused by name, not read as none",
     () =>
       Effect.gen(function* () {

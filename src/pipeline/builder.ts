@@ -104,6 +104,9 @@ export const make = <I = void>(given: RunOptions = {}): Pipeline<I, {}> => {
   return fromChain<I, {}, never, never>({ steps: [], index: new Map() }, 0, defaults, issue)
 }
 
+const unreadable = (field: string, what: string, error: unknown): PipelineError =>
+  Errors.invalidStep(field, `${what} threw: ${Input.thrownMessage(error)}`, undefined)
+
 export const fromSteps = <I, A, E, R>(
   steps: ReadonlyArray<StepSpec<I, A, E, R>>,
   given: RunOptions = {}
@@ -114,8 +117,22 @@ export const fromSteps = <I, A, E, R>(
         Errors.invalidStep("steps", `expected an array of steps, got ${Input.shown(steps)}`, undefined)
       )
     }
+    // Read once, each element in a `try`: a length or an element whose reading throws (a `Proxy`'s
+    // trap) is a `PipelineError` naming it, not a defect of `fromSteps`.
+    let length: number
+    try {
+      length = steps.length
+    } catch (error) {
+      return Effect.fail(unreadable("steps", "reading its length", error))
+    }
     const defs: Array<Internal.StepDef> = []
-    for (const [i, spec] of steps.entries()) {
+    for (let i = 0; i < length; i++) {
+      let spec: unknown
+      try {
+        spec = steps[i]
+      } catch (error) {
+        return Effect.fail(unreadable(`steps[${i}]`, "reading it", error))
+      }
       const checked = Internal.checkSpec(spec, `steps[${i}]`)
       if (R.isFailure(checked)) return Effect.fail(checked.failure)
       defs.push(checked.success)

@@ -152,22 +152,43 @@ const label = (at: string, field: string): string => `${at}.${field}`
 const fromIssue = (issue: Input.Issue, step: string | undefined, prefix = ""): PipelineError =>
   invalidStep(`${prefix}${issue.path}`, issue.message, step)
 
+const threw = (path: string, what: string, error: unknown): Input.Issue => ({
+  path,
+  message: `${what} threw: ${Input.thrownMessage(error)}`,
+  cause: error
+})
+
 /**
  * A step's (or a batch task's) `dependsOn`: absent is none; anything but an array of
  * non-empty names is refused, `null` included (as every other field refuses it). The path
- * is `dependsOn` or `dependsOn[i]`.
+ * is `dependsOn` or `dependsOn[i]`. Read once, into a list of its own: an element or a length
+ * whose reading throws (a `Proxy`'s trap) is its issue.
  */
 export const checkDependsOn = (input: unknown): Input.Checked<ReadonlyArray<string>> => {
   if (input === undefined) return Result.succeed([])
   if (!Array.isArray(input)) {
     return Result.fail({ path: "dependsOn", message: `expected an array of step names, got ${Input.shown(input)}` })
   }
-  for (const [i, dep] of input.entries()) {
+  let length: number
+  try {
+    length = input.length
+  } catch (error) {
+    return Result.fail(threw("dependsOn", "reading its length", error))
+  }
+  const names: Array<string> = []
+  for (let i = 0; i < length; i++) {
+    let dep: unknown
+    try {
+      dep = input[i]
+    } catch (error) {
+      return Result.fail(threw(`dependsOn[${i}]`, "reading it", error))
+    }
     if (typeof dep !== "string" || dep.length === 0) {
       return Result.fail({ path: `dependsOn[${i}]`, message: `expected a step name, got ${Input.shown(dep)}` })
     }
+    names.push(dep)
   }
-  return Result.succeed(input as ReadonlyArray<string>)
+  return Result.succeed(names)
 }
 
 const nonEmptyString = (
@@ -197,21 +218,33 @@ const seriesName = (
         return text === undefined ? Result.succeed(name) : Result.fail(fromIssue(text, step))
       })
 
+// Its fields are read once, each in a `try`: a getter or `Proxy` trap that throws is the field's issue.
 const checkFallback = (at: string, input: unknown, step: string | undefined): Checked<FallbackDef | undefined> => {
   if (input === undefined) return Result.succeed(undefined)
+  const path = label(at, "fallback")
   if (isRecord(input)) {
-    const keys = Object.keys(input)
-    if (keys.length === 1 && keys[0] === "value") return Result.succeed({ _tag: "Value", value: input.value })
-    if (keys.length === 1 && keys[0] === "step" && typeof input.step === "function") {
-      return Result.succeed({ _tag: "Step", run: input.step as Extract<FallbackDef, { _tag: "Step" }>["run"] })
+    let keys: ReadonlyArray<string>
+    try {
+      keys = Object.keys(input)
+    } catch (error) {
+      return Result.fail(fromIssue(threw(path, "listing its fields", error), step))
+    }
+    const key = keys.length === 1 ? keys[0] : undefined
+    if (key === "value" || key === "step") {
+      let field: unknown
+      try {
+        field = input[key]
+      } catch (error) {
+        return Result.fail(fromIssue(threw(label(path, key), "reading it", error), step))
+      }
+      if (key === "value") return Result.succeed({ _tag: "Value", value: field })
+      if (typeof field === "function") {
+        return Result.succeed({ _tag: "Step", run: field as Extract<FallbackDef, { _tag: "Step" }>["run"] })
+      }
     }
   }
   return Result.fail(
-    invalidStep(
-      label(at, "fallback"),
-      `expected { value } or { step: (context) => Effect }, got ${Input.shown(input)}`,
-      step
-    )
+    invalidStep(path, `expected { value } or { step: (context) => Effect }, got ${Input.shown(input)}`, step)
   )
 }
 
