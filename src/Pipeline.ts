@@ -268,7 +268,8 @@ export interface Result<O, E> {
  * - `fallbackToSequential`: after a parallel run in which a step failed for a reason that
  *   concurrency can cause ({@link isConcurrencyRelated}), run the steps that did not
  *   succeed again, one at a time, keeping the outputs that succeeded. A function replaces
- *   the predicate.
+ *   the predicate (synchronous: one that throws or answers no boolean, a Promise included,
+ *   counts as `false`, with a warning).
  *
  * @since 0.1.0
  * @category models

@@ -12,6 +12,7 @@ import * as Pipeline from "../src/Pipeline.js"
 import * as RateLimit from "../src/RateLimit.js"
 import * as Router from "../src/Router.js"
 import * as Stats from "../src/Stats.js"
+import { captureLogs } from "./utils/logs.js"
 
 class Greeter extends Context.Service<Greeter, { readonly greet: (name: string) => string }>()("test/Greeter") {}
 
@@ -1468,6 +1469,45 @@ describe("Pipeline steps through the executor's policy pipeline", () => {
       })
       assert.deepStrictEqual([never.strategy, never.outputs.fine], ["parallel", 1])
     }).pipe(Effect.provide(Executor.layerWithStats({ timeout: "none" }).pipe(Layer.provideMerge(Mock.layer()))))
+  )
+
+  it.effect(
+    "a fallbackToSequential predicate that answers no boolean (an async one's Promise) counts as no, with a warning; it ran every failed step again",
+    () =>
+      Effect.gen(function* () {
+        const unhandled: Array<unknown> = []
+        const trap = (reason: unknown) => unhandled.push(reason)
+        process.on("unhandledRejection", trap)
+        yield* Effect.addFinalizer(() => Effect.sync(() => process.off("unhandledRejection", trap)))
+        let runs = 0
+        const p = Pipeline.make().step("send", [], () =>
+          Effect.andThen(
+            Effect.sync(() => runs++),
+            Effect.fail(overloaded())
+          )
+        )
+        const predicates: ReadonlyArray<readonly [string, (failure: Pipeline.Failure<unknown>) => unknown]> = [
+          ["async, false", async () => false],
+          ["async, rejecting", async () => Promise.reject(new Error("async predicate bug"))],
+          ["a string", () => "no"]
+        ]
+        for (const [name, predicate] of predicates) {
+          runs = 0
+          const logs = yield* captureLogs
+          const result = yield* runClocked(p, undefined, { fallbackToSequential: predicate as never }).pipe(
+            Effect.provide(logs.layer)
+          )
+          assert.deepStrictEqual([result.strategy, runs], ["parallel", 1], name)
+          assert.strictEqual(
+            logs.lines.filter((line) => line.includes("fallbackToSequential predicate")).length,
+            1,
+            `${name}: ${logs.lines.join("\n")}`
+          )
+        }
+        // Unhandled rejections are reported once the microtasks have run.
+        yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+        assert.deepStrictEqual(unhandled.map(String), [])
+      })
   )
 
   it.effect("after a sequential fallback, steps kept from the parallel run count once", () =>

@@ -6,7 +6,9 @@
  * @internal
  */
 import { type Cause, Clock, Duration, Effect, Exit, Fiber, Queue } from "effect"
+import * as Input from "../Input.js"
 import type { Result, StepOutcome, Strategy } from "../Pipeline.js"
+import { isThenable } from "../policy/callback.js"
 import {
   type Context,
   type Definition,
@@ -394,22 +396,30 @@ export const execute = Effect.fnUntraced(
       run = yield* runParallel(definition, input, options, runStep)
       const retryable = options.fallbackToSequential
       // The predicate is the user's: one that throws (reading `failure.error` of a timeout) says
-      // no for that failure, with a warning, rather than losing the run's every outcome.
-      let thrown: { readonly error: unknown } | undefined
+      // no for that failure, with a warning, rather than losing the run's every outcome. So does one
+      // that answers no boolean: an async predicate's Promise is truthy, whatever it resolves to, and
+      // would run every failed step again (its rejection is handled: left alone, it is an unhandled one).
+      let wrong: { readonly why: string; readonly error?: unknown } | undefined
       const again =
         retryable !== undefined &&
         Array.from(run.outcomes.values()).some((o) => {
           const failure = failureOf(o)
           if (failure === undefined) return false
+          let answer: unknown
           try {
-            return retryable(failure)
+            answer = retryable(failure)
           } catch (error) {
-            thrown ??= { error }
+            wrong ??= { why: "threw", error }
             return false
           }
+          if (typeof answer === "boolean") return answer
+          if (isThenable(answer)) answer.then(undefined, () => undefined)
+          wrong ??= { why: `answered ${isThenable(answer) ? "a Promise" : Input.kindOf(answer)}, not a boolean` }
+          return false
         })
-      if (thrown !== undefined) {
-        yield* Effect.logWarning("the fallbackToSequential predicate threw; it counts as false", thrown.error)
+      if (wrong !== undefined) {
+        const message = `the fallbackToSequential predicate ${wrong.why}; it counts as false`
+        yield* "error" in wrong ? Effect.logWarning(message, wrong.error) : Effect.logWarning(message)
       }
       if (again) {
         parallelAttempt = run.outcomes
