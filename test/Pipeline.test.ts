@@ -1,5 +1,5 @@
 import { assert, describe, it, vi } from "@effect/vitest"
-import { Context, Duration, Effect, type Exit, Fiber, Layer, Metric, Ref } from "effect"
+import { Cause, Context, Duration, Effect, type Exit, Fiber, Layer, Metric, Ref } from "effect"
 import { TestClock } from "effect/testing"
 import { ModelError, TimeoutError } from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
@@ -1418,6 +1418,34 @@ describe("Pipeline steps through the executor's policy pipeline", () => {
         error: { code: 7 }
       })
     })
+  )
+
+  it.effect(
+    "a governed step (or fallback) whose effect hands the run loop no Effect deep inside is a defect: no fallback, no provider's error",
+    () =>
+      Effect.gen(function* () {
+        const context = yield* executorContext(Layer.empty)
+        // Effect's run loop ends the fiber at once, skipping the step's own handlers: it fell back as a
+        // timeout of 0 ms, or failed with the executor's "provider call failed unexpectedly" ModelError.
+        const broken = () => Effect.flatMap(Effect.void, (): Effect.Effect<string> => 42 as never)
+        const p = Pipeline.make()
+          .step("value", [], broken, { fallback: { value: "x" } })
+          .step("timeout", [], broken, { timeout: "1 second" })
+          .step("fallback", [], () => Effect.fail("own"), { fallback: { step: broken } })
+        const result = yield* runClocked(p, undefined, { onFailure: "continue" }).pipe(Effect.provideContext(context))
+        for (const name of ["value", "timeout", "fallback"] as const) {
+          const outcome = result.steps[name]
+          assert.strictEqual(outcome.status, "failed", name)
+          const failed = outcome as Pipeline.Failed<unknown>
+          assert.isUndefined(failed.error, name)
+          assert.include(failed.message, "Not a valid effect: 42", name)
+          assert.isTrue(Cause.hasDies(failed.cause), name)
+        }
+        assert.deepStrictEqual((result.steps.fallback as Pipeline.Failed<unknown>).primary, {
+          _tag: "Failed",
+          error: "own"
+        })
+      })
   )
 
   it.effect("falls back to sequential when concurrency made steps fail", () =>

@@ -12,7 +12,7 @@
  *
  * @internal
  */
-import { Cause, Clock, Duration, Effect, Exit } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Fiber } from "effect"
 import { userEffect } from "../policy/callback.js"
 import {
   type AiError,
@@ -81,6 +81,18 @@ const inherit = <A, E>(effect: Effect.Effect<A, E, unknown>): Effect.Effect<A, E
 const timing = (startedAt: number) =>
   Effect.map(Clock.currentTimeMillis, (endedAt) => ({ startedAt, endedAt, durationMs: endedAt - startedAt }))
 
+/**
+ * The exit of a step's (or its fallback's) effect, run on a fiber of its own. Effect's run loop ends a
+ * fiber at once when handed something that is not an Effect deep inside it (a `flatMap` returning `42`),
+ * skipping every handler on its stack: on the executor's attempt fiber, the step's own handling was
+ * skipped, and the defect fell back (as a timeout of 0 ms) or came out as the executor's provider error.
+ * Interrupted (a deadline), it waits for the effect to stop, as it did on the attempt's fiber.
+ */
+const isolated = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<Exit.Exit<A, E>> =>
+  Effect.flatMap(Effect.forkChild(effect, { startImmediately: true }), (fiber) =>
+    Effect.onInterrupt(Fiber.await(fiber), () => Fiber.interrupt(fiber))
+  )
+
 const errorOf = (cause: Cause.Cause<unknown>): unknown => {
   const found = Cause.findErrorOption(cause)
   return found._tag === "Some" ? found.value : undefined
@@ -135,7 +147,7 @@ const governed = Effect.fnUntraced(function* (
   const stepName = def.stats ?? def.name
 
   const settle = (effect: Effect.Effect<unknown, unknown, unknown>, own: boolean) =>
-    Effect.flatMap(Effect.exit(inherit(effect)), (exit): Effect.Effect<unknown, AiError> => {
+    Effect.flatMap(isolated(inherit(effect)), (exit): Effect.Effect<unknown, AiError> => {
       if (!own) fallbackEnded = true
       if (Exit.isSuccess(exit)) {
         if (own) primary = { _tag: "Done" }
