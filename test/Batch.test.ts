@@ -305,6 +305,37 @@ describe("Batch.run outcomes", () => {
       })
   )
 
+  it.effect(
+    "an onEvent or a cancel whose Effect hands the run loop no Effect deep inside is logged once; the batch runs on",
+    () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra({ a: {} })
+        // Effect's run loop ends the fiber at once, skipping every handler on its stack: the
+        // worker's, so the batch died with the defect; the cancel's watcher, so it went unsaid.
+        const broken: Effect.Effect<void> = Effect.flatMap(Effect.void, (): Effect.Effect<void> => 42 as never)
+        const cases: ReadonlyArray<[string, Batch.RunOptions]> = [
+          ["onEvent", { onEvent: () => broken }],
+          ["cancel", { cancel: broken }]
+        ]
+        for (const [name, options] of cases) {
+          const logs = yield* captureLogs
+          const exit = yield* Effect.exit(
+            batch.run(["x", "y"], { domain: "d-a", id: "b3", ...options }).pipe(Effect.provide(logs.layer))
+          )
+          assert.isTrue(Exit.isSuccess(exit), `${name}: ${String(exit)}`)
+          const result = (exit as Exit.Success<Batch.BatchResult>).value
+          assert.deepStrictEqual(
+            [result.cancelled, result.results.map((r) => r.status)],
+            [false, ["success", "success"]],
+            name
+          )
+          const warnings = logs.lines.filter((line) => line.includes("Batch b3"))
+          assert.strictEqual(warnings.length, 1, `${name}: ${logs.lines.join("\n")}`)
+          assert.include(warnings[0]!, "Not a valid effect: 42", name)
+        }
+      })
+  )
+
   it.effect("a throwing onProgress alone (items started from JavaScript) still gets every event; one warning", () =>
     Effect.gen(function* () {
       const { batch } = yield* makeOrchestra({ a: {} })

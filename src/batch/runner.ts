@@ -82,6 +82,17 @@ const errorOf = (cause: Cause.Cause<AiError>): AiError => {
 
 const retryOnly = { retry: true } as const
 
+/**
+ * The exit of a caller's Effect (`onEvent`'s, `cancel`), run on a fiber of its own. Effect's run loop
+ * ends a fiber at once when handed something that is not an Effect deep inside it (a `flatMap`
+ * returning `42`), skipping every handler on its stack: on a worker, the batch died with it; on the
+ * cancel's watcher, its warning was lost. Interrupted, it interrupts the effect and waits for it.
+ */
+const isolated = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<Exit.Exit<A, E>> =>
+  Effect.flatMap(Effect.forkChild(effect, { startImmediately: true }), (fiber) =>
+    Effect.onInterrupt(Fiber.await(fiber), () => Fiber.interrupt(fiber))
+  )
+
 /** The outcome of an item that ran, from its call's exit. */
 const resultOf = (index: number, exit: Exit.Exit<Answer, AiError>, durationMs: number, retries: number): ItemResult => {
   if (Exit.isSuccess(exit)) return { index, status: "success", answer: exit.value, ran: true, durationMs, retries }
@@ -297,7 +308,7 @@ export const run = Effect.fnUntraced(function* (
     }
     if (onEvent === undefined) return effect
     const guarded = Effect.flatMap(
-      Effect.exit(userEffect("onEvent", () => onEvent(event))),
+      isolated(userEffect("onEvent", () => onEvent(event))),
       (exit): Effect.Effect<void> => (Exit.isSuccess(exit) ? Effect.void : warn("onEvent", Cause.squash(exit.cause)))
     )
     return Effect.andThen(effect, guarded)
@@ -408,24 +419,22 @@ export const run = Effect.fnUntraced(function* (
     // Started before the pool fiber runs: a cancel that has already happened interrupts it before its first item.
     const poolFiber = yield* Effect.forkChild(pool)
     const watcher = yield* Effect.forkChild(
-      Effect.andThen(
-        options.cancel,
-        Effect.sync(() => {
-          if (poolFiber.pollUnsafe() !== undefined) return
-          cancelled = true
-          poolFiber.interruptUnsafe()
-        })
-      ).pipe(
+      Effect.flatMap(isolated(options.cancel), (exit): Effect.Effect<void> => {
+        if (Exit.isSuccess(exit)) {
+          if (poolFiber.pollUnsafe() === undefined) {
+            cancelled = true
+            poolFiber.interruptUnsafe()
+          }
+          return Effect.void
+        }
         // A cancel that fails never completes: the batch runs on, and says why it was not cancelled.
-        Effect.catchCause((cause) =>
-          Cause.hasInterruptsOnly(cause)
-            ? Effect.void
-            : Effect.logWarning(
-                `Batch ${id}: the cancel Effect failed, so the batch was not cancelled`,
-                Cause.squash(cause)
-              )
-        )
-      ),
+        return Cause.hasInterruptsOnly(exit.cause)
+          ? Effect.void
+          : Effect.logWarning(
+              `Batch ${id}: the cancel Effect failed, so the batch was not cancelled`,
+              Cause.squash(exit.cause)
+            )
+      }),
       { startImmediately: true }
     )
     yield* Fiber.await(poolFiber)
