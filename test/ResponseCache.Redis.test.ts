@@ -245,6 +245,65 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       })
   )
 
+  it.live(
+    "maxBatchBytes bounds a batch: setMany over it is refused and stores none; getMany reads at most it, the rest misses",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const name = uniqueName("batch")
+            const cache = yield* build(server, { name, maxValueBytes: 2000, maxBatchBytes: 5000 })
+            const redis = yield* admin(server)
+            const oversized = Effect.map(
+              Metric.value(Metric.withAttributes(Metrics.cacheOversized, { cache: name })),
+              (s) => s.count
+            )
+            // Values of exactly 1,000 bytes of JSON each.
+            const sized = (key: string) => {
+              const shell = JSON.stringify(response("")).length
+              return { key, value: response(key.padEnd(1000 - shell, "x")) }
+            }
+            assert.strictEqual(JSON.stringify(sized("a").value).length, 1000)
+            // Six values of 1,000 bytes (about 1,100 with the entry around each), each under maxValueBytes: one
+            // call wrote them whole, and one getMany read them whole, whatever their number.
+            const six = ["a", "b", "c", "d", "e", "f"].map(sized)
+            const exit = yield* Effect.exit(cache.setMany(six))
+            const error = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.findErrorOption(exit.cause)) : undefined
+            const e = error as { readonly reason?: string; readonly field?: string; readonly message?: string }
+            assert.strictEqual(`${e?.reason}/${e?.field}`, "InvalidRequest/entries", String(exit))
+            assert.include(e.message, "maxBatchBytes (5000)")
+            // Refused as a whole, before Redis: none stored.
+            assert.deepStrictEqual(yield* redis.send<Array<string>>("KEYS", `${name}:*`), [])
+            // Four fit, and are read back whole by one getMany.
+            yield* cache.setMany(six.slice(0, 4))
+            const strlen = yield* redis.send<number>("STRLEN", `${name}:r:a`)
+            assert.isTrue(strlen > 1000 && strlen < 1250, `an entry of ${strlen} bytes`)
+            assert.deepStrictEqual((yield* cache.getMany(["a", "b", "c", "d"])).map(Option.isSome), [
+              true,
+              true,
+              true,
+              true
+            ])
+            yield* cache.setMany(six.slice(4))
+            assert.strictEqual(yield* oversized, 0)
+            // Six in Redis (two calls): one getMany of all is sent at most the bound, the rest are misses.
+            const found = yield* cache.getMany(["a", "b", "c", "d", "e", "f"])
+            assert.deepStrictEqual(found.map(Option.isSome), [true, true, true, true, false, false])
+            assert.strictEqual(yield* oversized, 2)
+            // A getMany of one key reads it whatever the bound (one value is bounded by maxValueBytes).
+            assert.deepStrictEqual((yield* cache.getMany(["f"])).map(Option.isSome), [true])
+            assert.strictEqual(yield* errorsOf(name), 0)
+            yield* cache.getMany(["f", "a", "b", "c", "d", "e"])
+            const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
+            assert.strictEqual(warnings.length, 1, JSON.stringify(logs.lines))
+            assert.include(warnings[0], "maxBatchBytes")
+          })
+        ).pipe(Effect.provide(logs.layer))
+      })
+  )
+
   it.live("the answers kept in the process while they are written hold at most 16 × maxValueBytes bytes", () =>
     Effect.scoped(
       Effect.gen(function* () {
@@ -1172,7 +1231,12 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
             [{ timeout: "50 millis" } as RedisCache.Options, "timeout"],
             [{ maxValueBytes: Number.NaN }, "maxValueBytes"],
             [{ maxValueBytes: -1 }, "maxValueBytes"],
-            [{ maxValueBytes: 1.5 }, "maxValueBytes"]
+            [{ maxValueBytes: 1.5 }, "maxValueBytes"],
+            [{ maxBatchBytes: Number.NaN }, "maxBatchBytes"],
+            [{ maxBatchBytes: 0 }, "maxBatchBytes"],
+            [{ maxBatchBytes: 2.5 }, "maxBatchBytes"],
+            // Smaller than one value: a setMany of one value it allows was refused.
+            [{ maxValueBytes: 2000, maxBatchBytes: 1999 }, "maxBatchBytes"]
           ]
           for (const [options, path] of cases) {
             const exit = yield* Effect.exit(build(server, options))

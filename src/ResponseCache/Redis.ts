@@ -14,7 +14,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Exit, Fiber, Layer, type Metric, Option, Schema, Scope } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, type Metric, Option, Result, Schema, Scope } from "effect"
 import { Persistence, Redis } from "effect/persistence"
 import type { ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
@@ -54,6 +54,17 @@ export interface Options extends ResponseCache.Options {
    * hold at most 16 times this many bytes (16 MiB by default), the least recently used going first.
    */
   readonly maxValueBytes?: number | undefined
+  /**
+   * Most bytes one `getMany` reads or one `setMany` writes, counted as Redis holds them: each value's JSON
+   * and its entry around it (about 100 bytes), UTF-8. A `setMany` over it fails with an `InvalidRequest`
+   * naming `entries` and stores none (store in smaller batches); a `getMany` reads its keys in order while
+   * their entries fit, and answers the rest as misses, not sent by Redis (counted in
+   * `orchestra_cache_oversized_total`, the first time said in a warning). One key alone is always read.
+   * An integer of at least `maxValueBytes`; default 4 MiB, or `maxValueBytes` when that is larger.
+   *
+   * @since 0.3.0
+   */
+  readonly maxBatchBytes?: number | undefined
 }
 
 // What a getOrCompute caller found on its way: whether it joined a computation, and an answer past its ttl.
@@ -80,12 +91,17 @@ const decode = Schema.decodeUnknownExit(ResponseCache.StoredEntry)
 // this process may write is read back whole with it.
 const entryBytes = 4096
 
-// Reads the values of KEYS no longer than ARGV[1] bytes. A longer one (a process with a larger maxValueBytes wrote
-// it) is answered as its length, never sent: read whole, it held the connection every store shares for its transfer
-// and was decoded in full. A key of another type is nil, as MGET answers it.
-const readBounded = Redis.script((keys: ReadonlyArray<string>, limit: number) => [...keys, limit], {
-  numberOfKeys: (keys) => keys.length,
-  lua: `local limit = tonumber(ARGV[1])
+// Reads the values of KEYS no longer than ARGV[1] bytes, at most ARGV[2] bytes of them in all (the first one read
+// whatever its length). A longer one (a process with a larger maxValueBytes wrote it) is answered as its length, and
+// one past the batch's bound as its length negated, never sent: read whole, they held the connection every store
+// shares for their transfer and were decoded in full. A key of another type is nil, as MGET answers it.
+const readBounded = Redis.script(
+  (keys: ReadonlyArray<string>, limit: number, batch: number) => [...keys, limit, batch],
+  {
+    numberOfKeys: (keys) => keys.length,
+    lua: `local limit = tonumber(ARGV[1])
+local batch = tonumber(ARGV[2])
+local total = 0
 local out = {}
 for i = 1, #KEYS do
   local n = redis.pcall("STRLEN", KEYS[i])
@@ -93,12 +109,28 @@ for i = 1, #KEYS do
     out[i] = false
   elseif n > limit then
     out[i] = n
+  elseif total > 0 and total + n > batch then
+    out[i] = -n
   else
     out[i] = redis.call("GET", KEYS[i])
+    total = total + n
   end
 end
 return out`
-}).withReturnType<ReadonlyArray<string | number | null>>()
+  }
+).withReturnType<ReadonlyArray<string | number | null>>()
+
+// At least one value: a bound below it refused a setMany of a single value that maxValueBytes lets through.
+const batchBytes = (input: number | undefined, maxValueBytes: number): Input.Checked<number> => {
+  if (input === undefined) return Input.int("maxBatchBytes", Math.max(4 * 1_048_576, maxValueBytes))
+  const checked = Input.int("maxBatchBytes", input, { min: 1 })
+  return Result.isSuccess(checked) && checked.success < maxValueBytes
+    ? Result.fail({
+        path: "maxBatchBytes",
+        message: `expected at least maxValueBytes (${maxValueBytes}), got ${input}`
+      })
+    : checked
+}
 
 const parsed = (text: string): unknown => {
   try {
@@ -116,11 +148,12 @@ const parsed = (text: string): unknown => {
  */
 export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const config = yield* Input.orOptionError(
-    ResponseCache.settings(options, "redis", ["prefix", "redis", "maxValueBytes"])
+    ResponseCache.settings(options, "redis", ["prefix", "redis", "maxValueBytes", "maxBatchBytes"])
   )
   const maxValueBytes = yield* Input.orOptionError(
     Input.int("maxValueBytes", Input.orDefault(options.maxValueBytes, 1_048_576), { min: 1 })
   )
+  const maxBatchBytes = yield* Input.orOptionError(batchBytes(options.maxBatchBytes, maxValueBytes))
   const guardSettings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
   const prefix = yield* Input.orOptionError(SharedRedis.prefixOf(options.prefix, "orchestra-cache"))
   // Held by the layer: closing it removes the series (counted by `Metric.update`, it stayed for good).
@@ -169,6 +202,19 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     )
   }
 
+  let saidOverBatch = false
+  const overBatch = (count: number, asked: number): Effect.Effect<void> => {
+    const counted = Lookup.bump(oversized, count)
+    if (saidOverBatch) return counted
+    saidOverBatch = true
+    return Effect.andThen(
+      counted,
+      Effect.logWarning(
+        `ResponseCache ${config.name}: a getMany of ${asked} keys found more than maxBatchBytes (${maxBatchBytes}) bytes in Redis: ${count} not read, misses (ask for fewer keys at a time); counted in orchestra_cache_oversized_total, not said again`
+      )
+    )
+  }
+
   /**
    * Entries of kind `tag` still within their grace, by key; `None` for a miss, a failure, a
    * value that does not decode (JSON or not) or one of the other kind (an answer's key holding stream parts),
@@ -182,17 +228,22 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   ): Effect.Effect<ReadonlyArray<Option.Option<Table.Stored>>, unknown> => {
     const [first, ...rest] = keys
     if (first === undefined) return Effect.succeed([])
-    return guard.call("GET", readLimited([namespace + first, ...rest.map((k) => namespace + k)], limit)).pipe(
+    const prefixed = [namespace + first, ...rest.map((k) => namespace + k)] as const
+    return guard.call("GET", readLimited(prefixed, limit, maxBatchBytes)).pipe(
       Effect.flatMap((values) => {
         let corrupt = 0
         let oversize = 0
         let bytes = 0
+        let unsent = 0
         const found = keys.map((_, i): Option.Option<Table.Stored> => {
           const value = values[i]
           if (value === null || value === undefined) return Option.none()
           if (typeof value === "number") {
-            oversize++
-            bytes = value
+            if (value < 0) unsent++
+            else {
+              oversize++
+              bytes = value
+            }
             return Option.none()
           }
           const decoded = decode(parsed(value))
@@ -203,9 +254,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           const entry = decoded.value
           return now < entry.staleUntil ? Option.some({ ...entry, keepFor: entry.staleUntil - now }) : Option.none()
         })
-        if (corrupt === 0 && oversize === 0) return Effect.succeed(found)
+        if (corrupt === 0 && oversize === 0 && unsent === 0) return Effect.succeed(found)
         const counted = corrupt === 0 ? Effect.void : Effect.sync(() => errors.add(corrupt))
-        return Effect.as(oversize === 0 ? counted : Effect.andThen(counted, tooLong(oversize, bytes)), found)
+        const long = oversize === 0 ? counted : Effect.andThen(counted, tooLong(oversize, bytes))
+        return Effect.as(unsent === 0 ? long : Effect.andThen(long, overBatch(unsent, keys.length)), found)
       })
     )
   }
@@ -217,7 +269,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   ): Effect.Effect<ReadonlyArray<Option.Option<Table.Stored>>> =>
     Effect.orElseSucceed(readOrFail(keys, now, tag), () => keys.map(() => Option.none<Table.Stored>()))
 
-  const write = (entries: ReadonlyArray<readonly [string, Table.Stored]>, now: number): Effect.Effect<void> => {
+  // The entries to write (those longer than maxValueBytes left out, counted in `tooLarge`).
+  const encodeAll = (entries: ReadonlyArray<readonly [string, Table.Stored]>, now: number) => {
     let tooLarge = 0
     const encoded = entries.flatMap(([k, stored]) => {
       if (stored.staleUntil <= now) return []
@@ -228,10 +281,30 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
       }
       return [[k, value, Duration.millis(stored.staleUntil - now)] as const]
     })
+    return { encoded, tooLarge }
+  }
+
+  const send = ({ encoded, tooLarge }: ReturnType<typeof encodeAll>): Effect.Effect<void> => {
     const counted = tooLarge === 0 ? Effect.void : Lookup.bump(oversized, tooLarge)
     const [first, ...rest] = encoded
     if (first === undefined) return counted
     return Effect.andThen(counted, Effect.ignore(guard.call("SET", store.setMany([first, ...rest]))))
+  }
+
+  const write = (entries: ReadonlyArray<readonly [string, Table.Stored]>, now: number): Effect.Effect<void> =>
+    send(encodeAll(entries, now))
+
+  // The bytes a batch of entries takes in Redis (the JSON the store writes, UTF-8), checked against
+  // maxBatchBytes; a batch writes as many bytes as one getMany reads back.
+  const batchIssue = (encoded: ReturnType<typeof encodeAll>["encoded"]): Input.Issue | undefined => {
+    let bytes = 0
+    for (const [, value] of encoded) bytes += Buffer.byteLength(JSON.stringify(value), "utf8")
+    return bytes <= maxBatchBytes
+      ? undefined
+      : {
+          path: "entries",
+          message: `expected at most maxBatchBytes (${maxBatchBytes}) bytes of entries in all, got ${bytes} (${encoded.length} entries): store them in smaller batches`
+        }
   }
 
   const now = Effect.clockWith((clock) => Effect.succeed(clock.currentTimeMillisUnsafe()))
@@ -424,6 +497,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
               ]
             : []
         )
+        // Checked before anything is taken out or written: a batch refused stores none.
+        const batch = encodeAll(written, at)
+        const issue = batchIssue(batch.encoded)
+        if (issue !== undefined) return Effect.fail(Input.toInvalidRequest(issue))
         // An answer this process keeps for its write would answer in place of the value set, and
         // its write, landing after this one, would replace it in Redis: both go first (see `supersede`).
         const underWay: Array<Fiber.Fiber<void>> = []
@@ -434,7 +511,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           const fiber = writing.get(k)
           if (fiber !== undefined) underWay.push(fiber)
         }
-        return underWay.length === 0 ? write(written, at) : Effect.andThen(supersede(underWay), write(written, at))
+        return underWay.length === 0 ? send(batch) : Effect.andThen(supersede(underWay), send(batch))
       }),
     getParts,
     // Written in the background as answers are: a stream's end does not wait for Redis.
