@@ -291,8 +291,8 @@ export interface MemoryOptions extends Options {
   readonly capacity?: number | undefined
   /**
    * Most bytes of values kept (answers and stream replays, in their JSON encoding, UTF-8), when
-   * given: the least recently used go until the rest fit, and a value larger than this on its own
-   * is not kept (its callers still get it). Each entry added scans the table once. Default none
+   * given: the least recently used go until the rest fit, and a value larger than this on its own,
+   * or one JSON cannot encode (a field of a bigint or a cycle), is not kept (its callers still get it). Each entry added scans the table once. Default none
    * (only `capacity` bounds it).
    *
    * @since 0.3.0

@@ -304,6 +304,25 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       })
   )
 
+  it.live(
+    "an answer with a field JSON cannot encode (a bigint) reaches its caller; later computations are not failed",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const cache = yield* build(server)
+          const odd = { ...response("odd"), raw: 10n } as unknown as GenerateResponse
+          // The process table measured it for its byte bound and died, and so did every computation after it.
+          const answered = yield* cache.getOrCompute("odd", Effect.succeed(odd))
+          assert.strictEqual(answered.value, odd)
+          for (const key of ["a", "b"]) {
+            const next = yield* cache.getOrCompute(key, Effect.succeed(response(key)))
+            assert.deepStrictEqual(next, { value: response(key), source: "miss" })
+          }
+        })
+      )
+  )
+
   it.live("the answers kept in the process while they are written hold at most 16 × maxValueBytes bytes", () =>
     Effect.scoped(
       Effect.gen(function* () {

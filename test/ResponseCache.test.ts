@@ -1386,4 +1386,33 @@ describe("ResponseCache (memory): a compute of the caller's own answering what i
       assert.deepStrictEqual((yield* cache.getMany(["kept"]))[0], Option.some(response("kept")))
     }).pipe(Effect.provide(Logger.layer([])))
   )
+
+  it.effect(
+    "with maxBytes, an answer with a field JSON cannot encode (a bigint, a cycle) reaches its callers, is not kept, and the cache goes on",
+    () =>
+      Effect.gen(function* () {
+        const cache = yield* makeCache({ maxBytes: 10_000 })
+        const bigint = { ...response("bigint"), raw: 10n } as unknown as GenerateResponse
+        const cyclic: Record<string, unknown> = { ...response("cyclic") }
+        cyclic["self"] = cyclic
+        for (const [key, value] of [
+          ["bigint", bigint],
+          ["cyclic", cyclic as unknown as GenerateResponse]
+        ] as const) {
+          // It died measuring it, and so did every later computation and setMany (the table scan met it again).
+          const answered = yield* cache.getOrCompute(key, Effect.succeed(value))
+          assert.strictEqual(answered.value, value, key)
+          assert.strictEqual(answered.source, "miss")
+          assert.deepStrictEqual(yield* cache.getMany([key]), [Option.none()])
+          const next = yield* cache.getOrCompute(`${key}-next`, Effect.succeed(response("next")))
+          assert.deepStrictEqual(next, { value: response("next"), source: "miss" })
+          assert.deepStrictEqual(yield* cache.getMany([`${key}-next`]), [Option.some(response("next"))])
+        }
+        yield* cache.setMany([
+          { key: "set-odd", value: bigint },
+          { key: "set-kept", value: response("kept") }
+        ])
+        assert.deepStrictEqual((yield* cache.getMany(["set-odd", "set-kept"]))[1], Option.some(response("kept")))
+      }).pipe(Effect.provide(Logger.layer([])))
+  )
 })

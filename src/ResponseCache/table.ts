@@ -179,12 +179,18 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     for (const key of finished) MutableHashMap.remove(cache.map, key)
   }
 
-  // Bytes of an entry's value in its JSON encoding (UTF-8), measured once per entry.
+  // Bytes of an entry's value in its JSON encoding (UTF-8), measured once per entry. One JSON cannot encode (a
+  // field of a caller's own answer holding a bigint or a cycle) cannot be bounded, so it is not kept: thrown here,
+  // it failed its callers, and every later scan met it again and failed every computation after it.
   const sizes = new WeakMap<Stored, number>()
   const sizeOf = (stored: Stored): number => {
     let size = sizes.get(stored)
     if (size === undefined) {
-      size = Buffer.byteLength(JSON.stringify(stored.value), "utf8")
+      try {
+        size = Buffer.byteLength(JSON.stringify(stored.value), "utf8")
+      } catch {
+        size = Number.POSITIVE_INFINITY
+      }
       sizes.set(stored, size)
     }
     return size
