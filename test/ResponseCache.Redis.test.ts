@@ -294,6 +294,15 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
             assert.strictEqual(yield* oversized, 2)
             // A getMany of one key reads it whatever the bound (one value is bounded by maxValueBytes).
             assert.deepStrictEqual((yield* cache.getMany(["f"])).map(Option.isSome), [true])
+            // A bound of exactly maxValueBytes: one value of that size, in an entry a little longer, is taken.
+            const tight = yield* build(server, {
+              prefix: name,
+              name: uniqueName("tight"),
+              maxValueBytes: 1000,
+              maxBatchBytes: 1000
+            })
+            yield* tight.setMany([sized("g")])
+            assert.deepStrictEqual((yield* tight.getMany(["g"])).map(Option.isSome), [true])
             assert.strictEqual(yield* errorsOf(name), 0)
             yield* cache.getMany(["f", "a", "b", "c", "d", "e"])
             const warnings = logs.lines.filter((l) => l.startsWith("Warn"))

@@ -59,7 +59,8 @@ export interface Options extends ResponseCache.Options {
    * and its entry around it (about 100 bytes), UTF-8. A `setMany` over it fails with an `InvalidRequest`
    * naming `entries` and stores none (store in smaller batches); a `getMany` reads its keys in order while
    * their entries fit, and answers the rest as misses, not sent by Redis (counted in
-   * `orchestra_cache_oversized_total`, the first time said in a warning). One key alone is always read.
+   * `orchestra_cache_oversized_total`, the first time said in a warning). One entry alone is always
+   * written and one key alone always read (a value is bounded by `maxValueBytes`).
    * An integer of at least `maxValueBytes`; default 4 MiB, or `maxValueBytes` when that is larger.
    *
    * @since 0.3.0
@@ -295,8 +296,10 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     send(encodeAll(entries, now))
 
   // The bytes a batch of entries takes in Redis (the JSON the store writes, UTF-8), checked against
-  // maxBatchBytes; a batch writes as many bytes as one getMany reads back.
+  // maxBatchBytes; a batch writes as many bytes as one getMany reads back. One entry alone is taken, as
+  // one key alone is read: its value is bounded by maxValueBytes, and the entry around it is a little longer.
   const batchIssue = (encoded: ReturnType<typeof encodeAll>["encoded"]): Input.Issue | undefined => {
+    if (encoded.length <= 1) return undefined
     let bytes = 0
     for (const [, value] of encoded) bytes += Buffer.byteLength(JSON.stringify(value), "utf8")
     return bytes <= maxBatchBytes
