@@ -145,7 +145,8 @@ export interface Service {
    * a usage count that is not a finite number (`entries[0].value.usage.inputTokens`,
    * `parts[3].usage.totalTokens`), and an entry with a field it does not take (`entries[0].ttl`);
    * a `setMany` so refused stores none. With Redis, a `setMany` of more bytes than its `maxBatchBytes`
-   * fails so too (naming `entries`), and a `getMany` reads at most that many bytes, its other keys misses.
+   * fails so too (naming `entries`), as does a `getMany` of more bytes of keys (naming `keys`); a `getMany`
+   * reads at most that many bytes of values, its other keys misses.
    */
   readonly getMany: (
     keys: ReadonlyArray<string>

@@ -313,6 +313,36 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       })
   )
 
+  it.live("maxBatchBytes bounds the keys of a batch too: a getMany of more bytes of keys is refused naming keys", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const name = uniqueName("batch-keys")
+        const cache = yield* build(server, { name, maxValueBytes: 1000, maxBatchBytes: 1000 })
+        // 20 keys of 100 bytes: 2,000 bytes of command before any value (a million keys sent ~100 MB).
+        const keys = Array.from({ length: 20 }, (_, i) => `${i}`.padEnd(100, "k"))
+        const exit = yield* Effect.exit(cache.getMany(keys))
+        const error = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.findErrorOption(exit.cause)) : undefined
+        const e = error as { readonly reason?: string; readonly field?: string; readonly message?: string }
+        assert.strictEqual(`${e?.reason}/${e?.field}`, "InvalidRequest/keys", String(exit))
+        assert.include(e.message, "maxBatchBytes (1000)")
+        // A setMany counts its keys with its entries.
+        const entries = keys.slice(0, 8).map((key) => ({ key, value: response("v") }))
+        const refused = yield* Effect.flip(cache.setMany(entries))
+        assert.strictEqual(
+          `${refused.reason}/${(refused as { readonly field?: string }).field}`,
+          "InvalidRequest/entries"
+        )
+        // Fewer fit; one key alone is always read.
+        assert.deepStrictEqual(
+          yield* cache.getMany(keys.slice(0, 5)),
+          keys.slice(0, 5).map(() => Option.none())
+        )
+        assert.deepStrictEqual(yield* cache.getMany(["x".repeat(2000)]), [Option.none()])
+      })
+    )
+  )
+
   it.live(
     "an answer with a field JSON cannot encode (a bigint) reaches its caller; later computations are not failed",
     () =>

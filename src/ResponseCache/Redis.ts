@@ -56,8 +56,9 @@ export interface Options extends ResponseCache.Options {
   readonly maxValueBytes?: number | undefined
   /**
    * Most bytes one `getMany` reads or one `setMany` writes, counted as Redis holds them: each value's JSON
-   * and its entry around it (about 100 bytes), UTF-8. A `setMany` over it fails with an `InvalidRequest`
-   * naming `entries` and stores none (store in smaller batches); a `getMany` reads its keys in order while
+   * and its entry around it (about 100 bytes), UTF-8, and the keys of the call. A `setMany` over it fails with
+   * an `InvalidRequest` naming `entries` and stores none (store in smaller batches), a `getMany` of more bytes
+   * of keys fails so naming `keys` (ask for fewer at a time); a `getMany` reads its keys in order while
    * their entries fit, and answers the rest as misses, not sent by Redis (counted in
    * `orchestra_cache_oversized_total`, the first time said in a warning). One entry alone is always
    * written and one key alone always read (a value is bounded by `maxValueBytes`).
@@ -298,15 +299,30 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   // The bytes a batch of entries takes in Redis (the JSON the store writes, UTF-8), checked against
   // maxBatchBytes; a batch writes as many bytes as one getMany reads back. One entry alone is taken, as
   // one key alone is read: its value is bounded by maxValueBytes, and the entry around it is a little longer.
+  // Its keys count too: the command carries them (a getMany of a million keys sent ~100 MB before any value).
   const batchIssue = (encoded: ReturnType<typeof encodeAll>["encoded"]): Input.Issue | undefined => {
     if (encoded.length <= 1) return undefined
     let bytes = 0
-    for (const [, value] of encoded) bytes += Buffer.byteLength(JSON.stringify(value), "utf8")
+    for (const [k, value] of encoded) {
+      bytes += Buffer.byteLength(k, "utf8") + Buffer.byteLength(JSON.stringify(value), "utf8")
+    }
     return bytes <= maxBatchBytes
       ? undefined
       : {
           path: "entries",
-          message: `expected at most maxBatchBytes (${maxBatchBytes}) bytes of entries in all, got ${bytes} (${encoded.length} entries): store them in smaller batches`
+          message: `expected at most maxBatchBytes (${maxBatchBytes}) bytes of keys and entries in all, got ${bytes} (${encoded.length} entries): store them in smaller batches`
+        }
+  }
+
+  const keysIssue = (keys: ReadonlyArray<string>): Input.Issue | undefined => {
+    if (keys.length <= 1) return undefined
+    let bytes = 0
+    for (const key of keys) bytes += Buffer.byteLength(key, "utf8")
+    return bytes <= maxBatchBytes
+      ? undefined
+      : {
+          path: "keys",
+          message: `expected at most maxBatchBytes (${maxBatchBytes}) bytes of keys in all, got ${bytes} (${keys.length} keys): ask for fewer at a time`
         }
   }
 
@@ -455,6 +471,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const fresh = (found: Option.Option<Table.Stored>, at: number) => Option.filter(found, (s) => at < s.freshUntil)
 
   const getMany = Effect.fnUntraced(function* (keys: ReadonlyArray<string>) {
+    const issue = keysIssue(keys)
+    if (issue !== undefined) return yield* Effect.fail(Input.toInvalidRequest(issue))
     const at = yield* now
     // Answers this process keeps while their write may be under way first, as getOrCompute
     // finds them: read from Redis alone, they missed (and waited on a slow Redis for it).
