@@ -293,7 +293,8 @@ export interface MemoryOptions extends Options {
   /**
    * Most bytes of values kept (answers and stream replays, in their JSON encoding, UTF-8), when
    * given: the least recently used go until the rest fit, and a value larger than this on its own,
-   * or one JSON cannot encode (a field of a bigint or a cycle), is not kept (its callers still get it). Each entry added scans the table once. Default none
+   * or one JSON cannot encode (a field of a bigint or a cycle), is not kept and pushes none out (its callers
+   * still get it). Each entry added scans the table once (a `setMany` once for all its entries). Default none
    * (only `capacity` bounds it).
    *
    * @since 0.3.0
@@ -488,14 +489,18 @@ export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = 
     setMany: (entries) =>
       Effect.clockWith((clock) => {
         const now = clock.currentTimeMillisUnsafe()
-        return Effect.forEach(
-          entries.filter(({ value }) => Lookup.keepable(value.finishReason)),
-          ({ key: k, value }) =>
-            table.put(
-              Table.responseKey(k),
-              Table.storedOf({ _tag: "Response", response: value }, now, config.ttl, config.staleFor)
-            ),
-          { discard: true }
+        // Room is made once for the batch: with maxBytes, each entry put scanned the whole table.
+        return table.putMany(
+          entries.flatMap(({ key: k, value }) =>
+            Lookup.keepable(value.finishReason)
+              ? [
+                  [
+                    Table.responseKey(k),
+                    Table.storedOf({ _tag: "Response", response: value }, now, config.ttl, config.staleFor)
+                  ] as const
+                ]
+              : []
+          )
         )
       }),
     getParts: (key) =>

@@ -699,6 +699,44 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("maxBytes: a setMany scans the table once, not once per entry; what it keeps is as if put one by one", () =>
+    Effect.gen(function* () {
+      // 20,000 entries into a table of 20,000: a scan per entry was 200 million steps (~30 s, the event loop held).
+      const n = 20_000
+      const cache = yield* makeCache({ capacity: n, maxBytes: 100_000_000 })
+      const entries = Array.from({ length: n }, (_, i) => ({ key: `k${i}`, value: response(`v${i}`) }))
+      const started = performance.now()
+      yield* cache.setMany(entries)
+      assert.isBelow(performance.now() - started, 3_000)
+      assert.isTrue((yield* cache.getMany(["k0", `k${n - 1}`])).every(Option.isSome))
+      // Over the bounds, the least recently used go first, the batch's own first entries included.
+      const small = yield* makeCache({ capacity: 3, maxBytes: 10_000 })
+      const big = (c: string) => response(c.repeat(4000))
+      yield* small.setMany([{ key: "old", value: response("old") }])
+      yield* small.setMany([
+        { key: "a", value: big("a") },
+        { key: "huge", value: response("h".repeat(20_000)) },
+        { key: "b", value: big("b") },
+        { key: "c", value: response("c") }
+      ])
+      assert.deepStrictEqual((yield* small.getMany(["old", "a", "huge", "b", "c"])).map(Option.isSome), [
+        false,
+        true,
+        false,
+        true,
+        true
+      ])
+      // The table full, a value larger than maxBytes alone is not kept and pushes none out (it took the oldest with it).
+      yield* small.setMany([{ key: "huge", value: response("h".repeat(20_000)) }])
+      assert.deepStrictEqual((yield* small.getMany(["a", "b", "c", "huge"])).map(Option.isSome), [
+        true,
+        true,
+        true,
+        false
+      ])
+    })
+  )
+
   it.effect("invalidate while the answer is computed: the answer reaches its caller but is not kept", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()

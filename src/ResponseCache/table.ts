@@ -98,6 +98,8 @@ export interface Table {
   readonly refreshingOf: (key: string) => Stored | undefined
   /** Puts `stored` under `key`; a refresh running for it no longer puts back the entry it replaced. */
   readonly put: (key: string, stored: Stored) => Effect.Effect<void>
+  /** Puts each entry as `put` does, in order, then makes room once (one scan of the table, not one per entry). */
+  readonly putMany: (entries: ReadonlyArray<readonly [string, Stored]>) => Effect.Effect<void>
   /** Marks `key` as just used (the LRU order), as a hit through `Cache.get` would. */
   readonly touch: (key: string) => void
   /** Removes `key`; a refresh running for it no longer puts back the entry it replaced. */
@@ -231,9 +233,11 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     return { _tag: "Done", stored: exit.value }
   }
 
+  // Bytes first: a value not kept (larger than maxBytes on its own) is gone before the entries are counted, so it
+  // pushes none out (counted, it took the least recently used entry with it).
   const trim = Effect.sync(() => {
-    evict(capacity)
     evictBytes()
+    evict(capacity)
   })
 
   const put = (key: string, stored: Stored): Effect.Effect<void> => Effect.andThen(Cache.set(cache, key, stored), trim)
@@ -435,6 +439,19 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       Effect.andThen(
         Effect.sync(() => supersede(key)),
         put(key, stored)
+      ),
+    putMany: (entries) =>
+      Effect.andThen(
+        Effect.forEach(
+          entries,
+          ([key, stored]) =>
+            Effect.andThen(
+              Effect.sync(() => supersede(key)),
+              Cache.set(cache, key, stored)
+            ),
+          { discard: true }
+        ),
+        trim
       ),
     touch: (key) => {
       const entry = MutableHashMap.get(cache.map, key)
