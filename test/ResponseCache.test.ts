@@ -737,6 +737,23 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("maxBytes: a computed answer larger than maxBytes alone pushes no entry out of a full table", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ capacity: 2, maxBytes: 10_000 })
+      yield* cache.setMany([
+        { key: "a", value: response("a") },
+        { key: "b", value: response("b") }
+      ])
+      // It made room for itself as its computation ended (the least recently used went), then was not kept.
+      const huge = yield* cache.getOrCompute("huge", Effect.succeed(response("h".repeat(20_000))))
+      assert.strictEqual(huge.source, "miss")
+      assert.deepStrictEqual((yield* cache.getMany(["a", "b", "huge"])).map(Option.isSome), [true, true, false])
+      // One that fits still makes room for itself.
+      yield* cache.getOrCompute("c", Effect.succeed(response("c")))
+      assert.deepStrictEqual((yield* cache.getMany(["a", "b", "c"])).map(Option.isSome), [false, true, true])
+    })
+  )
+
   it.effect("invalidate while the answer is computed: the answer reaches its caller but is not kept", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()

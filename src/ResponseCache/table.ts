@@ -243,9 +243,10 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
   const put = (key: string, stored: Stored): Effect.Effect<void> => Effect.andThen(Cache.set(cache, key, stored), trim)
 
   // An answer kept makes room for itself as its computation ends (still running: not counted); a
-  // computation that fails, whose answer is not kept, or that was taken out of the table, takes no other out.
+  // computation that fails, whose answer is not kept (larger than maxBytes alone too), or that was taken out of
+  // the table, takes no other out.
   const makeRoom = (stored: Stored): Effect.Effect<void> =>
-    stored.keepFor > 0
+    stored.keepFor > 0 && (maxBytes === undefined || sizeOf(stored) <= maxBytes)
       ? Effect.withFiber((fiber) => {
           if (!takenOut.has(fiber)) evict(capacity - 1)
           return Effect.void
