@@ -780,6 +780,26 @@ describe("KeyStore: budgets in memory", () => {
     })
   )
 
+  it.effect("every key the store may hold keeps its own rpm and tpm: 50,001 keys in one minute, none refused", () =>
+    Effect.gen(function* () {
+      // Two windows a key (requests, tokens): past 50,000 keys the limits' table of 100,000 windows was full,
+      // and the first request of the next key was a 429 naming its own limit, which it had not used.
+      const count = 50_001
+      const tag = unique("many")
+      const keys = Array.from({ length: count }, (_, i) =>
+        key(`${tag}-${i}`, `sk-${tag}-${i}`, { rpm: 10, tpm: 100_000 })
+      )
+      const store = yield* memory({ keys })
+      let refused: GatewayError | undefined
+      for (let i = 0; i < count && refused === undefined; i++) {
+        const context = yield* store.authenticate(Redacted.make(`sk-${tag}-${i}`))
+        const result = yield* Effect.result(store.reserve(context, "m", estimate(1, 1)))
+        if (result._tag === "Failure") refused = result.failure
+      }
+      assert.isUndefined(refused?.message)
+    })
+  )
+
   it.effect(
     "a key's 429 names the limit that refused it (requests or tokens), its value and that window's wait (TestClock)",
     () =>

@@ -346,7 +346,10 @@ export const layerMemory = (options: Options = {}): Layer.Layer<KeyAdmin | Gatew
     Effect.gen(function* () {
       const resolved = yield* Input.orOptionError(KeyOptions.check(options))
       const limiter = yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory)
-      const store = withAlignedFixedWindow(limiter)
+      // A window for each key's rpm and one for its tpm: room for every key the store may hold. The table's
+      // default (100,000 windows) was full past 50,000 keys in a minute, and the first request of the next
+      // key was refused as a 429 naming its own limit, which it had not used.
+      const store = withAlignedFixedWindow(limiter, 2 * (resolved.maxKeys + resolved.keys.length))
       return both(yield* make(resolved, Memory.make(), { store, onStoreError: "allow" }, "reject"))
     })
   )
