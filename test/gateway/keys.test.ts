@@ -667,6 +667,83 @@ describe("KeyStore: budgets in memory", () => {
     }
   )
 
+  it.effect(
+    "usage let through unreserved while the store is down waits as one sum per budget, not a retry per request",
+    () => {
+      const logs: Array<string> = []
+      return Effect.gen(function* () {
+        const memoryBackend = MemoryBackend.make()
+        let down = true
+        let settles = 0
+        const unavailable = (operation: string) =>
+          Effect.fail(new Redis.StoreError({ store: "t", operation, reason: "Unavailable", message: "down" }))
+        // Every call skipped while the store is down (an outage reported): nothing reaches it.
+        const backend: Backend = {
+          ...memoryBackend,
+          reserve: (...args) => (down ? unavailable("reserve") : memoryBackend.reserve(...args)),
+          settle: (...args) => {
+            settles++
+            return down ? unavailable("settle") : memoryBackend.settle(...args)
+          }
+        }
+        const resolved = yield* Effect.fromResult(
+          KeyOptions.check({
+            keys: [key("alpha", secretA, { budget: { tokens: 1_000_000 } }), key("beta", secretB)],
+            teams: {},
+            reservationTtl: "1 minute"
+          })
+        )
+        const limiter = yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory)
+        const scope = yield* Scope.make()
+        const store = yield* KeyStoreMake(resolved, backend, { store: limiter, onStoreError: "allow" }, "allow").pipe(
+          Scope.provide(scope)
+        )
+        const alpha = yield* store.authenticate(Redacted.make(secretA))
+        // One request while the store answers (the memory ledger adds to a counter a reserve made).
+        down = false
+        yield* store.settle(yield* store.reserve(alpha, "m", estimate(100, 100)), { inputTokens: 30, outputTokens: 10 })
+        down = true
+        settles = 0
+        const requests = 1000
+        for (let i = 0; i < requests; i++) {
+          yield* store.settle(yield* store.reserve(alpha, "m", estimate(100, 100)), {
+            inputTokens: 30,
+            outputTokens: 10
+          })
+        }
+        // Each request's own settle tried once; then one settle of the sum, tried again on its schedule.
+        assert.isTrue(settles - requests <= 2, `${settles - requests} settles tried again at once`)
+        yield* TestClock.adjust("10 seconds")
+        const waiting = settles - requests
+        assert.isTrue(waiting >= 1 && waiting <= 12, `${waiting} settles tried while the store was down`)
+        down = false
+        yield* TestClock.adjust("10 seconds")
+        assert.deepStrictEqual(
+          (yield* store.spend("alpha")).map((l) => [l.spent, l.held]),
+          [[40 * (requests + 1), 0]]
+        )
+        assert.isTrue(settles - requests - waiting <= 2, `${settles - requests - waiting} settles once it was back`)
+        // Recorded once: nothing is tried again.
+        yield* TestClock.adjust("1 minute")
+        assert.deepStrictEqual(
+          (yield* store.spend("alpha")).map((l) => [l.spent, l.held]),
+          [[40 * (requests + 1), 0]]
+        )
+        // Down again, then closed: the sum not recorded is said once, with its amount.
+        down = true
+        yield* store.settle(yield* store.reserve(alpha, "m", estimate(100, 100)), { inputTokens: 30, outputTokens: 10 })
+        yield* store.settle(yield* store.reserve(alpha, "m", estimate(100, 100)), { inputTokens: 50, outputTokens: 10 })
+        yield* TestClock.adjust("1 second")
+        assert.deepStrictEqual(logs, [])
+        yield* Scope.close(scope, Exit.void)
+        assert.strictEqual(logs.length, 1, logs.join("\n"))
+        assert.include(logs[0], "was not recorded")
+        assert.include(logs[0], "100 tokens to the key", logs[0])
+        assert.include(logs[0], "alpha", logs[0])
+      }).pipe(Effect.provide(Logger.layer([Logger.map(Logger.formatSimple, (line) => logs.push(line))])))
+    }
+  )
+
   it.effect("a settle still waiting for the store when the key store closes is said in the log: not recorded", () => {
     const logs: Array<string> = []
     return Effect.gen(function* () {
