@@ -1615,6 +1615,19 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         // Garbage that is not even JSON is unreadable too, without an id to name.
         yield* redis.send("HSET", `${prefix}keys`, "k10", "{not json")
         assert.strictEqual((yield* failure(store.get("k10"))).code, "key_record_unreadable")
+        // A creation time no date can show (a Date past ±8.64e15 ms has no ISO form): unreadable, not a
+        // defect that failed every listing holding it.
+        const k11 = yield* store.create({ id: "k11" })
+        yield* store.create({ id: "k12" })
+        const k11Json = yield* redis.send<string>("HGET", `${prefix}keys`, "k11")
+        yield* redis.send("HSET", `${prefix}keys`, "k11", JSON.stringify({ ...JSON.parse(k11Json), createdAt: 1e300 }))
+        const k11Refused = yield* failure(store.authenticate(k11.secret))
+        assert.deepStrictEqual([k11Refused.reason, k11Refused.code], ["Internal", "key_record_unreadable"])
+        assert.strictEqual((yield* failure(store.get("k11"))).code, "key_record_unreadable")
+        assert.deepStrictEqual(
+          (yield* withLogs(store.list())).data.map((k) => k.id),
+          ["k12"]
+        )
       })
     )
   )

@@ -554,6 +554,9 @@ export const configModels = (resolved: Resolved, models: Models): Input.Issue | 
   return issues.issue
 }
 
+// The most milliseconds from the epoch a Date holds.
+const maxDateMillis = 8.64e15
+
 /**
  * A stored key read back (from Redis): checked again, since another process or version
  * wrote it.
@@ -574,10 +577,11 @@ export const decodeRecord = (input: unknown): Checked<KeyRecord> => {
     ...(modelBudgets === undefined ? {} : { modelBudgets })
   }
   for (const [k, v] of Object.entries(normalized)) if (v === null) delete (normalized as Record<string, unknown>)[k]
+  // Within a Date's range: past it there is no ISO time to show an admin, and every listing holding it failed.
   return Result.flatMap(definition("(record)", normalized), (record) =>
-    typeof createdAt === "number" && Number.isFinite(createdAt)
+    typeof createdAt === "number" && Number.isFinite(createdAt) && Math.abs(createdAt) <= maxDateMillis
       ? Result.succeed({ ...record, createdAt, source: source === "config" ? "config" : "store" })
-      : fail("(record).createdAt", "expected a number")
+      : fail("(record).createdAt", "expected milliseconds since the epoch")
   )
 }
 
