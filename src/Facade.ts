@@ -175,8 +175,9 @@ export interface BatchOptions extends Omit<RunOptions, "cancel" | "onEvent"> {
 
 /**
  * Options of `createOrchestra` itself (the manager's own are its layer's). Each is checked: a value that
- * is not a duration (`NaN`, a negative one, `"soon"`) or an unknown key is an `OptionError` naming it,
- * which every call rejects with (the manager is never built), as for a layer's wrong options.
+ * is not a duration (`NaN`, a negative one, `"soon"`, `null`), an unknown key or options that are no object
+ * of fields (a `Map`, a `Date`) is an `OptionError` naming it, which every call rejects with (the manager is
+ * never built), as for a layer's wrong options. Only own fields are read, each once.
  *
  * @since 0.3.0
  * @category models

@@ -189,6 +189,32 @@ describe("createOrchestra: a build that failed", () => {
     }
     assert.strictEqual(f.state.builds, 0)
   })
+
+  it("options that are null, inherited or held by an object of no fields are refused naming them, not read as the defaults", async () => {
+    const f = flaky(0)
+    for (const [options, path] of [
+      // null is no duration: a call's `timeout: null` is refused so, and so is every layer's numeric option.
+      [{ rebuildAfter: null }, "rebuildAfter"],
+      [{ disposeTimeout: null }, "disposeTimeout"],
+      // A class instance without fields of its own (a Date, a Map, a signal) holds no options: a mistake.
+      [new Date(0), "options"],
+      [new Map([["rebuildAfter", 0]]), "options"],
+      [new AbortController().signal, "options"]
+    ] as const) {
+      const orchestra = createOrchestra(Orchestra.layer({ providers: { main: f.layer } }), options as never)
+      const error = await typed(orchestra.execute("q"))
+      assert.strictEqual(error._tag === "OptionError" && error.path, path, String(error.message))
+      await orchestra.dispose()
+    }
+    // Fields inherited from a prototype are none of the options, as a call's options read only their own.
+    const inherited = createOrchestra(
+      Orchestra.layer({ providers: { main: f.layer } }),
+      Object.assign(Object.create({ rebuildAfter: Number.NaN }), { disposeTimeout: "5 seconds" })
+    )
+    assert.strictEqual(await answered(inherited.execute("q")), "mock answer to: q")
+    await inherited.dispose()
+    assert.strictEqual(f.state.builds, 1)
+  })
 })
 
 describe("createOrchestra: the rebuild backoff, on a TestClock", () => {

@@ -19,7 +19,6 @@ import {
   Result
 } from "effect"
 import { ModelError } from "../AiError.js"
-import type { FacadeOptions } from "../Facade.js"
 import * as Input from "../Input.js"
 import type { Services } from "../Orchestra.js"
 import { describeDefect } from "../policy/failure.js"
@@ -61,7 +60,11 @@ const maxRebuildAfterMillis = 60_000
 
 const facadeKeys: ReadonlySet<string> = new Set(["rebuildAfter", "disposeTimeout"])
 
-/** `createOrchestra`'s own options, checked: a failure names the field, as a layer's options do. */
+/**
+ * `createOrchestra`'s own options, checked: a failure names the field, as a layer's options do. Read as a
+ * call's options are: own fields only, each once; `null` is no duration (as a call's `timeout: null` is not),
+ * and an object without fields of its own (a `Date`, a `Map`, a signal) holds no options.
+ */
 const readOptions = (
   options: unknown
 ): Result.Result<
@@ -70,27 +73,28 @@ const readOptions = (
 > => {
   if (options === undefined) return Result.succeed(defaults)
   const refuse = (path: string, message: string) => Result.fail(Input.toOptionError({ path, message }))
-  if (typeof options !== "object" || options === null || Array.isArray(options)) {
-    return refuse("options", `expected an object of options, got ${Input.kindOf(options)}`)
-  }
-  try {
-    const given = options as FacadeOptions
-    for (const key of Object.keys(given)) {
-      if (!facadeKeys.has(key)) return refuse(key, `unknown option (expected one of ${[...facadeKeys].join(", ")})`)
-    }
-    const rebuildAfter = Input.duration("rebuildAfter", given.rebuildAfter ?? defaults.rebuildAfter, {
-      allowZero: true,
-      allowInfinite: true
-    })
-    if (Result.isFailure(rebuildAfter)) return Result.fail(Input.toOptionError(rebuildAfter.failure))
-    const disposeTimeout = Input.duration("disposeTimeout", given.disposeTimeout ?? defaults.disposeTimeout, {
-      allowInfinite: true
-    })
-    if (Result.isFailure(disposeTimeout)) return Result.fail(Input.toOptionError(disposeTimeout.failure))
-    return Result.succeed({ rebuildAfter: rebuildAfter.success, disposeTimeout: disposeTimeout.success })
-  } catch (error) {
-    return refuse("options", `reading them threw: ${Input.thrownMessage(error)}`)
-  }
+  // `kindOf`, not `Array.isArray`, which throws on a revoked `Proxy`.
+  const kind = Input.kindOf(options)
+  if (kind !== "an object") return refuse("options", `expected an object of options, got ${kind}`)
+  const foreign = Input.notOptions(options as object)
+  if (foreign !== undefined) return refuse("options", `expected an object of options, got ${foreign}`)
+  const read = Input.readFields(options as object)
+  if (Result.isFailure(read)) return Result.fail(Input.toOptionError(read.failure))
+  const given = read.success
+  const unknown = Input.unknownKey(given, facadeKeys)
+  if (unknown !== undefined) return Result.fail(Input.toOptionError(unknown))
+  const rebuildAfter = Input.duration("rebuildAfter", Input.orDefault(given.rebuildAfter, defaults.rebuildAfter), {
+    allowZero: true,
+    allowInfinite: true
+  })
+  if (Result.isFailure(rebuildAfter)) return Result.fail(Input.toOptionError(rebuildAfter.failure))
+  const disposeTimeout = Input.duration(
+    "disposeTimeout",
+    Input.orDefault(given.disposeTimeout, defaults.disposeTimeout),
+    { allowInfinite: true }
+  )
+  if (Result.isFailure(disposeTimeout)) return Result.fail(Input.toOptionError(disposeTimeout.failure))
+  return Result.succeed({ rebuildAfter: rebuildAfter.success, disposeTimeout: disposeTimeout.success })
 }
 
 const timedOut: unique symbol = Symbol("timedOut")
