@@ -31,7 +31,7 @@
  * | `hedges` | calls | backup calls started by hedging (the delay passed, the step before still running); each is won (it answered first) or lost |
  * | `tokens` | tokens | input and output tokens (estimated where a provider reports none) |
  * | `throughput` | calls/s | finished calls per second over the window (under 1/s, to 3 significant digits: 12 calls an hour are 0.00333) |
- * | `windowMs` | ms | time since the window began (`resetStats()` / `Stats.reset` starts a new one), up to the `Stats` layer's closing (`dispose()`) |
+ * | `windowMs` | ms | time since the window began (`resetStats()` / `Stats.reset` starts a new one), up to the `Stats` layer's closing (`dispose()`), on the monotonic clock (a wall clock stepped back or on by NTP does not change it) |
  * | `ignoredDurations` | durations | durations left out of `latency`, `serviceTime`, `queueWait` and `timeToFirstToken` for being no finite number (`NaN`, `Infinity`: a provider's or clock's bogus reading); `orchestra_ignored_durations_total` by histogram |
  * | `series` | names | the series the figures are of: the filter's `provider` and `domain` (`{}` for all), or both `"(other)"` when the filter names a pair, provider or domain without a series of its own after calls were counted past `Stats.maxSeries` (its calls are among those) |
  *
@@ -202,7 +202,10 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
   const providerGauges = new Map<string, Gauge>()
   const domainGauges = new Map<string, Gauge>()
   const global = new Gauge()
-  let windowStart = clock.currentTimeMillisUnsafe()
+  // The window is timed on the monotonic clock: a wall clock stepped back (NTP) made `windowMs` negative, and its
+  // throughput 0; one stepped on stretched the window.
+  const now = (): number => Number(clock.monotonicTimeNanosUnsafe()) / 1_000_000
+  let windowStart = now()
   // Once closed, a series first used (a call refused after the executor closed) counts
   // without entering the registry: nothing would remove it, and exporters would show it for good.
   let closed = false
@@ -212,7 +215,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
   yield* Effect.addFinalizer(() =>
     Effect.sync(() => {
       closed = true
-      windowEnd = clock.currentTimeMillisUnsafe()
+      windowEnd = now()
       for (const s of all) s.remove()
     })
   )
@@ -287,7 +290,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
 
   const read = (given: Filter): ExecutionStats => {
     const filter = target(given)
-    const windowMs = (windowEnd ?? clock.currentTimeMillisUnsafe()) - windowStart
+    const windowMs = Math.floor((windowEnd ?? now()) - windowStart)
     let total = 0
     let successes = 0
     let staleAnswers = 0
@@ -367,7 +370,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
   }
 
   const reset = Effect.sync(() => {
-    windowStart = clock.currentTimeMillisUnsafe()
+    windowStart = now()
     if (closed) windowEnd = windowStart
     for (const s of all) s.resetWindow()
     for (const s of all) s.gauges[0]!.peak = s.gauges[0]!.inFlight

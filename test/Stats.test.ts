@@ -223,6 +223,30 @@ describe("Stats", () => {
     })
   )
 
+  it.effect(
+    "the window is timed on the monotonic clock: a wall clock set back an hour (an NTP step) made windowMs negative",
+    () =>
+      Effect.gen(function* () {
+        const stats = yield* make
+        const series = stats.series("stepped", "d")
+        yield* TestClock.adjust("10 seconds")
+        series.successes += 20
+        // The wall clock set back an hour: a TestClock's monotonic time does not move with it.
+        yield* TestClock.setTime(
+          (yield* Effect.clockWith((clock) => Effect.succeed(clock.currentTimeMillisUnsafe()))) - 3_600_000
+        )
+        const stepped = yield* stats.snapshot({ provider: "stepped" })
+        assert.strictEqual(stepped.windowMs, 10_000)
+        assert.strictEqual(stepped.throughput, 2)
+        // A window started after the step is timed from there.
+        yield* stats.reset
+        yield* TestClock.adjust("4 seconds")
+        series.successes += 2
+        const after = yield* stats.snapshot({ provider: "stepped" })
+        assert.deepStrictEqual([after.windowMs, after.throughput], [4_000, 0.5])
+      })
+  )
+
   it("a batch's successRate and throughput are rounded as a window's: 1 failure in 20,000 read 100 %, slow ones 0/s", () => {
     const answer = { source: "cache", domainsTried: 1 }
     const error = modelError("Overloaded", "down")
