@@ -2,8 +2,8 @@
  * `ExecutionStats` read back from the call metrics of `Metrics.ts`, filtered by provider
  * or domain, over a window that `reset` restarts.
  *
- * Each (provider, domain) pair has one series (the first {@link maxSeries} pairs; later ones
- * count together under `"(other)"`); the metric exporters read the same series
+ * Each (provider, domain) pair has one series (the first {@link maxSeries} pairs; later ones, and
+ * those of a name past 256 characters, count together under `"(other)"`); the metric exporters read the same series
  * (cumulative, so Prometheus counters never go backwards), and a window subtracts the
  * figures it started with. Reading costs the number of series (providers × domains), not
  * the number of calls or batches already run. Closing the `Stats` layer removes its series
@@ -44,6 +44,7 @@ import { noDomain, otherSeries } from "./Metrics.js"
 import { registrationContext } from "./stats/counters.js"
 import { percent, perSecond, round, successRate } from "./stats/figures.js"
 import { checkFilter } from "./stats/filter.js"
+import { maxOwnLabelChars } from "./stats/labels.js"
 import { Gauge, Series, WindowHistogram } from "./stats/series.js"
 
 /**
@@ -159,7 +160,9 @@ export interface Service {
  * The (provider, domain) pairs a `Stats` gives series of their own, in the order they are
  * first counted; the calls of later pairs (a `domain` per user or per request) count together
  * in one series, `provider` and `domain` `"(other)"` (`Metrics.otherSeries`), so that such
- * calls do not grow the figures kept in the process and `/metrics` with every name. A pair
+ * calls do not grow the figures kept in the process and `/metrics` with every name. So do the
+ * calls of a pair whose provider or domain name is longer than 256 characters (a prompt given as
+ * a domain: it would be written whole in each line of its series on every scrape). A pair
  * keeps its series once given one. Once calls count there, a snapshot whose filter names a pair,
  * provider or domain without a series of its own answers that series, `series` `"(other)"`.
  *
@@ -173,6 +176,11 @@ export const maxSeries = 1_000
  * @category services
  */
 export class Stats extends Context.Service<Stats, Service>()("effect-orchestra/Stats") {}
+
+// A name past `maxOwnLabelChars` (a prompt or a user record given as a call's domain) would be written whole
+// in each line of its series on every scrape, and held in the registry: its calls count under "(other)".
+const ownLabels = (provider: string, domain: string | undefined): boolean =>
+  provider.length <= maxOwnLabelChars && (domain === undefined || domain.length <= maxOwnLabelChars)
 
 const latencyOf = (h: WindowHistogram): LatencyStats =>
   h.count === 0
@@ -231,7 +239,9 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
 
   const series = (provider: string, domain: string | undefined): Series =>
     byProvider.get(provider)?.get(domain ?? noDomain) ??
-    (all.length < maxSeries ? create(provider, domain) : create(otherSeries, otherSeries))
+    (all.length < maxSeries && ownLabels(provider, domain)
+      ? create(provider, domain)
+      : create(otherSeries, otherSeries))
 
   const find = (provider: string, domain: string | undefined): Series | undefined =>
     byProvider.get(provider)?.get(domain ?? noDomain)

@@ -499,6 +499,34 @@ describe("Stats", () => {
       })
   )
 
+  it.effect(
+    'a domain (or provider) name past 256 characters labelled series of its own: it was written whole in each line of them on every scrape; it counts under "(other)"',
+    () =>
+      Effect.gen(function* () {
+        const { executor, registry, stats } = yield* setup({ name: "long-labels" })
+        // A prompt (or a whole user record) given as the call's domain: 100,000 characters.
+        const long = "u".repeat(100_000)
+        const answer = yield* executor.execute({ prompt: "q" }, { domain: long })
+        assert.strictEqual(answer.provider, "long-labels")
+        // A name of 256 characters still has series of its own.
+        const edge = "e".repeat(256)
+        yield* executor.execute({ prompt: "q" }, { domain: edge })
+        const text = Prometheus.formatUnsafe(Context.make(Metric.MetricRegistry, registry) as Context.Context<never>)
+        assert.notInclude(text, "u".repeat(257))
+        assert.include(text, `orchestra_requests_total{provider="(other)",domain="(other)"} 1`)
+        assert.include(text, `orchestra_requests_total{provider="long-labels",domain="${edge}"} 1`)
+        assert.isBelow(text.length, 1_000_000)
+        // Its calls are read where they count, as those of the pairs past maxSeries are.
+        const read = yield* stats.snapshot({ domain: long })
+        assert.deepStrictEqual([read.total, read.successes], [1, 1])
+        assert.deepStrictEqual(read.series, { provider: Metrics.otherSeries, domain: Metrics.otherSeries })
+        assert.strictEqual((yield* stats.snapshot({ domain: edge })).total, 1)
+        // A provider of such a name too: its calls count under "(other)".
+        stats.series("p".repeat(300), "d").requests++
+        assert.strictEqual((yield* stats.snapshot({ provider: Metrics.otherSeries })).total, 2)
+      })
+  )
+
   it.effect('a domain per call (a user id) made series for ever: past maxSeries pairs they count under "(other)"', () =>
     Effect.gen(function* () {
       const registry: Metric.MetricRegistry = new Map()
