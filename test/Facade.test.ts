@@ -237,6 +237,32 @@ describe("createOrchestra", () => {
     }
   })
 
+  it("an unknown option key is named bounded and quoted, as every other check names one: a key of 100,000 characters went whole in", async () => {
+    const m = mock()
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
+    try {
+      const long = "k".repeat(100_000)
+      // A key holding a line break forged a log line of its own in the error's message.
+      const forged = "timout\nERROR payments down"
+      for (const [key, call] of [
+        [long, (options: object) => orchestra.execute("x", options as never)],
+        [forged, (options: object) => orchestra.batch(["a"], options as never)],
+        [forged, (options: object) => collect(orchestra.stream("x", options as never))]
+      ] as const) {
+        const error = await typed(call({ [key]: 1 }))
+        assert.strictEqual(error._tag === "ModelError" && error.reason, "InvalidRequest")
+        assert.isBelow(error.message.length, 400, error.message.slice(0, 200))
+        assert.notInclude(error.message, "\n")
+        assert.isBelow(String(error._tag === "ModelError" && error.field).length, 200)
+      }
+      // A plain key is still named as written.
+      assert.strictEqual(await fieldOf(orchestra.execute("x", { timout: 5 } as never)), "timout")
+      assert.strictEqual(Effect.runSync(m.control.calls), 0)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
   it("stats(null) and null filter fields are no filter, as Stats.snapshot reads them: stats(null) threw", async () => {
     const m = mock()
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer } }))
