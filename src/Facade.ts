@@ -194,7 +194,7 @@ export interface FacadeOptions {
   /**
    * The bound of `dispose()` as a whole (the executor's drain, then every layer's release): once it has
    * passed, `dispose()` rejects with an {@link OrchestraError} whose `error` is a `ModelError` (reason
-   * `Unknown`) naming what had not finished; the calls still running end with `ShuttingDownError`, and a
+   * `Unknown`) naming what had not finished; the calls still running (streams included) end with `ShuttingDownError`, and a
    * release that never ends goes on in the background. Default 30 seconds (above the executor's default
    * `shutdownDeadline` of 10); `Infinity`: no bound.
    */

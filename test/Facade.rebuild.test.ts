@@ -501,6 +501,46 @@ describe("createOrchestra: dispose() has a bound of its own", () => {
     assert.strictEqual((await typed(orchestra.execute("late")))._tag, "ShuttingDownError")
     assert.deepStrictEqual(unhandled, [])
   })
+
+  it("a stream still running when it passes ends then with ShuttingDownError, as a call does: it ran on up to shutdownDeadline", async () => {
+    const { control, provider } = Effect.runSync(
+      Mock.make({ name: `facade-rebuild-${++mocks}`, script: [Mock.Outcome.hang(), Mock.Outcome.hang()] })
+    )
+    const orchestra = createOrchestra(
+      Orchestra.layer({
+        providers: { main: Layer.succeed(ModelProvider, provider) },
+        // The drain would wait a minute for them: longer than dispose() may take.
+        executor: { shutdownDeadline: "1 minute" }
+      }),
+      { disposeTimeout: "50 millis" }
+    )
+    await orchestra.metrics()
+    const call = typed(orchestra.execute("q"))
+    const stream = (async () => {
+      try {
+        for await (const part of orchestra.stream("s")) void part
+        return "ended"
+      } catch (error) {
+        return error as OrchestraError
+      }
+    })()
+    // Both running (a provider call each) before dispose().
+    for (let i = 0; i < 200 && Effect.runSync(control.calls) < 2; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+    const disposed = await typed(orchestra.dispose())
+    assert.include(disposed.message, "did not finish within 50ms")
+    assert.strictEqual((await call)._tag, "ShuttingDownError")
+    const ended = await Promise.race([
+      stream,
+      new Promise<"pending">((resolve) => setTimeout(() => resolve("pending"), 2_000).unref())
+    ])
+    assert.notStrictEqual(ended, "pending", "the stream ended with dispose()'s bound")
+    assert.instanceOf(ended, OrchestraError)
+    assert.strictEqual((ended as OrchestraError).error._tag, "ShuttingDownError")
+    assert.include((ended as OrchestraError).message, "disposeTimeout")
+    assert.deepStrictEqual(unhandled, [])
+  })
 })
 
 describe("createOrchestra: resetStats() after dispose()", () => {

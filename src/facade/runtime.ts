@@ -168,6 +168,12 @@ export interface Manager {
    * its outcome, and the batch returns them; interrupted, it would lose them all.
    */
   readonly running: Set<Fiber.Fiber<unknown, unknown>>
+  /**
+   * What ends each stream being read: a stream is no fiber of the facade's, so that `dispose()` ends one
+   * still running once its bound has passed as it ends `running`'s calls (it ran on up to the executor's
+   * `shutdownDeadline`).
+   */
+  readonly streams: Set<() => void>
   /** The built manager, building it (again, once a failed build's backoff has passed) if need be. */
   readonly servicesOf: () => Promise<Context.Context<Services>>
   readonly dispose: () => Promise<void>
@@ -270,11 +276,12 @@ export const makeManager = (
     if (services !== undefined) manager.seriesAtDispose = new Map(Context.get(services, Metric.MetricRegistry))
     const closed = Effect.runPromiseExit(runtime.disposeEffect)
     const released = releasing === undefined ? closed : Promise.all([closed, releasing]).then(([exit]) => exit)
-    const running = manager.running
+    const { running, streams } = manager
     manager.disposing = within(managerClock, released, disposeTimeout).then((exit) => {
-      const calls = running.size
+      const calls = running.size + streams.size
       // Nothing should be left once the executor has drained; anything that is ends now.
       for (const fiber of running) fiber.interruptUnsafe()
+      for (const end of streams) end()
       if (exit === timedOut) throw new OrchestraError(unfinished(calls))
       // The scope ran every finalizer whatever one of them did: only then is a failure told.
       if (Exit.isFailure(exit)) throw new OrchestraError(releaseFailure(exit.cause))
@@ -289,6 +296,7 @@ export const makeManager = (
     disposing: undefined,
     seriesAtDispose: undefined,
     running: new Set(),
+    streams: new Set(),
     servicesOf,
     dispose
   }

@@ -8,7 +8,7 @@
 // Node's own listener, as a call's (`run.ts`): another listener cannot silence it.
 import { addAbortListener } from "node:events"
 import { Result, Stream } from "effect"
-import { TimeoutError } from "../AiError.js"
+import { ShuttingDownError, TimeoutError } from "../AiError.js"
 import type { FacadeError, PartStream, Prompt, StreamOptions } from "../Facade.js"
 import type { StreamPart } from "../Model.js"
 import { CurrentCut, type Cut } from "../policy/plan.js"
@@ -28,6 +28,8 @@ export interface Closing {
   close: (() => Promise<unknown>) | undefined
   /** Ends the wait for a manager still being built. */
   wake: (() => void) | undefined
+  /** The stream's entry in `Manager.streams`, while it runs. */
+  ended: (() => void) | undefined
 }
 
 /** Cancels a stream whose iterator is closed (or dropped): the upstream first, then a wait for the manager. */
@@ -54,7 +56,11 @@ export const makeStream = (
   // total deadline: it is cancelled once the garbage collector reclaims it. An iterator with a
   // `next()` waiting is kept in `pulling`, so the part a caller awaits is never cut away under it.
   // The registry holds only the stream's `Closing`, never the iterator.
-  const abandoned = new FinalizationRegistry<Closing>(closeStream)
+  const abandoned = new FinalizationRegistry<Closing>((closing) => {
+    // Never resumed, its generator never reaches its `finally`: its entry goes with it.
+    if (closing.ended !== undefined) manager.streams.delete(closing.ended)
+    closeStream(closing)
+  })
   const pulling = new Set<AsyncIterator<StreamPart>>()
 
   const streamParts = async function* (prompt: Prompt, options: StreamOptions | undefined, closing: Closing) {
@@ -95,11 +101,22 @@ export const makeStream = (
       if (aborted._tag !== "AbortedError") cut.error = aborted
       close().catch(() => undefined)
     }
-    // The signal is listened to only while a part is awaited, never between two: a loop left
-    // without `return()` (or never resumed) keeps nothing on a signal that may outlive it.
     // After the Finish part nothing is left to cut: the last pull only ends the stream, and an
     // abort in between (a server's client leaving once the last chunk was written) is no failure.
     let finished = false
+    // `dispose()`'s bound passed with the stream still running: it ends now, as a call still running does.
+    const ended = () => {
+      if (!finished) {
+        aborted ??= new ShuttingDownError({
+          message: "the stream was still running when dispose() ended it (its disposeTimeout passed)"
+        })
+      }
+      close().catch(() => undefined)
+    }
+    closing.ended = ended
+    manager.streams.add(ended)
+    // The signal is listened to only while a part is awaited, never between two: a loop left
+    // without `return()` (or never resumed) keeps nothing on a signal that may outlive it.
     const pull = async (): Promise<IteratorResult<StreamPart>> => {
       if (signal === undefined || finished) return iterator.next()
       let listening: Disposable | undefined
@@ -126,6 +143,7 @@ export const makeStream = (
         yield next.value
       }
     } finally {
+      manager.streams.delete(ended)
       abandoned.unregister(closing)
       await close()
     }
@@ -133,7 +151,7 @@ export const makeStream = (
 
   return (prompt: Prompt, options?: StreamOptions): PartStream => ({
     [Symbol.asyncIterator]() {
-      const closing: Closing = { closed: false, close: undefined, wake: undefined }
+      const closing: Closing = { closed: false, close: undefined, wake: undefined, ended: undefined }
       const parts = streamParts(prompt, options, closing)
       // Closing the upstream first ends a `next()` still waiting for a part (it answers done),
       // so that `return()` cancels the call now rather than after the provider's next chunk.
