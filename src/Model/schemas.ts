@@ -40,7 +40,7 @@ export const toolNamePattern = /^[A-Za-z_][A-Za-z0-9_-]{0,63}$/
 
 /**
  * OpenAI's rule for a response format's name (`json_schema.name`), which the servers of its API
- * refuse otherwise; providers that send no name (Gemini, Ollama) take any.
+ * (and watsonx's chat API) refuse otherwise; providers that send no name (Gemini, Ollama) take any.
  */
 export const responseFormatNamePattern = /^[a-zA-Z0-9_-]{1,64}$/
 

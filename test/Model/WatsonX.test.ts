@@ -341,6 +341,18 @@ describe("WatsonX wire", () => {
     assert.isUndefined(WatsonXWire.unsupported({ prompt: "x", tools: [] }, "chat", "watsonx"))
   })
 
+  it("a JSON schema format's name outside ^[a-zA-Z0-9_-]{1,64}$ is refused naming it, before a call (chat API)", () => {
+    const format = (name: string) => ({ type: "json_schema" as const, name, schema: { type: "object" } })
+    // watsonx's chat API takes OpenAI's rule for `json_schema.name`, and answers a 400 after the call otherwise.
+    for (const name of ["", "my schema", "a.b", "x".repeat(65), "naïve"]) {
+      const error = WatsonXWire.unsupported({ prompt: "x", responseFormat: format(name) }, "chat", "watsonx")
+      assert.deepStrictEqual([error?.reason, error?.field], ["InvalidRequest", "responseFormat.name"], name)
+    }
+    for (const name of ["w", "Answer_v2-1", "x".repeat(64)]) {
+      assert.isUndefined(WatsonXWire.unsupported({ prompt: "x", responseFormat: format(name) }, "chat", "watsonx"))
+    }
+  })
+
   it("an assistant turn with an empty toolCalls list made no calls: sent as its text, not refused", () => {
     const conversation: Parameters<typeof WatsonXWire.unsupported>[0] = {
       messages: [

@@ -9,6 +9,7 @@ import { Duration, Redacted, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import { answeredModel, tokenCount } from "../http/decode.js"
+import { responseFormatNamePattern } from "../schemas.js"
 
 /**
  * Which API a generation request goes to.
@@ -138,7 +139,8 @@ export const finishReasonOf = (reason: string | null | undefined): Model.FinishR
 
 /**
  * What watsonx cannot take from a request here, refused before any call: tools (not
- * mapped), a tool choice other than `"auto"` or `"none"`, tool messages, and on the text-generation API a response format, more than 6
+ * mapped), a tool choice other than `"auto"` or `"none"`, tool messages, on the chat API a JSON schema format's name
+ * outside `^[a-zA-Z0-9_-]{1,64}$`, and on the text-generation API a response format, more than 6
  * stop sequences or a seed outside its `random_seed` range (1 to 2^32 - 1).
  *
  * @since 0.2.0
@@ -164,6 +166,15 @@ export const unsupported = (request: Model.GenerateRequest, api: Api, provider: 
     if (message.toolCalls !== undefined && message.toolCalls.length > 0) {
       return invalidRequest(`messages[${i}].toolCalls`, "watsonx does not take tool calls here", provider)
     }
+  }
+  const format = request.responseFormat
+  // The chat API takes OpenAI's rule for `json_schema.name`, and refuses another name with a 400 after a call.
+  if (api === "chat" && format?.type === "json_schema" && !responseFormatNamePattern.test(format.name)) {
+    return invalidRequest(
+      "responseFormat.name",
+      "expected a name of 1 to 64 characters of a-z, A-Z, 0-9, _ or -",
+      provider
+    )
   }
   if (api === "generation") {
     if (request.responseFormat !== undefined && request.responseFormat.type !== "text") {
