@@ -243,3 +243,35 @@ describe("chatBody", () => {
     })
   )
 })
+
+describe("chatBody tool messages", () => {
+  const options: Wire.ChatBodyOptions = {
+    model: "m",
+    stream: false,
+    streamUsage: false,
+    maxTokensField: "max_tokens",
+    provider: "p"
+  }
+  const conversation = (toolCallId: string | undefined) => ({
+    messages: [
+      { role: "user" as const, content: "weather?" },
+      { role: "assistant" as const, content: "", toolCalls: [{ id: "call_0", name: "weather", arguments: "{}" }] },
+      { role: "tool" as const, content: "sunny", ...(toolCallId === undefined ? {} : { toolCallId }) }
+    ]
+  })
+
+  it.effect("a tool message with an empty toolCallId names no call: refused naming it, as a missing one is", () =>
+    Effect.gen(function* () {
+      for (const id of [undefined, ""]) {
+        const error = yield* Effect.flip(Wire.chatBody(conversation(id), options))
+        assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "messages[2].toolCallId"], String(id))
+      }
+      const body = yield* Wire.chatBody(conversation("call_0"), options)
+      assert.deepStrictEqual((body["messages"] as Array<unknown>)[2], {
+        role: "tool",
+        tool_call_id: "call_0",
+        content: "sunny"
+      })
+    })
+  )
+})

@@ -356,7 +356,8 @@ const messageOf = (
 ): Result.Result<unknown, ModelError> => {
   switch (message.role) {
     case "tool":
-      if (message.toolCallId === undefined) {
+      // An empty id names no call either: OpenAI refuses `tool_call_id: ""`, after a round trip.
+      if (message.toolCallId === undefined || message.toolCallId.length === 0) {
         return Result.fail(
           invalidRequest(`messages[${index}].toolCallId`, "a tool message must name the call it answers", provider)
         )
@@ -400,7 +401,7 @@ export const toolsBody = (tools: ReadonlyArray<Model.ToolDefinition>): Array<unk
 
 /**
  * The JSON body of a `/chat/completions` request. A tool message without the id of the call
- * it answers is refused (`InvalidRequest` naming it), as is a tool choice naming a tool that is
+ * it answers (or with an empty one) is refused (`InvalidRequest` naming it), as is a tool choice naming a tool that is
  * not among the tools, or asking for a call (`"required"`, a named tool) of a request without
  * tools (`"auto"` and `"none"` are then not sent), or a response format's name outside OpenAI's
  * `^[a-zA-Z0-9_-]{1,64}$`.
