@@ -33,9 +33,9 @@ export interface Options extends Http.Options {
   readonly baseUrl?: string | undefined
   /** Sent as `Authorization: Bearer ...`; omit for local servers that need none. */
   readonly apiKey?: Redacted.Redacted<string> | undefined
-  /** Sent as `OpenAI-Organization`. */
+  /** Sent as `OpenAI-Organization`. Not empty or blank: leave it out to send none. */
   readonly organization?: string | undefined
-  /** Sent as `OpenAI-Project`. */
+  /** Sent as `OpenAI-Project`. Not empty or blank: leave it out to send none. */
   readonly project?: string | undefined
   /** Default chat model. Default `gpt-4o-mini`. */
   readonly model?: string | undefined
@@ -180,8 +180,8 @@ const checkOptions = (options: Options) =>
     ]),
     Http.headers("headers", options.headers),
     Model.requestLimits(options.requestLimits),
-    Http.headerOption("organization", "OpenAI-Organization", options.organization),
-    Http.headerOption("project", "OpenAI-Project", options.project),
+    Http.nonBlankHeaderOption("organization", "OPENAI_ORG_ID", "OpenAI-Organization", options.organization),
+    Http.nonBlankHeaderOption("project", "OPENAI_PROJECT_ID", "OpenAI-Project", options.project),
     Http.optionalBearerKey("apiKey", "OPENAI_API_KEY", options.apiKey),
     notBoolean(options)
   ])

@@ -1436,6 +1436,11 @@ for (const [name, client] of [
             // Not a string: it was sent as a header anyway ("5", "null") instead of being refused.
             ["organization", { organization: 5 as never }],
             ["project", { project: null as never }],
+            // OPENAI_ORG_ID / OPENAI_PROJECT_ID set but empty: sent as empty headers on every call.
+            ["organization", { organization: "" }],
+            ["organization", { organization: "  " }],
+            ["project", { project: "" }],
+            ["project", { project: "\t" }],
             ["apiKey", { apiKey: Redacted.make(`${KEY}\n`) }],
             // OPENAI_API_KEY set but empty: it was sent as "Bearer ", which OpenAI refuses at every call.
             ["apiKey", { apiKey: Redacted.make("") }],

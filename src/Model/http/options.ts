@@ -294,6 +294,21 @@ export const headerOption = (path: string, name: string, input: unknown): Input.
 }
 
 /**
+ * {@link headerOption} for a header that an empty value makes meaningless (`OpenAI-Organization`):
+ * an empty or blank one, the variable `env` set but empty, is refused instead of sent as an empty
+ * header on every call.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const nonBlankHeaderOption = (path: string, env: string, name: string, input: unknown): Input.Checked<void> => {
+  const value = Redacted.isRedacted(input) ? Redacted.value(input) : input
+  return typeof value === "string" && value.trim().length === 0
+    ? Result.fail({ path, message: `expected a non-empty value (is ${env} set but empty? unset it to send none)` })
+    : headerOption(path, name, input)
+}
+
+/**
  * A provider's `headers` option: each value a string, or a `Redacted` one for a header that
  * carries a secret (Azure's `api-key`, a proxy's token).
  *
