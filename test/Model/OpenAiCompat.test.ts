@@ -1816,6 +1816,29 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
     })
   )
 
+  it.effect("an answer with more tool calls than a stream may carry (1024) is Decode naming them, counted first", () =>
+    Effect.gen(function* () {
+      const calls = (n: number, bad = -1) =>
+        Array.from({ length: n }, (_, i) => ({ function: { name: i === bad ? "" : "f" } }))
+      const server = yield* Server.make((req, res) => {
+        const model = String(bodyOf(req)["model"])
+        // A call past the first 1,024 that does not decode: the count is refused before any call is read.
+        const toolCalls = model === "bound" ? calls(1024) : model === "over" ? calls(1025) : calls(100_000, 5_000)
+        return Server.json(res, 200, {
+          model,
+          choices: [{ index: 0, message: { role: "assistant", tool_calls: toolCalls }, finish_reason: "tool_calls" }]
+        })
+      })
+      const p = yield* provider(server)
+      assert.lengthOf((yield* p.generate({ prompt: "x", model: "bound" })).toolCalls ?? [], 1024)
+      for (const model of ["over", "huge"]) {
+        const error = yield* flipModel(p.generate({ prompt: "x", model }))
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "choices[0].message.tool_calls"], model)
+        assert.include(error.message, "at most 1024", model)
+      }
+    })
+  )
+
   it.effect("a streamed tool-call index that is not a small non-negative integer is Decode naming it", () =>
     Effect.gen(function* () {
       const first = `{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}`

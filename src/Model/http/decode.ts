@@ -5,7 +5,7 @@
  *
  * @since 0.2.0
  */
-import { Effect, Result, Schema } from "effect"
+import { Effect, Result, Schema, SchemaTransformation } from "effect"
 import type { ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import { maxSchemaDepth, nestsDeeper } from "../validate.js"
@@ -213,3 +213,18 @@ export const finite = Schema.makeFilter<unknown>((value) => {
   const path = nonFinitePath(value)
   return path === undefined ? undefined : { path, issue: "a number too large for JSON (read as Infinity)" }
 })
+
+/**
+ * An array of at most `max` items, its length checked before any item is decoded: an answer
+ * of a million items (tool calls) fails at once, naming the array, instead of being decoded
+ * whole and refused after (a length check of `Schema.Array` runs after its items).
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const boundedArray = <S extends Schema.Top>(max: number, item: S) =>
+  Schema.Unknown.check(
+    Schema.makeFilter((value: unknown) =>
+      Array.isArray(value) && value.length > max ? `expected at most ${max} items, got ${value.length}` : undefined
+    )
+  ).pipe(Schema.decodeTo(Schema.Array(item), SchemaTransformation.passthroughSupertype()))

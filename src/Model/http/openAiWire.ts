@@ -12,7 +12,8 @@ import { Base64 } from "effect/encoding"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import { responseFormatNamePattern } from "../schemas.js"
-import { finite, shallow, tokenCount } from "./decode.js"
+import { maxToolCalls } from "./assemble.js"
+import { boundedArray, finite, shallow, tokenCount } from "./decode.js"
 import { type CallContext, malformed, unaskedDimensions, unevenVectors } from "./errors.js"
 
 const Text = Schema.optional(Schema.NullOr(Schema.String))
@@ -141,7 +142,8 @@ export const ChatCompletion = Schema.Struct({
         role: Text,
         content: Content,
         refusal: Text,
-        tool_calls: Schema.optional(Schema.NullOr(Schema.Array(ToolCallWire)))
+        // As many as one stream may carry: an answer of a million calls is refused before they are read.
+        tool_calls: Schema.optional(Schema.NullOr(boundedArray(maxToolCalls, ToolCallWire)))
       }),
       finish_reason: Text
     })
@@ -208,9 +210,9 @@ const isUsage = (value: unknown): boolean =>
   value === undefined ||
   value === null ||
   (isRecord(value) && isCount(value.prompt_tokens) && isCount(value.completion_tokens) && isCount(value.total_tokens))
-const isListOf = (value: unknown, each: (item: unknown) => boolean): boolean => {
+const isListOf = (value: unknown, each: (item: unknown) => boolean, max = Number.POSITIVE_INFINITY): boolean => {
   if (value === undefined || value === null) return true
-  if (!Array.isArray(value)) return false
+  if (!Array.isArray(value) || value.length > max) return false
   for (const item of value) if (!each(item)) return false
   return true
 }
@@ -230,7 +232,7 @@ const isChoice = (value: unknown): boolean =>
   isText(value.message.role) &&
   isContent(value.message.content) &&
   isText(value.message.refusal) &&
-  isListOf(value.message.tool_calls, isToolCall)
+  isListOf(value.message.tool_calls, isToolCall, maxToolCalls)
 const isDeltaCall = (value: unknown): boolean =>
   isRecord(value) &&
   isCount(value.index) &&
