@@ -233,7 +233,13 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
               const line: Effect.Effect<Wire.Line, ModelError> = viaGenerate
                 ? Effect.map(decodeGenerateLine(payload, ctx), Wire.fromGenerate)
                 : Effect.map(decodeChatLine(payload, ctx), (l) => Wire.fromChat(l, toolCalls))
-              return Effect.map(line, (l) => {
+              return Effect.flatMap(line, (l) => {
+                // One line's calls are bounded by its schema; the stream's, which come a line at a time, here.
+                if (toolCalls + l.toolCalls.length > Assemble.maxToolCalls) {
+                  return Effect.fail(
+                    Errors.malformed(ctx, "message.tool_calls", `more than ${Assemble.maxToolCalls} tool calls`)
+                  )
+                }
                 const parts: Array<Model.StreamPart> = []
                 if (l.text.length > 0) {
                   outputChars += l.text.length
@@ -250,7 +256,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                     model: Decode.answeredModel(l.model, model)
                   })
                 }
-                return parts
+                return Effect.succeed(parts)
               })
             }
             const path = viaGenerate ? "api/generate" : "api/chat"

@@ -243,6 +243,55 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect(
+      "more than 1,024 tool calls (an answer's, or a stream's in all) are Decode naming them, counted first",
+      () =>
+        Effect.gen(function* () {
+          const calls = (n: number, bad = -1) =>
+            Array.from({ length: n }, (_, i) => ({ function: { name: i === bad ? "" : "f", arguments: {} } }))
+          const server = yield* Server.make((req, res) => {
+            const model = String(bodyOf(req)["model"])
+            if (bodyOf(req)["stream"] === true) {
+              // One call a line: each line is small, the stream's calls are not.
+              const count = model === "bound" ? 1024 : 1025
+              const lines = Array.from({ length: count }, (_, i) => ({
+                model,
+                message: { content: "", tool_calls: [{ id: `c${i}`, function: { name: "f", arguments: {} } }] },
+                done: false
+              }))
+              return Server.text(res, 200, Server.ndjson([...lines, final({ model })]), {
+                "content-type": "application/x-ndjson"
+              })
+            }
+            // A call past the first 1,024 that does not decode: the count is refused before any call is read.
+            const toolCalls = model === "bound" ? calls(1024) : model === "over" ? calls(1025) : calls(100_000, 5_000)
+            return Server.json(res, 200, { ...final({ model }), message: { role: "assistant", tool_calls: toolCalls } })
+          })
+          const p = yield* provider(server)
+          assert.lengthOf((yield* p.generate({ prompt: "x", model: "bound" })).toolCalls ?? [], 1024)
+          for (const model of ["over", "huge"]) {
+            const error = yield* flipModel(p.generate({ prompt: "x", model }))
+            assert.deepStrictEqual([error.reason, error.field], ["Decode", "message.tool_calls"], model)
+            assert.include(error.message, "1024", model)
+          }
+          const bound = yield* collect(p.stream({ prompt: "x", model: "bound" }))
+          assert.isTrue(Exit.isSuccess(bound.exit))
+          assert.lengthOf(
+            bound.parts.filter((part) => part._tag === "ToolCall"),
+            1024
+          )
+          const over = yield* collect(p.stream({ prompt: "x", model: "over" }))
+          assert.deepStrictEqual(
+            [modelErrorOf(over.exit).reason, modelErrorOf(over.exit).field],
+            ["Decode", "message.tool_calls"]
+          )
+          assert.notInclude(
+            over.parts.map((part) => part._tag),
+            "Finish"
+          )
+        })
+    )
+
     it.effect("tool-call arguments that are not an object are Decode naming them; JSON text of an object is kept", () =>
       Effect.gen(function* () {
         // The prompt is the JSON of the arguments the server answers with.

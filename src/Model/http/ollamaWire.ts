@@ -10,7 +10,8 @@ import { Duration, Effect, Result, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
-import { finite, shallow, tokenCount } from "./decode.js"
+import { maxToolCalls } from "./assemble.js"
+import { boundedArray, finite, shallow, tokenCount } from "./decode.js"
 import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
 import { toolsBody } from "./openAiWire.js"
 
@@ -33,9 +34,11 @@ const objectArguments = Schema.makeFilter<unknown>((value) =>
     : "expected an object (or the JSON text of one)"
 )
 
+// As many as a stream may carry (an OpenAI-compatible one's bound): a million calls are refused before they are read.
 const ToolCalls = Schema.optional(
   Schema.NullOr(
-    Schema.Array(
+    boundedArray(
+      maxToolCalls,
       Schema.Struct({
         id: Text,
         function: Schema.Struct({
