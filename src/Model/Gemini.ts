@@ -189,7 +189,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
             let answeredModel: string | undefined
             let outputChars = 0
             let madeIds = 0
-            let sawToolCalls = false
+            let toolCalls = 0
             const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
               if (event.event === "error") {
                 return Effect.fail(Errors.errorFromPayload(Errors.parseJsonOrUndefined(event.data) ?? event.data, ctx))
@@ -198,13 +198,13 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
               return Effect.flatMap(payload, (value) => {
                 if (Errors.isErrorPayload(value)) return Effect.fail(Errors.errorFromPayload(value, ctx))
                 return Effect.flatMap(decodeAnswer(value, ctx), (chunk) => {
-                  const read = Wire.readAnswer(chunk, name, model, () => Wire.madeUpId(madeIds++))
+                  const read = Wire.readAnswer(chunk, name, model, () => Wire.madeUpId(madeIds++), toolCalls)
                   if (Result.isFailure(read)) return Effect.fail(read.failure)
                   if (chunk.usageMetadata !== undefined) metadata = chunk.usageMetadata
                   if (chunk.modelVersion !== undefined) answeredModel = chunk.modelVersion
                   if (read.success.finishReason !== undefined) finishReason = read.success.finishReason
                   outputChars += read.success.text.length
-                  if (read.success.toolCalls.length > 0) sawToolCalls = true
+                  toolCalls += read.success.toolCalls.length
                   const parts: Array<Model.StreamPart> = []
                   if (read.success.text.length > 0) parts.push({ _tag: "TextDelta", text: read.success.text })
                   for (const call of read.success.toolCalls) parts.push({ _tag: "ToolCall", call })
@@ -220,7 +220,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
                   : [
                       {
                         _tag: "Finish",
-                        finishReason: Wire.finalReason(finishReason, sawToolCalls),
+                        finishReason: Wire.finalReason(finishReason, toolCalls > 0),
                         usage: Wire.usageOf(metadata, inputEstimate, Math.ceil(outputChars / 4)),
                         provider: name,
                         model: Decode.answeredModel(answeredModel, model)

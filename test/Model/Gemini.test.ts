@@ -547,6 +547,49 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("more than 1,024 function calls, in an answer or in a stream all told, are Decode naming the parts", () =>
+      Effect.gen(function* () {
+        const calls = (n: number) => Array.from({ length: n }, () => ({ functionCall: { name: "f" } }))
+        const answer = (parts: ReadonlyArray<unknown>) => ({
+          candidates: [{ content: { role: "model", parts }, finishReason: "STOP" }]
+        })
+        const server = yield* Server.make((req, res) => {
+          const count = req.path.includes("/bound:") ? 1024 : 1025
+          if (req.search.get("alt") === "sse") {
+            // One call an event: each event is small, the stream's calls are not.
+            const events = Array.from({ length: count }, (_, i) =>
+              i === count - 1
+                ? answer([{ functionCall: { name: "f" } }])
+                : { candidates: [{ content: { parts: [{ functionCall: { name: "f" } }] } }] }
+            )
+            return Server.chunked(res, [Server.sse(events)])
+          }
+          if (req.path.includes("/huge:")) {
+            // Parts past any answer's, one that does not decode among them: the count is refused before they are read.
+            const parts = calls(100_000)
+            parts[5_000] = { functionCall: { name: "" } }
+            return Server.json(res, 200, answer(parts))
+          }
+          return Server.json(res, 200, answer(calls(count)))
+        })
+        const p = yield* provider(server)
+        assert.lengthOf((yield* p.generate({ prompt: "x", model: "bound" })).toolCalls ?? [], 1024)
+        for (const model of ["over", "huge"]) {
+          const error = yield* failing(p.generate({ prompt: "x", model }))
+          assert.deepStrictEqual([error.reason, error.field], ["Decode", "candidates[0].content.parts"], model)
+        }
+        const bound = yield* collect(p.stream({ prompt: "x", model: "bound" }))
+        assert.isTrue(Exit.isSuccess(bound.exit))
+        assert.lengthOf(
+          bound.parts.filter((part) => part._tag === "ToolCall"),
+          1024
+        )
+        const over = yield* collect(p.stream({ prompt: "x", model: "over" }))
+        const error = modelErrorOf(over.exit)
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "candidates[0].content.parts"])
+      })
+    )
+
     it.effect("function-call args holding a number JSON cannot write (1e400) are Decode naming it, not null", () =>
       Effect.gen(function* () {
         // JSON.parse reads 1e400 as Infinity, which JSON.stringify wrote back as null: {"n":null}, silently.

@@ -8,7 +8,9 @@
 import { Result, Schema } from "effect"
 import { invalidRequest, ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
-import { finite, shallow, tokenCount } from "../http/decode.js"
+import { maxToolCalls } from "../http/assemble.js"
+import { boundedArray, finite, shallow, tokenCount } from "../http/decode.js"
+import { malformed } from "../http/errors.js"
 import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
 
 const Part = Schema.Struct({
@@ -26,6 +28,13 @@ const Part = Schema.Struct({
   // Bounded, as every string of an answer, by maxResponseBytes (maxEventBytes in a stream).
   thoughtSignature: Schema.optional(Schema.String)
 })
+
+/**
+ * The parts one answer or stream event may carry: as many function calls as a stream may carry
+ * (`maxToolCalls`), each with room for a text or thought part beside it, and more. Counted before
+ * any part is decoded, so that a million parts are refused at once.
+ */
+const maxParts = 4 * maxToolCalls
 
 /**
  * @since 0.2.0
@@ -48,7 +57,7 @@ export const GenerateContentResponse = Schema.Struct({
   candidates: Schema.optional(
     Schema.Array(
       Schema.Struct({
-        content: Schema.optional(Schema.Struct({ parts: Schema.optional(Schema.Array(Part)) })),
+        content: Schema.optional(Schema.Struct({ parts: Schema.optional(boundedArray(maxParts, Part)) })),
         finishReason: Schema.optional(Schema.String)
       })
     )
@@ -411,7 +420,8 @@ export const blocked = (answer: GenerateContentResponse, provider: string, model
 /**
  * Reads one answer or stream event: its text (thought parts left out), its tool calls (ids
  * from `nextId` where Gemini gives none, or an empty one), its finish reason. A blocked prompt is a
- * `ContentFilter` failure.
+ * `ContentFilter` failure; more than `maxToolCalls` calls, with the `earlierCalls` of the stream so
+ * far, `Decode` on the parts.
  *
  * @since 0.2.0
  * @category utils
@@ -420,7 +430,8 @@ export const readAnswer = (
   answer: GenerateContentResponse,
   provider: string,
   model: string,
-  nextId: () => string
+  nextId: () => string,
+  earlierCalls = 0
 ): Result.Result<
   { readonly text: string; readonly toolCalls: ReadonlyArray<Model.ToolCall>; readonly finishReason?: string },
   ModelError
@@ -432,6 +443,11 @@ export const readAnswer = (
   const toolCalls: Array<Model.ToolCall> = []
   for (const part of candidate?.content?.parts ?? []) {
     if (part.functionCall !== undefined) {
+      if (earlierCalls + toolCalls.length >= maxToolCalls) {
+        return Result.fail(
+          malformed({ provider, model }, "candidates[0].content.parts", `more than ${maxToolCalls} function calls`)
+        )
+      }
       const call = part.functionCall
       const id = call.id || nextId()
       const args = JSON.stringify(call.args ?? {})
