@@ -152,6 +152,36 @@ describe("SSE framing", () => {
     })
   )
 
+  it.effect("an event's data past maxEventBytes is TooLarge however the body is split into reads", () =>
+    Effect.gen(function* () {
+      // 1,024 characters of data on 4 lines (their line ends counted), then one more character.
+      const line = "x".repeat(255)
+      const fits = `event: big\r\ndata: ${line}\r\ndata: ${line}\r\ndata: ${line}\r\ndata: ${line}x\r\n\r\n`
+      const over = `data: ${"y".repeat(1025)}\n\ndata: after\n\n`
+      const splits = (text: string): ReadonlyArray<ReadonlyArray<Uint8Array>> => {
+        const encoded = encoder.encode(text)
+        return [1, 7, 100, encoded.length].map((size) =>
+          Array.from({ length: Math.ceil(encoded.length / size) }, (_, i) => encoded.subarray(i * size, (i + 1) * size))
+        )
+      }
+      for (const chunks of splits(fits)) {
+        const events = yield* Stream.runCollect(Sse.events(Stream.fromIterable(chunks), ctx, { maxEventBytes: 1024 }))
+        assert.deepStrictEqual(
+          events.map((e) => e.data.length),
+          [1024],
+          `reads of ${chunks[0]!.length}`
+        )
+      }
+      for (const chunks of splits(over)) {
+        const error = yield* Effect.flip(
+          Stream.runCollect(Sse.events(Stream.fromIterable(chunks), ctx, { maxEventBytes: 1024 }))
+        )
+        assert.strictEqual(modelError(error).reason, "TooLarge", `reads of ${chunks[0]!.length}`)
+        assert.include(error.message, "maxEventBytes")
+      }
+    })
+  )
+
   it.effect("a body that is not an event stream is Decode on content-type; a body of comments only is empty", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(Stream.runDrain(Sse.events(bytes('{"choices": ['), ctx, { maxEventBytes: 99 })))

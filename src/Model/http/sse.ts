@@ -31,11 +31,17 @@ export type Event = Sse.Event
  * @category models
  */
 export interface EventsOptions {
-  /** Bound of one pending event, in characters of text (at most as many as its bytes). */
+  /**
+   * Bound of one event's data, in characters of text (at most as many as its bytes), however
+   * the body is split into reads.
+   */
   readonly maxEventBytes: number
 }
 
 const HEAD = 200
+
+/** What the parser holds of an event besides its data: the `data: ` of the line it reads, and a line end. */
+const eventSlack = 7
 
 /** Bytes of `bytes` that end on a character boundary: a trailing incomplete UTF-8 sequence is left out. */
 const completeLength = (bytes: Uint8Array): number => {
@@ -104,11 +110,17 @@ export const events = (
       let head = ""
       // A body that is not an event stream is quoted from its start: read on past the cut, to see whole a key across it.
       const headLength = HEAD + longestSecret(ctx.secrets)
+      const tooLargeEvent = () => tooLarge(ctx, "one stream event", options.maxEventBytes, "maxEventBytes")
       const parser = Sse.makeParser(
         (event) => {
-          if (event._tag === "Event") out.push(event)
+          if (event._tag !== "Event" || failure !== undefined) return
+          if (event.data.length > options.maxEventBytes) failure = tooLargeEvent()
+          else out.push(event)
         },
-        { maxEventSize: options.maxEventBytes }
+        // The parser checks what it holds of an event only at the end of a read, line prefixes (`data: `) and line
+        // ends counted: an event whole within one read passed any bound, and one split across reads could fail within
+        // it. It holds at most the bound and one line's prefix and end; an event's data is held to the bound here.
+        { maxEventSize: options.maxEventBytes + eventSlack }
       )
       // The last character fed was a line end: the body is not inside a line.
       let atLineEnd = true
@@ -117,9 +129,7 @@ export const events = (
         if (!sawEvent && head.length < headLength) head += text.slice(0, headLength - head.length)
         const last = text.charCodeAt(text.length - 1)
         atLineEnd = last === 10 || last === 13
-        if (parser.feed(text) !== undefined) {
-          failure = tooLarge(ctx, "one stream event", options.maxEventBytes, "maxEventBytes")
-        }
+        if (parser.feed(text) !== undefined) failure ??= tooLargeEvent()
         if (out.length > 0) sawEvent = true
       }
       const finish = (): void => {
