@@ -142,8 +142,16 @@ export const checkGenerate = (
     if (Result.isFailure(decoded)) return shapeError(decoded.failure, "request")
   }
   if (request.tools !== undefined) {
-    for (let i = 0; i < request.tools.length; i++) {
-      if (nestsDeeper(request.tools[i]!.parameters, maxSchemaDepth)) return tooDeep(`tools[${i}].parameters`)
+    const tools = request.tools
+    for (let i = 0; i < tools.length; i++) {
+      if (nestsDeeper(tools[i]!.parameters, maxSchemaDepth)) return tooDeep(`tools[${i}].parameters`)
+      // OpenAI and Gemini refuse a name given twice after a call; a server that takes it cannot say which was called.
+      // At most 128 tools: comparing each with those before costs less than a Set a request.
+      for (let j = 0; j < i; j++) {
+        if (tools[j]!.name === tools[i]!.name) {
+          return invalid(`tools[${i}].name`, `the name "${tools[i]!.name}" is given twice (first at tools[${j}])`)
+        }
+      }
     }
   }
   if (request.responseFormat?.type === "json_schema" && nestsDeeper(request.responseFormat.schema, maxSchemaDepth)) {

@@ -388,6 +388,20 @@ for (const [name, client] of [
         })
       )
 
+      it.effect("a tool name given twice is InvalidRequest naming the second, before any call", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) => Server.json(res, 200, completion("x")))
+          const p = yield* provider(server)
+          // OpenAI and Gemini answer a 400 after the call; a server that takes it could not say which was called.
+          const tools = [{ name: "weather" }, { name: "time" }, { name: "weather", description: "another" }]
+          const error = yield* flipModel(p.generate({ prompt: "x", tools }))
+          assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "tools[2].name"])
+          assert.include(error.message, "tools[0]")
+          assert.lengthOf(yield* server.requests, 0)
+          yield* p.generate({ prompt: "x", tools: tools.slice(0, 2) })
+        })
+      )
+
       it.effect("a refused connection is Transport", () =>
         Effect.gen(function* () {
           const url = yield* Effect.scoped(Effect.map(Server.make(Server.hang), (s) => s.url))
