@@ -127,7 +127,10 @@ export interface Agent<A = unknown> {
  */
 export interface AgentOptions {
   readonly url: string
-  /** Name in records, metrics and stats (default: the URL without its query string); a name that is a URL is shown so too. */
+  /**
+   * Name in records, metrics and stats (default: the URL without its query string); a name that is a URL is shown so
+   * too. `(other)`, `unknown` and names starting with `discovery:` are the records' own (refused).
+   */
   readonly name?: string | undefined
   readonly timeout?: Input.DurationInput | undefined
   readonly retry?: RetryPolicy | RetryPolicyInput | undefined

@@ -17,7 +17,7 @@ import * as Errors from "../Model/http/errors.js"
 import * as Http from "../Model/http/options.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
 import { textIssue } from "../stats/labels.js"
-import { agentName, display, noAgent } from "./names.js"
+import { agentName, discoveryPrefix, display, noAgent } from "./names.js"
 
 // What the URL parser drops without a word (surrounding spaces, a tab or newline anywhere): the
 // request went to another URL than the one given, and records named that one.
@@ -136,6 +136,19 @@ const agentIssue = (
         (name) => {
           if (name === Metrics.otherSeries) {
             return Result.fail({ path: "name", message: `reserved: the agents past the series bound count as ${name}` })
+          }
+          // The records' own names: an agent given one added its figures to theirs.
+          if (name === noAgent) {
+            return Result.fail({
+              path: "name",
+              message: `reserved: the tasks that name no valid agent count as ${name}`
+            })
+          }
+          if (name.startsWith(discoveryPrefix)) {
+            return Result.fail({
+              path: "name",
+              message: `reserved: the tasks discovery answers for count as ${discoveryPrefix}<its name>`
+            })
           }
           // A metric label: one without a UTF-8 form would be another such agent's.
           const label = agentName(name)

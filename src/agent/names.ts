@@ -90,8 +90,11 @@ export type Label = { readonly agent: string; readonly url: string }
 /** The agent of a record for a task that names no valid agent (an invalid task's, and its dependents' in a batch). */
 export const noAgent = "unknown"
 
+/** What the agent of the records discovery decides starts with: `discovery:<name>`. */
+export const discoveryPrefix = "discovery:"
+
 /** The agent of the records discovery decides: nothing found, discovery down. */
-export const discoveryAgent = (discovery: DiscoveryService): string => `discovery:${discovery.name}`
+export const discoveryAgent = (discovery: DiscoveryService): string => `${discoveryPrefix}${discovery.name}`
 
 /**
  * The agent and URL of a record for a task that sent nothing (skipped in a batch): its
