@@ -176,7 +176,8 @@ export interface Task<A = unknown> {
   readonly agent?: Agent<A> | string | undefined
   /**
    * Agents tried in order when the agent fails in a way that falls back (its breaker is open, it is down);
-   * for a task left to discovery, after the agents discovery found.
+   * for a task left to discovery, after the agents discovery found. Those are sent no headers: one of these agents
+   * (not a bare URL) at the URL of one found is sent in its place, with its headers.
    */
   readonly fallback?: ReadonlyArray<Agent<A> | string> | undefined
   readonly intent: string

@@ -329,12 +329,17 @@ export const makeCall = (env: Env): Call => {
     // An agent (URL) listed twice (two registrations, a fallback that is the agent again) is asked
     // once: the second request would be a retry nobody asked for, of a task that need not be idempotent.
     // Its fragment is never sent: a URL listed again with another one is the same agent.
-    const unique = new Map<string, Agent<unknown>>()
-    for (const agent of listed) {
-      const sent = withoutFragment(agent.url)
-      if (!unique.has(sent)) unique.set(sent, agent)
+    // A discovered agent the task describes itself (an agent of its fallback, with its headers) is sent as described, at
+    // the place discovery gave it: it went with none of its headers.
+    const found = task.agent === undefined ? listed.length - (task.fallback ?? []).length : 0
+    const unique = new Map<string, number>()
+    for (let i = 0; i < listed.length; i++) {
+      const sent = withoutFragment(listed[i]!.url)
+      const kept = unique.get(sent)
+      if (kept === undefined) unique.set(sent, i)
+      else if (kept < found && i >= found && typeof task.fallback![i - found] !== "string") unique.set(sent, i)
     }
-    const agents = Array.from(unique.values())
+    const agents = Array.from(unique.values(), (i) => listed[i]!)
     const primary = agents[0]!
     if (checkedTimeout?._tag === "Failure") return yield* invalid(primary, "timeout", checkedTimeout.failure.message)
     const timeout = checkedTimeout?.success

@@ -1,0 +1,83 @@
+/**
+ * What the agents discovery finds are sent: no headers of the application's (a registry may name
+ * any URL), the registry's token neither; an agent the task describes itself at a URL discovery
+ * found is sent as the task describes it.
+ */
+import { NodeHttpClient } from "@effect/platform-node"
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Layer, Metric, Redacted } from "effect"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as Discovery from "../src/Discovery.js"
+import * as Executor from "../src/Executor.js"
+import * as HttpAgent from "../src/HttpAgent.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as AgentServer from "./utils/agentServer.js"
+import * as Server from "./utils/httpServer.js"
+
+const agents = (discovery: Layer.Layer<Discovery.Discovery, unknown>) =>
+  Layer.build(
+    HttpAgent.layer().pipe(
+      Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+      Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
+      Layer.provide(NodeHttpClient.layerUndici)
+    )
+  ).pipe(
+    Effect.provideService(Metric.MetricRegistry, new Map()),
+    Effect.map((context) => Context.get(context, HttpAgent.HttpAgents))
+  )
+
+describe("HttpAgent: the agents discovery finds", () => {
+  it.effect("are sent no headers of the application's nor the registry's token", () =>
+    Effect.gen(function* () {
+      const agent = yield* AgentServer.make()
+      const registry = yield* Server.make((_request, response) =>
+        Server.json(response, 200, { agents: [{ url: agent.url, name: "meteo" }] })
+      )
+      const service = yield* agents(
+        Discovery.layerHttp({ url: `${registry.url}/agents?token=registry-s3cret` }).pipe(
+          Layer.provide(NodeHttpClient.layerUndici)
+        )
+      )
+      // An agent of the task's own, at another URL, keeps its headers to itself.
+      const other = HttpAgent.agent({
+        url: `${agent.url}/other`,
+        headers: { authorization: Redacted.make("Bearer agent-s3cret") }
+      })
+      const record = yield* service.call({ id: "d", intent: "i", concept: "c", fallback: [other] })
+      assert.deepStrictEqual([record.status, record.agent], ["success", "meteo"])
+      const [sent] = agent.headers()
+      assert.isUndefined(sent?.authorization)
+      assert.notInclude(JSON.stringify(sent), "s3cret")
+      assert.notInclude(agent.paths()[0], "s3cret")
+      const [asked] = yield* registry.requests
+      assert.strictEqual(asked?.search.get("token"), "registry-s3cret")
+    })
+  )
+
+  it.effect("one the task describes itself (its fallback) at the same URL is sent as described: its headers", () =>
+    Effect.gen(function* () {
+      const agent = yield* AgentServer.make()
+      const mirror = yield* AgentServer.make()
+      const service = yield* agents(
+        Discovery.layerStatic([
+          { concept: "c", intent: "i", agents: [{ url: agent.url, name: "meteo" }, { url: mirror.url }] }
+        ])
+      )
+      const described = HttpAgent.agent({
+        url: agent.url,
+        name: "meteo-auth",
+        headers: { authorization: Redacted.make("Bearer agent-token") }
+      })
+      const record = yield* service.call({ id: "d", intent: "i", concept: "c", fallback: [described] })
+      // Asked once, first (where discovery put it), with the task's headers.
+      assert.deepStrictEqual([record.status, record.agent, record.attempts], ["success", "meteo-auth", 1])
+      assert.isUndefined(record.fallbackUsed)
+      assert.strictEqual(agent.requests(), 1)
+      assert.strictEqual(agent.headers()[0]?.authorization, "Bearer agent-token")
+      assert.strictEqual(mirror.requests(), 0)
+      // A fallback given as a bare URL describes nothing: the discovered endpoint's name stays.
+      const bare = yield* service.call({ id: "b", intent: "i", concept: "c", fallback: [agent.url] })
+      assert.deepStrictEqual([bare.status, bare.agent], ["success", "meteo"])
+    })
+  )
+})
