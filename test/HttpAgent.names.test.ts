@@ -67,4 +67,24 @@ describe("HttpAgent: names the library uses itself", () => {
       }
     })
   )
+
+  it.effect("an endpoint a registry names so is named by its URL: its tasks are sent, counted apart", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const names = ["unknown", "discovery:registry", "(other)"]
+      const service = yield* agents(
+        Discovery.layerStatic(
+          names.map((name, i) => ({ concept: "c", intent: `i${i}`, agents: { url: `${server.url}/${i}`, name } })),
+          { name: "registry" }
+        )
+      )
+      for (const [i, name] of names.entries()) {
+        const record = yield* service.call({ id: `t${i}`, intent: `i${i}`, concept: "c" })
+        assert.deepStrictEqual([record.status, record.agent], ["success", `${server.url}/${i}`], name)
+        assert.strictEqual((yield* service.stats(`${server.url}/${i}`)).statuses.success, 1, name)
+        assert.strictEqual((yield* service.stats(name)).statuses.success, 0, name)
+      }
+      assert.strictEqual(server.requests(), names.length)
+    })
+  )
 })

@@ -11,13 +11,12 @@ import { type Duration, Effect, Redactable, Redacted, Result, Schema } from "eff
 import { ModelError } from "../AiError.js"
 import type { Agent, AgentOptions, Answer, Decoded } from "../HttpAgent.js"
 import * as Input from "../Input.js"
-import * as Metrics from "../Metrics.js"
 import * as Decode from "../Model/http/decode.js"
 import * as Errors from "../Model/http/errors.js"
 import * as Http from "../Model/http/options.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
 import { textIssue } from "../stats/labels.js"
-import { agentName, discoveryPrefix, display, noAgent } from "./names.js"
+import { agentName, display, noAgent, reservedName } from "./names.js"
 
 // What the URL parser drops without a word (surrounding spaces, a tab or newline anywhere): the
 // request went to another URL than the one given, and records named that one.
@@ -134,22 +133,8 @@ const agentIssue = (
           Input.orDefault(options.name, typeof options.url === "string" ? display(options.url) : options.url)
         ),
         (name) => {
-          if (name === Metrics.otherSeries) {
-            return Result.fail({ path: "name", message: `reserved: the agents past the series bound count as ${name}` })
-          }
-          // The records' own names: an agent given one added its figures to theirs.
-          if (name === noAgent) {
-            return Result.fail({
-              path: "name",
-              message: `reserved: the tasks that name no valid agent count as ${name}`
-            })
-          }
-          if (name.startsWith(discoveryPrefix)) {
-            return Result.fail({
-              path: "name",
-              message: `reserved: the tasks discovery answers for count as ${discoveryPrefix}<its name>`
-            })
-          }
+          const reserved = reservedName(name)
+          if (reserved !== undefined) return Result.fail({ path: "name", message: `reserved: ${reserved}` })
           // A metric label: one without a UTF-8 form would be another such agent's.
           const label = agentName(name)
           const text = textIssue(label, options.name === undefined ? "url" : "name")

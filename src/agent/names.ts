@@ -8,6 +8,7 @@
 import { createHash } from "node:crypto"
 import type { Service as DiscoveryService } from "../Discovery.js"
 import type { Agent, Task } from "../HttpAgent.js"
+import { otherSeries } from "../Metrics.js"
 
 /** How the service finds the agent of a reference (an agent, or its URL). */
 export type AgentOf = (ref: Agent<unknown> | string) => Agent<unknown>
@@ -92,6 +93,19 @@ export const noAgent = "unknown"
 
 /** What the agent of the records discovery decides starts with: `discovery:<name>`. */
 export const discoveryPrefix = "discovery:"
+
+/**
+ * Why an agent's name is reserved, if it is: the names the records and series of the service use for
+ * themselves. An agent given one added its figures to theirs.
+ */
+export const reservedName = (name: string): string | undefined =>
+  name === otherSeries
+    ? `the agents past the series bound count as ${name}`
+    : name === noAgent
+      ? `the tasks that name no valid agent count as ${name}`
+      : name.startsWith(discoveryPrefix)
+        ? `the tasks discovery answers for count as ${discoveryPrefix}<its name>`
+        : undefined
 
 /** The agent of the records discovery decides: nothing found, discovery down. */
 export const discoveryAgent = (discovery: DiscoveryService): string => `${discoveryPrefix}${discovery.name}`

@@ -22,7 +22,7 @@ import { isOwnSeriesLabel } from "../stats/labels.js"
 import { dispatch as runBatch } from "./batch.js"
 import * as Connections from "./connections.js"
 import * as AgentMetrics from "./metrics.js"
-import { agentName, isAgentRef, isUrl, labelOf as taskLabel, noAgent, seriesOf } from "./names.js"
+import { agentName, isAgentRef, isUrl, labelOf as taskLabel, noAgent, reservedName, seriesOf } from "./names.js"
 import { makeCall } from "./task.js"
 
 /** What the service takes from `HttpAgent.ts`. */
@@ -177,8 +177,11 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
     retry,
     metrics,
     agentOf,
-    // A lookup's endpoint may carry fields of its registry's own: only these make the agent.
-    fromEndpoint: remembered(endpointKey, ({ url, name, timeout }) => agent({ url, name, timeout }))
+    // A lookup's endpoint may carry fields of its registry's own: only these make the agent. A name the records use
+    // for themselves (a registry's `unknown` for an agent it has none for) names no agent: its URL does.
+    fromEndpoint: remembered(endpointKey, ({ url, name, timeout }) =>
+      agent({ url, name: typeof name === "string" && reservedName(name) !== undefined ? undefined : name, timeout })
+    )
   })
 
   const labelOf = (task: Task) => taskLabel(task, agentOf, discovery)
