@@ -211,11 +211,29 @@ export const makeAgent = (schema: typeof Answer) => {
     const issue = Result.isFailure(checked) ? { ...checked.failure, path: `agent.${checked.failure.path}` } : undefined
     const ctx = { provider: name, secrets: base.secrets }
     if (issue === undefined && options.answer !== undefined) {
-      const custom = Decode.valueDecoder(options.answer)
+      // As an Effect: a schema may decode asynchronously (an Effect in a transformation), which a Result cannot.
+      const custom = Schema.decodeUnknownEffect(options.answer)
+      const refused = (error: Schema.SchemaError) => {
+        const at = Input.issueOf(error)
+        return Errors.malformed(ctx, at.path, at.message)
+      }
+      // A schema that throws is the application's: the agent answered, so no breaker counts it (as `Unknown` did).
+      const threw = (defect: unknown) =>
+        Effect.fail(
+          new ModelError({
+            reason: "Decode",
+            message: Errors.clean(
+              `${name}: its answer schema threw decoding the answer: ${Input.thrownMessage(defect)}`,
+              ctx
+            ),
+            provider: name
+          })
+        )
+      const result = (value: unknown): Decoded<unknown> => ({ _tag: "Result", value })
       return made({
         ...base,
         issue,
-        decode: (value) => Effect.map(custom(value, ctx), (v) => ({ _tag: "Result", value: v }))
+        decode: (value) => custom(value).pipe(Effect.mapError(refused), Effect.map(result), Effect.catchDefect(threw))
       })
     }
     return made({
