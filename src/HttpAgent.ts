@@ -67,8 +67,8 @@ export const JsonValue = Schema.Union([
 ]).check(Decode.finite)
 
 /**
- * The default answer of an agent. `result` is required (it may be `null`); `task_id` must
- * be the task's own id.
+ * The default answer of an agent. `result` is required (it may be `null`), but in a report of a failed task
+ * (`status: "error"`, its words in `error` or `message`); `task_id` must be the task's own id.
  *
  * @since 0.1.0
  * @category schemas

@@ -75,3 +75,38 @@ describe("HttpAgent: an agent's own answer schema", () => {
       })
   )
 })
+
+describe("HttpAgent: an agent's report of a failed task without a result", () => {
+  it.effect(
+    "status error with its words in error or message is the agent's report: no breaker, retry nor fallback",
+    () =>
+      Effect.gen(function* () {
+        const answers: ReadonlyArray<readonly [Record<string, unknown>, string]> = [
+          [{ status: "error", error: "no data for Oslo" }, 'reported status "error": no data for Oslo'],
+          [{ status: "Failed", message: "quota exhausted" }, 'reported status "Failed": quota exhausted'],
+          [
+            { status: "error", error: { message: "no such city", code: "nf" } },
+            'reported status "error": no such city'
+          ],
+          [{ status: "error" }, 'reported status "error"']
+        ]
+        for (const [i, [answer, words]] of answers.entries()) {
+          const server = yield* AgentServer.make((t) => ({ json: { task_id: t.task_id, ...answer } }))
+          const mirror = yield* AgentServer.make()
+          const service = yield* agents({ failMax: 1 })
+          const agent = HttpAgent.agent({ url: server.url, name: "weather", retry: { maxAttempts: 3 } })
+          for (const id of ["a", "b"]) {
+            const record = yield* service.call({ id, agent, fallback: [mirror.url], intent: "i", concept: "c" })
+            assert.deepStrictEqual(
+              [record.status, record.agent, record.error?.reason, record.attempts],
+              ["error", "weather", "Unknown", 1],
+              `${i} ${id}`
+            )
+            assert.strictEqual(record.error?.message, `weather ${words}`)
+          }
+          assert.strictEqual(server.requests(), 2, `${i}: not retried, its breaker (one failure opens it) closed`)
+          assert.strictEqual(mirror.requests(), 0, `${i}: no fallback`)
+        }
+      })
+  )
+})

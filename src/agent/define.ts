@@ -236,31 +236,50 @@ export const makeAgent = (schema: typeof Answer) => {
         decode: (value) => custom(value).pipe(Effect.mapError(refused), Effect.map(result), Effect.catchDefect(threw))
       })
     }
+    // The agent's own words, kept as its error messages are: without secrets, cut short. A result that is an error
+    // object (`{ message }`, `{ error: { message } }`) says why as a string would.
+    const report = (status: string, result: unknown, answer: unknown): Decoded<unknown> => {
+      const words =
+        typeof result === "string" ? result : (Errors.errorInfo(result).message ?? Errors.errorInfo(answer).message)
+      const detail = words === undefined ? "" : `: ${Errors.clean(words, ctx)}`
+      return { _tag: "Reported", message: `${name} reported status "${status}"${detail}` }
+    }
+    // A report of a failed task the answer's schema refuses (no `result`, its words in `error` or `message`) is still
+    // the agent's report, not the agent's failure: read as an error object, it counted on the agent's breaker, was
+    // retried and fell back, the task sent again.
+    const reportOf = (answer: unknown, taskId: string): Decoded<unknown> | undefined => {
+      if (typeof answer !== "object" || answer === null || Array.isArray(answer)) return undefined
+      const { task_id, status, result } = answer as Record<string, unknown>
+      if (typeof status !== "string" || (task_id !== undefined && task_id !== taskId)) return undefined
+      const reported = failedStatus(status)
+      return reported === undefined ? undefined : report(reported, result, answer)
+    }
     return made({
       ...base,
       issue,
       decode: (value, taskId) =>
-        Effect.flatMap(decodeAnswer(value, ctx), (answer): Effect.Effect<Decoded<unknown>, ModelError> => {
-          if (answer.task_id !== taskId) {
-            return Effect.fail(
-              new ModelError({
-                reason: "Decode",
-                message: `${name} answered for task ${JSON.stringify(Errors.clean(answer.task_id, ctx))} instead of ${JSON.stringify(taskId)}`,
-                provider: name,
-                field: "task_id"
-              })
-            )
+        Effect.flatMap(
+          Effect.catch(decodeAnswer(value, ctx), (error) => {
+            const reported = reportOf(value, taskId)
+            return reported === undefined ? Effect.fail(error) : Effect.succeed(reported)
+          }),
+          (answer): Effect.Effect<Decoded<unknown>, ModelError> => {
+            if ("_tag" in answer) return Effect.succeed(answer)
+            if (answer.task_id !== taskId) {
+              return Effect.fail(
+                new ModelError({
+                  reason: "Decode",
+                  message: `${name} answered for task ${JSON.stringify(Errors.clean(answer.task_id, ctx))} instead of ${JSON.stringify(taskId)}`,
+                  provider: name,
+                  field: "task_id"
+                })
+              )
+            }
+            const reported = answer.status === undefined ? undefined : failedStatus(answer.status)
+            if (reported !== undefined) return Effect.succeed(report(reported, answer.result, answer))
+            return Effect.succeed({ _tag: "Result", value: answer.result })
           }
-          const reported = answer.status === undefined ? undefined : failedStatus(answer.status)
-          if (reported !== undefined) {
-            // The agent's own words, kept as its error messages are: without secrets, cut short.
-            // A result that is an error object (`{ message }`, `{ error: { message } }`) says why as a string would.
-            const words = typeof answer.result === "string" ? answer.result : Errors.errorInfo(answer.result).message
-            const detail = words === undefined ? "" : `: ${Errors.clean(words, ctx)}`
-            return Effect.succeed({ _tag: "Reported", message: `${name} reported status "${reported}"${detail}` })
-          }
-          return Effect.succeed({ _tag: "Result", value: answer.result })
-        })
+        )
     })
   }
 }
