@@ -718,3 +718,32 @@ describe("a single-value flag given twice is one line naming the flag, not effec
     })
   )
 })
+
+describe("bench's warm-up", () => {
+  it.live("is one call per domain the prompts run on: a prompt without a prefix runs on --domain's", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("warm.json", {
+        providers: { m: { type: "mock" } },
+        domains: [
+          { name: "support", provider: "m" },
+          { name: "finance", provider: "m" }
+        ]
+      })
+      const run = yield* inProcess([
+        "bench",
+        "--prompts",
+        "a,support: b,finance: c",
+        "--domain",
+        "support",
+        "--rounds",
+        "1",
+        "--json",
+        "--config",
+        config
+      ])
+      assert.strictEqual(run.code, 0, run.err)
+      // `a` and `support: b` both run on support: one warm-up call for it, one for finance (it made three).
+      assert.strictEqual((JSON.parse(run.out) as { warmUp: { calls: number } }).warmUp.calls, 2)
+    })
+  )
+})

@@ -193,11 +193,14 @@ export const formatTable = (title: string, sequential: Side, concurrent: Side, s
 export const roundOrder = (round: number): ReadonlyArray<"sequential" | "concurrent"> =>
   round % 2 === 1 ? ["sequential", "concurrent"] : ["concurrent", "sequential"]
 
-/** One item per domain the prompts use (or the default provider), for the warm-up. */
-const warmUpItems = (items: ReadonlyArray<Item>): ReadonlyArray<Item> => {
+/**
+ * One item per domain the prompts run on (or the default provider), for the warm-up. A prompt
+ * without a `domain:` prefix runs on `--domain`'s, so it is keyed as one naming that domain.
+ */
+const warmUpItems = (items: ReadonlyArray<Item>, domain: string | undefined): ReadonlyArray<Item> => {
   const seen = new Set<string>()
   return items.filter((item) => {
-    const key = typeof item === "object" && item.domain !== undefined ? item.domain : ""
+    const key = (typeof item === "object" ? item.domain : undefined) ?? domain ?? ""
     if (seen.has(key)) return false
     seen.add(key)
     return true
@@ -230,7 +233,7 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const program = Effect.gen(function* () {
     const batch = yield* Batch
     const options = { domain, fallback }
-    const warmUp = yield* batch.run(warmUpItems(items), { ...options, concurrency: 1 })
+    const warmUp = yield* batch.run(warmUpItems(items, domain), { ...options, concurrency: 1 })
     const runOnce = (label: string, limit: number) =>
       Effect.gen(function* () {
         const bar = yield* progressBar(label, items.length)
