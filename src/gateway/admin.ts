@@ -79,6 +79,25 @@ const checkKey = (input: unknown): Input.Checked<string> => {
 
 const known: ReadonlySet<string> = new Set(["key", "path", "maxBodyBytes"])
 
+/**
+ * The options of {@link make} checked as it checks them (the first wrong field), without building the routes:
+ * `orchestra serve` says a wrong one with the gateway file's other mistakes.
+ *
+ * @internal
+ */
+export const check = (options: Options): Input.Checked<readonly [string, `/${string}`, number]> => {
+  if (typeof options !== "object" || options === null)
+    return Result.fail({ path: "(options)", message: "expected an object" })
+  for (const field of Object.keys(options)) {
+    if (!known.has(field)) return Result.fail({ path: field, message: "unknown option" })
+  }
+  return Input.all([
+    checkKey(options.key),
+    checkPath(Input.orDefault(options.path, "/admin")),
+    Input.int("maxBodyBytes", Input.orDefault(options.maxBodyBytes, 64 * 1024), { min: 1024, max: 16 * 1024 * 1024 })
+  ])
+}
+
 const json = (status: number, body: unknown, headers?: Record<string, string>) =>
   HttpServerResponse.text(JSON.stringify(body), { status, contentType: "application/json", headers })
 
@@ -133,19 +152,7 @@ type AdminRoute = "keys_create" | "keys_list" | "key" | "key_disable" | "key_ena
  * @category constructors
  */
 export const make = Effect.fnUntraced(function* (options: Options) {
-  if (typeof options !== "object" || options === null) {
-    return yield* Effect.fail(Input.toOptionError({ path: "(options)", message: "expected an object" }))
-  }
-  for (const field of Object.keys(options)) {
-    if (!known.has(field)) return yield* Effect.fail(Input.toOptionError({ path: field, message: "unknown option" }))
-  }
-  const [sha256, path, maxBodyBytes] = yield* Input.orOptionError(
-    Input.all([
-      checkKey(options.key),
-      checkPath(Input.orDefault(options.path, "/admin")),
-      Input.int("maxBodyBytes", Input.orDefault(options.maxBodyBytes, 64 * 1024), { min: 1024, max: 16 * 1024 * 1024 })
-    ])
-  )
+  const [sha256, path, maxBodyBytes] = yield* Input.orOptionError(check(options))
   const store = yield* KeyAdmin
   const nextId = makeIds()
   const router = yield* HttpRouter.HttpRouter

@@ -283,6 +283,11 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       (path) => `keys.${path}`
     )
   }
+  if (adminKey !== undefined) {
+    sectionIssues(Admin.check({ key: adminKey, path: config.admin?.path }), (path) =>
+      path === "key" ? "admin.keyEnv" : `admin.${path}`
+    )
+  }
   if (file !== undefined && issues.length > 0) return yield* refuseAll(common, file, issues, unlisted)
   const redis =
     redisUrl === undefined

@@ -877,6 +877,38 @@ describe("orchestra serve, the admin routes' options", () => {
   )
 })
 
+describe("orchestra serve, the admin key", () => {
+  it.live("a short admin key is said with the file's other mistakes, naming admin.keyEnv, before anything starts", () =>
+    Effect.gen(function* () {
+      const gateway = write("admin-short-key.json", {
+        server: { port: 0 },
+        gateway: { maxBodyBytes: -1 },
+        admin: { keyEnv: "TEST_ADMIN_KEY" },
+        keys: {}
+      })
+      const result = yield* inProcess(["serve", "--json", "--config", config, "--gateway", gateway], {
+        terminal: false
+      }).pipe(
+        Effect.provideService(
+          ConfigProvider.ConfigProvider,
+          ConfigProvider.fromEnv({ env: { TEST_ADMIN_KEY: "short" } })
+        )
+      )
+      assert.strictEqual(result.code, 2, result.err)
+      // It was found only once the others were fixed: a start for each.
+      assert.deepStrictEqual(
+        JSON.parse(result.out).error.issues.map((issue: { readonly path: string }) => issue.path),
+        ["gateway.maxBodyBytes", "admin.keyEnv"]
+      )
+      assert.include(
+        result.err,
+        "admin.keyEnv: expected an admin key of at least 16 visible ASCII characters (no space or line break)"
+      )
+      assert.notInclude(result.out + result.err, 'short"')
+    })
+  )
+})
+
 describe("orchestra serve, the metrics token", () => {
   const TOKEN = "mt-serve-9e8d7c6b5a41-SECRET"
 
