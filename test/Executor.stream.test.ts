@@ -2025,3 +2025,46 @@ describe("Executor.stream: a resumed step's rate limit", () => {
     })
   )
 })
+
+describe("Executor.stream: a step's rate limit with a prepare", () => {
+  // The estimate was the caller's request's: a step that adds a long system prompt and a token
+  // budget (a domain's) took a fraction of the tokens it sends.
+  it.effect("takes the tokens of the request the step sends, its prepare applied, on every attempt", () =>
+    Effect.gen(function* () {
+      const taken: Array<[string, number | undefined]> = []
+      const limits = Layer.succeed(RateLimits, {
+        acquire: (key, cost) => Effect.sync(() => void taken.push([key, cost?.tokens])),
+        limitsOf: () => undefined
+      })
+      const context = yield* Layer.build(
+        Executor.layerWithStats().pipe(
+          Layer.provideMerge(Mock.layer({ script: [Outcome.fail("Overloaded"), Outcome.succeed("fine")] })),
+          Layer.provideMerge(limits)
+        )
+      )
+      const executor = Context.get(context, Executor.Executor)
+      const a = { ...executor.provider, name: "a" }
+      const b = { ...executor.provider, name: "b" }
+      const prepare = (r: GenerateRequest): GenerateRequest => ({
+        ...r,
+        system: "be terse ".repeat(200),
+        maxTokens: 700
+      })
+      const parts = yield* collect(
+        executor.stream(ask, {
+          steps: [
+            { provider: a, prepare },
+            { provider: b, prepare }
+          ]
+        })
+      )
+      assert.strictEqual(textOf(parts), "fine")
+      const sent = prepare(ask)
+      assert.isAbove(tokensOf(sent), tokensOf(ask) + 700)
+      assert.deepStrictEqual(taken, [
+        ["a", tokensOf(sent)],
+        ["b", tokensOf(sent)]
+      ])
+    })
+  )
+})

@@ -232,9 +232,10 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
   const step = attempt.step
   if (step.rateLimit !== undefined) {
     const at = host.totalAt()
-    // A continuation (resumed) is longer than the request the step's estimate was made of: its own is taken.
+    // The step's estimate is of the caller's request: what the attempt sends (a `prepare`'s system
+    // prompt and token budget, a resumed step's continuation) is estimated on its own.
     const tokens =
-      step.tokens === undefined || attempt.dedupe === undefined
+      step.tokens === undefined || (attempt.dedupe === undefined && step.prepare === undefined)
         ? step.tokens
         : estimateInputTokens(upstream) + (upstream.maxTokens ?? 0)
     yield* step.rateLimit.acquire(step.name, { tokens, waitUntil: at === Infinity ? undefined : at })
