@@ -120,7 +120,10 @@ export interface StreamOptions {
   readonly firstChunkTimeout?: Duration.Input | "none" | undefined
   /** Longest wait for the next chunk while the upstream is being read (a slow consumer does not count). Default 30 s. */
   readonly idleTimeout?: Duration.Input | "none" | undefined
-  /** Deadline of the whole stream, retries, fallbacks and consumer time included. Default 10 minutes. */
+  /**
+   * Deadline of the whole stream, retries, fallbacks and consumer time included, until the provider's whole answer
+   * is read ahead (then delivered whole). Default 10 minutes.
+   */
   readonly totalTimeout?: Duration.Input | "none" | undefined
   /**
    * Continue on the next step after a mid-stream failure (lossy; never past a delivered tool call, nor

@@ -206,6 +206,10 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
     }
 
     const onTotal = (ending: Ending) => {
+      // The provider's whole answer is read ahead (its Finish buffered, its upstream closed): nothing is
+      // left to wait for but the consumer's reading of what is in memory. Cut, the caller lost an answer
+      // its provider gave in time (its breaker records that success, and its tokens were spent).
+      if (ending === "timeout" && current?.finish !== undefined) return
       cutShort(
         ending === "shutdown"
           ? cutByShutdown()
