@@ -713,6 +713,28 @@ describe("CircuitBreaker registry: memory and series (item 17)", () => {
     )
   )
 
+  // A rolling window's reset made an entry for a key it did not hold, at a fresh store key that
+  // maxKeys never evicts: each reset of an unknown key held one for an hour, past maxKeys.
+  it.effect(
+    "rolling: resets of keys never seen hold nothing; a key maxKeys evicted with failures is still cleared",
+    () =>
+      withBreakers({ rolling: { size: 4, failureRate: 0.5 }, maxKeys: 5 }, (breakers) =>
+        Effect.gen(function* () {
+          const k = uniqueKey("rolling-reset")
+          for (let i = 0; i < 200; i++) yield* breakers.reset(`${k}-${i}`)
+          assert.strictEqual(yield* breakers.size, 0, "nothing held for keys never seen")
+          // Two failures in the window of a key, which maxKeys then evicts: its reset must still clear them.
+          yield* repeat(breakers, `${k}-w`, overloaded, 2)
+          for (let i = 0; i < 10; i++) yield* breakers.execute(`${k}-call-${i}`, ok)
+          yield* breakers.reset(`${k}-w`)
+          yield* repeat(breakers, `${k}-w`, ok, 2)
+          assert.strictEqual(yield* breakers.state(`${k}-w`), "closed", "F F S S before the reset would be 50%: open")
+          yield* repeat(breakers, `${k}-w`, overloaded, 2)
+          assert.strictEqual(yield* breakers.state(`${k}-w`), "open")
+        })
+      )
+  )
+
   it.effect("keys that only ever succeed never reach the store: memory is maxKeys, not every key seen", () =>
     Effect.gen(function* () {
       const context = yield* Layer.build(Store.layerStoreMemory({ idleTimeToLive: "1 hour" }))

@@ -482,10 +482,12 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
   const reset: Service["reset"] = Effect.fn("CircuitBreaker.reset")(function* (key: string) {
     if (typeof key !== "string") return yield* badKey(key)
     // In memory the store may still count failures of a key this registry evicted: the entry
-    // comes back to move it to a fresh store key. Not on the fast path: only a clean key is let go
-    // there (its store streak is 0, nothing to clear), and an entry made here, at a new store key,
+    // comes back to move it to a fresh store key. Only then: an entry made here, at a new store key,
     // is one maxKeys can never evict (resets of unknown keys would grow the registry for an hour).
-    const entry = backend.shared || fast ? registry.get(key) : entryFor(key, clock.currentTimeMillisUnsafe())
+    // Not on the fast path: only a clean key is let go there (its store streak is 0, nothing to clear).
+    const now = clock.currentTimeMillisUnsafe()
+    const entry =
+      registry.get(key) ?? (backend.shared || fast || !registry.mayCountUnheld(now) ? undefined : entryFor(key, now))
     if (backend.shared) yield* backend.reset(entry?.storeKey ?? key)
     if (entry === undefined) return
     yield* registry.cancelTimer(key)

@@ -170,13 +170,19 @@ export const makeRegistry = Effect.fnUntraced(function* (
     for (const entry of entries.values()) if (idle(entry, now)) evict(entry)
   }
 
+  // When `makeRoom` last let a key go: the store may hold its counts until `idleTimeToLive` after.
+  let roomMadeAt = Number.NEGATIVE_INFINITY
+
   // Second chance: a key used since the last scan moves to the back once; a full
   // registry of keys that cannot go (open, isolated, in flight) grows past maxKeys.
   const makeRoom = () => {
     let budget = entries.size
     for (const entry of entries.values()) {
       if (budget-- <= 0) return
-      if (!entry.touched && spare(entry)) return evict(entry)
+      if (!entry.touched && spare(entry)) {
+        roomMadeAt = clock.currentTimeMillisUnsafe()
+        return evict(entry)
+      }
       entry.touched = false
       entries.delete(entry.key)
       entries.set(entry.key, entry)
@@ -347,6 +353,11 @@ export const makeRegistry = Effect.fnUntraced(function* (
     entryFor,
     /** The key's entry if held. */
     get: (key: string): Entry | undefined => entries.get(key),
+    /**
+     * Whether the store may still count calls of a key this registry does not hold: only one
+     * `maxKeys` let go less than `idleTimeToLive` ago (an idle key's the store has forgotten too).
+     */
+    mayCountUnheld: (now: number): boolean => now - roomMadeAt < idleTimeToLive,
     entryOfStoreKey,
     hold,
     moveStoreKey,
