@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Stream } from "effect"
+import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Stream } from "effect"
 import * as PersistenceRedis from "effect/persistence/Redis"
 import * as AiError from "../src/AiError.js"
 import { CircuitOpenError, modelError } from "../src/AiError.js"
@@ -283,6 +283,41 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
           "the view to open"
         )
       })
+  )
+
+  // Each refusal's open end (Redis time, a round trip ago) differs by a millisecond or so from the
+  // last: the key's watcher was interrupted and forked again for every refused call.
+  it.live("refused calls on an open circuit do not restart its watcher", () =>
+    Effect.gen(function* () {
+      const server = yield* startRedis
+      const waits: Array<number> = []
+      const clock = yield* Clock.Clock
+      const counting: Clock.Clock = Object.create(clock, {
+        sleep: {
+          value: (duration: Duration.Duration) => {
+            waits.push(Duration.toMillis(duration))
+            return clock.sleep(duration)
+          }
+        }
+      })
+      const breakers = yield* build(server, {
+        prefix: `${uniqueKey("p")}:`,
+        failMax: 1,
+        resetTimeout: "2 minutes",
+        redis: quietRedis
+      }).pipe(Effect.provideService(Clock.Clock, counting))
+      const key = uniqueKey("watched")
+      yield* Effect.exit(breakers.execute(key, overloaded))
+      for (let i = 0; i < 40; i++) {
+        const refused = yield* Effect.flip(breakers.execute(key, ok))
+        assert.strictEqual(refused._tag === "CircuitOpenError" && refused.state, "open")
+        yield* Effect.sleep("2 millis")
+      }
+      // The watcher's wait for the open end (the sweep waits an hour, Redis calls their deadline).
+      const watcherWaits = waits.filter((ms) => ms > 100_000 && ms <= 120_000)
+      assert.isAtLeast(watcherWaits.length, 1)
+      assert.isAtMost(watcherWaits.length, 2, `${watcherWaits.length} waits started`)
+    })
   )
 
   it.live("half-open with no traffic, one probe across processes; its success closes the circuit for all", () =>

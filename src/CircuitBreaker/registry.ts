@@ -100,6 +100,9 @@ export interface Entry extends Counts {
 
 const noop = () => {}
 
+// How far apart two answers of a shared store may place the same open end: a round trip and its jitter.
+const sameOpenEndMillis = 1_000
+
 /**
  * Builds the registry; the layer's scope owns its timers, series and stream.
  *
@@ -280,6 +283,22 @@ export const makeRegistry = Effect.fnUntraced(function* (
       return from !== "half-open" || !FiberMap.hasUnsafe(sleepers, entry.key) ? arm(entry) : undefined
     }
     const known = from === "open" && entry.openUntil === openUntil
+    // A shared store's refusals tell the same open end a round trip apart (its time, read here after
+    // its answer): one a little earlier is that end; a later one, the running watcher waits for (it
+    // sleeps on when it wakes before it). Restarted for each, it was a fiber forked per refused call.
+    if (
+      !known &&
+      from === "open" &&
+      openUntil > entry.openUntil - (shared ? sameOpenEndMillis : 0) &&
+      FiberMap.hasUnsafe(sleepers, entry.key)
+    ) {
+      if (openUntil > entry.openUntil) {
+        entry.openUntil = openUntil
+        entry.seq++
+      }
+      if (openUntil > entry.holdUntil) entry.holdUntil = openUntil
+      return undefined
+    }
     if (entry.openUntil !== openUntil) {
       entry.openUntil = openUntil
       entry.seq++
