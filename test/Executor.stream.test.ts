@@ -1763,6 +1763,38 @@ describe("Executor.stream: a total deadline passing once the whole answer is rea
   )
 })
 
+describe("Executor.stream: an upstream whose close fails after its Finish", () => {
+  // Closed at its Finish by the producer, an upstream whose finalizer failed ended the stream with a
+  // StreamInterruptedError after the consumer had its Finish (two outcomes), counted a failure.
+  it.effect("ends complete: the consumer's Finish is the stream's end, counted a success", () =>
+    Effect.gen(function* () {
+      const provider: Service = {
+        name: "p",
+        defaultModel: "m",
+        generate: () => Effect.die("unused"),
+        embed: () => Effect.die("unused"),
+        stream: () =>
+          Stream.make<[StreamPart, StreamPart]>(
+            { _tag: "TextDelta", text: "a" },
+            { _tag: "Finish", finishReason: "stop", usage: usage(1, 1), provider: "p", model: "m" }
+          ).pipe(Stream.ensuring(Effect.die("the connection's release threw")))
+      }
+      yield* withExecutorOver(provider, (executor) =>
+        Effect.gen(function* () {
+          const tags: Array<string> = []
+          const exit = yield* Effect.exit(
+            Stream.runForEach(executor.stream(ask), (p) => Effect.sync(() => tags.push(p._tag)))
+          )
+          assert.deepStrictEqual(tags, ["TextDelta", "Finish"])
+          assert.isTrue(Exit.isSuccess(exit), String(Exit.isFailure(exit) && exit.cause))
+          const stats = yield* executor.stats()
+          assert.deepStrictEqual([stats.successes, stats.failuresByReason], [1, {}])
+        })
+      )
+    })
+  )
+})
+
 describe("Executor.stream: a deadline after a tool call and no text", () => {
   // The consumer holds the call: a TimeoutError without text reads as retryable (`isRetryable`,
   // `shouldFallback`), so an outer retry would run the stream again and deliver the call twice.

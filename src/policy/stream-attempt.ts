@@ -321,7 +321,9 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
   }
   attempt.watch.arm(undefined)
   if (attempt.finish === undefined) return yield* NoFinish(step.name)
-  yield* Scope.close(upstreamScope, Exit.void)
+  // The answer is whole: a finalizer of the upstream's that fails (its connection's release) is no
+  // outcome of the stream, whose consumer may already hold the Finish, nor a failure of its provider.
+  yield* Effect.exit(Scope.close(upstreamScope, Exit.void))
 })
 
 const producer = (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
