@@ -1372,6 +1372,46 @@ describe("ResponseCache: inputs", () => {
       assert.deepStrictEqual(results.map((r) => r.source).sort(), ["miss", "shared"])
     })
   )
+
+  it.effect("a fiber a computation started that asks for the key after the computation ended is no recursion", () =>
+    Effect.gen(function* () {
+      const cache = yield* makeCache({ ttl: "1 minute" })
+      const later = yield* Deferred.make<Exit.Exit<ResponseCache.Computed, AiError>>()
+      // A background job the computation leaves behind (a refresh a minute later, a prefetch): the key's
+      // computation is over when it asks, so there is nothing of its own to wait for.
+      const compute = Effect.as(
+        Effect.forkDetach(
+          Effect.sleep("2 minutes").pipe(
+            Effect.andThen(Effect.exit(cache.getOrCompute("k", Effect.succeed(response("refreshed"))))),
+            Effect.flatMap((exit) => Deferred.succeed(later, exit))
+          )
+        ),
+        response("first")
+      )
+      assert.strictEqual((yield* cache.getOrCompute("k", compute)).source, "miss")
+      // And another key's, asked from there, waits for no computation of the first.
+      const other = yield* Deferred.make<Exit.Exit<ResponseCache.Computed, AiError>>()
+      const computeOther = Effect.as(
+        Effect.forkDetach(
+          Effect.sleep("2 minutes").pipe(
+            Effect.andThen(Effect.exit(cache.getOrCompute("o", Effect.succeed(response("o"))))),
+            Effect.flatMap((exit) => Deferred.succeed(other, exit))
+          )
+        ),
+        response("x")
+      )
+      assert.strictEqual((yield* cache.getOrCompute("x", computeOther)).source, "miss")
+      yield* TestClock.adjust("3 minutes")
+      const exit = yield* Deferred.await(later)
+      assert.isTrue(Exit.isSuccess(exit), String(exit))
+      assert.deepStrictEqual(Exit.isSuccess(exit) ? exit.value : undefined, {
+        value: response("refreshed"),
+        source: "miss"
+      })
+      const exitOther = yield* Deferred.await(other)
+      assert.isTrue(Exit.isSuccess(exitOther), String(exitOther))
+    })
+  )
 })
 
 describe("ResponseCache (memory): a compute of the caller's own answering what is not an answer", () => {

@@ -16,11 +16,13 @@ import type { Origin } from "../ResponseCache.js"
 import * as Checks from "./checks.js"
 
 // The computations the current fiber runs within (a fiber it starts inherits them): a table's
-// computation of a key it would join is its own, and joining it waited for itself.
+// computation of a key it would join is its own, and joining it waited for itself. One that has ended
+// is no longer: a fiber it left behind (a refresh a minute later) asking for its key waits for nothing of its own.
 interface Computing {
   readonly table: object
   readonly key: string
   readonly parent: Computing | undefined
+  ended: boolean
 }
 
 const Computing = Context.Reference<Computing | undefined>("effect-orchestra/ResponseCache/Computing", {
@@ -29,15 +31,15 @@ const Computing = Context.Reference<Computing | undefined>("effect-orchestra/Res
 
 const isComputing = (computing: Computing | undefined, table: object, key: string): boolean => {
   for (let at = computing; at !== undefined; at = at.parent) {
-    if (at.table === table && at.key === key) return true
+    if (at.table === table && at.key === key && !at.ended) return true
   }
   return false
 }
 
-// The innermost of a table's computations the current fiber runs within.
+// The innermost of a table's computations still running that the current fiber runs within.
 const innermost = (computing: Computing | undefined, table: object): Computing | undefined => {
   for (let at = computing; at !== undefined; at = at.parent) {
-    if (at.table === table) return at
+    if (at.table === table && !at.ended) return at
   }
   return undefined
 }
@@ -146,13 +148,13 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
         const compute = computes.get(key)
         computes.delete(key)
         if (compute === undefined) return Effect.die(`no computation for cache key ${key}`)
+        const computing: Computing = { table: computes, key, parent: fiber.getRef(Computing), ended: false }
         running.add(fiber)
-        fiber.addObserver(() => running.delete(fiber))
-        return Effect.provideService(compute, Computing, {
-          table: computes,
-          key,
-          parent: fiber.getRef(Computing)
-        }).pipe(Effect.tap(makeRoom))
+        fiber.addObserver(() => {
+          running.delete(fiber)
+          computing.ended = true
+        })
+        return Effect.provideService(compute, Computing, computing).pipe(Effect.tap(makeRoom))
       }),
     {
       // The core `Cache` evicts by insertion order whatever the entry: a running computation
