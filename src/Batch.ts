@@ -171,7 +171,10 @@ export interface RunOptions {
    * callback's rejection) is logged once and ignored.
    */
   readonly onProgress?: ((event: ProgressEvent) => void) | undefined
-  /** The same events as an Effect; the batch waits for it. A failure is logged once and ignored. */
+  /**
+   * The same events as an Effect; the batch waits for it. A failure is logged once and ignored. An item's
+   * permit of the shared limit is given back before its outcome's event: a slow one holds up this batch only.
+   */
   readonly onEvent?: ((event: ProgressEvent) => Effect.Effect<void>) | undefined
   /**
    * Completes when the batch should stop: running calls are interrupted, the rest never start

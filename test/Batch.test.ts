@@ -1494,6 +1494,31 @@ describe("Batch permits, batches without callbacks (items started from JavaScrip
     })
   )
 
+  it.effect("an item's permit goes back once its outcome is decided, not after a slow onEvent of that outcome", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* makeOrchestra({ a: { latency: "100 millis" } }, { maxConcurrent: 1 })
+      // A progress sink that takes 1 s for each outcome (a slow database) in batch A.
+      const a = yield* Effect.forkChild(
+        batch.run(["a0", "a1"], {
+          domain: "d-a",
+          onEvent: (e) => (e._tag === "Succeeded" ? Effect.sleep("1 second") : Effect.void)
+        })
+      )
+      const b = yield* Effect.forkChild(batch.run(["b0"], { domain: "d-a" }))
+      yield* TestClock.adjust("1 minute")
+      const [ra, rb] = [yield* Fiber.join(a), yield* Fiber.join(b)]
+      assert.deepStrictEqual(
+        [...ra.results, ...rb.results].map((r) => r.status),
+        ["success", "success", "success"]
+      )
+      // a0 answered at 100 ms: B's item took the permit then, not once A's sink was done with a0 (1,100 ms).
+      assert.strictEqual(rb.elapsedMs, 200)
+      assert.strictEqual(rb.stats.queueWait.max, 100)
+      // A itself waits for its sink (its one worker takes a1 at 1,100 ms), and ends once it is done with a1.
+      assert.strictEqual(ra.elapsedMs, 2200)
+    })
+  )
+
   it.effect("a silent batch interrupted while queued, and one cancelled mid-run, give every permit back", () =>
     Effect.gen(function* () {
       const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })

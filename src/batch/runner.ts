@@ -370,10 +370,14 @@ export const run = Effect.fnUntraced(function* (
     // interruption of the pool that follows the cancellation ends this worker.
     if (cancelled) return Effect.never
     const takenAt = clock.currentTimeMillisUnsafe()
-    return gate.withPermit(
-      Effect.flatMap(
-        Effect.suspend(() => started(index, takenAt)),
-        () => Effect.flatMap(Effect.exit(Effect.suspend(() => callItem(index))), (exit) => settle(index, exit))
+    // The outcome is written holding the permit, and its event run once the permit is back: a slow
+    // `onEvent` must not keep the manager's shared limit from the other batches' items.
+    return Effect.flatten(
+      gate.withPermit(
+        Effect.flatMap(
+          Effect.suspend(() => started(index, takenAt)),
+          () => Effect.map(Effect.exit(Effect.suspend(() => callItem(index))), (exit) => settle(index, exit))
+        )
       )
     )
   }
