@@ -202,6 +202,8 @@ export interface Service {
   /**
    * One outcome per item, in input order. Fails only when the batch as a whole is invalid
    * (`items` not an array or longer than `maxItems`, or a wrong option): an `InvalidRequest` naming the field.
+   * Interrupted (rather than stopped with `cancel`), the run ends without a result: its running calls are
+   * interrupted, and the outcomes of the items already done are not returned (`cancel` keeps them).
    */
   readonly run: (items: ReadonlyArray<Item>, options?: RunOptions) => Effect.Effect<BatchResult, ModelError>
   /**
