@@ -502,7 +502,7 @@ describe("createOrchestra: dispose() has a bound of its own", () => {
     assert.deepStrictEqual(unhandled, [])
   })
 
-  it("a stream still running when it passes ends then with ShuttingDownError, as a call does: it ran on up to shutdownDeadline", async () => {
+  it("a call or stream still running when it passes ends then with ShuttingDownError saying so: a stream ran on up to shutdownDeadline", async () => {
     const { control, provider } = Effect.runSync(
       Mock.make({ name: `facade-rebuild-${++mocks}`, script: [Mock.Outcome.hang(), Mock.Outcome.hang()] })
     )
@@ -530,7 +530,11 @@ describe("createOrchestra: dispose() has a bound of its own", () => {
     }
     const disposed = await typed(orchestra.dispose())
     assert.include(disposed.message, "did not finish within 50ms")
-    assert.strictEqual((await call)._tag, "ShuttingDownError")
+    const cut = await call
+    assert.strictEqual(cut._tag, "ShuttingDownError")
+    // It was admitted and ran: not told it came after dispose() ("admits no new calls").
+    assert.notInclude(cut.message, "no new calls")
+    assert.include(cut.message, "still running when dispose() ended it")
     const ended = await Promise.race([
       stream,
       new Promise<"pending">((resolve) => setTimeout(() => resolve("pending"), 2_000).unref())

@@ -111,7 +111,10 @@ export const makeRejections = (env: Env) => {
     }
     if (aborted !== undefined) return new OrchestraError(aborted)
     if (Cause.hasInterruptsOnly(cause)) {
-      return disposed ? shuttingDown() : new OrchestraError(new AbortedError({ message: "the call was interrupted" }))
+      // Only `dispose()` interrupts a call once it has begun (its bound passed): the call had been admitted.
+      return disposed
+        ? shuttingDown("the call was still running when dispose() ended it (its disposeTimeout passed)")
+        : new OrchestraError(new AbortedError({ message: "the call was interrupted" }))
     }
     return asError(Cause.squash(cause))
   }
