@@ -194,8 +194,9 @@ export interface FacadeOptions {
   /**
    * The bound of `dispose()` as a whole (the executor's drain, then every layer's release): once it has
    * passed, `dispose()` rejects with an {@link OrchestraError} whose `error` is a `ModelError` (reason
-   * `Unknown`) naming what had not finished; the calls still running (streams included) end with `ShuttingDownError`, and a
-   * release that never ends goes on in the background. Default 30 seconds (above the executor's default
+   * `Unknown`) naming what had not finished; the calls still running (streams included) end with
+   * `ShuttingDownError`, a batch still running resolves with its running items `cancelled`, and a release
+   * that never ends goes on in the background. Default 30 seconds (above the executor's default
    * `shutdownDeadline` of 10); `Infinity`: no bound.
    */
   readonly disposeTimeout?: Duration.Input | undefined

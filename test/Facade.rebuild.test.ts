@@ -11,6 +11,7 @@ import { ModelError } from "../src/AiError.js"
 import { AbortedError, createOrchestra, type FacadeError, OrchestraError } from "../src/Facade.js"
 import { makeCreateOrchestra } from "../src/facade/orchestra.js"
 import * as Input from "../src/Input.js"
+import type * as Batch from "../src/Batch.js"
 import { ModelProvider } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
@@ -543,6 +544,39 @@ describe("createOrchestra: dispose() has a bound of its own", () => {
     assert.instanceOf(ended, OrchestraError)
     assert.strictEqual((ended as OrchestraError).error._tag, "ShuttingDownError")
     assert.include((ended as OrchestraError).message, "disposeTimeout")
+    assert.deepStrictEqual(unhandled, [])
+  })
+
+  it("a batch still running when it passes resolves then, its running items cancelled: it ran on up to shutdownDeadline", async () => {
+    const { control, provider } = Effect.runSync(
+      Mock.make({ name: `facade-rebuild-${++mocks}`, script: [Mock.Outcome.hang(), Mock.Outcome.hang()] })
+    )
+    const orchestra = createOrchestra(
+      Orchestra.layer({
+        providers: { main: Layer.succeed(ModelProvider, provider) },
+        executor: { shutdownDeadline: "1 minute" }
+      }),
+      { disposeTimeout: "50 millis" }
+    )
+    await orchestra.metrics()
+    const batch = orchestra.batch(["a", "b"], { concurrency: 2 })
+    for (let i = 0; i < 200 && Effect.runSync(control.calls) < 2; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+    assert.include((await typed(orchestra.dispose())).message, "did not finish within 50ms")
+    const result = await Promise.race([
+      batch,
+      new Promise<"pending">((resolve) => setTimeout(() => resolve("pending"), 2_000).unref())
+    ])
+    assert.notStrictEqual(result, "pending", "the batch resolved with dispose()'s bound")
+    const { results } = result as Batch.BatchResult
+    assert.deepStrictEqual(
+      results.map((item) => [item.status, item.ran]),
+      [
+        ["cancelled", true],
+        ["cancelled", true]
+      ]
+    )
     assert.deepStrictEqual(unhandled, [])
   })
 })

@@ -107,8 +107,15 @@ const streamOf = Effect.fnUntraced(function* (request: GenerateRequest, checked:
   return (yield* Router).stream(request, raw.domain as string | ReadonlyArray<string>, options)
 })
 
-/** A batch that `signal` or `timeout` cancels: the result names the items that never ran. @internal */
-export const batch = Effect.fn("Facade.batch")(function* (items: ReadonlyArray<Item>, checked: Checked) {
+/**
+ * A batch that `signal` or `timeout` cancels: the result names the items that never ran. `ended` (the
+ * manager's, aborted once `dispose()`'s bound has passed) cancels it too: its running items end then. @internal
+ */
+export const batch = Effect.fn("Facade.batch")(function* (
+  items: ReadonlyArray<Item>,
+  checked: Checked,
+  ended: AbortSignal
+) {
   const runner = yield* Batch
   const {
     signal: _signal,
@@ -119,17 +126,27 @@ export const batch = Effect.fn("Facade.batch")(function* (items: ReadonlyArray<I
     readonly timeout?: unknown
   }
   const signal = checked.signal
-  if (signal === undefined && checked.timeout === undefined) return yield* runner.run(items, options)
   const cancelled = yield* Deferred.make<void>()
   const onAbort = () => Deferred.doneUnsafe(cancelled, Exit.void)
   // A zero timeout: the call's timeout passed while the manager was being built.
   let listening: Disposable | undefined
+  let ending: Disposable | undefined
   if (signal?.aborted || (checked.timeout !== undefined && Duration.isZero(checked.timeout))) onAbort()
-  else if (signal !== undefined) listening = addAbortListener(signal, onAbort)
-  const deadline = checked.timeout === undefined ? Effect.never : Effect.sleep(checked.timeout)
+  else {
+    if (signal !== undefined) listening = addAbortListener(signal, onAbort)
+    ending = addAbortListener(ended, onAbort)
+  }
+  const deadline = checked.timeout === undefined ? undefined : Effect.sleep(checked.timeout)
   // An abort (from `onProgress`, say) completes the cancel inside the abort: the batch stops
   // starting items then (`batch/runner.ts`), not once its loop yields.
-  return yield* runner
-    .run(items, { ...options, cancel: Effect.raceFirst(Deferred.await(cancelled), deadline) })
-    .pipe(Effect.ensuring(Effect.sync(() => listening?.[Symbol.dispose]())))
-}) as (items: ReadonlyArray<Item>, checked: Checked) => Effect.Effect<BatchResult, AiError, Batch>
+  const cancel =
+    deadline === undefined ? Deferred.await(cancelled) : Effect.raceFirst(Deferred.await(cancelled), deadline)
+  return yield* runner.run(items, { ...options, cancel }).pipe(
+    Effect.ensuring(
+      Effect.sync(() => {
+        listening?.[Symbol.dispose]()
+        ending?.[Symbol.dispose]()
+      })
+    )
+  )
+}) as (items: ReadonlyArray<Item>, checked: Checked, ended: AbortSignal) => Effect.Effect<BatchResult, AiError, Batch>

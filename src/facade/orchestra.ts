@@ -7,10 +7,11 @@
  * @internal
  */
 import { type Clock, type Layer, Result } from "effect"
+import type { Item } from "../Batch.js"
 import type { FacadeOptions, Orchestra, ParallelOptions, Prompt } from "../Facade.js"
 import type { Services } from "../Orchestra.js"
 import * as Calls from "./calls.js"
-import { embedRequestOf, Keys, requestOf, withDomains } from "./input.js"
+import { type Checked, embedRequestOf, Keys, requestOf, withDomains } from "./input.js"
 import { type Env, makeRejections } from "./rejection.js"
 import { makeRun } from "./run.js"
 import { makeManager } from "./runtime.js"
@@ -31,6 +32,7 @@ export const makeCreateOrchestra = (env: Env, clock?: Clock.Clock) => {
     const manager = makeManager(rejections, layer, options, clock)
     const run = makeRun(rejections, manager)
     const { stats, resetStats, metrics } = makeStats(rejections, manager, run)
+    const batch = (items: ReadonlyArray<Item>, checked: Checked) => Calls.batch(items, checked, manager.ended)
     return {
       execute: (prompt, options) => run(options, Keys.execute, (c) => requestOf(prompt, c.context), Calls.execute),
       executeWithFallback: (prompt, domains, options) =>
@@ -56,7 +58,7 @@ export const makeCreateOrchestra = (env: Env, clock?: Clock.Clock) => {
         ),
       // The signal and the timeout cancel the batch (its result names the items that never ran), not the
       // promise. Its items are read as the batch reaches them (a batch of 100k reads one at a time).
-      batch: (items, options) => run(options, Keys.batch, () => Result.succeed(items), Calls.batch, true),
+      batch: (items, options) => run(options, Keys.batch, () => Result.succeed(items), batch, true),
       stream: makeStream(rejections, manager),
       embed: (input, options) => run(options, Keys.embed, () => embedRequestOf(input), Calls.embed),
       stats,

@@ -174,6 +174,11 @@ export interface Manager {
    * `shutdownDeadline`).
    */
   readonly streams: Set<() => void>
+  /**
+   * Aborted once `dispose()`'s bound has passed: it cancels the batches still running then (a batch is
+   * no fiber of `running`, and interrupted it would lose its items' outcomes), so that each resolves.
+   */
+  readonly ended: AbortSignal
   /** The built manager, building it (again, once a failed build's backoff has passed) if need be. */
   readonly servicesOf: () => Promise<Context.Context<Services>>
   readonly dispose: () => Promise<void>
@@ -281,14 +286,20 @@ export const makeManager = (
       const calls = running.size + streams.size
       // Nothing should be left once the executor has drained; anything that is ends now.
       for (const fiber of running) fiber.interruptUnsafe()
-      for (const end of streams) end()
-      if (exit === timedOut) throw new OrchestraError(unfinished(calls))
+      if (exit === timedOut) {
+        // Past the bound, what the drain has not ended ends now too; a batch still refusing its queued
+        // items after a drain that ended is left to give each its outcome.
+        for (const end of streams) end()
+        ending.abort()
+        throw new OrchestraError(unfinished(calls))
+      }
       // The scope ran every finalizer whatever one of them did: only then is a failure told.
       if (Exit.isFailure(exit)) throw new OrchestraError(releaseFailure(exit.cause))
     })
     return manager.disposing
   }
 
+  const ending = new AbortController()
   const manager: { -readonly [K in keyof Manager]: Manager[K] } = {
     clock: managerClock,
     services: undefined,
@@ -297,6 +308,7 @@ export const makeManager = (
     seriesAtDispose: undefined,
     running: new Set(),
     streams: new Set(),
+    ended: ending.signal,
     servicesOf,
     dispose
   }
