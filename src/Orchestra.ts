@@ -177,7 +177,7 @@ export const domainsOf = (options: {
     if (unknown !== -1) {
       return Result.fail({
         path: `${entries[unknown]!.path}.provider`,
-        message: `no provider named "${checked.success[unknown]!.provider}" (given: ${known.join(", ")})`
+        message: `no provider named ${Input.shown(checked.success[unknown]!.provider)} (given: ${known.join(", ")})`
       })
     }
     // A gateway reads a `model` as a domain first, then as `provider/model`: a domain named
@@ -188,13 +188,16 @@ export const domainsOf = (options: {
     const [provider, model] = providerModelOf(name, known)!
     return Result.fail({
       path: `${entries[shadowing]!.path}.name`,
-      message: `"${name}" reads as the model "${model}" of provider "${provider}" (a gateway's provider/model name): give the domain a name that does not start with "${provider}/"`
+      message: `${Input.shown(name)} reads as the model ${Input.shown(model)} of provider "${provider}" (a gateway's provider/model name): give the domain a name that does not start with "${provider}/"`
     })
   }
   const at = /^domains\[(\d+)\](.*)$/.exec(checked.failure.path)
   const origin = at === null ? undefined : entries[Number(at[1])]
   return origin === undefined ? checked : Result.fail({ ...checked.failure, path: `${origin.path}${at![2]}` })
 }
+
+// A key a path may show as it is: short, without a quote, backslash or control character.
+const plainName = (key: string): boolean => key.length <= 80 && !/["\\\p{Cc}]/u.test(key)
 
 // A domain names its provider by key (a trimmed, non-empty name), and a gateway splits `provider/model` at
 // the first "/": a key outside both could never be named, and the mistake was reported at a predefined
@@ -203,9 +206,11 @@ const providerKeyIssue = (key: string): Input.Issue | undefined =>
   key.length > 0 && key.trim() === key && !key.includes("/")
     ? undefined
     : {
-        path: `providers.${key}`,
-        message: `expected a provider key such as "main" (not empty, no leading or trailing spaces, no "/"), got ${JSON.stringify(key)}`
+        path: providerPath(key),
+        message: `expected a provider key such as "main" (not empty, no leading or trailing spaces, no "/"), got ${Input.shown(key)}`
       }
+
+const providerPath = (key: string): string => `providers.${plainName(key) ? key : Input.shown(key)}`
 
 // The provider and model a name reads as, split at its first "/" as a gateway splits a `model`.
 const providerModelOf = (
@@ -242,11 +247,11 @@ const limitsNameProviders = (limits: RateLimit.Options): Layer.Layer<never, Inpu
       const renamed = named.get(unknown)
       return yield* Input.orOptionError(
         Result.fail({
-          path: `rateLimits.providers.${unknown}`,
+          path: `rateLimits.providers.${plainName(unknown) ? unknown : Input.shown(unknown)}`,
           message:
             renamed === undefined
-              ? `no provider named "${unknown}" (named: ${[...names].join(", ")})`
-              : `provider "${unknown}" is named "${renamed}": its limits go under that name`
+              ? `no provider named ${Input.shown(unknown)} (named: ${[...names].join(", ")})`
+              : `provider ${Input.shown(unknown)} is named ${Input.shown(renamed)}: its limits go under that name`
         })
       )
     })
@@ -307,7 +312,7 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
         if (!isLayer(provider)) {
           return yield* Effect.fail(
             new Input.OptionError({
-              path: `providers.${name}`,
+              path: providerPath(name),
               message: `expected a provider layer (Mock.layer(), OpenAiCompat.layer(...)), got ${Input.kindOf(provider)}`
             })
           )
@@ -332,7 +337,7 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
         return yield* Input.orOptionError(
           Result.fail({
             path: "defaultProvider",
-            message: `no provider named "${defaultProvider}" (given: ${names.join(", ")})`
+            message: `no provider named ${Input.shown(defaultProvider)} (given: ${names.join(", ")})`
           })
         )
       }

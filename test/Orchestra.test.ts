@@ -41,6 +41,36 @@ const configError = (options: Orchestra.Options<Record<string, Layer.Layer<Model
   Effect.flip(Layer.build(Orchestra.layer(options)))
 
 describe("Orchestra.layer: domains", () => {
+  it.effect(
+    "a name in an OptionError is quoted and bounded, as every other check shows one: a line break forged a log line, a long one went whole in",
+    () =>
+      Effect.gen(function* () {
+        const main = Layer.succeed(ModelProvider, (yield* Mock.make({ name: "main" })).provider)
+        const long = "x".repeat(100_000)
+        const forged = "nope\nERROR payments down"
+        for (const [options, path] of [
+          [{ providers: { main }, defaultProvider: long as never }, "defaultProvider"],
+          [{ providers: { main }, defaultProvider: forged as never }, "defaultProvider"],
+          [{ providers: { main }, domains: [{ name: "d", provider: long }] }, "domains[0].provider"],
+          [{ providers: { main }, domains: [{ name: "d", provider: forged }] }, "domains[0].provider"],
+          [{ providers: { main }, domains: [{ name: `main/${long}`, provider: "main" }] }, "domains[0].name"],
+          [{ providers: { main }, rateLimits: { providers: { [forged]: { requestsPerMinute: 5 } } } }, undefined],
+          // A provider key no domain can name (a leading space), or no layer.
+          [{ providers: { main, [` ${long}`]: main } }, undefined],
+          [{ providers: { main, [forged]: "a layer" as never } }, undefined]
+        ] as const) {
+          const error = yield* configError(options as never)
+          assert.strictEqual(error._tag, "OptionError")
+          if (path !== undefined) assert.strictEqual((error as { readonly path: string }).path, path)
+          assert.isBelow(error.message.length, 600, error.message.slice(0, 200))
+          assert.notInclude(error.message, "\n", error.message)
+        }
+        // A plain name reads as before.
+        const plain = yield* configError({ providers: { main }, defaultProvider: "nope" as never })
+        assert.include(plain.message, 'no provider named "nope" (given: main)')
+      })
+  )
+
   it.effect("a manager without domains serves the predefined ones on its default provider", () =>
     Effect.gen(function* () {
       const { router, controls } = yield* build({ main: {}, other: {} })
