@@ -147,7 +147,7 @@ export const domainsOf = (options: {
       const builtIn = options.domains === undefined && predefinedNames.includes(name)
       return Result.fail({
         path: `extraDomains[${i}].name`,
-        message: `"${name}" is already a ${builtIn ? "predefined " : ""}domain: extraDomains only adds (use overrideDomains to replace it)`
+        message: `${Input.shown(name)} is already a ${builtIn ? "predefined " : ""}domain: extraDomains only adds (use overrideDomains to replace it)`
       })
     }
     entries.push({ domain, path: `extraDomains[${i}]` })
@@ -156,7 +156,7 @@ export const domainsOf = (options: {
   for (const [i, domain] of (options.overrideDomains ?? []).entries()) {
     const name = nameOf(domain)
     if (name !== undefined && overridden.has(name)) {
-      return Result.fail({ path: `overrideDomains[${i}].name`, message: `duplicate domain "${name}"` })
+      return Result.fail({ path: `overrideDomains[${i}].name`, message: `duplicate domain ${Input.shown(name)}` })
     }
     overridden.add(name)
     const at = name === undefined ? -1 : entries.findIndex((e) => nameOf(e.domain) === name)

@@ -57,7 +57,26 @@ describe("Orchestra.layer: domains", () => {
           [{ providers: { main }, rateLimits: { providers: { [forged]: { requestsPerMinute: 5 } } } }, undefined],
           // A provider key no domain can name (a leading space), or no layer.
           [{ providers: { main, [` ${long}`]: main } }, undefined],
-          [{ providers: { main, [forged]: "a layer" as never } }, undefined]
+          [{ providers: { main, [forged]: "a layer" as never } }, undefined],
+          // A domain named twice.
+          [
+            {
+              providers: { main },
+              domains: [{ name: forged, provider: "main" }],
+              extraDomains: [{ name: forged, provider: "main" }]
+            },
+            "extraDomains[0].name"
+          ],
+          [
+            {
+              providers: { main },
+              overrideDomains: [
+                { name: long, provider: "main" },
+                { name: long, provider: "main" }
+              ]
+            },
+            "overrideDomains[1].name"
+          ]
         ] as const) {
           const error = yield* configError(options as never)
           assert.strictEqual(error._tag, "OptionError")
