@@ -54,8 +54,7 @@ export interface Options extends Http.Options {
 // One path segment: a query, a fragment or a `..` would take the key elsewhere.
 const API_VERSION = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
 
-/** `batchEmbedContents` takes at most 100 requests. */
-const EMBED_BATCH = 100
+const EMBED_BATCH = Wire.embedBatch
 
 const decodeAnswer = Decode.valueDecoder(Wire.GenerateContentResponse)
 const decodeEmbeddings = Decode.valueDecoder(Wire.BatchEmbedResponse)

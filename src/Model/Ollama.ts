@@ -90,8 +90,7 @@ export const finishReasonOf = (reason: string | null | undefined): Model.FinishR
   }
 }
 
-/** Texts a request embeds at most, so that an answer of long vectors stays within `maxResponseBytes`. */
-const EMBED_BATCH = 256
+const EMBED_BATCH = Wire.embedBatch
 
 const decodeChat = Decode.valueDecoder(Wire.ChatAnswer)
 const decodeGenerate = Decode.valueDecoder(Wire.GenerateAnswer)

@@ -126,11 +126,7 @@ const withToolCalls = (reason: Model.FinishReason, toolCalls: number): Model.Fin
 
 const noToolCalls = "the finish reason is tool_calls, but the answer carries no tool call"
 
-/**
- * Texts a request embeds at most: OpenAI pretty-prints ~28 bytes a float, so 256 vectors of
- * 3072 dimensions are ~22 MB, within the default `maxResponseBytes` where 2048 would be ~176 MB.
- */
-const EMBED_BATCH = 256
+const EMBED_BATCH = Wire.embedBatch
 
 // Gemini's OpenAI-compatible endpoint: the one server known to want thought signatures back.
 const googleOpenAiHost = "generativelanguage.googleapis.com"

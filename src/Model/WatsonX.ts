@@ -93,8 +93,7 @@ const versionOf = (input: unknown): Input.Checked<string> => {
       })
 }
 
-/** `/ml/v1/text/embeddings` takes at most 1,000 inputs. */
-const EMBED_BATCH = 1000
+const EMBED_BATCH = Wire.embedBatch
 
 const optionKeys = Http.knownKeys<Options>({
   apiKey: true,

@@ -1337,6 +1337,18 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("an answer of more embeddings than a batch's texts is Decode, counted before they are read", () =>
+      Effect.gen(function* () {
+        const embeddings: Array<unknown> = Array.from({ length: 100_000 }, () => ({ values: [] }))
+        embeddings[5_000] = { values: "x" }
+        const server = yield* Server.make((_, res) => Server.json(res, 200, { embeddings }))
+        const p = yield* provider(server)
+        const error = yield* failing(p.embed({ texts: ["a", "b"] }))
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "embeddings"])
+        assert.include(error.message, "at most 100")
+      })
+    )
+
     it.effect("a count of embeddings that does not match the texts is Decode", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, { embeddings: [{ values: [1] }] }))

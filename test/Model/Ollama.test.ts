@@ -941,6 +941,22 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect(
+      "an answer of more vectors than a batch's texts is Decode on embeddings, counted before they are read",
+      () =>
+        Effect.gen(function* () {
+          // 3 MB of empty vectors cost a second of decoding before their count was checked; one that is no vector
+          // among them shows which came first.
+          const embeddings: Array<unknown> = Array.from({ length: 100_000 }, () => [])
+          embeddings[5_000] = "x"
+          const server = yield* Server.make((_, res) => Server.json(res, 200, { model: "m", embeddings }))
+          const p = yield* provider(server)
+          const error = yield* flipModel(p.embed({ texts: ["a", "b"] }))
+          assert.deepStrictEqual([error.reason, error.field], ["Decode", "embeddings"])
+          assert.include(error.message, "at most 256")
+        })
+    )
+
     it.effect("a wrong number of vectors is Decode on embeddings", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, { model: "m", embeddings: [[1]] }))

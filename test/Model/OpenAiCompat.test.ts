@@ -1853,6 +1853,20 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
     })
   )
 
+  it.effect(
+    "an embeddings answer of more vectors than a batch's texts is Decode on data, counted before they are read",
+    () =>
+      Effect.gen(function* () {
+        const data: Array<unknown> = Array.from({ length: 100_000 }, (_, index) => ({ index, embedding: [] }))
+        data[5_000] = { index: 5_000, embedding: 7 }
+        const server = yield* Server.make((_, res) => Server.json(res, 200, { model: "m", data }))
+        const p = yield* provider(server)
+        const error = yield* flipModel(p.embed({ texts: ["a", "b"] }))
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "data"])
+        assert.include(error.message, "at most 256")
+      })
+  )
+
   it.effect("a streamed tool-call index that is not a small non-negative integer is Decode naming it", () =>
     Effect.gen(function* () {
       const first = `{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}`

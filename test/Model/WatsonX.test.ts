@@ -996,6 +996,20 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
     )
   })
 
+  describe("embeddings: an answer of more vectors than a batch's texts", () => {
+    it.effect("is Decode on results, counted before they are read", () =>
+      Effect.gen(function* () {
+        const results: Array<unknown> = Array.from({ length: 100_000 }, () => ({ embedding: [] }))
+        results[5_000] = { embedding: "x" }
+        const server = yield* makeServer((_, res) => Server.json(res, 200, { model_id: "m", results }))
+        const p = yield* server.provider()
+        const error = yield* failing(p.embed({ texts: ["a", "b"] }))
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "results"])
+        assert.include(error.message, "at most 1000")
+      })
+    )
+  })
+
   describe("embeddings: a bad vector in a later batch", () => {
     it.effect("is named by its index in the answer that had it, with the batch and the input text in the message", () =>
       Effect.gen(function* () {

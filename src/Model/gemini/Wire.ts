@@ -74,13 +74,21 @@ export const GenerateContentResponse = Schema.Struct({
 export type GenerateContentResponse = typeof GenerateContentResponse.Type
 
 /**
- * The answer of `batchEmbedContents`.
+ * `batchEmbedContents` takes at most 100 requests.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const embedBatch = 100
+
+/**
+ * The answer of `batchEmbedContents`: at most {@link embedBatch} embeddings, counted before any is read.
  *
  * @since 0.2.0
  * @category schemas
  */
 export const BatchEmbedResponse = Schema.Struct({
-  embeddings: Schema.Array(Schema.Struct({ values: Schema.Array(Schema.Number) }))
+  embeddings: boundedArray(embedBatch, Schema.Struct({ values: Schema.Array(Schema.Number) }))
 })
 
 /**

@@ -97,12 +97,22 @@ export const GenerateLine = Schema.Struct({
 })
 
 /**
+ * Texts a request embeds at most, so that an answer of long vectors stays within `maxResponseBytes`.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const embedBatch = 256
+
+/**
+ * The answer of `/api/embed`: at most {@link embedBatch} vectors, counted before any is read.
+ *
  * @since 0.2.0
  * @category schemas
  */
 export const EmbedAnswer = Schema.Struct({
   model: Text,
-  embeddings: Schema.Array(Schema.Array(Schema.Number)),
+  embeddings: boundedArray(embedBatch, Schema.Array(Schema.Number)),
   prompt_eval_count: Count
 })
 

@@ -277,14 +277,25 @@ export const isChatChunk = (value: unknown): boolean =>
   isUsage(value.usage)
 
 /**
- * The answer of `/embeddings`: each vector as floats or as base64.
+ * Texts a request embeds at most: OpenAI pretty-prints ~28 bytes a float, so 256 vectors of
+ * 3072 dimensions are ~22 MB, within the default `maxResponseBytes` where 2048 would be ~176 MB.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const embedBatch = 256
+
+/**
+ * The answer of `/embeddings`: each vector as floats or as base64; at most {@link embedBatch}
+ * of them, counted before any is read.
  *
  * @since 0.2.0
  * @category schemas
  */
 export const Embeddings = Schema.Struct({
   model: Text,
-  data: Schema.Array(
+  data: boundedArray(
+    embedBatch,
     Schema.Struct({
       index: Schema.Number,
       embedding: Schema.Union([Schema.Array(Schema.Number), Schema.String])

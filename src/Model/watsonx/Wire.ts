@@ -8,7 +8,7 @@
 import { Duration, Redacted, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
-import { answeredModel, tokenCount } from "../http/decode.js"
+import { answeredModel, boundedArray, tokenCount } from "../http/decode.js"
 import { responseFormatNamePattern } from "../schemas.js"
 
 /**
@@ -86,12 +86,22 @@ export const GenerationAnswer = Schema.Struct({
 })
 
 /**
+ * `/ml/v1/text/embeddings` takes at most 1,000 inputs.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const embedBatch = 1000
+
+/**
+ * The answer of `/ml/v1/text/embeddings`: at most {@link embedBatch} vectors, counted before any is read.
+ *
  * @since 0.2.0
  * @category schemas
  */
 export const EmbeddingsAnswer = Schema.Struct({
   model_id: Schema.optional(Schema.String),
-  results: Schema.Array(Schema.Struct({ embedding: Schema.Array(Schema.Number) })),
+  results: boundedArray(embedBatch, Schema.Struct({ embedding: Schema.Array(Schema.Number) })),
   input_token_count: Count
 })
 
