@@ -260,18 +260,29 @@ describe("chatBody tool messages", () => {
     ]
   })
 
-  it.effect("a tool message with an empty toolCallId names no call: refused naming it, as a missing one is", () =>
-    Effect.gen(function* () {
-      for (const id of [undefined, ""]) {
-        const error = yield* Effect.flip(Wire.chatBody(conversation(id), options))
-        assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "messages[2].toolCallId"], String(id))
-      }
-      const body = yield* Wire.chatBody(conversation("call_0"), options)
-      assert.deepStrictEqual((body["messages"] as Array<unknown>)[2], {
-        role: "tool",
-        tool_call_id: "call_0",
-        content: "sunny"
+  it.effect(
+    "a tool message or a tool call with an empty id names no call: refused naming it, as a missing one is",
+    () =>
+      Effect.gen(function* () {
+        for (const id of [undefined, ""]) {
+          const error = yield* Effect.flip(Wire.chatBody(conversation(id), options))
+          assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "messages[2].toolCallId"], String(id))
+        }
+        // The call it would answer cannot have an empty id either: OpenAI refuses one, after a call.
+        const unnamed = {
+          messages: [
+            { role: "user" as const, content: "weather?" },
+            { role: "assistant" as const, content: "", toolCalls: [{ id: "", name: "weather", arguments: "{}" }] }
+          ]
+        }
+        const call = yield* Effect.flip(Wire.chatBody(unnamed, options))
+        assert.deepStrictEqual([call.reason, call.field], ["InvalidRequest", "messages[1].toolCalls[0].id"])
+        const body = yield* Wire.chatBody(conversation("call_0"), options)
+        assert.deepStrictEqual((body["messages"] as Array<unknown>)[2], {
+          role: "tool",
+          tool_call_id: "call_0",
+          content: "sunny"
+        })
       })
-    })
   )
 })

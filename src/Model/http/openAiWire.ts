@@ -378,6 +378,16 @@ const messageOf = (
       return Result.succeed({ role: "tool", tool_call_id: message.toolCallId, content: message.content })
     case "assistant":
       if (message.toolCalls !== undefined && message.toolCalls.length > 0) {
+        const unnamed = message.toolCalls.findIndex((call) => call.id.length === 0)
+        if (unnamed !== -1) {
+          return Result.fail(
+            invalidRequest(
+              `messages[${index}].toolCalls[${unnamed}].id`,
+              "a tool call needs an id for its result to name (OpenAI refuses an empty one)",
+              provider
+            )
+          )
+        }
         return Result.succeed({
           role: "assistant",
           content: message.content.length === 0 ? null : message.content,
@@ -414,7 +424,7 @@ export const toolsBody = (tools: ReadonlyArray<Model.ToolDefinition>): Array<unk
 
 /**
  * The JSON body of a `/chat/completions` request. A tool message without the id of the call
- * it answers (or with an empty one) is refused (`InvalidRequest` naming it), as is a tool choice naming a tool that is
+ * it answers (or with an empty one), or a tool call with an empty id, is refused (`InvalidRequest` naming it), as is a tool choice naming a tool that is
  * not among the tools, or asking for a call (`"required"`, a named tool) of a request without
  * tools (`"auto"` and `"none"` are then not sent), or a response format's name outside OpenAI's
  * `^[a-zA-Z0-9_-]{1,64}$`.
