@@ -74,6 +74,17 @@ describe("Gemini wire", () => {
     assert.isUndefined(bodyOf({ prompt: "x", toolChoice: "none" })["toolConfig"])
   })
 
+  it("an assistant's tool call without a name is refused naming it (Gemini refuses a functionCall of no name)", () => {
+    const error = refusalOf({
+      messages: [
+        { role: "user", content: "weather?" },
+        { role: "assistant", content: "", toolCalls: [{ id: "c1", name: "", arguments: "{}" }] },
+        { role: "tool", content: "sunny", toolCallId: "c1" }
+      ]
+    })
+    assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "messages[1].toolCalls[0].name"])
+  })
+
   it("a tool conversation: calls are functionCall parts, parallel answers one user turn of functionResponse parts", () => {
     const body = bodyOf({
       system: "Use tools.",

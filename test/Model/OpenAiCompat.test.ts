@@ -402,6 +402,23 @@ for (const [name, client] of [
         })
       )
 
+      it.effect("an assistant's tool call without a name is InvalidRequest naming it, before any call", () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) => Server.json(res, 200, completion("x")))
+          const p = yield* provider(server)
+          // OpenAI and Gemini refuse it after the call; no provider's answer carries one (each is Decode there).
+          const conversation = (name: string) => [
+            { role: "user" as const, content: "weather?" },
+            { role: "assistant" as const, content: "", toolCalls: [{ id: "call_0", name, arguments: "{}" }] },
+            { role: "tool" as const, content: "sunny", toolCallId: "call_0" }
+          ]
+          const error = yield* flipModel(p.generate({ messages: conversation("") }))
+          assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "messages[1].toolCalls[0].name"])
+          assert.lengthOf(yield* server.requests, 0)
+          yield* p.generate({ messages: conversation("weather") })
+        })
+      )
+
       it.effect("a refused connection is Transport", () =>
         Effect.gen(function* () {
           const url = yield* Effect.scoped(Effect.map(Server.make(Server.hang), (s) => s.url))

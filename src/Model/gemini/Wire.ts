@@ -209,6 +209,9 @@ const contentsOf = (
         const calls = message.toolCalls ?? []
         for (let j = 0; j < calls.length; j++) {
           const call = calls[j]!
+          // Gemini refuses a functionCall of no name after a call; no answer carries one (each is Decode there).
+          if (call.name.length === 0)
+            return refuse(`messages[${index}].toolCalls[${j}].name`, "a tool call without a name")
           const args = parseJson(call.arguments)
           if (Result.isFailure(args) || !isPlainObject(args.success)) {
             return refuse(

@@ -378,15 +378,20 @@ const messageOf = (
       return Result.succeed({ role: "tool", tool_call_id: message.toolCallId, content: message.content })
     case "assistant":
       if (message.toolCalls !== undefined && message.toolCalls.length > 0) {
-        const unnamed = message.toolCalls.findIndex((call) => call.id.length === 0)
-        if (unnamed !== -1) {
-          return Result.fail(
-            invalidRequest(
-              `messages[${index}].toolCalls[${unnamed}].id`,
-              "a tool call needs an id for its result to name (OpenAI refuses an empty one)",
-              provider
+        for (let j = 0; j < message.toolCalls.length; j++) {
+          const call = message.toolCalls[j]!
+          // OpenAI refuses either empty, after a call; no answer carries a call of no name (each is Decode there).
+          if (call.id.length === 0 || call.name.length === 0) {
+            return Result.fail(
+              invalidRequest(
+                `messages[${index}].toolCalls[${j}].${call.id.length === 0 ? "id" : "name"}`,
+                call.id.length === 0
+                  ? "a tool call needs an id for its result to name (OpenAI refuses an empty one)"
+                  : "a tool call without a name",
+                provider
+              )
             )
-          )
+          }
         }
         return Result.succeed({
           role: "assistant",
@@ -424,7 +429,7 @@ export const toolsBody = (tools: ReadonlyArray<Model.ToolDefinition>): Array<unk
 
 /**
  * The JSON body of a `/chat/completions` request. A tool message without the id of the call
- * it answers (or with an empty one), or a tool call with an empty id, is refused (`InvalidRequest` naming it), as is a tool choice naming a tool that is
+ * it answers (or with an empty one), or a tool call with an empty id or name, is refused (`InvalidRequest` naming it), as is a tool choice naming a tool that is
  * not among the tools, or asking for a call (`"required"`, a named tool) of a request without
  * tools (`"auto"` and `"none"` are then not sent), or a response format's name outside OpenAI's
  * `^[a-zA-Z0-9_-]{1,64}$`.
