@@ -91,6 +91,39 @@ const agentProto: object = {
 
 const made = (fields: Agent<unknown>): Agent<unknown> => Object.assign(Object.create(agentProto), fields)
 
+/** Marks an agent made with `allowPlainHttpSecrets: true`; enumerable, so that a copy (`{ ...agent }`) keeps it. */
+const plainHttpSecrets: unique symbol = Symbol.for("effect-orchestra/HttpAgent/allowPlainHttpSecrets")
+
+/** An agent made, marked when it was allowed plain http secrets. */
+const madeAllowing = (allowed: boolean, fields: Agent<unknown>): Agent<unknown> => {
+  const agent = made(fields)
+  if (allowed) Object.defineProperty(agent, plainHttpSecrets, { value: true, enumerable: true })
+  return agent
+}
+
+/**
+ * An agent not made by `HttpAgent.agent` (a copy with a field changed, `{ ...agent, url }`, or one written by hand)
+ * checked as that checks one, with the decoding of its own: its fields went unchecked, so a URL with credentials was
+ * sent, a secret header went over plain http, and what could not be sent failed as an `Unknown` error naming no
+ * field. An agent `HttpAgent.agent` made, or one refused already, is returned as it is.
+ *
+ * @internal
+ */
+export const checkCopy = (given: Agent<unknown>, make: (options: AgentOptions) => Agent<unknown>): Agent<unknown> => {
+  if (Object.getPrototypeOf(given) === agentProto || given.issue !== undefined) return given
+  const { copy, issue } = Input.readOwnFields(given, "agent")
+  const again = make({
+    url: copy["url"] as string,
+    name: copy["name"] as string,
+    timeout: copy["timeout"] as Input.DurationInput | undefined,
+    retry: copy["retry"] as RetryPolicy | undefined,
+    headers: copy["headers"] as AgentOptions["headers"],
+    allowPlainHttpSecrets: (given as { readonly [plainHttpSecrets]?: boolean })[plainHttpSecrets] === true || undefined
+  })
+  if (issue !== undefined) return made({ ...again, issue: { ...issue, path: `agent.${issue.path}` } })
+  return again.issue !== undefined ? again : made({ ...again, decode: given.decode })
+}
+
 const agentKeys: ReadonlySet<string> = new Set([
   "url",
   "name",
@@ -210,6 +243,7 @@ export const makeAgent = (schema: typeof Answer) => {
       : { name, url, timeout: undefined, retry: undefined, headers: {}, secrets: [] }
     const issue = Result.isFailure(checked) ? { ...checked.failure, path: `agent.${checked.failure.path}` } : undefined
     const ctx = { provider: name, secrets: base.secrets }
+    const allowed = issue === undefined && options.allowPlainHttpSecrets === true
     if (issue === undefined && options.answer !== undefined) {
       // As an Effect: a schema may decode asynchronously (an Effect in a transformation), which a Result cannot.
       const custom = Schema.decodeUnknownEffect(options.answer)
@@ -230,7 +264,7 @@ export const makeAgent = (schema: typeof Answer) => {
           })
         )
       const result = (value: unknown): Decoded<unknown> => ({ _tag: "Result", value })
-      return made({
+      return madeAllowing(allowed, {
         ...base,
         issue,
         decode: (value) => custom(value).pipe(Effect.mapError(refused), Effect.map(result), Effect.catchDefect(threw))
@@ -254,7 +288,7 @@ export const makeAgent = (schema: typeof Answer) => {
       const reported = failedStatus(status)
       return reported === undefined ? undefined : report(reported, result, answer)
     }
-    return made({
+    return madeAllowing(allowed, {
       ...base,
       issue,
       decode: (value, taskId) =>

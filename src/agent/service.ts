@@ -21,6 +21,7 @@ import { Stats } from "../Stats.js"
 import { isOwnSeriesLabel } from "../stats/labels.js"
 import { dispatch as runBatch } from "./batch.js"
 import * as Connections from "./connections.js"
+import { checkCopy } from "./define.js"
 import * as AgentMetrics from "./metrics.js"
 import { agentName, isAgentRef, isUrl, labelOf as taskLabel, noAgent, reservedName, seriesOf } from "./names.js"
 import { makeCall } from "./task.js"
@@ -148,7 +149,18 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
     (url) => url,
     (url) => agent({ url })
   )
-  const agentOf = (ref: Agent<unknown> | string): Agent<unknown> => (typeof ref === "string" ? ofUrl(ref) : ref)
+  // An agent not made by `HttpAgent.agent` (a copy with a field changed) is checked once, as that checks one.
+  const copies = new WeakMap<Agent<unknown>, Agent<unknown>>()
+  const checkedCopy = (ref: Agent<unknown>): Agent<unknown> => {
+    let found = copies.get(ref)
+    if (found === undefined) {
+      found = checkCopy(ref, agent)
+      copies.set(ref, found)
+    }
+    return found
+  }
+  const agentOf = (ref: Agent<unknown> | string): Agent<unknown> =>
+    typeof ref === "string" ? ofUrl(ref) : checkedCopy(ref)
   const metrics = AgentMetrics.make(yield* Effect.context<never>())
   yield* Effect.addFinalizer(() => Effect.sync(metrics.release))
   // The first maxAgentSeries names have series of their own; a name once given one keeps it. A name
@@ -194,7 +206,7 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
         ? isUrl(ref) && agentOf(ref).issue !== undefined
           ? noAgent
           : agentName(ref)
-        : isAgentRef(ref) && ref.issue === undefined
+        : isAgentRef(ref) && agentOf(ref).issue === undefined
           ? ref.name
           : noAgent
     // A lookup takes no series: a name not seen while there is room has none yet (all zeros).

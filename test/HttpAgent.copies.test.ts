@@ -1,0 +1,95 @@
+/**
+ * An agent not made by `HttpAgent.agent`: a copy of one with a field changed (`{ ...agent, url }`),
+ * or one written by hand. Its fields are checked as `HttpAgent.agent` checks them: what is wrong is
+ * an `InvalidRequest` record naming the field, nothing is sent.
+ */
+import { NodeHttpClient } from "@effect/platform-node"
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Duration, Effect, Layer, Metric, Redacted } from "effect"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as Executor from "../src/Executor.js"
+import * as HttpAgent from "../src/HttpAgent.js"
+import * as Mock from "../src/Model/Mock.js"
+import * as AgentServer from "./utils/agentServer.js"
+
+const agents = () =>
+  Layer.build(
+    HttpAgent.layer().pipe(
+      Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+      Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}))),
+      Layer.provide(NodeHttpClient.layerUndici)
+    )
+  ).pipe(
+    Effect.provideService(Metric.MetricRegistry, new Map()),
+    Effect.map((context) => Context.get(context, HttpAgent.HttpAgents))
+  )
+
+describe("HttpAgent: an agent copied with a field changed, or written by hand", () => {
+  it.effect("is checked as HttpAgent.agent checks one: a wrong field is an InvalidRequest record naming it", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const service = yield* agents()
+      const made = HttpAgent.agent({
+        url: server.url,
+        name: "weather",
+        headers: { authorization: Redacted.make("Bearer agent-s3cret") }
+      })
+      const port = new URL(server.url).port
+      const cases: ReadonlyArray<readonly [unknown, string]> = [
+        [{ ...made, url: `http://user:pass-s3cret@127.0.0.1:${port}/task` }, "agent.url"],
+        [{ ...made, url: "ftp://127.0.0.1/task" }, "agent.url"],
+        [{ ...made, url: "not a url" }, "agent.url"],
+        // Off loopback in clear text, the secret header of the agent copied.
+        [{ ...made, url: "http://10.0.0.1/task" }, 'agent.headers["authorization"]'],
+        [{ ...made, headers: null }, "agent.headers"],
+        [{ ...made, headers: { "x-a": "b\r\nc" } }, 'agent.headers["x-a"]'],
+        [{ ...made, name: "unknown" }, "agent.name"],
+        [{ ...made, timeout: "soon" }, "agent.timeout"],
+        [{ ...made, timeout: Duration.zero }, "agent.timeout"],
+        [{ ...made, retry: { maxAttempts: 0 } }, "agent.retry.maxAttempts"]
+      ]
+      for (const [i, [agent, field]] of cases.entries()) {
+        const record = yield* service.call({ id: `t${i}`, agent: agent as HttpAgent.Agent, intent: "i", concept: "c" })
+        assert.deepStrictEqual(
+          [record.status, record.error?.reason, record.error?.field, record.attempts],
+          ["error", "InvalidRequest", field, 0],
+          `${i}: ${JSON.stringify(record.error)}`
+        )
+        assert.notInclude(JSON.stringify(record), "s3cret", `${i}`)
+      }
+      assert.strictEqual(server.requests(), 0, "nothing was sent")
+      // Its records count with those of tasks naming no valid agent, and its stats read them.
+      assert.strictEqual((yield* service.stats(cases[0]![0] as HttpAgent.Agent)).agent, "unknown")
+      // A copy whose fields are sound is sent as the agent it copies: its secret header too.
+      const copy = { ...made, timeout: Duration.seconds(5) }
+      for (const id of ["ok1", "ok2"]) {
+        const record = yield* service.call({ id, agent: copy, intent: "i", concept: "c" })
+        assert.deepStrictEqual([record.status, record.agent], ["success", "weather"])
+      }
+      // Written by hand without headers (it died of reading them): sent with none.
+      const byHand = { url: server.url, name: "by-hand", decode: made.decode } as unknown as HttpAgent.Agent
+      const record = yield* service.call({ id: "hand", agent: byHand, intent: "i", concept: "c" })
+      assert.deepStrictEqual([record.status, record.agent], ["success", "by-hand"])
+      assert.deepStrictEqual(
+        server.headers().map((h) => h.authorization),
+        ["Bearer agent-s3cret", "Bearer agent-s3cret", undefined]
+      )
+    })
+  )
+
+  it.effect("a copy of an agent allowed plain http secrets keeps the allowance", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const service = yield* agents()
+      // 127.0.0.1 as an IPv4-mapped IPv6 address: the server, though not named loopback by the check.
+      const url = `http://[::ffff:127.0.0.1]:${new URL(server.url).port}/task`
+      const headers = { authorization: Redacted.make("Bearer agent-token") }
+      const refused = HttpAgent.agent({ url, headers })
+      assert.strictEqual(refused.issue?.path, 'agent.headers["authorization"]')
+      const allowed = HttpAgent.agent({ url: server.url, headers, allowPlainHttpSecrets: true })
+      const record = yield* service.call({ id: "t", agent: { ...allowed, url }, intent: "i", concept: "c" })
+      assert.deepStrictEqual([record.status, record.error], ["success", undefined])
+      assert.strictEqual(server.headers()[0]?.authorization, "Bearer agent-token")
+    })
+  )
+})
