@@ -80,4 +80,34 @@ describe("HttpAgent: the agents discovery finds", () => {
       assert.deepStrictEqual([bare.status, bare.agent], ["success", "meteo"])
     })
   )
+
+  it.effect("an invalid endpoint a Discovery service built by hand answers is DiscoveryUnavailable naming it", () =>
+    Effect.gen(function* () {
+      const agent = yield* AgentServer.make()
+      const port = new URL(agent.url).port
+      const endpoints: ReadonlyArray<readonly [Discovery.Endpoint, string]> = [
+        [{ url: `http://user:pw-s3cret@127.0.0.1:${port}/task` }, "[1].url"],
+        [{ url: "ftp://127.0.0.1/task" }, "[1].url"],
+        [{ url: agent.url, timeout: "soon" as never }, "[1].timeout"],
+        [{ url: agent.url, name: "" }, "[1].name"]
+      ]
+      for (const [endpoint, at] of endpoints) {
+        const service = yield* agents(
+          Layer.succeed(Discovery.Discovery, {
+            name: "own",
+            resolve: () => Effect.succeed([{ url: agent.url }, endpoint])
+          })
+        )
+        const record = yield* service.call({ id: "d", intent: "i", concept: "c" })
+        assert.deepStrictEqual(
+          [record.status, record.agent, record.error?.reason, record.attempts],
+          ["service_unavailable", "discovery:own", "DiscoveryUnavailable", 0],
+          JSON.stringify(record.error)
+        )
+        assert.include(record.error?.message, `own: resolve answered an invalid agent ${at}`)
+        assert.notInclude(record.error?.message, "s3cret")
+      }
+      assert.strictEqual(agent.requests(), 0)
+    })
+  )
 })

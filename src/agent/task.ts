@@ -319,6 +319,16 @@ export const makeCall = (env: Env): Call => {
         )
       }
       listed = endpoints.map(env.fromEndpoint)
+      // As the library's discoveries refuse an invalid endpoint: the registry's fault, not an invalid task's.
+      for (const [i, agent] of listed.entries()) {
+        if (agent.issue !== undefined) {
+          const field = agent.issue.path.replace(/^agent\./, "")
+          return yield* unavailable(
+            `${discovery.name}: resolve answered an invalid agent [${i}].${field}: ${agent.issue.message}`,
+            "Unavailable"
+          )
+        }
+      }
     } else {
       return yield* invalid(undefined, "agent", "give an agent (or its URL), or provide a Discovery service")
     }
