@@ -491,7 +491,9 @@ describe("HttpAgent.call", () => {
         const exit = yield* Effect.exit(Context.get(context, HttpAgent.HttpAgents).call(task("d", undefined)))
         assert.isTrue(Exit.isSuccess(exit))
         const record = (exit as Exit.Success<HttpAgent.TaskRecord>).value
-        assert.deepStrictEqual([record.status, record.error?.field], ["error", "agent.url"])
+        // The registry's invalid agent, as the library's discoveries refuse one.
+        assert.deepStrictEqual([record.status, record.error?.reason], ["service_unavailable", "DiscoveryUnavailable"])
+        assert.include(record.error?.message, "invalid agent [0].url")
       })
   )
 
