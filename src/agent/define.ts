@@ -7,7 +7,7 @@
  *
  * @internal
  */
-import { type Duration, Effect, Redactable, Redacted, Result, Schema } from "effect"
+import { Cause, type Duration, Effect, Redactable, Redacted, Result, Schema } from "effect"
 import { ModelError } from "../AiError.js"
 import type { Agent, AgentOptions, Answer, Decoded } from "../HttpAgent.js"
 import * as Input from "../Input.js"
@@ -224,7 +224,7 @@ const failedStatus = (status: string): string | undefined => {
 
 /** The agent constructor, with `schema` (`HttpAgent.Answer`) the default answer; built once. */
 export const makeAgent = (schema: typeof Answer) => {
-  const decodeAnswer = Decode.valueDecoder(schema)
+  const decodeAnswer = Decode.resultDecoder(schema)
   return (given: Given): Agent<unknown> => {
     const { options, issue: unreadable } = readOptions(given)
     const checked = unreadable === undefined ? agentIssue(options) : Result.fail(unreadable)
@@ -253,21 +253,27 @@ export const makeAgent = (schema: typeof Answer) => {
       }
       // A schema that throws is the application's: the agent answered, so no breaker counts it (as `Unknown` did).
       const threw = (defect: unknown) =>
-        Effect.fail(
-          new ModelError({
-            reason: "Decode",
-            message: Errors.clean(
-              `${name}: its answer schema threw decoding the answer: ${Input.thrownMessage(defect)}`,
-              ctx
-            ),
-            provider: name
-          })
-        )
-      const result = (value: unknown): Decoded<unknown> => ({ _tag: "Result", value })
+        new ModelError({
+          reason: "Decode",
+          message: Errors.clean(
+            `${name}: its answer schema threw decoding the answer: ${Input.thrownMessage(defect)}`,
+            ctx
+          ),
+          provider: name
+        })
+      const outcome = {
+        onFailure: (cause: Cause.Cause<Schema.SchemaError>): Effect.Effect<never, ModelError> => {
+          const error = Cause.findError(cause)
+          if (Result.isSuccess(error)) return Effect.fail(refused(error.success))
+          const defect = Cause.findDefect(cause)
+          return Result.isSuccess(defect) ? Effect.fail(threw(defect.success)) : Effect.failCause(cause as never)
+        },
+        onSuccess: (value: unknown) => Effect.succeed<Decoded<unknown>>({ _tag: "Result", value })
+      }
       return madeAllowing(allowed, {
         ...base,
         issue,
-        decode: (value) => custom(value).pipe(Effect.mapError(refused), Effect.map(result), Effect.catchDefect(threw))
+        decode: (value) => Effect.matchCauseEffect(custom(value), outcome)
       })
     }
     // The agent's own words, kept as its error messages are: without secrets, cut short. A result that is an error
@@ -291,29 +297,28 @@ export const makeAgent = (schema: typeof Answer) => {
     return madeAllowing(allowed, {
       ...base,
       issue,
-      decode: (value, taskId) =>
-        Effect.flatMap(
-          Effect.catch(decodeAnswer(value, ctx), (error) => {
-            const reported = reportOf(value, taskId)
-            return reported === undefined ? Effect.fail(error) : Effect.succeed(reported)
-          }),
-          (answer): Effect.Effect<Decoded<unknown>, ModelError> => {
-            if ("_tag" in answer) return Effect.succeed(answer)
-            if (answer.task_id !== taskId) {
-              return Effect.fail(
-                new ModelError({
-                  reason: "Decode",
-                  message: `${name} answered for task ${JSON.stringify(Errors.clean(answer.task_id, ctx))} instead of ${JSON.stringify(taskId)}`,
-                  provider: name,
-                  field: "task_id"
-                })
-              )
-            }
-            const reported = answer.status === undefined ? undefined : failedStatus(answer.status)
-            if (reported !== undefined) return Effect.succeed(report(reported, answer.result, answer))
-            return Effect.succeed({ _tag: "Result", value: answer.result })
-          }
+      decode: (value, taskId) => {
+        const decoded = decodeAnswer(value, ctx)
+        if (Result.isFailure(decoded)) {
+          const reported = reportOf(value, taskId)
+          return reported === undefined ? Effect.fail(decoded.failure) : Effect.succeed(reported)
+        }
+        const answer = decoded.success
+        if (answer.task_id !== taskId) {
+          return Effect.fail(
+            new ModelError({
+              reason: "Decode",
+              message: `${name} answered for task ${JSON.stringify(Errors.clean(answer.task_id, ctx))} instead of ${JSON.stringify(taskId)}`,
+              provider: name,
+              field: "task_id"
+            })
+          )
+        }
+        const reported = answer.status === undefined ? undefined : failedStatus(answer.status)
+        return Effect.succeed(
+          reported === undefined ? { _tag: "Result", value: answer.result } : report(reported, answer.result, answer)
         )
+      }
     })
   }
 }
