@@ -92,4 +92,27 @@ describe("HttpAgent: an agent copied with a field changed, or written by hand", 
       assert.strictEqual(server.headers()[0]?.authorization, "Bearer agent-token")
     })
   )
+
+  it.effect("a copy with secret headers of its own has them scrubbed from its records, and its own name in them", () =>
+    Effect.gen(function* () {
+      // The agent reports the task failed, echoing the key it was sent.
+      const server = yield* AgentServer.make(() => ({ json: {} }))
+      const echoing = yield* AgentServer.make((t) => ({
+        json: { task_id: t.task_id, status: "error", result: `bad key ${t.intent}` }
+      }))
+      const service = yield* agents()
+      const made = HttpAgent.agent({ url: server.url, name: "weather" })
+      const copy = {
+        ...made,
+        url: echoing.url,
+        name: "weather-eu",
+        headers: { "x-key": Redacted.make("copy-s3cret-key") }
+      }
+      const record = yield* service.call({ id: "t", agent: copy, intent: "copy-s3cret-key", concept: "c" })
+      assert.deepStrictEqual([record.status, record.agent], ["error", "weather-eu"])
+      assert.strictEqual(echoing.headers()[0]?.["x-key"], "copy-s3cret-key")
+      assert.notInclude(record.error?.message, "s3cret")
+      assert.match(record.error?.message ?? "", /^weather-eu reported status "error": bad key/)
+    })
+  )
 })

@@ -94,6 +94,13 @@ const made = (fields: Agent<unknown>): Agent<unknown> => Object.assign(Object.cr
 /** Marks an agent made with `allowPlainHttpSecrets: true`; enumerable, so that a copy (`{ ...agent }`) keeps it. */
 const plainHttpSecrets: unique symbol = Symbol.for("effect-orchestra/HttpAgent/allowPlainHttpSecrets")
 
+/**
+ * The answer schema of each decoding `HttpAgent.agent` made (`null`: the default answer): a copy keeping one is given
+ * its own, under its own name and secrets. The one it copied named the agent copied in its errors, and scrubbed the
+ * secrets of that agent's headers, not the copy's.
+ */
+const answerOf = new WeakMap<Agent<unknown>["decode"], Schema.Codec<unknown, unknown> | null>()
+
 /** An agent made, marked when it was allowed plain http secrets. */
 const madeAllowing = (allowed: boolean, fields: Agent<unknown>): Agent<unknown> => {
   const agent = made(fields)
@@ -112,7 +119,10 @@ const madeAllowing = (allowed: boolean, fields: Agent<unknown>): Agent<unknown> 
 export const checkCopy = (given: Agent<unknown>, make: (options: AgentOptions) => Agent<unknown>): Agent<unknown> => {
   if (Object.getPrototypeOf(given) === agentProto || given.issue !== undefined) return given
   const { copy, issue } = Input.readOwnFields(given, "agent")
+  const answer =
+    typeof copy["decode"] === "function" ? answerOf.get(copy["decode"] as Agent<unknown>["decode"]) : undefined
   const again = make({
+    ...(answer === undefined || answer === null ? {} : { answer }),
     url: copy["url"] as string,
     name: copy["name"] as string,
     timeout: copy["timeout"] as Input.DurationInput | undefined,
@@ -121,7 +131,7 @@ export const checkCopy = (given: Agent<unknown>, make: (options: AgentOptions) =
     allowPlainHttpSecrets: (given as { readonly [plainHttpSecrets]?: boolean })[plainHttpSecrets] === true || undefined
   })
   if (issue !== undefined) return made({ ...again, issue: { ...issue, path: `agent.${issue.path}` } })
-  return again.issue !== undefined ? again : made({ ...again, decode: given.decode })
+  return again.issue !== undefined || answer !== undefined ? again : made({ ...again, decode: given.decode })
 }
 
 const agentKeys: ReadonlySet<string> = new Set([
@@ -270,11 +280,9 @@ export const makeAgent = (schema: typeof Answer) => {
         },
         onSuccess: (value: unknown) => Effect.succeed<Decoded<unknown>>({ _tag: "Result", value })
       }
-      return madeAllowing(allowed, {
-        ...base,
-        issue,
-        decode: (value) => Effect.matchCauseEffect(custom(value), outcome)
-      })
+      const decode: Agent<unknown>["decode"] = (value) => Effect.matchCauseEffect(custom(value), outcome)
+      answerOf.set(decode, options.answer)
+      return madeAllowing(allowed, { ...base, issue, decode })
     }
     // The agent's own words, kept as its error messages are: without secrets, cut short. A result that is an error
     // object (`{ message }`, `{ error: { message } }`) says why as a string would.
@@ -294,31 +302,29 @@ export const makeAgent = (schema: typeof Answer) => {
       const reported = failedStatus(status)
       return reported === undefined ? undefined : report(reported, result, answer)
     }
-    return madeAllowing(allowed, {
-      ...base,
-      issue,
-      decode: (value, taskId) => {
-        const decoded = decodeAnswer(value, ctx)
-        if (Result.isFailure(decoded)) {
-          const reported = reportOf(value, taskId)
-          return reported === undefined ? Effect.fail(decoded.failure) : Effect.succeed(reported)
-        }
-        const answer = decoded.success
-        if (answer.task_id !== taskId) {
-          return Effect.fail(
-            new ModelError({
-              reason: "Decode",
-              message: `${name} answered for task ${JSON.stringify(Errors.clean(answer.task_id, ctx))} instead of ${JSON.stringify(taskId)}`,
-              provider: name,
-              field: "task_id"
-            })
-          )
-        }
-        const reported = answer.status === undefined ? undefined : failedStatus(answer.status)
-        return Effect.succeed(
-          reported === undefined ? { _tag: "Result", value: answer.result } : report(reported, answer.result, answer)
+    const decode: Agent<unknown>["decode"] = (value, taskId) => {
+      const decoded = decodeAnswer(value, ctx)
+      if (Result.isFailure(decoded)) {
+        const reported = reportOf(value, taskId)
+        return reported === undefined ? Effect.fail(decoded.failure) : Effect.succeed(reported)
+      }
+      const answer = decoded.success
+      if (answer.task_id !== taskId) {
+        return Effect.fail(
+          new ModelError({
+            reason: "Decode",
+            message: `${name} answered for task ${JSON.stringify(Errors.clean(answer.task_id, ctx))} instead of ${JSON.stringify(taskId)}`,
+            provider: name,
+            field: "task_id"
+          })
         )
       }
-    })
+      const reported = answer.status === undefined ? undefined : failedStatus(answer.status)
+      return Effect.succeed(
+        reported === undefined ? { _tag: "Result", value: answer.result } : report(reported, answer.result, answer)
+      )
+    }
+    answerOf.set(decode, null)
+    return madeAllowing(allowed, { ...base, issue, decode })
   }
 }
