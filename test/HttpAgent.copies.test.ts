@@ -115,4 +115,17 @@ describe("HttpAgent: an agent copied with a field changed, or written by hand", 
       assert.match(record.error?.message ?? "", /^weather-eu reported status "error": bad key/)
     })
   )
+
+  it.effect("stats of a copy named by a URL with a token read the series its records are counted in", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const service = yield* agents()
+      const url = `${server.url}?token=copy-s3cret`
+      const copy = { ...HttpAgent.agent({ url: server.url }), url, name: url }
+      const record = yield* service.call({ id: "t", agent: copy, intent: "i", concept: "c" })
+      assert.deepStrictEqual([record.status, record.agent], ["success", server.url])
+      const stats = yield* service.stats(copy)
+      assert.deepStrictEqual([stats.agent, stats.tasks], [server.url, 1])
+    })
+  )
 })

@@ -207,7 +207,7 @@ export const makeService = Effect.fnUntraced(function* (given: Options, env: Env
           ? noAgent
           : agentName(ref)
         : isAgentRef(ref) && agentOf(ref).issue === undefined
-          ? ref.name
+          ? agentOf(ref).name
           : noAgent
     // A lookup takes no series: a name not seen while there is room has none yet (all zeros).
     const name =
