@@ -364,6 +364,23 @@ describe("Mock", () => {
     })
   )
 
+  it("embedText: distinct texts shorter than the dimensions get distinct vectors, every dimension used", () => {
+    // A one-character text used to fill one dimension of eight with its sign: "a" and "b" were both
+    // [-1, 0, 0, 0, 0, 0, 0, 0], so a similarity search over the mock ranked them equal.
+    const letters = "abcdefghijklmnopqrstuvwxyz".split("")
+    const keys = new Set(letters.map((letter) => Mock.embedText(letter, 8).join(",")))
+    assert.strictEqual(keys.size, letters.length)
+    for (const text of ["a", "hi", "alpha"]) {
+      const vector = Mock.embedText(text, 8)
+      assert.approximately(Math.hypot(...vector), 1, 1e-9)
+      assert.isTrue(
+        vector.every((x) => x !== 0),
+        `${text}: ${vector.join(", ")}`
+      )
+      assert.deepStrictEqual(Mock.embedText(text, 8), vector)
+    }
+  })
+
   describe("options are checked when the mock is built", () => {
     it.effect("bad numbers and shapes are an OptionError naming the field", () =>
       Effect.gen(function* () {

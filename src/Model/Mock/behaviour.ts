@@ -60,6 +60,14 @@ const defaultRespond = (request: GenerateRequest): string => {
  */
 export const chunksOf = (text: string): ReadonlyArray<string> => text.match(/\S+\s*|\s+/g) ?? []
 
+/** murmur3's 32-bit finaliser: spreads a hash over all 32 bits (unsigned). */
+const mix = (input: number): number => {
+  let x = input >>> 0
+  x = Math.imul(x ^ (x >>> 16), 0x85ebca6b)
+  x = Math.imul(x ^ (x >>> 13), 0xc2b2ae35)
+  return (x ^ (x >>> 16)) >>> 0
+}
+
 /**
  * A deterministic unit vector for a text (a hash spread over the dimensions): equal
  * texts get equal vectors, in every run.
@@ -67,12 +75,13 @@ export const chunksOf = (text: string): ReadonlyArray<string> => text.match(/\S+
  * @internal
  */
 export const embedText = (text: string, dimensions: number): ReadonlyArray<number> => {
-  const vector = new Array<number>(dimensions).fill(0)
+  // The whole text's hash seeds every dimension: spreading each character's running hash over the
+  // dimension of its index left a text shorter than the dimensions with the rest at 0, so that
+  // one-character texts were one of two vectors (+/- the first axis).
   let h = 2166136261
-  for (let i = 0; i < text.length; i++) {
-    h = Math.imul(h ^ text.charCodeAt(i), 16777619)
-    vector[i % dimensions]! += ((h >>> 0) % 1000) / 1000 - 0.5
-  }
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 16777619)
+  const vector = new Array<number>(dimensions)
+  for (let d = 0; d < dimensions; d++) vector[d] = mix(h + Math.imul(d + 1, 0x9e3779b9)) / 4294967296 - 0.5
   let norm = 0
   for (const x of vector) norm += x * x
   if (norm === 0) return vector.map(() => 1 / Math.sqrt(dimensions))
