@@ -103,7 +103,8 @@ export const predefined = (defaultProvider = "default"): ReadonlyArray<Domain> =
  */
 export const predefinedNames: ReadonlyArray<string> = ["support", "technical", "finance"]
 
-const decodeDomain = Schema.decodeUnknownResult(Domain, { onExcessProperty: "error" })
+// reportInput: a value out of range is quoted (`got 3`), as every other option's is; a domain holds no secret.
+const decodeDomain = Schema.decodeUnknownResult(Domain, { onExcessProperty: "error", reportInput: true })
 
 // The schema's words (`Missing key`, `Expected number`) in the form of the library's own messages and the config
 // file's checks: lower case, `missing (required)`, `unknown field`.

@@ -74,7 +74,8 @@ export type RetryPolicy = typeof RetryPolicy.Type
  */
 export type RetryPolicyInput = typeof RetryPolicy.Encoded
 
-const decodeRetryPolicy = Schema.decodeUnknownResult(RetryPolicy, { onExcessProperty: "error" })
+// reportInput: a value out of range is quoted (`got 0`), as every other option's is; a policy holds no secret.
+const decodeRetryPolicy = Schema.decodeUnknownResult(RetryPolicy, { onExcessProperty: "error", reportInput: true })
 
 /**
  * Checks a retry policy's input, naming the wrong field under `path`.

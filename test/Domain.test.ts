@@ -5,6 +5,7 @@ import * as HttpAgent from "../src/HttpAgent.js"
 import * as Metrics from "../src/Metrics.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
+import * as Policy from "../src/Policy.js"
 import { Router } from "../src/Router.js"
 
 const good = { name: "legal", provider: "main", system: "You are a careful lawyer.", timeout: "20 seconds" }
@@ -36,6 +37,27 @@ describe("Domain.fromConfig", () => {
       assert.strictEqual(error._tag, "OptionError")
       assert.strictEqual(error.path, "domains[1].retry.maxAttempts")
       assert.include(error.message, "domains[1].retry.maxAttempts")
+    })
+  )
+
+  it.effect("a value out of its range is quoted, as every other option's is", () =>
+    Effect.gen(function* () {
+      // It said "expected a value between 1 and 100" alone, where poolSize: 0 in the same config
+      // file said "expected a value of at least 1, got 0".
+      const attempts = yield* Effect.flip(
+        Domain.fromConfig([{ name: "bad", provider: "main", retry: { maxAttempts: 0 } }])
+      )
+      assert.strictEqual(
+        attempts.message,
+        "invalid domains[0].retry.maxAttempts: expected a value between 1 and 100, got 0"
+      )
+      const temperature = yield* Effect.flip(Domain.fromConfig([{ name: "hot", provider: "main", temperature: 3 }]))
+      assert.strictEqual(temperature.message, "invalid domains[0].temperature: expected a value between 0 and 2, got 3")
+      const retry = Policy.decodeRetry({ jitter: 5 })
+      assert.deepStrictEqual(Result.isFailure(retry) && retry.failure, {
+        path: "retry.jitter",
+        message: "Expected a value between 0 and 1, got 5"
+      })
     })
   )
 

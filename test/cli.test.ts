@@ -547,7 +547,7 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
           "providers.o.streamUsage": 'expected boolean, got "yes"',
           "providers.local.poolSize": "expected a value of at least 1, got 0",
           "domains[3].provider": 'unknown provider "zzz" (declared: local, odd, m, o)',
-          "domains[1].retry.maxAttempts": "expected a value between 1 and 100",
+          "domains[1].retry.maxAttempts": "expected a value between 1 and 100, got 0",
           "domains[2].name": 'duplicate domain "a" (first at domains[0])',
           "policies.maxConcurrent": 'expected number, got "many"',
           "policies.breakers.failMax": "expected a value of at least 1, got 0",
@@ -1223,7 +1223,7 @@ describe("orchestra config (in process)", () => {
           ]
         }),
         [
-          { path: "domains[0].temperature", message: "expected a value between 0 and 2" },
+          { path: "domains[0].temperature", message: "expected a value between 0 and 2, got 3" },
           { path: "domains[1].timeout", message: 'expected a duration such as 1500 or "30 seconds", got "soon"' }
         ]
       )
