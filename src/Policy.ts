@@ -97,7 +97,8 @@ export const decodeRetry = (input: unknown, path = "retry"): Input.Checked<Retry
   }
   // Only an absent policy is the default one: `null` is refused (it used to turn retries on).
   const decoded = decodeRetryPolicy(input === undefined ? {} : input)
-  if (Result.isFailure(decoded)) return Result.fail(Input.issueOf(decoded.failure, path))
+  // leafHook: a misspelt field is an `unknown field`, as everywhere else, and its value is not echoed.
+  if (Result.isFailure(decoded)) return Result.fail(Input.issueOf(decoded.failure, path, Input.leafHook))
   const policy = Object.freeze(decoded.success)
   checked.add(policy)
   if (isObject) inputs.set(input, { fields: fieldsOf(input), policy })

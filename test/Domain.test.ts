@@ -53,6 +53,19 @@ describe("Domain.fromConfig", () => {
       )
       const temperature = yield* Effect.flip(Domain.fromConfig([{ name: "hot", provider: "main", temperature: 3 }]))
       assert.strictEqual(temperature.message, "invalid domains[0].temperature: expected a value between 0 and 2, got 3")
+      // A misspelt field is an unknown field, as in a domain's retry and every other option (it said
+      // "Expected no excess property", and the config file "policies.executor.retry.maxAtempts: expected
+      // no excess property").
+      const typo = Policy.decodeRetry({ maxAtempts: 2 }, "executor.retry")
+      const pasted = Policy.decodeRetry({ apiKey: "sk-pasted-by-mistake" })
+      assert.deepStrictEqual(Result.isFailure(pasted) && pasted.failure, {
+        path: "retry.apiKey",
+        message: "unknown field"
+      })
+      assert.deepStrictEqual(Result.isFailure(typo) && typo.failure, {
+        path: "executor.retry.maxAtempts",
+        message: "unknown field"
+      })
       const retry = Policy.decodeRetry({ jitter: 5 })
       assert.deepStrictEqual(Result.isFailure(retry) && retry.failure, {
         path: "retry.jitter",
