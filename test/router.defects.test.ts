@@ -312,6 +312,28 @@ describe("Router.executeParallelDomains: a list longer than the domains there ar
   )
 })
 
+describe("Router.executeParallelDomains: a mode that is no string", () => {
+  it.effect("is an InvalidRequest naming mode and what it got, never a TypeError defect", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager({ a: {} })
+      // String(mode) threw for an object without a prototype (a TypeError defect), and said
+      // "[object Object]" for any other object.
+      for (const [mode, got] of [
+        [Object.create(null), "got an object"],
+        [{ mode: "all" }, "got an object"],
+        ["al", 'got "al"'],
+        [Symbol("first"), "got a symbol"]
+      ] as const) {
+        const exit = yield* Effect.exit(router.executeParallelDomains(ask, ["d-a"], mode as never))
+        assert.isTrue(Exit.isFailure(exit) && Cause.hasFails(exit.cause), String(got))
+        const error = yield* Effect.flip(router.executeParallelDomains(ask, ["d-a"], mode as never))
+        assert.strictEqual(invalidField(error), "mode")
+        assert.strictEqual(error.message, `invalid mode: expected "all" or "first", ${got}`)
+      }
+    })
+  )
+})
+
 describe("Router.executeParallelDomains: a refused request whose first domain is unknown", () => {
   it.effect("still fails the whole call once, counted on the first known domain, before any domain runs", () =>
     Effect.gen(function* () {

@@ -131,7 +131,7 @@ export const makeCalls = (env: Env) => {
     const unknown = unknownOption(options, optionKeys.call)
     if (unknown !== undefined) return refusedOnce(request, names, options, unknown)
     if (mode !== "all" && mode !== "first") {
-      return Effect.fail(invalidRequest("mode", `expected "all" or "first", got ${String(mode)}`))
+      return Effect.fail(invalidRequest("mode", `expected "all" or "first", got ${Input.shown(mode)}`))
     }
     const refused = refusedOnce(request, names, options, undefined)
     return mode === "all"
