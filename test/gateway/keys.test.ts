@@ -2694,6 +2694,23 @@ const pagedListing = (store: KeyStore.Service) =>
     assert.deepStrictEqual([badAfter.status, badAfter.body.error.param], [400, "after"])
   })
 
+describe("KeyStore: a listing's limit from a program", () => {
+  it.effect("that is no number is an InvalidRequest naming limit, never a TypeError defect", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ keys: [] })
+      // String(limit) threw for an object without a prototype: the listing died instead of failing.
+      for (const [limit, got] of [
+        [Object.create(null), "got an object"],
+        ["10", 'got "10"'],
+        [1.5, "got 1.5"]
+      ] as const) {
+        const error = yield* Effect.flip(store.list({ limit: limit as never }))
+        assert.strictEqual(error.message, `invalid limit: expected a whole number from 1 to 1000, ${got}`)
+      }
+    })
+  )
+})
+
 describe("KeyStore: the memory store's listing", () => {
   it.effect("keys created out of order between listings are paged by id, from any id", () =>
     Effect.gen(function* () {

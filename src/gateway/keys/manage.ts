@@ -7,6 +7,7 @@
  */
 import { Effect, Result } from "effect"
 import type { Models } from "../../Gateway.js"
+import * as Input from "../../Input.js"
 import { type GatewayError, gatewayError } from "../errors.js"
 import { notFound } from "./failures.js"
 import type { Created, KeyInfo, KeyPage, ListOptions, SpendLine } from "./KeyStore.js"
@@ -62,7 +63,7 @@ const maxLimit = 1000
 const invalidLimit = (limit: unknown) =>
   gatewayError(
     "InvalidRequest",
-    `invalid limit: expected a whole number from 1 to ${maxLimit}, got ${String(limit).slice(0, 32)}`,
+    `invalid limit: expected a whole number from 1 to ${maxLimit}, got ${Input.shown(limit)}`,
     { param: "limit" }
   )
 
