@@ -56,7 +56,8 @@ export const agentDomain = "agent"
  * `name` of that name are refused at that field; a key of that name met at run time (a
  * rate-limit key under `default`, a breaker key) never has series of its own and counts in it,
  * as does one holding a lone surrogate (the exposition writes U+FFFD for it: two such keys were
- * one series twice).
+ * one series twice), and a call's domain or a provider's name past 256 characters in `Stats`'
+ * series.
  *
  * @since 0.3.0
  * @category attributes
@@ -326,13 +327,15 @@ export const cacheErrors = Metric.counter("orchestra_cache_errors_total", {
 /**
  * Attribute `cache`. Values not stored because their encoding is longer than the cache's
  * `maxValueBytes`: one such write would stall every store sharing the Redis connection. Also those
- * found in Redis longer than it allows (another process's, with a larger bound): not read, a miss.
+ * found in Redis longer than it allows (another process's, with a larger bound): not read, a miss;
+ * and those a Redis `getMany` left unread because the batch had reached `maxBatchBytes`: misses.
  *
  * @since 0.3.0
  * @category caches
  */
 export const cacheOversized = Metric.counter("orchestra_cache_oversized_total", {
-  description: "Cache values not stored, or found in Redis and not read, because they exceed maxValueBytes",
+  description:
+    "Cache values not stored, or found in Redis and not read, because they exceed maxValueBytes (or a batch's maxBatchBytes)",
   incremental: true
 })
 
