@@ -180,6 +180,7 @@ export interface RunOptions {
    * Completes when the batch should stop: running calls are interrupted, the rest never start
    * (completed from a progress callback, no item starts after that callback). A cancel that
    * fails (or dies) never completes: the batch runs on, and the failure is logged as a warning.
+   * Still pending when the items are done, it is interrupted, not waited for (an uninterruptible one included).
    */
   readonly cancel?: Effect.Effect<void> | undefined
   /** Batch id (in the span and the result); generated when absent. */

@@ -1335,6 +1335,23 @@ for (const mode of modes) {
       })
     )
 
+    it.effect("a cancel that cannot be interrupted does not hold the batch once its items are done", () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra({ a: { latency: "1 second" } })
+        // The batch interrupted its watcher and waited for it to stop: here, until the cancel fired (an hour).
+        const cancel = Effect.uninterruptible(Effect.sleep("1 hour"))
+        const fiber = yield* Effect.forkChild(batch.run(["0", "1"], { domain: mode.domain, cancel }))
+        yield* TestClock.adjust("1 second")
+        const exit = fiber.pollUnsafe()
+        assert.isDefined(exit, "the batch returned once its items were done")
+        const result = yield* Fiber.join(fiber)
+        assert.deepStrictEqual([result.cancelled, result.elapsedMs, result.notRun], [false, 1000, []])
+        // Its cancel firing later changes nothing.
+        yield* TestClock.adjust("1 hour")
+        assert.isFalse(result.cancelled)
+      })
+    )
+
     it.effect("interrupting the batch fiber interrupts its calls and frees the permits", () =>
       Effect.gen(function* () {
         const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })

@@ -422,7 +422,9 @@ export const run = Effect.fnUntraced(function* (
   } else {
     // Started before the pool fiber runs: a cancel that has already happened interrupts it before its first item.
     const poolFiber = yield* Effect.forkChild(pool)
-    const watcher = yield* Effect.forkChild(
+    // Detached, and interrupted without waiting once the pool is done: a child fiber is waited for when
+    // its parent ends, so a cancel that cannot be interrupted held the batch's result until it fired.
+    const watcher = yield* Effect.forkDetach(
       Effect.flatMap(isolated(options.cancel), (exit): Effect.Effect<void> => {
         if (Exit.isSuccess(exit)) {
           if (poolFiber.pollUnsafe() === undefined) {
@@ -441,8 +443,12 @@ export const run = Effect.fnUntraced(function* (
       }),
       { startImmediately: true }
     )
-    yield* Fiber.await(poolFiber)
-    yield* Fiber.interrupt(watcher)
+    yield* Effect.ensuring(
+      Fiber.await(poolFiber),
+      Effect.sync(() => {
+        watcher.interruptUnsafe()
+      })
+    )
   }
 
   const end = clock.currentTimeMillisUnsafe()
