@@ -5,7 +5,7 @@
  */
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Layer, Metric, Redacted } from "effect"
+import { Context, Duration, Effect, Exit, Layer, Metric, Redacted } from "effect"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
 import * as HttpAgent from "../src/HttpAgent.js"
@@ -127,5 +127,52 @@ describe("HttpAgent: an agent copied with a field changed, or written by hand", 
       const stats = yield* service.stats(copy)
       assert.deepStrictEqual([stats.agent, stats.tasks], [server.url, 1])
     })
+  )
+
+  it.effect(
+    "one whose field or prototype throws when read is a record naming it: call, dispatch and stats do not die",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* AgentServer.make()
+        const service = yield* agents()
+        const made = HttpAgent.agent({ url: server.url, name: "weather" })
+        const throwing = (field: string) =>
+          Object.defineProperty({ ...made }, field, {
+            enumerable: true,
+            get: () => {
+              throw new Error(`no ${field}`)
+            }
+          }) as HttpAgent.Agent
+        const cases: ReadonlyArray<readonly [HttpAgent.Agent, string]> = [
+          [throwing("headers"), "agent.headers"],
+          [throwing("timeout"), "agent.timeout"],
+          [throwing("retry"), "agent.retry"],
+          [
+            new Proxy(
+              { ...made },
+              {
+                getPrototypeOf: () => {
+                  throw new Error("no prototype")
+                }
+              }
+            ),
+            ""
+          ]
+        ]
+        for (const [agent, field] of cases) {
+          const record = yield* Effect.exit(service.call({ id: "t", agent, intent: "i", concept: "c" }))
+          assert.isTrue(Exit.isSuccess(record), field)
+          if (Exit.isSuccess(record) && field !== "") {
+            assert.deepStrictEqual([record.value.status, record.value.error?.field], ["error", field])
+            assert.include(record.value.error?.message, `no ${field.slice("agent.".length)}`)
+          }
+          assert.isTrue(
+            Exit.isSuccess(yield* Effect.exit(service.dispatch([{ id: "b", agent, intent: "i", concept: "c" }])))
+          )
+          assert.isTrue(Exit.isSuccess(yield* Effect.exit(service.stats(agent))))
+        }
+        // What reads it sends it as the agent it copies.
+        assert.strictEqual(server.requests(), 2)
+      })
   )
 })

@@ -108,6 +108,15 @@ const madeAllowing = (allowed: boolean, fields: Agent<unknown>): Agent<unknown> 
   return agent
 }
 
+/** Whether `HttpAgent.agent` made it; a `Proxy` whose prototype trap throws is not one. */
+const madeHere = (agent: Agent<unknown>): boolean => {
+  try {
+    return Object.getPrototypeOf(agent) === agentProto
+  } catch {
+    return false
+  }
+}
+
 /**
  * An agent not made by `HttpAgent.agent` (a copy with a field changed, `{ ...agent, url }`, or one written by hand)
  * checked as that checks one, with the decoding of its own: its fields went unchecked, so a URL with credentials was
@@ -117,7 +126,7 @@ const madeAllowing = (allowed: boolean, fields: Agent<unknown>): Agent<unknown> 
  * @internal
  */
 export const checkCopy = (given: Agent<unknown>, make: (options: AgentOptions) => Agent<unknown>): Agent<unknown> => {
-  if (Object.getPrototypeOf(given) === agentProto || given.issue !== undefined) return given
+  if (madeHere(given) || given.issue !== undefined) return given
   const { copy, issue } = Input.readOwnFields(given, "agent")
   const answer =
     typeof copy["decode"] === "function" ? answerOf.get(copy["decode"] as Agent<unknown>["decode"]) : undefined
