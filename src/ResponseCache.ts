@@ -286,13 +286,14 @@ export interface Options {
  */
 export interface MemoryOptions extends Options {
   /**
-   * Most entries kept (answers and stream replays together); the least recently used go first.
+   * Most entries kept (answers and stream replays together); expired ones go first (past `ttl + staleFor`,
+   * however recently used), then the least recently used.
    * Computations still running are never evicted (nor counted). Default 1,000.
    */
   readonly capacity?: number | undefined
   /**
    * Most bytes of values kept (answers and stream replays, in their JSON encoding, UTF-8), when
-   * given: the least recently used go until the rest fit, and a value larger than this on its own,
+   * given: expired ones, then the least recently used, go until the rest fit, and a value larger than this on its own,
    * or one JSON cannot encode (a field of a bigint or a cycle), is not kept and pushes none out (its callers
    * still get it). Each entry added scans the table once (a `setMany` once for all its entries). Default none
    * (only `capacity` bounds it).

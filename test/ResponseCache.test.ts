@@ -721,7 +721,7 @@ describe("ResponseCache (memory)", () => {
           counted(Table.storedOf({ _tag: "Response", response: response(`v${i}`) }, 0, 60_000, 0))
         ])
       )
-      assert.isAtMost(reads, 5 * n)
+      assert.isAtMost(reads, 10 * n)
       assert.strictEqual(table.peek(Table.responseKey("k0"), 0)._tag, "Done")
       assert.strictEqual(table.peek(Table.responseKey(`k${n - 1}`), 0)._tag, "Done")
       // Over the bounds, the least recently used go first, the batch's own first entries included.
@@ -749,6 +749,32 @@ describe("ResponseCache (memory)", () => {
         true,
         false
       ])
+    })
+  )
+
+  it.effect("capacity and maxBytes: an expired entry goes before a valid one, however recently it was used", () =>
+    Effect.gen(function* () {
+      // a put at 0 s and used at 9 s (the most recently used), b put at 5 s; at 11 s a has expired, b has not.
+      const fill = (cache: ResponseCache.Service, value: (c: string) => GenerateResponse) =>
+        Effect.gen(function* () {
+          yield* cache.setMany([{ key: "a", value: value("a") }])
+          yield* TestClock.adjust("5 seconds")
+          yield* cache.setMany([{ key: "b", value: value("b") }])
+          yield* TestClock.adjust("4 seconds")
+          assert.isTrue(Option.isSome((yield* cache.getMany(["a"]))[0]!))
+          yield* TestClock.adjust("2 seconds")
+        })
+      // Counted: an answer computed into a full table of 2.
+      const counted = yield* makeCache({ capacity: 2, ttl: "10 seconds" })
+      yield* fill(counted, response)
+      assert.strictEqual((yield* counted.getOrCompute("c", Effect.succeed(response("c")))).source, "miss")
+      assert.deepStrictEqual((yield* counted.getMany(["a", "b", "c"])).map(Option.isSome), [false, true, true])
+      // Bytes: ~4.1 KB each, two fit in 10,000 bytes.
+      const big = (c: string) => response(c.repeat(4000))
+      const sized = yield* makeCache({ capacity: 100, maxBytes: 10_000, ttl: "10 seconds" })
+      yield* fill(sized, big)
+      yield* sized.setMany([{ key: "c", value: big("c") }])
+      assert.deepStrictEqual((yield* sized.getMany(["a", "b", "c"])).map(Option.isSome), [false, true, true])
     })
   )
 

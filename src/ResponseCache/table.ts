@@ -9,7 +9,7 @@
  *
  * @internal
  */
-import { Cache, Context, Duration, Effect, Exit, Fiber, MutableHashMap, Option } from "effect"
+import { Cache, Clock, Context, Duration, Effect, Exit, Fiber, MutableHashMap, Option } from "effect"
 import type { ModelError } from "../AiError.js"
 import type { GenerateResponse, StreamPart } from "../Model.js"
 import type { Origin } from "../ResponseCache.js"
@@ -171,7 +171,9 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
   // cache of the answers stale-if-error is there to serve. Every computation running is taken to be
   // in the table (those an `invalidate` took out are not: as many more finished ones may stay), so
   // that the scan stops at the excess, as it did.
-  const evict = (limit: number): void => {
+  const evict = (limit: number, now: number): void => {
+    if (MutableHashMap.size(cache.map) - running.size - limit <= 0) return
+    dropExpired(now)
     let excess = MutableHashMap.size(cache.map) - running.size - limit
     if (excess <= 0) return
     const finished: Array<string> = []
@@ -181,6 +183,25 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       if (--excess === 0) break
     }
     for (const key of finished) MutableHashMap.remove(cache.map, key)
+  }
+
+  // Expiry is lazy (an entry past it stays until asked for), and the scans above go by use: counted, an entry used
+  // a minute ago and expired since kept its place while an older one still valid went. Expired ones go first, the
+  // whole table scanned only once one may be: `nextExpiry` is at or before the earliest expiry of the entries held.
+  let nextExpiry = Number.POSITIVE_INFINITY
+  const expiresAt = (at: number): void => {
+    if (at < nextExpiry) nextExpiry = at
+  }
+  const dropExpired = (now: number): void => {
+    if (now < nextExpiry) return
+    nextExpiry = Number.POSITIVE_INFINITY
+    const expired: Array<string> = []
+    for (const [key, entry] of cache.map) {
+      if (entry.expiresAt === undefined) continue
+      if (now >= entry.expiresAt) expired.push(key)
+      else expiresAt(entry.expiresAt)
+    }
+    for (const key of expired) MutableHashMap.remove(cache.map, key)
   }
 
   // Bytes of an entry's value in its JSON encoding (UTF-8), measured once per entry. One JSON cannot encode (a
@@ -202,7 +223,7 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
 
   // The values kept fit in maxBytes: one larger on its own is not kept (it would push out every
   // other), then the least recently used go. A scan of the table per entry added, only with maxBytes.
-  const evictBytes = (): void => {
+  const evictBytes = (now: number): void => {
     if (maxBytes === undefined) return
     let total = 0
     const finished: Array<readonly [string, number]> = []
@@ -210,7 +231,7 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       const exit = entry.fiber.pollUnsafe()
       if (exit === undefined || Exit.isFailure(exit)) continue
       const size = sizeOf(exit.value)
-      if (size > maxBytes || exit.value.keepFor === 0) {
+      if (size > maxBytes || exit.value.keepFor === 0 || (entry.expiresAt !== undefined && now >= entry.expiresAt)) {
         MutableHashMap.remove(cache.map, key)
         continue
       }
@@ -237,12 +258,27 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
 
   // Bytes first: a value not kept (larger than maxBytes on its own) is gone before the entries are counted, so it
   // pushes none out (counted, it took the least recently used entry with it).
-  const trim = Effect.sync(() => {
-    evictBytes()
-    evict(capacity)
+  const trim = Effect.clockWith((clock) => {
+    const now = clock.currentTimeMillisUnsafe()
+    evictBytes(now)
+    evict(capacity, now)
+    return Effect.void
   })
 
-  const put = (key: string, stored: Stored): Effect.Effect<void> => Effect.andThen(Cache.set(cache, key, stored), trim)
+  const trimBytes = Effect.withFiber((fiber) => {
+    evictBytes(fiber.getRef(Clock.Clock).currentTimeMillisUnsafe())
+    return Effect.void
+  })
+
+  // Notes when the entry put at `now` expires (a put of `keepFor` 0 is not held).
+  const set = (key: string, stored: Stored): Effect.Effect<void> =>
+    Effect.clockWith((clock) => {
+      const keepFor = stored.keepFor
+      if (keepFor > 0) expiresAt(clock.currentTimeMillisUnsafe() + keepFor)
+      return Cache.set(cache, key, stored)
+    })
+
+  const put = (key: string, stored: Stored): Effect.Effect<void> => Effect.andThen(set(key, stored), trim)
 
   // An answer kept makes room for itself as its computation ends (still running: not counted); a
   // computation that fails, whose answer is not kept (larger than maxBytes alone too), or that was taken out of
@@ -250,7 +286,11 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
   const makeRoom = (stored: Stored): Effect.Effect<void> =>
     stored.keepFor > 0 && (maxBytes === undefined || sizeOf(stored) <= maxBytes)
       ? Effect.withFiber((fiber) => {
-          if (!takenOut.has(fiber)) evict(capacity - 1)
+          if (takenOut.has(fiber)) return Effect.void
+          // The table sets its expiry as the computation ends, from this time or later.
+          const now = fiber.getRef(Clock.Clock).currentTimeMillisUnsafe()
+          expiresAt(now + stored.keepFor)
+          evict(capacity - 1, now)
           return Effect.void
         })
       : Effect.void
@@ -387,7 +427,7 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       MutableHashMap.remove(cache.map, key)
     }
     const got = Cache.get(cache, key) as Effect.Effect<Stored, E>
-    return (maxBytes === undefined ? got : Effect.tap(got, () => Effect.sync(evictBytes))).pipe(
+    return (maxBytes === undefined ? got : Effect.tap(got, trimBytes)).pipe(
       Effect.map((stored) => ({ stored, leader })),
       Effect.ensuring(
         Effect.sync(() => {
@@ -450,7 +490,7 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
           ([key, stored]) =>
             Effect.andThen(
               Effect.sync(() => supersede(key)),
-              Cache.set(cache, key, stored)
+              set(key, stored)
             ),
           { discard: true }
         ),
