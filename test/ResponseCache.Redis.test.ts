@@ -205,6 +205,56 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
   )
 
   it.live(
+    "an entry is written only if it can be read back: an origin too long for the entry around a value is not written, counted",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const prefix = uniqueName("origin")
+            const name = uniqueName("writer")
+            const writer = yield* build(server, { name, prefix, maxValueBytes: 2000 })
+            const reader = yield* build(server, { name: uniqueName("reader"), prefix, maxValueBytes: 2000 })
+            const redis = yield* admin(server)
+            const oversized = Effect.map(
+              Metric.value(Metric.withAttributes(Metrics.cacheOversized, { cache: name })),
+              (s) => s.count
+            )
+            // A value just under maxValueBytes; the read allows 4 KiB more for the entry around it.
+            const value = response("x".repeat(1800))
+            const written = (key: string) =>
+              Effect.suspend(() => Effect.zip(redis.send<number>("EXISTS", `${prefix}:r:${key}`), oversized)).pipe(
+                Effect.flatMap(([exists, n]) => (exists + n > 0 ? Effect.void : Effect.fail("not written yet"))),
+                Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+              )
+            // An origin of 3,000 bytes fits: written, and another process reads it back.
+            const fitting = { provider: "p".repeat(3000) }
+            yield* writer.getOrCompute("fits", Effect.succeed(value), { originOf: () => fitting })
+            yield* written("fits")
+            assert.strictEqual(yield* oversized, 0)
+            const hit = yield* reader.getOrCompute("fits", Effect.succeed(response("computed")))
+            assert.strictEqual(hit.source, "hit")
+            assert.isTrue(hit.value.text === value.text && hit.origin?.provider === fitting.provider)
+            // One of 5,000 bytes does not: it was written and then missed by every lookup, blamed on another bound.
+            const long = { provider: "p".repeat(5000) }
+            const answered = yield* writer.getOrCompute("long", Effect.succeed(value), { originOf: () => long })
+            assert.isTrue(answered.source === "miss" && answered.value.text === value.text)
+            yield* written("long")
+            assert.strictEqual(yield* redis.send<number>("EXISTS", `${prefix}:r:long`), 0)
+            assert.strictEqual(yield* oversized, 1)
+            const missed = yield* reader.getOrCompute("long", Effect.succeed(response("computed")))
+            assert.strictEqual(missed.source, "miss")
+            assert.deepStrictEqual(
+              logs.lines.filter((l) => l.includes("written by a process with a larger bound")),
+              []
+            )
+          })
+        ).pipe(Effect.provide(logs.layer))
+      })
+  )
+
+  it.live(
     "a value read back longer than maxValueBytes (another process's, a larger bound) is a miss, counted and said once, not a failure",
     () =>
       Effect.gen(function* () {

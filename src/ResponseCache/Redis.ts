@@ -47,7 +47,8 @@ export interface Options extends ResponseCache.Options {
    * ones are not stored (counted in `orchestra_cache_oversized_total`), and one found in Redis longer than
    * this and 4 KiB for its entry (written by a process with a larger bound) is not read: a miss, counted there too,
    * the first one said in a warning. The entry written around it
-   * (its kind, origin and expiry times, about 100 bytes) is not counted. Default 1 MiB. A large value holds the Redis connection
+   * (its kind, origin and expiry times, about 100 bytes) is not counted, up to those 4 KiB: an answer whose
+   * origin (`originOf`) makes it longer is not stored either (counted there), as it would not be read. Default 1 MiB. A large value holds the Redis connection
    * that every store shares while it is written and read: a larger bound needs a deadline that
    * covers the transfer, `redis.timeout` and `Redis.layer`'s `commandTimeout` both (the client
    * cuts each command at the shorter). The answers this process keeps while they are written
@@ -184,10 +185,20 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   // it, whose tag and expiry times (~80 bytes) refused a value just under the bound. UTF-8 takes 1
   // to 3 bytes per UTF-16 unit: measure only when the length alone does not decide.
   const limit = maxValueBytes + entryBytes
-  const fits = (encoded: { readonly value: { readonly response?: unknown; readonly parts?: unknown } }): boolean => {
-    const json = JSON.stringify(encoded.value.response ?? encoded.value.parts)
+  const fits = (encoded: ReturnType<typeof encode>): boolean => {
+    const cached = encoded.value
+    const json = JSON.stringify(cached._tag === "Response" ? cached.response : cached.parts)
     if (json.length > maxValueBytes) return false
-    return json.length * 3 <= maxValueBytes || Buffer.byteLength(json, "utf8") <= maxValueBytes
+    if (cached._tag === "Stream" || cached.origin === undefined) {
+      return json.length * 3 <= maxValueBytes || Buffer.byteLength(json, "utf8") <= maxValueBytes
+    }
+    const bytes = Buffer.byteLength(json, "utf8")
+    if (bytes > maxValueBytes) return false
+    // An origin is the caller's (`originOf`), of any length: the entry is bounded as it is read back (`limit`),
+    // or one written around a value near maxValueBytes was missed by every lookup. The entry with the value
+    // written as `0` is the rest of it, one byte for the value.
+    const rest = Buffer.byteLength(JSON.stringify({ ...encoded, value: { ...cached, response: 0 } }), "utf8")
+    return bytes + rest - 1 <= limit
   }
 
   // Said once: the metric counts them all.
