@@ -306,7 +306,15 @@ const decodeDuration = (path: string, input: unknown, options: DurationOptions):
   }
   if (Duration.isNegative(decoded)) return fail("a duration cannot be negative")
   if (!Duration.isFinite(decoded) && !options.allowInfinite) return fail("expected a finite duration")
-  if (Duration.isZero(decoded) && !options.allowZero) return fail("expected a duration above zero")
+  if (Duration.isZero(decoded) && !options.allowZero) {
+    // A positive amount below a nanosecond is a Duration of zero: "above zero" did not say what was wrong with 1e-9.
+    const positive = typeof input === "number" ? input > 0 : typeof input === "string" && /[1-9]/.test(input)
+    return fail(
+      positive
+        ? "expected a duration of at least 1 nanosecond (the finest one holds)"
+        : "expected a duration above zero"
+    )
+  }
   return Result.succeed(decoded)
 }
 
@@ -377,12 +385,16 @@ export const wholeMillis = (
   max: number,
   options: Omit<DurationOptions, "allowInfinite"> = {}
 ): Checked<number> =>
-  Result.flatMap(decodeDuration(path, input, options), (d) => {
-    const ms = Math.ceil(Duration.toMillis(d))
-    return ms > max
-      ? Result.fail({ path, message: `expected at most ${max} ms (${aboutMillis(max)}), got ${shown(input)}` })
-      : Result.succeed(ms)
-  })
+  // A number is rounded up as given: as a Duration (whole nanoseconds), 1e-9 was zero, refused where 0.2 was 1 ms.
+  Result.flatMap(
+    decodeDuration(path, input, typeof input === "number" && input > 0 ? { allowZero: true } : options),
+    (d) => {
+      const ms = typeof input === "number" ? Math.ceil(input) : Math.ceil(Duration.toMillis(d))
+      return ms > max
+        ? Result.fail({ path, message: `expected at most ${max} ms (${aboutMillis(max)}), got ${shown(input)}` })
+        : Result.succeed(ms)
+    }
+  )
 
 /**
  * A user's value, or `fallback` when the field is absent (`undefined`). Unlike `??`, a `null`

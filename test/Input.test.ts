@@ -81,3 +81,42 @@ describe("Input.unknownKey", () => {
     assert.include(long, "100,000 characters")
   })
 })
+
+describe("Input.wholeMillis", () => {
+  const max = Input.maxRedisMillis
+  it("rounds every positive number up, as documented: one below a nanosecond was refused as not above zero", () => {
+    // 0.2 was 1 ms while 1e-9 (zero nanoseconds as a Duration) was "expected a duration above zero, got 1e-9".
+    assert.deepStrictEqual(Input.wholeMillis("ttl", 0.2, max), Result.succeed(1))
+    assert.deepStrictEqual(Input.wholeMillis("ttl", 1e-9, max), Result.succeed(1))
+    assert.deepStrictEqual(Input.wholeMillis("ttl", Number.MIN_VALUE, max), Result.succeed(1))
+    assert.deepStrictEqual(Input.wholeMillis("ttl", 1500.5, max), Result.succeed(1501))
+    // Where zero is allowed, it was 0 ms (no grace at all) against 1 ms for 1e-6.
+    assert.deepStrictEqual(Input.wholeMillis("staleFor", 1e-9, max, { allowZero: true }), Result.succeed(1))
+    assert.deepStrictEqual(Input.wholeMillis("staleFor", 0, max, { allowZero: true }), Result.succeed(0))
+    assert.deepStrictEqual(
+      Input.wholeMillis("ttl", 0, max),
+      Result.fail({ path: "ttl", message: "expected a duration above zero, got 0" })
+    )
+  })
+
+  it("a duration below a nanosecond that is not a number says so: it was refused as not above zero", () => {
+    assert.deepStrictEqual(
+      Input.wholeMillis("ttl", "0.0000001 millis", max),
+      Result.fail({
+        path: "ttl",
+        message: 'expected a duration of at least 1 nanosecond (the finest one holds), got "0.0000001 millis"'
+      })
+    )
+    assert.deepStrictEqual(
+      Input.duration("timeout", 1e-9),
+      Result.fail({
+        path: "timeout",
+        message: "expected a duration of at least 1 nanosecond (the finest one holds), got 1e-9"
+      })
+    )
+    assert.deepStrictEqual(
+      Input.wholeMillis("ttl", "0 millis", max),
+      Result.fail({ path: "ttl", message: 'expected a duration above zero, got "0 millis"' })
+    )
+  })
+})

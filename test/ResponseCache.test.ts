@@ -384,6 +384,23 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect(
+    "a ttl or staleFor below a nanosecond is rounded up to 1 ms as 0.2 is, not refused as zero (or no grace)",
+    () =>
+      Effect.gen(function* () {
+        const cache = yield* makeCache({ ttl: 1e-9, staleFor: 1e-9 })
+        yield* cache.setMany([{ key: "a", value: response("A") }])
+        assert.isTrue(Option.isSome((yield* cache.getMany(["a"]))[0]!))
+        yield* TestClock.adjust("1 millis")
+        assert.isTrue(Option.isNone((yield* cache.getMany(["a"]))[0]!))
+        // Within its grace of 1 ms, a failed computation is answered stale.
+        const stale = yield* cache.getOrCompute("a", Effect.fail(modelError("Overloaded", "busy")), {
+          allowStale: true
+        })
+        assert.strictEqual(stale.source, "stale")
+      })
+  )
+
   it.effect("stale-if-error: an expired entry within its grace answers a failed computation, again and again", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache({ ttl: "10 seconds", staleFor: "5 seconds" })
