@@ -164,6 +164,39 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live("a setMany of a value too long to store removes the key's value: the next lookup misses, as in memory", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const name = uniqueName("replaced")
+        const cache = yield* build(server, { name, maxValueBytes: 2000 })
+        const redis = yield* admin(server)
+        yield* cache.setMany([
+          { key: "a", value: response("old a") },
+          { key: "b", value: response("old b") }
+        ])
+        assert.strictEqual(yield* redis.send<number>("EXISTS", `${name}:r:a`, `${name}:r:b`), 2)
+        // The old value of a stayed in Redis and answered every lookup in place of the one set.
+        yield* cache.setMany([
+          { key: "a", value: response("x".repeat(3000)) },
+          { key: "b", value: response("new b") }
+        ])
+        const [a, b] = yield* cache.getMany(["a", "b"])
+        assert.isTrue(Option.isNone(a!))
+        assert.strictEqual(Option.getOrThrow(b!).text, "new b")
+        assert.strictEqual(yield* redis.send<number>("EXISTS", `${name}:r:a`), 0)
+        // The memory cache alike.
+        const memory = yield* Effect.map(
+          Layer.build(ResponseCache.layerMemory({ name: uniqueName("memory"), maxBytes: 2000 })),
+          Context.get(ResponseCache.ResponseCache)
+        )
+        yield* memory.setMany([{ key: "a", value: response("old a") }])
+        yield* memory.setMany([{ key: "a", value: response("x".repeat(3000)) }])
+        assert.isTrue(Option.isNone((yield* memory.getMany(["a"]))[0]!))
+      })
+    )
+  )
+
   it.live(
     "maxValueBytes bounds the value as documented (its JSON), not the entry around it: one of exactly it is stored",
     () =>

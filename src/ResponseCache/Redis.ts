@@ -166,7 +166,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const store = yield* backing.make(prefix)
   // The namespace `effect/persistence`'s store writes under (its store id with `%` and `:` escaped).
   const namespace = `${prefix.replace(/%/g, "%25").replace(/:/g, "%3A")}:`
-  const readLimited = (yield* Redis.Redis).eval(readBounded)
+  const redis = yield* Redis.Redis
+  const readLimited = redis.eval(readBounded)
   // Background writes run in a scope of their own: closing, the layer first waits for those
   // under way (each bounded by the Redis deadline), so that none is dropped silently.
   const writes = yield* Scope.make()
@@ -282,19 +283,21 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   ): Effect.Effect<ReadonlyArray<Option.Option<Table.Stored>>> =>
     Effect.orElseSucceed(readOrFail(keys, now, tag), () => keys.map(() => Option.none<Table.Stored>()))
 
-  // The entries to write (those longer than maxValueBytes left out, counted in `tooLarge`).
+  // The entries to write (those longer than maxValueBytes left out, counted in `tooLarge`, their keys in `unwritten`).
   const encodeAll = (entries: ReadonlyArray<readonly [string, Table.Stored]>, now: number) => {
     let tooLarge = 0
+    const unwritten: Array<string> = []
     const encoded = entries.flatMap(([k, stored]) => {
       if (stored.staleUntil <= now) return []
       const value = encode(stored)
       if (!fits(value)) {
         tooLarge++
+        unwritten.push(k)
         return []
       }
       return [[k, value, Duration.millis(stored.staleUntil - now)] as const]
     })
-    return { encoded, tooLarge }
+    return { encoded, tooLarge, unwritten }
   }
 
   const send = ({ encoded, tooLarge }: ReturnType<typeof encodeAll>): Effect.Effect<void> => {
@@ -543,7 +546,15 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           const fiber = writing.get(k)
           if (fiber !== undefined) underWay.push(fiber)
         }
-        return underWay.length === 0 ? send(batch) : Effect.andThen(supersede(underWay), send(batch))
+        const sent = underWay.length === 0 ? send(batch) : Effect.andThen(supersede(underWay), send(batch))
+        // A value set that is too long to store replaces the key's value all the same (as in memory): left in
+        // Redis, the one before answered every lookup in place of it.
+        return batch.unwritten.length === 0
+          ? sent
+          : Effect.andThen(
+              sent,
+              Effect.ignore(guard.call("DEL", redis.send("DEL", ...batch.unwritten.map((k) => namespace + k))))
+            )
       }),
     getParts,
     // Written in the background as answers are: a stream's end does not wait for Redis.
