@@ -185,6 +185,24 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         assert.isTrue(Option.isNone(a!))
         assert.strictEqual(Option.getOrThrow(b!).text, "new b")
         assert.strictEqual(yield* redis.send<number>("EXISTS", `${name}:r:a`), 0)
+        // Stream parts alike (written in the background).
+        const oversized = Effect.map(
+          Metric.value(Metric.withAttributes(Metrics.cacheOversized, { cache: name })),
+          (s) => s.count
+        )
+        const { text: _, ...rest } = response("")
+        const finish: StreamPart = { _tag: "Finish", ...rest }
+        yield* cache.setParts("p", [{ _tag: "TextDelta", text: "old" }, finish])
+        yield* Effect.suspend(() => redis.send<number>("EXISTS", `${name}:s:p`)).pipe(
+          Effect.flatMap((n) => (n === 1 ? Effect.void : Effect.fail("not written yet"))),
+          Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+        )
+        const before = yield* oversized
+        yield* cache.setParts("p", [{ _tag: "TextDelta", text: "y".repeat(3000) }, finish])
+        yield* Effect.suspend(() => Effect.zip(redis.send<number>("EXISTS", `${name}:s:p`), oversized)).pipe(
+          Effect.flatMap(([n, o]) => (n === 0 && o > before ? Effect.void : Effect.fail("not settled yet"))),
+          Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+        )
         // The memory cache alike.
         const memory = yield* Effect.map(
           Layer.build(ResponseCache.layerMemory({ name: uniqueName("memory"), maxBytes: 2000 })),

@@ -310,6 +310,19 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const write = (entries: ReadonlyArray<readonly [string, Table.Stored]>, now: number): Effect.Effect<void> =>
     send(encodeAll(entries, now))
 
+  // A value set (setMany, setParts) that is too long to store replaces the key's value all the same, as in memory:
+  // left in Redis, the one before answered every lookup in place of it.
+  const removeUnwritten = (keys: ReadonlyArray<string>): Effect.Effect<void> =>
+    keys.length === 0
+      ? Effect.void
+      : Effect.ignore(guard.call("DEL", redis.send("DEL", ...keys.map((k) => namespace + k))))
+
+  const replace = (entries: ReadonlyArray<readonly [string, Table.Stored]>, now: number): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      const batch = encodeAll(entries, now)
+      return Effect.andThen(send(batch), removeUnwritten(batch.unwritten))
+    })
+
   // The bytes a batch of entries takes in Redis (the JSON the store writes, UTF-8), checked against
   // maxBatchBytes; a batch writes as many bytes as one getMany reads back. One entry alone is taken, as
   // one key alone is read: its value is bounded by maxValueBytes, and the entry around it is a little longer.
@@ -348,8 +361,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   // Writes `stored` to Redis in the background: the caller goes on at once (and keeps the
   // value in the process table meanwhile, so callers arriving during the write find it).
-  const writeBehind = (k: string, stored: Table.Stored, at: number): Effect.Effect<Table.Stored> =>
-    Effect.map(Effect.forkIn(write([[k, stored]], at), writes), (fiber) => {
+  const writeBehind = (
+    k: string,
+    stored: Table.Stored,
+    at: number,
+    writer: typeof write = write
+  ): Effect.Effect<Table.Stored> =>
+    Effect.map(Effect.forkIn(writer([[k, stored]], at), writes), (fiber) => {
       writing.set(k, fiber)
       pending.add(fiber)
       fiber.addObserver(() => {
@@ -547,14 +565,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
           if (fiber !== undefined) underWay.push(fiber)
         }
         const sent = underWay.length === 0 ? send(batch) : Effect.andThen(supersede(underWay), send(batch))
-        // A value set that is too long to store replaces the key's value all the same (as in memory): left in
-        // Redis, the one before answered every lookup in place of it.
-        return batch.unwritten.length === 0
-          ? sent
-          : Effect.andThen(
-              sent,
-              Effect.ignore(guard.call("DEL", redis.send("DEL", ...batch.unwritten.map((k) => namespace + k))))
-            )
+        return batch.unwritten.length === 0 ? sent : Effect.andThen(sent, removeUnwritten(batch.unwritten))
       }),
     getParts,
     // Written in the background as answers are: a stream's end does not wait for Redis.
@@ -563,7 +574,12 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         ? Effect.flatMap(now, (at) => {
             const k = Table.partsKey(keyOf(key))
             return Effect.flatMap(
-              writeBehind(k, Table.storedOf({ _tag: "Stream", parts }, at, config.ttl, config.staleFor, retain), at),
+              writeBehind(
+                k,
+                Table.storedOf({ _tag: "Stream", parts }, at, config.ttl, config.staleFor, retain),
+                at,
+                replace
+              ),
               (stored) => table.put(k, stored)
             )
           })
