@@ -185,6 +185,16 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         assert.isTrue(Option.isNone(a!))
         assert.strictEqual(Option.getOrThrow(b!).text, "new b")
         assert.strictEqual(yield* redis.send<number>("EXISTS", `${name}:r:a`), 0)
+        // In one batch, the last value set under a key is the one that counts, as in memory.
+        yield* cache.setMany([
+          { key: "c", value: response("x".repeat(3000)) },
+          { key: "c", value: response("last c") },
+          { key: "d", value: response("first d") },
+          { key: "d", value: response("x".repeat(3000)) }
+        ])
+        const [c, d] = yield* cache.getMany(["c", "d"])
+        assert.strictEqual(Option.getOrThrow(c!).text, "last c")
+        assert.isTrue(Option.isNone(d!))
         // Stream parts alike (written in the background).
         const oversized = Effect.map(
           Metric.value(Metric.withAttributes(Metrics.cacheOversized, { cache: name })),

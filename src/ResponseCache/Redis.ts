@@ -283,20 +283,21 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   ): Effect.Effect<ReadonlyArray<Option.Option<Table.Stored>>> =>
     Effect.orElseSucceed(readOrFail(keys, now, tag), () => keys.map(() => Option.none<Table.Stored>()))
 
-  // The entries to write (those longer than maxValueBytes left out, counted in `tooLarge`, their keys in `unwritten`).
+  // The entries to write (those longer than maxValueBytes left out, counted in `tooLarge`), and the keys whose last
+  // value in the batch is so left out (`unwritten`).
   const encodeAll = (entries: ReadonlyArray<readonly [string, Table.Stored]>, now: number) => {
     let tooLarge = 0
-    const unwritten: Array<string> = []
+    let last: Map<string, boolean> | undefined
     const encoded = entries.flatMap(([k, stored]) => {
       if (stored.staleUntil <= now) return []
       const value = encode(stored)
-      if (!fits(value)) {
-        tooLarge++
-        unwritten.push(k)
-        return []
-      }
-      return [[k, value, Duration.millis(stored.staleUntil - now)] as const]
+      const fit = fits(value)
+      if (!fit) tooLarge++
+      if (!fit || last !== undefined) (last ??= new Map()).set(k, fit)
+      return fit ? [[k, value, Duration.millis(stored.staleUntil - now)] as const] : []
     })
+    const unwritten: Array<string> = []
+    if (last !== undefined) for (const [k, fit] of last) if (!fit) unwritten.push(k)
     return { encoded, tooLarge, unwritten }
   }
 
