@@ -1,5 +1,18 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Deferred, type Duration, Effect, Exit, Fiber, Layer, Logger, Metric, Option, Ref } from "effect"
+import {
+  Context,
+  Deferred,
+  type Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Logger,
+  Metric,
+  MutableHashMap,
+  Option,
+  Ref
+} from "effect"
 import { TestClock } from "effect/testing"
 import { type AiError, modelError } from "../src/AiError.js"
 import type { OptionError } from "../src/Input.js"
@@ -792,6 +805,43 @@ describe("ResponseCache (memory)", () => {
       yield* fill(sized, big)
       yield* sized.setMany([{ key: "c", value: big("c") }])
       assert.deepStrictEqual((yield* sized.getMany(["a", "b", "c"])).map(Option.isSome), [false, true, true])
+    })
+  )
+
+  it.effect("capacity: looking for expired entries does not scan a full table on each entry added", () =>
+    Effect.gen(function* () {
+      // One entry put per millisecond, each kept 1 s, into a table of 1,000: from then on one entry expires as each
+      // is added. Each put found an entry past its expiry and scanned the whole table for it (1,000 reads a put);
+      // the work is counted as the reads of the entries' expiry.
+      const n = 1_000
+      const table = yield* Table.makeTable(n)
+      let reads = 0
+      const put = (i: number) =>
+        Effect.gen(function* () {
+          const key = `k${i}`
+          yield* table.put(key, Table.storedOf({ _tag: "Response", response: response(key) }, 0, 1_000, 0))
+          const entry = MutableHashMap.get(table.cache.map, key)
+          if (Option.isSome(entry)) {
+            MutableHashMap.set(
+              table.cache.map,
+              key,
+              new Proxy(entry.value, {
+                get: (target, field, receiver) => {
+                  if (field === "expiresAt") reads++
+                  return Reflect.get(target, field, receiver)
+                }
+              })
+            )
+          }
+          yield* TestClock.adjust("1 millis")
+        })
+      for (let i = 0; i < n; i++) yield* put(i)
+      reads = 0
+      for (let i = n; i < 3 * n; i++) yield* put(i)
+      assert.isAtMost(reads, 50 * 2 * n)
+      // Still at most 1,000 entries, the latest ones.
+      assert.strictEqual(MutableHashMap.size(table.cache.map), n)
+      assert.strictEqual(table.peek(`k${3 * n - 1}`, 3 * n)._tag, "Done")
     })
   )
 

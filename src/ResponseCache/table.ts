@@ -183,25 +183,32 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       if (--excess === 0) break
     }
     for (const key of finished) MutableHashMap.remove(cache.map, key)
+    evicted += finished.length
   }
 
   // Expiry is lazy (an entry past it stays until asked for), and the scans above go by use: counted, an entry used
   // a minute ago and expired since kept its place while an older one still valid went. Expired ones go first, the
   // whole table scanned only once one may be: `nextExpiry` is at or before the earliest expiry of the entries held.
+  // And at most once per 1/16 of the table evicted since the last scan: where an entry expires about as often as one
+  // is added (ttl × rate ≈ capacity), one was found expired on each addition, and the whole table scanned for it.
   let nextExpiry = Number.POSITIVE_INFINITY
+  let evicted = Number.POSITIVE_INFINITY
   const expiresAt = (at: number): void => {
     if (at < nextExpiry) nextExpiry = at
   }
   const dropExpired = (now: number): void => {
-    if (now < nextExpiry) return
+    if (now < nextExpiry || evicted * 16 < MutableHashMap.size(cache.map)) return
     nextExpiry = Number.POSITIVE_INFINITY
+    evicted = 0
     const expired: Array<string> = []
     for (const [key, entry] of cache.map) {
-      if (entry.expiresAt === undefined) continue
-      if (now >= entry.expiresAt) expired.push(key)
-      else expiresAt(entry.expiresAt)
+      const at = entry.expiresAt
+      if (at === undefined) continue
+      if (now >= at) expired.push(key)
+      else expiresAt(at)
     }
     for (const key of expired) MutableHashMap.remove(cache.map, key)
+    evicted += expired.length
   }
 
   // Bytes of an entry's value in its JSON encoding (UTF-8), measured once per entry. One JSON cannot encode (a
