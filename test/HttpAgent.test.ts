@@ -1202,6 +1202,33 @@ describe("HttpAgent: breakers, cache and fallback through the executor's pipelin
     })
   )
 
+  it.effect(
+    "an agent URL written two ways (scheme or host case, default port, one slash) is one agent, one breaker",
+    () =>
+      Effect.gen(function* () {
+        const down = yield* AgentServer.make(() => ({ status: 503 }))
+        const spare = yield* AgentServer.make()
+        const service = yield* agents({ breakers: { failMax: 1 } })
+        const port = new URL(down.url).port
+        const shouting = `HTTP://127.0.0.1:${port}/task`
+        // Listed twice, written two ways: one request, the second spelling not asked again.
+        const record = yield* service.call(task("case", shouting, { fallback: [down.url, spare.url] }))
+        assert.deepStrictEqual([record.status, record.agent, record.attempts], ["success", spare.url, 2])
+        assert.deepStrictEqual([down.requests(), spare.requests()], [1, 1])
+        // Its breaker opened for the endpoint, however the URL is written.
+        for (const url of [down.url, `http:/127.0.0.1:${port}/task`, `http://127.0.0.1:${port}/./task`]) {
+          const again = yield* service.call(task(`again-${url}`, url))
+          assert.deepStrictEqual([again.status, again.error?.reason], ["service_unavailable", "CircuitOpen"], url)
+        }
+        assert.strictEqual(down.requests(), 1)
+        // Another host's port 80 spelt out or left to the scheme is one breaker too.
+        const open = yield* service.call(task("port-a", "http://127.0.0.2:80/x", { timeout: "50 millis" }))
+        const again = yield* service.call(task("port-b", "HTTP://127.0.0.2/x"))
+        assert.notStrictEqual(open.status, "success")
+        assert.deepStrictEqual([again.status, again.error?.reason], ["service_unavailable", "CircuitOpen"])
+      })
+  )
+
   it.effect("an agent listed again among a task's fallbacks is asked once", () =>
     Effect.gen(function* () {
       const down = yield* AgentServer.make(() => ({ status: 503 }))

@@ -49,14 +49,26 @@ export const withoutFragment = (url: string): string => {
 }
 
 /**
- * The breaker of an agent URL: one per URL, named as records show URLs (no query), with a
- * digest of the query so that two queries (two tenants, two keys) keep two breakers. The
- * name is in `CircuitOpenError` messages, records and the `breaker` metric attribute, where a
- * token of the query must not appear.
+ * The endpoint a URL is sent to, as the URL parser writes it (WHATWG `href`), without its fragment: one
+ * string however the URL is written. `HTTP://H/x`, `http://h:80/x` and `http:/h/x` are the request
+ * `http://h/x` is, and each had a breaker of its own (one endpoint, its failures counted apart).
+ */
+export const endpointOf = (given: string): string => {
+  if (!URL.canParse(given)) return withoutFragment(given)
+  const url = new URL(given)
+  url.hash = ""
+  return url.href
+}
+
+/**
+ * The breaker of an agent URL: one per endpoint ({@link endpointOf}), named as records show URLs
+ * (no query), with a digest of the query so that two queries (two tenants, two keys) keep two
+ * breakers. The name is in `CircuitOpenError` messages, records and the `breaker` metric
+ * attribute, where a token of the query must not appear.
  */
 export const breakerKey = (given: string): string => {
   // The fragment is never sent: `#a` and `#b` are one agent.
-  const url = withoutFragment(given)
+  const url = endpointOf(given)
   const at = url.indexOf("?")
   return at === -1
     ? display(url)

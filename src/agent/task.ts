@@ -32,6 +32,7 @@ import {
   breakerKey,
   discoveryAgent,
   display,
+  endpointOf,
   type Label,
   labelOf,
   noAgent,
@@ -72,6 +73,10 @@ interface Prepared {
   readonly host: string
   /** The URL has a query: its values (a token) are shown redacted in spans, as records leave the query out. */
   readonly hasQuery: boolean
+  /** The endpoint it is sent to, however the URL is written (`endpointOf`): an agent listed twice is asked once. */
+  readonly endpoint: string
+  /** The key of its breaker (`breakerKey`). */
+  readonly breaker: string
 }
 
 /** Every query parameter name (`UrlParams.CurrentRedactedNames`). */
@@ -95,7 +100,9 @@ const prepare = (agent: Agent<unknown>): Prepared => {
   return {
     request: HttpClientRequest.post(url).pipe(HttpClientRequest.setHeaders(headers), HttpClientRequest.acceptJson),
     host: hostPort(new URL(agent.url)),
-    hasQuery: url.includes("?")
+    hasQuery: url.includes("?"),
+    endpoint: endpointOf(agent.url),
+    breaker: breakerKey(agent.url)
   }
 }
 
@@ -338,13 +345,13 @@ export const makeCall = (env: Env): Call => {
     }
     // An agent (URL) listed twice (two registrations, a fallback that is the agent again) is asked
     // once: the second request would be a retry nobody asked for, of a task that need not be idempotent.
-    // Its fragment is never sent: a URL listed again with another one is the same agent.
+    // Its fragment is never sent: a URL listed again with another one, or written otherwise, is the same agent.
     // A discovered agent the task describes itself (an agent of its fallback, with its headers) is sent as described, at
     // the place discovery gave it: it went with none of its headers.
     const found = task.agent === undefined ? listed.length - (task.fallback ?? []).length : 0
     const unique = new Map<string, number>()
     for (let i = 0; i < listed.length; i++) {
-      const sent = withoutFragment(listed[i]!.url)
+      const sent = preparedOf(listed[i]!).endpoint
       const kept = unique.get(sent)
       if (kept === undefined) unique.set(sent, i)
       else if (kept < found && i >= found && typeof task.fallback![i - found] !== "string") unique.set(sent, i)
@@ -377,7 +384,7 @@ export const makeCall = (env: Env): Call => {
         domain: env.statsDomain,
         timeout: timeout ?? agent.timeout ?? env.timeout,
         retry: agent.retry ?? env.retry,
-        breaker: keyedBreaker(env.breaker, breakerKey(agent.url), () => {
+        breaker: keyedBreaker(env.breaker, preparedOf(agent).breaker, () => {
           last = agent
         }),
         rateLimit: env.rateLimit,
