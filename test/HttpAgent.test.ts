@@ -1062,6 +1062,22 @@ describe("HttpAgent.call", () => {
   )
 })
 
+describe("HttpAgent: an agent's accept header", () => {
+  it.effect("a user's accept (any case) is sent as given, the answer read as JSON; without one, application/json", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const service = yield* agents()
+      const vendor = "application/vnd.agent.v2+json"
+      for (const [i, headers] of [{ accept: vendor }, { Accept: vendor }, undefined].entries()) {
+        const agent = HttpAgent.agent({ url: server.url, name: `accepting-${i}`, headers })
+        const record = yield* service.call(task(`accept-${i}`, agent))
+        assert.strictEqual(record.status, "success")
+        assert.strictEqual(server.headers()[i]?.accept, headers === undefined ? "application/json" : vendor)
+      }
+    })
+  )
+})
+
 describe("HttpAgent: breakers, cache and fallback through the executor's pipeline", () => {
   it.effect(
     "the agent's breaker opens after repeated failures, serves the cached result, and closes after the reset",

@@ -67,7 +67,7 @@ export type Call = (task: Task, dependencies: Record<string, unknown> | undefine
 /** Counts a record under `series` (its agent's series name): its status, and its duration for the tasks that went out. */
 export const count = (record: TaskRecord, series: string, metrics: AgentMetrics): void => metrics.count(record, series)
 
-/** What every request to an agent starts from: its URL, headers (secrets unwrapped) and `Accept`, and its host. */
+/** What every request to an agent starts from: its URL, `Accept` and headers (secrets unwrapped), and its host. */
 interface Prepared {
   readonly request: HttpClientRequest.HttpClientRequest
   readonly host: string
@@ -98,7 +98,8 @@ const prepare = (agent: Agent<unknown>): Prepared => {
   // The fragment is never sent; spans showed it.
   const url = withoutFragment(agent.url)
   return {
-    request: HttpClientRequest.post(url).pipe(HttpClientRequest.setHeaders(headers), HttpClientRequest.acceptJson),
+    // An `accept` of the agent's own wins (a vendor JSON type its API asks for); the answer is read as JSON either way.
+    request: HttpClientRequest.post(url).pipe(HttpClientRequest.acceptJson, HttpClientRequest.setHeaders(headers)),
     host: hostPort(new URL(agent.url)),
     hasQuery: url.includes("?"),
     endpoint: endpointOf(agent.url),
