@@ -77,7 +77,22 @@ describe("Discovery.layerStatic", () => {
         [[{ concept: "c", intent: "x", agents: "http://127.0.0.1:1" } as never], "entries[0].agents"],
         // No query can name them (a query's concept and intent are 1 to 1,000 characters): never served.
         [[{ concept: "c".repeat(1_001), intent: "x", agents: { url: "http://127.0.0.1:1" } }], "entries[0].concept"],
-        [[{ concept: "c", intent: "x".repeat(1_001), agents: { url: "http://127.0.0.1:1" } }], "entries[0].intent"]
+        [[{ concept: "c", intent: "x".repeat(1_001), agents: { url: "http://127.0.0.1:1" } }], "entries[0].intent"],
+        // The names the agents' own records and series take, or one no label can hold: the agent could not be named so.
+        ...["unknown", "(other)", "discovery:static", "discovery:", "a-\uD800"].map(
+          (name) =>
+            [
+              [
+                { concept: "c", intent: "x", agents: { url: "http://127.0.0.1:1" } },
+                {
+                  concept: "c",
+                  intent: "y",
+                  agents: [{ url: "http://127.0.0.1:1" }, { url: "http://127.0.0.1:2", name }]
+                }
+              ],
+              "entries[1].agents[1].name"
+            ] as const
+        )
       ]
       for (const [entries, path] of cases) {
         const error = yield* Effect.flip(resolver(Discovery.layerStatic(entries)))

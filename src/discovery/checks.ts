@@ -8,7 +8,9 @@
 import { Effect, Result } from "effect"
 import type { Endpoint, Query, Service } from "../Discovery.js"
 import * as Input from "../Input.js"
+import { reservedName } from "../agent/names.js"
 import * as Http from "../Model/http/options.js"
+import { wellFormed } from "../stats/labels.js"
 import { type DiscoveryError, fail } from "./errors.js"
 
 /**
@@ -98,7 +100,19 @@ export const optionsIssue = (options: unknown, known: ReadonlySet<string>): Inpu
   Input.notAnObject("options", options) ?? Input.unknownKey(options as object, known)
 
 /**
- * `strict`: a field of no endpoint's is refused (entries written by hand; a lookup's answer may carry its own).
+ * A name written by hand (a static map's): one the agents' own records and series take (`unknown`, `(other)`,
+ * `discovery:...`), which the agent would be named by its URL instead of, or one no label can hold, whose every task
+ * would end `service_unavailable`, is refused where it is given. A lookup's answer (a registry's choice) is named by
+ * its URL at call time.
+ */
+const handName = (path: string, name: string): Input.Checked<string> => {
+  const reserved = reservedName(name)
+  return reserved === undefined ? wellFormed(name, path) : Result.fail({ path, message: `reserved: ${reserved}` })
+}
+
+/**
+ * `strict`: a field of no endpoint's, or a name no agent may take, is refused (entries written by hand; a lookup's
+ * answer may carry fields of its own, and its names are the registry's).
  * The endpoint is read once into a plain one, which is what is checked and kept: the caller's object
  * (a lookup's catalog entry, updated in place; a getter) changed later changes no answer.
  */
@@ -110,7 +124,11 @@ export const checkEndpoint = (path: string, input: unknown, strict = false): Inp
   return Result.map(
     Input.all([
       Http.baseUrl(`${path}.url`, url, "an endpoint takes none (HttpAgent.agent takes them as a Redacted header)"),
-      name === undefined ? Result.succeed(undefined) : Http.nonEmpty(`${path}.name`, name),
+      name === undefined
+        ? Result.succeed(undefined)
+        : strict
+          ? Result.flatMap(Http.nonEmpty(`${path}.name`, name), (n) => handName(`${path}.name`, n))
+          : Http.nonEmpty(`${path}.name`, name),
       timeout === undefined ? Result.succeed(undefined) : Input.duration(`${path}.timeout`, timeout)
     ]),
     (): Endpoint => ({
