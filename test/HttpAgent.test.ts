@@ -1279,6 +1279,22 @@ describe("HttpAgent: breakers, cache and fallback through the executor's pipelin
       })
   )
 
+  it.effect("an agent named as a model provider shares that provider's limit: one key of RateLimits (documented)", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const context = yield* build({ rateLimits: { providers: { mock: { requestsPerMinute: 1 } }, maxWait: 0 } })
+      const executor = Context.get(context, Executor.Executor)
+      const service = Context.get(context, HttpAgent.HttpAgents)
+      yield* executor.execute({ prompt: "hi" })
+      const record = yield* service.call(task("shared", HttpAgent.agent({ url: server.url, name: "mock" })))
+      assert.deepStrictEqual([record.status, record.error?.reason, record.attempts], ["error", "RateLimited", 0])
+      // Named apart, it has a limit of its own (here none).
+      const apart = yield* service.call(task("apart", HttpAgent.agent({ url: server.url, name: "mock-agent" })))
+      assert.strictEqual(apart.status, "success")
+      assert.strictEqual(server.requests(), 1)
+    })
+  )
+
   it.effect("retries follow the agent's policy on Policy.schedule, then answer", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make((t, i) => (i < 2 ? { status: 503 } : AgentServer.defaultReply(t)))
