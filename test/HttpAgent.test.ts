@@ -1078,6 +1078,23 @@ describe("HttpAgent: an agent's accept header", () => {
   )
 })
 
+describe("HttpAgent: an agent's content-type header", () => {
+  it.effect("a user's content-type (any case) labels the JSON body as given; without one, application/json", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const service = yield* agents()
+      const vendor = "application/vnd.api+json"
+      for (const [i, headers] of [{ "content-type": vendor }, { "Content-Type": vendor }, undefined].entries()) {
+        const agent = HttpAgent.agent({ url: server.url, name: `typed-${i}`, headers })
+        const record = yield* service.call(task(`type-${i}`, agent))
+        assert.strictEqual(record.status, "success")
+        assert.strictEqual(server.headers()[i]?.["content-type"], headers === undefined ? "application/json" : vendor)
+        assert.deepStrictEqual(server.received()[i]?.args, { city: "Oslo", days: [1, 2] })
+      }
+    })
+  )
+})
+
 describe("HttpAgent: breakers, cache and fallback through the executor's pipeline", () => {
   it.effect(
     "the agent's breaker opens after repeated failures, serves the cached result, and closes after the reset",

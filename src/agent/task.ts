@@ -77,6 +77,8 @@ interface Prepared {
   readonly endpoint: string
   /** The key of its breaker (`breakerKey`). */
   readonly breaker: string
+  /** The body's content type: the agent's own `content-type` header (a vendor JSON type its API asks for), or JSON. */
+  readonly contentType: string
 }
 
 /** Every query parameter name (`UrlParams.CurrentRedactedNames`). */
@@ -92,8 +94,10 @@ const hostPort = (url: URL): string =>
 
 const prepare = (agent: Agent<unknown>): Prepared => {
   const headers: Record<string, string> = {}
+  let contentType = "application/json"
   for (const [name, value] of Object.entries(agent.headers)) {
     headers[name] = Redacted.isRedacted(value) ? Redacted.value(value) : value
+    if (name.toLowerCase() === "content-type") contentType = headers[name]
   }
   // The fragment is never sent; spans showed it.
   const url = withoutFragment(agent.url)
@@ -103,7 +107,8 @@ const prepare = (agent: Agent<unknown>): Prepared => {
     host: hostPort(new URL(agent.url)),
     hasQuery: url.includes("?"),
     endpoint: endpointOf(agent.url),
-    breaker: breakerKey(agent.url)
+    breaker: breakerKey(agent.url),
+    contentType
   }
 }
 
@@ -198,7 +203,8 @@ export const makeCall = (env: Env): Call => {
   const send = (agent: Agent<unknown>, body: string, taskId: string): Effect.Effect<Sent, AiError> =>
     Effect.suspend(() => {
       const base = preparedOf(agent)
-      const request = HttpClientRequest.bodyText(base.request, body, "application/json")
+      // The body's own type is what is sent: set as a header only, the agent's was replaced by JSON's.
+      const request = HttpClientRequest.bodyText(base.request, body, base.contentType)
       const ctx = { provider: agent.name, secrets: agent.secrets, answerFirst: true }
       const decode = (answer: unknown) => Effect.map(agent.decode(answer, taskId), (decoded) => ({ decoded, answer }))
       const exchange = env.client.json(request, decode, ctx)
