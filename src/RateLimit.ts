@@ -235,6 +235,9 @@ export type { AlignedFixedWindow } from "./RateLimit/Redis.js"
  * limiter uses with `onExceeded: "fail"`): a call finding a window full asks the next, one store call
  * each, up to the first that starts beyond `maxWait`.
  *
+ * Its metric series stay in the registry for the life of the process: a limiter built more than
+ * once (per configuration, per tenant) is built with {@link makeScoped}, whose series leave with its scope.
+ *
  * @since 0.2.0
  * @category constructors
  */
@@ -246,6 +249,41 @@ export const make = (
   Effect.flatMap(
     Effect.suspend(() => Input.orOptionError(checkOptions(options))),
     (config) => Effect.map(makeWith(config, store, policy), (built) => built.service)
+  )
+
+/**
+ * {@link make} whose metric series (`orchestra_rate_limit_*` of the keys it limits) leave the
+ * registry when `Scope` closes, as the layers' do: use it for a limiter built for a while
+ * (per configuration, per tenant) rather than once per process. Series shared with another
+ * limiter still open on the same registry stay until that one closes too. A limiter whose scope
+ * closed still limits; keys it first sees after count in no series.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { RateLimiter } from "effect/persistence"
+ * import * as RateLimit from "effect-orchestra/RateLimit"
+ *
+ * const program = Effect.scoped(
+ *   Effect.gen(function* () {
+ *     const store = yield* RateLimiter.RateLimiterStore
+ *     const limits = yield* RateLimit.makeScoped({ default: { requestsPerMinute: 60 } }, store)
+ *     yield* limits.acquire("tenant-1")
+ *   })
+ * ).pipe(Effect.provide(RateLimiter.layerStoreMemory))
+ * ```
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const makeScoped = (
+  options: Options,
+  store: RateLimiter.RateLimiterStore["Service"],
+  policy: StorePolicy = {}
+): Effect.Effect<Service, Input.OptionError, Scope.Scope> =>
+  Effect.flatMap(
+    Effect.suspend(() => Input.orOptionError(checkOptions(options))),
+    (config) => scoped(config, store, policy)
   )
 
 // `make` over options checked (`checkOptions`: the layers check theirs with their own fields and hand

@@ -638,6 +638,29 @@ describe("RateLimit: metric series and the layer's life", () => {
     }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
   )
 
+  it.effect("makeScoped: its series leave the registry with its scope; make's stay", () =>
+    Effect.gen(function* () {
+      const key = uniqueName("scoped")
+      const store = yield* Effect.provide(Effect.service(RateLimiter.RateLimiterStore), RateLimiter.layerStoreMemory)
+      const options = { default: { requestsPerMinute: 100 } }
+      const scope = yield* Scope.make()
+      const limits = yield* Scope.provide(RateLimit.makeScoped(options, store), scope)
+      yield* limits.acquire(key)
+      assert.deepStrictEqual(yield* outcomes(key), { immediate: 1, delayed: 0, rejected: 0 })
+      yield* Scope.close(scope, Exit.void)
+      const series = (yield* Metric.snapshot).filter((m) => m.attributes?.["limit"] === key)
+      assert.deepStrictEqual(series, [], "closing its scope removes them")
+      // Built again, its counts start from zero.
+      const again = yield* Scope.provide(RateLimit.makeScoped(options, store), yield* Scope.make())
+      yield* again.acquire(key)
+      assert.deepStrictEqual(yield* outcomes(key), { immediate: 1, delayed: 0, rejected: 0 })
+      const invalid = yield* Effect.flip(
+        Effect.scoped(RateLimit.makeScoped({ default: { requestsPerMinute: -1 } }, store))
+      )
+      assert.strictEqual(invalid._tag, "OptionError")
+    }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
+
   it.effect("a key first used after its layer closed never enters the registry", () =>
     Effect.gen(function* () {
       const key = uniqueName("late")

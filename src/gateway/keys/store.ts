@@ -314,11 +314,14 @@ export const make = Effect.fnUntraced(function* (
     const name = `${rpm ?? 0}/${tpm ?? 0}`
     const found = limiters.get(name)
     if (found !== undefined) return Effect.succeed(found)
-    return RateLimit.make(
+    // Built by a request, its series kept by the key store: they leave the registry when the store closes
+    // (at once for one built after: a request still running then).
+    return RateLimit.makeScoped(
       { default: { requestsPerMinute: rpm, tokensPerMinute: tpm }, maxWait: resolved.rateLimitWait },
       limits.store,
       { onStoreError: limits.onStoreError, guard: limits.guard }
     ).pipe(
+      Scope.provide(scope),
       Effect.map((made) => {
         const existing = limiters.get(name)
         if (existing !== undefined) return existing
