@@ -13,7 +13,7 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Duration, Effect, Layer, Result, type Scope } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Result, Scope } from "effect"
 import { RateLimiter, type Redis } from "effect/persistence"
 import { ModelError, type RateLimitKind } from "./AiError.js"
 import * as Timers from "./policy/timers.js"
@@ -723,17 +723,17 @@ const makeWith = Effect.fnUntraced(function* (
   return { service: RateLimits.of({ acquire, limitsOf }), release: releaseMetrics }
 })
 
-// A layer's limiter: its series leave the registry when the layer closes.
+// A layer's limiter: its series leave the registry when the layer closes. The finalizer is added to the
+// scope as it is, not with the caller's context (`Effect.addFinalizer`): a limiter built by a request (the
+// key store's) would keep that request's context until the scope closes, and run its release on that
+// request's scheduler.
 const scoped = (
   config: Config,
   store: RateLimiter.RateLimiterStore["Service"],
   policy?: StorePolicy
 ): Effect.Effect<Service, Input.OptionError, Scope.Scope> =>
   Effect.flatMap(makeWith(config, store, policy), ({ service, release }) =>
-    Effect.as(
-      Effect.addFinalizer(() => Effect.sync(release)),
-      service
-    )
+    Effect.flatMap(Effect.scope, (scope) => Effect.as(Scope.addFinalizer(scope, Effect.sync(release)), service))
   )
 
 // A revocable store's calls, each bounded and counted by the guard as the others are.
