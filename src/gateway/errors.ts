@@ -54,8 +54,11 @@ export type BudgetScope = typeof BudgetScope.Type
  * A request the gateway refused, with what its answer needs: `status` (default from the
  * reason), `retryAfter` (429, 503), `param` (the request field that was wrong), for
  * `BudgetExceeded` the `scope` (`key`, `team`, `model`), its id, the `unit` (`tokens` or
- * `usd`), the amount `spent` and the `limit`, and for a key's `RateLimited` the `rateLimit`
- * that refused (`requests` or `tokens` per minute) and its `limit`.
+ * `usd`), the amount `spent` (settled and held), the part of it `held` by requests in flight, and
+ * the `limit`, and for a key's `RateLimited` the `rateLimit` that refused (`requests` or `tokens`
+ * per minute) and its `limit`. A `BudgetExceeded` with the code `budget_held` is refused only for
+ * what requests in flight hold (the request fits once they settle): a retryable 429 with a short
+ * `Retry-After`, not a spent budget's permanent one.
  *
  * @since 0.2.0
  * @category errors
@@ -72,6 +75,8 @@ export class GatewayError extends Schema.TaggedError<GatewayError>("effect-orche
   scopeId: Schema.optional(Schema.String),
   unit: Schema.optional(Schema.Literals(["tokens", "usd"])),
   spent: Schema.optional(Schema.Number),
+  /** Of `spent`, what requests in flight hold. */
+  held: Schema.optional(Schema.Number),
   limit: Schema.optional(Schema.Number),
   rateLimit: Schema.optional(RateLimitKind),
   cause: Schema.optional(Schema.Defect())
@@ -91,13 +96,14 @@ export interface WireError {
       readonly type: string
       readonly param: string | null
       readonly code: string | null
-      /** For a budget: which one, and how much of it is spent. */
+      /** For a budget: which one, how much of it is spent, and of that what requests in flight hold. */
       readonly budget?:
         | {
             readonly scope: BudgetScope
             readonly id?: string | undefined
             readonly unit: "tokens" | "usd"
             readonly spent: number
+            readonly held?: number | undefined
             readonly limit: number
           }
         | undefined
@@ -109,7 +115,8 @@ export interface WireError {
   readonly retryAfterSeconds?: number | undefined
   /**
    * `false` for a refusal that retrying cannot cure soon (an exhausted budget, even one
-   * that resets later): sent as `x-should-retry: false`, which the official clients obey.
+   * that resets later; not one only held by requests in flight): sent as `x-should-retry: false`,
+   * which the official clients obey.
    */
   readonly shouldRetry?: boolean | undefined
   /** The label the failure is counted under (`errors by reason`). */
@@ -155,6 +162,9 @@ const codeOf: Readonly<Record<GatewayReason, string>> = {
   Internal: "internal_error"
 }
 
+// The code of a budget refused only for what requests in flight hold (see `GatewayError`).
+const heldCode = "budget_held"
+
 const seconds = (d: Duration.Duration | undefined): number | undefined =>
   d === undefined ? undefined : Math.max(1, Math.ceil(Duration.toMillis(d) / 1000))
 
@@ -170,17 +180,32 @@ const body = (message: string, type: string, param: string | undefined, code: st
  */
 export const fromGatewayError = (error: GatewayError): WireError => {
   const status = error.status ?? statusOf[error.reason]
-  const wire = body(error.message, typeOf[error.reason], error.param, error.code ?? codeOf[error.reason])
+  // A budget held by requests in flight is free again when they settle, seconds later: a limit
+  // reached for now (OpenAI's rate_limit_error), which clients retry; `insufficient_quota` tells them not to.
+  const held = error.reason === "BudgetExceeded" && error.code === heldCode
+  const wire = body(
+    error.message,
+    held ? "rate_limit_error" : typeOf[error.reason],
+    error.param,
+    error.code ?? codeOf[error.reason]
+  )
   const budget =
     error.reason === "BudgetExceeded" &&
     error.scope !== undefined &&
     error.spent !== undefined &&
     error.limit !== undefined
-      ? { scope: error.scope, id: error.scopeId, unit: error.unit ?? "tokens", spent: error.spent, limit: error.limit }
+      ? {
+          scope: error.scope,
+          id: error.scopeId,
+          unit: error.unit ?? "tokens",
+          spent: error.spent,
+          ...(error.held === undefined ? {} : { held: error.held }),
+          limit: error.limit
+        }
       : undefined
   // A spent budget comes back at its reset (its retryAfter, for whoever waits that long) or never: no
   // Retry-After of 1 s for it, and no client's automatic retry (seconds later) can succeed.
-  const budgetRefusal = error.reason === "BudgetExceeded"
+  const budgetRefusal = error.reason === "BudgetExceeded" && !held
   const retryAfterSeconds = budgetRefusal
     ? seconds(error.retryAfter)
     : status === 429 || status === 503

@@ -25,7 +25,9 @@
  *   `reservationTtl`), and counts once (one whose lease ended meanwhile, after an attempt that
  *   may have reached Redis, cannot tell whether it counted: it says so in the log).
  * - An exceeded budget is a 429 `GatewayError` (`BudgetExceeded`) naming the scope, its
- *   id, the unit, the amount spent (with what requests in flight hold) and the limit; a
+ *   id, the unit, the amount spent (with what requests in flight hold), of it `held`, and the
+ *   limit; one that only requests in flight hold (the request fits once they settle) has the code
+ *   `budget_held` and a `retryAfter` of 1 second, and is answered as retryable; a
  *   limit reached is a 429 `RateLimited` with `Retry-After`, naming which (`rateLimit`:
  *   `requests` or `tokens` per minute) and its `limit`.
  * - When Redis fails or is too slow (every call has a deadline, see `Redis.GuardOptions`):

@@ -67,6 +67,8 @@ const cacheCapacity = 10_000
 /** How long past its cache's life a record read from Redis still lets a KeyContext made from it spend. */
 const spendGraceMs = 1000
 const maxCount = 1e12
+/** The `Retry-After` of a budget refused only for what requests in flight hold: most settle within seconds. */
+const heldRetryAfter = Duration.seconds(1)
 
 // Every nano-dollar shown: a budget may be as small as $0.000000001, and six decimals would
 // print "$0 of $0" for one under a micro-dollar.
@@ -398,6 +400,24 @@ export const make = Effect.fnUntraced(function* (
   const exceeded = (charge: Charge, level: Level, at: number): GatewayError => {
     const { counter, amount } = charge
     const used = level.spent + level.held
+    // Refused only for what requests in flight hold: the request fits once they settle (unless what they
+    // report spends it), seconds later in general; a retryable 429, not the spent budget's.
+    if (level.held > 0 && level.spent < counter.limit && level.spent + amount <= counter.limit) {
+      return gatewayError(
+        "BudgetExceeded",
+        `Budget held for ${counter.scope} "${counter.scopeId}": ${amountText(counter, used)} of ${amountText(counter, counter.limit)} spent, ${amountText(counter, level.held)} of it held by requests in flight; this request may need up to ${amountText(counter, amount)}, which fits once enough of them settle: try again in ${Duration.format(heldRetryAfter)}`,
+        {
+          code: "budget_held",
+          scope: counter.scope,
+          scopeId: counter.scopeId,
+          unit: counter.unit,
+          spent: shown(counter.unit, used),
+          held: shown(counter.unit, level.held),
+          limit: shown(counter.unit, counter.limit),
+          retryAfter: heldRetryAfter
+        }
+      )
+    }
     // A request that needs more than the whole limit never fits, not even after the reset: no time to come back.
     const never = amount > counter.limit
     const end = never ? undefined : windowEnd(counter)
@@ -415,6 +435,7 @@ export const make = Effect.fnUntraced(function* (
         scopeId: counter.scopeId,
         unit: counter.unit,
         spent: shown(counter.unit, used),
+        ...(level.held > 0 ? { held: shown(counter.unit, level.held) } : {}),
         limit: shown(counter.unit, counter.limit),
         ...(end === undefined ? {} : { retryAfter: Duration.millis(Math.max(1, end - at)) })
       }
