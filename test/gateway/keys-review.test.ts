@@ -78,6 +78,23 @@ describe("KeyStore: the series of its keys' rate limits", () => {
       yield* run(1)
     })
   )
+
+  it.effect("a limiter first built after the key store closed (a request still running) enters no series", () =>
+    Effect.gen(function* () {
+      const id = unique("late")
+      const secret = `sk-${id}-0123456789`
+      const scope = yield* Scope.make()
+      const store = Context.get(
+        yield* Layer.buildWithScope(KeyStore.layerMemory({ keys: [key(id, secret, { rpm: 7 })] }), scope),
+        KeyStore.KeyAdmin
+      )
+      const context = yield* store.authenticate(Redacted.make(secret))
+      yield* Scope.close(scope, Exit.void)
+      yield* store.release(yield* store.reserve(context, "m", estimate(1, 1)))
+      const series = (yield* Metric.snapshot).filter((m) => m.attributes?.["limit"] === `key:${id}`)
+      assert.deepStrictEqual(series, [], "nothing would remove them")
+    }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
 })
 
 type StoreBuild = (options: KeyStore.Options) => Effect.Effect<KeyStore.Service, never, Scope.Scope>
