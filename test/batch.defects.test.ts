@@ -372,3 +372,36 @@ describe("a batch's fallback lists each domain once", () => {
     })
   )
 })
+
+describe("a batch's stats are its own", () => {
+  it.effect(
+    "changing one result's zero latencies (serviceTime, timeToFirstToken, an empty batch's) changes no other",
+    () =>
+      Effect.gen(function* () {
+        const { batch } = yield* managerOver(custom("p", () => Effect.succeed(response("ok"))))
+        type Mutable = { -readonly [K in "avg" | "min" | "max" | "p50" | "p95" | "p99"]: number }
+        const first = (yield* batch.run([])).stats
+        for (const latency of [first.serviceTime, first.timeToFirstToken, first.latency, first.queueWait]) {
+          ;(latency as Mutable).avg = 5
+          ;(latency as Mutable).p99 = 5
+        }
+        const later = [
+          (yield* batch.run([])).stats,
+          (yield* batch.run(["a"])).stats,
+          (yield* batch.run(["a", "b"])).stats
+        ]
+        for (const stats of later) {
+          assert.deepStrictEqual(
+            [stats.serviceTime, stats.timeToFirstToken].map((l) => [l.avg, l.p99]),
+            [
+              [0, 0],
+              [0, 0]
+            ]
+          )
+        }
+        assert.deepStrictEqual([later[0]!.latency.avg, later[0]!.queueWait.p99], [0, 0])
+        // Nor does one figure of a result change another of the same result.
+        assert.notStrictEqual(later[1]!.serviceTime, later[1]!.timeToFirstToken)
+      })
+  )
+})

@@ -10,12 +10,13 @@ import type { ExecutionStats, LatencyStats } from "../Stats.js"
 import { perSecond, round, successRate } from "../stats/figures.js"
 import { tokenCount } from "../stats/series.js"
 
-const zero: LatencyStats = { avg: 0, min: 0, max: 0, p50: 0, p95: 0, p99: 0 }
+// A new one each time: one shared by every result was changed for every later batch by a caller changing one.
+const zero = (): LatencyStats => ({ avg: 0, min: 0, max: 0, p50: 0, p95: 0, p99: 0 })
 
 /** Nearest-rank percentiles of the values (sorted in place). */
 export const latencyOf = (values: Float64Array): LatencyStats => {
   const n = values.length
-  if (n === 0) return zero
+  if (n === 0) return zero()
   values.sort()
   let sum = 0
   for (let i = 0; i < n; i++) sum += values[i]!
@@ -122,9 +123,9 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     successRate: successRate(successes, finished),
     staleAnswers,
     latency: latencyOf(durations.subarray(0, timed)),
-    serviceTime: zero,
+    serviceTime: zero(),
     queueWait: latencyOf(waits.subarray(0, waited)),
-    timeToFirstToken: zero,
+    timeToFirstToken: zero(),
     concurrencyPeak: measured.peak,
     inFlight: 0,
     queued: 0,
