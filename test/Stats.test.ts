@@ -262,6 +262,27 @@ describe("Stats", () => {
     assert.strictEqual(batch.throughput, 0.00333)
   })
 
+  it("a batch's latencies leave out durations that are no number and read a negative one as 0, as a window's do", () => {
+    const answer = { source: "cache", domainsTried: 1 }
+    const durations = [10, Number.NaN, -5, Number.POSITIVE_INFINITY, 20]
+    const results = durations.map((durationMs, index) => ({
+      index,
+      status: "success",
+      answer,
+      ran: true,
+      durationMs,
+      retries: 0
+    }))
+    const waits = [1, Number.NaN, -3, Number.NEGATIVE_INFINITY, 3]
+    const batch = statsOf(results as never, { elapsedMs: 1_000, peak: 1, waits })
+    assert.deepStrictEqual(batch.latency, { avg: 10, min: 0, max: 20, p50: 10, p95: 20, p99: 20 })
+    assert.deepStrictEqual([batch.queueWait.avg, batch.queueWait.min, batch.queueWait.max], [1.33, 0, 3])
+    assert.strictEqual(batch.ignoredDurations, 3)
+    assert.match(Stats.format(batch), /ignored durations +3 \(NaN or Infinity\)/)
+    const clean = statsOf(results.slice(0, 1) as never, { elapsedMs: 1_000, peak: 1, waits: [1] })
+    assert.strictEqual(clean.ignoredDurations, 0)
+  })
+
   it.effect("a pair's inFlight and concurrencyPeak are its own, whatever its names hold", () =>
     Effect.gen(function* () {
       const stats = yield* make

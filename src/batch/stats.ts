@@ -67,6 +67,7 @@ export interface Steps {
  * | `hedges` | domains started because the hedge delay passed with the one before still running (not after its failure), of every item that ran (answered, failed or cancelled): `won` when one of them answered, else `lost`, as `orchestra_hedges_total` counts them when the call ends |
  * | `tokens` | usage of the answers that came from a provider |
  * | `serviceTime`, `timeToFirstToken` | not known per batch: zeros (see `Stats` per provider) |
+ * | `ignoredDurations` | item durations and waits left out of `latency` and `queueWait` for being no finite number (a clock's bogus reading); a negative one (a wall clock set back) counts as 0, as in a `Stats` window |
  */
 export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured): ExecutionStats => {
   let total = 0
@@ -79,6 +80,7 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
   let outputTokens = 0
   let timed = 0
   let waited = 0
+  let ignored = 0
   const byReason: Record<string, number> = {}
   const durations = new Float64Array(results.length)
   const waits = new Float64Array(results.length)
@@ -87,12 +89,15 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     total++
     retries += result.retries
     const wait = measured.waits[result.index]!
-    if (!Number.isNaN(wait)) waits[waited++] = wait
+    // NaN: it never got a permit. As a window's histograms: no finite number is left out (counted), a negative one is 0.
+    if (Number.isFinite(wait)) waits[waited++] = Math.max(wait, 0)
+    else if (!Number.isNaN(wait)) ignored++
     const answer = result.answer
     if (answer !== undefined) {
       successes++
       if (answer.source === "stale-cache") staleAnswers++
-      durations[timed++] = result.durationMs
+      if (Number.isFinite(result.durationMs)) durations[timed++] = Math.max(result.durationMs, 0)
+      else ignored++
       const usage = answer.source === "provider" ? answer.response.usage : undefined
       if (usage !== undefined) {
         inputTokens += tokenCount(usage.inputTokens)
@@ -105,7 +110,8 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     const reason = error === undefined ? "Interrupted" : reasonOf(error)
     byReason[reason] = (byReason[reason] ?? 0) + 1
     if (error === undefined) continue
-    durations[timed++] = result.durationMs
+    if (Number.isFinite(result.durationMs)) durations[timed++] = Math.max(result.durationMs, 0)
+    else ignored++
     // As the item's status says: an exhausted chain ends as its last step did (the executor
     // counts that step's attempt in its own `timeouts` too).
     if (result.status === "timeout") timeouts++
@@ -135,6 +141,7 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
     hedges: { started: hedgesStarted, won: hedgesWon, lost: hedgesStarted - hedgesWon },
     tokens: { input: inputTokens, output: outputTokens },
     throughput: perSecond(finished, elapsed),
-    windowMs: elapsed
+    windowMs: elapsed,
+    ignoredDurations: ignored
   }
 }
