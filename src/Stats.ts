@@ -428,12 +428,18 @@ export const reset: Effect.Effect<void, never, Stats> = Effect.flatMap(Stats, (s
 
 const ms = (n: number): string => n.toFixed(1)
 
-// Under one call a second, the significant digits the figure has: `toFixed(2)` read 0.00333 as 0.00.
-const rate = (perSecond: number): string =>
-  perSecond === 0 || perSecond >= 1 ? perSecond.toFixed(2) : String(perSecond)
+// Under one call a second, the significant digits the figure has: `toFixed(2)` read 0.00333 as 0.00. Under one
+// a million seconds (12 days), `String` writes an exponent (9.65e-7): those read per day, to 3 significant digits.
+const rate = (perSecond: number): string => {
+  if (perSecond === 0 || perSecond >= 1) return `${perSecond.toFixed(2)} /s`
+  if (!(perSecond > 0 && perSecond < 1e-6)) return `${perSecond} /s`
+  const perDay = Number((perSecond * 86_400).toPrecision(3))
+  return perDay >= 1e-6 ? `${perDay} /day` : "under 0.000001 /day"
+}
 
 /**
- * A fixed-width table of the figures, for terminals.
+ * A fixed-width table of the figures, for terminals. Throughput under one call in a million seconds
+ * (12 days) reads per day (`0.0834 /day`), never in exponent form.
  *
  * @since 0.1.0
  * @category formatting
@@ -457,7 +463,7 @@ export const format = (stats: ExecutionStats, title = "Execution stats"): string
     ["timeouts", String(stats.timeouts)],
     ["retries", String(stats.retries)],
     ["fallbacks", String(stats.fallbacks)],
-    ["throughput", `${rate(stats.throughput)} /s`]
+    ["throughput", rate(stats.throughput)]
   ]
   if (stats.ignoredDurations !== undefined && stats.ignoredDurations > 0) {
     rows.push(["ignored durations", `${stats.ignoredDurations} (NaN or Infinity)`])

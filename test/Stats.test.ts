@@ -223,6 +223,24 @@ describe("Stats", () => {
     })
   )
 
+  it.effect("format never shows a rate in exponent form: one call in twelve days is a rate per day", () =>
+    Effect.gen(function* () {
+      const stats = yield* make
+      stats.series("rare", "d").successes += 1
+      yield* TestClock.adjust("12 days")
+      const rare = yield* stats.snapshot({ provider: "rare" })
+      assert.strictEqual(rare.throughput, 9.65e-7)
+      const line = (figures: Stats.ExecutionStats) =>
+        Stats.format(figures)
+          .split("\n")
+          .find((l) => l.startsWith("throughput"))
+      assert.match(line(rare)!, /throughput +0\.0834 \/day$/)
+      assert.match(line({ ...rare, throughput: 1e-6 })!, /throughput +0\.000001 \/s$/)
+      assert.match(line({ ...rare, throughput: 1e-15 })!, /throughput +under 0\.000001 \/day$/)
+      assert.notMatch(Stats.format({ ...rare, throughput: 5e-324 }), /e-/)
+    })
+  )
+
   it.effect(
     "the window is timed on the monotonic clock: a wall clock set back an hour (an NTP step) made windowMs negative",
     () =>
