@@ -183,7 +183,7 @@ export interface RunOptions {
    * Still pending when the items are done, it is interrupted, not waited for (an uninterruptible one included).
    */
   readonly cancel?: Effect.Effect<void> | undefined
-  /** Batch id (in the span and the result); generated when absent. */
+  /** Batch id (in the span and the result): 1 to 1,000 characters, not only spaces; generated when absent. */
   readonly id?: string | undefined
 }
 

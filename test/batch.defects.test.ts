@@ -405,3 +405,25 @@ describe("a batch's stats are its own", () => {
       })
   )
 })
+
+describe("a batch's id is bounded as a task id is", () => {
+  it.effect("an id past 1,000 characters fails the run naming id, without echoing it; 1,000 are taken", () =>
+    Effect.gen(function* () {
+      let calls = 0
+      const { batch } = yield* managerOver(
+        custom("p", () =>
+          Effect.sync(() => {
+            calls++
+            return response("ok")
+          })
+        )
+      )
+      const error = yield* Effect.flip(batch.run(["a"], { id: "x".repeat(1_001) }))
+      assert.strictEqual(fieldOf(error), "id")
+      assert.strictEqual(error.message, "invalid id: expected at most 1,000 characters, got 1,001")
+      assert.strictEqual(calls, 0)
+      const longest = "y".repeat(1_000)
+      assert.strictEqual((yield* batch.run(["a"], { id: longest })).id, longest)
+    })
+  )
+})

@@ -164,6 +164,9 @@ const optionFields: ReadonlySet<string> = new Set(optionNames)
 /** The most domains a batch's `fallback` lists (a chain longer than this is a mistake, not a plan). */
 const maxFallback = 1_000
 
+/** The longest batch `id`, as an HTTP agent's task id (`agent/checks.ts`). */
+const maxIdLength = 1_000
+
 const fail = (field: string, message: string) => Effect.fail(invalidRequest(field, message))
 
 const isFunction = (u: unknown): u is (...args: ReadonlyArray<never>) => unknown => typeof u === "function"
@@ -244,6 +247,13 @@ export const check: (
   const id = options.id
   if (id !== undefined && (typeof id !== "string" || id.trim().length === 0)) {
     return yield* fail("id", `expected a non-empty string, got ${typeof id === "string" ? '""' : Input.kindOf(id)}`)
+  }
+  // Echoed into the span, the warnings and the result: bounded as an HTTP agent's task id is.
+  if (id !== undefined && id.length > maxIdLength) {
+    return yield* fail(
+      "id",
+      `expected at most ${maxIdLength.toLocaleString("en-US")} characters, got ${id.length.toLocaleString("en-US")}`
+    )
   }
   // Read once, here: a length that cannot be read is `items`' error, not a defect of the run.
   let total: number
