@@ -64,9 +64,12 @@ describe("createOrchestra: what an abort's error says of its reason", () => {
       const foreign: unknown = runInNewContext(`new Error("the tab was closed")`)
       assert.isFalse(foreign instanceof Error)
       const reasons: ReadonlyArray<readonly [unknown, string]> = [
-        [foreign, "the tab was closed"],
-        [{ name: "AbortError", message: "client disconnected" }, "client disconnected"],
-        [499, "499"]
+        [foreign, '"the tab was closed"'],
+        [{ name: "AbortError", message: "client disconnected" }, '"client disconnected"'],
+        [499, "499"],
+        // Shown as any caller's value in a message: quoted, line breaks escaped, a megabyte cut to 80 characters.
+        ["line one\nline two", '"line one\\nline two"'],
+        [new Error(`${"x".repeat(1_000_000)}\n`), `"${"x".repeat(80)}"… (1,000,001 characters)`]
       ]
       for (const [reason, named] of reasons) {
         // Already aborted (refused before anything runs) and aborted while the call waits on its provider.

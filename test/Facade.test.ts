@@ -555,7 +555,7 @@ describe("createOrchestra: deadlines and signals (item 24)", () => {
       assert.strictEqual(already._tag, "AbortedError")
       // `controller.abort("user left")`: a string reason is named in the message too, not only kept as `cause`.
       const said = await typed(orchestra.execute("x", { signal: AbortSignal.abort("user left") }))
-      assert.strictEqual(said.message, "the call was aborted by its signal: user left")
+      assert.strictEqual(said.message, 'the call was aborted by its signal: "user left"')
       assert.strictEqual(said._tag === "AbortedError" && said.cause, "user left")
       const timedOut = await typed(
         orchestra.execute("x", { signal: AbortSignal.abort(new DOMException("t", "TimeoutError")) })

@@ -47,13 +47,18 @@ export const makeRejections = (env: Env) => {
         })
       }
       // An Error of another realm (a vm context, an iframe) is no `instanceof Error`: its `message` names it all the same.
+      // Shown as a caller's value is in any message (`Input.shown`): a reason of a megabyte, or with line breaks,
+      // went whole into the error's message and every log line of it.
       if (typeof reason === "object" && reason !== null) {
         const message = (reason as { readonly message?: unknown }).message
-        if (typeof message === "string" && message !== "") why = `: ${message}`
+        if (typeof message === "string" && message !== "") why = `: ${Input.shown(message)}`
       } else if (typeof reason === "string") {
-        if (reason !== "") why = `: ${reason}`
-      } else if (typeof reason === "number" || typeof reason === "bigint" || typeof reason === "boolean") {
+        if (reason !== "") why = `: ${Input.shown(reason)}`
+      } else if (typeof reason === "number" || typeof reason === "boolean") {
         why = `: ${reason}`
+      } else if (typeof reason === "bigint") {
+        const digits = String(reason)
+        why = digits.length <= 80 ? `: ${digits}` : `: a bigint of ${digits.length.toLocaleString("en-US")} characters`
       }
     } catch {
       why = ""
