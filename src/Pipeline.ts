@@ -299,6 +299,7 @@ export const defaultConcurrency: number = Internal.defaultConcurrency
  * @category models
  */
 export interface StepSpec<I, A, E, R> extends StepOptions<I, Record<string, unknown>, A, E, E, R> {
+  /** 1 to 1,000 characters (as an HTTP agent's task id), and so is each name in `dependsOn`. */
   readonly name: string
   readonly dependsOn?: ReadonlyArray<string> | undefined
   readonly run: (context: StepContext<I, Record<string, unknown>>) => Effect.Effect<A, E, R>

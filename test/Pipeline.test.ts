@@ -1703,3 +1703,53 @@ describe("Pipeline entry point: a step on a domain gets its breaker, rate limit,
     })
   )
 })
+
+describe("Pipeline step names are bounded where they enter, as HTTP agent task ids are", () => {
+  const ok = () => Effect.succeed(1)
+  const long = "n".repeat(1_001)
+  it.effect("a name or a dependency past 1,000 characters is an InvalidStep naming its index and the bound", () =>
+    Effect.gen(function* () {
+      const named = yield* Effect.flip(
+        Pipeline.fromSteps([
+          { name: "a", run: ok },
+          { name: long, run: ok }
+        ])
+      )
+      assert.deepStrictEqual([named.reason, named.field, named.steps], ["InvalidStep", "steps[1].name", []])
+      assert.strictEqual(named.message, "invalid steps[1].name: expected at most 1,000 characters, got 1,001")
+      const built = yield* Effect.flip(Pipeline.validate(Pipeline.make().step("a", [], ok).step(long, [], ok)))
+      assert.deepStrictEqual([built.field, built.message], ["steps[1].name", named.message])
+      const dependency = yield* Effect.flip(Pipeline.fromSteps([{ name: "a", dependsOn: ["b", long], run: ok }]))
+      assert.deepStrictEqual(
+        [dependency.reason, dependency.field, dependency.steps],
+        ["InvalidStep", "steps[0].dependsOn[1]", ["a"]]
+      )
+      assert.strictEqual(
+        dependency.message,
+        "invalid steps[0].dependsOn[1]: expected a step name of at most 1,000 characters, got 1,001"
+      )
+    })
+  )
+
+  it.effect("a governed step of 1,000 characters runs, counted under (other): no label past 256 characters", () =>
+    Effect.gen(function* () {
+      const context = yield* executorContext(Layer.empty)
+      const longest = "m".repeat(1_000)
+      const pipeline = yield* Pipeline.fromSteps([
+        { name: longest, run: () => Effect.fail("down"), timeout: "1 second" },
+        { name: "after", dependsOn: [longest], run: ok }
+      ])
+      const result = yield* Pipeline.run(pipeline, undefined, { onFailure: "continue" }).pipe(
+        Effect.provideContext(context)
+      )
+      assert.strictEqual(result.steps.after!.status, "skipped")
+      const stats = Context.get(context, Stats.Stats)
+      const other = yield* stats.snapshot({ provider: "(other)", domain: "pipeline" })
+      assert.deepStrictEqual([other.total, other.failures], [1, 1])
+      assert.deepStrictEqual((yield* stats.snapshot({ provider: longest })).series, {
+        provider: "(other)",
+        domain: "(other)"
+      })
+    })
+  )
+})

@@ -159,6 +159,15 @@ const threw = (path: string, what: string, error: unknown): Input.Issue => ({
 })
 
 /**
+ * The longest step name (and name in a `dependsOn`), as an HTTP agent's task id (`agent/checks.ts`): a name
+ * is in the reason of each dependent it skips, in every outcome and log line, and a governed step's is
+ * its series' label.
+ */
+export const maxNameLength = 1_000
+
+const counted = (n: number): string => n.toLocaleString("en-US")
+
+/**
  * A step's (or a batch task's) `dependsOn`: absent is none; anything but an array of
  * non-empty names is refused, `null` included (as every other field refuses it). The path
  * is `dependsOn` or `dependsOn[i]`. Read once, into a list of its own: an element or a length
@@ -185,6 +194,12 @@ export const checkDependsOn = (input: unknown): Input.Checked<ReadonlyArray<stri
     }
     if (typeof dep !== "string" || dep.length === 0) {
       return Result.fail({ path: `dependsOn[${i}]`, message: `expected a step name, got ${Input.shown(dep)}` })
+    }
+    if (dep.length > maxNameLength) {
+      return Result.fail({
+        path: `dependsOn[${i}]`,
+        message: `expected a step name of at most ${counted(maxNameLength)} characters, got ${counted(dep.length)}`
+      })
     }
     names.push(dep)
   }
@@ -348,6 +363,15 @@ export const checkSpec = (given: unknown, at: string): Checked<StepDef> => {
   if (typeof name !== "string" || name.length === 0) {
     return Result.fail(
       invalidStep(label(at, "name"), `expected a non-empty string, got ${Input.shown(name)}`, undefined)
+    )
+  }
+  if (name.length > maxNameLength) {
+    return Result.fail(
+      invalidStep(
+        label(at, "name"),
+        `expected at most ${counted(maxNameLength)} characters, got ${counted(name.length)}`,
+        undefined
+      )
     )
   }
   const dependsOn = checkDependsOn(spec.dependsOn)
