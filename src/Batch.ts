@@ -76,7 +76,12 @@ export interface ItemResult {
   readonly status: Status
   readonly answer?: Answer | undefined
   readonly error?: AiError | undefined
-  /** False for items that never started (the batch was cancelled first). */
+  /**
+   * False for items whose call never reached the executor, so no provider: the batch was cancelled before
+   * they started (`notRun`), or their turn came once the manager was closing (status `rejected`, a
+   * `ShuttingDownError`; their `Started` event may be what closed it). An item refused for its own sake (its
+   * request, its domain, an open breaker) ran.
+   */
   readonly ran: boolean
   /** From the start of its call (a permit of the shared limit held) to its outcome. */
   readonly durationMs: number
@@ -255,7 +260,8 @@ const optionKeys: ReadonlySet<string> = new Set(["maxConcurrent", "maxItems"])
 
 /**
  * Builds the batch service over the executor and router in context. A `maxConcurrent` or
- * `maxItems` that is not a positive integer fails with an `OptionError` naming it.
+ * `maxItems` that is not a positive integer fails with an `OptionError` naming it. Scoped: once
+ * its scope closes, an item whose turn comes is refused before its call (`ran: false`).
  *
  * @since 0.1.0
  * @category constructors
@@ -273,7 +279,24 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const router = yield* Router
   const gate = new Gate(limit)
   let batches = 0
-  const deps = { executor, router, gate, limit, maxItems, nextId: () => `batch-${++batches}`, routes: new Map() }
+  // Set when the manager closes, before its executor is (this service is built on it): an item whose turn comes
+  // then is refused before its call, so that its result can say it did not run.
+  let closing = false
+  yield* Effect.addFinalizer(() =>
+    Effect.sync(() => {
+      closing = true
+    })
+  )
+  const deps = {
+    executor,
+    router,
+    gate,
+    limit,
+    maxItems,
+    nextId: () => `batch-${++batches}`,
+    routes: new Map(),
+    closing: () => closing
+  }
 
   const runTapped = Effect.fn("Batch.run")(function* (
     items: ReadonlyArray<Item>,

@@ -1401,6 +1401,43 @@ for (const mode of modes) {
     )
   })
 
+  describe(`Batch shutdown from a progress callback, ${mode.name}`, () => {
+    for (const via of ["onProgress", "onEvent"] as const) {
+      it.effect(`${via} closing the manager at an item's Started: that item never ran, and says so`, () =>
+        Effect.gen(function* () {
+          const { batch, controls, scope } = yield* makeOrchestra(
+            { a: {} },
+            { maxConcurrent: 1, executor: { shutdownDeadline: "500 millis", retry: noRetry } }
+          )
+          let closed = false
+          const close = (event: Batch.ProgressEvent) => {
+            if (event._tag !== "Started" || closed) return
+            closed = true
+            Effect.runFork(Scope.close(scope, Exit.void))
+          }
+          const options =
+            via === "onProgress"
+              ? { domain: mode.domain, onProgress: close }
+              : { domain: mode.domain, onEvent: (event: Batch.ProgressEvent) => Effect.sync(() => close(event)) }
+          const fiber = yield* Effect.forkChild(batch.run(["0", "1"], options))
+          yield* TestClock.adjust("1 second")
+          const result = yield* Fiber.join(fiber)
+          assert.strictEqual(yield* controls.a!.calls, 0, "no item reached the provider")
+          assert.deepStrictEqual(
+            result.results.map((r) => [r.status, r.error?._tag, r.ran]),
+            [
+              ["rejected", "ShuttingDownError", false],
+              ["rejected", "ShuttingDownError", false]
+            ]
+          )
+          assert.deepStrictEqual(result.notRun, [])
+          // Refused, they count as the refused items of a batch do.
+          assert.deepStrictEqual([result.stats.total, result.stats.failuresByReason], [2, { ShuttingDown: 2 }])
+        })
+      )
+    }
+  })
+
   describe(`Batch stats, ${mode.name}`, () => {
     it.effect("result.stats counts this batch only, even with another batch running at the same time", () =>
       Effect.gen(function* () {

@@ -599,3 +599,29 @@ describe("createOrchestra: resetStats() after dispose()", () => {
     assert.strictEqual(orchestra.stats().successes, 1)
   })
 })
+
+describe("createOrchestra: dispose() called from a batch's onProgress", () => {
+  it("the item whose Started event disposed says ran: false, and no item that says so reached the provider", async () => {
+    const { control, provider } = Effect.runSync(Mock.make({ name: `facade-rebuild-${++mocks}` }))
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: Layer.succeed(ModelProvider, provider) } }))
+    await orchestra.metrics()
+    let disposing: Promise<void> | undefined
+    const result = await orchestra.batch(["a", "b", "c"], {
+      concurrency: 1,
+      onProgress: (event) => {
+        if (event._tag === "Started" && event.index === 1) disposing ??= orchestra.dispose()
+      }
+    })
+    await disposing
+    assert.deepStrictEqual(
+      result.results.map((r) => [r.status, r.ran]),
+      [
+        ["success", true],
+        ["rejected", false],
+        ["rejected", false]
+      ]
+    )
+    assert.strictEqual(Effect.runSync(control.calls), 1)
+    assert.deepStrictEqual(unhandled, [])
+  })
+})

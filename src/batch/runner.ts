@@ -15,7 +15,7 @@
  */
 import { Cause, Clock, Duration, Effect, Exit, Fiber } from "effect"
 import { isThenable, userEffect } from "../policy/callback.js"
-import { type AiError, ModelError } from "../AiError.js"
+import { type AiError, ModelError, ShuttingDownError } from "../AiError.js"
 import type { BatchResult, ItemResult, ProgressEvent, RunOptions, Status } from "../Batch.js"
 import { type RetryInfo, type Service as ExecutorService, startedBy } from "../Executor.js"
 import {
@@ -51,7 +51,19 @@ export interface Deps {
    * `""`; so at most one per domain).
    */
   readonly routes: Map<string | undefined, Prepared>
+  /**
+   * Whether the manager is closing: its scope's close sets it before the executor's (the batch is built on the
+   * executor, so closed first), so an item handed over while it is unset is admitted by the executor.
+   */
+  readonly closing: () => boolean
 }
+
+/**
+ * The error of an item whose turn came once the manager was closing: refused before its call, it never
+ * reached the executor, and its result says `ran: false` (its Started event may have closed the manager).
+ */
+const refusal = (): ShuttingDownError =>
+  new ShuttingDownError({ message: "the batch's manager is shutting down: the item was not started" })
 
 const statusOf = (error: AiError): Status => {
   switch (error._tag) {
@@ -92,6 +104,9 @@ const isolated = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<Exit.Exit<A,
   Effect.flatMap(Effect.forkChild(effect, { startImmediately: true }), (fiber) =>
     Effect.onInterrupt(Fiber.await(fiber), () => Fiber.interrupt(fiber))
   )
+
+/** An item refused by a closing manager before its call: it did not run. */
+const notAdmitted = (result: ItemResult): ItemResult => ({ ...result, ran: false })
 
 /** The outcome of an item that ran, from its call's exit. */
 const resultOf = (index: number, exit: Exit.Exit<Answer, AiError>, durationMs: number, retries: number): ItemResult => {
@@ -219,8 +234,13 @@ const runOne = (
     return Effect.void
   }
   const tally = new Tally()
+  let refused = false
   const call = Effect.suspend(() => {
     began = clock.currentTimeMillisUnsafe()
+    if (deps.closing()) {
+      refused = true
+      return Effect.succeed(Exit.fail(refusal()))
+    }
     // Reading the item may throw (a getter): that is the item's defect, not the batch's.
     return Effect.exit(
       Effect.suspend(() => callOf(deps, routes, options.fallback, item, 0, options.domain, onRetry, tally))
@@ -228,7 +248,8 @@ const runOne = (
   })
   return Effect.map(deps.gate.withPermit(call), (exit) => {
     const end = clock.currentTimeMillisUnsafe()
-    const results = [resultOf(0, exit, end - began, retries)]
+    const result = resultOf(0, exit, end - began, retries)
+    const results = [refused ? notAdmitted(result) : result]
     const elapsedMs = end - start
     return {
       id,
@@ -279,6 +300,13 @@ export const run = Effect.fnUntraced(function* (
   let running = 0
   let peak = 0
   let cancelled = false
+  // The items refused because the manager was closing when their turn came (none until it closes).
+  let refused: Set<number> | undefined
+  const refuse = (index: number): ShuttingDownError => {
+    refused ??= new Set()
+    refused.add(index)
+    return refusal()
+  }
 
   const warned = { onProgress: false, onEvent: false }
   // A failing callback is the caller's bug, not the batch's: logged once, then ignored.
@@ -328,7 +356,8 @@ export const run = Effect.fnUntraced(function* (
     done++
     const durationMs = now - startedAt[index]!
     const elapsedMs = now - start
-    const result = resultOf(index, exit, durationMs, retries[index]!)
+    const made = resultOf(index, exit, durationMs, retries[index]!)
+    const result = refused?.has(index) === true ? notAdmitted(made) : made
     results[index] = result
     if (silent) return Effect.void
     return result.error === undefined
@@ -376,7 +405,11 @@ export const run = Effect.fnUntraced(function* (
       gate.withPermit(
         Effect.flatMap(
           Effect.suspend(() => started(index, takenAt)),
-          () => Effect.map(Effect.exit(Effect.suspend(() => callItem(index))), (exit) => settle(index, exit))
+          // Checked after the Started event: its callback may have closed the manager.
+          () =>
+            deps.closing()
+              ? Effect.sync(() => settle(index, Exit.fail(refuse(index))))
+              : Effect.map(Effect.exit(Effect.suspend(() => callItem(index))), (exit) => settle(index, exit))
         )
       )
     )
@@ -388,7 +421,9 @@ export const run = Effect.fnUntraced(function* (
   const startCall = onEvent === undefined ? startedBy.get(executor) : undefined
 
   // The items of a batch without `onEvent`, started from JavaScript (`started.ts`).
-  const call = (index: number): Routed | ModelError | Effect.Effect<Answer, AiError> => {
+  const call = (index: number): Routed | ModelError | ShuttingDownError | Effect.Effect<Answer, AiError> => {
+    // Called after the item's Started event, whose callback may have closed the manager.
+    if (deps.closing()) return refuse(index)
     const parsed = parse(itemAt(items, index), index)
     if (parsed instanceof ModelError) return parsed
     const prepared = routes.get(parsed.domain ?? options.domain)

@@ -9,7 +9,7 @@
  * @internal
  */
 import { type Clock, Effect, Exit } from "effect"
-import { type AiError, ModelError } from "../AiError.js"
+import { type AiError, ModelError, ShuttingDownError } from "../AiError.js"
 import type { Answer, Routed } from "../Router.js"
 import type { Engine } from "../policy/engine.js"
 import type { Running } from "../policy/fused.js"
@@ -46,10 +46,10 @@ export interface Batch {
    */
   readonly halted: () => boolean
   /**
-   * The item's call: its plan (started from JavaScript), its refusal, or an Effect of the
-   * whole call when its route is not resolved yet (run on a fiber of its own).
+   * The item's call: its plan (started from JavaScript), its refusal (its own, or the closing manager's), or an
+   * Effect of the whole call when its route is not resolved yet (run on a fiber of its own).
    */
-  readonly call: (index: number) => Routed | ModelError | Effect.Effect<Answer, AiError>
+  readonly call: (index: number) => Routed | ModelError | ShuttingDownError | Effect.Effect<Answer, AiError>
 }
 
 /**
@@ -99,7 +99,7 @@ export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
         batch.started(index, takenAt())
         try {
           const call = batch.call(index)
-          if (call instanceof ModelError) {
+          if (call instanceof ModelError || call instanceof ShuttingDownError) {
             sink.done(index, Exit.fail(call))
             return undefined
           }

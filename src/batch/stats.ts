@@ -85,7 +85,8 @@ export const statsOf = (results: ReadonlyArray<ItemResult>, measured: Measured):
   const durations = new Float64Array(results.length)
   const waits = new Float64Array(results.length)
   for (const result of results) {
-    if (!result.ran) continue
+    // Refused by a closing manager, an item did not run but has its outcome: only one that never started is left out.
+    if (!result.ran && result.status === "cancelled") continue
     total++
     retries += result.retries
     const wait = measured.waits[result.index]!
