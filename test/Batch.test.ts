@@ -1438,6 +1438,34 @@ for (const mode of modes) {
     }
   })
 
+  describe(`Batch shutdown, a one-item batch queued, ${mode.name}`, () => {
+    it.effect("its turn coming once the manager closes, it is refused without running (ran: false)", () =>
+      Effect.gen(function* () {
+        const { batch, controls, scope } = yield* makeOrchestra(
+          { a: { latency: "1 second" } },
+          { maxConcurrent: 1, executor: { shutdownDeadline: "5 seconds", retry: noRetry } }
+        )
+        const first = yield* Effect.forkChild(batch.run(["first"], { domain: mode.domain }))
+        yield* TestClock.adjust("10 millis")
+        const queued = yield* Effect.forkChild(batch.run(["queued"], { domain: mode.domain }))
+        yield* TestClock.adjust("10 millis")
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+        yield* TestClock.adjust("2 seconds")
+        yield* Fiber.join(closing)
+        assert.deepStrictEqual(
+          (yield* Fiber.join(first)).results.map((r) => [r.status, r.ran]),
+          [["success", true]]
+        )
+        const refused = (yield* Fiber.join(queued)).results[0]!
+        assert.deepStrictEqual(
+          [refused.status, refused.error?._tag, refused.ran],
+          ["rejected", "ShuttingDownError", false]
+        )
+        assert.strictEqual(yield* controls.a!.calls, 1)
+      })
+    )
+  })
+
   describe(`Batch stats, ${mode.name}`, () => {
     it.effect("result.stats counts this batch only, even with another batch running at the same time", () =>
       Effect.gen(function* () {
