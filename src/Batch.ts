@@ -83,7 +83,10 @@ export interface ItemResult {
    * request, its domain, an open breaker) ran.
    */
   readonly ran: boolean
-  /** From the start of its call (a permit of the shared limit held) to its outcome. */
+  /**
+   * From the start of its call (a permit of the shared limit held) to its outcome, on the monotonic clock
+   * (as every time of a batch: a wall clock stepped back or on by NTP does not change it).
+   */
   readonly durationMs: number
   readonly retries: number
 }

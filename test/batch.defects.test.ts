@@ -3,7 +3,7 @@
  * `Batch.stream`): each test failed before its fix.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Result, Stream, Tracer } from "effect"
+import { Clock, Effect, Exit, Fiber, Result, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import { type AiError, ModelError } from "../src/AiError.js"
 import * as Batch from "../src/Batch.js"
@@ -426,4 +426,35 @@ describe("a batch's id is bounded as a task id is", () => {
       assert.strictEqual((yield* batch.run(["a"], { id: longest })).id, longest)
     })
   )
+})
+
+describe("a batch's times are on the monotonic clock", () => {
+  for (const onProgress of [undefined, () => undefined]) {
+    it.effect(
+      `a wall clock stepped back mid-item leaves durations and elapsed times as they were (${onProgress === undefined ? "one item alone" : "pool"})`,
+      () =>
+        Effect.gen(function* () {
+          const { batch } = yield* managerOver(
+            custom("p", () =>
+              Effect.gen(function* () {
+                yield* Effect.sleep("1 second")
+                // An NTP step back of an hour as the call ends.
+                const now = yield* Clock.currentTimeMillis
+                yield* TestClock.setTime(now - 3_600_000)
+                return response("ok")
+              })
+            )
+          )
+          const events: Array<Batch.ProgressEvent> = []
+          const fiber = yield* Effect.forkChild(
+            batch.run(["a"], onProgress === undefined ? {} : { onProgress: (event) => events.push(event) })
+          )
+          for (let i = 0; i < 3; i++) yield* TestClock.adjust("1 second")
+          const result = yield* Fiber.join(fiber)
+          assert.deepStrictEqual([result.results[0]!.durationMs, result.elapsedMs], [1_000, 1_000])
+          assert.deepStrictEqual(result.stats.latency.max, 1_000)
+          assert.isTrue(events.every((event) => event.elapsedMs >= 0))
+        })
+    )
+  }
 })

@@ -236,7 +236,7 @@ const runOne = (
   const tally = new Tally()
   let refused = false
   const call = Effect.suspend(() => {
-    began = clock.currentTimeMillisUnsafe()
+    began = Started.millisNow(clock)
     if (deps.closing()) {
       refused = true
       return Effect.succeed(Exit.fail(refusal()))
@@ -247,7 +247,7 @@ const runOne = (
     )
   })
   return Effect.map(deps.gate.withPermit(call), (exit) => {
-    const end = clock.currentTimeMillisUnsafe()
+    const end = Started.millisNow(clock)
     const result = resultOf(0, exit, end - began, retries)
     const results = [refused ? notAdmitted(result) : result]
     const elapsedMs = end - start
@@ -283,7 +283,7 @@ export const run = Effect.fnUntraced(function* (
   const id = options.id ?? deps.nextId()
   yield* Effect.annotateCurrentSpan({ "orchestra.batch.id": id, "orchestra.batch.items": total })
   const clock = yield* Clock.Clock
-  const start = clock.currentTimeMillisUnsafe()
+  const start = Started.millisNow(clock)
   const { onProgress, onEvent, fallback } = options
   const silent = onProgress === undefined && onEvent === undefined && tap === undefined
   if (total === 1 && silent && options.cancel === undefined) {
@@ -343,7 +343,7 @@ export const run = Effect.fnUntraced(function* (
   }
 
   const started = (index: number, takenAt: number): Effect.Effect<void> => {
-    const now = clock.currentTimeMillisUnsafe()
+    const now = Started.millisNow(clock)
     startedAt[index] = now
     waits[index] = now - takenAt
     if (++running > peak) peak = running
@@ -351,7 +351,7 @@ export const run = Effect.fnUntraced(function* (
   }
 
   const settle = (index: number, exit: Exit.Exit<Answer, AiError>): Effect.Effect<void> => {
-    const now = clock.currentTimeMillisUnsafe()
+    const now = Started.millisNow(clock)
     running--
     done++
     const durationMs = now - startedAt[index]!
@@ -386,7 +386,7 @@ export const run = Effect.fnUntraced(function* (
         delayMs: Duration.toMillis(info.delay),
         done,
         total,
-        elapsedMs: clock.currentTimeMillisUnsafe() - start
+        elapsedMs: Started.millisNow(clock) - start
       })
     }
 
@@ -398,7 +398,7 @@ export const run = Effect.fnUntraced(function* (
     // Cancelled (by an event callback of this very worker, say): no item starts any more; the
     // interruption of the pool that follows the cancellation ends this worker.
     if (cancelled) return Effect.never
-    const takenAt = clock.currentTimeMillisUnsafe()
+    const takenAt = Started.millisNow(clock)
     // The outcome is written holding the permit, and its event run once the permit is back: a slow
     // `onEvent` must not keep the manager's shared limit from the other batches' items.
     return Effect.flatten(
@@ -486,7 +486,7 @@ export const run = Effect.fnUntraced(function* (
     )
   }
 
-  const end = clock.currentTimeMillisUnsafe()
+  const end = Started.millisNow(clock)
   const notRun: Array<number> = []
   for (let index = 0; index < total; index++) {
     if (results[index] !== undefined) continue

@@ -17,6 +17,16 @@ import { runStarted } from "../policy/pool.js"
 import type { Gate } from "./gate.js"
 
 /**
+ * Now in whole milliseconds on the monotonic clock, which every time of a batch is read on: on the wall
+ * clock, an NTP step back of an hour while an item ran made its `durationMs` and the batch's `elapsedMs`
+ * minus an hour.
+ *
+ * @internal
+ */
+export const millisNow = (clock: Clock.Clock): number =>
+  Math.floor(Number(clock.monotonicTimeNanosUnsafe()) / 1_000_000)
+
+/**
  * The engine's `start` of the batch's executor.
  *
  * @internal
@@ -64,10 +74,10 @@ export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
     // When each free place of the batch's concurrency opened, oldest first.
     let freedAt: Array<number> = []
     let freedHead = 0
-    const startedAt = clock.currentTimeMillisUnsafe()
+    const startedAt = millisNow(clock)
     for (let i = 0; i < Math.min(concurrency, total); i++) freedAt.push(startedAt)
     const takenAt = (): number => {
-      const at = freedHead < freedAt.length ? freedAt[freedHead++]! : clock.currentTimeMillisUnsafe()
+      const at = freedHead < freedAt.length ? freedAt[freedHead++]! : millisNow(clock)
       if (freedHead > 1024 && freedHead * 2 > freedAt.length) {
         freedAt = freedAt.slice(freedHead)
         freedHead = 0
@@ -84,7 +94,7 @@ export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
         tryTake: () => !batch.halted() && gate.tryTake(),
         take: Effect.suspend(() => (batch.halted() ? Effect.never : gate.take)),
         release: () => {
-          freedAt.push(clock.currentTimeMillisUnsafe())
+          freedAt.push(millisNow(clock))
           gate.release()
         }
       },
