@@ -2144,3 +2144,160 @@ describe("Executor.stream: a step's rate limit with a prepare", () => {
     })
   )
 })
+
+describe("Executor.stream: an upstream whose release never ends", () => {
+  // A provider stream's own cleanup (a connection release) that never ends held the consumer for good:
+  // the stream's end, a deadline's cut, a consumer leaving early all waited for the upstream's close.
+  const finish: StreamPart = { _tag: "Finish", finishReason: "stop", usage: usage(1, 1), provider: "p", model: "m" }
+  // Its release as a stream's `ensuring` (run by the fiber reading it) or a resource's (run when its scope closes).
+  const hung = (
+    parts: Stream.Stream<StreamPart>,
+    released: { count: number },
+    kind: "ensuring" | "resource"
+  ): Service => {
+    const release = Effect.andThen(
+      Effect.sync(() => released.count++),
+      Effect.never
+    )
+    return {
+      name: "p",
+      defaultModel: "m",
+      generate: () => Effect.die("unused"),
+      embed: () => Effect.die("unused"),
+      stream: () =>
+        kind === "ensuring"
+          ? Stream.ensuring(parts, release)
+          : Stream.unwrap(
+              Effect.as(
+                Effect.acquireRelease(Effect.void, () => release),
+                parts
+              )
+            )
+    }
+  }
+  const within = <A, E>(fiber: Fiber.Fiber<A, E>) =>
+    Effect.gen(function* () {
+      yield* TestClock.adjust("1 second")
+      yield* Effect.yieldNow
+      const early = fiber.pollUnsafe()
+      if (early === undefined) yield* Fiber.interrupt(fiber)
+      assert.isDefined(early, "the consumer waited for the upstream's release past its grace")
+      return yield* Fiber.join(fiber)
+    })
+
+  for (const kind of ["ensuring", "resource"] as const) {
+    it.effect(`${kind}: a whole answer reaches its end within the release's grace, counted a success`, () =>
+      Effect.gen(function* () {
+        const released = { count: 0 }
+        const provider = hung(
+          Stream.make<[StreamPart, StreamPart]>({ _tag: "TextDelta", text: "a" }, finish),
+          released,
+          kind
+        )
+        yield* withExecutorOver(provider, (executor) =>
+          Effect.gen(function* () {
+            const fiber = yield* Effect.forkChild(collect(executor.stream(ask)), { startImmediately: true })
+            const parts = yield* within(fiber)
+            assert.strictEqual(textOf(parts), "a")
+            assert.strictEqual(released.count, 1)
+            const stats = yield* executor.stats()
+            // Still in flight: its provider's release has not ended (as a call's that ignores its interruption).
+            assert.deepStrictEqual([stats.successes, stats.failuresByReason, stats.inFlight], [1, {}, 1])
+          })
+        )
+      })
+    )
+
+    it.effect(`${kind}: an idle deadline's TimeoutError reaches the consumer within the release's grace`, () =>
+      Effect.gen(function* () {
+        const released = { count: 0 }
+        const provider = hung(
+          Stream.concat(Stream.make<[StreamPart]>({ _tag: "TextDelta", text: "a" }), Stream.never),
+          released,
+          kind
+        )
+        yield* withExecutorOver(provider, (executor) =>
+          Effect.gen(function* () {
+            const fiber = yield* Effect.forkChild(
+              Effect.flip(collect(executor.stream(ask, { idleTimeout: "1 second" }))),
+              {
+                startImmediately: true
+              }
+            )
+            yield* TestClock.adjust("1 second")
+            const error = yield* within(fiber)
+            assert.deepStrictEqual(error._tag === "TimeoutError" && [error.limit, error.partialText], ["idle", "a"])
+            assert.strictEqual(released.count, 1)
+          })
+        )
+      })
+    )
+
+    it.effect(`${kind}: a step cut at its first-chunk deadline falls back within the release's grace`, () =>
+      Effect.gen(function* () {
+        const released = { count: 0 }
+        const stuck = hung(Stream.never, released, kind)
+        const backup: Service = {
+          ...stuck,
+          name: "backup",
+          stream: () => Stream.make<[StreamPart, StreamPart]>({ _tag: "TextDelta", text: "from backup" }, finish)
+        }
+        yield* withExecutorOver(stuck, (executor) =>
+          Effect.gen(function* () {
+            const fiber = yield* Effect.forkChild(
+              collect(
+                executor.stream(ask, {
+                  steps: [{ provider: stuck }, { provider: backup }],
+                  firstChunkTimeout: "1 second"
+                })
+              ),
+              { startImmediately: true }
+            )
+            yield* TestClock.adjust("1 second")
+            assert.strictEqual(textOf(yield* within(fiber)), "from backup")
+          })
+        )
+      })
+    )
+
+    it.effect(`${kind}: a consumer that takes the first chunk and leaves is let go within the release's grace`, () =>
+      Effect.gen(function* () {
+        const released = { count: 0 }
+        const provider = hung(
+          Stream.concat(Stream.make<[StreamPart]>({ _tag: "TextDelta", text: "a" }), Stream.never),
+          released,
+          kind
+        )
+        yield* withExecutorOver(provider, (executor) =>
+          Effect.gen(function* () {
+            const fiber = yield* Effect.forkChild(collect(Stream.take(executor.stream(ask), 1)), {
+              startImmediately: true
+            })
+            assert.strictEqual(textOf(yield* within(fiber)), "a")
+            assert.strictEqual(released.count, 1)
+          })
+        )
+      })
+    )
+
+    it.effect(`${kind}: an interrupted consumer is let go within the release's grace`, () =>
+      Effect.gen(function* () {
+        const released = { count: 0 }
+        const provider = hung(
+          Stream.concat(Stream.make<[StreamPart]>({ _tag: "TextDelta", text: "a" }), Stream.never),
+          released,
+          kind
+        )
+        yield* withExecutorOver(provider, (executor) =>
+          Effect.gen(function* () {
+            const consumer = yield* Effect.forkChild(collect(executor.stream(ask)), { startImmediately: true })
+            yield* Effect.yieldNow
+            const interrupting = yield* Effect.forkChild(Fiber.interrupt(consumer), { startImmediately: true })
+            yield* within(interrupting)
+            assert.strictEqual(released.count, 1)
+          })
+        )
+      })
+    )
+  }
+})

@@ -31,7 +31,7 @@ import { type AiError, ModelError, TimeoutError } from "../AiError.js"
 import * as Input from "../Input.js"
 import { ChunkDeadline, estimateInputTokens, type Finish, type GenerateRequest, type StreamPart } from "../Model.js"
 import type { Series } from "../stats/series.js"
-import type { Ending, Watch } from "./deadline.js"
+import type { Ending, Lanes, Watch } from "./deadline.js"
 import type { Engine } from "./engine.js"
 import { cutByShutdown, notAnAiError, unexpected } from "./failure.js"
 import type { BreakerPermit } from "./plan.js"
@@ -41,6 +41,36 @@ import { prepareRefusal, type StreamPlan, type StreamStep } from "./stream-plan.
 import type { Dedupe } from "./stream-resume.js"
 
 const PREFETCH = 64
+
+/**
+ * How long the end of an attempt waits for its upstream's own cleanup (a connection's release) to end:
+ * one that does not end by then goes on in the background, as a call's attempt that ignores its
+ * interruption does, and the consumer gets its outcome (nothing hangs on a provider's finalizer).
+ *
+ * @internal
+ */
+export const RELEASE_GRACE = Duration.seconds(1)
+
+// Closes `scope` on a fiber of its own, waited for up to `RELEASE_GRACE` (not at all once the lanes are
+// closed: the shutdown). A close that ends without suspending (the usual case) costs no timer. Its
+// failure (a finalizer's) is no outcome of the stream: its consumer's outcome is decided already.
+const closeWithin = (scope: Scope.Closeable, lanes: Lanes): Effect.Effect<void> =>
+  Effect.flatMap(Effect.forkDetach(Scope.close(scope, Exit.void), { startImmediately: true }), (fiber) =>
+    fiber.pollUnsafe() === undefined
+      ? Effect.callback<void>((resume) => {
+          const watch = lanes.watch(() => resume(Effect.void))
+          const removeObserver = fiber.addObserver(() => {
+            watch.dispose()
+            resume(Effect.void)
+          })
+          watch.arm(RELEASE_GRACE)
+          return Effect.sync(() => {
+            removeObserver()
+            watch.dispose()
+          })
+        })
+      : Effect.void
+  )
 
 // The producer of a stream whose Finish has arrived is interrupted when the consumer is done
 // with it: the error recorded then is never seen by anyone, so it is built without the stack
@@ -319,11 +349,16 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
     attempt.limit = "idle"
     attempt.watch.arm(plan.idleTimeout)
   }
-  attempt.watch.arm(undefined)
-  if (attempt.finish === undefined) return yield* NoFinish(step.name)
+  if (attempt.finish === undefined) {
+    attempt.watch.arm(undefined)
+    return yield* NoFinish(step.name)
+  }
   // The answer is whole: a finalizer of the upstream's that fails (its connection's release) is no
-  // outcome of the stream, whose consumer may already hold the Finish, nor a failure of its provider.
+  // outcome of the stream, whose consumer may already hold the Finish, nor a failure of its provider;
+  // one that does not end is waited for up to `RELEASE_GRACE` (the watch then ends the attempt).
+  attempt.watch.arm(RELEASE_GRACE)
   yield* Effect.exit(Scope.close(upstreamScope, Exit.void))
+  attempt.watch.arm(undefined)
 })
 
 const producer = (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
@@ -372,6 +407,12 @@ const startAttempt = Effect.fnUntraced(function* (
     scope,
     watch: engine.lanes.watch((ending: Ending) => {
       if (attempt.end !== undefined) return
+      // The answer is whole, its upstream closing (`RELEASE_GRACE` passed, or the shutdown): it ends
+      // complete now, its upstream's close going on in the background.
+      if (attempt.finish !== undefined) {
+        attempt.end = Exit.void
+        return signal()
+      }
       if (ending === "timeout") series.timeouts++
       const limit = attempt.limit
       attempt.end = Exit.fail(
@@ -457,7 +498,7 @@ const startAttempt = Effect.fnUntraced(function* (
  * Ends an attempt: its span ended (with `left`, the stream's end, when the consumer left it),
  * its watch disposed, its producer interrupted, its outcome recorded on its breaker permit
  * (`"ignored"`: left by the consumer, or never served: cut while it queued for the provider's
- * slot), its scope closed.
+ * slot), its scope closed: waited for up to `RELEASE_GRACE`, then left to end in the background.
  *
  * @internal
  */
@@ -465,6 +506,7 @@ export const closeAttempt = (
   attempt: Attempt,
   outcome: Exit.Exit<void, AiError> | "ignored",
   clock: Clock.Clock,
+  lanes: Lanes,
   left?: Exit.Exit<void, AiError> | undefined
 ) =>
   Effect.suspend(() => {
@@ -474,7 +516,7 @@ export const closeAttempt = (
     const permit = attempt.permit
     attempt.permit = undefined
     const record = permit === undefined ? Effect.void : permit.record(attempt.served ? outcome : "ignored")
-    return Effect.andThen(record, Scope.close(attempt.scope, Exit.void))
+    return Effect.andThen(record, closeWithin(attempt.scope, lanes))
   })
 
 // An attempt its consumer left ends as the stream did (cancelled, cut), not as its producer

@@ -283,7 +283,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       // The breaker counts nothing of a stream its consumer left or the stream's deadline cut, but
       // what its provider did before: its end read ahead, not yet read (a failure, a whole answer).
       const own = attempt.end !== undefined && attempt !== cutAttempt ? attempt.end : "ignored"
-      return closeAttempt(attempt, own, clock, terminal)
+      return closeAttempt(attempt, own, clock, engine.lanes, terminal)
     })
     // The attempts' scopes are forked from this one, made before the finalizer below is added so
     // that it closes after it (last added, first run): the attempt the finalizer ends is still open,
@@ -334,7 +334,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         const exit = attempt.end!
         current = undefined
         if (Exit.isSuccess(exit)) {
-          return Effect.flatMap(closeAttempt(attempt, exit, clock), () => {
+          return Effect.flatMap(closeAttempt(attempt, exit, clock, engine.lanes), () => {
             finishStep(attempt, exit)
             if (plan.cache !== undefined && resumes === 0 && attempt.step.cacheable !== false) {
               // A stream that completed is answered whether or not the cache could keep its parts.
@@ -348,7 +348,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
           })
         }
         const error = Option.getOrThrow(Cause.findErrorOption(exit.cause))
-        return Effect.flatMap(closeAttempt(attempt, exit, clock), () => onFailure(attempt, exit, error))
+        return Effect.flatMap(closeAttempt(attempt, exit, clock, engine.lanes), () => onFailure(attempt, exit, error))
       })
 
     // An attempt that failed, closed: retried, handed to the next step, resumed, or the stream's end.
