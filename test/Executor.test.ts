@@ -1256,3 +1256,56 @@ describe("spans", () => {
     })
   )
 })
+
+describe("Executor.execute: an onRetry hook that ignores its interruption", () => {
+  // The hook runs in the retry's backoff, on a fiber the caller's fiber awaited as it ended: its caller,
+  // cut by the total deadline or interrupted, was answered but its fiber never ended.
+  const stuckHook = () => Effect.uninterruptible(Effect.never)
+  const options = {
+    timeout: "none",
+    retry: { maxAttempts: 3, initialDelay: 1, jitter: 0 },
+    onRetry: stuckHook
+  } as const
+
+  it.effect("the total deadline still ends the call with its TimeoutError when due", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ script: [Outcome.fail("Overloaded")] })
+      const fiber = yield* Effect.forkChild(
+        Effect.flip(executor.execute(ask, { ...options, totalTimeout: "1 second" })),
+        {
+          startImmediately: true
+        }
+      )
+      yield* TestClock.adjust("1 second")
+      yield* Effect.yieldNow
+      const done = fiber.pollUnsafe()
+      assert.isDefined(done, "the call's fiber waited for its hook past the total deadline")
+      const error = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(error._tag === "TimeoutError" && error.limit, "total")
+    })
+  )
+
+  it.effect("a caller interrupted during the hook is let go at once", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ script: [Outcome.fail("Overloaded")] })
+      const fiber = yield* Effect.forkChild(executor.execute(ask, options), { startImmediately: true })
+      yield* Effect.yieldNow
+      const stopping = yield* Effect.forkChild(Fiber.interrupt(fiber), { startImmediately: true })
+      yield* Effect.yieldNow
+      assert.isDefined(stopping.pollUnsafe(), "interrupting the call waited for its hook")
+    })
+  )
+
+  it.effect("a batch interrupted during an item's hook is let go at once", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.fail("Overloaded")] })
+      const fiber = yield* Effect.forkChild(executor.executeMany([ask, ask], { ...options, concurrency: 2 }), {
+        startImmediately: true
+      })
+      yield* Effect.yieldNow
+      const stopping = yield* Effect.forkChild(Fiber.interrupt(fiber), { startImmediately: true })
+      yield* Effect.yieldNow
+      assert.isDefined(stopping.pollUnsafe(), "interrupting the batch waited for its items' hooks")
+    })
+  )
+})

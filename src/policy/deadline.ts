@@ -18,7 +18,7 @@
  *
  * @internal
  */
-import { Clock, Duration, Effect, type Exit, type Fiber, type Scope } from "effect"
+import { Clock, type Context, Duration, Effect, type Exit, type Fiber, type Scope } from "effect"
 import * as Timers from "./timers.js"
 
 /** Why a tracked attempt was cut short. */
@@ -270,14 +270,17 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
     effect: Effect.Effect<A, E, R>,
     timeout: Duration.Duration | undefined
   ): Effect.Effect<Exit.Exit<A, E> | Ending, never, R> =>
-    Effect.flatMap(Effect.forkChild(effect, { startImmediately: true }), (fiber) => {
-      const done = fiber.pollUnsafe()
-      if (done !== undefined) return Effect.succeed(done)
-      // Linked inside the callback's registration, where its cleanup (which unlinks it) is put in
-      // place in the same step: linked one step before, a caller interrupted at a yield in between
-      // left its deadline tracked, and its timer running, until it passed. (The child fiber
-      // itself is interrupted with its parent.)
-      return Effect.callback<Exit.Exit<A, E> | Ending>((resume) => {
+    Effect.withFiber((parent) =>
+      // A root fiber on the caller's context, as an attempt's (below): a child fiber is awaited by
+      // its parent as the parent ends, so a caller cut by its deadline or interrupted while this ran
+      // what ignores its interruption (a retry's hook, a rate limiter's store) never ended. Started
+      // inside the callback's registration, where its cancellation (which unlinks its deadline and
+      // interrupts it) is put in place in the same step: a caller interrupted at a yield in between
+      // left it running, and its deadline tracked until it passed.
+      Effect.callback<Exit.Exit<A, E> | Ending>((resume) => {
+        const fiber = Effect.runForkWith(parent.context as Context.Context<R>)(effect)
+        const done = fiber.pollUnsafe()
+        if (done !== undefined) return resume(Effect.succeed(done))
         // Closed, the lanes have no sleeper left to end a deadline, nor a shutdown to come: a wait
         // linked now would never be cut. It is cut at once, as the shutdown cut the waits before it.
         if (closed) {
@@ -300,7 +303,7 @@ export const make: Effect.Effect<Lanes, never, Scope.Scope> = Effect.gen(functio
           fiber.interruptUnsafe()
         })
       })
-    })
+    )
 
   // One attempt waiting on its fiber: the lane node itself (no node object and closure apart).
   class Attempt<A, E, B, E2, C> extends Tracked {
