@@ -55,7 +55,7 @@ export const RELEASE_GRACE = Duration.seconds(1)
 // closed: the shutdown). A close that ends without suspending (the usual case) costs no timer. Its
 // failure (a finalizer's) is no outcome of the stream: its consumer's outcome is decided already.
 const closeWithin = (scope: Scope.Closeable, lanes: Lanes): Effect.Effect<void> =>
-  Effect.flatMap(Effect.forkDetach(Scope.close(scope, Exit.void), { startImmediately: true }), (fiber) =>
+  Effect.flatMap(Effect.forkDetach(Effect.exit(Scope.close(scope, Exit.void)), { startImmediately: true }), (fiber) =>
     fiber.pollUnsafe() === undefined
       ? Effect.callback<void>((resume) => {
           const watch = lanes.watch(() => resume(Effect.void))
@@ -177,6 +177,11 @@ export interface Attempt {
   readonly step: StreamStep
   readonly series: Series
   readonly scope: Scope.Closeable
+  /**
+   * The upstream's own (its stream's and its pulls' resources, a connection): forked from `scope`,
+   * closed by the producer at its Finish, or else when the attempt closes; waited for up to `RELEASE_GRACE`.
+   */
+  readonly upstream: Scope.Closeable
   readonly watch: Watch
   /** The deadline its watch is armed with: the first chunk's until one arrives, then the idle one. */
   limit: "firstChunk" | "idle"
@@ -312,7 +317,7 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
   // into the caller's and a semaphore (~1 µs and a copy of the context a chunk); this
   // fiber is its only reader and runs in that very context.
   // In a scope of its own, closed at its Finish: not when a slow consumer reads that far.
-  const upstreamScope = yield* Scope.fork(attempt.scope)
+  const upstreamScope = attempt.upstream
   const pull = yield* Channel.toPullScoped(Stream.toChannel(step.target.stream(upstream)), upstreamScope)
   // Built once per attempt, not once per chunk.
   const next = Effect.catchCause(pull, doneAsUndefined)
@@ -363,13 +368,13 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
 
 const producer = (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
   produce(host, attempt, upstream).pipe(
-    // The reader's chunk deadline, and the attempt's scope for whatever the upstream's pulls
-    // open: added, not merged (`Context.merge` copies the caller's whole context, twice).
+    // The reader's chunk deadline, and the upstream's scope for whatever its pulls open: added,
+    // not merged (`Context.merge` copies the caller's whole context, twice).
     Effect.updateContext((context: Context.Context<never>) =>
       Context.add(
         Context.add(context, ChunkDeadline, chunkDeadlineOf(host.plan, attempt.step)),
         Scope.Scope,
-        attempt.scope
+        attempt.upstream
       )
     )
   ) as Effect.Effect<void, AiError>
@@ -384,6 +389,7 @@ const startAttempt = Effect.fnUntraced(function* (
   const step = plan.steps[index]!
   const series = engine.series(step)
   const scope = yield* Scope.fork(streamScope)
+  const upstreamScope = yield* Scope.fork(scope)
   let prepared = upstream
   let refused: AiError | undefined
   if (step.prepare !== undefined) {
@@ -405,6 +411,7 @@ const startAttempt = Effect.fnUntraced(function* (
     step,
     series,
     scope,
+    upstream: upstreamScope,
     watch: engine.lanes.watch((ending: Ending) => {
       if (attempt.end !== undefined) return
       // The answer is whole, its upstream closing (`RELEASE_GRACE` passed, or the shutdown): it ends
@@ -516,8 +523,15 @@ export const closeAttempt = (
     const permit = attempt.permit
     attempt.permit = undefined
     const record = permit === undefined ? Effect.void : permit.record(attempt.served ? outcome : "ignored")
-    return Effect.andThen(record, closeWithin(attempt.scope, lanes))
+    return Effect.andThen(record, () => closeScopes(attempt, lanes))
   })
+
+// The upstream's scope first, bounded (unless the producer closed it at its Finish: no fiber then), then
+// the attempt's own, which holds only what the attempt itself put there (its slot, its breaker permit).
+const closeScopes = (attempt: Attempt, lanes: Lanes): Effect.Effect<void> =>
+  attempt.upstream.state._tag === "Open"
+    ? Effect.andThen(closeWithin(attempt.upstream, lanes), Scope.close(attempt.scope, Exit.void))
+    : Scope.close(attempt.scope, Exit.void)
 
 // An attempt its consumer left ends as the stream did (cancelled, cut), not as its producer
 // (interrupted when the stream closed).
