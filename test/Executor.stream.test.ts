@@ -1613,6 +1613,44 @@ describe("Executor.stream: review of the resume and the cache", () => {
     })
   )
 
+  // A custom cache whose read or write never ends held the stream for good: its read came before the
+  // total deadline was armed, its write after the Finish, which the total deadline no longer cuts.
+  it.effect("a custom cache's getParts that never ends is cut by the total deadline, as a call's lookup is", () =>
+    Effect.gen(function* () {
+      const cache = yield* failingCache("custom-cache-hung-read", Effect.never)
+      const { executor } = yield* setup({ respond: () => "a b" }, { guards: { cache } })
+      const fiber = yield* Effect.forkChild(Effect.flip(collect(executor.stream(ask, { totalTimeout: "1 second" }))), {
+        startImmediately: true
+      })
+      yield* TestClock.adjust("1 second")
+      yield* Effect.yieldNow
+      const done = fiber.pollUnsafe()
+      if (done === undefined) yield* Fiber.interrupt(fiber)
+      assert.isDefined(done, "the stream waited for its cache's read past its total deadline")
+      const error = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(error._tag === "TimeoutError" && error.limit, "total")
+    })
+  )
+
+  it.effect("a custom cache's setParts that never ends does not hold a whole stream past its total deadline", () =>
+    Effect.gen(function* () {
+      const memory = yield* ResponseCache.makeMemory({ name: "custom-cache-hung-write" })
+      const cache = { ...memory, setParts: () => Effect.never }
+      const { executor } = yield* setup({ respond: () => "a b" }, { guards: { cache } })
+      const fiber = yield* Effect.forkChild(collect(executor.stream(ask, { totalTimeout: "1 second" })), {
+        startImmediately: true
+      })
+      yield* TestClock.adjust("1 second")
+      yield* Effect.yieldNow
+      const done = fiber.pollUnsafe()
+      if (done === undefined) yield* Fiber.interrupt(fiber)
+      assert.isDefined(done, "the stream waited for its cache's write past its total deadline")
+      const parts = yield* Fiber.join(fiber)
+      assert.strictEqual(textOf(parts), "a b")
+      assert.strictEqual(parts.at(-1)?._tag, "Finish")
+    })
+  )
+
   it.effect("a cache's getParts that is interrupted is not taken for a miss", () =>
     Effect.gen(function* () {
       const cache = yield* failingCache("custom-cache-interrupted", Effect.interrupt)

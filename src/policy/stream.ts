@@ -119,7 +119,19 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       )
     }
     if (plan.cache !== undefined) {
-      const cached = yield* Effect.catchCause(plan.cache.store.getParts(plan.cache.key), missOnFailure)
+      // Under the total deadline, as a call's lookup is: a custom cache's read that never ends held the
+      // stream for good (its deadline is armed below, once the stream is open).
+      const read = yield* engine.lanes.run(
+        Effect.catchCause(plan.cache.store.getParts(plan.cache.key), missOnFailure),
+        plan.totalTimeout
+      )
+      if (read === "shutdown") return yield* Effect.fail(cutByShutdown())
+      if (read === "timeout") {
+        return yield* Effect.fail(
+          new TimeoutError({ limit: "total", timeout: plan.totalTimeout ?? Duration.zero, partialText: "" })
+        )
+      }
+      const cached = yield* read
       // A cut while the cache was read (a Redis call): no replay, no attempt.
       if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
       // What is not a whole stream (a custom cache's answer) is a miss: replayed, a stream without
@@ -338,9 +350,18 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
             finishStep(attempt, exit)
             if (plan.cache !== undefined && resumes === 0 && attempt.step.cacheable !== false) {
               // A stream that completed is answered whether or not the cache could keep its parts.
-              return Effect.map(
-                Effect.catchCause(plan.cache.store.setParts(plan.cache.key, collected), keptOrNot),
-                () => endStream(Exit.void)
+              // Up to the total deadline (the shutdown cuts it too): past it, the write is abandoned.
+              const left =
+                totalAt === Number.POSITIVE_INFINITY ? undefined : Duration.millis(Math.max(0, totalAt - now()))
+              return Effect.flatMap(
+                engine.lanes.run(
+                  Effect.catchCause(plan.cache.store.setParts(plan.cache.key, collected), keptOrNot),
+                  left
+                ),
+                (kept) =>
+                  typeof kept === "string"
+                    ? Effect.sync(() => endStream(Exit.void))
+                    : Effect.map(kept, () => endStream(Exit.void))
               )
             }
             endStream(Exit.void)
