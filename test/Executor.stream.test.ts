@@ -1872,6 +1872,41 @@ describe("Executor.stream: a deadline after a tool call and no text", () => {
   )
 })
 
+describe("Executor.stream: the release grace of an upstream that closes at once", () => {
+  // The grace an upstream's close is waited for is a timer only for a close that does not end at once:
+  // armed at every Finish, it made a lane and a sleeping fiber per quiet stream.
+  it.effect("arms no timer", () =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(StatsModule.layer, scope)
+      const stats = Context.get(context, StatsModule.Stats)
+      const engine = yield* Engine.make({ stats, shutdownDeadline: Duration.seconds(1) }).pipe(Scope.provide(scope))
+      const streams = Streams.make({
+        engine,
+        defaults: { firstChunkTimeout: undefined, idleTimeout: undefined, totalTimeout: undefined }
+      })
+      const target = {
+        name: "p",
+        stream: () =>
+          Stream.make<[StreamPart, StreamPart]>(
+            { _tag: "TextDelta", text: "a" },
+            { _tag: "Finish", finishReason: "stop", usage: usage(1, 1), provider: "p", model: "m" }
+          )
+      }
+      const plan = {
+        steps: [{ target, name: "p", timeout: undefined }],
+        firstChunkTimeout: undefined,
+        idleTimeout: undefined,
+        totalTimeout: undefined
+      }
+      const parts = yield* collect(streams.run(plan as never, { prompt: "x" }))
+      assert.strictEqual(textOf(parts), "a")
+      assert.deepStrictEqual([engine.lanes.lanes(), engine.lanes.size()], [0, 0])
+      yield* Scope.close(scope, Exit.void)
+    })
+  )
+})
+
 describe("Executor.stream: a consumer that leaves during a retry's onRetry hook", () => {
   // The hook, interrupted by the stream's finalizer, armed the retry's backoff after the finalizer
   // had disposed of it: a watch left on the deadline lanes until its delay passed.

@@ -354,16 +354,13 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
     attempt.limit = "idle"
     attempt.watch.arm(plan.idleTimeout)
   }
-  if (attempt.finish === undefined) {
-    attempt.watch.arm(undefined)
-    return yield* NoFinish(step.name)
-  }
-  // The answer is whole: a finalizer of the upstream's that fails (its connection's release) is no
-  // outcome of the stream, whose consumer may already hold the Finish, nor a failure of its provider;
-  // one that does not end is waited for up to `RELEASE_GRACE` (the watch then ends the attempt).
-  attempt.watch.arm(RELEASE_GRACE)
-  yield* Effect.exit(Scope.close(upstreamScope, Exit.void))
   attempt.watch.arm(undefined)
+  if (attempt.finish === undefined) return yield* NoFinish(step.name)
+  // The answer is whole: a finalizer of the upstream's that fails (its connection's release) is no
+  // outcome of the stream, whose consumer may already hold the Finish, nor a failure of its provider.
+  // One that does not end is waited for up to `RELEASE_GRACE`, armed by a consumer that waits for it
+  // (`graceRelease`): a close that ends at once, the usual one, arms no timer.
+  yield* Effect.exit(Scope.close(upstreamScope, Exit.void))
 })
 
 const producer = (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest): Effect.Effect<void, AiError> =>
@@ -500,6 +497,16 @@ const startAttempt = Effect.fnUntraced(function* (
     })
   )
 })
+
+/**
+ * The consumer waits for an attempt whose Finish it holds: its producer is closing the upstream, which
+ * it waits for up to `RELEASE_GRACE` (the attempt's watch then ends it complete).
+ *
+ * @internal
+ */
+export const graceRelease = (attempt: Attempt): void => {
+  if (attempt.finish !== undefined && attempt.end === undefined) attempt.watch.arm(RELEASE_GRACE)
+}
 
 /**
  * Ends an attempt: its span ended (with `left`, the stream's end, when the consumer left it),

@@ -32,7 +32,14 @@ import type { Engine } from "./engine.js"
 import { cutByShutdown, exhaustedOr, shuttingDown } from "./failure.js"
 import { CurrentCut } from "./plan.js"
 import { endSpan, isTraced } from "./span.js"
-import { type Attempt, attemptStarter, closeAttempt, isWholeStream, type StreamSpan } from "./stream-attempt.js"
+import {
+  type Attempt,
+  attemptStarter,
+  closeAttempt,
+  graceRelease,
+  isWholeStream,
+  type StreamSpan
+} from "./stream-attempt.js"
 import {
   type ExecutorStreamOptions,
   type StreamDefaults,
@@ -583,8 +590,9 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
     // found no one to wake.
     const waitThenPull = Effect.andThen(
       Effect.callback<void>((resume) => {
-        if (moved()) resume(Effect.void)
-        else wake = resume
+        if (moved()) return resume(Effect.void)
+        wake = resume
+        if (current !== undefined) graceRelease(current)
       }),
       pull
     )
