@@ -1662,6 +1662,19 @@ describe("HttpAgent.dispatch", () => {
     })
   )
 
+  it.effect("an invalid batch speaks of tasks, not steps: a repeated id, an unknown dependency", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make()
+      const service = yield* agents()
+      const twice = yield* Effect.flip(service.dispatch([task("a", server.url), task("a", server.url)]))
+      assert.deepStrictEqual([twice.reason, twice.steps], ["DuplicateStep", ["a"]])
+      assert.strictEqual(twice.message, 'task "a" is defined twice')
+      const unknown = yield* Effect.flip(service.dispatch([task("a", server.url, { dependsOn: ["ghost"] })]))
+      assert.strictEqual(unknown.message, 'task "a" depends on unknown task "ghost"')
+      assert.strictEqual(server.requests(), 0)
+    })
+  )
+
   it.effect("a batch task whose field throws when read: a PipelineError for its id, else its own record", () =>
     Effect.gen(function* () {
       const bad = yield* AgentServer.make(() => ({ status: 500 }))

@@ -105,7 +105,7 @@ export const dispatch = Effect.fnUntraced(function* (
   const read = tasks.map(readTask)
   const steps = stepsOf(tasks, read, env)
   if (Result.isFailure(steps)) return yield* Effect.fail(steps.failure)
-  const definition = Definition.build(steps.success)
+  const definition = Definition.build(steps.success, "task")
   if (Result.isFailure(definition)) return yield* Effect.fail(definition.failure)
   const concurrency = checkOptions(options)
   if (Result.isFailure(concurrency)) return yield* Effect.fail(concurrency.failure)

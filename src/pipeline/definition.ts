@@ -484,24 +484,24 @@ const cycleIn = (component: ReadonlyArray<number>, graph: Graph.DirectedGraph<st
   return [...path.slice(seen.get(node)), node].map((i) => Option.getOrThrow(Graph.getNode(graph, i)))
 }
 
-const duplicateStep = (name: string): PipelineError =>
+const duplicateStep = (name: string, noun = "step"): PipelineError =>
   new PipelineError({
     reason: "DuplicateStep",
     steps: [name],
-    message: `step ${JSON.stringify(name)} is defined twice`
+    message: `${noun} ${JSON.stringify(name)} is defined twice`
   })
 
 // Names a message shows: `steps` holds them all, a message (logged, shown) stays short when
 // a generated pipeline has thousands.
 const SHOWN = 10
 
-const unknownDependency = (name: string, missing: ReadonlyArray<string>): PipelineError => {
+const unknownDependency = (name: string, missing: ReadonlyArray<string>, noun = "step"): PipelineError => {
   const shown = missing.slice(0, SHOWN).map((m) => JSON.stringify(m))
   if (missing.length > SHOWN) shown.push(`and ${missing.length - SHOWN} more`)
   return new PipelineError({
     reason: "UnknownDependency",
     steps: [name, ...missing],
-    message: `step ${JSON.stringify(name)} depends on unknown step${missing.length > 1 ? "s" : ""} ${shown.join(", ")}`
+    message: `${noun} ${JSON.stringify(name)} depends on unknown ${noun}${missing.length > 1 ? "s" : ""} ${shown.join(", ")}`
   })
 }
 
@@ -528,17 +528,18 @@ export const checkAdded = (step: StepDef, has: (name: string) => boolean): Pipel
 }
 
 /**
- * Validates the DAG: duplicate names, unknown dependencies, cycles.
+ * Validates the DAG: duplicate names, unknown dependencies, cycles. `noun` is what the messages
+ * call a step (a batch of `HttpAgent.dispatch` has tasks).
  */
-export const build = (steps: ReadonlyArray<StepDef>): Checked<Definition> => {
+export const build = (steps: ReadonlyArray<StepDef>, noun = "step"): Checked<Definition> => {
   const index = new Map<string, number>()
   for (const step of steps) {
-    if (index.has(step.name)) return Result.fail(duplicateStep(step.name))
+    if (index.has(step.name)) return Result.fail(duplicateStep(step.name, noun))
     index.set(step.name, index.size)
   }
   for (const step of steps) {
     const missing = step.deps.filter((dep) => !index.has(dep))
-    if (missing.length > 0) return Result.fail(unknownDependency(step.name, missing))
+    if (missing.length > 0) return Result.fail(unknownDependency(step.name, missing, noun))
   }
   const graph = Graph.directed<string, void>((mutable) => {
     for (const step of steps) Graph.addNode(mutable, step.name)
