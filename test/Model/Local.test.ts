@@ -841,6 +841,12 @@ describe("Local provider: loading", () => {
         looked.some((p) => elsewhere.message.includes(p)),
         `${elsewhere.message} names one of ${looked.join(", ")}`
       )
+      // modelPath was given: the message says what is missing there, not to set it.
+      assert.notInclude(elsewhere.message, "set allowRemoteModels or modelPath")
+      assert.match(
+        elsewhere.message,
+        /not found: no config\.json in \/nonexistent\/models\/tiny-(gpt2|bert) \(modelPath\) or .+ \(cache\), and remote models are disabled \(allowRemoteModels: false\), so it is not downloaded$/
+      )
     })
   )
 

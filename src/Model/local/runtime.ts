@@ -244,6 +244,14 @@ export const makeLoader = (lib: Transformers, options: LoadOptions, clock: Clock
     if (!options.allowRemoteModels) {
       // Offline, a model is either in modelPath or downloaded earlier into the cache.
       const candidates = [folder, ...(cacheDir === undefined ? [] : [path.join(cacheDir, modelId)])]
+      // Each place is named with the setting it came from: a modelPath given and missing the
+      // model is a misplaced model, not a modelPath to set.
+      const places = [
+        `${folder} (modelPath)`,
+        ...(cacheDir === undefined
+          ? []
+          : [`${path.join(cacheDir, modelId)} (${options.cacheDir === undefined ? "cache" : "cacheDir"})`])
+      ]
       yield* Effect.firstSuccessOf(
         candidates.map((dir) => Effect.tryPromise(() => access(path.join(dir, "config.json"))))
       ).pipe(
@@ -251,7 +259,7 @@ export const makeLoader = (lib: Transformers, options: LoadOptions, clock: Clock
           unavailable(
             options,
             modelId,
-            `model "${modelId}" not found: no config.json in ${candidates.join(" or ")} (remote models are disabled; set allowRemoteModels or modelPath)`,
+            `model "${modelId}" not found: no config.json in ${places.join(" or ")}, and remote models are disabled (allowRemoteModels: false), so it is not downloaded`,
             cause
           )
         )
