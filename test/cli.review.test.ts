@@ -510,11 +510,14 @@ describe("a config with a great many issues", () => {
         const lines = run.err.split("\n")
         assert.strictEqual(lines.length, 52, run.err.slice(0, 500))
         assert.strictEqual(lines[0], `orchestra: invalid config ${config}`)
-        assert.strictEqual(lines[1], "  providers.p.f0: unknown field")
+        assert.match(lines[1]!, /^ {2}providers\.p\.f0: unknown field \(expected one of type, /)
         assert.strictEqual(lines[51], "  ... and 99950 more")
         const error = (JSON.parse(run.out) as { error: { issues: Array<unknown>; moreIssues: number } }).error
         assert.strictEqual(error.issues.length, 50)
-        assert.deepStrictEqual(error.issues[0], { path: "providers.p.f0", message: "unknown field" })
+        assert.deepStrictEqual(error.issues[0], {
+          path: "providers.p.f0",
+          message: lines[1]!.slice("  providers.p.f0: ".length)
+        })
         assert.strictEqual(error.moreIssues, 99_950)
         // At the bound, nothing is counted.
         const few = NodePath.join(dir, "fifty-issues.json")
@@ -543,7 +546,8 @@ describe("a config with a great many issues", () => {
         )
         const many = yield* Effect.flip(Setup.check(loaded({ providers })).pipe(withEnv({})))
         assert.strictEqual(many.issues.length, 20_000)
-        assert.deepStrictEqual(many.issues[19_999], { path: "providers.p19999.odd", message: "unknown field" })
+        assert.strictEqual(many.issues[19_999]!.path, "providers.p19999.odd")
+        assert.match(many.issues[19_999]!.message, /^unknown field \(expected one of type, /)
       }),
     30_000
   )
@@ -583,7 +587,7 @@ describe("a config with a great many issues", () => {
         config.policies = { maxConcurrent: 0 }
         const error = yield* Effect.flip(Setup.check(loaded(config)).pipe(withEnv({})))
         assert.strictEqual(error.issues.length, 150_001)
-        assert.strictEqual(error.issues[0]!.message, "unknown field")
+        assert.match(error.issues[0]!.message, /^unknown field \(expected one of /)
         assert.isTrue(error.issues.some((issue) => issue.path === "policies.maxConcurrent"))
       }),
     8_000
