@@ -374,11 +374,12 @@ describe("serve --port out of range", () => {
       ] as const) {
         const result = yield* run(["serve", "--port", value, "--config", config])
         assert.strictEqual(result.code, 2, result.err)
-        assert.strictEqual(result.err, `orchestra: invalid --port: expected a value of at most 65535, got ${shown}`)
+        assert.strictEqual(result.err, `orchestra: --port: expected a value of at most 65535, got ${shown}`)
       }
       const below = yield* run(["serve", "--port", "-99999999999999999999999", "--config", config])
-      assert.strictEqual(below.err, "orchestra: invalid --port: expected a value of at least 0, got -1e+23")
-      // Past a double's range it is no number at all.
+      assert.strictEqual(below.err, "orchestra: --port: expected a value of at least 0, got -1e+23")
+      // Past a double's range it is no number at all. Said in one form with the range (and every
+      // command's flags): `--port 70000` said "invalid --port: ...", `--port abc` "--port: ...".
       const infinite = yield* run(["serve", "--port", "1e400", "--config", config])
       assert.strictEqual(infinite.err, 'orchestra: --port: expected an integer, got "1e400"')
     })

@@ -343,8 +343,13 @@ export const run = Effect.fnUntraced(function* (args: Args) {
           if (!(error instanceof Input.OptionError))
             return failWith(common, exitCodes.failed, message, { kind: "start" })
           const where = placed.get(error)
-          // A flag's value is a usage error, as every other command's; a field of the gateway file names the file.
-          if (where?.flag === true) return failWith(common, exitCodes.usage, message, { kind: "usage" })
+          // A flag's value is a usage error said as every other command's (`--port: ...`, as `--port abc` is);
+          // a field of the gateway file names the file.
+          if (where?.flag === true) {
+            const issue = Input.issueOfError(error)
+            const said = error.others === undefined ? `${issue.path}: ${issue.message}` : message
+            return failWith(common, exitCodes.usage, said, { kind: "usage" })
+          }
           return where?.file === undefined
             ? failWith(common, exitCodes.usage, message, { kind: "config" })
             : refuseAll(common, where.file, issuesOf(error), error.others?.unshown ?? 0)

@@ -312,10 +312,10 @@ describe("orchestra serve, start-up failures", () => {
           error: { message: `cannot listen on 127.0.0.1:${port}: the address is already in use`, kind: "start" }
         })
         assert.strictEqual(flag.code, 2, flag.stderr)
-        assert.include(flag.stderr, "invalid --port: expected a value of at least 0, got -1")
+        assert.include(flag.stderr, "orchestra: --port: expected a value of at least 0, got -1")
         // A flag's value is a usage error, as `--port abc` and every other command's flags are.
         assert.deepStrictEqual(JSON.parse(flag.stdout).error, {
-          message: "invalid --port: expected a value of at least 0, got -1",
+          message: "--port: expected a value of at least 0, got -1",
           kind: "usage"
         })
         assert.strictEqual(file.code, 2, file.stderr)
