@@ -290,8 +290,8 @@ export interface Options {
    */
   readonly metricsToken?: Redacted.Redacted<string> | undefined
   /**
-   * The buckets of the latency histograms on the metrics route: `"all"` (default: 176 a
-   * histogram, in 10% steps) or `"coarse"` (21, see `Prometheus.coarseBuckets`; counts stay exact).
+   * The buckets of the latency histograms on the metrics route, `+Inf` counted: `"all"` (default: 176
+   * a histogram, in 10% steps) or `"coarse"` (22, see `Prometheus.coarseBuckets`; counts stay exact).
    */
   readonly metricsBuckets?: "all" | "coarse" | undefined
   /** Paths of the liveness and readiness checks, or `false`. Default `/healthz` and `/readyz`. */

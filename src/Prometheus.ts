@@ -34,9 +34,10 @@ export interface Options {
   /** Every metric of the registry, not only the library's `orchestra_*` ones. Default false. */
   readonly all?: boolean | undefined
   /**
-   * The buckets of the library's latency histograms: `"all"` (default: 176, in 10% steps, as the
-   * stats read them) or `"coarse"` (the 21 of {@link coarseBuckets}: ~40 series fewer per
-   * histogram). Counts are exact either way: a kept bucket keeps its own `le`.
+   * The buckets of the library's latency histograms, `+Inf` counted: `"all"` (default: 176, 175
+   * bounds in 10% steps, as the stats read them, and `+Inf`) or `"coarse"` (22: the 21 bounds of
+   * {@link coarseBuckets} and `+Inf`, 154 series fewer per histogram). Counts are exact either way:
+   * a kept bucket keeps its own `le`.
    */
   readonly buckets?: "all" | "coarse" | undefined
 }
