@@ -129,7 +129,8 @@ describe("maxInputChars counts every character a request sends", () => {
 
   it.effect("empty tool calls count their wire overhead: 50,000 of them are not a request of no size", () =>
     Effect.gen(function* () {
-      const empty = { id: "", name: "", arguments: "" }
+      // A name is the least a call has (an empty one is refused for every provider); id and arguments may be empty.
+      const empty = { id: "", name: "f", arguments: "" }
       const request = (calls: number): Model.GenerateRequest => ({
         messages: [
           { role: "user", content: "go" },
@@ -141,6 +142,27 @@ describe("maxInputChars counts every character a request sends", () => {
       assert.strictEqual(error.field, "messages")
       assert.deepStrictEqual(yield* fieldOf(request(10)), ["InvalidRequest", "messages"])
       yield* Model.validateGenerate(request(1), limits)
+    })
+  )
+
+  it.effect("an assistant tool call with an empty name is refused naming it, for every provider", () =>
+    Effect.gen(function* () {
+      const request: Model.GenerateRequest = {
+        system: "s",
+        messages: [
+          { role: "user", content: "go" },
+          {
+            role: "assistant",
+            content: "",
+            toolCalls: [
+              { id: "c1", name: "lookup", arguments: "{}" },
+              { id: "c2", name: "", arguments: "{}" }
+            ]
+          },
+          { role: "tool", toolCallId: "c1", content: "ok" }
+        ]
+      }
+      assert.deepStrictEqual(yield* fieldOf(request), ["InvalidRequest", "messages[1].toolCalls[1].name"])
     })
   )
 

@@ -174,11 +174,17 @@ export const checkGenerate = (
       return invalid("messages", `${messages.length} messages exceed the limit of ${limits.maxMessages}`)
     }
     let anyContent = false
-    for (const message of messages) {
+    for (let i = 0; i < messages.length; i++) {
+      const message = messages[i]!
       chars += message.content.length + (message.toolCallId?.length ?? 0)
       if (message.content.trim().length > 0 || message.toolCalls !== undefined) anyContent = true
       if (message.toolCalls !== undefined) {
-        for (const call of message.toolCalls) {
+        const calls = message.toolCalls
+        for (let j = 0; j < calls.length; j++) {
+          const call = calls[j]!
+          // A call of no tool: OpenAI and Gemini refuse it after a round trip, Ollama sent it on; no answer carries one.
+          if (call.name.length === 0)
+            return invalid(`messages[${i}].toolCalls[${j}].name`, "a tool call without a name")
           chars +=
             toolCallOverhead + call.id.length + call.name.length + call.arguments.length + (call.signature?.length ?? 0)
         }

@@ -179,6 +179,30 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect(
+      "an assistant tool call of no name is refused naming it before a call, not sent as a call of no tool",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Server.make((_, res) =>
+            Server.json(res, 200, { ...final(), message: chatLine("ok").message })
+          )
+          const p = yield* provider(server)
+          const request: Model.GenerateRequest = {
+            messages: [
+              { role: "user", content: "weather?" },
+              { role: "assistant", content: "", toolCalls: [{ id: "c1", name: "", arguments: '{"city":"Oslo"}' }] },
+              { role: "tool", toolCallId: "c1", content: "sunny" }
+            ],
+            tools
+          }
+          const error = yield* flipModel(p.generate(request))
+          assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "messages[1].toolCalls[0].name"])
+          const streamed = modelErrorOf((yield* collect(p.stream(request))).exit)
+          assert.deepStrictEqual([streamed.reason, streamed.field], ["InvalidRequest", "messages[1].toolCalls[0].name"])
+          assert.lengthOf(yield* server.requests, 0)
+        })
+    )
+
     it.effect("404 with an error body is InvalidRequest on `model` (falls back); 404 page, 500, 503, 429, 401", () =>
       Effect.gen(function* () {
         const answers: Record<string, readonly [number, unknown, Record<string, string>?]> = {
