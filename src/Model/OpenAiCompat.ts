@@ -270,6 +270,17 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
           ...(signature === undefined ? {} : { signature })
         }
       })
+      const repeated = Assemble.repeatedId(toolCalls)
+      if (repeated !== undefined) {
+        const [at, first] = repeated
+        return yield* Effect.fail(
+          Errors.malformed(
+            ctx,
+            `choices[0].message.tool_calls[${at}].id`,
+            `the id "${toolCalls[at]!.id}" is given twice (first at tool_calls[${first}])`
+          )
+        )
+      }
       const finishReason = finishReasonOf(choice.finish_reason)
       // A turn that says it ended in tool calls but carries none leaves the caller nothing to run.
       if (finishReason === "tool_calls" && toolCalls.length === 0) {

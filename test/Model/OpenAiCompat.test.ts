@@ -1780,6 +1780,50 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
     })
   )
 
+  it.effect("tool calls of one id are Decode naming the second, in an answer and in a stream", () =>
+    Effect.gen(function* () {
+      const call = (id: string, name: string) => ({ id, type: "function", function: { name, arguments: "{}" } })
+      const server = yield* Server.make((req, res) =>
+        bodyOf(req)["stream"] === true
+          ? Server.text(
+              res,
+              200,
+              Server.sse([
+                {
+                  model: "m",
+                  choices: [{ index: 0, delta: { role: "assistant", tool_calls: [{ index: 0, ...call("c1", "a") }] } }]
+                },
+                { model: "m", choices: [{ index: 0, delta: { tool_calls: [{ index: 1, ...call("c2", "b") }] } }] },
+                { model: "m", choices: [{ index: 0, delta: { tool_calls: [{ index: 2, ...call("c1", "c") }] } }] },
+                { model: "m", choices: [{ index: 0, delta: {}, finish_reason: "tool_calls" }] },
+                "[DONE]"
+              ]),
+              { "content-type": "text/event-stream" }
+            )
+          : Server.json(res, 200, {
+              model: "m",
+              choices: [
+                {
+                  index: 0,
+                  message: {
+                    role: "assistant",
+                    content: null,
+                    tool_calls: [call("c1", "a"), call("c2", "b"), call("c1", "c")]
+                  },
+                  finish_reason: "tool_calls"
+                }
+              ]
+            })
+      )
+      const p = yield* provider(server)
+      // Their results would answer both (a tool message names its call by id), and OpenAI refuses the next turn.
+      const error = yield* flipModel(p.generate({ prompt: "x" }))
+      assert.deepStrictEqual([error.reason, error.field], ["Decode", "choices[0].message.tool_calls[2].id"])
+      const streamed = modelErrorOf((yield* collect(p.stream({ prompt: "x" }))).exit)
+      assert.deepStrictEqual([streamed.reason, streamed.field], ["Decode", "tool_calls[2].id"])
+    })
+  )
+
   it.effect(
     "tool-call arguments sent as the object itself (llama.cpp's --tool-args-object, TGI) are its JSON text",
     () =>

@@ -213,6 +213,24 @@ export interface ToolCallAssembler {
 }
 
 /**
+ * The first call whose id an earlier call has, and that earlier call's position: a tool message
+ * names the call it answers by id, so two calls of one id cannot both be answered (and OpenAI
+ * refuses the next turn, which carries them back).
+ *
+ * @internal
+ */
+export const repeatedId = (calls: ReadonlyArray<Model.ToolCall>): readonly [number, number] | undefined => {
+  if (calls.length < 2) return undefined
+  const seen = new Map<string, number>()
+  for (let i = 0; i < calls.length; i++) {
+    const first = seen.get(calls[i]!.id)
+    if (first !== undefined) return [i, first]
+    seen.set(calls[i]!.id, i)
+  }
+  return undefined
+}
+
+/**
  * A fresh {@link ToolCallAssembler} (one per stream). Calls without an id get `call_<index>`.
  *
  * @since 0.2.0
@@ -281,8 +299,9 @@ export const toolCallAssembler = (): ToolCallAssembler => {
     size: () => calls.size,
     parts: (ctx) =>
       Effect.suspend(() => {
-        const parts: Array<Model.StreamPart> = []
-        for (const index of [...calls.keys()].sort((a, b) => a - b)) {
+        const parts: Array<Model.StreamPart & { readonly _tag: "ToolCall" }> = []
+        const indices = [...calls.keys()].sort((a, b) => a - b)
+        for (const index of indices) {
           const call = calls.get(index)!
           if (call.name.length === 0) {
             return Effect.fail(malformed(ctx, `tool_calls[${index}].function.name`, "a tool call without a name"))
@@ -297,6 +316,17 @@ export const toolCallAssembler = (): ToolCallAssembler => {
               ...(call.signature === undefined ? {} : { signature: call.signature })
             }
           })
+        }
+        const repeated = parts.length < 2 ? undefined : repeatedId(parts.map((part) => part.call))
+        if (repeated !== undefined) {
+          const [at, first] = repeated
+          return Effect.fail(
+            malformed(
+              ctx,
+              `tool_calls[${indices[at]}].id`,
+              `the id "${parts[at]!.call.id}" is given twice (first at tool_calls[${indices[first]}])`
+            )
+          )
         }
         return Effect.succeed(parts)
       })
