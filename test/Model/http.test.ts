@@ -831,6 +831,35 @@ layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
     })
   )
 
+  it.effect('a Retry-After sent twice (joined as "120, 120") is its first value, in seconds or as a date', () =>
+    Effect.gen(function* () {
+      yield* TestClock.setTime(Date.UTC(2026, 0, 1))
+      const values: Record<string, ReadonlyArray<string>> = {
+        seconds: ["120", "120"],
+        ms: ["250", "250"],
+        date: ["Thu, 01 Jan 2026 00:00:30 GMT", "Thu, 01 Jan 2026 00:00:30 GMT"]
+      }
+      const server = yield* Server.make((req, res) => {
+        const kind = req.search.get("kind") ?? "seconds"
+        res.setHeader(kind === "ms" ? "retry-after-ms" : "retry-after", [...values[kind]!])
+        res.writeHead(429, { "content-type": "application/json" })
+        res.end(JSON.stringify({ error: { message: "slow down" } }))
+      })
+      const client = yield* Client.make(settings())
+      const retryAfter = (kind: string) =>
+        Effect.map(
+          Effect.flip(client.json(post(server, `/x?kind=${kind}`), anything, ctx)),
+          (error) => modelError(error).retryAfter
+        )
+      assert.deepStrictEqual(yield* retryAfter("seconds"), Duration.seconds(120))
+      assert.deepStrictEqual(yield* retryAfter("ms"), Duration.millis(250))
+      assert.deepStrictEqual(yield* retryAfter("date"), Duration.seconds(30))
+      const now = Date.UTC(2026, 0, 1)
+      assert.deepStrictEqual(Errors.parseRetryAfter({ "retry-after": "120,60" }, now), Duration.seconds(120))
+      assert.isUndefined(Errors.parseRetryAfter({ "retry-after": "-5, 120" }, now))
+    })
+  )
+
   it.effect("a status error ends the client span with our error and its status; no span when tracing is off", () =>
     Effect.gen(function* () {
       const server = yield* Server.make((_, res) =>

@@ -295,9 +295,9 @@ export const parseRetryAfter = (
   nowMillis: number,
   info?: ErrorInfo
 ): Duration.Duration | undefined => {
-  const ms = headers["retry-after-ms"]?.trim()
+  const ms = firstValue(headers["retry-after-ms"])
   if (ms !== undefined && DELAY_SECONDS.test(ms)) return delay(Number(ms))
-  const value = headers["retry-after"]?.trim()
+  const value = firstValue(headers["retry-after"])
   if (value !== undefined && value.length > 0) {
     if (DELAY_SECONDS.test(value)) return delay(Number(value) * 1000)
     // An HTTP-date starts with the day's name. Date.parse reads it; the current time comes from the Clock.
@@ -306,6 +306,17 @@ export const parseRetryAfter = (
     if (!Number.isNaN(date)) return Duration.millis(Math.max(0, date - nowMillis))
   }
   return info?.retryDelay
+}
+
+// A header sent twice reaches us joined by ", " (undici, node): "120, 120". The first value is the one taken; an
+// IMF-fixdate ("Thu, 01 Jan 2026 00:00:30 GMT") and an RFC 850 date hold a comma of their own, after the day's name.
+const JOINED = /^(\d+(?:\.\d+)?|[A-Za-z]{3,9}, [^,]*|[^,]*)\s*,/
+
+const firstValue = (header: string | undefined): string | undefined => {
+  const value = header?.trim()
+  if (value === undefined || !value.includes(",")) return value
+  if (/^[A-Za-z]{3,9}, [^,]*$/.test(value)) return value
+  return JOINED.exec(value)?.[1]?.trim() ?? value
 }
 
 /**
