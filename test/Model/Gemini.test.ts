@@ -558,6 +558,28 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("more than 128 candidates are Decode naming candidates, counted before any is read", () =>
+      Effect.gen(function* () {
+        const candidate = { content: { role: "model", parts: [{ text: "hi" }] }, finishReason: "STOP" }
+        const server = yield* Server.make((req, res) => {
+          const model = req.path.includes("/bound:") ? "bound" : req.path.includes("/over:") ? "over" : "huge"
+          const all: Array<unknown> = Array.from(
+            { length: model === "bound" ? 128 : model === "over" ? 129 : 100_000 },
+            () => candidate
+          )
+          // One candidate that does not decode, far in: the count is refused before it is read.
+          if (model === "huge") all[50_000] = { finishReason: 1 }
+          return Server.json(res, 200, { candidates: all })
+        })
+        const p = yield* provider(server)
+        assert.strictEqual((yield* p.generate({ prompt: "x", model: "bound" })).text, "hi")
+        for (const model of ["over", "huge"]) {
+          const error = yield* failing(p.generate({ prompt: "x", model }))
+          assert.deepStrictEqual([error.reason, error.field], ["Decode", "candidates"], model)
+        }
+      })
+    )
+
     it.effect("more than 1,024 function calls, in an answer or in a stream all told, are Decode naming the parts", () =>
       Effect.gen(function* () {
         const calls = (n: number) => Array.from({ length: n }, () => ({ functionCall: { name: "f" } }))

@@ -1780,6 +1780,58 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
     })
   )
 
+  it.effect(
+    "more than 128 choices, in an answer or a chunk, are Decode naming choices, counted before any is read",
+    () =>
+      Effect.gen(function* () {
+        const choice = (index: number) => ({
+          index,
+          message: { role: "assistant", content: "hi" },
+          finish_reason: "stop"
+        })
+        const choices = (model: string) => {
+          if (model === "huge") {
+            // Entries past any answer's, one that does not decode among them: the count is refused before they are read.
+            const all: Array<unknown> = Array.from({ length: 100_000 }, (_, i) => choice(i))
+            all[50_000] = { index: "x" }
+            return all
+          }
+          return Array.from({ length: model === "bound" ? 128 : 129 }, (_, i) => choice(i))
+        }
+        const server = yield* Server.make((req, res) => {
+          const model = String(bodyOf(req)["model"])
+          if (bodyOf(req)["stream"] === true) {
+            const deltas = choices(model).map((c) => ({
+              index: (c as { index: number }).index,
+              delta: { content: "hi" }
+            }))
+            return Server.text(
+              res,
+              200,
+              Server.sse([
+                { model: "m", choices: deltas },
+                { model: "m", choices: [{ index: 0, delta: {}, finish_reason: "stop" }] },
+                "[DONE]"
+              ]),
+              { "content-type": "text/event-stream" }
+            )
+          }
+          return Server.json(res, 200, { model: "m", choices: choices(model) })
+        })
+        const p = yield* provider(server)
+        assert.strictEqual((yield* p.generate({ prompt: "x", model: "bound" })).text, "hi")
+        for (const model of ["over", "huge"]) {
+          const error = yield* flipModel(p.generate({ prompt: "x", model }))
+          assert.deepStrictEqual([error.reason, error.field], ["Decode", "choices"], model)
+        }
+        assert.strictEqual((yield* collect(p.stream({ prompt: "x", model: "bound" }))).text, "hi")
+        for (const model of ["over", "huge"]) {
+          const error = modelErrorOf((yield* collect(p.stream({ prompt: "x", model }))).exit)
+          assert.deepStrictEqual([error.reason, error.field], ["Decode", "choices"], model)
+        }
+      })
+  )
+
   it.effect("tool calls of one id are Decode naming the second, in an answer and in a stream", () =>
     Effect.gen(function* () {
       const call = (id: string, name: string) => ({ id, type: "function", function: { name, arguments: "{}" } })

@@ -1057,6 +1057,51 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
     )
   })
 
+  describe("answers of many choices or results", () => {
+    it.effect("more than 128 choices or results are Decode naming them, counted before any is read", () =>
+      Effect.gen(function* () {
+        const choice = (index: number) => ({
+          index,
+          message: { role: "assistant", content: "hi" },
+          finish_reason: "stop"
+        })
+        const result = {
+          generated_text: "hi",
+          generated_token_count: 1,
+          input_token_count: 1,
+          stop_reason: "eos_token"
+        }
+        const many = <A>(model: string, item: (i: number) => A): Array<unknown> => {
+          const all: Array<unknown> = Array.from(
+            { length: model === "bound" ? 128 : model === "over" ? 129 : 100_000 },
+            (_, i) => item(i)
+          )
+          // One entry that does not decode, far in: the count is refused before it is read.
+          if (model === "huge") all[50_000] = { index: "x", generated_text: 1 }
+          return all
+        }
+        const { provider } = yield* makeServer((req, res) => {
+          const model = String((req.json as { model_id: string }).model_id)
+          return req.path.endsWith("/chat")
+            ? Server.json(res, 200, { ...chatAnswer("unused"), choices: many(model, choice) })
+            : Server.json(res, 200, { ...generationAnswer("unused"), results: many(model, () => result) })
+        })
+        for (const api of ["chat", "generation"] as const) {
+          const p = yield* provider({ api })
+          assert.strictEqual((yield* p.generate({ prompt: "x", model: "bound" })).text, "hi", api)
+          for (const model of ["over", "huge"]) {
+            const error = yield* failing(p.generate({ prompt: "x", model }))
+            assert.deepStrictEqual(
+              [error.reason, error.field],
+              ["Decode", api === "chat" ? "choices" : "results"],
+              `${api} ${model}`
+            )
+          }
+        }
+      })
+    )
+  })
+
   describe("embeddings usage", () => {
     it.effect("a batch the server did not count makes the call's usage unknown, not the sum of the others", () =>
       Effect.gen(function* () {

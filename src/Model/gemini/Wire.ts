@@ -9,7 +9,7 @@ import { Result, Schema } from "effect"
 import { invalidRequest, ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import { maxToolCalls } from "../http/assemble.js"
-import { boundedArray, finite, shallow, tokenCount } from "../http/decode.js"
+import { boundedArray, finite, maxChoices, shallow, tokenCount } from "../http/decode.js"
 import { malformed } from "../http/errors.js"
 import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
 
@@ -55,7 +55,8 @@ export const UsageMetadata = Schema.Struct({
  */
 export const GenerateContentResponse = Schema.Struct({
   candidates: Schema.optional(
-    Schema.Array(
+    boundedArray(
+      maxChoices,
       Schema.Struct({
         content: Schema.optional(Schema.Struct({ parts: Schema.optional(boundedArray(maxParts, Part)) })),
         finishReason: Schema.optional(Schema.String)

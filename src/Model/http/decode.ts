@@ -223,8 +223,30 @@ export const finite = Schema.makeFilter<unknown>((value) => {
  * @category decoding
  */
 export const boundedArray = <S extends Schema.Top>(max: number, item: S) =>
+  atMost(max).pipe(Schema.decodeTo(Schema.Array(item), SchemaTransformation.passthroughSupertype()))
+
+/**
+ * {@link boundedArray} of at least one item.
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const boundedNonEmptyArray = <S extends Schema.Top>(max: number, item: S) =>
+  atMost(max).pipe(Schema.decodeTo(Schema.NonEmptyArray(item), SchemaTransformation.passthroughSupertype()))
+
+const atMost = (max: number) =>
   Schema.Unknown.check(
     Schema.makeFilter((value: unknown) =>
       Array.isArray(value) && value.length > max ? `expected at most ${max} items, got ${value.length}` : undefined
     )
-  ).pipe(Schema.decodeTo(Schema.Array(item), SchemaTransformation.passthroughSupertype()))
+  )
+
+/**
+ * The choices (candidates, results) an answer or stream event may hold: OpenAI's `n` goes up to
+ * 128, Gemini's `candidateCount` to 8, and a call asks for one. Only the first is read; the count
+ * is checked before any is decoded, so that a 32 MiB answer of tiny entries is refused at once.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const maxChoices = 128

@@ -13,7 +13,7 @@ import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import { responseFormatNamePattern } from "../schemas.js"
 import { maxToolCalls } from "./assemble.js"
-import { boundedArray, finite, shallow, tokenCount } from "./decode.js"
+import { boundedArray, boundedNonEmptyArray, finite, maxChoices, shallow, tokenCount } from "./decode.js"
 import { type CallContext, malformed, unaskedDimensions, unevenVectors } from "./errors.js"
 
 const Text = Schema.optional(Schema.NullOr(Schema.String))
@@ -135,7 +135,8 @@ const ToolCallWire = Schema.Struct({
  */
 export const ChatCompletion = Schema.Struct({
   model: Text,
-  choices: Schema.NonEmptyArray(
+  choices: boundedNonEmptyArray(
+    maxChoices,
     Schema.Struct({
       index: Count,
       message: Schema.Struct({
@@ -162,7 +163,8 @@ export const ChatChunk = Schema.Struct({
   model: Text,
   choices: Schema.optional(
     Schema.NullOr(
-      Schema.Array(
+      boundedArray(
+        maxChoices,
         Schema.Struct({
           index: Count,
           delta: Schema.optional(
@@ -259,7 +261,7 @@ export const isChatCompletion = (value: unknown): boolean =>
   isText(value.model) &&
   Array.isArray(value.choices) &&
   value.choices.length > 0 &&
-  isListOf(value.choices, isChoice) &&
+  isListOf(value.choices, isChoice, maxChoices) &&
   isUsage(value.usage)
 
 /**
@@ -273,7 +275,7 @@ export const isChatChunk = (value: unknown): boolean =>
   isRecord(value) &&
   isText(value.model) &&
   Array.isArray(value.choices) &&
-  isListOf(value.choices, isChunkChoice) &&
+  isListOf(value.choices, isChunkChoice, maxChoices) &&
   isUsage(value.usage)
 
 /**

@@ -8,7 +8,7 @@
 import { Duration, Redacted, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
-import { answeredModel, boundedArray, tokenCount } from "../http/decode.js"
+import { answeredModel, boundedArray, boundedNonEmptyArray, maxChoices, tokenCount } from "../http/decode.js"
 import { responseFormatNamePattern } from "../schemas.js"
 
 /**
@@ -43,7 +43,8 @@ const ChatUsage = Schema.Struct({ prompt_tokens: Count, completion_tokens: Count
  */
 export const ChatAnswer = Schema.Struct({
   model_id: Schema.optional(Schema.String),
-  choices: Schema.NonEmptyArray(
+  choices: boundedNonEmptyArray(
+    maxChoices,
     Schema.Struct({ index: Count, message: Schema.Struct({ content: Text }), finish_reason: Text })
   ),
   usage: Schema.optional(ChatUsage)
@@ -57,7 +58,8 @@ export const ChatAnswer = Schema.Struct({
  */
 export const ChatChunk = Schema.Struct({
   model_id: Schema.optional(Schema.String),
-  choices: Schema.Array(
+  choices: boundedArray(
+    maxChoices,
     Schema.Struct({
       index: Schema.optional(Schema.Number),
       delta: Schema.optional(Schema.Struct({ content: Text })),
@@ -82,7 +84,7 @@ const GenerationResult = Schema.Struct({
  */
 export const GenerationAnswer = Schema.Struct({
   model_id: Schema.optional(Schema.String),
-  results: Schema.NonEmptyArray(GenerationResult)
+  results: boundedNonEmptyArray(maxChoices, GenerationResult)
 })
 
 /**
