@@ -1300,6 +1300,19 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
   })
 
   describe("embed", () => {
+    it.effect("a vector of more than 65,536 dimensions is Decode naming it, counted before it is read", () =>
+      Effect.gen(function* () {
+        const values: Array<unknown> = Array.from({ length: 1_000_000 }, () => 0)
+        // One value that is no number, far in: the count is refused before it is read.
+        values[500_000] = "x"
+        const server = yield* Server.make((_, res) => Server.json(res, 200, { embeddings: [{ values }] }))
+        const p = yield* provider(server)
+        const error = yield* failing(p.embed({ texts: ["a"] }))
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "embeddings[0].values"])
+        assert.include(error.message, "65536")
+      })
+    )
+
     it.effect("batchEmbedContents in batches of 100, vectors in input order, dimensions passed", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((req, res) => {

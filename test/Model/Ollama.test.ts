@@ -981,6 +981,23 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
         })
     )
 
+    it.effect("a vector of more than 65,536 dimensions is Decode naming it, counted before it is read", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((req, res) => {
+          const bound = bodyOf(req)["model"] === "bound"
+          const values: Array<unknown> = Array.from({ length: bound ? 65_536 : 1_000_000 }, () => 0)
+          // One value that is no number, far in: the count is refused before it is read.
+          if (!bound) values[500_000] = "x"
+          return Server.json(res, 200, { model: "m", embeddings: [values] })
+        })
+        const p = yield* provider(server)
+        assert.lengthOf((yield* p.embed({ texts: ["a"], model: "bound" })).vectors[0]!, 65_536)
+        const error = yield* flipModel(p.embed({ texts: ["a"], model: "huge" }))
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "embeddings[0]"])
+        assert.include(error.message, "65536")
+      })
+    )
+
     it.effect("a wrong number of vectors is Decode on embeddings", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, { model: "m", embeddings: [[1]] }))

@@ -1980,6 +1980,30 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
       })
   )
 
+  it.effect(
+    "a vector of more than 65,536 dimensions is Decode naming it, as floats or base64, counted before it is read",
+    () =>
+      Effect.gen(function* () {
+        const vector = (model: string): unknown => {
+          if (model === "base64") return Buffer.from(new Float32Array(65_537).buffer).toString("base64")
+          const values: Array<unknown> = Array.from({ length: model === "bound" ? 65_536 : 1_000_000 }, () => 0)
+          // One value that is no number, far in: the count is refused before it is read.
+          if (model === "huge") values[500_000] = "x"
+          return values
+        }
+        const server = yield* Server.make((req, res) =>
+          Server.json(res, 200, { model: "m", data: [{ index: 0, embedding: vector(String(bodyOf(req)["model"])) }] })
+        )
+        const p = yield* provider(server)
+        assert.lengthOf((yield* p.embed({ texts: ["a"], model: "bound" })).vectors[0]!, 65_536)
+        for (const model of ["huge", "base64"]) {
+          const error = yield* flipModel(p.embed({ texts: ["a"], model }))
+          assert.deepStrictEqual([error.reason, error.field], ["Decode", "data[0].embedding"], model)
+          assert.include(error.message, "65536", model)
+        }
+      })
+  )
+
   it.effect("a streamed tool-call index that is not a small non-negative integer is Decode naming it", () =>
     Effect.gen(function* () {
       const first = `{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}`

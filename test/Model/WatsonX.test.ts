@@ -1010,6 +1010,21 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
     )
   })
 
+  describe("embeddings: a vector of more than 65,536 dimensions", () => {
+    it.effect("is Decode naming it, counted before it is read", () =>
+      Effect.gen(function* () {
+        const embedding: Array<unknown> = Array.from({ length: 1_000_000 }, () => 0)
+        // One value that is no number, far in: the count is refused before it is read.
+        embedding[500_000] = "x"
+        const server = yield* makeServer((_, res) => Server.json(res, 200, { model_id: "m", results: [{ embedding }] }))
+        const p = yield* server.provider()
+        const error = yield* failing(p.embed({ texts: ["a"] }))
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "results[0].embedding"])
+        assert.include(error.message, "65536")
+      })
+    )
+  })
+
   describe("embeddings: a bad vector in a later batch", () => {
     it.effect("is named by its index in the answer that had it, with the batch and the input text in the message", () =>
       Effect.gen(function* () {

@@ -9,7 +9,7 @@ import { Result, Schema } from "effect"
 import { invalidRequest, ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import { maxToolCalls } from "../http/assemble.js"
-import { boundedArray, finite, maxChoices, shallow, tokenCount } from "../http/decode.js"
+import { boundedArray, finite, maxChoices, shallow, tokenCount, Vector } from "../http/decode.js"
 import { malformed } from "../http/errors.js"
 import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
 
@@ -89,7 +89,7 @@ export const embedBatch = 100
  * @category schemas
  */
 export const BatchEmbedResponse = Schema.Struct({
-  embeddings: boundedArray(embedBatch, Schema.Struct({ values: Schema.Array(Schema.Number) }))
+  embeddings: boundedArray(embedBatch, Schema.Struct({ values: Vector }))
 })
 
 /**

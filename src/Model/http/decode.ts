@@ -242,6 +242,25 @@ const atMost = (max: number) =>
   )
 
 /**
+ * The dimensions an embedding vector may have: far beyond any model's (3,072 for OpenAI's largest,
+ * 4,096 to 8,192 for the largest open ones). Counted before any value is decoded, so that a 32 MiB
+ * vector is refused at once.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const maxDimensions = 65_536
+
+/**
+ * One embedding vector as a JSON array of at most {@link maxDimensions} numbers, counted before any
+ * is decoded.
+ *
+ * @since 0.3.0
+ * @category decoding
+ */
+export const Vector = boundedArray(maxDimensions, Schema.Number)
+
+/**
  * The choices (candidates, results) an answer or stream event may hold: OpenAI's `n` goes up to
  * 128, Gemini's `candidateCount` to 8, and a call asks for one. Only the first is read; the count
  * is checked before any is decoded, so that a 32 MiB answer of tiny entries is refused at once.

@@ -11,7 +11,7 @@ import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import { maxToolCalls } from "./assemble.js"
-import { boundedArray, finite, shallow, tokenCount } from "./decode.js"
+import { boundedArray, finite, shallow, tokenCount, Vector } from "./decode.js"
 import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
 import { toolsBody } from "./openAiWire.js"
 
@@ -112,7 +112,7 @@ export const embedBatch = 256
  */
 export const EmbedAnswer = Schema.Struct({
   model: Text,
-  embeddings: boundedArray(embedBatch, Schema.Array(Schema.Number)),
+  embeddings: boundedArray(embedBatch, Vector),
   prompt_eval_count: Count
 })
 

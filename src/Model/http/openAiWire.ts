@@ -13,7 +13,16 @@ import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import { responseFormatNamePattern } from "../schemas.js"
 import { maxToolCalls } from "./assemble.js"
-import { boundedArray, boundedNonEmptyArray, finite, maxChoices, shallow, tokenCount } from "./decode.js"
+import {
+  boundedArray,
+  boundedNonEmptyArray,
+  finite,
+  maxChoices,
+  maxDimensions,
+  shallow,
+  tokenCount,
+  Vector
+} from "./decode.js"
 import { type CallContext, malformed, unaskedDimensions, unevenVectors } from "./errors.js"
 
 const Text = Schema.optional(Schema.NullOr(Schema.String))
@@ -300,7 +309,7 @@ export const Embeddings = Schema.Struct({
     embedBatch,
     Schema.Struct({
       index: Schema.Number,
-      embedding: Schema.Union([Schema.Array(Schema.Number), Schema.String])
+      embedding: Schema.Union([Vector, Schema.String])
     })
   ),
   usage: Schema.optional(Schema.NullOr(Schema.Struct({ prompt_tokens: Count, total_tokens: Count })))
@@ -525,6 +534,8 @@ export const chatBody = (
   return Effect.succeed(body)
 }
 
+const maxBase64Chars = Math.ceil((maxDimensions * 4) / 3) * 4
+
 /**
  * Embedding values sent as base64 little-endian float32, or `undefined` when the text is not
  * base64 of a whole number of float32s.
@@ -566,6 +577,16 @@ export const vectorsByIndex = (
     }
     if (vectors[item.index] !== undefined) {
       return Effect.fail(malformed(ctx, "data", `index ${item.index} appears twice`))
+    }
+    // Base64 float32 is 4 bytes a value: its length bounds the vector before it is decoded, as the array's does.
+    if (typeof item.embedding === "string" && item.embedding.length > maxBase64Chars) {
+      return Effect.fail(
+        malformed(
+          ctx,
+          `data[${i}].embedding`,
+          `expected at most ${maxDimensions} values, got some ${Math.floor((item.embedding.length * 3) / 16)}`
+        )
+      )
     }
     const values = typeof item.embedding === "string" ? decodeBase64Floats(item.embedding) : item.embedding
     if (values === undefined) {

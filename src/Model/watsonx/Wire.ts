@@ -8,7 +8,7 @@
 import { Duration, Redacted, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
-import { answeredModel, boundedArray, boundedNonEmptyArray, maxChoices, tokenCount } from "../http/decode.js"
+import { answeredModel, boundedArray, boundedNonEmptyArray, maxChoices, tokenCount, Vector } from "../http/decode.js"
 import { responseFormatNamePattern } from "../schemas.js"
 
 /**
@@ -103,7 +103,7 @@ export const embedBatch = 1000
  */
 export const EmbeddingsAnswer = Schema.Struct({
   model_id: Schema.optional(Schema.String),
-  results: boundedArray(embedBatch, Schema.Struct({ embedding: Schema.Array(Schema.Number) })),
+  results: boundedArray(embedBatch, Schema.Struct({ embedding: Vector })),
   input_token_count: Count
 })
 
