@@ -59,6 +59,18 @@ const EMBED_BATCH = Wire.embedBatch
 const decodeAnswer = Decode.valueDecoder(Wire.GenerateContentResponse)
 const decodeEmbeddings = Decode.valueDecoder(Wire.BatchEmbedResponse)
 
+// A function response names its call by id: two calls of one id could not both be answered.
+const repeatedIdError = (
+  ctx: Errors.CallContext,
+  calls: ReadonlyArray<Model.ToolCall>,
+  [at, first]: readonly [number, number]
+) =>
+  Errors.malformed(
+    ctx,
+    "candidates[0].content.parts",
+    `the function call id "${calls[at]!.id}" is given twice (first at the answer's call ${first})`
+  )
+
 const optionKeys = Http.knownKeys<Options>({
   apiKey: true,
   model: true,
@@ -163,6 +175,8 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
         }
         let n = 0
         const read = yield* Effect.fromResult(Wire.readAnswer(answer, name, model, () => Wire.madeUpId(n++)))
+        const repeated = Assemble.repeatedId(read.toolCalls)
+        if (repeated !== undefined) return yield* Effect.fail(repeatedIdError(ctx, read.toolCalls, repeated))
         return {
           text: read.text,
           finishReason: Wire.finalReason(read.finishReason, read.toolCalls.length > 0),
@@ -189,6 +203,8 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
             let outputChars = 0
             let madeIds = 0
             let toolCalls = 0
+            // The ids of the stream's calls so far: made at the first call, as most streams carry none.
+            let ids: Map<string, number> | undefined
             const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
               if (event.event === "error") {
                 return Effect.fail(Errors.errorFromPayload(Errors.parseJsonOrUndefined(event.data) ?? event.data, ctx))
@@ -199,6 +215,13 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
                 return Effect.flatMap(decodeAnswer(value, ctx), (chunk) => {
                   const read = Wire.readAnswer(chunk, name, model, () => Wire.madeUpId(madeIds++), toolCalls)
                   if (Result.isFailure(read)) return Effect.fail(read.failure)
+                  if (read.success.toolCalls.length > 0) {
+                    ids ??= new Map()
+                    const repeated = Assemble.repeatedId(read.success.toolCalls, ids, toolCalls)
+                    if (repeated !== undefined) {
+                      return Effect.fail(repeatedIdError(ctx, read.success.toolCalls, repeated))
+                    }
+                  }
                   if (chunk.usageMetadata !== undefined) metadata = chunk.usageMetadata
                   if (chunk.modelVersion !== undefined) answeredModel = chunk.modelVersion
                   if (read.success.finishReason !== undefined) finishReason = read.success.finishReason

@@ -206,6 +206,8 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       const answer: Wire.Line = viaGenerate
         ? Wire.fromGenerate(yield* client.json(post("api/generate", body, "application/json"), decodeGenerate, ctx))
         : Wire.fromChat(yield* client.json(post("api/chat", body, "application/json"), decodeChat, ctx))
+      const repeated = Assemble.repeatedId(answer.toolCalls)
+      if (repeated !== undefined) return yield* Effect.fail(repeatedIdError(ctx, answer.toolCalls, repeated))
       const response: Model.GenerateResponse = {
         text: answer.text,
         finishReason: finishOf(answer.done_reason, answer.toolCalls.length),
@@ -227,6 +229,8 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
           Stream.suspend(() => {
             let outputChars = 0
             let toolCalls = 0
+            // The ids of the stream's calls so far: made at the first call, as most streams carry none.
+            let ids: Map<string, number> | undefined
             const step = (payload: unknown): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
               if (Errors.isErrorPayload(payload)) return Effect.fail(Errors.errorFromPayload(payload, ctx))
               const line: Effect.Effect<Wire.Line, ModelError> = viaGenerate
@@ -238,6 +242,11 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                   return Effect.fail(
                     Errors.malformed(ctx, "message.tool_calls", `more than ${Assemble.maxToolCalls} tool calls`)
                   )
+                }
+                if (l.toolCalls.length > 0) {
+                  ids ??= new Map()
+                  const repeated = Assemble.repeatedId(l.toolCalls, ids, toolCalls)
+                  if (repeated !== undefined) return Effect.fail(repeatedIdError(ctx, l.toolCalls, repeated))
                 }
                 const parts: Array<Model.StreamPart> = []
                 if (l.text.length > 0) {
@@ -330,6 +339,18 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
 })
 
 /** Ollama says `stop` when the model called tools. */
+// A tool message names its call by id: two calls of one id could not both be answered.
+const repeatedIdError = (
+  ctx: Errors.CallContext,
+  calls: ReadonlyArray<Model.ToolCall>,
+  [at, first]: readonly [number, number]
+) =>
+  Errors.malformed(
+    ctx,
+    `message.tool_calls[${at}].id`,
+    `the id "${calls[at]!.id}" is given twice (first at the answer's call ${first})`
+  )
+
 const finishOf = (reason: string | null | undefined, toolCalls: number): Model.FinishReason => {
   const finish = finishReasonOf(reason)
   return toolCalls > 0 && finish !== "length" ? "tool_calls" : finish

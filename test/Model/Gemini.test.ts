@@ -580,6 +580,31 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("function calls of one id are Decode naming the parts, in an answer and across a stream's events", () =>
+      Effect.gen(function* () {
+        const call = (city: string) => ({ functionCall: { id: "fc1", name: "get_weather", args: { city } } })
+        const server = yield* Server.make((req, res) =>
+          req.search.get("alt") === "sse"
+            ? Server.chunked(res, [
+                Server.sse([
+                  { candidates: [{ content: { role: "model", parts: [call("Oslo")] } }] },
+                  { candidates: [{ content: { role: "model", parts: [call("Rome")] }, finishReason: "STOP" }] }
+                ])
+              ])
+            : Server.json(res, 200, {
+                candidates: [{ content: { role: "model", parts: [call("Oslo"), call("Rome")] }, finishReason: "STOP" }]
+              })
+        )
+        const p = yield* provider(server)
+        // A function response names its call by id: the two results could not be told apart.
+        const error = yield* failing(p.generate({ prompt: "x" }))
+        assert.deepStrictEqual([error.reason, error.field], ["Decode", "candidates[0].content.parts"])
+        assert.include(error.message, '"fc1"')
+        const streamed = modelErrorOf((yield* collect(p.stream({ prompt: "x" }))).exit)
+        assert.deepStrictEqual([streamed.reason, streamed.field], ["Decode", "candidates[0].content.parts"])
+      })
+    )
+
     it.effect("more than 1,024 function calls, in an answer or in a stream all told, are Decode naming the parts", () =>
       Effect.gen(function* () {
         const calls = (n: number) => Array.from({ length: n }, () => ({ functionCall: { name: "f" } }))

@@ -646,6 +646,40 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect("tool calls of one id are Decode naming the second, in an answer and across a stream's lines", () =>
+      Effect.gen(function* () {
+        const call = (id: string, city: string) => ({ id, function: { name: "get_weather", arguments: { city } } })
+        const server = yield* Server.make((req, res) =>
+          bodyOf(req)["stream"] === true
+            ? Server.chunked(
+                res,
+                [
+                  Server.ndjson([
+                    chatLine("", { tool_calls: [call("call_ab12cd34", "Oslo")] }),
+                    chatLine("", { tool_calls: [call("call_ab12cd34", "Rome")] }),
+                    final()
+                  ])
+                ],
+                { contentType: "application/x-ndjson" }
+              )
+            : Server.json(res, 200, {
+                ...final(),
+                message: {
+                  role: "assistant",
+                  content: "",
+                  tool_calls: [call("call_ab12cd34", "Oslo"), call("call_ab12cd34", "Rome")]
+                }
+              })
+        )
+        const p = yield* provider(server)
+        // A tool message names its call by id: the two results could not be told apart.
+        const generated = yield* flipModel(p.generate({ prompt: "x", tools }))
+        assert.deepStrictEqual([generated.reason, generated.field], ["Decode", "message.tool_calls[1].id"])
+        const streamed = modelErrorOf((yield* collect(p.stream({ prompt: "x", tools }))).exit)
+        assert.deepStrictEqual([streamed.reason, streamed.field], ["Decode", "message.tool_calls[0].id"])
+      })
+    )
+
     it.effect("tools, JSON schema format and tool messages map to /api/chat; tool calls come back with ids", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) =>

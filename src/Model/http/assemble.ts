@@ -215,17 +215,23 @@ export interface ToolCallAssembler {
 /**
  * The first call whose id an earlier call has, and that earlier call's position: a tool message
  * names the call it answers by id, so two calls of one id cannot both be answered (and OpenAI
- * refuses the next turn, which carries them back).
+ * refuses the next turn, which carries them back). A stream that hands calls on a chunk at a time
+ * keeps `seen` (the ids so far and their positions) across its chunks, `offset` counting the calls
+ * before these.
  *
  * @internal
  */
-export const repeatedId = (calls: ReadonlyArray<Model.ToolCall>): readonly [number, number] | undefined => {
-  if (calls.length < 2) return undefined
-  const seen = new Map<string, number>()
+export const repeatedId = (
+  calls: ReadonlyArray<Model.ToolCall>,
+  seen?: Map<string, number>,
+  offset = 0
+): readonly [number, number] | undefined => {
+  if (seen === undefined && calls.length < 2) return undefined
+  const ids = seen ?? new Map<string, number>()
   for (let i = 0; i < calls.length; i++) {
-    const first = seen.get(calls[i]!.id)
+    const first = ids.get(calls[i]!.id)
     if (first !== undefined) return [i, first]
-    seen.set(calls[i]!.id, i)
+    ids.set(calls[i]!.id, offset + i)
   }
   return undefined
 }
