@@ -103,7 +103,8 @@ const checkOptions = (options: Options) =>
     modelOption("embeddingModel", Input.orDefault(options.embeddingModel, "gemini-embedding-001")),
     options.embeddingDimensions === undefined
       ? Result.succeed(undefined)
-      : Input.positiveInt("embeddingDimensions", options.embeddingDimensions),
+      : // No answer may hold a longer vector: past it, every call would be refused after the round trip.
+        Input.positiveInt("embeddingDimensions", options.embeddingDimensions, Decode.maxDimensions),
     Result.flatMap(
       Http.rootUrl("baseUrl", Input.orDefault(options.baseUrl, "https://generativelanguage.googleapis.com")),
       (url) => Http.secretUrl("baseUrl", url)

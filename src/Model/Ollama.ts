@@ -149,7 +149,10 @@ const checkOptions = (options: Options) =>
     Input.optional(options.keepAlive, (input) => Wire.keepAlive("keepAlive", input)),
     Http.headers("headers", options.headers),
     Http.optionalBearerKey("apiKey", "OLLAMA_API_KEY", options.apiKey),
-    Input.optional(options.embeddingDimensions, (d) => Input.positiveInt("embeddingDimensions", d)),
+    // No answer may hold a longer vector: past it, every call would be refused after the round trip.
+    Input.optional(options.embeddingDimensions, (d) =>
+      Input.positiveInt("embeddingDimensions", d, Decode.maxDimensions)
+    ),
     Model.requestLimits(options.requestLimits)
   ])
 

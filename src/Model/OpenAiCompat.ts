@@ -169,7 +169,10 @@ const checkOptions = (options: Options) =>
     Http.nonEmpty("model", Input.orDefault(options.model, "gpt-4o-mini")),
     Http.nonEmpty("embeddingModel", Input.orDefault(options.embeddingModel, "text-embedding-3-small")),
     Input.oneOf("embeddingEncoding", Input.orDefault(options.embeddingEncoding, "float"), ["float", "base64"]),
-    Input.optional(options.embeddingDimensions, (d) => Input.positiveInt("embeddingDimensions", d)),
+    // No answer may hold a longer vector: past it, every call would be refused after the round trip.
+    Input.optional(options.embeddingDimensions, (d) =>
+      Input.positiveInt("embeddingDimensions", d, Decode.maxDimensions)
+    ),
     Input.oneOf("maxTokensField", Input.orDefault(options.maxTokensField, "max_tokens"), [
       "max_tokens",
       "max_completion_tokens"

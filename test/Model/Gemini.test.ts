@@ -1459,6 +1459,8 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ streamIdleTimeout: "soon" as Duration.Input }), "streamIdleTimeout")
         assert.strictEqual(yield* pathOf({ maxResponseBytes: 1.5 }), "maxResponseBytes")
         assert.strictEqual(yield* pathOf({ embeddingDimensions: 0 }), "embeddingDimensions")
+        // Past the dimensions any answer may have (65,536): every vector would be refused after the call.
+        assert.strictEqual(yield* pathOf({ embeddingDimensions: 65_537 }), "embeddingDimensions")
         assert.strictEqual(yield* pathOf({ baseUrl: "ftp://x" }), "baseUrl")
         // Paths are appended to it: a query or a fragment would swallow them.
         assert.strictEqual(yield* pathOf({ baseUrl: `${server.url}/?proxy-token=abc` }), "baseUrl")

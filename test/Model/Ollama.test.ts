@@ -1087,6 +1087,7 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           ["api", { api: "completions" as "chat" }],
           ["embeddingDimensions", { embeddingDimensions: 0 }],
           ["embeddingDimensions", { embeddingDimensions: -8 }],
+          ["embeddingDimensions", { embeddingDimensions: 65_537 }],
           ["embeddingDimensions", { embeddingDimensions: 1.5 }],
           ["embeddingDimensions", { embeddingDimensions: Number.NaN }],
           ["embeddingDimensions", { embeddingDimensions: null as never }],

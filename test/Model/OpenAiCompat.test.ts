@@ -1450,6 +1450,7 @@ for (const [name, client] of [
             ["embeddingEncoding", { embeddingEncoding: "binary" as "float" }],
             ["embeddingDimensions", { embeddingDimensions: 0 }],
             ["embeddingDimensions", { embeddingDimensions: -256 }],
+            ["embeddingDimensions", { embeddingDimensions: 65_537 }],
             ["embeddingDimensions", { embeddingDimensions: 25.5 }],
             ["embeddingDimensions", { embeddingDimensions: Number.NaN }],
             ["embeddingDimensions", { embeddingDimensions: "256" as never }],
