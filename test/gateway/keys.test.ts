@@ -2252,6 +2252,42 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
+  it.live("Redis hung through a create: the 503 names the key's id, says it may exist and how to recover", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const { store } = yield* onRedis(
+          server,
+          { redis: { timeout: "500 millis", reportAfter: "1 minute" } },
+          "500 millis"
+        )
+        yield* store.create({ id: "warm" })
+        yield* server.pause
+        yield* Effect.addFinalizer(() => server.resume)
+        const named = yield* failure(store.create({ id: "orphan", rpm: 10 }))
+        const generated = yield* failure(store.create({ rpm: 10 }))
+        yield* server.resume
+        for (const error of [named, generated]) {
+          assert.deepStrictEqual([error.reason, error.code], ["Unavailable", "store_unavailable"])
+          assert.isDefined(error.retryAfter)
+          assert.match(error.message, /may have been created/)
+          assert.match(error.message, /disable it/)
+        }
+        assert.match(named.message, /"orphan"/)
+        assert.strictEqual(named.param, "id")
+        const generatedId = /"(key-[^"]+)"/.exec(generated.message)?.[1]
+        assert.isDefined(generatedId, `the generated id is named: ${generated.message}`)
+        // The inserts sent during the hang ran on resume: the ids the 503s named exist, and disabling them works.
+        for (const id of ["orphan", generatedId!]) {
+          const info = yield* store
+            .setDisabled(id, true)
+            .pipe(Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 30 }))
+          assert.deepStrictEqual([info.id, info.disabled], [id, true])
+        }
+      })
+    )
+  )
+
   it.live(
     "Redis hung, budgets 'allow' and limits 'reject': a key with both is a 503 within one deadline, not two",
     () =>

@@ -127,7 +127,18 @@ export const make = (deps: Deps) => {
         source: "store"
       }
       return backend.insert(record, resolved.maxKeys).pipe(
-        Effect.mapError(() => deps.unavailable("key")),
+        // A timed-out insert may still run (a hung store runs it on resume): the key would then exist
+        // with a secret no one was shown, and a retry with its id is a 409. Name the id and the way out.
+        Effect.mapError(() => {
+          const error = deps.unavailable("key")
+          return gatewayError(
+            "Unavailable",
+            `The key store did not answer in time: the key "${id}" may have been created all the same, its secret ` +
+              "shown to no one. Read the key by its id once the store answers: if it exists, disable it and create " +
+              "the key again under another id",
+            { param: "id", code: error.code, retryAfter: error.retryAfter }
+          )
+        }),
         Effect.flatMap((result) => {
           switch (result) {
             case "inserted":
