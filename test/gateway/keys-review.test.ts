@@ -7,6 +7,7 @@ import OpenAI from "openai"
 import * as Gateway from "../../src/Gateway.js"
 import type { GatewayError } from "../../src/gateway/errors.js"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import * as Store from "../../src/gateway/keys/store.js"
 import * as Metrics from "../../src/Metrics.js"
 import * as Redis from "../../src/Redis.js"
 import * as Server from "../utils/httpServer.js"
@@ -77,6 +78,32 @@ describe("KeyStore: the series of its keys' rate limits", () => {
       // A rebuilt gateway: its figures are its own, not added onto the closed store's.
       yield* run(1)
     })
+  )
+
+  it.effect("keys of many distinct rpm/tpm keep at most maxLimiters limiters; an evicted one's counts stay", () =>
+    Effect.gen(function* () {
+      const store = Context.get(yield* Layer.build(KeyStore.layerMemory({})), KeyStore.KeyAdmin)
+      const tag = unique("many")
+      const contexts: Array<Gateway.KeyContext> = []
+      // One more (rpm) pair than the store keeps limiters for.
+      for (let i = 0; i <= Store.maxLimiters; i++) {
+        const created = yield* store.create({ id: `${tag}-${i}`, rpm: i + 1 })
+        const context = yield* store.authenticate(created.secret)
+        contexts.push(context)
+        yield* store.release(yield* store.reserve(context, "m", estimate(1, 1)))
+      }
+      const series = new Set(
+        (yield* Metric.snapshot)
+          .filter((m) => m.id === Metrics.rateLimitAcquisitions.id)
+          .map((m) => String(m.attributes?.["limit"]))
+      )
+      assert.strictEqual(series.size, Store.maxLimiters, "the least recently used limiter was closed")
+      assert.isFalse(series.has(`key:${tag}-0`))
+      assert.isTrue(series.has(`key:${tag}-${Store.maxLimiters}`))
+      // The first key's rpm of 1 was used this minute: its rebuilt limiter still refuses a second request.
+      const refused = yield* failure(store.reserve(contexts[0]!, "m", estimate(1, 1)))
+      assert.deepStrictEqual([refused.reason, refused.code], ["RateLimited", "rate_limit_exceeded"])
+    }).pipe(Effect.scoped, Effect.provideService(Metric.MetricRegistry, new Map()))
   )
 
   it.effect("a limiter first built after the key store closed (a request still running) enters no series", () =>

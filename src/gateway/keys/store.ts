@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Clock, Duration, Effect, Redacted, Result, Schedule, Scope } from "effect"
+import { Clock, Duration, Effect, Exit, Redacted, Result, Schedule, Scope } from "effect"
 import { identity } from "effect/Function"
 import type { RateLimiter } from "effect/persistence"
 import type { ModelError } from "../../AiError.js"
@@ -87,6 +87,14 @@ const isCount = (input: unknown): boolean => typeof input === "number" && Number
 
 const count = (input: unknown): number =>
   typeof input === "number" && Number.isFinite(input) && input > 0 ? Math.min(Math.floor(input), maxCount) : 0
+
+/**
+ * How many rate limiters (one per distinct `rpm`/`tpm` pair) the store keeps; past it, the least recently
+ * used is closed (its counts live in the limits' store, so a rebuilt one goes on from them).
+ *
+ * @internal
+ */
+export const maxLimiters = 1024
 
 /**
  * `storeRetryAfter`: the `Retry-After` of a request refused because the store did not answer,
@@ -308,28 +316,39 @@ export const make = Effect.fnUntraced(function* (
 
   // --- limits ---
 
-  const limiters = new Map<string, RateLimit.Service>()
+  // By last use (a Map keeps insertion order): admin-created keys may bring any number of pairs, and
+  // the least recently used limiter is closed past maxLimiters (a request holding it still completes).
+  const limiters = new Map<string, { readonly service: RateLimit.Service; readonly scope: Scope.Closeable }>()
   const limiterFor = (
     rpm: number | undefined,
     tpm: number | undefined
   ): Effect.Effect<RateLimit.Service, GatewayError> => {
     const name = `${rpm ?? 0}/${tpm ?? 0}`
     const found = limiters.get(name)
-    if (found !== undefined) return Effect.succeed(found)
-    // Built by a request, its series kept by the key store: they leave the registry when the store closes
-    // (at once for one built after: a request still running then).
+    if (found !== undefined) {
+      limiters.delete(name)
+      limiters.set(name, found)
+      return Effect.succeed(found.service)
+    }
+    // Built by a request, its series kept by the key store: they leave the registry when the limiter is
+    // evicted or the store closes (at once for one built after: a request still running then).
+    const own = Scope.forkUnsafe(scope)
     return RateLimit.makeScoped(
       { default: { requestsPerMinute: rpm, tokensPerMinute: tpm }, maxWait: resolved.rateLimitWait },
       limits.store,
       { onStoreError: limits.onStoreError, guard: limits.guard }
     ).pipe(
-      Scope.provide(scope),
-      Effect.map((made) => {
+      Scope.provide(own),
+      Effect.flatMap((made) => {
         const existing = limiters.get(name)
-        if (existing !== undefined) return existing
-        limiters.set(name, made)
-        return made
+        if (existing !== undefined) return Effect.as(Scope.close(own, Exit.void), existing.service)
+        limiters.set(name, { service: made, scope: own })
+        if (limiters.size <= maxLimiters) return Effect.succeed(made)
+        const [oldest, evicted] = limiters.entries().next().value!
+        limiters.delete(oldest)
+        return Effect.as(Scope.close(evicted.scope, Exit.void), made)
       }),
+      Effect.onError(() => Scope.close(own, Exit.void)),
       Effect.mapError((error) => gatewayError("Internal", `the rate limit of a key cannot be built: ${error.message}`))
     )
   }
