@@ -1871,6 +1871,36 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
       )
   )
 
+  it.live("more than 1,000 ended leases on a counter: a reserve they would refuse gives them all back first", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const server = yield* startRedis
+        const prefix = `${unique("swept")}:`
+        const { store, redis } = yield* onRedis(server, { prefix })
+        const created = yield* store.create({ id: "k", budget: { tokens: 1000 } })
+        const k = yield* store.authenticate(created.secret)
+        // 1,500 leases of 2 tokens of gateways that died long ago: 3,000 held, all of it given back once swept.
+        const leases = `${prefix}budget:key:k:tokens:leases`
+        const args: Array<string> = []
+        for (let i = 0; i < 1500; i++) args.push("1", `dead-${i}|2`)
+        yield* redis.send("ZADD", leases, ...args)
+        yield* redis.send("HSET", `${prefix}budget:key:k:tokens`, "spent", "0", "held", "3000")
+        // A read counts none of them as held either.
+        assert.deepStrictEqual(
+          (yield* store.spend("k")).map((l) => [l.spent, l.held]),
+          [[0, 0]]
+        )
+        const held = yield* store.reserve(k, "m", estimate(1, 1))
+        yield* store.release(held)
+        assert.deepStrictEqual(
+          (yield* store.spend("k")).map((l) => [l.spent, l.held]),
+          [[0, 0]]
+        )
+        assert.strictEqual(yield* redis.send<number>("ZCARD", leases), 0)
+      })
+    )
+  )
+
   it.live("a reservation never settled (its gateway died) is given back when its lease ends", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -203,9 +203,7 @@ local lease = tonumber(ARGV[1])
 local id = ARGV[2]
 local spent = {}
 local held = {}
-for i = 1, n do
-  local h = hs[i]
-  local z = zs[i]
+local function sweep(h, z)
   local expired = redis.call("ZRANGEBYSCORE", z, "-inf", now, "LIMIT", 0, 1000)
   if #expired > 0 then
     local back = 0
@@ -215,11 +213,24 @@ for i = 1, n do
     end
     redis.call("HINCRBY", h, "held", -back)
   end
-  local v = redis.call("HMGET", h, "spent", "held")
-  spent[i] = tonumber(v[1]) or 0
-  held[i] = tonumber(v[2]) or 0
-  local used = spent[i] + held[i]
+  return #expired == 1000
+end
+for i = 1, n do
+  local h = hs[i]
+  local z = zs[i]
+  local more = sweep(h, z)
   local limit = tonumber(ARGV[3 * i])
+  local used
+  -- A thousand leases swept at a time; ended leases past them would still count as held, so a
+  -- refusal sweeps on until none is left (each lease is swept once: the work is paid for by its reserve).
+  while true do
+    local v = redis.call("HMGET", h, "spent", "held")
+    spent[i] = tonumber(v[1]) or 0
+    held[i] = tonumber(v[2]) or 0
+    used = spent[i] + held[i]
+    if not more or (used + tonumber(ARGV[3 * i + 1]) <= limit and used < limit) then break end
+    more = sweep(h, z)
+  end
   if used + tonumber(ARGV[3 * i + 1]) > limit or used >= limit then
     local refused = { i, spent[i], held[i] }
     for j = 1, i - 1 do
@@ -434,9 +445,15 @@ for i = 1, n do
   if not readable(hs[i], zs[i]) then return { -i, now } end
   local v = redis.call("HMGET", hs[i], "spent", "held")
   local held = tonumber(v[2]) or 0
-  for _, member in ipairs(redis.call("ZRANGEBYSCORE", zs[i], "-inf", now, "LIMIT", 0, 1000)) do
-    held = held - (tonumber(string.match(member, "|([^|]*)$")) or 0)
-  end
+  -- Every ended lease, a thousand at a time: one past the first thousand holds nothing either.
+  local from = 0
+  repeat
+    local ended = redis.call("ZRANGEBYSCORE", zs[i], "-inf", now, "LIMIT", from, 1000)
+    for _, member in ipairs(ended) do
+      held = held - (tonumber(string.match(member, "|([^|]*)$")) or 0)
+    end
+    from = from + 1000
+  until #ended < 1000
   out[2 * i] = tonumber(v[1]) or 0
   out[2 * i + 1] = math.max(0, held)
 end
