@@ -127,6 +127,7 @@ export interface Timing {
   readonly startedAt: number
   /** Clock millis when it ended (fallback included). */
   readonly endedAt: number
+  /** Read on the monotonic clock: a wall clock stepped back while the step ran leaves it as it was. */
   readonly durationMs: number
 }
 
@@ -246,6 +247,7 @@ export interface Result<O, E> {
   readonly failedSteps: ReadonlyArray<keyof O & string>
   readonly startedAt: number
   readonly endedAt: number
+  /** From `startedAt` to `endedAt`, read on the monotonic clock (as every duration of a run is). */
   readonly wallMs: number
   /** Sum of the durations of the steps that ran. */
   readonly busyMs: number

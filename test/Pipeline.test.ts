@@ -1,5 +1,5 @@
 import { assert, describe, it, vi } from "@effect/vitest"
-import { Cause, Context, Duration, Effect, type Exit, Fiber, Layer, Metric, Ref } from "effect"
+import { Cause, Clock, Context, Duration, Effect, type Exit, Fiber, Layer, Metric, Ref } from "effect"
 import { TestClock } from "effect/testing"
 import { ModelError, TimeoutError } from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
@@ -1750,6 +1750,92 @@ describe("Pipeline step names are bounded where they enter, as HTTP agent task i
         provider: "(other)",
         domain: "(other)"
       })
+    })
+  )
+})
+
+describe("Pipeline durations are on the monotonic clock", () => {
+  /** The TestClock, whose wall time `stepBack` moves back an hour (an NTP step); its monotonic time goes on. */
+  const steppable = Effect.clockWith((clock) => {
+    let offset = 0
+    const stepped: Clock.Clock = {
+      currentTimeMillisUnsafe: () => clock.currentTimeMillisUnsafe() + offset,
+      currentTimeMillis: Effect.sync(() => clock.currentTimeMillisUnsafe() + offset),
+      currentTimeNanosUnsafe: () => clock.currentTimeNanosUnsafe() + BigInt(offset) * 1_000_000n,
+      currentTimeNanos: Effect.sync(() => clock.currentTimeNanosUnsafe() + BigInt(offset) * 1_000_000n),
+      monotonicTimeNanosUnsafe: () => clock.monotonicTimeNanosUnsafe(),
+      monotonicTimeNanos: clock.monotonicTimeNanos,
+      sleep: (duration) => clock.sleep(duration)
+    }
+    const stepBack = Effect.sync(() => {
+      offset -= 3_600_000
+    })
+    return Effect.succeed({ stepped, stepBack })
+  })
+
+  /** `runClocked`, the run (not the TestClock's driver) on the clock given. */
+  const runOn = <I, O, E, R>(
+    clock: Clock.Clock,
+    p: Pipeline.Pipeline<I, O, E, R>,
+    input: I,
+    options?: Pipeline.RunOptions
+  ) =>
+    Effect.gen(function* () {
+      const fiber = yield* Effect.forkChild(Effect.provideService(Pipeline.run(p, input, options), Clock.Clock, clock))
+      yield* TestClock.adjust("1 hour")
+      return yield* Fiber.join(fiber)
+    })
+
+  for (const mode of ["parallel", "sequential"] as const) {
+    it.effect(`a wall clock stepped back mid-step leaves durations and wallMs as they were (${mode})`, () =>
+      Effect.gen(function* () {
+        const { stepBack, stepped } = yield* steppable
+        const context = yield* executorContext(Layer.empty)
+        const p = Pipeline.make()
+          .step("direct", [], () => Effect.andThen(stepBack, sleepThen(1_000, 1)))
+          .step("governed", ["direct"], () => Effect.andThen(stepBack, sleepThen(1_000, 2)), { timeout: "1 minute" })
+        const result = yield* runOn(stepped, p, undefined, { mode }).pipe(Effect.provideContext(context))
+        assert.strictEqual(result.status, "succeeded")
+        const direct = timingOf(result.steps.direct)
+        const governed = timingOf(result.steps.governed)
+        assert.deepStrictEqual([direct.durationMs, governed.durationMs], [1_000, 1_000])
+        assert.deepStrictEqual([result.wallMs, result.busyMs, result.criticalPathMs], [2_000, 2_000, 2_000])
+        assert.strictEqual(result.parallelism, 1)
+        // startedAt and endedAt stay dates: the wall clock's.
+        assert.deepStrictEqual([direct.startedAt, direct.endedAt], [0, 1_000 - 3_600_000])
+        assert.deepStrictEqual([result.startedAt, result.endedAt], [0, 2_000 - 7_200_000])
+      })
+    )
+  }
+
+  it.effect("a step interrupted by a fail-fast stop is timed on the monotonic clock too", () =>
+    Effect.gen(function* () {
+      const { stepBack, stepped } = yield* steppable
+      const p = Pipeline.make()
+        .step("boom", [], () => Effect.andThen(sleepThen(1_000, 1), Effect.andThen(stepBack, Effect.fail("broken"))))
+        .step("slow", [], () => sleepThen(10_000, 1))
+      const result = yield* runOn(stepped, p, undefined)
+      assert.deepStrictEqual([result.steps.boom.status, result.steps.slow.status], ["failed", "interrupted"])
+      assert.deepStrictEqual(
+        [timingOf(result.steps.boom).durationMs, timingOf(result.steps.slow).durationMs],
+        [1_000, 1_000]
+      )
+      assert.strictEqual(result.wallMs, 1_000)
+    })
+  )
+
+  it.effect("a step whose fiber ends without an outcome is timed on the monotonic clock too", () =>
+    Effect.gen(function* () {
+      const { stepBack, stepped } = yield* steppable
+      const p = Pipeline.make().step("lost", [], () =>
+        Effect.flatMap(Effect.andThen(stepBack, sleepThen(1_000, 1)), () => 42 as unknown as Effect.Effect<number>)
+      )
+      for (const mode of ["parallel", "sequential"] as const) {
+        const result = yield* runOn(stepped, p, undefined, { mode })
+        assert.strictEqual(result.steps.lost.status, "failed")
+        assert.strictEqual(timingOf(result.steps.lost).durationMs, 1_000)
+        assert.strictEqual(result.wallMs, 1_000)
+      }
     })
   )
 })

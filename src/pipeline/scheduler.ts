@@ -18,7 +18,7 @@ import {
   record,
   type StepDef
 } from "./definition.js"
-import { messageOf, type Runner } from "./step.js"
+import { messageOf, monotonicMillis, type Runner } from "./step.js"
 
 type Outcome = StepOutcome<unknown, unknown>
 
@@ -81,27 +81,39 @@ const stopped = (step: string, stoppedBy: string, outcomes: ReadonlyMap<string, 
  * handed something that is not an Effect (a step's `flatMap` returning `42`): only the fiber's exit
  * says so. A step that interrupted its own fiber ends here too.
  */
-const lost = (def: StepDef, cause: Cause.Cause<unknown>, startedAt: number, endedAt: number): Outcome => ({
+const lost = (
+  def: StepDef,
+  cause: Cause.Cause<unknown>,
+  startedAt: number,
+  since: number,
+  clock: Clock.Clock
+): Outcome => ({
   status: "failed",
   step: def.name,
   cause,
   message: messageOf(cause),
   attempts: 1,
   startedAt,
-  endedAt,
-  durationMs: endedAt - startedAt
+  endedAt: clock.currentTimeMillisUnsafe(),
+  durationMs: monotonicMillis(clock) - since
 })
 
 /** A step on a fiber of its own, so that a fiber its effect ends (see {@link lost}) is not the run's. */
-const isolated = (runStep: Runner, def: StepDef, context: Context, startedAt: number): Effect.Effect<Outcome> =>
-  Effect.flatMap(Effect.forkChild(runStep(def, context, startedAt), { startImmediately: true }), (fiber) =>
+const isolated = (
+  runStep: Runner,
+  def: StepDef,
+  context: Context,
+  startedAt: number,
+  since: number
+): Effect.Effect<Outcome> =>
+  Effect.flatMap(Effect.forkChild(runStep(def, context, startedAt, since), { startImmediately: true }), (fiber) =>
     // Interrupted, the run waits for the step to stop, as a parallel run does.
     Effect.flatMap(
       Effect.onInterrupt(Fiber.await(fiber), () => Fiber.interrupt(fiber)),
       (exit) =>
         Exit.isSuccess(exit)
           ? Effect.succeed(exit.value)
-          : Effect.map(Clock.currentTimeMillis, (now) => lost(def, exit.cause, startedAt, now))
+          : Effect.clockWith((clock) => Effect.succeed(lost(def, exit.cause, startedAt, since, clock)))
     )
   )
 
@@ -171,6 +183,8 @@ const runParallel = Effect.fnUntraced(function* (
   }
   const running = new Map<string, Fiber.Fiber<void>>()
   const startedAt = new Map<string, number>()
+  // Each running step's start on the monotonic clock, which its duration is read on.
+  const startedSince = new Map<string, number>()
   const done = yield* Queue.unbounded<Outcome>()
   const clock = yield* Clock.Clock
   let stoppedBy: string | undefined
@@ -179,11 +193,14 @@ const runParallel = Effect.fnUntraced(function* (
 
   // Arrows, not a generator made at each run (see `execute`).
   const start = (def: StepDef) =>
-    Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    Effect.suspend(() => {
+      const now = clock.currentTimeMillisUnsafe()
+      const since = monotonicMillis(clock)
       started.push(def.name)
       startedAt.set(def.name, now)
+      startedSince.set(def.name, since)
       return Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(restore(runStep(def, { input, deps: depsOf(def, outputs) }, now)), (outcome) =>
+        Effect.flatMap(restore(runStep(def, { input, deps: depsOf(def, outputs) }, now, since)), (outcome) =>
           Queue.offer(done, outcome)
         )
       ).pipe(
@@ -194,7 +211,7 @@ const runParallel = Effect.fnUntraced(function* (
             // A fiber that ended without offering its outcome (see `lost`): its exit is the outcome.
             fiber.addObserver((exit) => {
               if (!stopping && Exit.isFailure(exit)) {
-                Queue.offerUnsafe(done, lost(def, exit.cause, now, clock.currentTimeMillisUnsafe()))
+                Queue.offerUnsafe(done, lost(def, exit.cause, now, since, clock))
               }
             })
           })
@@ -243,17 +260,18 @@ const runParallel = Effect.fnUntraced(function* (
       yield* Fiber.interruptAll(Array.from(running.values()))
       // Steps that finished while we interrupted keep their real outcome.
       for (const finished of yield* Queue.clear(done)) settle(finished, yield* Clock.currentTimeMillis)
-      const now = yield* Clock.currentTimeMillis
+      const now = clock.currentTimeMillisUnsafe()
+      const until = monotonicMillis(clock)
       for (const name of running.keys()) {
-        const from = startedAt.get(name)!
+        const durationMs = until - startedSince.get(name)!
         outcomes.set(name, {
           status: "interrupted",
           step: name,
           reason: `pipeline stopped: step ${JSON.stringify(stoppedBy)} ${outcomes.get(stoppedBy)!.status}`,
           failedStep: stoppedBy,
-          startedAt: from,
+          startedAt: startedAt.get(name)!,
           endedAt: now,
-          durationMs: now - from
+          durationMs
         })
       }
       running.clear()
@@ -280,10 +298,11 @@ const runSequential = Effect.fnUntraced(function* (
   const outputs = new Map<string, unknown>()
   for (const [name, outcome] of kept) if (outcome.status === "succeeded") outputs.set(name, outcome.output)
   const started: Array<string> = []
+  const clock = yield* Clock.Clock
   let stoppedBy: string | undefined
   for (const def of definition.order) {
     if (outcomes.has(def.name)) continue
-    const now = yield* Clock.currentTimeMillis
+    const now = clock.currentTimeMillisUnsafe()
     if (stoppedBy !== undefined) {
       outcomes.set(def.name, stopped(def.name, stoppedBy, outcomes, now))
       continue
@@ -294,7 +313,7 @@ const runSequential = Effect.fnUntraced(function* (
       continue
     }
     started.push(def.name)
-    const outcome = yield* isolated(runStep, def, { input, deps: depsOf(def, outputs) }, now)
+    const outcome = yield* isolated(runStep, def, { input, deps: depsOf(def, outputs) }, now, monotonicMillis(clock))
     outcomes.set(def.name, outcome)
     if (outcome.status === "succeeded") outputs.set(def.name, outcome.output)
     else if (options.onFailure === "failFast") stoppedBy = def.name
@@ -318,6 +337,7 @@ const summarize = (
   run: Run,
   startedAt: number,
   endedAt: number,
+  wallMs: number,
   strategy: Strategy,
   parallelAttempt: ReadonlyMap<string, Outcome> | undefined,
   replaced: ReadonlyMap<string, Outcome>
@@ -354,7 +374,6 @@ const summarize = (
     attempt = record<Outcome>()
     for (const [name, outcome] of parallelAttempt) attempt[name] = outcome
   }
-  const wallMs = endedAt - startedAt
   return {
     status: succeeded ? "succeeded" : "failed",
     strategy,
@@ -384,7 +403,9 @@ const summarize = (
  */
 export const execute = Effect.fnUntraced(
   function* (definition: Definition, input: unknown, options: RunSettings, runStep: Runner) {
-    const startedAt = yield* Clock.currentTimeMillis
+    const clock = yield* Clock.Clock
+    const startedAt = clock.currentTimeMillisUnsafe()
+    const since = monotonicMillis(clock)
     let strategy: Strategy = options.mode
     let run: Run
     let parallelAttempt: Map<string, Outcome> | undefined
@@ -430,8 +451,9 @@ export const execute = Effect.fnUntraced(
         strategy = "parallelThenSequential"
       }
     }
-    const endedAt = yield* Clock.currentTimeMillis
-    const result = summarize(definition, run, startedAt, endedAt, strategy, parallelAttempt, replaced)
+    const endedAt = clock.currentTimeMillisUnsafe()
+    const wallMs = monotonicMillis(clock) - since
+    const result = summarize(definition, run, startedAt, endedAt, wallMs, strategy, parallelAttempt, replaced)
     yield* Effect.annotateCurrentSpan({
       "pipeline.status": result.status,
       "pipeline.strategy": result.strategy,

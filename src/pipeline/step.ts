@@ -12,7 +12,7 @@
  *
  * @internal
  */
-import { Cause, Clock, Duration, Effect, Exit, Fiber } from "effect"
+import { Cause, type Clock, Duration, Effect, Exit, Fiber } from "effect"
 import { userEffect } from "../policy/callback.js"
 import {
   type AiError,
@@ -31,8 +31,21 @@ import type { Context, Failure, StepDef } from "./definition.js"
 
 type Outcome = StepOutcome<unknown, unknown>
 
-/** Runs a step; never fails (an interruption of the caller still interrupts). */
-export type Runner = (def: StepDef, context: Context, startedAt: number) => Effect.Effect<Outcome>
+/**
+ * Runs a step; never fails (an interruption of the caller still interrupts). `startedAt` is the
+ * wall clock's date of its start, `since` the monotonic clock's (see {@link monotonicMillis}).
+ */
+export type Runner = (def: StepDef, context: Context, startedAt: number, since: number) => Effect.Effect<Outcome>
+
+/**
+ * Now in whole milliseconds on the monotonic clock, which every duration of a run is read on: on the
+ * wall clock, an NTP step back of an hour while a step ran made its `durationMs` and the run's `wallMs`
+ * minus an hour. `startedAt` and `endedAt` stay the wall clock's: they are dates.
+ *
+ * @internal
+ */
+export const monotonicMillis = (clock: Clock.Clock): number =>
+  Math.floor(Number(clock.monotonicTimeNanosUnsafe()) / 1_000_000)
 
 /** The domain under which governed steps are counted in `Stats`. */
 export const statsDomain = pipelineDomain
@@ -78,8 +91,14 @@ const shown = (error: unknown): string => {
  */
 const inherit = <A, E>(effect: Effect.Effect<A, E, unknown>): Effect.Effect<A, E> => effect as Effect.Effect<A, E>
 
-const timing = (startedAt: number) =>
-  Effect.map(Clock.currentTimeMillis, (endedAt) => ({ startedAt, endedAt, durationMs: endedAt - startedAt }))
+const timing = (startedAt: number, since: number) =>
+  Effect.clockWith((clock) =>
+    Effect.succeed({
+      startedAt,
+      endedAt: clock.currentTimeMillisUnsafe(),
+      durationMs: monotonicMillis(clock) - since
+    })
+  )
 
 /**
  * The exit of a step's (or its fallback's) effect, run on a fiber of its own. Effect's run loop ends a
@@ -98,7 +117,7 @@ const errorOf = (cause: Cause.Cause<unknown>): unknown => {
   return found._tag === "Some" ? found.value : undefined
 }
 
-const direct = Effect.fnUntraced(function* (def: StepDef, context: Context, startedAt: number) {
+const direct = Effect.fnUntraced(function* (def: StepDef, context: Context, startedAt: number, since: number) {
   const exit = yield* Effect.exit(inherit(userEffect(`step "${def.name}": run`, () => def.run(context))))
   if (Exit.isSuccess(exit)) {
     return {
@@ -106,7 +125,7 @@ const direct = Effect.fnUntraced(function* (def: StepDef, context: Context, star
       step: def.name,
       output: exit.value,
       attempts: 1,
-      ...(yield* timing(startedAt))
+      ...(yield* timing(startedAt, since))
     } satisfies Outcome
   }
   return {
@@ -116,7 +135,7 @@ const direct = Effect.fnUntraced(function* (def: StepDef, context: Context, star
     cause: exit.cause,
     message: messageOf(exit.cause),
     attempts: 1,
-    ...(yield* timing(startedAt))
+    ...(yield* timing(startedAt, since))
   } satisfies Outcome
 })
 
@@ -133,6 +152,7 @@ const governed = Effect.fnUntraced(function* (
   def: StepDef,
   context: Context,
   startedAt: number,
+  since: number,
   executor: ExecutorService
 ) {
   // `{ retry: true }` only resolves to the executor's own, already checked, policy: it cannot fail.
@@ -228,7 +248,7 @@ const governed = Effect.fnUntraced(function* (
       call
     )
   )
-  const times = yield* timing(startedAt)
+  const times = yield* timing(startedAt, since)
   if (Exit.isSuccess(exit)) {
     const viaFallback = exit.value.step.target === "fallback" && fellBack !== undefined
     return {
@@ -305,10 +325,10 @@ export const keyedBreaker = (
  */
 export const makeRunner =
   (executor: ExecutorService | undefined): Runner =>
-  (def, context, startedAt) => {
+  (def, context, startedAt, since) => {
     const outcome: Effect.Effect<Outcome> =
       def.governed && executor !== undefined
-        ? governed(def, context, startedAt, executor)
-        : direct(def, context, startedAt)
+        ? governed(def, context, startedAt, since, executor)
+        : direct(def, context, startedAt, since)
     return Effect.withSpan(outcome, "Pipeline.step", { attributes: { "pipeline.step": def.name } })
   }
