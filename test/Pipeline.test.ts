@@ -1839,3 +1839,34 @@ describe("Pipeline durations are on the monotonic clock", () => {
     })
   )
 })
+
+describe("Pipeline.describeOutcome of a step that fell back says what it failed with", () => {
+  it.effect("the failure's message, bounded as values are shown; a timeout still says its deadline", () =>
+    Effect.gen(function* () {
+      const context = yield* executorContext(Layer.empty)
+      const p = Pipeline.make()
+        .step("retrieve", [], () => Effect.fail(overloaded()), { fallback: { value: "cached" } })
+        .step("plain", [], () => Effect.fail("index down"), { fallback: { step: () => Effect.succeed(1) } })
+        .step("huge", [], () => Effect.fail("e".repeat(5_000)), { fallback: { value: 2 } })
+        .step("hangs", [], () => sleepThen(1_000, 3), { timeout: "100 millis", fallback: { value: 4 } })
+      const result = yield* runClocked(p, undefined).pipe(Effect.provideContext(context))
+      assert.strictEqual(result.status, "succeeded")
+      assert.strictEqual(
+        Pipeline.describeOutcome(result.steps.retrieve),
+        "retrieve: succeeded with the fallback value (failed: busy)"
+      )
+      assert.strictEqual(
+        Pipeline.describeOutcome(result.steps.plain),
+        "plain: succeeded with the fallback step (failed: index down)"
+      )
+      assert.strictEqual(
+        Pipeline.describeOutcome(result.steps.huge),
+        `huge: succeeded with the fallback value (failed: ${"e".repeat(80)}… (5,000 characters))`
+      )
+      assert.strictEqual(
+        Pipeline.describeOutcome(result.steps.hangs),
+        "hangs: succeeded with the fallback value (timed out after 100ms)"
+      )
+    })
+  )
+})

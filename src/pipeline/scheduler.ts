@@ -18,7 +18,7 @@ import {
   record,
   type StepDef
 } from "./definition.js"
-import { messageOf, monotonicMillis, type Runner } from "./step.js"
+import { briefOf, messageOf, monotonicMillis, type Runner } from "./step.js"
 
 type Outcome = StepOutcome<unknown, unknown>
 
@@ -32,7 +32,7 @@ export const describe = (outcome: Outcome): string => {
     case "succeeded":
       return outcome.fallback === undefined
         ? `${outcome.step}: succeeded`
-        : `${outcome.step}: succeeded with the fallback ${outcome.fallback.kind} (${outcome.fallback.failure._tag === "TimedOut" ? `timed out after ${Duration.format(outcome.fallback.failure.timeout)}` : "failed"})`
+        : `${outcome.step}: succeeded with the fallback ${outcome.fallback.kind} (${outcome.fallback.failure._tag === "TimedOut" ? `timed out after ${Duration.format(outcome.fallback.failure.timeout)}` : `failed: ${briefOf(outcome.fallback.failure.error)}`})`
     case "failed":
       return `${outcome.step}: failed (${outcome.message})`
     case "timedOut":

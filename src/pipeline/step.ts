@@ -86,6 +86,14 @@ const shown = (error: unknown): string => {
 }
 
 /**
+ * What a step failed with, for a one-line summary: its message, bounded as {@link Input.shown} shows a
+ * value (past 80 characters, its first 80, an ellipsis and its length); never a throw.
+ *
+ * @internal
+ */
+export const briefOf = (error: unknown): string => Input.thrownMessage(shown(error))
+
+/**
  * A step's requirements are the run's: its fiber (and the executor's attempt fibers, which
  * start on the caller's fiber) carry the run's services, span and clock.
  */
