@@ -1731,6 +1731,37 @@ describe("Pipeline step names are bounded where they enter, as HTTP agent task i
     })
   )
 
+  it.effect(
+    "a stats, breaker or rateLimit name past 1,000 characters is an InvalidStep naming the field and the bound",
+    () =>
+      Effect.gen(function* () {
+        for (const field of ["stats", "breaker", "rateLimit"] as const) {
+          const given = yield* Effect.flip(
+            Pipeline.fromSteps([
+              { name: "a", run: ok },
+              { name: "b", run: ok, [field]: long }
+            ])
+          )
+          assert.deepStrictEqual([given.reason, given.field, given.steps], ["InvalidStep", `steps[1].${field}`, ["b"]])
+          assert.strictEqual(given.message, `invalid steps[1].${field}: expected at most 1,000 characters, got 1,001`)
+          const built = yield* Effect.flip(
+            Pipeline.validate(
+              Pipeline.make()
+                .step("a", [], ok)
+                .step("b", [], ok, { [field]: long })
+            )
+          )
+          assert.deepStrictEqual([built.field, built.message], [given.field, given.message])
+        }
+        // 1,000 characters are taken.
+        const longest = "s".repeat(1_000)
+        const taken = yield* Pipeline.fromSteps([{ name: "a", run: ok, stats: longest }])
+        const context = yield* executorContext(Layer.empty)
+        const result = yield* Pipeline.run(taken, undefined).pipe(Effect.provideContext(context))
+        assert.strictEqual(result.status, "succeeded")
+      })
+  )
+
   it.effect("a governed step of 1,000 characters runs, counted under (other): no label past 256 characters", () =>
     Effect.gen(function* () {
       const context = yield* executorContext(Layer.empty)

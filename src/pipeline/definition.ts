@@ -217,7 +217,8 @@ const nonEmptyString = (
     : Result.fail(invalidStep(label(at, field), `expected a non-empty string, got ${Input.shown(input)}`, step))
 
 // A step's breaker key, limit key and stats name label series: the reserved overflow name would
-// have no series of its own (a breaker without a gauge) or add its figures to the overflow's.
+// have no series of its own (a breaker without a gauge) or add its figures to the overflow's. Each is
+// bounded as a step name is: it is in the step's span, its breaker's and limit's errors and log lines.
 const seriesName = (
   at: string,
   field: string,
@@ -229,6 +230,15 @@ const seriesName = (
         invalidStep(label(at, field), `"${input}" is reserved: the names past a series bound count under it`, step)
       )
     : Result.flatMap(nonEmptyString(at, field, input, step), (name) => {
+        if (name !== undefined && name.length > maxNameLength) {
+          return Result.fail(
+            invalidStep(
+              label(at, field),
+              `expected at most ${counted(maxNameLength)} characters, got ${counted(name.length)}`,
+              step
+            )
+          )
+        }
         const text = name === undefined ? undefined : textIssue(name, label(at, field))
         return text === undefined ? Result.succeed(name) : Result.fail(fromIssue(text, step))
       })
