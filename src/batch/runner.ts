@@ -32,6 +32,7 @@ import type { Gate } from "./gate.js"
 import { check, itemAt, type Parsed, parse, underItem } from "./items.js"
 import * as Started from "./started.js"
 import { type Steps, statsOf } from "./stats.js"
+import { monotonicMillis } from "../stats/clock.js"
 
 /**
  * What every run of a manager shares.
@@ -236,7 +237,7 @@ const runOne = (
   const tally = new Tally()
   let refused = false
   const call = Effect.suspend(() => {
-    began = Started.millisNow(clock)
+    began = monotonicMillis(clock)
     if (deps.closing()) {
       refused = true
       return Effect.succeed(Exit.fail(refusal()))
@@ -247,7 +248,7 @@ const runOne = (
     )
   })
   return Effect.map(deps.gate.withPermit(call), (exit) => {
-    const end = Started.millisNow(clock)
+    const end = monotonicMillis(clock)
     const result = resultOf(0, exit, end - began, retries)
     const results = [refused ? notAdmitted(result) : result]
     const elapsedMs = end - start
@@ -283,7 +284,7 @@ export const run = Effect.fnUntraced(function* (
   const id = options.id ?? deps.nextId()
   yield* Effect.annotateCurrentSpan({ "orchestra.batch.id": id, "orchestra.batch.items": total })
   const clock = yield* Clock.Clock
-  const start = Started.millisNow(clock)
+  const start = monotonicMillis(clock)
   const { onProgress, onEvent, fallback } = options
   const silent = onProgress === undefined && onEvent === undefined && tap === undefined
   if (total === 1 && silent && options.cancel === undefined) {
@@ -343,7 +344,7 @@ export const run = Effect.fnUntraced(function* (
   }
 
   const started = (index: number, takenAt: number): Effect.Effect<void> => {
-    const now = Started.millisNow(clock)
+    const now = monotonicMillis(clock)
     startedAt[index] = now
     waits[index] = now - takenAt
     if (++running > peak) peak = running
@@ -351,7 +352,7 @@ export const run = Effect.fnUntraced(function* (
   }
 
   const settle = (index: number, exit: Exit.Exit<Answer, AiError>): Effect.Effect<void> => {
-    const now = Started.millisNow(clock)
+    const now = monotonicMillis(clock)
     running--
     done++
     const durationMs = now - startedAt[index]!
@@ -386,7 +387,7 @@ export const run = Effect.fnUntraced(function* (
         delayMs: Duration.toMillis(info.delay),
         done,
         total,
-        elapsedMs: Started.millisNow(clock) - start
+        elapsedMs: monotonicMillis(clock) - start
       })
     }
 
@@ -398,7 +399,7 @@ export const run = Effect.fnUntraced(function* (
     // Cancelled (by an event callback of this very worker, say): no item starts any more; the
     // interruption of the pool that follows the cancellation ends this worker.
     if (cancelled) return Effect.never
-    const takenAt = Started.millisNow(clock)
+    const takenAt = monotonicMillis(clock)
     // The outcome is written holding the permit, and its event run once the permit is back: a slow
     // `onEvent` must not keep the manager's shared limit from the other batches' items.
     return Effect.flatten(
@@ -486,7 +487,7 @@ export const run = Effect.fnUntraced(function* (
     )
   }
 
-  const end = Started.millisNow(clock)
+  const end = monotonicMillis(clock)
   const notRun: Array<number> = []
   for (let index = 0; index < total; index++) {
     if (results[index] !== undefined) continue

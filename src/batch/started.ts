@@ -15,16 +15,7 @@ import type { Engine } from "../policy/engine.js"
 import type { Running } from "../policy/fused.js"
 import { runStarted } from "../policy/pool.js"
 import type { Gate } from "./gate.js"
-
-/**
- * Now in whole milliseconds on the monotonic clock, which every time of a batch is read on: on the wall
- * clock, an NTP step back of an hour while an item ran made its `durationMs` and the batch's `elapsedMs`
- * minus an hour.
- *
- * @internal
- */
-export const millisNow = (clock: Clock.Clock): number =>
-  Math.floor(Number(clock.monotonicTimeNanosUnsafe()) / 1_000_000)
+import { monotonicMillis } from "../stats/clock.js"
 
 /**
  * The engine's `start` of the batch's executor.
@@ -74,10 +65,10 @@ export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
     // When each free place of the batch's concurrency opened, oldest first.
     let freedAt: Array<number> = []
     let freedHead = 0
-    const startedAt = millisNow(clock)
+    const startedAt = monotonicMillis(clock)
     for (let i = 0; i < Math.min(concurrency, total); i++) freedAt.push(startedAt)
     const takenAt = (): number => {
-      const at = freedHead < freedAt.length ? freedAt[freedHead++]! : millisNow(clock)
+      const at = freedHead < freedAt.length ? freedAt[freedHead++]! : monotonicMillis(clock)
       if (freedHead > 1024 && freedHead * 2 > freedAt.length) {
         freedAt = freedAt.slice(freedHead)
         freedHead = 0
@@ -94,7 +85,7 @@ export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
         tryTake: () => !batch.halted() && gate.tryTake(),
         take: Effect.suspend(() => (batch.halted() ? Effect.never : gate.take)),
         release: () => {
-          freedAt.push(millisNow(clock))
+          freedAt.push(monotonicMillis(clock))
           gate.release()
         }
       },

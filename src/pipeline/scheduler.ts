@@ -18,7 +18,8 @@ import {
   record,
   type StepDef
 } from "./definition.js"
-import { briefOf, messageOf, monotonicMillis, type Runner } from "./step.js"
+import { monotonicMillis } from "../stats/clock.js"
+import { briefOf, messageOf, type Runner } from "./step.js"
 
 type Outcome = StepOutcome<unknown, unknown>
 

@@ -12,7 +12,7 @@
  *
  * @internal
  */
-import { Cause, type Clock, Duration, Effect, Exit, Fiber } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber } from "effect"
 import { userEffect } from "../policy/callback.js"
 import {
   type AiError,
@@ -28,24 +28,15 @@ import { pipelineDomain } from "../Metrics.js"
 import type { StepOutcome } from "../Pipeline.js"
 import type { BreakerGuard, LimitGuard } from "../policy/plan.js"
 import type { Context, Failure, StepDef } from "./definition.js"
+import { monotonicMillis } from "../stats/clock.js"
 
 type Outcome = StepOutcome<unknown, unknown>
 
 /**
  * Runs a step; never fails (an interruption of the caller still interrupts). `startedAt` is the
- * wall clock's date of its start, `since` the monotonic clock's (see {@link monotonicMillis}).
+ * wall clock's date of its start, `since` the monotonic clock's (`stats/clock.ts`).
  */
 export type Runner = (def: StepDef, context: Context, startedAt: number, since: number) => Effect.Effect<Outcome>
-
-/**
- * Now in whole milliseconds on the monotonic clock, which every duration of a run is read on: on the
- * wall clock, an NTP step back of an hour while a step ran made its `durationMs` and the run's `wallMs`
- * minus an hour. `startedAt` and `endedAt` stay the wall clock's: they are dates.
- *
- * @internal
- */
-export const monotonicMillis = (clock: Clock.Clock): number =>
-  Math.floor(Number(clock.monotonicTimeNanosUnsafe()) / 1_000_000)
 
 /** The domain under which governed steps are counted in `Stats`. */
 export const statsDomain = pipelineDomain
