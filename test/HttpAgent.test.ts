@@ -1,7 +1,21 @@
 import { inspect } from "node:util"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Redacted, Schema, Scope, Tracer } from "effect"
+import {
+  Cause,
+  Clock,
+  Context,
+  Deferred,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Metric,
+  Redacted,
+  Schema,
+  Scope,
+  Tracer
+} from "effect"
 import { FetchHttpClient, HttpClient, HttpClientResponse } from "effect/http"
 import { TestClock } from "effect/testing"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
@@ -171,6 +185,35 @@ describe("HttpAgent.call", () => {
       assert.include(record.error?.message, "agent crashed")
       assert.isUndefined(record.result)
     })
+  )
+
+  it.effect(
+    "a task's durationMs is read on the monotonic clock: a wall clock stepped back mid-task left it minus an hour",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* AgentServer.make(() => ({ hang: true }))
+        const service = yield* agents({ options: { timeout: "5 seconds" } })
+        const clock = yield* Clock.Clock
+        let offset = 0
+        // The wall clock an NTP step moves; the monotonic one goes on.
+        const stepped: Clock.Clock = {
+          ...clock,
+          currentTimeMillisUnsafe: () => clock.currentTimeMillisUnsafe() + offset,
+          currentTimeMillis: Effect.sync(() => clock.currentTimeMillisUnsafe() + offset),
+          currentTimeNanosUnsafe: () => clock.currentTimeNanosUnsafe() + BigInt(offset) * 1_000_000n,
+          currentTimeNanos: Effect.sync(() => clock.currentTimeNanosUnsafe() + BigInt(offset) * 1_000_000n)
+        }
+        const fiber = yield* Effect.forkChild(
+          Effect.provideService(service.call(task("a", server.url, { timeout: "100 millis" })), Clock.Clock, stepped)
+        )
+        yield* server.awaitRequests(1)
+        offset = -3_600_000
+        yield* TestClock.adjust("100 millis")
+        const record = yield* Fiber.join(fiber)
+        assert.deepStrictEqual([record.status, record.durationMs], ["timeout", 100])
+        // startedAt stays a date: the wall clock's, read before the step.
+        assert.strictEqual(record.startedAt, 0)
+      })
   )
 
   it.effect("a hanging agent times out after the request's own timeout, and the request is aborted", () =>

@@ -38,6 +38,7 @@ import {
   noAgent,
   withoutFragment
 } from "./names.js"
+import { monotonicMillis } from "../stats/clock.js"
 
 /** What a task needs from the service. */
 export interface Env {
@@ -218,14 +219,18 @@ export const makeCall = (env: Env): Call => {
     if (typeof id === "string" && id.length > 0 && id.length <= maxNameLength) {
       yield* Effect.annotateCurrentSpan("agent.task_id", id)
     }
-    const startedAt = yield* Clock.currentTimeMillis
+    // `startedAt` is a date (the wall clock's); the duration is read on the monotonic clock, which an
+    // NTP step does not move (on the wall clock one back of an hour made a task's duration minus an hour).
+    const clock = yield* Clock.Clock
+    const startedAt = clock.currentTimeMillisUnsafe()
+    const since = monotonicMillis(clock)
     // `series`: where the record is counted when not under its agent's name (a refused agent's).
     const finish = (record: Omit<TaskRecord, "durationMs" | "startedAt" | "taskId">, series?: string) =>
-      Effect.map(Clock.currentTimeMillis, (now): TaskRecord => {
+      Effect.sync((): TaskRecord => {
         const done: TaskRecord = {
           taskId: typeof id === "string" ? id : shownId(id),
           startedAt,
-          durationMs: now - startedAt,
+          durationMs: monotonicMillis(clock) - since,
           ...record
         }
         count(done, env.seriesName(series ?? done.agent), env.metrics)
