@@ -13,6 +13,7 @@ import {
   Config,
   ConfigProvider,
   Context,
+  Deferred,
   Duration,
   Effect,
   Exit,
@@ -37,6 +38,7 @@ import { decoderOf, type Instance } from "../../src/Model/local/instance.js"
 import { BUFFERED, type Internals, makeWith } from "../../src/Model/local/provider.js"
 import type { Loader } from "../../src/Model/local/runtime.js"
 import { spellingOf } from "../../src/Model/local/tokenizer.js"
+import { captureLogs } from "../utils/logs.js"
 
 const modelPath = fileURLToPath(Local.defaultModelPath)
 const root = fileURLToPath(new URL("../../", import.meta.url))
@@ -1207,6 +1209,54 @@ describe("Local provider: pools and shutdown", () => {
       const next = yield* model.generate({ prompt: "the river", maxTokens: 5 })
       assert.strictEqual(next.usage.outputTokens, 5)
     })
+  )
+
+  it.effect(
+    "past the deadline, a generation that never stops is abandoned after 5 s: the close returns, and says so",
+    () => {
+      // Let go when the test ends, pass or fail, so nothing is left waiting.
+      const stuck = Deferred.makeUnsafe<void>()
+      return Effect.gen(function* () {
+        // A fake runtime: no model is loaded; a generation is a native call that ignores the shutdown.
+        const started = yield* Deferred.make<void>()
+        const disposed = yield* Ref.make(0)
+        const instrument =
+          (_real: Loader): Loader =>
+          (modelId) =>
+            Effect.succeed<Instance>({
+              modelId,
+              task: "text-generation",
+              prepare: (input) => Effect.succeed({ input, inputIds: {} as never, inputTokens: 1 }),
+              generate: () =>
+                Effect.uninterruptible(
+                  Deferred.succeed(started, undefined).pipe(
+                    Effect.andThen(Deferred.await(stuck)),
+                    Effect.as({ text: "late", finishReason: "stop" as const, inputTokens: 1, outputTokens: 1 })
+                  )
+                ),
+              embed: () => Effect.die("unused"),
+              dispose: Ref.update(disposed, (n) => n + 1)
+            })
+        const logs = yield* captureLogs
+        const { scope, model } = yield* build({ shutdownDeadline: "1 second" }, { instrument })
+        const call = yield* Effect.forkChild(model.generate({ prompt: "the river" }))
+        yield* Deferred.await(started)
+        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void).pipe(Effect.provide(logs.layer)))
+        yield* TestClock.adjust("1 second")
+        assert.isFalse(yield* endsWithin(closing, 20), "the close did not wait for the stopped calls")
+        yield* TestClock.adjust("5 seconds")
+        assert.isTrue(yield* endsWithin(closing, 100), "the close waited for ever for a generation that never stops")
+        assert.isTrue(
+          logs.lines.some((line) => /^Warn: .*1 call.* abandoned/.test(line)),
+          `no warning about the abandoned call: ${JSON.stringify(logs.lines)}`
+        )
+        // the idle instances were released; the stuck one is released if its call ever returns
+        assert.strictEqual(yield* Ref.get(disposed), 1)
+        yield* Deferred.succeed(stuck, undefined)
+        yield* Fiber.join(call)
+        assert.strictEqual(yield* Ref.get(disposed), 2)
+      }).pipe(Effect.ensuring(Deferred.succeed(stuck, undefined)))
+    }
   )
 
   it.effect(

@@ -4,7 +4,7 @@
  *
  * @internal
  */
-import { Clock, Deferred, Duration, Effect, Option, Pool, Random, type Scope, type Stream } from "effect"
+import { Clock, Deferred, Duration, Effect, Option, Pool, Random, Scope, type Stream } from "effect"
 import {
   type AiError,
   invalidRequest,
@@ -50,6 +50,9 @@ const poolKey = (purpose: Purpose, modelId: string): string => `${purpose}:${mod
  */
 export const BUFFERED = 1024
 
+/** How long the shutdown waits for the calls it stopped, and a release for its instance, before abandoning them. */
+const ABANDON_AFTER = Duration.seconds(5)
+
 /**
  * Builds the provider. Every configured model is loaded once before this returns, so a
  * missing or broken model (or a missing transformers.js) fails here, not on the first request.
@@ -86,6 +89,13 @@ export const makeWith = Effect.fnUntraced(function* (
   // instance past its time to live is disposed then, not when the provider closes.
   // Embedding models hold one instance: inference holds the thread, so batches run one at a time.
   const pools = new Map<string, Pool.Pool<Instance, ModelError | ShuttingDownError>>()
+  // The pools live in a scope of their own: closing them waits for every instance in use to
+  // be given back, which a call abandoned by the shutdown (below) may never do.
+  const poolScope = yield* Scope.make()
+  let abandoned = false
+  yield* Effect.addFinalizer((exit) =>
+    abandoned ? Effect.asVoid(Effect.forkDetach(Scope.close(poolScope, exit))) : Scope.close(poolScope, exit)
+  )
   const models: ReadonlyArray<readonly [Purpose, string]> = [
     ...config.generationModels.map((id) => ["generation", id] as const),
     ...config.embeddingModels.map((id) => ["embedding", id] as const)
@@ -94,13 +104,13 @@ export const makeWith = Effect.fnUntraced(function* (
     const max = purpose === "generation" ? config.poolSize : 1
     const pool = yield* Pool.makeWithTTL({
       acquire: Effect.acquireRelease(loadBounded(modelId, purpose), (instance) =>
-        instance.dispose.pipe(Effect.interruptible, Effect.timeoutOption("5 seconds"))
+        instance.dispose.pipe(Effect.interruptible, Effect.timeoutOption(ABANDON_AFTER))
       ),
       min: Math.min(config.minInstances, max),
       max,
       timeToLive: config.idleTimeToLive,
       timeToLiveStrategy: "usage"
-    })
+    }).pipe(Scope.provide(poolScope))
     pools.set(poolKey(purpose, modelId), pool)
   }
   // Registered after the pools, so it runs before their finalizers (which would wait for
@@ -180,7 +190,15 @@ export const makeWith = Effect.fnUntraced(function* (
       if (Option.isNone(drained)) {
         halt.abort(late())
         yield* Effect.forEach(batchers.values(), (batcher) => batcher.abort(late()), { discard: true })
-        yield* Deferred.await(idle)
+        // A generation stops at its next step; one whose step never returns (a stuck native call)
+        // would hold the close for ever: it is abandoned, as a release is (bounded alike).
+        const stopped = yield* Deferred.await(idle).pipe(Effect.interruptible, Effect.timeoutOption(ABANDON_AFTER))
+        if (Option.isNone(stopped)) {
+          abandoned = true
+          yield* Effect.logWarning(
+            `${provider}: ${inFlight} call(s) still running ${Duration.format(ABANDON_AFTER)} after the shutdown stopped them were abandoned; their instances are released if they ever return`
+          )
+        }
       }
     })
   )
