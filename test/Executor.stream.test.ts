@@ -9,6 +9,7 @@ import {
   Fiber,
   Layer,
   Option,
+  Ref,
   Result,
   Scheduler,
   Scope,
@@ -2373,4 +2374,38 @@ describe("Executor.stream: an upstream whose release never ends", () => {
       })
     )
   }
+})
+
+describe("Executor.stream: a user breaker whose record does not end", () => {
+  it.effect("the stream ends after RELEASE_GRACE, with its answer; the record goes on in the background", () => {
+    // Let go when the test ends, pass or fail, so nothing is left waiting.
+    const stuck = Deferred.makeUnsafe<void>()
+    return Effect.gen(function* () {
+      const recording = yield* Ref.make(0)
+      const breaker: CircuitBreaker.Service = {
+        ...(yield* CircuitBreaker.makeMemory()),
+        admit: (key) =>
+          Effect.succeed({
+            key,
+            probe: false,
+            record: () =>
+              Effect.andThen(
+                Ref.update(recording, (n) => n + 1),
+                Deferred.await(stuck)
+              )
+          })
+      }
+      const { executor } = yield* setup({ respond: () => "a b c" }, { guards: { breaker } })
+      const fiber = yield* Effect.forkChild(collect(executor.stream(ask)))
+      yield* Effect.yieldNow
+      yield* TestClock.adjust("999 millis")
+      assert.isUndefined(fiber.pollUnsafe())
+      assert.strictEqual(yield* Ref.get(recording), 1)
+      yield* TestClock.adjust("1 millis")
+      for (let i = 0; i < 10 && fiber.pollUnsafe() === undefined; i++) yield* Effect.yieldNow
+      assert.isDefined(fiber.pollUnsafe(), "the stream waited for ever for its breaker's record")
+      const parts = yield* Fiber.join(fiber)
+      assert.strictEqual(textOf(parts), "a b c")
+    }).pipe(Effect.ensuring(Deferred.succeed(stuck, undefined)))
+  })
 })

@@ -16,6 +16,7 @@ import * as Input from "../Input.js"
 import type { Permit, Service, State } from "../CircuitBreaker.js"
 import type { StoreError } from "../Redis.js"
 import { type FastBreaker, fastBreakers } from "../policy/fused.js"
+import { selfBounded } from "../policy/plan.js"
 import { type Outcome, outcomeOf } from "./classify.js"
 import { type Config, openTime } from "./options.js"
 import { type Entry, makeRegistry } from "./registry.js"
@@ -508,5 +509,6 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
     size: registry.size
   }
   if (fastLane !== undefined) fastBreakers.set(service, fastLane)
+  selfBounded.add(service)
   return service
 })

@@ -25,6 +25,15 @@ export interface BreakerGuard {
 }
 
 /**
+ * The breakers whose permits' records bound themselves (this library's own: the memory store
+ * answers at once, Redis within its timeout). A record of any other is waited for up to a
+ * grace, then left to end in the background (`stream-attempt.ts`).
+ *
+ * @internal
+ */
+export const selfBounded = new WeakSet<object>()
+
+/**
  * @internal
  */
 export interface BreakerPermit {

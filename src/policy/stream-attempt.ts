@@ -34,7 +34,7 @@ import type { Series } from "../stats/series.js"
 import type { Ending, Lanes, Watch } from "./deadline.js"
 import type { Engine } from "./engine.js"
 import { cutByShutdown, notAnAiError, unexpected } from "./failure.js"
-import type { BreakerPermit } from "./plan.js"
+import { type BreakerPermit, selfBounded } from "./plan.js"
 import { answerAttributes, endSpan } from "./span.js"
 import { attemptAttributes } from "./step.js"
 import { prepareRefusal, type StreamPlan, type StreamStep } from "./stream-plan.js"
@@ -55,7 +55,11 @@ export const RELEASE_GRACE = Duration.seconds(1)
 // closed: the shutdown). A close that ends without suspending (the usual case) costs no timer. Its
 // failure (a finalizer's) is no outcome of the stream: its consumer's outcome is decided already.
 const closeWithin = (scope: Scope.Closeable, lanes: Lanes): Effect.Effect<void> =>
-  Effect.flatMap(Effect.forkDetach(Effect.exit(Scope.close(scope, Exit.void)), { startImmediately: true }), (fiber) =>
+  endWithin(Scope.close(scope, Exit.void), lanes)
+
+// `effect` on a fiber of its own, waited for as `closeWithin` waits for a close.
+const endWithin = (effect: Effect.Effect<unknown, unknown>, lanes: Lanes): Effect.Effect<void> =>
+  Effect.flatMap(Effect.forkDetach(Effect.exit(effect), { startImmediately: true }), (fiber) =>
     fiber.pollUnsafe() === undefined
       ? Effect.callback<void>((resume) => {
           const watch = lanes.watch(() => resume(Effect.void))
@@ -529,8 +533,11 @@ export const closeAttempt = (
     attempt.fiber?.interruptUnsafe()
     const permit = attempt.permit
     attempt.permit = undefined
-    const record = permit === undefined ? Effect.void : permit.record(attempt.served ? outcome : "ignored")
-    return Effect.andThen(record, () => closeScopes(attempt, lanes))
+    if (permit === undefined) return closeScopes(attempt, lanes)
+    const record = permit.record(attempt.served ? outcome : "ignored")
+    // A user's breaker whose record does not end would hold the stream's end (and its next attempt) for ever.
+    const bounded = selfBounded.has(attempt.step.breaker!) ? record : endWithin(record, lanes)
+    return Effect.andThen(bounded, () => closeScopes(attempt, lanes))
   })
 
 // The upstream's scope first, bounded (unless the producer closed it at its Finish: no fiber then), then
