@@ -1,7 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Result, Stream, Tracer } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Metric, Result, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import type { AiError, ModelError } from "../src/AiError.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Executor from "../src/Executor.js"
 import * as Metrics from "../src/Metrics.js"
 import { ModelProvider } from "../src/Model.js"
@@ -1308,4 +1309,34 @@ describe("Executor.execute: an onRetry hook that ignores its interruption", () =
       assert.isDefined(stopping.pollUnsafe(), "interrupting the batch waited for its items' hooks")
     })
   )
+})
+
+describe("Executor: a user breaker whose record does not end", () => {
+  it.effect("a cancelled call is let go at once, as from an attempt that ignores its interruption", () => {
+    // Let go when the test ends, pass or fail, so nothing is left waiting.
+    const stuck = Deferred.makeUnsafe<void>()
+    return Effect.gen(function* () {
+      const memory = yield* CircuitBreaker.makeMemory()
+      const breaker: CircuitBreaker.Service = {
+        ...memory,
+        // Its record (in an `onExit`, uninterruptible) never ends.
+        execute: (key, effect) =>
+          memory.execute(
+            key,
+            Effect.onExit(effect, () => Deferred.await(stuck))
+          )
+      }
+      const { executor } = yield* setup({ respond: () => "hi" }, { guards: { breaker } })
+      const call = yield* Effect.forkChild(executor.execute({ prompt: "x" }))
+      yield* Effect.yieldNow
+      assert.isUndefined(call.pollUnsafe())
+      const cancelling = yield* Effect.forkChild(Fiber.interrupt(call))
+      for (let i = 0; i < 10 && cancelling.pollUnsafe() === undefined; i++) yield* Effect.yieldNow
+      assert.isDefined(cancelling.pollUnsafe(), "the cancelled call waited for ever for its breaker's record")
+      assert.isTrue(Exit.hasInterrupts((yield* Fiber.await(call)) as Exit.Exit<unknown, unknown>))
+      // The same breaker's calls that end still answer
+      yield* Deferred.succeed(stuck, undefined)
+      assert.strictEqual((yield* executor.execute({ prompt: "x" })).text, "hi")
+    }).pipe(Effect.ensuring(Deferred.succeed(stuck, undefined)))
+  })
 })

@@ -19,7 +19,7 @@ import { schedule as retrySchedule } from "../Policy.js"
 import type { Series } from "../stats/series.js"
 import { cutByShutdown, malformedAnswer, notAnAiError, unexpected } from "./failure.js"
 import type * as Deadline from "./deadline.js"
-import type { Cut, Plan, Step, Telemetry } from "./plan.js"
+import { type BreakerGuard, type Cut, type Plan, selfBounded, type Step, type Telemetry } from "./plan.js"
 import { breakered, type Queued } from "./queued.js"
 import { isTraced } from "./span.js"
 
@@ -257,6 +257,12 @@ export const make = (env: Env): Driver => {
     return replaced === undefined ? result : Exit.fail(replaced)
   }
 
+  // A user's breaker whose record ignores its interruption (in an `onExit`) and never ends would hold
+  // a cancelled call for ever: it runs on the lanes, which let the caller go as from an attempt that
+  // ignores its interruption. This library's breakers bound their own records, and run as they are.
+  const letGo = <A>(breaker: BreakerGuard, guarded: Effect.Effect<A, AiError>): Effect.Effect<A, AiError> =>
+    selfBounded.has(breaker) ? guarded : tracked(guarded)
+
   // One attempt: rate limit (outside the deadline), breaker, deadline, provider slot, call.
   const attempt = <T, A>(
     step: Step<T>,
@@ -307,7 +313,7 @@ export const make = (env: Env): Driver => {
         step,
         plan,
         counter,
-        step.breaker === undefined ? deadlined : step.breaker.execute(step.name, deadlined)
+        step.breaker === undefined ? deadlined : letGo(step.breaker, step.breaker.execute(step.name, deadlined))
       )
     }
     // Queued for its slot: the attempt's deadline covers the wait, and its breaker
@@ -342,7 +348,7 @@ export const make = (env: Env): Driver => {
       step,
       plan,
       counter,
-      step.breaker === undefined ? deadlined : breakered(step.breaker, step.name, state, deadlined)
+      step.breaker === undefined ? deadlined : letGo(step.breaker, breakered(step.breaker, step.name, state, deadlined))
     )
   }
 
