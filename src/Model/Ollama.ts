@@ -341,7 +341,6 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   return { name, defaultModel, generate, stream, embed } satisfies Model.Service
 })
 
-/** Ollama says `stop` when the model called tools. */
 // A tool message names its call by id: two calls of one id could not both be answered.
 const repeatedIdError = (
   ctx: Errors.CallContext,
@@ -354,6 +353,7 @@ const repeatedIdError = (
     `the id "${calls[at]!.id}" is given twice (first at the answer's call ${first})`
   )
 
+/** Ollama says `stop` when the model called tools. */
 const finishOf = (reason: string | null | undefined, toolCalls: number): Model.FinishReason => {
   const finish = finishReasonOf(reason)
   return toolCalls > 0 && finish !== "length" ? "tool_calls" : finish

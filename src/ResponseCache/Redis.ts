@@ -202,32 +202,30 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
     return bytes + rest - 1 <= limit
   }
 
-  // Said once: the metric counts them all.
-  let saidTooLong = false
-  const tooLong = (count: number, bytes: number): Effect.Effect<void> => {
-    const counted = Lookup.bump(oversized, count)
-    if (saidTooLong) return counted
-    saidTooLong = true
-    return Effect.andThen(
-      counted,
-      Effect.logWarning(
+  // Each said once: the metric counts them all.
+  const saidOnce = () => {
+    let said = false
+    return (count: number, message: () => string): Effect.Effect<void> => {
+      const counted = Lookup.bump(oversized, count)
+      if (said) return counted
+      said = true
+      return Effect.andThen(counted, Effect.logWarning(message()))
+    }
+  }
+  const sayTooLong = saidOnce()
+  const tooLong = (count: number, bytes: number): Effect.Effect<void> =>
+    sayTooLong(
+      count,
+      () =>
         `ResponseCache ${config.name}: a value of ${bytes} bytes in Redis is longer than maxValueBytes (${maxValueBytes}) allows: not read, a miss (written by a process with a larger bound?); counted in orchestra_cache_oversized_total, not said again`
-      )
     )
-  }
-
-  let saidOverBatch = false
-  const overBatch = (count: number, asked: number): Effect.Effect<void> => {
-    const counted = Lookup.bump(oversized, count)
-    if (saidOverBatch) return counted
-    saidOverBatch = true
-    return Effect.andThen(
-      counted,
-      Effect.logWarning(
+  const sayOverBatch = saidOnce()
+  const overBatch = (count: number, asked: number): Effect.Effect<void> =>
+    sayOverBatch(
+      count,
+      () =>
         `ResponseCache ${config.name}: a getMany of ${asked} keys found more than maxBatchBytes (${maxBatchBytes}) bytes in Redis: ${count} not read, misses (ask for fewer keys at a time); counted in orchestra_cache_oversized_total, not said again`
-      )
     )
-  }
 
   /**
    * Entries of kind `tag` still within their grace, by key; `None` for a miss, a failure, a
