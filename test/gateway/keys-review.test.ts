@@ -7,7 +7,7 @@ import OpenAI from "openai"
 import * as Gateway from "../../src/Gateway.js"
 import type { GatewayError } from "../../src/gateway/errors.js"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
-import * as Store from "../../src/gateway/keys/store.js"
+import * as Limits from "../../src/gateway/keys/limits.js"
 import * as Metrics from "../../src/Metrics.js"
 import * as Redis from "../../src/Redis.js"
 import * as Server from "../utils/httpServer.js"
@@ -86,7 +86,7 @@ describe("KeyStore: the series of its keys' rate limits", () => {
       const tag = unique("many")
       const contexts: Array<Gateway.KeyContext> = []
       // One more (rpm) pair than the store keeps limiters for.
-      for (let i = 0; i <= Store.maxLimiters; i++) {
+      for (let i = 0; i <= Limits.maxLimiters; i++) {
         const created = yield* store.create({ id: `${tag}-${i}`, rpm: i + 1 })
         const context = yield* store.authenticate(created.secret)
         contexts.push(context)
@@ -97,9 +97,9 @@ describe("KeyStore: the series of its keys' rate limits", () => {
           .filter((m) => m.id === Metrics.rateLimitAcquisitions.id)
           .map((m) => String(m.attributes?.["limit"]))
       )
-      assert.strictEqual(series.size, Store.maxLimiters, "the least recently used limiter was closed")
+      assert.strictEqual(series.size, Limits.maxLimiters, "the least recently used limiter was closed")
       assert.isFalse(series.has(`key:${tag}-0`))
-      assert.isTrue(series.has(`key:${tag}-${Store.maxLimiters}`))
+      assert.isTrue(series.has(`key:${tag}-${Limits.maxLimiters}`))
       // The first key's rpm of 1 was used this minute: its rebuilt limiter still refuses a second request.
       const refused = yield* failure(store.reserve(contexts[0]!, "m", estimate(1, 1)))
       assert.deepStrictEqual([refused.reason, refused.code], ["RateLimited", "rate_limit_exceeded"])

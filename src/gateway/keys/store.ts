@@ -1,18 +1,15 @@
 /**
  * The key store on a backend (memory or Redis): authentication through a short cache,
- * per-key limits on `RateLimit`, budget reservations on the ledger (and the gauges of what
+ * per-key limits (`limits.ts`), budget reservations on the ledger (and the gauges of what
  * remains), with the admin operations of `manage.ts`.
  *
  * @internal
  */
-import { Clock, Duration, Effect, Exit, Redacted, Result, Schedule, Scope } from "effect"
+import { Clock, Duration, Effect, Redacted, Result, Schedule, Scope } from "effect"
 import { identity } from "effect/Function"
-import type { RateLimiter } from "effect/persistence"
-import type { ModelError } from "../../AiError.js"
 import type * as Gateway from "../../Gateway.js"
 import * as Input from "../../Input.js"
-import * as RateLimit from "../../RateLimit.js"
-import { type Guard, neverSent, type StoreError } from "../../Redis.js"
+import { neverSent, type StoreError } from "../../Redis.js"
 import { type GatewayError, gatewayError } from "../errors.js"
 import { union } from "../models.js"
 import { allows, notAllowed } from "../routes.js"
@@ -36,6 +33,7 @@ import {
   UnreadableRecord,
   windowEnd
 } from "./ledger.js"
+import * as Limits from "./limits.js"
 import * as Manage from "./manage.js"
 import { id as checkId, configModels, type KeyRecord, type Price, type Resolved } from "./options.js"
 import { hash, randomId } from "./secret.js"
@@ -89,14 +87,6 @@ const count = (input: unknown): number =>
   typeof input === "number" && Number.isFinite(input) && input > 0 ? Math.min(Math.floor(input), maxCount) : 0
 
 /**
- * How many rate limiters (one per distinct `rpm`/`tpm` pair) the store keeps; past it, the least recently
- * used is closed (its counts live in the limits' store, so a rebuilt one goes on from them).
- *
- * @internal
- */
-export const maxLimiters = 1024
-
-/**
  * `storeRetryAfter`: the `Retry-After` of a request refused because the store did not answer,
  * when it is probed again (`redis.probeInterval`).
  *
@@ -105,11 +95,7 @@ export const maxLimiters = 1024
 export const make = Effect.fnUntraced(function* (
   resolved: Resolved,
   backend: Backend,
-  limits: {
-    readonly store: RateLimiter.RateLimiterStore["Service"]
-    readonly guard?: Guard | undefined
-    readonly onStoreError: "allow" | "reject"
-  },
+  limits: Limits.Options,
   onBudgetStoreError: "reject" | "allow",
   storeRetryAfter: Duration.Duration = Duration.seconds(1)
 ) {
@@ -316,80 +302,7 @@ export const make = Effect.fnUntraced(function* (
 
   // --- limits ---
 
-  // By last use (a Map keeps insertion order): admin-created keys may bring any number of pairs, and
-  // the least recently used limiter is closed past maxLimiters (a request holding it still completes).
-  const limiters = new Map<string, { readonly service: RateLimit.Service; readonly scope: Scope.Closeable }>()
-  const limiterFor = (
-    rpm: number | undefined,
-    tpm: number | undefined
-  ): Effect.Effect<RateLimit.Service, GatewayError> => {
-    const name = `${rpm ?? 0}/${tpm ?? 0}`
-    const found = limiters.get(name)
-    if (found !== undefined) {
-      limiters.delete(name)
-      limiters.set(name, found)
-      return Effect.succeed(found.service)
-    }
-    // Built by a request, its series kept by the key store: they leave the registry when the limiter is
-    // evicted or the store closes (at once for one built after: a request still running then).
-    const own = Scope.forkUnsafe(scope)
-    return RateLimit.makeScoped(
-      { default: { requestsPerMinute: rpm, tokensPerMinute: tpm }, maxWait: resolved.rateLimitWait },
-      limits.store,
-      { onStoreError: limits.onStoreError, guard: limits.guard }
-    ).pipe(
-      Scope.provide(own),
-      Effect.flatMap((made) => {
-        const existing = limiters.get(name)
-        if (existing !== undefined) return Effect.as(Scope.close(own, Exit.void), existing.service)
-        limiters.set(name, { service: made, scope: own })
-        if (limiters.size <= maxLimiters) return Effect.succeed(made)
-        const [oldest, evicted] = limiters.entries().next().value!
-        limiters.delete(oldest)
-        return Effect.as(Scope.close(evicted.scope, Exit.void), made)
-      }),
-      Effect.onError(() => Scope.close(own, Exit.void)),
-      Effect.mapError((error) => gatewayError("Internal", `the rate limit of a key cannot be built: ${error.message}`))
-    )
-  }
-
-  const limitError = (record: KeyRecord, tokens: number) => (error: ModelError) => {
-    // Failing closed, a limit whose store did not answer refused the request: an outage, not a limit reached.
-    if (RateLimit.isStoreRefusal(error)) return unavailable("rate limit")
-    const retryAfter = error.retryAfter === undefined ? {} : { retryAfter: error.retryAfter }
-    if (error.rateLimit !== undefined && error.limit !== undefined) {
-      const per = error.rateLimit === "requests" ? "requests per min (RPM)" : "tokens per min (TPM)"
-      const requested = error.rateLimit === "requests" ? 1 : tokens
-      const wait =
-        error.retryAfter === undefined
-          ? ""
-          : ` Please try again in ${Math.ceil(Duration.toMillis(error.retryAfter) / 1000)}s.`
-      return gatewayError(
-        "RateLimited",
-        `Rate limit reached for key "${record.id}" on ${per}: Limit ${error.limit}, Requested ${requested}.${wait}`,
-        { code: "rate_limit_exceeded", rateLimit: error.rateLimit, limit: error.limit, ...retryAfter }
-      )
-    }
-    const limitsText = [
-      record.rpm === undefined ? undefined : `${record.rpm} requests`,
-      record.tpm === undefined ? undefined : `${record.tpm} tokens`
-    ]
-      .filter((part) => part !== undefined)
-      .join(" and ")
-    const wait =
-      error.retryAfter === undefined ? "" : `; retry after ${Math.ceil(Duration.toMillis(error.retryAfter) / 1000)} s`
-    return gatewayError("RateLimited", `Rate limit reached for key "${record.id}": ${limitsText} per minute${wait}`, {
-      code: "rate_limit_exceeded",
-      ...retryAfter
-    })
-  }
-
-  const limit = (record: KeyRecord, tokens: number): Effect.Effect<void, GatewayError> =>
-    record.rpm === undefined && record.tpm === undefined
-      ? Effect.void
-      : Effect.flatMap(limiterFor(record.rpm, record.tpm), (limiter) =>
-          Effect.mapError(limiter.acquire(`key:${record.id}`, { tokens }), limitError(record, tokens))
-        )
+  const limit = Limits.make(scope, limits, resolved.rateLimitWait, () => unavailable("rate limit"))
 
   // --- budgets ---
 
