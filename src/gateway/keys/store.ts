@@ -37,6 +37,7 @@ import * as Limits from "./limits.js"
 import * as Manage from "./manage.js"
 import { id as checkId, configModels, type KeyRecord, type Price, type Resolved } from "./options.js"
 import { hash, randomId } from "./secret.js"
+import * as Unrecorded from "./unrecorded.js"
 
 /** A reservation this store made; settled or released once. */
 class Held {
@@ -410,105 +411,18 @@ export const make = Effect.fnUntraced(function* (
     Effect.logWarning(
       `gateway: the usage of a request of the key "${keyId}" may not have been recorded: its settle failed after it may have reached the key store, and when the store answered again the reservation's lease (reservationTtl ${resolved.reservationTtlMs} ms) had ended; charged only if that first attempt ran: ${chargesText(charges, actual)}`
     )
-  // The usage of requests let through unreserved (budgets "allow") whose settle never reached the store (an
-  // outage): summed by counter, and recorded by one settle of each batch of sums once the store answers. A
-  // settle tried again per request held a fiber and ~10 KB each, waking on its schedule, for up to
-  // reservationTtl: a gateway serving 100 requests a second through a 15-minute outage held 90,000 of them
-  // (about 1 GB) and spent its CPU retrying them. Nothing of such a request is held and no attempt of its
-  // settle ran, so a sum of them is charged once, by the mark of its batch's own settle.
-  interface Unrecorded {
-    readonly keyId: string
-    readonly counter: Counter
-    amount: number
-  }
-  const unrecorded = new Map<string, Unrecorded>()
-  let flushing = false
-  const unrecordedBatch = 128
-
-  const unrecordedText = (batch: ReadonlyArray<Unrecorded>): string =>
-    batch
-      .map(({ counter, amount }) => `${amountText(counter, amount)} to the ${counter.scope} "${counter.scopeId}"`)
-      .join(", ")
-  const lostUnrecorded = (batch: ReadonlyArray<Unrecorded>, why: string): Effect.Effect<void> =>
-    batch.length === 0
-      ? Effect.void
-      : Effect.logError(
-          `gateway: the usage of requests let through while the key store was unavailable was not recorded: ${why}; not charged: ${unrecordedText(batch)}`
-        )
-
-  const settleBatch = (batch: ReadonlyArray<Unrecorded>): Effect.Effect<void> => {
-    const id = `${processId}.${(sequence++).toString(36)}`
-    const charges = batch.map(({ counter }) => ({ counter, amount: 0 }))
-    const actual = batch.map(({ amount }) => amount)
-    return Effect.suspend(() => backend.settle(id, charges, actual, now(), true)).pipe(
-      Effect.retry(laterSchedule),
-      Effect.matchEffect({
-        onFailure: () =>
-          lostUnrecorded(
-            batch,
-            `the key store did not take its settle within reservationTtl (${resolved.reservationTtlMs} ms)`
-          ),
-        onSuccess: ({ levels }) =>
-          Effect.forEach(
-            batch,
-            ({ keyId }, i) => {
-              const level = levels[i]!
-              if (level instanceof UnreadableCounter) return reportCounter(level)
-              gauge(keyId, batch[i]!.counter, level)
-              return Effect.void
-            },
-            { discard: true }
-          )
-      }),
-      Effect.onInterrupt(() => lostUnrecorded(batch, "the key store closed before Redis took its settle"))
-    )
-  }
-
-  const takeBatch = (): ReadonlyArray<Unrecorded> => {
-    const batch: Array<Unrecorded> = []
-    for (const [name, entry] of unrecorded) {
-      if (batch.length >= unrecordedBatch) break
-      unrecorded.delete(name)
-      batch.push(entry)
-    }
-    return batch
-  }
-
-  const flushUnrecorded: Effect.Effect<void> = Effect.suspend(() => {
-    const batch = takeBatch()
-    if (batch.length === 0) {
-      flushing = false
-      return Effect.void
-    }
-    return Effect.andThen(settleBatch(batch), flushUnrecorded)
+  // Usage let through unreserved during an outage (budgets "allow"): summed by counter, settled in batches.
+  const addUnrecorded = Unrecorded.make({
+    nextId: () => `${processId}.${(sequence++).toString(36)}`,
+    settle: backend.settle,
+    retryLater: (effect) => Effect.retry(effect, laterSchedule),
+    now,
+    reservationTtlMs: resolved.reservationTtlMs,
+    reportCounter,
+    gauge,
+    amountText,
+    scope
   })
-
-  const addUnrecorded = (keyId: string, charges: ReadonlyArray<Charge>, actual: ReadonlyArray<number>) =>
-    Effect.suspend(() => {
-      for (let i = 0; i < charges.length; i++) {
-        const amount = actual[i] ?? 0
-        if (amount <= 0) continue
-        const counter = charges[i]!.counter
-        const entry = unrecorded.get(counter.name)
-        if (entry === undefined) unrecorded.set(counter.name, { keyId, counter, amount })
-        else entry.amount = Math.min(Number.MAX_SAFE_INTEGER, entry.amount + amount)
-      }
-      if (flushing || unrecorded.size === 0) return Effect.void
-      flushing = true
-      return flushUnrecorded.pipe(
-        // Closed (the gateway shut down): what waits for the next batch is said too.
-        Effect.onInterrupt(() =>
-          Effect.suspend(() => {
-            flushing = false
-            const left = [...unrecorded.values()]
-            unrecorded.clear()
-            return lostUnrecorded(left, "the key store closed before Redis took its settle")
-          })
-        ),
-        Effect.forkIn(scope),
-        Effect.asVoid
-      )
-    })
 
   const settleLater = (
     held: Held,
