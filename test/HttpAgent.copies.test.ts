@@ -1,28 +1,10 @@
-/**
- * An agent not made by `HttpAgent.agent`: a copy of one with a field changed (`{ ...agent, url }`),
- * or one written by hand. Its fields are checked as `HttpAgent.agent` checks them: what is wrong is
- * an `InvalidRequest` record naming the field, nothing is sent.
- */
-import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Layer, Metric, Redacted } from "effect"
-import * as CircuitBreaker from "../src/CircuitBreaker.js"
-import * as Executor from "../src/Executor.js"
+import { Duration, Effect, Exit, Redacted } from "effect"
 import * as HttpAgent from "../src/HttpAgent.js"
-import * as Mock from "../src/Model/Mock.js"
 import * as AgentServer from "./utils/agentServer.js"
+import * as HttpAgents from "./utils/httpAgents.js"
 
-const agents = () =>
-  Layer.build(
-    HttpAgent.layer().pipe(
-      Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
-      Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}))),
-      Layer.provide(NodeHttpClient.layerUndici)
-    )
-  ).pipe(
-    Effect.provideService(Metric.MetricRegistry, new Map()),
-    Effect.map((context) => Context.get(context, HttpAgent.HttpAgents))
-  )
+const agents = () => HttpAgents.agents()
 
 describe("HttpAgent: an agent copied with a field changed, or written by hand", () => {
   it.effect("is checked as HttpAgent.agent checks one: a wrong field is an InvalidRequest record naming it", () =>

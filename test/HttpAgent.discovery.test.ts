@@ -5,26 +5,15 @@
  */
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer, Metric, Redacted } from "effect"
-import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import { Effect, Layer, Redacted } from "effect"
 import * as Discovery from "../src/Discovery.js"
-import * as Executor from "../src/Executor.js"
 import * as HttpAgent from "../src/HttpAgent.js"
-import * as Mock from "../src/Model/Mock.js"
 import * as AgentServer from "./utils/agentServer.js"
+import * as HttpAgents from "./utils/httpAgents.js"
 import * as Server from "./utils/httpServer.js"
 
 const agents = (discovery: Layer.Layer<Discovery.Discovery, unknown>) =>
-  Layer.build(
-    HttpAgent.layer().pipe(
-      Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
-      Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
-      Layer.provide(NodeHttpClient.layerUndici)
-    )
-  ).pipe(
-    Effect.provideService(Metric.MetricRegistry, new Map()),
-    Effect.map((context) => Context.get(context, HttpAgent.HttpAgents))
-  )
+  HttpAgents.agents(undefined, undefined, discovery)
 
 describe("HttpAgent: the agents discovery finds", () => {
   it.effect("are sent no headers of the application's nor the registry's token", () =>

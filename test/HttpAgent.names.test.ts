@@ -1,29 +1,12 @@
-/**
- * The names the agents' records, metrics and stats use for themselves: `unknown` (the tasks that
- * named no valid agent) and `discovery:<name>` (the tasks discovery answered for). An agent given
- * one of them would add its figures to theirs.
- */
-import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer, Metric } from "effect"
-import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import { Effect, type Layer } from "effect"
 import * as Discovery from "../src/Discovery.js"
-import * as Executor from "../src/Executor.js"
 import * as HttpAgent from "../src/HttpAgent.js"
-import * as Mock from "../src/Model/Mock.js"
 import * as AgentServer from "./utils/agentServer.js"
+import * as HttpAgents from "./utils/httpAgents.js"
 
 const agents = (discovery: Layer.Layer<Discovery.Discovery, unknown>) =>
-  Layer.build(
-    HttpAgent.layer().pipe(
-      Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
-      Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}), discovery)),
-      Layer.provide(NodeHttpClient.layerUndici)
-    )
-  ).pipe(
-    Effect.provideService(Metric.MetricRegistry, new Map()),
-    Effect.map((context) => Context.get(context, HttpAgent.HttpAgents))
-  )
+  HttpAgents.agents(undefined, undefined, discovery)
 
 describe("HttpAgent: names the library uses itself", () => {
   it.effect("an agent named unknown or discovery:<name> is refused naming agent.name; its figures mix with none", () =>
