@@ -174,6 +174,25 @@ describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", ()
       }).pipe(Effect.scoped)
   )
 
+  it.effect("requestLimits (the name EffectAi.LanguageModelOptions gives the bounds) is accepted and holds", () =>
+    Effect.gen(function* () {
+      const layer = Router.layerLanguageModel("backup", { requestLimits: { maxInputChars: 10 } }).pipe(
+        Layer.provideMerge(manager)
+      )
+      const error = yield* LanguageModel.generateText({ prompt: "a prompt longer than ten characters" }).pipe(
+        Effect.provide(layer),
+        Effect.flip
+      )
+      assert.strictEqual(error._tag, "AiError")
+      assert.strictEqual(error.reason._tag, "InvalidRequestError")
+      const text = yield* LanguageModel.generateText({ prompt: "short" }).pipe(
+        Effect.provide(layer),
+        Effect.map((response) => response.text)
+      )
+      assert.strictEqual(text, "answered by the backup")
+    })
+  )
+
   it.effect("streamText streams through the same chain", () =>
     Effect.gen(function* () {
       const parts = yield* Stream.runCollect(LanguageModel.streamText({ prompt: "hello" }))

@@ -37,6 +37,7 @@ export const languageModelLayer = (
     {
       name: options.name ?? (typeof domains === "string" ? domains : domains.join(",")),
       settings: options.settings,
+      requestLimits: options.requestLimits,
       limits: options.limits
     }
   )
