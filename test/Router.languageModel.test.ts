@@ -183,8 +183,7 @@ describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", ()
         Effect.provide(layer),
         Effect.flip
       )
-      assert.strictEqual(error._tag, "AiError")
-      assert.strictEqual(error.reason._tag, "InvalidRequestError")
+      assert.strictEqual(error._tag === "AiError" && error.reason._tag, "InvalidRequestError")
       const text = yield* LanguageModel.generateText({ prompt: "short" }).pipe(
         Effect.provide(layer),
         Effect.map((response) => response.text)
