@@ -386,7 +386,14 @@ export const layerLanguageModel = (
     })
   )
 
-const languageModelKeys: ReadonlySet<string> = new Set(["name", "settings", "requestLimits", "limits", "call", "stream"])
+const languageModelKeys: ReadonlySet<string> = new Set([
+  "name",
+  "settings",
+  "requestLimits",
+  "limits",
+  "call",
+  "stream"
+])
 
 // The options' keys, checked when the layer is built: a misspelt `call` or `stream` key would
 // otherwise fail every call (or, for a stream, be ignored), and a misspelt top-level key would
