@@ -232,10 +232,12 @@ type AnyToolkit = Toolkit.WithHandler<AnyTools>
 export const toolkitOf = (tools: ReadonlyArray<Model.ToolDefinition>): AnyToolkit => {
   const record: Record<string, Tool.Any> = {}
   for (const tool of tools) {
-    record[tool.name] = Tool.dynamic(tool.name, {
+    const declared = Tool.dynamic(tool.name, {
       description: tool.description,
       parameters: (tool.parameters ?? { type: "object", properties: {} }) as JsonSchema.JsonSchema
     })
+    // Strict mode is a per-tool annotation there: the provider package sends it as our HTTP providers do.
+    record[tool.name] = tool.strict === undefined ? declared : declared.annotate(Tool.Strict, tool.strict)
   }
   return { tools: record, handle: () => Effect.die("effect-orchestra: tool calls are returned, not run") }
 }
@@ -340,10 +342,13 @@ const toolsOf = (
           )
         }
         const description = Tool.getDescription(tool)
+        // `Tool.Strict` asks for exact arguments (OpenAI's strict mode): our `strict`, which the providers send.
+        const strict = Tool.getStrictMode(tool)
         tools.push({
           name: tool.name,
           ...(description === undefined ? {} : { description }),
-          parameters: Tool.getJsonSchema(tool) as Record<string, unknown>
+          parameters: Tool.getJsonSchema(tool) as Record<string, unknown>,
+          ...(strict === undefined ? {} : { strict })
         })
       }
       const choice = options.toolChoice

@@ -1,0 +1,67 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Layer, Schema, Stream } from "effect"
+import { LanguageModel, type Response, Tool, Toolkit } from "effect/ai"
+import type * as Model from "../src/Model.js"
+import * as EffectAi from "../src/Model/EffectAi.js"
+import * as Mock from "../src/Model/Mock.js"
+
+const Lookup = Tool.make("Lookup", {
+  description: "Weather by city",
+  parameters: Schema.Struct({ city: Schema.String }),
+  success: Schema.String
+})
+
+describe("EffectAi: tools across the bridge", () => {
+  it.effect("Tool.Strict reaches the target as the tool's strict, and a strict tool reaches effect/ai annotated", () =>
+    Effect.gen(function* () {
+      // effect/ai -> target
+      const { provider, control } = yield* Mock.make({
+        script: [Mock.Outcome.succeed("ok"), Mock.Outcome.succeed("ok"), Mock.Outcome.succeed("ok")]
+      })
+      const ask = (tool: typeof Lookup) => {
+        const toolkit = Toolkit.make(tool)
+        return LanguageModel.generateText({ prompt: "x", toolkit, disableToolCallResolution: true }).pipe(
+          Effect.provide(toolkit.toLayer({ Lookup: () => Effect.succeed("sunny") })),
+          Effect.provide(EffectAi.layerLanguageModel(provider))
+        )
+      }
+      const strictOf = Effect.map(control.requests, (log) => {
+        const request = log[log.length - 1]?.request as Model.GenerateRequest | undefined
+        return request?.tools?.map((tool) => tool.strict)
+      })
+      yield* ask(Lookup.annotate(Tool.Strict, true))
+      assert.deepStrictEqual(yield* strictOf, [true])
+      yield* ask(Lookup.annotate(Tool.Strict, false))
+      assert.deepStrictEqual(yield* strictOf, [false])
+      yield* ask(Lookup)
+      assert.deepStrictEqual(yield* strictOf, [undefined])
+
+      // target -> effect/ai
+      const seen: Array<LanguageModel.ProviderOptions> = []
+      const lm = yield* LanguageModel.make({
+        generateText: (options) =>
+          Effect.sync(() => {
+            seen.push(options)
+            return [
+              { type: "text", text: "ok" },
+              { type: "finish", reason: "stop", usage: { inputTokens: {}, outputTokens: {} } }
+            ] satisfies Array<Response.PartEncoded>
+          }),
+        streamText: () => Stream.empty
+      })
+      const bridged = yield* EffectAi.make().pipe(Effect.provide(Layer.succeed(LanguageModel.LanguageModel, lm)))
+      yield* bridged.generate({
+        prompt: "x",
+        tools: [{ name: "strict_one", strict: true }, { name: "loose_one", strict: false }, { name: "unsaid" }]
+      })
+      assert.deepStrictEqual(
+        seen[0]?.tools.map((tool) => [tool.name, Tool.getStrictMode(tool)]),
+        [
+          ["strict_one", true],
+          ["loose_one", false],
+          ["unsaid", undefined]
+        ]
+      )
+    })
+  )
+})
