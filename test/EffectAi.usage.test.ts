@@ -52,3 +52,26 @@ describe("EffectAi.make: the usage of a hand-made effect/ai LanguageModel", () =
     })
   )
 })
+
+describe("EffectAi.make: usage given by its parts", () => {
+  it.effect("a usage without totals (uncached + cache reads, text + reasoning) is the sum of its parts", () =>
+    Effect.gen(function* () {
+      const usage = {
+        inputTokens: { uncached: 10, cacheRead: 90, cacheWrite: 5 },
+        outputTokens: { text: 3, reasoning: 7 }
+      }
+      const finish = { type: "finish", reason: "stop", usage } as const
+      const lm = yield* LanguageModel.make({
+        generateText: () => Effect.succeed([{ type: "text", text: "hello" }, finish]),
+        streamText: () => Stream.make({ type: "text-delta", id: "t", delta: "hello" }, finish)
+      })
+      const provider = yield* EffectAi.make().pipe(Effect.provide(Layer.succeed(LanguageModel.LanguageModel, lm)))
+      const generated = yield* provider.generate({ prompt: "count my tokens" })
+      const parts = yield* Stream.runCollect(provider.stream({ prompt: "count my tokens" }))
+      const last = parts.at(-1)
+      for (const got of [generated.usage, last?._tag === "Finish" ? last.usage : undefined]) {
+        assert.deepStrictEqual(got, { inputTokens: 105, outputTokens: 10, totalTokens: 115 })
+      }
+    })
+  )
+})

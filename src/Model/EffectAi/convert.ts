@@ -243,15 +243,27 @@ export const toolkitOf = (tools: ReadonlyArray<Model.ToolDefinition>): AnyToolki
 }
 
 // A hand-made LanguageModel's finish part is not decoded: its usage, or either count, may be missing.
-const totalOf = (counts: unknown): number | undefined =>
-  typeof counts === "object" && counts !== null
-    ? tokenCount((counts as { readonly total?: number | null | undefined }).total)
-    : undefined
+// Without a total, the parts given are summed (a provider may report uncached and cache reads, or text and
+// reasoning, alone): the counts it reported, rather than an estimate.
+const totalOf = (counts: unknown, parts: ReadonlyArray<string>): number | undefined => {
+  if (typeof counts !== "object" || counts === null) return undefined
+  const record = counts as Record<string, number | null | undefined>
+  const total = tokenCount(record["total"])
+  if (total !== undefined) return total
+  let sum: number | undefined
+  for (const part of parts) {
+    const n = tokenCount(record[part])
+    if (n !== undefined) sum = (sum ?? 0) + n
+  }
+  return sum
+}
+const inputParts = ["uncached", "cacheRead", "cacheWrite"] as const
+const outputParts = ["text", "reasoning"] as const
 
 /** @internal */
 export const usageOf = (usage: Response.Usage | undefined, input: number, output: number): Model.Usage => {
-  const inputTokens = totalOf(usage?.inputTokens) ?? input
-  const outputTokens = totalOf(usage?.outputTokens) ?? output
+  const inputTokens = totalOf(usage?.inputTokens, inputParts) ?? input
+  const outputTokens = totalOf(usage?.outputTokens, outputParts) ?? output
   return { inputTokens, outputTokens, totalTokens: inputTokens + outputTokens }
 }
 
