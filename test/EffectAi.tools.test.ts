@@ -64,4 +64,34 @@ describe("EffectAi: tools across the bridge", () => {
       )
     })
   )
+
+  it.effect("a Schema.Class (an identified schema) reaches the target as an object schema, not a root $ref", () =>
+    Effect.gen(function* () {
+      class Person extends Schema.Class<Person>("Person")({ name: Schema.String, age: Schema.Int }) {}
+      class Args extends Schema.Class<Args>("Args")({ city: Schema.String }) {}
+      const Find = Tool.make("Find", { parameters: Args, success: Schema.String })
+      const { provider, control } = yield* Mock.make({
+        script: [Mock.Outcome.succeed('{"name":"Ada","age":36}'), Mock.Outcome.succeed("ok")]
+      })
+      const layer = EffectAi.layerLanguageModel(provider)
+      const last = Effect.map(control.requests, (log) => log[log.length - 1]?.request as Model.GenerateRequest)
+      // OpenAI's structured outputs and function parameters take an object at the root, never a $ref.
+      const person = yield* LanguageModel.generateObject({ prompt: "who?", schema: Person }).pipe(Effect.provide(layer))
+      assert.deepStrictEqual([person.value.name, person.value.age], ["Ada", 36])
+      const format = (yield* last).responseFormat
+      const schema = format?.type === "json_schema" ? format.schema : {}
+      assert.strictEqual(schema["type"], "object")
+      assert.isUndefined(schema["$ref"])
+      assert.deepStrictEqual(Object.keys(schema["properties"] as object), ["name", "age"])
+      const toolkit = Toolkit.make(Find)
+      yield* LanguageModel.generateText({ prompt: "x", toolkit, disableToolCallResolution: true }).pipe(
+        Effect.provide(toolkit.toLayer({ Find: () => Effect.succeed("found") })),
+        Effect.provide(layer)
+      )
+      const parameters = (yield* last).tools?.[0]?.parameters ?? {}
+      assert.strictEqual(parameters["type"], "object")
+      assert.isUndefined(parameters["$ref"])
+      assert.deepStrictEqual(Object.keys(parameters["properties"] as object), ["city"])
+    })
+  )
 })

@@ -6,7 +6,7 @@
  * @internal
  */
 import { Effect, type JsonSchema, Result } from "effect"
-import { AiError as Ai, type LanguageModel, Prompt, type Response, Tool, type Toolkit } from "effect/ai"
+import { AiError as Ai, LanguageModel, Prompt, type Response, Tool, type Toolkit } from "effect/ai"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
@@ -333,6 +333,11 @@ const toMessages = (prompt: Prompt.Prompt): Result.Result<Array<Model.Message>, 
   return Result.succeed(messages)
 }
 
+// The JSON Schemas as effect/ai's provider packages make them (the transformer the LanguageModel decodes with):
+// an identified schema (a Schema.Class) has its root resolved to the object, where plain conversion answers a
+// root `$ref` that OpenAI's structured outputs and function parameters refuse.
+const schemaOptions = { transformer: LanguageModel.defaultCodecTransformer }
+
 const toolsOf = (
   options: LanguageModel.ProviderOptions
 ): Result.Result<Pick<Model.GenerateRequest, "tools" | "toolChoice" | "responseFormat">, Ai.AiErrorReason> => {
@@ -359,7 +364,7 @@ const toolsOf = (
         tools.push({
           name: tool.name,
           ...(description === undefined ? {} : { description }),
-          parameters: Tool.getJsonSchema(tool) as Record<string, unknown>,
+          parameters: Tool.getJsonSchema(tool, schemaOptions) as Record<string, unknown>,
           ...(strict === undefined ? {} : { strict })
         })
       }
@@ -378,7 +383,7 @@ const toolsOf = (
       out.responseFormat = {
         type: "json_schema",
         name: options.responseFormat.objectName,
-        schema: Tool.getJsonSchemaFromSchema(options.responseFormat.schema) as Record<string, unknown>
+        schema: Tool.getJsonSchemaFromSchema(options.responseFormat.schema, schemaOptions) as Record<string, unknown>
       }
     }
   } catch (cause) {
