@@ -94,4 +94,29 @@ describe("EffectAi: tools across the bridge", () => {
       assert.deepStrictEqual(Object.keys(parameters["properties"] as object), ["city"])
     })
   )
+
+  it.effect(
+    "generateObject's name (the schema's identifier) is made one OpenAI takes: a namespaced class still works",
+    () =>
+      Effect.gen(function* () {
+        class User extends Schema.Class<User>("@app/User")({ name: Schema.String }) {}
+        const { provider, control } = yield* Mock.make({ respond: () => '{"name":"Ada"}' })
+        const last = Effect.map(control.requests, (log) => log[log.length - 1]?.request as Model.GenerateRequest)
+        const nameOf = Effect.map(last, (request) =>
+          request.responseFormat?.type === "json_schema" ? request.responseFormat.name : undefined
+        )
+        const layer = EffectAi.layerLanguageModel(provider)
+        const user = yield* LanguageModel.generateObject({ prompt: "who?", schema: User }).pipe(Effect.provide(layer))
+        assert.strictEqual(user.value.name, "Ada")
+        assert.strictEqual(yield* nameOf, "_app_User")
+        yield* LanguageModel.generateObject({ prompt: "who?", schema: User, objectName: "x".repeat(80) }).pipe(
+          Effect.provide(layer)
+        )
+        assert.strictEqual(yield* nameOf, "x".repeat(64))
+        yield* LanguageModel.generateObject({ prompt: "who?", schema: User, objectName: "user_record" }).pipe(
+          Effect.provide(layer)
+        )
+        assert.strictEqual(yield* nameOf, "user_record")
+      })
+  )
 })

@@ -12,6 +12,7 @@ import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import type { GenerationSettings } from "../EffectAi.js"
 import { tokenCount } from "../http/decode.js"
+import { responseFormatNamePattern } from "../schemas.js"
 
 /** @internal */
 export const nonEmpty = (path: string, input: unknown): Input.Checked<string> =>
@@ -338,6 +339,14 @@ const toMessages = (prompt: Prompt.Prompt): Result.Result<Array<Model.Message>, 
 // root `$ref` that OpenAI's structured outputs and function parameters refuse.
 const schemaOptions = { transformer: LanguageModel.defaultCodecTransformer }
 
+// effect/ai names the object after the schema's identifier, which may be namespaced ("@app/User"): OpenAI takes
+// 1 to 64 of a-z A-Z 0-9 _ - there, and refuses the call otherwise. The name only labels the answer for the model.
+const formatName = (objectName: string): string => {
+  if (responseFormatNamePattern.test(objectName)) return objectName
+  const cleaned = objectName.replace(/[^a-zA-Z0-9_-]/g, "_").slice(0, 64)
+  return cleaned.length === 0 ? "generateObject" : cleaned
+}
+
 const toolsOf = (
   options: LanguageModel.ProviderOptions
 ): Result.Result<Pick<Model.GenerateRequest, "tools" | "toolChoice" | "responseFormat">, Ai.AiErrorReason> => {
@@ -382,7 +391,7 @@ const toolsOf = (
     if (options.responseFormat.type === "json") {
       out.responseFormat = {
         type: "json_schema",
-        name: options.responseFormat.objectName,
+        name: formatName(options.responseFormat.objectName),
         schema: Tool.getJsonSchemaFromSchema(options.responseFormat.schema, schemaOptions) as Record<string, unknown>
       }
     }
