@@ -261,7 +261,8 @@ export interface EmbeddingModelOptions {
  * `Unavailable`, `Timeout`, a retryable `TimeoutError` and an open circuit are
  * `InternalProviderError` (retryable); `Transport` is a `NetworkError`; `InvalidRequest` and
  * `TooLarge` an `InvalidRequestError` (the field as `parameter`); `Unauthorized` an
- * `AuthenticationError`; `ContentFilter` a `ContentPolicyError`; `Decode` an
+ * `AuthenticationError` (a `QuotaExhaustedError` with status 402 or 429, an account's quota);
+ * `ContentFilter` a `ContentPolicyError`; `Decode` an
  * `InvalidResponseError`; the rest `UnknownError`. An exhausted fallback chain maps its last
  * error. The reason's `metadata["effect-orchestra"]` names our error, reason, provider, status
  * and field.

@@ -219,6 +219,9 @@ const reasonOfModelError = (
     case "TooLarge":
       return new Ai.InvalidRequestError({ description, constraint: "too large", metadata, ...http })
     case "Unauthorized":
+      // A 402, or a 429 that is no rate limit (OpenAI's insufficient_quota): the account's quota, which
+      // effect/ai has its own reason for; a refused key or permission is an AuthenticationError.
+      if (extra.status === 402 || extra.status === 429) return new Ai.QuotaExhaustedError({ metadata, ...http })
       return new Ai.AuthenticationError({
         kind: extra.status === 401 ? "InvalidKey" : extra.status === 403 ? "InsufficientPermissions" : "Unknown",
         description,
@@ -260,7 +263,8 @@ const aiReasonOf = (error: AiError, method: string): Ai.AiErrorReason => {
  * `Unavailable`, `Timeout`, a retryable `TimeoutError` and an open circuit are
  * `InternalProviderError` (retryable); `Transport` is a `NetworkError`; `InvalidRequest` and
  * `TooLarge` an `InvalidRequestError` (the field as `parameter`); `Unauthorized` an
- * `AuthenticationError`; `ContentFilter` a `ContentPolicyError`; `Decode` an
+ * `AuthenticationError` (a `QuotaExhaustedError` with status 402 or 429, an account's quota);
+ * `ContentFilter` a `ContentPolicyError`; `Decode` an
  * `InvalidResponseError`; the rest `UnknownError`. An exhausted fallback chain maps its last
  * error. The reason's `metadata["effect-orchestra"]` names our error, reason, provider and status.
  *
