@@ -234,6 +234,12 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
     index: number,
     ctx: CallContext
   ): Result.Result<Model.ToolCall, ModelError> => {
+    if (typeof part.id !== "string") {
+      return Result.fail(decodeError(ctx, `toolCalls[${index}].id`, "a tool call without a string id"))
+    }
+    if (typeof part.name !== "string") {
+      return Result.fail(decodeError(ctx, `toolCalls[${index}].name`, "a tool call without a string name"))
+    }
     const args = argumentsText(part.params)
     if (Result.isFailure(args)) {
       return Result.fail(
@@ -283,7 +289,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       for (const part of response.content) {
         chars += refusals.add(part)
         if (chars > maxOutputChars) return yield* tooLarge(ctx)
-        if (part.type === "response-metadata" && part.modelId !== undefined) answered = part.modelId
+        if (part.type === "response-metadata" && typeof part.modelId === "string") answered = part.modelId
         if (part.type === "tool-call" && !part.providerExecuted) {
           const call = toolCallOf(part, toolCalls.length, ctx)
           if (Result.isFailure(call)) return yield* call.failure
@@ -342,6 +348,9 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
               }
               switch (part.type) {
                 case "text-delta":
+                  if (typeof part.delta !== "string") {
+                    return Effect.fail(decodeError(ctx, "text", "a text-delta part without a string delta"))
+                  }
                   if (part.delta.length === 0) return Effect.succeed([])
                   chars += part.delta.length
                   if (chars > maxOutputChars) return Effect.fail(tooLarge(ctx))
@@ -356,7 +365,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                   return Effect.succeed([{ _tag: "ToolCall", call: call.success }])
                 }
                 case "response-metadata":
-                  if (part.modelId !== undefined) answered = part.modelId
+                  if (typeof part.modelId === "string") answered = part.modelId
                   return Effect.succeed([])
                 case "finish": {
                   const refusal = refusals.value()
