@@ -334,6 +334,24 @@ const finiteVector = (vector: ReadonlyArray<number>, i: number): Result.Result<A
   return Result.succeed([...vector])
 }
 
+/**
+ * What is wrong with the vectors of one answer as a whole: one empty, or of another length than the
+ * first. Vectors of mixed dimensions are not comparable, so no caller gets one of that answer.
+ */
+const unevenOf = (vectors: ReadonlyArray<ReadonlyArray<number>>): Ai.AiErrorReason | undefined => {
+  const size = vectors[0]?.length
+  for (let i = 0; i < vectors.length; i++) {
+    const length = vectors[i]!.length
+    if (length === 0 || length !== size) {
+      return new Ai.InvalidOutputError({
+        description:
+          length === 0 ? `vectors[${i}] is empty` : `vectors[${i}] has ${length} dimensions where the first has ${size}`
+      })
+    }
+  }
+  return undefined
+}
+
 // Each caller of the group gets its own vector, or the group's failure, or its vector's.
 const answerGroup = (group: ReadonlyArray<EmbedEntry>, exit: Exit.Exit<Model.EmbedResponse, Ai.AiError>): void => {
   if (Exit.isFailure(exit)) {
@@ -342,15 +360,18 @@ const answerGroup = (group: ReadonlyArray<EmbedEntry>, exit: Exit.Exit<Model.Emb
   }
   const vectors = exit.value.vectors
   const invalid = (reason: Ai.AiErrorReason) => Exit.fail(Ai.make({ module: MODULE, method: "embed", reason }))
-  const miscount =
-    vectors.length === group.length
-      ? undefined
-      : invalid(
+  const uneven = vectors.length === group.length ? unevenOf(vectors) : undefined
+  const wrong =
+    vectors.length !== group.length
+      ? invalid(
           new Ai.InvalidOutputError({ description: `expected ${group.length} embeddings, got ${vectors.length}` })
         )
+      : uneven === undefined
+        ? undefined
+        : invalid(uneven)
   for (const [i, entry] of group.entries()) {
-    if (miscount !== undefined) {
-      entry.completeUnsafe(miscount)
+    if (wrong !== undefined) {
+      entry.completeUnsafe(wrong)
       continue
     }
     const vector = finiteVector(vectors[i]!, i)
@@ -369,6 +390,8 @@ const answerGroup = (group: ReadonlyArray<EmbedEntry>, exit: Exit.Exit<Model.Emb
 const providerResponseOf = (
   response: Model.EmbedResponse
 ): Result.Result<EmbeddingModel.ProviderResponse, Ai.AiErrorReason> => {
+  const uneven = unevenOf(response.vectors)
+  if (uneven !== undefined) return Result.fail(uneven)
   const results: Array<Array<number>> = []
   for (let i = 0; i < response.vectors.length; i++) {
     const vector = finiteVector(response.vectors[i]!, i)
