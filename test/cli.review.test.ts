@@ -58,6 +58,33 @@ describe("config: the openai-compatible provider's sendThoughtSignatures", () =>
   )
 })
 
+describe("config: a key over plain http off loopback", () => {
+  it.effect(
+    "is refused at apiKeyEnv unless the provider says allowPlainHttpSecrets (a boolean of the file); no key, no refusal",
+    () =>
+      Effect.gen(function* () {
+        const check = (provider: Record<string, unknown>) =>
+          Setup.check(loaded({ providers: { o: provider } })).pipe(withEnv({ CLI_PLAIN_KEY: "k-123456" }))
+        const vllm = { type: "openai-compatible", baseUrl: "http://10.0.0.5:8000/v1" }
+        // Without apiKeyEnv no key is sent: nothing to refuse.
+        assert.strictEqual((yield* check(vllm)).defaultProvider, "o")
+        assert.strictEqual((yield* check({ type: "ollama", host: "gpu-box.lan" })).defaultProvider, "o")
+        const [issue, ...rest] = (yield* Effect.flip(check({ ...vllm, apiKeyEnv: "CLI_PLAIN_KEY" }))).issues
+        assert.strictEqual(rest.length, 0)
+        assert.strictEqual(issue!.path, "providers.o.apiKeyEnv")
+        assert.include(issue!.message, "10.0.0.5:8000")
+        assert.include(issue!.message, "allowPlainHttpSecrets")
+        const allowed = { ...vllm, apiKeyEnv: "CLI_PLAIN_KEY", allowPlainHttpSecrets: true }
+        assert.strictEqual((yield* check(allowed)).defaultProvider, "o")
+        const [notBoolean] = (yield* Effect.flip(check({ ...allowed, allowPlainHttpSecrets: "yes" }))).issues
+        assert.strictEqual(notBoolean!.path, "providers.o.allowPlainHttpSecrets")
+        const gemini = { type: "gemini", baseUrl: "http://10.0.0.6", apiKeyEnv: "CLI_PLAIN_KEY" }
+        assert.strictEqual((yield* Effect.flip(check(gemini))).issues[0]!.path, "providers.o.baseUrl")
+        assert.strictEqual((yield* check({ ...gemini, allowPlainHttpSecrets: true })).defaultProvider, "o")
+      })
+  )
+})
+
 describe("config: the ollama provider's embeddingDimensions", () => {
   it.effect("is a field of the file, checked by the library and named by its path", () =>
     Effect.gen(function* () {

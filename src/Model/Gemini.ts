@@ -36,7 +36,10 @@ export interface Options extends Http.Options {
    * vectors have another length is `Decode` on `embeddings[0]`.
    */
   readonly embeddingDimensions?: number | undefined
-  /** Default `https://generativelanguage.googleapis.com`. `http` only on loopback: the key goes there. */
+  /**
+   * Default `https://generativelanguage.googleapis.com`. `http` only on loopback (the key goes
+   * there), unless `allowPlainHttpSecrets`.
+   */
   readonly baseUrl?: string | undefined
   /** Default `v1beta`; one path segment. */
   readonly apiVersion?: string | undefined
@@ -49,6 +52,14 @@ export interface Options extends Http.Options {
   readonly headers?: Http.HeadersOption | undefined
   /** Bounds on requests, checked before any call. Default `Model.defaultRequestLimits`. */
   readonly requestLimits?: Partial<Model.RequestLimits> | undefined
+  /**
+   * Sends the key over a plain `http` URL off loopback: for a network that is the application's
+   * own (a service mesh that encrypts between services, a private link). Default false: such a
+   * URL is refused when the provider is built (an `OptionError` naming it and its host).
+   *
+   * @since 0.3.0
+   */
+  readonly allowPlainHttpSecrets?: boolean | undefined
 }
 
 // One path segment: a query, a fragment or a `..` would take the key elsewhere.
@@ -80,7 +91,8 @@ const optionKeys = Http.knownKeys<Options>({
   apiVersion: true,
   name: true,
   headers: true,
-  requestLimits: true
+  requestLimits: true,
+  allowPlainHttpSecrets: true
 })
 
 const modelOption = (path: string, input: unknown): Input.Checked<string> =>
@@ -107,7 +119,7 @@ const checkOptions = (options: Options) =>
         Input.positiveInt("embeddingDimensions", options.embeddingDimensions, Decode.maxDimensions),
     Result.flatMap(
       Http.rootUrl("baseUrl", Input.orDefault(options.baseUrl, "https://generativelanguage.googleapis.com")),
-      (url) => Http.secretUrl("baseUrl", url)
+      (url) => Http.plainHttpSecrets(url, [["baseUrl", options.apiKey]], options.allowPlainHttpSecrets)
     ),
     Result.flatMap(Http.nonEmpty("apiVersion", Input.orDefault(options.apiVersion, "v1beta")), (version) =>
       API_VERSION.test(version)

@@ -71,6 +71,16 @@ export interface Options extends Http.Options {
    * @since 0.3.0
    */
   readonly requestLimits?: Partial<Model.RequestLimits> | undefined
+  /**
+   * Sends the key (and `Redacted` headers) over a plain `http` URL off loopback: for a network
+   * that is the application's own (a service mesh that encrypts between services, a private
+   * link). Default false: such a provider is refused when built (an `OptionError` naming the
+   * secret's option and the host), since the key would travel in clear text. `http` on loopback
+   * (127.0.0.0/8, `::1`, `localhost`, `0.0.0.0`) and `https` need nothing.
+   *
+   * @since 0.3.0
+   */
+  readonly allowPlainHttpSecrets?: boolean | undefined
 }
 
 /**
@@ -135,7 +145,8 @@ const optionKeys = Http.knownKeys<Options>({
   apiKey: true,
   name: true,
   headers: true,
-  requestLimits: true
+  requestLimits: true,
+  allowPlainHttpSecrets: true
 })
 
 const checkOptions = (options: Options) =>
@@ -169,6 +180,13 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const options = (yield* Input.orOptionError(Input.readFields(given))) as Options
   const [settings, host, name, defaultModel, embeddingModel, api, keepAlive, headerSet, , dimensions, limits] =
     yield* Input.orOptionError(checkOptions(options))
+  yield* Input.orOptionError(
+    Http.plainHttpSecrets(
+      host,
+      [["apiKey", options.apiKey], ...Http.secretHeaders(headerSet.given)],
+      options.allowPlainHttpSecrets
+    )
+  )
   const client = yield* Client.make(settings, options.transformClient, headerSet.secretNames)
   const apiKey = options.apiKey
   const secrets = apiKey === undefined ? headerSet.secrets : [apiKey, ...headerSet.secrets]

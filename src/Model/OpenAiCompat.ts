@@ -90,6 +90,16 @@ export interface Options extends Http.Options {
    * @since 0.3.0
    */
   readonly sendThoughtSignatures?: boolean | undefined
+  /**
+   * Sends the key (and `Redacted` headers) over a plain `http` URL off loopback: for a network
+   * that is the application's own (a service mesh that encrypts between services, a private
+   * link). Default false: such a provider is refused when built (an `OptionError` naming the
+   * secret's option and the host), since the key would travel in clear text. `http` on loopback
+   * (127.0.0.0/8, `::1`, `localhost`, `0.0.0.0`) and `https` need nothing.
+   *
+   * @since 0.3.0
+   */
+  readonly allowPlainHttpSecrets?: boolean | undefined
 }
 
 /**
@@ -152,7 +162,8 @@ const optionKeys = Http.knownKeys<Options>({
   embeddingDimensions: true,
   maxTokensField: true,
   requestLimits: true,
-  sendThoughtSignatures: true
+  sendThoughtSignatures: true,
+  allowPlainHttpSecrets: true
 })
 
 // `describe`s the value: a BigInt or a cycle in the message would throw out of the check.
@@ -208,6 +219,13 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
     headerSet,
     limits
   ] = yield* Input.orOptionError(checkOptions(options))
+  yield* Input.orOptionError(
+    Http.plainHttpSecrets(
+      baseUrl,
+      [["apiKey", options.apiKey], ...Http.secretHeaders(headerSet.given)],
+      options.allowPlainHttpSecrets
+    )
+  )
   const client = yield* Client.make(settings, options.transformClient, headerSet.secretNames)
   const apiKey = options.apiKey
   const secrets = apiKey === undefined ? headerSet.secrets : [apiKey, ...headerSet.secrets]

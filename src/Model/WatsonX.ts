@@ -40,9 +40,9 @@ export interface Options extends Http.Options {
   readonly projectId?: string | undefined
   /** A deployment space instead of a project. */
   readonly spaceId?: string | undefined
-  /** Regional endpoint. Default `https://us-south.ml.cloud.ibm.com`. `http` only on loopback: tokens go there. */
+  /** Regional endpoint. Default `https://us-south.ml.cloud.ibm.com`. `http` only on loopback (tokens go there), unless `allowPlainHttpSecrets`. */
   readonly url?: string | undefined
-  /** Token endpoint. Default `https://iam.cloud.ibm.com/identity/token`. `http` only on loopback: the key goes there. */
+  /** Token endpoint. Default `https://iam.cloud.ibm.com/identity/token`. `http` only on loopback (the key goes there), unless `allowPlainHttpSecrets`. */
   readonly iamUrl?: string | undefined
   /** The API `version` date (`YYYY-MM-DD`, a day of the calendar). Default `2024-05-31`. */
   readonly version?: string | undefined
@@ -66,6 +66,14 @@ export interface Options extends Http.Options {
   readonly name?: string | undefined
   /** Bounds on requests, checked before any call. Default `Model.defaultRequestLimits`. */
   readonly requestLimits?: Partial<Model.RequestLimits> | undefined
+  /**
+   * Sends the key and its tokens over a plain `http` URL off loopback: for a network that is the application's
+   * own (a service mesh that encrypts between services, a private link). Default false: such a
+   * URL is refused when the provider is built (an `OptionError` naming it (`url` or `iamUrl`) and its host).
+   *
+   * @since 0.3.0
+   */
+  readonly allowPlainHttpSecrets?: boolean | undefined
 }
 
 const VERSION = /^(\d{4})-(\d{2})-(\d{2})$/
@@ -108,7 +116,8 @@ const optionKeys = Http.knownKeys<Options>({
   refreshMargin: true,
   tokenTimeout: true,
   name: true,
-  requestLimits: true
+  requestLimits: true,
+  allowPlainHttpSecrets: true
 })
 
 // Never shown: a key read from a file with its newline says so, IAM would refuse it after a call.
@@ -142,11 +151,11 @@ const checkOptions = (options: Options) =>
         ? Result.map(Http.nonEmpty("projectId", options.projectId), (id) => ({ project_id: id }))
         : Result.map(Http.nonEmpty("spaceId", options.spaceId), (id) => ({ space_id: id })),
     Result.flatMap(Http.rootUrl("url", Input.orDefault(options.url, "https://us-south.ml.cloud.ibm.com")), (url) =>
-      Http.secretUrl("url", url)
+      Http.plainHttpSecrets(url, [["url", options.apiKey]], options.allowPlainHttpSecrets)
     ),
     Result.flatMap(
       Http.baseUrl("iamUrl", Input.orDefault(options.iamUrl, "https://iam.cloud.ibm.com/identity/token")),
-      (url) => Http.secretUrl("iamUrl", url)
+      (url) => Http.plainHttpSecrets(url, [["iamUrl", options.apiKey]], options.allowPlainHttpSecrets)
     ),
     versionOf(Input.orDefault(options.version, "2024-05-31")),
     Http.nonEmpty("model", Input.orDefault(options.model, "ibm/granite-3-8b-instruct")),

@@ -26,7 +26,8 @@ const httpFields = {
   timeout: opt(Duration),
   streamIdleTimeout: opt(Duration),
   maxResponseBytes: opt(Num),
-  maxEventBytes: opt(Num)
+  maxEventBytes: opt(Num),
+  allowPlainHttpSecrets: opt(Schema.Boolean)
 }
 
 /**

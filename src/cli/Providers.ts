@@ -224,7 +224,9 @@ export const check = (
     default: {
       // The real layer over a client that is never called: `make` only checks and wires.
       const unused = HttpClient.make(() => Effect.die("no request is sent while checking a config"))
-      const layer = httpLayer(name, spec, apiKey ?? Redacted.make("unset")).pipe(
+      // A stand-in key only where one is sent: one made up for a provider without apiKeyEnv would be refused over
+      // plain http off loopback, where no key goes.
+      const layer = httpLayer(name, spec, apiKey ?? (key === undefined ? undefined : Redacted.make("unset"))).pipe(
         Layer.provide(Layer.succeed(HttpClient.HttpClient, unused))
       )
       return Layer.build(layer).pipe(

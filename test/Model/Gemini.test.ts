@@ -1468,6 +1468,12 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         // The key goes there: plain http only on loopback, else it would cross the network in clear text.
         assert.strictEqual(yield* pathOf({ baseUrl: "http://generativelanguage.googleapis.com" }), "baseUrl")
         assert.strictEqual(yield* pathOf({ baseUrl: "http://192.168.1.10:8080" }), "baseUrl")
+        // Unless the network is said to be the application's own (a checked boolean); the message says how.
+        const refused = yield* Effect.flip(provider(server, { baseUrl: "http://192.168.1.10:8080" }))
+        assert.include(refused.message, "192.168.1.10:8080")
+        assert.include(refused.message, "allowPlainHttpSecrets")
+        yield* provider(server, { baseUrl: "http://192.168.1.10:8080", allowPlainHttpSecrets: true })
+        assert.strictEqual(yield* pathOf({ allowPlainHttpSecrets: "true" as never }), "allowPlainHttpSecrets")
         yield* provider(server, { baseUrl: "https://generativelanguage.googleapis.com" })
         yield* provider(server, { baseUrl: server.url.replace("127.0.0.1", "localhost") })
         // One path segment: the key would follow a query, a fragment or a `..` elsewhere.

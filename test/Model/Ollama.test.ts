@@ -1247,3 +1247,36 @@ describe("Ollama interruption (live)", () => {
     }).pipe(Effect.provide(NodeHttpClient.layerUndici))
   )
 })
+
+layer(NodeHttpClient.layerUndici)("Ollama secrets over plain http", (it) => {
+  it.effect("a key or a Redacted header off loopback over http is an OptionError naming it and the host", () =>
+    Effect.gen(function* () {
+      const apiKey = Redacted.make(KEY)
+      const refusal = (options: Ollama.Options) =>
+        Effect.map(Effect.flip(Ollama.make(options)), (error) => {
+          assert.strictEqual(error._tag, "OptionError")
+          assert.notInclude(error.message, KEY)
+          return { path: error.path, message: error.message }
+        })
+      // OLLAMA_HOST without a scheme is plain http.
+      const key = yield* refusal({ host: "gpu-box.lan", apiKey })
+      assert.strictEqual(key.path, "apiKey")
+      assert.include(key.message, "gpu-box.lan:11434")
+      assert.include(key.message, "allowPlainHttpSecrets")
+      const header = yield* refusal({ host: "http://10.1.2.3:11434", headers: { "x-proxy-token": apiKey } })
+      assert.strictEqual(header.path, 'headers["x-proxy-token"]')
+      assert.strictEqual((yield* refusal({ allowPlainHttpSecrets: 1 as never })).path, "allowPlainHttpSecrets")
+      for (const options of [
+        { host: "https://ollama.com", apiKey },
+        { host: "127.0.0.1:11434", apiKey },
+        { host: "localhost", apiKey },
+        // The ollama CLI's own way to name this machine: nothing crosses a network.
+        { host: "0.0.0.0", apiKey },
+        { host: "gpu-box.lan" },
+        { host: "gpu-box.lan", apiKey, allowPlainHttpSecrets: true }
+      ] satisfies ReadonlyArray<Ollama.Options>) {
+        yield* Ollama.make(options)
+      }
+    })
+  )
+})

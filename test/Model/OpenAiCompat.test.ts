@@ -2347,3 +2347,60 @@ describe("OpenAiCompat with a transformClient that follows redirects", () => {
     }).pipe(Effect.provide(FetchHttpClient.layer))
   )
 })
+
+layer(NodeHttpClient.layerUndici)("OpenAiCompat secrets over plain http", (it) => {
+  const refusal = (options: OpenAiCompat.Options) =>
+    Effect.map(Effect.flip(OpenAiCompat.make(options)), (error) => {
+      assert.strictEqual(error._tag, "OptionError")
+      assert.notInclude(error.message, KEY)
+      return { path: error.path, message: error.message }
+    })
+
+  it.effect("a key or a Redacted header off loopback over http is an OptionError naming it and the host", () =>
+    Effect.gen(function* () {
+      const apiKey = Redacted.make(KEY)
+      const key = yield* refusal({ baseUrl: "http://10.0.0.5:8000/v1", apiKey })
+      assert.strictEqual(key.path, "apiKey")
+      assert.include(key.message, "10.0.0.5:8000")
+      assert.include(key.message, "allowPlainHttpSecrets")
+      // As Azure OpenAI takes its key.
+      const header = yield* refusal({ baseUrl: "http://vllm.internal/v1", headers: { "api-key": apiKey } })
+      assert.strictEqual(header.path, 'headers["api-key"]')
+      assert.include(header.message, "vllm.internal")
+      assert.strictEqual((yield* refusal({ baseUrl: "http://127.0.0.1.nip.io/v1", apiKey })).path, "apiKey")
+      assert.strictEqual((yield* refusal({ baseUrl: "http://[::2]:8000/v1", apiKey })).path, "apiKey")
+      // A checked boolean.
+      const notBoolean = yield* refusal({ allowPlainHttpSecrets: "yes" as never })
+      assert.strictEqual(notBoolean.path, "allowPlainHttpSecrets")
+      // Built: https anywhere, http on loopback, no secret at all, or the network said to be the application's own.
+      for (const options of [
+        { baseUrl: "https://10.0.0.5:8000/v1", apiKey },
+        { baseUrl: "http://localhost:8000/v1", apiKey },
+        { baseUrl: "http://127.0.0.2:8000/v1", apiKey },
+        { baseUrl: "http://[::1]:8000/v1", apiKey },
+        { baseUrl: "http://10.0.0.5:8000/v1", headers: { "x-team": "a" } },
+        { baseUrl: "http://10.0.0.5:8000/v1", apiKey, allowPlainHttpSecrets: true }
+      ] satisfies ReadonlyArray<OpenAiCompat.Options>) {
+        yield* OpenAiCompat.make(options)
+      }
+    })
+  )
+
+  it.effect("with allowPlainHttpSecrets the key goes over plain http", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.json(res, 200, completion("ok")))
+      const p = yield* OpenAiCompat.make({
+        baseUrl: "http://model.internal:8000/v1",
+        apiKey: Redacted.make(KEY),
+        allowPlainHttpSecrets: true,
+        // The host stands for another machine of the application's network: the request reaches the test's server.
+        transformClient: HttpClient.mapRequest((request) =>
+          HttpClientRequest.setUrl(request, request.url.replace("http://model.internal:8000", server.url))
+        )
+      })
+      assert.strictEqual((yield* p.generate({ prompt: "hi" })).text, "ok")
+      const [request] = yield* server.requests
+      assert.strictEqual(request?.headers.authorization, `Bearer ${KEY}`)
+    })
+  )
+})

@@ -1567,6 +1567,13 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
           ]) {
             yield* provider(options)
           }
+          // Unless the network is said to be the application's own (a checked boolean).
+          yield* provider({
+            iamUrl: "http://iam.internal/identity/token",
+            url: "http://10.0.0.5:8080",
+            allowPlainHttpSecrets: true
+          })
+          assert.strictEqual(yield* refusal({ allowPlainHttpSecrets: null as never }), "allowPlainHttpSecrets")
         })
     )
 

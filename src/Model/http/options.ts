@@ -167,15 +167,23 @@ export const baseUrl = (
   return Result.succeed(input.trim().replace(/\/+$/, ""))
 }
 
+// 0.0.0.0 and :: reach this machine as a destination (the ollama CLI's `OLLAMA_HOST=0.0.0.0`): no network either.
 const isLoopbackHost = (hostname: string): boolean => {
   const host = hostname.toLowerCase()
-  return host === "localhost" || host === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+  return (
+    host === "localhost" ||
+    host === "[::1]" ||
+    host === "0.0.0.0" ||
+    host === "[::]" ||
+    /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+  )
 }
 
 /**
  * For a checked URL a secret is sent to (a key, a bearer token): plain `http` is refused unless
- * its host is a loopback address (127.0.0.0/8, `::1`, `localhost`), where nothing crosses a
- * network; elsewhere the secret would travel in clear text.
+ * its host is a loopback address (127.0.0.0/8, `::1`, `localhost`, or `0.0.0.0`), where nothing
+ * crosses a network; elsewhere the secret would travel in clear text. The message names the
+ * URL's host and the `allowPlainHttpSecrets` option that allows it.
  *
  * @since 0.3.0
  * @category checks
@@ -185,10 +193,45 @@ export const secretUrl = (path: string, url: string): Input.Checked<string> => {
   return parsed.protocol === "http:" && !isLoopbackHost(parsed.hostname)
     ? Result.fail({
         path,
-        message: `plain http is refused off loopback (the credentials would travel in clear text): use https, got ${parsed.protocol}//${parsed.host}`
+        message: `plain http is refused off loopback (the credentials would travel in clear text): use https, got ${parsed.protocol}//${parsed.host} (allowPlainHttpSecrets: true sends them, for a network of the application's own)`
       })
     : Result.succeed(url)
 }
+
+/**
+ * For a provider whose secrets (an API key, a `Redacted` header) go to a checked `url`: the
+ * first secret given (`secrets`, each its option's path and value, in order) is refused on
+ * plain `http` off loopback (see {@link secretUrl}), naming its option and the URL's host,
+ * unless `allowPlainHttpSecrets` is true (a checked boolean: anything else is refused naming it).
+ * Gives the URL back.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const plainHttpSecrets = (
+  url: string,
+  secrets: ReadonlyArray<readonly [path: string, value: unknown]>,
+  allowPlainHttpSecrets: unknown
+): Input.Checked<string> => {
+  if (allowPlainHttpSecrets !== undefined && typeof allowPlainHttpSecrets !== "boolean") {
+    return Result.fail({
+      path: "allowPlainHttpSecrets",
+      message: `expected true or false, got ${Input.shown(allowPlainHttpSecrets)}`
+    })
+  }
+  if (allowPlainHttpSecrets === true) return Result.succeed(url)
+  const secret = secrets.find(([, value]) => Redacted.isRedacted(value))
+  return secret === undefined ? Result.succeed(url) : secretUrl(secret[0], url)
+}
+
+/**
+ * The `Redacted` entries of a `headers` option as {@link plainHttpSecrets} reads them.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const secretHeaders = (given: HeadersOption): ReadonlyArray<readonly [string, unknown]> =>
+  Object.keys(given).map((name) => [`headers[${JSON.stringify(name)}]`, given[name]] as const)
 
 /**
  * {@link baseUrl} for a URL the provider appends API paths to ({@link joinUrl}): a query or a
