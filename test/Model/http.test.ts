@@ -426,6 +426,38 @@ describe("errors", () => {
     assert.isTrue(google !== undefined && Duration.isFinite(google))
   })
 
+  it("Retry-After is read strictly (RFC 9110): delay-seconds or one of the three HTTP-date forms, nothing else", () => {
+    const now = Date.parse("2026-01-01T00:00:00Z")
+    const retryAfter = (value: string) => Errors.parseRetryAfter({ "retry-after": value }, now)
+    // The three forms of an HTTP-date, all GMT.
+    assert.deepStrictEqual(retryAfter("Thu, 01 Jan 2026 00:01:00 GMT"), Duration.minutes(1))
+    assert.deepStrictEqual(retryAfter("Thursday, 01-Jan-26 00:01:00 GMT"), Duration.minutes(1))
+    assert.deepStrictEqual(retryAfter("Thu Jan  1 00:01:00 2026"), Duration.minutes(1))
+    // An RFC 850 year more than 50 years ahead is the last century's.
+    assert.deepStrictEqual(retryAfter("Sunday, 06-Nov-94 08:49:37 GMT"), Duration.zero)
+    // What Date.parse takes but is no HTTP-date: a day name with a number (read as 2001), a date that is not in the
+    // calendar (31 Feb, read as 3 March), another zone, a fraction of a second, a loose form.
+    for (const value of [
+      "Mon 1",
+      "Thu 5",
+      "Mon 12 12:00",
+      "Sat, 31 Feb 2026 00:01:00 GMT",
+      "Thu, 01 Jan 2026 00:01:00 PST",
+      "Thu, 01 Jan 2026 00:01:00 +0000",
+      "Thu, 01 Jan 2026 24:01:00 GMT",
+      "Thu, 1 Jan 2026 00:01:00 GMT",
+      "Thu, 01 January 2026 00:01:00 GMT",
+      "2026-01-01T00:01:00Z",
+      "Thu 01 Jan 2026 00:01:00 GMT",
+      "1.5",
+      "+5",
+      "0x10",
+      "1e3"
+    ]) {
+      assert.isUndefined(retryAfter(value), value)
+    }
+  })
+
   it("an error object in a 200 answer or a stream names its field as the same body of a status error does", () => {
     const notFound = { error: { message: "no such model", type: "invalid_request_error", code: "model_not_found" } }
     for (const where of ["answer", "stream"] as const) {
