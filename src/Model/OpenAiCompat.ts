@@ -233,6 +233,8 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const host = new URL(baseUrl).hostname
   const sendSignatures = options.sendThoughtSignatures ?? host === googleOpenAiHost
   const maxStopSequences = isOpenAiHost(host) ? openAiMaxStop : undefined
+  // OpenAI answers tool turns out of its order with a 400; servers of its protocol (vLLM, llama.cpp) take them.
+  const toolTurnsInOrder = isOpenAiHost(host)
 
   const headers: Record<string, string> = { ...headerSet.values }
   if (options.organization !== undefined) headers["OpenAI-Organization"] = options.organization
@@ -261,7 +263,8 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
           maxTokensField,
           provider: name,
           sendSignatures,
-          maxStopSequences
+          maxStopSequences,
+          toolTurnsInOrder
         }),
         (body) => ({ valid, model, body, ctx: ctxOf(model) })
       )

@@ -1280,3 +1280,32 @@ layer(NodeHttpClient.layerUndici)("Ollama secrets over plain http", (it) => {
     })
   )
 })
+
+layer(NodeHttpClient.layerUndici)("Ollama tool messages", (it) => {
+  it.effect("a tool message answering no earlier call is InvalidRequest naming it and the id, nothing sent", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) =>
+        Server.json(res, 200, { ...final(), message: chatLine("ok").message })
+      )
+      const p = yield* provider(server)
+      const messages = (answered: string): ReadonlyArray<Model.Message> => [
+        { role: "user", content: "weather?" },
+        { role: "assistant", content: "", toolCalls: [{ id: "call_k3x9q2mz", name: "weather", arguments: "{}" }] },
+        { role: "tool", content: "sunny", toolCallId: answered }
+      ]
+      const error = yield* flipModel(p.generate({ messages: messages("call_zzzz0000") }))
+      assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "messages[2].toolCallId"])
+      assert.include(error.message, '"call_zzzz0000"')
+      assert.lengthOf(yield* server.requests, 0)
+      yield* p.generate({ messages: messages("call_k3x9q2mz") })
+      // Ollama's wire needs no id: a tool message without one still goes, as the tool's answer of the turn.
+      yield* p.generate({
+        messages: [
+          { role: "user", content: "weather?" },
+          { role: "tool", content: "sunny" }
+        ]
+      })
+      assert.lengthOf(yield* server.requests, 2)
+    })
+  )
+})

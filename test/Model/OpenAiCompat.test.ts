@@ -2404,3 +2404,55 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat secrets over plain http", (it) =
     })
   )
 })
+
+layer(NodeHttpClient.layerUndici)("OpenAiCompat tool messages", (it) => {
+  const user = (content: string) => ({ role: "user" as const, content })
+  const calls = (...ids: ReadonlyArray<string>) => ({
+    role: "assistant" as const,
+    content: "",
+    toolCalls: ids.map((id) => ({ id, name: "weather", arguments: "{}" }))
+  })
+  const tool = (id: string) => ({ role: "tool" as const, content: "sunny", toolCallId: id })
+
+  it.effect("a tool message answering no earlier call is InvalidRequest naming it and the id, nothing sent", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((_, res) => Server.json(res, 200, completion("ok")))
+      const p = yield* provider(server)
+      const request = { messages: [user("a"), calls("call_1"), tool("call_2")] }
+      for (const error of [
+        yield* flipModel(p.generate(request)),
+        modelErrorOf((yield* collect(p.stream(request))).exit)
+      ]) {
+        assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "messages[2].toolCallId"])
+        assert.include(error.message, '"call_2"')
+      }
+      assert.lengthOf(yield* server.requests, 0)
+      // Answered: sent.
+      yield* p.generate({ messages: [user("a"), calls("call_1"), tool("call_1")] })
+      assert.lengthOf(yield* server.requests, 1)
+    })
+  )
+
+  it.effect(
+    "to OpenAI's own API, an answer out of OpenAI's order is refused before it is sent; elsewhere it goes",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, completion("ok")))
+        const late = { messages: [user("a"), calls("c1"), tool("c1"), user("b"), tool("c1")] }
+        const openAi = yield* provider(server, {
+          baseUrl: "https://api.openai.com/v1",
+          transformClient: HttpClient.mapRequest((request) =>
+            HttpClientRequest.setUrl(request, request.url.replace("https://api.openai.com", server.url))
+          )
+        })
+        const error = yield* flipModel(openAi.generate(late))
+        assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "messages[4].toolCallId"])
+        assert.lengthOf(yield* server.requests, 0)
+        yield* openAi.generate({ messages: [user("a"), calls("c1"), tool("c1"), user("b")] })
+        assert.lengthOf(yield* server.requests, 1)
+        // vLLM, llama.cpp: their templates take it.
+        yield* (yield* provider(server)).generate(late)
+        assert.lengthOf(yield* server.requests, 2)
+      })
+  )
+})

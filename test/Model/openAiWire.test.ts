@@ -285,4 +285,58 @@ describe("chatBody tool messages", () => {
         })
       })
   )
+  it.effect(
+    "a tool message answering a call no earlier assistant message made is refused naming its index and id",
+    () =>
+      Effect.gen(function* () {
+        const error = yield* Effect.flip(Wire.chatBody(conversation("call_9"), options))
+        assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "messages[2].toolCallId"])
+        assert.include(error.message, '"call_9"')
+        // A call made later is no call it answers; the index is the request's own, the system prompt aside.
+        const later = {
+          system: "be brief",
+          messages: [
+            { role: "user" as const, content: "weather?" },
+            { role: "tool" as const, content: "sunny", toolCallId: "c1" },
+            { role: "assistant" as const, content: "", toolCalls: [{ id: "c1", name: "weather", arguments: "{}" }] }
+          ]
+        }
+        const early = yield* Effect.flip(Wire.chatBody(later, options))
+        assert.deepStrictEqual([early.reason, early.field], ["InvalidRequest", "messages[1].toolCallId"])
+      })
+  )
+
+  it.effect("OpenAI's order: a tool message right after the calls it answers, every call answered", () =>
+    Effect.gen(function* () {
+      const openAi = { ...options, toolTurnsInOrder: true }
+      const user = (content: string) => ({ role: "user" as const, content })
+      const calls = (...ids: ReadonlyArray<string>) => ({
+        role: "assistant" as const,
+        content: "",
+        toolCalls: ids.map((id) => ({ id, name: "weather", arguments: "{}" }))
+      })
+      const tool = (id: string) => ({ role: "tool" as const, content: "sunny", toolCallId: id })
+      // In order: built by both.
+      const ordered = { messages: [user("a"), calls("c1", "c2"), tool("c2"), tool("c1"), user("b")] }
+      yield* Wire.chatBody(ordered, openAi)
+      // An answer after another turn: servers of the protocol take it, OpenAI answers a 400.
+      const late = { messages: [user("a"), calls("c1"), tool("c1"), user("b"), tool("c1")] }
+      yield* Wire.chatBody(late, options)
+      const lateError = yield* Effect.flip(Wire.chatBody(late, openAi))
+      assert.deepStrictEqual([lateError.reason, lateError.field], ["InvalidRequest", "messages[4].toolCallId"])
+      assert.include(lateError.message, '"c1"')
+      // A call of an earlier assistant message, answered after a later one's.
+      const crossed = { messages: [user("a"), calls("c1"), user("b"), calls("c2"), tool("c2"), tool("c1")] }
+      const crossedError = yield* Effect.flip(Wire.chatBody(crossed, openAi))
+      assert.deepStrictEqual(crossedError.field, "messages[1].toolCalls[0]")
+      // A call left without an answer before the next turn, or at the end.
+      const unanswered = { messages: [user("a"), calls("c1", "c2"), tool("c1"), user("b")] }
+      yield* Wire.chatBody(unanswered, options)
+      const open = yield* Effect.flip(Wire.chatBody(unanswered, openAi))
+      assert.deepStrictEqual([open.reason, open.field], ["InvalidRequest", "messages[1].toolCalls[1]"])
+      assert.include(open.message, '"c2"')
+      const atEnd = yield* Effect.flip(Wire.chatBody({ messages: [user("a"), calls("c1")] }, openAi))
+      assert.deepStrictEqual(atEnd.field, "messages[1].toolCalls[0]")
+    })
+  )
 })

@@ -310,7 +310,9 @@ const parseArguments = (text: string): unknown => {
  * `toolChoice`), and so is `parallelToolCalls: false` with tools (`InvalidRequest` on
  * `parallelToolCalls`). Tool-call arguments sent back must be JSON objects; a tool message names
  * the tool it answers (`tool_name`), found from the call it answers, and its id (`tool_call_id`),
- * which goes back on the call too (not an id made up for a call that came without one).
+ * which goes back on the call too (not an id made up for a call that came without one). A tool
+ * message naming a call no earlier assistant message made is refused (`InvalidRequest` on its
+ * `toolCallId`); one naming none goes as the answer of the turn.
  *
  * @since 0.2.0
  * @category encoding
@@ -347,6 +349,13 @@ export const chatBody = (
       messages.push({ role: "assistant", content: message.content, tool_calls: calls })
     } else if (message.role === "tool") {
       const toolName = message.toolCallId === undefined ? undefined : names.get(message.toolCallId)
+      // Without an id it is the answer of the turn, as Ollama reads it; an id of no call is a conversation mixed up.
+      if (message.toolCallId !== undefined && toolName === undefined) {
+        return refuse(
+          `messages[${index}].toolCallId`,
+          `the tool message answers the call "${message.toolCallId}", which no earlier assistant message made`
+        )
+      }
       const id = wireId(message.toolCallId)
       messages.push({
         role: "tool",

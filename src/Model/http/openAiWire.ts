@@ -370,6 +370,70 @@ export interface ChatBodyOptions {
   readonly sendSignatures?: boolean | undefined
   /** The most stop sequences the server takes (OpenAI's 4); more are refused naming `stop`. Default: any. */
   readonly maxStopSequences?: number | undefined
+  /**
+   * OpenAI's order of tool turns, which its own API answers with a 400 otherwise: the tool
+   * messages answering an assistant message's calls come right after it, one for each call,
+   * before any other message. Default false (servers of the protocol take any order).
+   *
+   * @since 0.3.0
+   */
+  readonly toolTurnsInOrder?: boolean | undefined
+}
+
+/**
+ * What is wrong with the tool turns of a conversation, walked a message at a time: a tool
+ * message answering a call no earlier assistant message made (every server is then left to
+ * guess, and OpenAI answers a 400), and, in OpenAI's order, one that does not follow the
+ * calls it answers, or a call left without an answer before the next turn.
+ */
+const toolTurns = (provider: string, inOrder: boolean) => {
+  const made = new Set<string>()
+  // In OpenAI's order: the calls of the assistant message the tool messages now follow, and those not yet answered.
+  let open: { readonly at: number; readonly ids: ReadonlyArray<string>; readonly unanswered: Set<string> } | undefined
+  const closeOpen = (): ModelError | undefined => {
+    if (open === undefined) return undefined
+    const { at, ids, unanswered } = open
+    open = undefined
+    const j = ids.findIndex((id) => unanswered.has(id))
+    return j === -1
+      ? undefined
+      : invalidRequest(
+          `messages[${at}].toolCalls[${j}]`,
+          `the call "${ids[j]}" has no answer: OpenAI takes an assistant message's tool calls only when a tool message answering each follows it, before any other message`,
+          provider
+        )
+  }
+  return {
+    message: (message: Model.Message, index: number): ModelError | undefined => {
+      if (message.role === "tool") {
+        const id = message.toolCallId!
+        if (!made.has(id)) {
+          return invalidRequest(
+            `messages[${index}].toolCallId`,
+            `the tool message answers the call "${id}", which no earlier assistant message made`,
+            provider
+          )
+        }
+        if (inOrder && !(open?.unanswered.delete(id) ?? false)) {
+          return invalidRequest(
+            `messages[${index}].toolCallId`,
+            `the tool message answers the call "${id}" out of OpenAI's order: it takes the answers to an assistant message's calls right after it, one for each call`,
+            provider
+          )
+        }
+        return undefined
+      }
+      const unanswered = inOrder ? closeOpen() : undefined
+      if (unanswered !== undefined) return unanswered
+      if (message.role === "assistant" && message.toolCalls !== undefined && message.toolCalls.length > 0) {
+        const ids = message.toolCalls.map((call) => call.id)
+        for (const id of ids) made.add(id)
+        if (inOrder) open = { at: index, ids, unanswered: new Set(ids) }
+      }
+      return undefined
+    },
+    end: (): ModelError | undefined => (inOrder ? closeOpen() : undefined)
+  }
 }
 
 const messageOf = (
@@ -440,7 +504,9 @@ export const toolsBody = (tools: ReadonlyArray<Model.ToolDefinition>): Array<unk
 
 /**
  * The JSON body of a `/chat/completions` request. A tool message without the id of the call
- * it answers (or with an empty one), or a tool call with an empty id or name, is refused (`InvalidRequest` naming it), as is a tool choice naming a tool that is
+ * it answers (or with an empty one, or the id of no call an earlier assistant message made),
+ * or a tool call with an empty id or name, is refused (`InvalidRequest` naming it), and so are
+ * tool turns out of OpenAI's order when `toolTurnsInOrder`, as is a tool choice naming a tool that is
  * not among the tools, or asking for a call (`"required"`, a named tool) of a request without
  * tools (`"auto"` and `"none"` are then not sent), or a response format's name outside OpenAI's
  * `^[a-zA-Z0-9_-]{1,64}$`.
@@ -454,13 +520,19 @@ export const chatBody = (
 ): Effect.Effect<Record<string, unknown>, ModelError> => {
   const messages: Array<unknown> = []
   const conversation = Model.toMessages(request)
+  const turns = toolTurns(options.provider, options.toolTurnsInOrder === true)
   for (let i = 0; i < conversation.length; i++) {
     // Indices name the request's own messages: the system prompt placed first is not one of them.
     const index = request.system === undefined ? i : i - 1
-    const wire = messageOf(conversation[i]!, index, options.provider, options.sendSignatures === true)
+    const message = conversation[i]!
+    const wire = messageOf(message, index, options.provider, options.sendSignatures === true)
     if (Result.isFailure(wire)) return Effect.fail(wire.failure)
+    const refused = turns.message(message, index)
+    if (refused !== undefined) return Effect.fail(refused)
     messages.push(wire.success)
   }
+  const unanswered = turns.end()
+  if (unanswered !== undefined) return Effect.fail(unanswered)
   const body: Record<string, unknown> = { model: options.model, messages }
   if (request.maxTokens !== undefined) body[options.maxTokensField] = request.maxTokens
   if (request.temperature !== undefined) body["temperature"] = request.temperature
