@@ -82,6 +82,9 @@ const repeatedIdError = (
     `the function call id "${calls[at]!.id}" is given twice (first at the answer's call ${first})`
   )
 
+// A call without an id is read with id "": the provider makes one up that no call of the answer has.
+const noId = () => ""
+
 const optionKeys = Http.knownKeys<Options>({
   apiKey: true,
   model: true,
@@ -186,17 +189,19 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
           const refused = Wire.blocked(answer, name, model)
           return yield* Effect.fail(refused ?? Errors.malformed(ctx, "candidates", "no candidate"))
         }
+        const read = yield* Effect.fromResult(Wire.readAnswer(answer, name, model, noId))
         let n = 0
-        const read = yield* Effect.fromResult(Wire.readAnswer(answer, name, model, () => Wire.madeUpId(n++)))
-        const repeated = Assemble.repeatedId(read.toolCalls)
-        if (repeated !== undefined) return yield* Effect.fail(repeatedIdError(ctx, read.toolCalls, repeated))
+        const toolCalls =
+          read.toolCalls.length === 0 ? read.toolCalls : Assemble.callIds().give(read.toolCalls, () => n++)
+        const repeated = Assemble.repeatedId(toolCalls)
+        if (repeated !== undefined) return yield* Effect.fail(repeatedIdError(ctx, toolCalls, repeated))
         return {
           text: read.text,
-          finishReason: Wire.finalReason(read.finishReason, read.toolCalls.length > 0),
+          finishReason: Wire.finalReason(read.finishReason, toolCalls.length > 0),
           usage: Wire.usageOf(answer.usageMetadata, inputEstimate, Model.estimateTokens(read.text)),
           provider: name,
           model: Decode.answeredModel(answer.modelVersion, model),
-          ...(read.toolCalls.length > 0 ? { toolCalls: read.toolCalls } : {})
+          ...(toolCalls.length > 0 ? { toolCalls } : {})
         } satisfies Model.GenerateResponse
       })
     )
@@ -218,6 +223,8 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
             let toolCalls = 0
             // The ids of the stream's calls so far: made at the first call, as most streams carry none.
             let ids: Map<string, number> | undefined
+            let callIds: Assemble.CallIds | undefined
+            const nextMadeId = () => madeIds++
             const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
               if (event.event === "error") {
                 return Effect.fail(Errors.errorFromPayload(Errors.parseJsonOrUndefined(event.data) ?? event.data, ctx))
@@ -226,23 +233,23 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
               return Effect.flatMap(payload, (value) => {
                 if (Errors.isErrorPayload(value)) return Effect.fail(Errors.errorFromPayload(value, ctx))
                 return Effect.flatMap(decodeAnswer(value, ctx), (chunk) => {
-                  const read = Wire.readAnswer(chunk, name, model, () => Wire.madeUpId(madeIds++), toolCalls)
+                  const read = Wire.readAnswer(chunk, name, model, noId, toolCalls)
                   if (Result.isFailure(read)) return Effect.fail(read.failure)
-                  if (read.success.toolCalls.length > 0) {
+                  let calls = read.success.toolCalls
+                  if (calls.length > 0) {
+                    calls = (callIds ??= Assemble.callIds()).give(calls, nextMadeId)
                     ids ??= new Map()
-                    const repeated = Assemble.repeatedId(read.success.toolCalls, ids, toolCalls)
-                    if (repeated !== undefined) {
-                      return Effect.fail(repeatedIdError(ctx, read.success.toolCalls, repeated))
-                    }
+                    const repeated = Assemble.repeatedId(calls, ids, toolCalls)
+                    if (repeated !== undefined) return Effect.fail(repeatedIdError(ctx, calls, repeated))
                   }
                   if (chunk.usageMetadata !== undefined) metadata = chunk.usageMetadata
                   if (chunk.modelVersion !== undefined) answeredModel = chunk.modelVersion
                   if (read.success.finishReason !== undefined) finishReason = read.success.finishReason
                   outputChars += read.success.text.length
-                  toolCalls += read.success.toolCalls.length
+                  toolCalls += calls.length
                   const parts: Array<Model.StreamPart> = []
                   if (read.success.text.length > 0) parts.push({ _tag: "TextDelta", text: read.success.text })
-                  for (const call of read.success.toolCalls) parts.push({ _tag: "ToolCall", call })
+                  for (const call of calls) parts.push({ _tag: "ToolCall", call })
                   return Effect.succeed(parts)
                 })
               })

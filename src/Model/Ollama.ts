@@ -227,15 +227,17 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       const answer: Wire.Line = viaGenerate
         ? Wire.fromGenerate(yield* client.json(post("api/generate", body, "application/json"), decodeGenerate, ctx))
         : Wire.fromChat(yield* client.json(post("api/chat", body, "application/json"), decodeChat, ctx))
-      const repeated = Assemble.repeatedId(answer.toolCalls)
-      if (repeated !== undefined) return yield* Effect.fail(repeatedIdError(ctx, answer.toolCalls, repeated))
+      const toolCalls =
+        answer.toolCalls.length === 0 ? answer.toolCalls : Assemble.callIds().give(answer.toolCalls, (i) => i)
+      const repeated = Assemble.repeatedId(toolCalls)
+      if (repeated !== undefined) return yield* Effect.fail(repeatedIdError(ctx, toolCalls, repeated))
       const response: Model.GenerateResponse = {
         text: answer.text,
-        finishReason: finishOf(answer.done_reason, answer.toolCalls.length),
+        finishReason: finishOf(answer.done_reason, toolCalls.length),
         usage: Wire.usageOf(answer, valid, answer.text.length),
         provider: name,
         model: Decode.answeredModel(answer.model, model),
-        ...(answer.toolCalls.length > 0 ? { toolCalls: answer.toolCalls } : {})
+        ...(toolCalls.length > 0 ? { toolCalls } : {})
       }
       return response
     })
@@ -252,12 +254,20 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
             let toolCalls = 0
             // The ids of the stream's calls so far: made at the first call, as most streams carry none.
             let ids: Map<string, number> | undefined
+            let callIds: Assemble.CallIds | undefined
             const step = (payload: unknown): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
               if (Errors.isErrorPayload(payload)) return Effect.fail(Errors.errorFromPayload(payload, ctx))
               const line: Effect.Effect<Wire.Line, ModelError> = viaGenerate
                 ? Effect.map(decodeGenerateLine(payload, ctx), Wire.fromGenerate)
-                : Effect.map(decodeChatLine(payload, ctx), (l) => Wire.fromChat(l, toolCalls))
-              return Effect.flatMap(line, (l) => {
+                : Effect.map(decodeChatLine(payload, ctx), Wire.fromChat)
+              return Effect.flatMap(line, (wire) => {
+                const l =
+                  wire.toolCalls.length === 0
+                    ? wire
+                    : {
+                        ...wire,
+                        toolCalls: (callIds ??= Assemble.callIds()).give(wire.toolCalls, (i) => toolCalls + i)
+                      }
                 // One line's calls are bounded by its schema; the stream's, which come a line at a time, here.
                 if (toolCalls + l.toolCalls.length > Assemble.maxToolCalls) {
                   return Effect.fail(

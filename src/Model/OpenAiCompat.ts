@@ -283,17 +283,18 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       }
       const text = Wire.contentText(choice.message.content)
       const refusal = choice.message.refusal ?? ""
-      const toolCalls = (choice.message.tool_calls ?? []).map((call, i): Model.ToolCall => {
+      const wireCalls = (choice.message.tool_calls ?? []).map((call): Model.ToolCall => {
         const signature = Wire.signatureOf(call.extra_content)
         return {
           // An empty id is none, as in a stream: calls of id "" could not be told apart by their results.
-          id: call.id || `call_${i}`,
+          id: call.id || "",
           name: call.function.name,
           // No arguments is an empty object, as Gemini's and effect/ai's calls read (both refuse "" as not JSON).
           arguments: Wire.argumentsText(call.function.arguments) || "{}",
           ...(signature === undefined ? {} : { signature })
         }
       })
+      const toolCalls = wireCalls.length === 0 ? wireCalls : Assemble.callIds().give(wireCalls, (i) => i)
       const repeated = Assemble.repeatedId(toolCalls)
       if (repeated !== undefined) {
         const [at, first] = repeated

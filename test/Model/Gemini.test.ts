@@ -580,6 +580,39 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("an id made up for a call that came without one is none of the answer's own ids, in a stream too", () =>
+      Effect.gen(function* () {
+        const call = (city: string, id?: string) => ({
+          functionCall: { ...(id === undefined ? {} : { id }), name: "get_weather", args: { city } }
+        })
+        const server = yield* Server.make((req, res) =>
+          req.search.get("alt") === "sse"
+            ? Server.chunked(res, [
+                Server.sse([
+                  { candidates: [{ content: { role: "model", parts: [call("Oslo")] } }] },
+                  {
+                    candidates: [{ content: { role: "model", parts: [call("Rome", "call_0")] }, finishReason: "STOP" }]
+                  }
+                ])
+              ])
+            : Server.json(res, 200, {
+                candidates: [
+                  { content: { role: "model", parts: [call("Oslo"), call("Rome", "call_0")] }, finishReason: "STOP" }
+                ]
+              })
+        )
+        const p = yield* provider(server)
+        const generated = (yield* p.generate({ prompt: "x" })).toolCalls ?? []
+        assert.strictEqual(generated[1]!.id, "call_0")
+        assert.notStrictEqual(generated[0]!.id, "call_0")
+        const { parts, exit } = yield* collect(p.stream({ prompt: "x" }))
+        assert.isTrue(Exit.isSuccess(exit))
+        const streamed = parts.flatMap((part) => (part._tag === "ToolCall" ? [part.call] : []))
+        assert.strictEqual(streamed.length, 2)
+        assert.strictEqual(new Set(streamed.map((c) => c.id)).size, 2)
+      })
+    )
+
     it.effect("function calls of one id are Decode naming the parts, in an answer and across a stream's events", () =>
       Effect.gen(function* () {
         const call = (city: string) => ({ functionCall: { id: "fc1", name: "get_weather", args: { city } } })

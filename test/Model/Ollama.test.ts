@@ -646,6 +646,46 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
       })
     )
 
+    it.effect("an id made up for a call that came without one is none of the answer's own ids, in a stream too", () =>
+      Effect.gen(function* () {
+        const call = (city: string, id?: string) => ({
+          ...(id === undefined ? {} : { id }),
+          function: { name: "get_weather", arguments: { city } }
+        })
+        const server = yield* Server.make((req, res) =>
+          bodyOf(req)["stream"] === true
+            ? Server.chunked(
+                res,
+                [
+                  Server.ndjson([
+                    chatLine("", { tool_calls: [call("Oslo")] }),
+                    // The server's own id, the one made up for the call before.
+                    chatLine("", { tool_calls: [call("Rome", "call_0")] }),
+                    final()
+                  ])
+                ],
+                { contentType: "application/x-ndjson" }
+              )
+            : Server.json(res, 200, {
+                ...final(),
+                message: { role: "assistant", content: "", tool_calls: [call("Oslo"), call("Rome", "call_0")] }
+              })
+        )
+        const p = yield* provider(server)
+        const generated = (yield* p.generate({ prompt: "x", tools })).toolCalls ?? []
+        assert.strictEqual(generated[1]!.id, "call_0")
+        assert.notStrictEqual(generated[0]!.id, "call_0")
+        const { parts, exit } = yield* collect(p.stream({ prompt: "x", tools }))
+        assert.isTrue(Exit.isSuccess(exit))
+        const streamed = parts.flatMap((part) => (part._tag === "ToolCall" ? [part.call] : []))
+        assert.deepStrictEqual(
+          streamed.map((call) => JSON.parse(call.arguments).city),
+          ["Oslo", "Rome"]
+        )
+        assert.strictEqual(new Set(streamed.map((call) => call.id)).size, 2)
+      })
+    )
+
     it.effect("tool calls of one id are Decode naming the second, in an answer and across a stream's lines", () =>
       Effect.gen(function* () {
         const call = (id: string, city: string) => ({ id, function: { name: "get_weather", arguments: { city } } })

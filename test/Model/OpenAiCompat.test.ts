@@ -1833,6 +1833,61 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat choices and tool-call indices", 
       })
   )
 
+  it.effect("an id made up for a call that came without one is none of the answer's own ids", () =>
+    Effect.gen(function* () {
+      const fn = (name: string) => ({ type: "function", function: { name, arguments: "{}" } })
+      const server = yield* Server.make((req, res) =>
+        bodyOf(req)["stream"] === true
+          ? Server.text(
+              res,
+              200,
+              Server.sse([
+                { model: "m", choices: [{ index: 0, delta: { tool_calls: [{ index: 0, ...fn("a") }] } }] },
+                {
+                  model: "m",
+                  choices: [{ index: 0, delta: { tool_calls: [{ index: 1, id: "call_0", ...fn("b") }] } }]
+                },
+                { model: "m", choices: [{ index: 0, delta: {}, finish_reason: "tool_calls" }] },
+                "[DONE]"
+              ]),
+              { "content-type": "text/event-stream" }
+            )
+          : Server.json(res, 200, {
+              model: "m",
+              choices: [
+                {
+                  index: 0,
+                  message: {
+                    role: "assistant",
+                    content: null,
+                    tool_calls: [
+                      { id: "", ...fn("a") },
+                      { id: "call_0", ...fn("b") }
+                    ]
+                  },
+                  finish_reason: "tool_calls"
+                }
+              ]
+            })
+      )
+      const p = yield* provider(server)
+      const generated = (yield* p.generate({ prompt: "x" })).toolCalls ?? []
+      const streamed = (yield* collect(p.stream({ prompt: "x" }))).parts.flatMap((part) =>
+        part._tag === "ToolCall" ? [part.call] : []
+      )
+      for (const calls of [generated, streamed]) {
+        assert.deepStrictEqual(
+          calls.map((call) => call.name),
+          ["a", "b"]
+        )
+        // The server's own id stays; the one made up is another.
+        assert.strictEqual(calls[1]!.id, "call_0")
+        assert.notStrictEqual(calls[0]!.id, "call_0")
+        assert.match(calls[0]!.id, /^call_\d+$/)
+      }
+    })
+  )
+
   it.effect("tool calls of one id are Decode naming the second, in an answer and in a stream", () =>
     Effect.gen(function* () {
       const call = (id: string, name: string) => ({ id, type: "function", function: { name, arguments: "{}" } })

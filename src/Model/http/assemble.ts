@@ -237,7 +237,66 @@ export const repeatedId = (
 }
 
 /**
- * A fresh {@link ToolCallAssembler} (one per stream). Calls without an id get `call_<index>`.
+ * Gives ids to the tool calls of one answer that came without one (Gemini and Ollama give
+ * none, some servers leave one out): `call_<n>`, `n` the call's position unless an id of the
+ * answer already has it, then the next free one. A made-up id is none of the answer's own: not
+ * of the calls given with it, nor of those before (a stream's earlier chunks); and a server's
+ * id that is one made up earlier in the stream (a later chunk's `call_0`) gets one made up in
+ * its place, since the earlier call is already delivered. Such ids are of the made-up form,
+ * which Gemini's and Ollama's wires never send back, so nothing is lost. Ids the server gave
+ * twice stay as they are, for {@link repeatedId} to refuse.
+ *
+ * @internal
+ */
+export interface CallIds {
+  /** The calls with ids; `at(i)` the position of the `i`th (its index on the wire, or its count in the stream). */
+  readonly give: <T extends { readonly id: string }>(
+    calls: ReadonlyArray<T>,
+    at: (i: number) => number
+  ) => ReadonlyArray<T>
+}
+
+/**
+ * A fresh {@link CallIds}: one per answer or stream.
+ *
+ * @internal
+ */
+export const callIds = (): CallIds => {
+  // Every id handed out in this answer, and the ones made up here. Made at the first call without an id.
+  let taken: Set<string> | undefined
+  let made: Set<string> | undefined
+  return {
+    give: (calls, at) => {
+      if (made === undefined && calls.every((call) => call.id.length > 0)) {
+        if (taken !== undefined) for (const call of calls) taken.add(call.id)
+        else if (calls.length > 0) taken = new Set(calls.map((call) => call.id))
+        return calls
+      }
+      const ids = (taken ??= new Set())
+      const ours = (made ??= new Set())
+      const own = (id: string) => id.length > 0 && !ours.has(id)
+      // The server's ids of these calls first: one made up before them in the list must not be one of theirs.
+      const given = new Set<string>()
+      for (const call of calls) if (own(call.id)) given.add(call.id)
+      return calls.map((call, i) => {
+        if (own(call.id)) {
+          ids.add(call.id)
+          return call
+        }
+        let n = at(i)
+        while (ids.has(`call_${n}`) || given.has(`call_${n}`)) n++
+        const id = `call_${n}`
+        ids.add(id)
+        ours.add(id)
+        return { ...call, id }
+      })
+    }
+  }
+}
+
+/**
+ * A fresh {@link ToolCallAssembler} (one per stream). Calls without an id get `call_<index>`,
+ * or the next number free when a call of the stream has that id ({@link callIds}).
  *
  * @since 0.2.0
  * @category constructors
@@ -316,14 +375,21 @@ export const toolCallAssembler = (): ToolCallAssembler => {
             _tag: "ToolCall",
             // No arguments is an empty object (the other providers refuse "" as not JSON).
             call: {
-              id: call.id ?? `call_${index}`,
+              id: call.id ?? "",
               name: call.name,
               arguments: call.arguments || "{}",
               ...(call.signature === undefined ? {} : { signature: call.signature })
             }
           })
         }
-        const repeated = parts.length < 2 ? undefined : repeatedId(parts.map((part) => part.call))
+        const named = callIds().give(
+          parts.map((part) => part.call),
+          (i) => indices[i]!
+        )
+        for (let i = 0; i < parts.length; i++) {
+          if (named[i] !== parts[i]!.call) parts[i] = { _tag: "ToolCall", call: named[i]! }
+        }
+        const repeated = parts.length < 2 ? undefined : repeatedId(named)
         if (repeated !== undefined) {
           const [at, first] = repeated
           return Effect.fail(

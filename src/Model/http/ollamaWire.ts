@@ -141,10 +141,11 @@ const MADE_UP_ID = /^call_\d{1,7}$/
 const wireId = (id: string | undefined): string | undefined =>
   id === undefined || id.length === 0 || MADE_UP_ID.test(id) ? undefined : id
 
-const toolCallsOf = (calls: WireToolCalls, offset: number): ReadonlyArray<Model.ToolCall> =>
-  (calls ?? []).map((call, i) => ({
+// A call without an id has id "": the provider makes one up that no call of the answer has (Assemble.callIds).
+const toolCallsOf = (calls: WireToolCalls): ReadonlyArray<Model.ToolCall> =>
+  (calls ?? []).map((call) => ({
     // Ollama leaves an empty id out; an empty one would be no id to answer.
-    id: call.id || `call_${offset + i}`,
+    id: call.id || "",
     name: call.function.name,
     arguments:
       typeof call.function.arguments === "string"
@@ -153,16 +154,17 @@ const toolCallsOf = (calls: WireToolCalls, offset: number): ReadonlyArray<Model.
   }))
 
 /**
- * A `/api/chat` answer or line; `offset` numbers the made-up ids of a stream's later calls.
+ * A `/api/chat` answer or line. A tool call that came without an id has the id `""`, for the
+ * provider to make one up that none of the answer's calls has.
  *
  * @since 0.2.0
  * @category decoding
  */
-export const fromChat = (answer: typeof ChatAnswer.Type | typeof ChatLine.Type, offset = 0): Line => ({
+export const fromChat = (answer: typeof ChatAnswer.Type | typeof ChatLine.Type): Line => ({
   ...answer,
   done: answer.done ?? true,
   text: answer.message?.content ?? "",
-  toolCalls: toolCallsOf(answer.message?.tool_calls, offset)
+  toolCalls: toolCallsOf(answer.message?.tool_calls)
 })
 
 /**
