@@ -198,7 +198,11 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
         return {
           text: read.text,
           finishReason: Wire.finalReason(read.finishReason, toolCalls.length > 0),
-          usage: Wire.usageOf(answer.usageMetadata, inputEstimate, Model.estimateTokens(read.text)),
+          usage: Wire.usageOf(
+            answer.usageMetadata,
+            inputEstimate,
+            Math.ceil((read.text.length + Assemble.callChars(toolCalls)) / 4)
+          ),
           provider: name,
           model: Decode.answeredModel(answer.modelVersion, model),
           ...(toolCalls.length > 0 ? { toolCalls } : {})
@@ -245,7 +249,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
                   if (chunk.usageMetadata !== undefined) metadata = chunk.usageMetadata
                   if (chunk.modelVersion !== undefined) answeredModel = chunk.modelVersion
                   if (read.success.finishReason !== undefined) finishReason = read.success.finishReason
-                  outputChars += read.success.text.length
+                  outputChars += read.success.text.length + (calls.length === 0 ? 0 : Assemble.callChars(calls))
                   toolCalls += calls.length
                   const parts: Array<Model.StreamPart> = []
                   if (read.success.text.length > 0) parts.push({ _tag: "TextDelta", text: read.success.text })

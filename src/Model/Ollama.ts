@@ -234,7 +234,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       const response: Model.GenerateResponse = {
         text: answer.text,
         finishReason: finishOf(answer.done_reason, toolCalls.length),
-        usage: Wire.usageOf(answer, valid, answer.text.length),
+        usage: Wire.usageOf(answer, valid, answer.text.length + Assemble.callChars(toolCalls)),
         provider: name,
         model: Decode.answeredModel(answer.model, model),
         ...(toolCalls.length > 0 ? { toolCalls } : {})
@@ -286,6 +286,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                 }
                 for (const call of l.toolCalls) parts.push({ _tag: "ToolCall", call })
                 toolCalls += l.toolCalls.length
+                if (l.toolCalls.length > 0) outputChars += Assemble.callChars(l.toolCalls)
                 if (l.done) {
                   parts.push({
                     _tag: "Finish",

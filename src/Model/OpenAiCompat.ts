@@ -136,6 +136,12 @@ const withToolCalls = (reason: Model.FinishReason, toolCalls: number): Model.Fin
 
 const noToolCalls = "the finish reason is tool_calls, but the answer carries no tool call"
 
+const callPartChars = (parts: ReadonlyArray<Model.StreamPart>): number => {
+  let chars = 0
+  for (const part of parts) if (part._tag === "ToolCall") chars += part.call.name.length + part.call.arguments.length
+  return chars
+}
+
 const EMBED_BATCH = Wire.embedBatch
 
 // Gemini's OpenAI-compatible endpoint: the one server known to want thought signatures back.
@@ -314,7 +320,11 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       const response: Model.GenerateResponse = {
         text,
         finishReason: withToolCalls(finishReason, toolCalls.length),
-        usage: Wire.usageOf(answer.usage, Model.estimateInputTokens(valid), Model.estimateTokens(text + refusal)),
+        usage: Wire.usageOf(
+          answer.usage,
+          Model.estimateInputTokens(valid),
+          Math.ceil((text.length + refusal.length + Assemble.callChars(toolCalls)) / 4)
+        ),
         provider: name,
         model: Decode.answeredModel(answer.model, model),
         ...(toolCalls.length > 0 ? { toolCalls } : {}),
@@ -355,7 +365,11 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                         {
                           _tag: "Finish",
                           finishReason: withToolCalls(finishReason ?? "unknown", calls.size()),
-                          usage: Wire.usageOf(usage, Model.estimateInputTokens(valid), Math.ceil(outputChars / 4)),
+                          usage: Wire.usageOf(
+                            usage,
+                            Model.estimateInputTokens(valid),
+                            Math.ceil((outputChars + callPartChars(toolParts)) / 4)
+                          ),
                           provider: name,
                           model: Decode.answeredModel(answeredModel, model),
                           ...(refusal.length > 0 ? { refusal } : {})

@@ -1667,3 +1667,29 @@ describe("Gemini with a transformClient that follows redirects", () => {
     }).pipe(Effect.provide(NodeHttpClient.layerUndici))
   )
 })
+
+layer(NodeHttpClient.layerUndici)("Gemini usage estimates", (it) => {
+  it.effect("without usageMetadata, a turn of function calls is estimated from its calls, not as 0 output tokens", () =>
+    Effect.gen(function* () {
+      const city = "x".repeat(800)
+      const answer = {
+        candidates: [
+          {
+            content: { role: "model", parts: [{ functionCall: { name: "get_weather", args: { city } } }] },
+            finishReason: "STOP"
+          }
+        ]
+      }
+      const server = yield* Server.make((req, res) =>
+        req.search.get("alt") === "sse" ? Server.chunked(res, [Server.sse([answer])]) : Server.json(res, 200, answer)
+      )
+      const p = yield* provider(server)
+      const generated = yield* p.generate({ prompt: "x" })
+      const { parts } = yield* collect(p.stream({ prompt: "x" }))
+      const finish = parts.find((part) => part._tag === "Finish")
+      for (const usage of [generated.usage, finish?._tag === "Finish" ? finish.usage : undefined]) {
+        assert.isAtLeast(usage?.outputTokens ?? 0, Math.ceil(city.length / 4))
+      }
+    })
+  )
+})

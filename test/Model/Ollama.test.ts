@@ -1349,3 +1349,29 @@ layer(NodeHttpClient.layerUndici)("Ollama tool messages", (it) => {
     })
   )
 })
+
+layer(NodeHttpClient.layerUndici)("Ollama usage estimates", (it) => {
+  it.effect(
+    "without the server's counts, a turn of tool calls is estimated from its calls, not as 0 output tokens",
+    () =>
+      Effect.gen(function* () {
+        const city = "x".repeat(800)
+        const call = { id: "call_ab12cd34", function: { name: "get_weather", arguments: { city } } }
+        const { eval_count: _, ...uncounted } = final()
+        const server = yield* Server.make((req, res) =>
+          bodyOf(req)["stream"] === true
+            ? Server.chunked(res, [Server.ndjson([chatLine("", { tool_calls: [call] }), uncounted])], {
+                contentType: "application/x-ndjson"
+              })
+            : Server.json(res, 200, { ...uncounted, message: { role: "assistant", content: "", tool_calls: [call] } })
+        )
+        const p = yield* provider(server)
+        const generated = yield* p.generate({ prompt: "x", tools })
+        const { parts } = yield* collect(p.stream({ prompt: "x", tools }))
+        const finish = parts.find((part) => part._tag === "Finish")
+        for (const usage of [generated.usage, finish?._tag === "Finish" ? finish.usage : undefined]) {
+          assert.isAtLeast(usage?.outputTokens ?? 0, Math.ceil(city.length / 4))
+        }
+      })
+  )
+})

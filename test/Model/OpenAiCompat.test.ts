@@ -2511,3 +2511,44 @@ layer(NodeHttpClient.layerUndici)("OpenAiCompat tool messages", (it) => {
       })
   )
 })
+
+layer(NodeHttpClient.layerUndici)("OpenAiCompat usage estimates", (it) => {
+  it.effect(
+    "without the server's usage, a turn of tool calls is estimated from its calls, not as 0 output tokens",
+    () =>
+      Effect.gen(function* () {
+        const args = JSON.stringify({ text: "x".repeat(800) })
+        const fn = { type: "function", function: { name: "save", arguments: args } }
+        const server = yield* Server.make((req, res) =>
+          bodyOf(req)["stream"] === true
+            ? Server.text(
+                res,
+                200,
+                Server.sse([
+                  { model: "m", choices: [{ index: 0, delta: { tool_calls: [{ index: 0, id: "c1", ...fn }] } }] },
+                  { model: "m", choices: [{ index: 0, delta: {}, finish_reason: "tool_calls" }] },
+                  "[DONE]"
+                ]),
+                { "content-type": "text/event-stream" }
+              )
+            : Server.json(res, 200, {
+                model: "m",
+                choices: [
+                  {
+                    index: 0,
+                    message: { role: "assistant", content: null, tool_calls: [{ id: "c1", ...fn }] },
+                    finish_reason: "tool_calls"
+                  }
+                ]
+              })
+        )
+        const p = yield* provider(server, { streamUsage: false })
+        const generated = yield* p.generate({ prompt: "x" })
+        const { parts } = yield* collect(p.stream({ prompt: "x" }))
+        const finish = parts.find((part) => part._tag === "Finish")
+        for (const usage of [generated.usage, finish?._tag === "Finish" ? finish.usage : undefined]) {
+          assert.isAtLeast(usage?.outputTokens ?? 0, Math.ceil(args.length / 4))
+        }
+      })
+  )
+})

@@ -237,6 +237,18 @@ export const repeatedId = (
 }
 
 /**
+ * The characters of tool calls as output (names and arguments): what an output estimate counts
+ * of them when the server counts no tokens. A turn of calls alone was estimated as 0 tokens.
+ *
+ * @internal
+ */
+export const callChars = (calls: ReadonlyArray<Model.ToolCall>): number => {
+  let chars = 0
+  for (const call of calls) chars += call.name.length + call.arguments.length
+  return chars
+}
+
+/**
  * Gives ids to the tool calls of one answer that came without one (Gemini and Ollama give
  * none, some servers leave one out): `call_<n>`, `n` the call's position unless an id of the
  * answer already has it, then the next free one. A made-up id is none of the answer's own: not
