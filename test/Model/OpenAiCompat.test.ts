@@ -1464,6 +1464,8 @@ for (const [name, client] of [
             ['headers["x-a"]', { headers: { "x-a": "b\r\nInjected: 1" } }],
             ['headers["bad name"]', { headers: { "bad name": "v" } }],
             ['headers["x-n"]', { headers: { "x-n": 5 as unknown as string } }],
+            // Header names are not case-sensitive: one of the two was dropped, unsaid.
+            ['headers["x-team"]', { headers: { "X-Team": "a", "x-team": "b" } }],
             ["organization", { organization: "org\n" }],
             // Not a string: it was sent as a header anyway ("5", "null") instead of being refused.
             ["organization", { organization: 5 as never }],

@@ -405,8 +405,18 @@ export const headers = (path: string, input: unknown): Input.Checked<HeaderSet> 
   } catch (error) {
     return Result.fail({ path, message: `listing its headers threw: ${Input.thrownMessage(error)}`, cause: error })
   }
+  // Names are not case-sensitive: of `X-Team` and `x-team`, the request would carry one, the other dropped unsaid.
+  const lower = new Map<string, string>()
   for (const name of names) {
     const at = `${path}[${JSON.stringify(name)}]`
+    const same = lower.get(name.toLowerCase())
+    if (same !== undefined) {
+      return Result.fail({
+        path: at,
+        message: `the header ${JSON.stringify(same)} is given already (names are not case-sensitive)`
+      })
+    }
+    lower.set(name.toLowerCase(), name)
     let entry: unknown
     try {
       entry = (input as Record<string, unknown>)[name]
