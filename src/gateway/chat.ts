@@ -44,14 +44,18 @@ import { sharesUpstream } from "./models.js"
 import * as Sse from "./sse.js"
 import { CurrentTracker, makeTracker, millis, type Target } from "./upstream.js"
 import { CurrentCut, type Cut, stopStreams } from "../policy/plan.js"
-import { type ChatCall, openAiParam, parseChat } from "./request.js"
+import { type ChatCall, openAiParam, parseChat, upstreamParam } from "./request.js"
 import * as Wire from "./response.js"
 
 // A refusal names the library's field (`toolChoice`, `messages[1]` after hoisted system
-// messages): the client is told the parameter it sent instead.
-const named = (error: AiError, hoisted: number): AiError => {
+// messages): the client is told the parameter it sent instead. One an upstream answered (with its
+// HTTP status) names the upstream's parameter, its messages counted from the system prompt it was sent.
+const named = (error: AiError, call: ChatCall, target?: Target): AiError => {
   if (error._tag !== "ModelError" || error.reason !== "InvalidRequest" || error.field === undefined) return error
-  const param = openAiParam(error.field, hoisted)
+  const param =
+    error.status === undefined
+      ? openAiParam(error.field, call.hoisted)
+      : upstreamParam(error.field, call.hoisted, systemSent(call, target, error.provider))
   if (param === error.field) return error
   const prefix = `invalid ${error.field}: `
   return new ModelError({
@@ -66,6 +70,14 @@ const named = (error: AiError, hoisted: number): AiError => {
     field: param,
     cause: error.cause
   })
+}
+
+// Whether the request went upstream behind a system prompt: the client's, or else the domain's of the provider that
+// answered (a domain adds its own only to a request without one).
+const systemSent = (call: ChatCall, target: Target | undefined, provider: string | undefined): boolean => {
+  if (call.hoisted > 0) return true
+  if (target?._tag !== "Domain" || call.request.messages?.some((message) => message.role === "system")) return false
+  return target.chain.find((domain) => domain.provider === provider)?.system !== undefined
 }
 
 /** A request's reservation, settled or released exactly once (the request scope's finalizer releases it). */
@@ -282,8 +294,7 @@ export const make = (env: Env) => {
   const complete = Effect.fnUntraced(function* (
     entry: Entry,
     started: number,
-    model: string,
-    hoisted: number,
+    chatCall: ChatCall,
     target: Target,
     request: GenerateRequest,
     reserved: Ticket | undefined,
@@ -295,7 +306,7 @@ export const make = (env: Env) => {
       span?.end(exit)
       yield* release(reserved)
       if (entry.cut) return answered(env, "chat", started, draining(env), tracker.upstreamMs)
-      const error = named(yield* errorOf(exit.cause), hoisted)
+      const error = named(yield* errorOf(exit.cause), chatCall, target)
       return answered(env, "chat", started, failure(env, error), tracker.upstreamMs)
     }
     const { response, headers } = exit.value
@@ -309,7 +320,7 @@ export const make = (env: Env) => {
     if (span !== undefined) {
       answeredWith(span, response.provider, response.model, response.finishReason, response.usage)
     }
-    const body = Wire.chatCompletion(env.nextId("chatcmpl-"), created(), model, response)
+    const body = Wire.chatCompletion(env.nextId("chatcmpl-"), created(), chatCall.model, response)
     return answered(env, "chat", started, json(200, body, headers), tracker.upstreamMs)
   })
 
@@ -344,7 +355,7 @@ export const make = (env: Env) => {
       lifecycle.leave(entry)
       const error: AiError = Pull.isDoneCause(first.cause)
         ? new ModelError({ reason: "Transport", message: "the stream ended before its first event" })
-        : named(yield* errorOf(first.cause as Cause.Cause<AiError>), call.hoisted)
+        : named(yield* errorOf(first.cause as Cause.Cause<AiError>), call, target)
       span?.end(Exit.fail(error))
       return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
     }
@@ -425,7 +436,7 @@ export const make = (env: Env) => {
     const target = yield* upstream.resolve(chatCall.model, key?.allowedModels)
     yield* checkAllowed(key, chatCall.model)
     const valid = yield* Effect.mapError(validateGenerate(chatCall.request, executor.limits), (error) =>
-      named(error, chatCall.hoisted)
+      named(error, chatCall)
     )
     const reserved = yield* reserve(key, chatCall.model, target, valid)
     const sent = bounded(key, chatCall.model, target, valid)
@@ -440,7 +451,7 @@ export const make = (env: Env) => {
     return yield* traced(`chat ${chatCall.model}`, attributes, (span) =>
       chatCall.stream
         ? streamed(entry, started, chatCall, target, sent, reserved, span)
-        : complete(entry, started, chatCall.model, chatCall.hoisted, target, sent, reserved, span)
+        : complete(entry, started, chatCall, target, sent, reserved, span)
     )
   })
 

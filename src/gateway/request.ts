@@ -401,6 +401,21 @@ export const openAiParam = (field: string, hoisted: number): string => {
 }
 
 /**
+ * The chat-completion parameter an upstream's own `param` stands for. An OpenAI-compatible
+ * upstream counts the messages it was sent: the system prompt first when one was sent
+ * (`systemSent`: the client's `hoisted` leading system messages joined, or a domain's own), then
+ * the request's. Its `messages[1]` after a system prompt is the client's `messages[hoisted]`; its
+ * `messages[0]` then is the client's first message, or, for a domain's system prompt, none of them.
+ *
+ * @internal
+ */
+export const upstreamParam = (param: string, hoisted: number, systemSent: boolean): string =>
+  param.replace(/^messages\[(\d+)\]/, (_, i: string) => {
+    const index = Number(i) - (systemSent ? 1 : 0)
+    return index >= 0 ? `messages[${index + hoisted}]` : hoisted > 0 ? "messages[0]" : "messages"
+  })
+
+/**
  * Reads an embeddings request body (parsed JSON).
  *
  * @internal

@@ -565,3 +565,45 @@ describe("Gateway: a Gemini tool conversation", () => {
     })
   )
 })
+
+describe("Gateway: an upstream's 400 naming a message", () => {
+  it.live("names the message the client sent, counted as the client counts them (system messages included)", () =>
+    Effect.gen(function* () {
+      // The upstream names the message it was sent at index 1: the request's first after its system prompt.
+      const upstream = yield* Server.make((_request, response) =>
+        Server.json(response, 400, {
+          error: {
+            message: "Invalid 'messages[1].content': string too long.",
+            type: "invalid_request_error",
+            param: "messages[1].content",
+            code: "string_above_max_length"
+          }
+        })
+      )
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url },
+        domains: [
+          { name: "d-a", provider: "a" },
+          { name: "d-sys", provider: "a", system: "the domain's own system prompt" }
+        ]
+      })
+      const client = gw.client()
+      const paramOf = (model: string, messages: Array<OpenAI.ChatCompletionMessageParam>) =>
+        Effect.map(
+          Harness.failing(() => client.chat.completions.create({ model, messages })),
+          (refused) => refused.param
+        )
+      const system = { role: "system" as const, content: "be brief" }
+      const user = { role: "user" as const, content: "hi" }
+      // One system message: sent as the upstream's messages[0], so its messages[1] is the client's.
+      assert.strictEqual(yield* paramOf("d-a", [system, user]), "messages[1].content")
+      // Two, sent as one system prompt: the upstream's messages[1] is the client's third.
+      assert.strictEqual(yield* paramOf("d-a", [system, system, user]), "messages[2].content")
+      // None: the domain's system prompt went first, the upstream's messages[1] is the client's first.
+      assert.strictEqual(yield* paramOf("d-sys", [user, user]), "messages[0].content")
+      // None, and no system prompt sent: the indices are the client's.
+      assert.strictEqual(yield* paramOf("d-a", [user, user]), "messages[1].content")
+      assert.strictEqual(yield* paramOf("a/a-model", [system, user]), "messages[1].content")
+    })
+  )
+})
