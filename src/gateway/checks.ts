@@ -25,6 +25,16 @@ export const invalid = (param: string, message: string): Checked<never> =>
   Result.fail(gatewayError("InvalidRequest", `invalid ${param}: ${message}`, { param }))
 
 /**
+ * The 400 of an OpenAI parameter (or value) the gateway cannot honour: `invalid <param>: <message>`
+ * with OpenAI's own code for it, `unsupported_parameter`, so that a client can tell a feature the
+ * gateway lacks from a mistake in its request without reading the message.
+ *
+ * @internal
+ */
+export const unsupported = (param: string, message: string): Checked<never> =>
+  Result.fail(gatewayError("InvalidRequest", `invalid ${param}: ${message}`, { param, code: "unsupported_parameter" }))
+
+/**
  * A name or a string the client made up, as said back: at most 64 characters of it (a body of
  * megabytes would otherwise come back in the error, and in every log line that quotes it).
  *

@@ -9,7 +9,10 @@
 import { Result } from "effect"
 import * as Input from "../Input.js"
 import type * as Model from "../Model.js"
-import { type Checked, clip, invalid, isObject, nullable, shown } from "./checks.js"
+import { type Checked, clip, invalid, isObject, nullable, shown, unsupported } from "./checks.js"
+
+// OpenAI's content parts other than text: a part the gateway cannot send on, not a mistake.
+const mediaParts: ReadonlySet<string> = new Set(["image_url", "input_audio", "file"])
 
 // `refusal`: an assistant's content may carry refusal parts (its answers replayed); OpenAI refuses them in any other role.
 const textOf = (content: unknown, at: string, nullable: boolean, refusal = false): Checked<string> => {
@@ -26,7 +29,9 @@ const textOf = (content: unknown, at: string, nullable: boolean, refusal = false
     const part = content[i]
     if (!isObject(part) || (part.type !== "text" && part.type !== "refusal")) {
       const type = isObject(part) ? shown(part.type) : Input.kindOf(part)
-      return invalid(`${at}[${i}].type`, `only text parts are supported, got ${type}`)
+      const refuse =
+        isObject(part) && typeof part.type === "string" && mediaParts.has(part.type) ? unsupported : invalid
+      return refuse(`${at}[${i}].type`, `only text parts are supported, got ${type}`)
     }
     if (part.type === "refusal" && !refusal) {
       return invalid(`${at}[${i}].type`, `a "refusal" part is only allowed in an assistant message`)
@@ -103,6 +108,9 @@ const nameOf = (name: unknown, at: string): Checked<void> =>
         }`
       )
 
+// OpenAI's message fields the gateway cannot send on (given as null, they say nothing).
+const messageFields: ReadonlySet<string> = new Set(["audio", "function_call"])
+
 const messageKeys: ReadonlySet<string> = new Set([
   "role",
   "content",
@@ -160,7 +168,9 @@ export const conversationOf = (input: unknown): Checked<Conversation> => {
     if (!isObject(m)) return invalid(at, `expected a message object, got ${Input.kindOf(m)}`)
     for (const key in m) {
       if (!messageKeys.has(key) && !(m[key] === null && nullable.has(key))) {
-        return invalid(`${at}.${clip(key)}`, "unsupported field")
+        return messageFields.has(key)
+          ? unsupported(`${at}.${key}`, "not supported by this gateway")
+          : invalid(`${at}.${clip(key)}`, "unsupported field")
       }
     }
     const name = nameOf(m.name, `${at}.name`)

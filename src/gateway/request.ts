@@ -15,7 +15,7 @@ import * as Input from "../Input.js"
 import type * as Model from "../Model.js"
 import { responseFormatNamePattern, toolNamePattern } from "../Model/schemas.js"
 import { maxSchemaDepth, nestsDeeper } from "../Model/validate.js"
-import { type Checked, clip, invalid, isObject, nullable, shown, tooDeep } from "./checks.js"
+import { type Checked, clip, invalid, isObject, nullable, shown, tooDeep, unsupported } from "./checks.js"
 import { gatewayError } from "./errors.js"
 import { conversationOf } from "./messages.js"
 
@@ -221,7 +221,7 @@ const stopOf = (input: unknown): Checked<ReadonlyArray<string> | undefined> => {
 }
 
 const refusedUnlessNeutral = (param: string, value: unknown, neutral: (v: unknown) => boolean): Checked<void> =>
-  neutral(value) ? Result.succeed(undefined) : invalid(param, "not supported by this gateway")
+  neutral(value) ? Result.succeed(undefined) : unsupported(param, "not supported by this gateway")
 
 /**
  * Reads a chat-completion request body (parsed JSON).
@@ -341,7 +341,9 @@ export const parseChat = (body: unknown): Checked<ChatCall> => {
         checked = refusedUnlessNeutral(key, value, (v) => v === null || (isObject(v) && Object.keys(v).length === 0))
         break
       default:
-        if (!ignored.has(key) && !(value === null && nullable.has(key))) {
+        if (nullable.has(key)) {
+          if (value !== null) return unsupported(key, "not supported by this gateway")
+        } else if (!ignored.has(key)) {
           return invalid(clip(key), "unsupported parameter")
         }
     }
@@ -415,6 +417,10 @@ export const upstreamParam = (param: string, hoisted: number, systemSent: boolea
     return index >= 0 ? `messages[${index + hoisted}]` : hoisted > 0 ? "messages[0]" : "messages"
   })
 
+// OpenAI's embedding input as tokens: one array of token ids, or an array of them.
+const isToken = (u: unknown): boolean => Number.isInteger(u)
+const isTokens = (u: unknown): boolean => isToken(u) || (Array.isArray(u) && u.length > 0 && u.every(isToken))
+
 /**
  * Reads an embeddings request body (parsed JSON).
  *
@@ -435,8 +441,10 @@ export const parseEmbed = (body: unknown): Checked<EmbedCall> => {
         if (typeof value === "string") texts = [value]
         else if (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === "string")) {
           texts = value as Array<string>
+        } else if (Array.isArray(value) && value.length > 0 && value.every(isTokens)) {
+          return unsupported("input", "token arrays are not supported: send the texts")
         } else {
-          return invalid("input", "expected a string or a non-empty array of strings (token arrays are not supported)")
+          return invalid("input", "expected a string or a non-empty array of strings")
         }
         // As OpenAI: an empty string has no embedding to give back.
         for (let i = 0; i < texts.length; i++) {
@@ -451,7 +459,7 @@ export const parseEmbed = (body: unknown): Checked<EmbedCall> => {
         encoding = value === "base64" ? "base64" : "float"
         break
       case "dimensions":
-        if (value !== undefined && value !== null) return invalid(key, "not supported by this gateway")
+        if (value !== undefined && value !== null) return unsupported(key, "not supported by this gateway")
         break
       default:
         if (!ignored.has(key)) return invalid(clip(key), "unsupported parameter")

@@ -529,6 +529,35 @@ describe("gateway wire: chat requests", () => {
   })
 })
 
+describe("gateway wire: what the gateway cannot honour", () => {
+  const codeOf = (result: Result.Result<unknown, Parameters<typeof toWire>[0]>) =>
+    Result.isFailure(result) ? toWire(result.failure).body.error.code : "accepted"
+
+  it("is refused with OpenAI's code unsupported_parameter, which a client can tell from a mistake without reading the message", () => {
+    for (const body of [
+      { n: 3 },
+      { presence_penalty: 0.5 },
+      { frequency_penalty: 1 },
+      { logit_bias: { "1": 2 } },
+      { logprobs: true },
+      { top_logprobs: 2 },
+      { modalities: ["text", "audio"] },
+      { reasoning_effort: "high" },
+      { audio: { voice: "alloy", format: "mp3" } },
+      { messages: [{ role: "user", content: "hi", audio: { id: "a" } }] },
+      { messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "https://x/y.png" } }] }] }
+    ]) {
+      assert.strictEqual(codeOf(chat(body)), "unsupported_parameter", JSON.stringify(body))
+    }
+    assert.strictEqual(codeOf(Request.parseEmbed({ model: "e", input: "x", dimensions: 8 })), "unsupported_parameter")
+    assert.strictEqual(codeOf(Request.parseEmbed({ model: "e", input: [[1, 2]] })), "unsupported_parameter")
+    // A mistake stays one: a value out of range, a parameter OpenAI does not have.
+    assert.strictEqual(codeOf(chat({ temperature: 3 })), "invalid_request")
+    assert.strictEqual(codeOf(chat({ top_k: 3 })), "invalid_request")
+    assert.strictEqual(codeOf(Request.parseEmbed({ model: "e", input: 3 })), "invalid_request")
+  })
+})
+
 describe("gateway wire: embedding requests", () => {
   it("reads a string or strings, the encoding, and refuses token arrays and dimensions", () => {
     const one = Result.getOrThrow(Request.parseEmbed({ model: "e", input: "x" }))
