@@ -604,6 +604,11 @@ describe("Gateway: an upstream's 400 naming a message", () => {
       // None, and no system prompt sent: the indices are the client's.
       assert.strictEqual(yield* paramOf("d-a", [user, user]), "messages[1].content")
       assert.strictEqual(yield* paramOf("a/a-model", [system, user]), "messages[1].content")
+      // Streamed, refused before its first chunk: the same.
+      const streamed = yield* Harness.failing(() =>
+        client.chat.completions.create({ model: "d-sys", messages: [user, user], stream: true })
+      )
+      assert.deepStrictEqual([streamed.status, streamed.param], [400, "messages[0].content"])
     })
   )
 })
