@@ -6,7 +6,7 @@
  */
 import { Effect, Exit } from "effect"
 import type { HttpServerRequest } from "effect/http"
-import { type AiError, invalidRequest, type ModelError } from "../AiError.js"
+import { type AiError, ModelError } from "../AiError.js"
 import { type EmbedRequest, type EmbedResponse, estimateTokens, validateEmbed } from "../Model.js"
 import type { Entry } from "./lifecycle.js"
 import {
@@ -29,9 +29,6 @@ import { CurrentTracker, makeTracker, type Target } from "./upstream.js"
 import { type EmbedCall, parseEmbed } from "./request.js"
 import * as Wire from "./response.js"
 
-const texts = "invalid texts: "
-
-// The limits name the library's field (`texts`); the client sent `input`.
 /** A request's budget reservation: made (`held`), then released or settled once (`closed`). */
 interface Held {
   reservation: unknown
@@ -39,10 +36,26 @@ interface Held {
   closed: boolean
 }
 
-const asInput = (error: ModelError): ModelError =>
-  error.field === "texts" && error.message.startsWith(texts)
-    ? invalidRequest("input", error.message.slice(texts.length), error.provider)
-    : error
+// A refusal names the library's field (`texts`, `texts[2]`), the gateway's limits' or a provider's own: the client
+// sent `input`.
+const asInput = <E extends AiError>(error: E): E | ModelError => {
+  if (error._tag !== "ModelError" || error.reason !== "InvalidRequest") return error
+  const field = error.field
+  if (field === undefined || !(field === "texts" || field.startsWith("texts["))) return error
+  const param = `input${field.slice("texts".length)}`
+  const prefix = `invalid ${field}: `
+  return new ModelError({
+    reason: error.reason,
+    message: error.message.startsWith(prefix)
+      ? `invalid ${param}: ${error.message.slice(prefix.length)}`
+      : error.message,
+    provider: error.provider,
+    model: error.model,
+    status: error.status,
+    field: param,
+    cause: error.cause
+  })
+}
 
 /**
  * @internal
@@ -73,7 +86,7 @@ export const make = (env: Env) => {
     const exit = yield* cuttable(entry, Effect.provideService(embed(target, valid), CurrentTracker, tracker))
     if (Exit.isFailure(exit)) {
       span?.end(exit)
-      const answer = entry.cut ? draining(env) : failure(env, yield* errorOf(exit.cause))
+      const answer = entry.cut ? draining(env) : failure(env, asInput(yield* errorOf(exit.cause)))
       return answered(env, "embeddings", started, answer, tracker.upstreamMs)
     }
     // No text embeds in 0 tokens: a provider that says 0 (or nothing) did not count, and the estimate is charged.

@@ -612,3 +612,23 @@ describe("Gateway: an upstream's 400 naming a message", () => {
     })
   )
 })
+
+describe("Gateway: a provider's refusal of an embedding request", () => {
+  it.live(
+    "names the client's input, not the library's texts (a provider's own limits, stricter than the gateway's)",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make(Up.openAi())
+        const gw = yield* Harness.make({
+          upstreams: { a: upstream.url },
+          provider: { requestLimits: { maxEmbedTexts: 1 } }
+        })
+        const refused = yield* Harness.failing(() =>
+          gw.client().embeddings.create({ model: "d-a", input: ["one", "two"] })
+        )
+        assert.deepStrictEqual([refused.status, refused.param], [400, "input"])
+        assert.match(refused.message, /^400 invalid input: 2 texts exceed the limit of 1/)
+        assert.lengthOf(yield* upstream.requests, 0)
+      })
+  )
+})
