@@ -211,9 +211,16 @@ describe("RateLimit: a refusal answers at once; its give-back runs in the backgr
 })
 
 /** The service and the Redis client it uses, built in the test's scope. */
-const build = (server: RedisServer, options: RateLimit.RedisOptions, clock?: Clock.Clock) =>
+const build = (
+  server: RedisServer,
+  options: RateLimit.RedisOptions,
+  clock?: Clock.Clock,
+  connection?: Omit<Redis.Options, "url">
+) =>
   Effect.gen(function* () {
-    const layer = RateLimit.layerRedis(options).pipe(Layer.provideMerge(Redis.layer({ url: server.url })))
+    const layer = RateLimit.layerRedis(options).pipe(
+      Layer.provideMerge(Redis.layer({ ...connection, url: server.url }))
+    )
     const context = yield* Layer.build(
       clock === undefined ? layer : layer.pipe(Layer.provide(Layer.succeed(Clock.Clock, clock)))
     )
@@ -237,49 +244,110 @@ const skewed = (offset: number): Effect.Effect<Clock.Clock> =>
 describe.skipIf(skipRedis)(
   `RateLimit on Redis: timeouts and clocks (${skipRedis ? skipReason : "needs redis-server"})`,
   () => {
-    it.live(
-      'onStoreError "reject": a reservation whose answer came too late is given back, not lost for its window',
+    // The reservation is made late on purpose (Redis stopped, SIGSTOP), and only it: every other call is given far
+    // more time than a loaded machine needs. The guard's deadline is TestClock's; the client's is a real timer, of
+    // 3 s, waited once for the three limits together.
+    const limitsOf = [
+      { requestsPerMinute: 1 },
+      { tokensPerMinute: 100 },
+      { requestsPerMinute: 1, algorithm: "token-bucket" as const }
+    ]
+    const tokensOf = (limit: (typeof limitsOf)[number]) => (limit.tokensPerMinute === undefined ? undefined : 100)
+
+    it.effect(
+      'onStoreError "reject": a reservation whose answer came too late (the guard\'s deadline) is given back, not lost for its window',
       () =>
         Effect.scoped(
           Effect.gen(function* () {
             const server = yield* startRedis
-            for (const [label, redis] of [
-              ["the guard's deadline", { timeout: "200 millis", reportAfter: "1 minute" }],
-              ["the client's deadline", { reportAfter: "1 minute" }]
-            ] as const) {
-              for (const limit of [
-                { requestsPerMinute: 1 },
-                { tokensPerMinute: 100 },
-                { requestsPerMinute: 1, algorithm: "token-bucket" as const }
-              ]) {
-                const key = uniqueName("late")
-                const warm = uniqueName("warm")
-                const { limits, redis: redisClient } = yield* build(server, {
+            for (const limit of limitsOf) {
+              const key = uniqueName("late")
+              const warm = uniqueName("warm")
+              const { limits, redis } = yield* build(
+                server,
+                {
                   providers: { [key]: limit, [warm]: limit },
                   maxWait: 0,
                   onStoreError: "reject",
-                  redis
-                })
-                const tokens = limit.tokensPerMinute === undefined ? undefined : 100
-                // Redis holds the script: its first EVALSHA would find none (NOSCRIPT) and take nothing.
-                yield* limits.acquire(warm, { tokens })
-                // Redis stops answering: the reservation is sent, the call refused at the deadline.
-                yield* server.pause
-                const refused = yield* Effect.flip(limits.acquire(key, { tokens }))
-                assert.strictEqual((refused as ModelError).reason, "RateLimited")
-                assert.include(refused.message, "store unavailable")
-                // Back: Redis runs the reservation it had been sent, then the give-back sent after it.
-                yield* server.resume
-                // Answered after both: one connection, answers in order.
-                yield* redisClient.send("PING")
-                // The window's one slot was lost to a call that never went; now it is free.
-                const exit = yield* Effect.exit(limits.acquire(key, { tokens }))
-                assert.strictEqual(exit._tag, "Success", `${label}, ${JSON.stringify(limit)}: ${String(exit)}`)
-                assert.strictEqual((yield* rejection(limits, key, tokens)).reason, "RateLimited")
-              }
+                  redis: { timeout: "1 second", reportAfter: "1 minute" }
+                },
+                undefined,
+                { commandTimeout: "1 day" }
+              )
+              const tokens = tokensOf(limit)
+              // Redis holds the script: its first EVALSHA would find none (NOSCRIPT) and take nothing.
+              yield* limits.acquire(warm, { tokens })
+              // Redis stops answering: the reservation is sent, the call refused at the deadline.
+              yield* server.pause
+              const late = yield* Effect.forkChild(Effect.flip(limits.acquire(key, { tokens })), {
+                startImmediately: true
+              })
+              yield* TestClock.adjust("1 second")
+              const refused = yield* Fiber.join(late)
+              assert.strictEqual((refused as ModelError).reason, "RateLimited")
+              assert.include(refused.message, "store unavailable")
+              // Back: Redis runs the reservation it had been sent, then the give-back sent after it.
+              yield* server.resume
+              // Answered after both: one connection, answers in order.
+              yield* redis.send("PING")
+              // The window's one slot was lost to a call that never went; now it is free.
+              const exit = yield* Effect.exit(limits.acquire(key, { tokens }))
+              assert.strictEqual(exit._tag, "Success", `${JSON.stringify(limit)}: ${String(exit)}`)
+              assert.strictEqual((yield* rejection(limits, key, tokens)).reason, "RateLimited")
             }
           })
         )
+    )
+
+    it.live(
+      'onStoreError "reject": a reservation whose answer came too late (the client\'s deadline) is given back, not lost for its window',
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const keys = limitsOf.map(() => uniqueName("late"))
+            const warms = limitsOf.map(() => uniqueName("warm"))
+            const providers = Object.fromEntries(
+              limitsOf.flatMap((limit, i) => [
+                [keys[i]!, limit],
+                [warms[i]!, limit]
+              ])
+            )
+            // The client's deadline (3 s) cuts the call: the guard's (1 minute) sets no timer of its own.
+            const { limits, redis } = yield* build(
+              server,
+              {
+                providers,
+                maxWait: 0,
+                onStoreError: "reject",
+                redis: { timeout: "1 minute", reportAfter: "1 minute" }
+              },
+              undefined,
+              { commandTimeout: "3 seconds" }
+            )
+            // Redis holds the scripts: a first EVALSHA would find none (NOSCRIPT) and take nothing.
+            for (const [i, limit] of limitsOf.entries()) yield* limits.acquire(warms[i]!, { tokens: tokensOf(limit) })
+            yield* server.pause
+            const refused = yield* Effect.forEach(
+              limitsOf,
+              (limit, i) => Effect.flip(limits.acquire(keys[i]!, { tokens: tokensOf(limit) })),
+              { concurrency: "unbounded" }
+            )
+            for (const error of refused) {
+              assert.strictEqual((error as ModelError).reason, "RateLimited")
+              assert.include(error.message, "store unavailable")
+            }
+            yield* server.resume
+            yield* redis.send("PING")
+            for (const [i, limit] of limitsOf.entries()) {
+              const tokens = tokensOf(limit)
+              const exit = yield* Effect.exit(limits.acquire(keys[i]!, { tokens }))
+              assert.strictEqual(exit._tag, "Success", `${JSON.stringify(limit)}: ${String(exit)}`)
+              assert.strictEqual((yield* rejection(limits, keys[i]!, tokens)).reason, "RateLimited")
+            }
+          })
+        ),
+      30_000
     )
 
     it.live("a give-back that reaches Redis before its reservation: the reservation takes nothing", () =>
