@@ -1071,6 +1071,44 @@ describe.skipIf(skipRedis)(
         }),
       20_000
     )
+
+    it.live(
+      "a reconnection refused on the layer's connection and on a subscription's: each connection's refusal is said once, naming which",
+      () =>
+        Effect.gen(function* () {
+          const logs = yield* captureLogs
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const server = yield* startRedis
+              const admin = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+              yield* admin.send("CONFIG", "SET", "requirepass", "old-s3cret")
+              const redis = Context.get(
+                yield* Layer.build(
+                  Redis.layer({
+                    url: server.url.replace("redis://", "redis://:old-s3cret@"),
+                    reconnectMax: "50 millis"
+                  })
+                ),
+                PersistenceRedis.Redis
+              )
+              yield* redis.subscribe("orchestra-refused")
+              // The password is rotated and both connections dropped: every reconnection of each is refused.
+              yield* admin.send("CONFIG", "SET", "requirepass", "new-s3cret")
+              yield* admin.send("CLIENT", "KILL", "TYPE", "pubsub")
+              yield* admin.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+              yield* Effect.sleep("800 millis")
+              const warnings = logs.lines.filter((l) => l.startsWith("Warn") && l.includes("refused the reconnection"))
+              const subscription = warnings.filter((l) => l.includes(`"orchestra-refused"`))
+              assert.strictEqual(subscription.length, 1, JSON.stringify(logs.lines))
+              assert.strictEqual(warnings.length - subscription.length, 1, JSON.stringify(logs.lines))
+              for (const line of warnings) assert.include(line, "WRONGPASS")
+              for (const line of logs.lines) assert.notInclude(line, "s3cret")
+              yield* admin.send("CONFIG", "SET", "requirepass", "")
+            })
+          ).pipe(Effect.provide(logs.layer))
+        }),
+      20_000
+    )
   }
 )
 

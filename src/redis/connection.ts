@@ -63,18 +63,30 @@ export const layer = (
       const state: State = {
         connected: false,
         lastError: undefined,
-        refusal: undefined,
         client: undefined,
         resetAt: Number.NEGATIVE_INFINITY
       }
       const runSync = Effect.runSyncWith(yield* Effect.context<never>())
+      const layerRefusal: Refusal = { message: undefined, of: "" }
       const socket: Socket = {
         ...(s.tls === undefined ? {} : { tls: true as const, ...s.tls }),
         connectTimeout: s.connectTimeout,
         reconnectStrategy: (retries: number, cause: Error) => {
           state.lastError = cause
-          if (state.connected) runSync(refused(s, state, retries, cause))
+          if (state.connected) runSync(refused(s, layerRefusal, retries, cause))
           return state.connected || s.onUnreachableAtStart === "start" ? backoff(retries, s.reconnectMax) : cause
+        }
+      }
+      // A subscription's connection is made once the layer's has connected: it reconnects for good, and its
+      // refusals are its own (see refused).
+      const subscriptionSocket = (channel: string): Socket => {
+        const refusal: Refusal = { message: undefined, of: ` of the subscription to ${Input.shown(channel)}` }
+        return {
+          ...socket,
+          reconnectStrategy: (retries: number, cause: Error) => {
+            runSync(refused(s, refusal, retries, cause))
+            return backoff(retries, s.reconnectMax)
+          }
         }
       }
       const client = NodeRedis.layer({
@@ -87,10 +99,11 @@ export const layer = (
         // the stores' guards report an outage once instead.
         Layer.provide(Layer.succeed(References.MinimumLogLevel, "Error"))
       )
+      const sockets: Sockets = { client: socket, subscription: subscriptionSocket }
       const built =
         s.onUnreachableAtStart === "start"
-          ? startUnconnected(s, socket, client, state, NodeRedis.NodeRedis)
-          : connect(s, socket, client, state, NodeRedis.NodeRedis)
+          ? startUnconnected(s, sockets, client, state, NodeRedis.NodeRedis)
+          : connect(s, sockets, client, state, NodeRedis.NodeRedis)
       return Layer.effectContext(built).pipe(
         Layer.merge(Layer.succeed(ClientDeadline, s.commandTimeout)),
         Layer.merge(Layer.succeed(ConnectionReset, resetConnection(s, state)))
@@ -102,8 +115,6 @@ interface State {
   connected: boolean
   /** The client's last connection error, for the warning of a layer that starts without Redis. */
   lastError: unknown
-  /** The error reply last logged of the reconnections since the connection was lost. */
-  refusal: string | undefined
   /** The client, once connected. */
   client: NodeRedis.NodeRedis["Service"]["client"] | undefined
   /** When the connection was last dropped (see resetConnection; Clock milliseconds). */
@@ -151,15 +162,23 @@ const resetConnection =
       : Effect.void
   }
 
+/** One connection's refusals: the error reply last logged since it was lost, and which connection it is. */
+interface Refusal {
+  message: string | undefined
+  readonly of: string
+}
+
 // A reconnection that Redis answered with an error (a password rotated: WRONGPASS; a database removed) is tried
 // again for good, while the stores only see "The client is offline": one warning per refusal says why. The
-// first retry of an outage (`retries` 0) starts it afresh. Socket errors are the outage the stores report.
-const refused = (s: Settings, state: State, retries: number, cause: Error): Effect.Effect<void> => {
-  if (retries === 0) state.refusal = undefined
-  if (!isErrorReply(cause) || cause.message === state.refusal) return Effect.void
-  state.refusal = cause.message
+// first retry of an outage (`retries` 0) starts it afresh. Socket errors are the outage the stores report. Each
+// connection (the layer's, each subscription's) has its own: shared, one connection's first retry cleared what the
+// other had said, and each refusal was said once for both, or again for each, never saying which was refused.
+const refused = (s: Settings, refusal: Refusal, retries: number, cause: Error): Effect.Effect<void> => {
+  if (retries === 0) refusal.message = undefined
+  if (!isErrorReply(cause) || cause.message === refusal.message) return Effect.void
+  refusal.message = cause.message
   return Effect.logWarning(
-    `Redis at ${s.address} refused the reconnection: ${cause.message}; trying again at most ${s.reconnectMax} ms apart`
+    `Redis at ${s.address} refused the reconnection${refusal.of}: ${cause.message}; trying again at most ${s.reconnectMax} ms apart`
   )
 }
 
@@ -171,6 +190,12 @@ type Client = NodeRedis.NodeRedis["Service"]["client"]
 
 /** The client's socket options (TLS, connectTimeout, the reconnection backoff). */
 type Socket = NonNullable<NonNullable<Parameters<Client["duplicate"]>[0]>["socket"]>
+
+/** The layer's client's socket options, and a subscription's (its own reconnection's refusals). */
+interface Sockets {
+  readonly client: Socket
+  readonly subscription: (channel: string) => Socket
+}
 
 const destroy = (connection: Client): void => {
   try {
@@ -247,14 +272,16 @@ const failedQueue = (error: Redis.RedisError): Effect.Effect<Queue.Dequeue<Redis
 // NodeRedis's, one reconnecting to a server that accepted and never answered (a Redis restarting behind a proxy)
 // waited on it for ever: the subscription delivered nothing again, and said nothing.
 const subscriber =
-  (s: Settings, socket: Socket, client: Client) =>
+  (s: Settings, sockets: Sockets, client: Client) =>
   (channel: string, onMessage: (message: Redis.RedisMessage) => void) =>
     Effect.gen(function* () {
       const terminal = yield* Deferred.make<void, Redis.RedisError>()
       // node-redis cannot destroy a socket still connecting: the signal closes it.
       const abort = new AbortController()
       const connection = yield* Effect.acquireRelease(
-        Effect.sync(() => client.duplicate({ socket: { ...socket, signal: abort.signal } as Socket })),
+        Effect.sync(() =>
+          client.duplicate({ socket: { ...sockets.subscription(channel), signal: abort.signal } as Socket })
+        ),
         (connection) =>
           Effect.sync(() => {
             destroy(connection)
@@ -290,7 +317,7 @@ const subscriber =
 // are this one's (see reservedConnection, subscriber), the pool in the scope the services are built in.
 const bounded = Effect.fnUntraced(function* (
   s: Settings,
-  socket: Socket,
+  sockets: Sockets,
   context: Services,
   tag: typeof NodeRedis.NodeRedis
 ) {
@@ -298,8 +325,8 @@ const bounded = Effect.fnUntraced(function* (
   const client = Context.get(context, tag).client
   const own = yield* Redis.make({
     send: redis.send,
-    connect: reservedConnection(s, socket, client),
-    subscribe: subscriber(s, socket, client)
+    connect: reservedConnection(s, sockets.client, client),
+    subscribe: subscriber(s, sockets, client)
   })
   const reserveTimedOut = Effect.fail(
     new Redis.RedisError({
@@ -343,7 +370,7 @@ const bounded = Effect.fnUntraced(function* (
 // answered held the build for ever. The build's scope is the layer's: giving up closes the client.
 const connect = (
   s: Settings,
-  socket: Socket,
+  sockets: Sockets,
   client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>,
   state: State,
   tag: typeof NodeRedis.NodeRedis
@@ -352,7 +379,7 @@ const connect = (
     Effect.mapError((error) =>
       layerError(`Redis at ${s.address}: connection failed: ${errorText(error)}`, error.cause)
     ),
-    Effect.flatMap((context) => bounded(s, socket, context, tag)),
+    Effect.flatMap((context) => bounded(s, sockets, context, tag)),
     Effect.timeoutOrElse({
       duration: Duration.millis(s.connectTimeout),
       orElse: () => {
@@ -408,7 +435,7 @@ class NotConnectedError extends Error {}
 // command fails at once, as an offline client's do, until it has connected; then they are its own.
 const startUnconnected = Effect.fnUntraced(function* (
   s: Settings,
-  socket: Socket,
+  sockets: Sockets,
   client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>,
   state: State,
   tag: typeof NodeRedis.NodeRedis
@@ -429,7 +456,7 @@ const startUnconnected = Effect.fnUntraced(function* (
       Effect.matchEffect(
         Effect.timeoutOrElse(
           Effect.flatMap(Layer.buildWithScope(client, child), (context) =>
-            Scope.provide(bounded(s, socket, context, tag), child)
+            Scope.provide(bounded(s, sockets, context, tag), child)
           ),
           {
             duration: Duration.millis(s.connectTimeout),
