@@ -9,6 +9,7 @@ import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import type { OptionError } from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
 import * as Redis from "../src/Redis.js"
+import { captureLogs } from "./utils/logs.js"
 import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
 
 let counter = 0
@@ -439,6 +440,39 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
         "recording after Redis came back"
       )
     })
+  )
+
+  it.live(
+    "Redis killed while a probe runs: its lease renewals log no error each (the guard reports the outage once)",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* captureLogs
+        yield* Effect.gen(function* () {
+          const server = yield* startRedis
+          // A lease of 300 ms is renewed every 100 ms while the probe runs.
+          const breakers = yield* build(server, {
+            prefix: `${uniqueKey("p")}:`,
+            failMax: 1,
+            resetTimeout: "100 millis",
+            probeLease: "300 millis",
+            redis: quietRedis
+          })
+          const key = uniqueKey("renew")
+          yield* Effect.exit(breakers.execute(key, overloaded))
+          yield* eventually(breakers.state(key), (s) => s === "half-open", "half-open")
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const probe = yield* breakers.admit(key)
+              assert.isTrue(probe.probe)
+              yield* server.kill
+              // About ten renewals, each refused at once (the client is offline).
+              yield* Effect.sleep("1 second")
+            })
+          )
+          const errors = logs.lines.filter((l) => l.startsWith("Error"))
+          assert.deepStrictEqual(errors, [])
+        }).pipe(Effect.scoped, Effect.provide(logs.layer))
+      })
   )
 
   it.live(

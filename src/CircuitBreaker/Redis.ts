@@ -6,7 +6,7 @@
  *
  * @since 0.2.0
  */
-import { Context, Duration, Effect, Exit, Fiber, Layer, Predicate, Schedule, Scope } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Predicate, References, Schedule, Scope } from "effect"
 import * as Store from "effect/persistence/CircuitBreaker"
 import * as Redis from "effect/persistence/Redis"
 import type { Options } from "../CircuitBreaker.js"
@@ -122,8 +122,14 @@ export const makeRedis = Effect.fnUntraced(function* (given: RedisOptions = {}) 
   const store = Context.get(context, Store.CircuitBreakerStore)
   const isolate = redis.eval(isolateScript)
   const layerScope = yield* Effect.scope
+  // A probe's lease is renewed (every third of probeLease) by a fiber the store forks in the admission, outside the
+  // guard, which logged every failed renewal as an error with its cause: a Redis down while a probe ran said so
+  // three times a lease, where the guard says an outage once (the probe's record goes through it). Debug level.
   const storeAdmit = (key: string, scope: Scope.Scope) =>
-    Scope.provide(store.admit(key), scope).pipe(Effect.catchIf(isRejection, (rejection) => Effect.succeed(rejection)))
+    Scope.provide(store.admit(key), scope).pipe(
+      Effect.provideService(References.UnhandledLogLevel, "Debug"),
+      Effect.catchIf(isRejection, (rejection) => Effect.succeed(rejection))
+    )
 
   // A probe Redis granted after its caller stopped waiting (the guard's deadline, shorter than the
   // client's, cut the call whose answer still came) is run and recorded by nobody: it held the probe
