@@ -126,7 +126,8 @@ export {
    * Later outages are the stores' business (each fails open or closed as configured) while
    * the client reconnects in the background. The service's `reserve` waits at most `connectTimeout` for a
    * connection (a new one's handshake, or one of the pool's to be freed; a new one not ready by then is closed, not
-   * left to hold the pool), and `subscribe` at most
+   * left to hold the pool; one of the pool's that closed while idle, its Redis restarted, is not handed out), and
+   * `subscribe` at most
    * `connectTimeout` plus `commandTimeout` (its queue then fails with the `RedisError`, and its connection is closed). A subscription
    * reconnects as the client does (each handshake within `connectTimeout`, at most `reconnectMax` apart) and
    * subscribes again: messages published meanwhile are not delivered. A reserved

@@ -827,6 +827,35 @@ describe.skipIf(skipRedis)(
     )
 
     it.live(
+      "Redis restarted: a reserve once it is back gets a live connection, not the pool's idle one that died with the old server",
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const redis = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+            const reserved = Effect.scoped(Effect.flatMap(redis.reserve, (c) => c.send<string>("PING")))
+            // Two connections left idle in the pool.
+            const both = Effect.scoped(
+              Effect.all([redis.reserve, redis.reserve]).pipe(
+                Effect.flatMap(([a, b]) => Effect.all([a.send<string>("PING"), b.send<string>("PING")]))
+              )
+            )
+            assert.deepStrictEqual(yield* both, ["PONG", "PONG"])
+            yield* server.kill
+            yield* server.start
+            // Back: the shared connection has reconnected.
+            yield* Effect.suspend(() => redis.send<string>("PING")).pipe(
+              Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
+            )
+            // Each reserve answers, the first included: the idle connections closed with the old server are not handed out.
+            assert.strictEqual(yield* reserved, "PONG")
+            assert.deepStrictEqual(yield* both, ["PONG", "PONG"])
+          })
+        ),
+      20_000
+    )
+
+    it.live(
       "a blocking pop on a reserved connection waits past commandTimeout for its own timeout and loses no element",
       () =>
         Effect.scoped(

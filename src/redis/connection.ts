@@ -251,11 +251,53 @@ const reservedConnection = (s: Settings, socket: Socket, client: Client) =>
       })
     )
   ).pipe(
-    Effect.map((connection) => ({
-      send: sendOn(connection),
-      // Fails the commands in flight instead of waiting for their replies, as the pool requires.
-      close: Effect.sync(() => destroy(connection))
-    }))
+    Effect.map((connection) => {
+      const send = sendOn(connection)
+      return {
+        // The liveness check (see reserveLive) is answered here, with no round trip.
+        send: <A = unknown>(command: string, ...args: ReadonlyArray<string>): Effect.Effect<A, Redis.RedisError> =>
+          command !== liveness
+            ? send<A>(command, ...args)
+            : connection.isReady
+              ? (Effect.void as Effect.Effect<A>)
+              : Effect.fail(
+                  new Redis.RedisError({ cause: new ClosedConnectionError("the reserved connection closed") })
+                ),
+        // Fails the commands in flight instead of waiting for their replies, as the pool requires.
+        close: Effect.sync(() => destroy(connection))
+      }
+    })
+  )
+
+// Not a Redis command: what a reserved connection's `send` answers with whether it is still connected (see
+// reservedConnection), without sending anything.
+const liveness = "\u0000orchestra:liveness"
+
+// A reserved connection found closed before it was handed out (see reserveLive).
+class ClosedConnectionError extends Error {}
+
+// A connection the pool holds idle does not reconnect (none does that a caller reserved), and the pool does not see
+// it close: after a Redis restart (or a proxy's idle timeout) it handed out each idle connection closed with the old
+// server, whose first command then failed ("The client is closed") although Redis was back. Each is checked as it is
+// reserved (no round trip: the client knows its socket closed): one closed is given back, and failed, as the pool
+// then drops it, and another reserved; at most the pool's size (10) of them, then a new one.
+const reserveLive = (
+  reserve: Effect.Effect<Redis.Connection, Redis.RedisError, Scope.Scope>,
+  left = 10
+): Effect.Effect<Redis.Connection, Redis.RedisError, Scope.Scope> =>
+  Effect.flatMap(Effect.scope, (scope) =>
+    Effect.flatMap(Scope.fork(scope), (child) =>
+      Effect.flatMap(Scope.provide(reserve, child), (connection) =>
+        Effect.matchEffect(connection.send(liveness), {
+          onSuccess: () => Effect.succeed(connection),
+          onFailure: (error) =>
+            Effect.andThen(
+              Scope.close(child, Exit.void),
+              left > 0 ? reserveLive(reserve, left - 1) : Effect.fail(error)
+            )
+        })
+      )
+    )
   )
 
 // A new connection (reserve's, a subscription's) that was not ready in time: its handshake, or the pool's wait.
@@ -345,7 +387,7 @@ const bounded = Effect.fnUntraced(function* (
     send: redis.send,
     eval: evalWithin(redis.send, s.commandTimeout),
     reserve: Effect.map(
-      Effect.timeoutOrElse(own.reserve, {
+      Effect.timeoutOrElse(reserveLive(own.reserve), {
         duration: Duration.millis(s.connectTimeout),
         orElse: () => reserveTimedOut
       }),
