@@ -449,12 +449,12 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
         const logs = yield* captureLogs
         yield* Effect.gen(function* () {
           const server = yield* startRedis
-          // A lease of 300 ms is renewed every 100 ms while the probe runs.
+          // A lease of 600 ms is renewed every 200 ms while the probe runs.
           const breakers = yield* build(server, {
             prefix: `${uniqueKey("p")}:`,
             failMax: 1,
             resetTimeout: "100 millis",
-            probeLease: "300 millis",
+            probeLease: "600 millis",
             redis: quietRedis
           })
           const key = uniqueKey("renew")
@@ -465,7 +465,7 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
               const probe = yield* breakers.admit(key)
               assert.isTrue(probe.probe)
               yield* server.kill
-              // About ten renewals, each refused at once (the client is offline).
+              // About five renewals, each refused at once (the client is offline).
               yield* Effect.sleep("1 second")
             })
           )
@@ -581,6 +581,10 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
       yield* refused({ prefix: "p-\uD800" }, "prefix")
       yield* refused({ onStoreError: "maybe" }, "onStoreError")
       yield* refused({ probeLease: Number.NaN }, "probeLease")
+      // Renewed every third of it, each renewal answered within redis.timeout: a lease of 1 ms lapsed between them,
+      // and was renewed in a loop, a Redis command every millisecond for as long as the probe ran.
+      yield* refused({ probeLease: "1 millis" }, "probeLease")
+      yield* refused({ probeLease: "1 second", redis: { timeout: "1 second" } }, "probeLease")
       yield* refused({ redis: { timeout: Number.NaN } }, "redis.timeout")
       // A misspelt guard option kept the default deadline without a word; null failed reading it.
       yield* refused({ redis: { timout: 100 } }, "redis.timout")

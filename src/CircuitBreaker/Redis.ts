@@ -30,7 +30,8 @@ export interface RedisOptions extends Options {
   /**
    * The probe holds a lease this long, renewed while it runs: a process that dies while
    * probing frees the probe after at most this. Default 10 seconds. A probe granted after its
-   * caller stopped waiting (an answer later than `redis.timeout`) is given back at once.
+   * caller stopped waiting (an answer later than `redis.timeout`) is given back at once. At least 1.5 times
+   * `redis.timeout` (750 ms by default): it is renewed every third of it, each renewal answered within that.
    */
   readonly probeLease?: Input.DurationInput | undefined
   /**
@@ -114,6 +115,16 @@ export const makeRedis = Effect.fnUntraced(function* (given: RedisOptions = {}) 
     return yield* new Input.OptionError({ path: "redis", message: "invalid redis: expected an object" })
   }
   const settings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
+  // The store renews the lease every third of it while the probe runs, each renewal answered within redis.timeout:
+  // a shorter lease lapsed before its renewal landed (another process probed too), and one of a few milliseconds
+  // was renewed in a loop, a Redis command every millisecond for as long as the probe ran.
+  const minLease = Math.ceil(1.5 * Duration.toMillis(settings.timeout))
+  if (probeLease < minLease) {
+    return yield* new Input.OptionError({
+      path: "probeLease",
+      message: `expected at least 1.5 times redis.timeout (${minLease} ms): the lease is renewed every third of it, each renewal answered within redis.timeout; got ${probeLease} ms`
+    })
+  }
   const guard = yield* SharedRedis.makeGuard({ store: "breaker", settings })
   const redis = yield* Redis.Redis
   const context = yield* Layer.build(
