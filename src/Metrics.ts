@@ -417,7 +417,7 @@ export const gatewayRequests = Metric.counter("orchestra_gateway_requests_total"
 })
 
 /**
- * Attributes `route` (`keys_create`, `keys_list`, `key`, `key_disable`, `key_enable`,
+ * Attributes `route` (`keys_create`, `keys_list`, `key`, `key_delete`, `key_disable`, `key_enable`,
  * `key_spend`, and `other` for any other path or method under the admin path) and `status`
  * (the HTTP status code; 401 for a missing or wrong admin key, 499 when the client left).
  *

@@ -35,6 +35,13 @@ const escapeChar = (char: string): string =>
         : `%u${char.charCodeAt(0).toString(16).toUpperCase()}`
 const escapeKey = (key: string): string => key.replace(/[%:}]|[\uD800-\uDFFF]/gu, escapeChar)
 
+/**
+ * The Redis key of a limited key's fixed windows in the store of {@link makeStore} under `prefix`.
+ *
+ * @internal
+ */
+export const windowKeyOf = (prefix: string, key: string): string => `${prefix}{${escapeKey(key)}}:window`
+
 const fixedWindowScript = Redis.script(
   (key: string, tokens: number, refillMillis: number, limit: number | undefined) => [
     key,
@@ -367,7 +374,7 @@ export const makeStore = Effect.fnUntraced(function* (options: { readonly prefix
   const windows = redis.eval(windowsScript)
   // The escaped key is the hash tag (`{...}`) of its state and of its reservations' records, which one
   // script touches together: on Redis Cluster every key of a script must hash to one slot.
-  const windowKey = (key: string) => `${prefix}{${escapeKey(key)}}:window`
+  const windowKey = (key: string) => windowKeyOf(prefix, key)
   const bucketKey = (key: string) => `${prefix}{${escapeKey(key)}}:bucket`
   // A tagged reservation's record: escaped keys hold no ":", so no other key's state is named so.
   const recordKey = (state: string, id: string) => `${state}:r:${id}`

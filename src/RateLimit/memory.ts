@@ -68,7 +68,8 @@ export class KeysFull {
 export const withAlignedFixedWindow = (
   store: RateLimiter.RateLimiterStore["Service"],
   maxKeys: number = defaultMaxKeys
-): RateLimiter.RateLimiterStore["Service"] & AlignedFixedWindow & { readonly size: number } => {
+): RateLimiter.RateLimiterStore["Service"] &
+  AlignedFixedWindow & { readonly size: number; readonly forget: (key: string) => void } => {
   const windows = new Map<string, Windows>()
   // The token buckets of effect's store, by key: when each is full again (then as one never seen).
   const buckets = new Map<string, number>()
@@ -175,6 +176,10 @@ export const withAlignedFixedWindow = (
           return answer
         })
       }),
-    fixedWindowRelease: (o) => Effect.sync(() => release(o.key, o.tokens, o.start, o.index))
+    fixedWindowRelease: (o) => Effect.sync(() => release(o.key, o.tokens, o.start, o.index)),
+    // A key whose owner is gone (a deleted virtual key): one of the same name starts afresh.
+    forget: (key) => {
+      windows.delete(key)
+    }
   }
 }

@@ -7,6 +7,7 @@
  * | `POST {path}/keys` | 201: the key and its `secret` (shown this once; `Cache-Control: no-store`) |
  * | `GET {path}/keys?limit=&after=` | a page: `{ object: "list", data: [key...], has_more, first_id, last_id }` (the configuration's keys, then the created ones by id; `limit` 1 to 1,000, default 100; `after` the last id of the page before), with `incomplete: true` while the Redis store's index of ids misses keys |
  * | `GET {path}/keys/:id` | the key |
+ * | `DELETE {path}/keys/:id` | `{ id, object: "key", deleted: true }`: the key, its budgets (not its team's) and its rate limits are gone, and its id may be created again from nothing |
  * | `POST {path}/keys/:id/disable`, `.../enable` | the key after the change |
  * | `GET {path}/keys/:id/spend` | `{ id, budgets: [{ scope, id, unit, spent, held, limit, remaining, resetsAt }] }` |
  *
@@ -137,12 +138,21 @@ const allowed = (rest: string): string | undefined => {
   const [empty, keys, id, action, ...more] = (rest.endsWith("/") ? rest.slice(0, -1) : rest).split("/")
   if (empty !== "" || keys !== "keys" || more.length > 0 || id === "" || action === "") return undefined
   if (id === undefined) return "GET, HEAD, POST"
-  if (action === undefined || action === "spend") return "GET, HEAD"
+  if (action === undefined) return "GET, HEAD, DELETE"
+  if (action === "spend") return "GET, HEAD"
   return action === "disable" || action === "enable" ? "POST" : undefined
 }
 
 /** The `route` attribute of `orchestra_gateway_admin_requests_total`. */
-type AdminRoute = "keys_create" | "keys_list" | "key" | "key_disable" | "key_enable" | "key_spend" | "other"
+type AdminRoute =
+  | "keys_create"
+  | "keys_list"
+  | "key"
+  | "key_delete"
+  | "key_disable"
+  | "key_enable"
+  | "key_spend"
+  | "other"
 
 /**
  * Adds the admin routes to the `HttpRouter` in context, over the `KeyAdmin` in context.
@@ -281,6 +291,13 @@ export const make = Effect.fnUntraced(function* (options: Options) {
     ...get(
       `${path}/keys/:id`,
       route("key", (_, id) => Effect.map(store.get(id), (key) => json(200, keyBody(key))))
+    ),
+    HttpRouter.route(
+      "DELETE",
+      `${path}/keys/:id`,
+      route("key_delete", (_, id) =>
+        Effect.map(store.delete(id), (key) => json(200, { id: key.id, object: "key", deleted: true }))
+      )
     ),
     HttpRouter.route(
       "POST",

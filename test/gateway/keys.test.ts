@@ -2786,7 +2786,7 @@ describe("KeyStore: the memory store's listing", () => {
       for (let i = 0; i < ids.length; i++) {
         const id = ids[i]!
         const record = { id, sha256: KeyStore.hashSecret(id), prefix: "sk-x", disabled: false, createdAt: 0 }
-        assert.strictEqual(yield* backend.insert({ ...record, source: "store" } as never, 1000), "inserted")
+        assert.strictEqual(yield* backend.insert({ ...record, source: "store" } as never, 1000, []), "inserted")
         model.push(id)
         model.sort()
         if (i % 7 !== 0) continue
@@ -2846,7 +2846,7 @@ describe("Admin routes: the list of keys a page at a time", () => {
             yield* admin("/admin/keys", { admin: false }),
             yield* admin("/admin/keys", { method: "POST", body: { id: "svc" } }),
             yield* admin("/admin/keys/nope"),
-            yield* admin("/admin/keys/svc", { method: "DELETE" }),
+            yield* admin("/admin/keys/svc", { method: "PUT" }),
             yield* admin("/admin/elsewhere"),
             yield* admin("/admin/keys?limit=0")
           ]
@@ -3092,7 +3092,7 @@ describe("Admin routes", () => {
         for (const [method, path, allow] of [
           ["GET", "/admin/keys/cfg/disable", "POST"],
           ["PUT", "/admin/keys/cfg/enable?x=1", "POST"],
-          ["DELETE", "/admin/keys/cfg", "GET, HEAD"],
+          ["PUT", "/admin/keys/cfg", "GET, HEAD, DELETE"],
           ["POST", "/admin/keys/cfg/spend", "GET, HEAD"],
           ["DELETE", "/admin/keys", "GET, HEAD, POST"],
           ["HEAD", "/admin/keys/cfg/disable", "POST"]

@@ -3,7 +3,7 @@
  * per-minute limits, and its budgets in tokens and in money, kept in this process
  * ({@link layerMemory}) or shared by every replica through Redis ({@link layerRedis}).
  * Both layers provide the gateway's `Gateway.KeyStore` and {@link KeyAdmin} (create, list,
- * disable keys and read their spend; the admin routes of `gateway/admin` serve it).
+ * disable and delete keys and read their spend; the admin routes of `gateway/admin` serve it).
  *
  * - Secrets are never stored: a key is found by the SHA-256 of its bearer token. Keys of
  *   the config file give that hash (`sha256`, see {@link hashSecret}); keys created by an
@@ -46,6 +46,7 @@ import { withAlignedFixedWindow } from "../../RateLimit/memory.js"
 import * as RateLimitRedis from "../../RateLimit/Redis.js"
 import * as SharedRedis from "../../Redis.js"
 import type { Budgets } from "./ledger.js"
+import * as Limits from "./limits.js"
 import * as Memory from "./memory.js"
 import * as KeyOptions from "./options.js"
 import * as RedisBackend from "./redis.js"
@@ -294,6 +295,15 @@ export interface Service extends Gateway.KeyStoreService {
    * (a `KeyContext` kept from `authenticate` and handed to `reserve`: within `cacheTtl` + 1 s).
    */
   readonly setDisabled: (id: string, disabled: boolean) => Effect.Effect<KeyInfo, GatewayError>
+  /**
+   * Deletes a created key: its record, its secret (401 `invalid_api_key` from then on, at once here, within
+   * `cacheTtl` elsewhere, as a disable), its budgets (its own and by model, not its team's) and its rate-limit
+   * windows, so that its id may be created again from nothing. Answers the key as it was; `NotFound` for no
+   * such key, `Forbidden` for one of the configuration.
+   *
+   * @since 0.3.0
+   */
+  readonly delete: (id: string) => Effect.Effect<KeyInfo, GatewayError>
   /** Each budget of a key in its current period. */
   readonly spend: (id: string) => Effect.Effect<ReadonlyArray<SpendLine>, GatewayError>
   /**
@@ -352,7 +362,10 @@ export const layerMemory = (options: Options = {}): Layer.Layer<KeyAdmin | Gatew
       // default (100,000 windows) was full past 50,000 keys in a minute, and the first request of the next
       // key was refused as a 429 naming its own limit, which it had not used.
       const store = withAlignedFixedWindow(limiter, 2 * (resolved.maxKeys + resolved.keys.length))
-      return both(yield* make(resolved, Memory.make(), { store, onStoreError: "allow" }, "reject"))
+      const backend = Memory.make((id) => {
+        for (const key of Limits.windowsOf(id)) store.forget(key)
+      })
+      return both(yield* make(resolved, backend, { store, onStoreError: "allow" }, "reject"))
     })
   )
 
@@ -411,7 +424,13 @@ export const layerRedis = (
       const settings = yield* Input.orOptionError(SharedRedis.guardSettings(options.redis, "redis."))
       const keysGuard = yield* SharedRedis.makeGuard({ store: "gateway-keys", settings })
       const limitsGuard = yield* SharedRedis.makeGuard({ store: "gateway-ratelimit", settings })
-      const backend = yield* RedisBackend.make({ prefix, guard: keysGuard, leaseMs: resolved.reservationTtlMs })
+      const backend = yield* RedisBackend.make({
+        prefix,
+        guard: keysGuard,
+        leaseMs: resolved.reservationTtlMs,
+        limitKeys: (id) =>
+          Limits.windowsOf(id).map((key) => RateLimitRedis.windowKeyOf(`${prefix}${limitsPrefix}`, key))
+      })
       const limiter = yield* RateLimitRedis.makeStore({ prefix: `${prefix}${limitsPrefix}` })
       return both(
         yield* make(

@@ -220,7 +220,27 @@ export interface Page {
 export interface Directory {
   readonly byHash: (sha256: string) => Effect.Effect<KeyRecord | undefined, StoreError | UnreadableRecord>
   readonly byId: (id: string) => Effect.Effect<KeyRecord | undefined, StoreError | UnreadableRecord>
-  readonly insert: (record: KeyRecord, maxKeys: number) => Effect.Effect<InsertResult, StoreError>
+  /**
+   * Adds a key, unless its id or its secret's hash is taken or the store holds `maxKeys`. What is left of
+   * an earlier key of its id on `counters` (the new key's budgets: their current windows) and on its rate
+   * limits is cleared with it: a key removed without `remove` (by hand, by an older version), or a request
+   * of a removed key that settled after it, would have left its spend to the new key.
+   */
+  readonly insert: (
+    record: KeyRecord,
+    maxKeys: number,
+    counters: ReadonlyArray<Counter>
+  ) => Effect.Effect<InsertResult, StoreError>
+  /**
+   * Removes the key `id` if it is still the one of the secret `sha256`, with its budgets on `counters` (the
+   * key's own and by model: their current windows; older ones expire) and its rate limits: `"changed"` when
+   * the id holds another key now (removed and created again since it was read), `"missing"` when none.
+   */
+  readonly remove: (
+    id: string,
+    sha256: string,
+    counters: ReadonlyArray<Counter>
+  ) => Effect.Effect<"removed" | "missing" | "changed", StoreError>
   /**
    * Up to `count` stored keys by id, from the first after `after` (from the first without it):
    * the readable records and the ids of those that are not, the last id looked at, and whether

@@ -21,6 +21,14 @@ import type { KeyRecord } from "./options.js"
 export const maxLimiters = 1024
 
 /**
+ * The names of a key's windows in the limits' store: `RateLimit` names those of `key:<id>` (see below)
+ * `<key>:rpm` and `<key>:tpm`.
+ *
+ * @internal
+ */
+export const windowsOf = (id: string): ReadonlyArray<string> => [`key:${id}:rpm`, `key:${id}:tpm`]
+
+/**
  * The limits' store and how it fails.
  *
  * @internal

@@ -1,6 +1,6 @@
 /**
  * The key store's admin operations: create a key (its secret made here and returned once),
- * list and read keys (never a secret or a hash), disable or enable a created key, and read
+ * list and read keys (never a secret or a hash), disable, enable or delete a created key, and read
  * each budget of a key in its current period.
  *
  * @internal
@@ -88,6 +88,16 @@ export const make = (deps: Deps) => {
     source: record.source
   })
 
+  // The counters of a key's own budgets and of its budgets by model (its team's are its team's).
+  const ownCounters = (record: KeyRecord) =>
+    countersFor(record.id, undefined, { key: record.budget, models: record.modelBudgets }, undefined, now())
+
+  const inConfiguration = (id: string) =>
+    gatewayError("Forbidden", `The key "${id}" is defined in the configuration: change it there`, {
+      param: "id",
+      code: "key_in_configuration"
+    })
+
   const create = (input: unknown): Effect.Effect<Created, GatewayError> =>
     Effect.suspend(() => {
       const checked = createRequest(input)
@@ -126,7 +136,7 @@ export const make = (deps: Deps) => {
         createdAt: now(),
         source: "store"
       }
-      return backend.insert(record, resolved.maxKeys).pipe(
+      return backend.insert(record, resolved.maxKeys, ownCounters(record)).pipe(
         // A timed-out insert may still run (a hung store runs it on resume): the key would then exist
         // with a secret no one was shown, and a retry with its id is a 409. Name the id and the way out.
         Effect.mapError(() => {
@@ -211,14 +221,7 @@ export const make = (deps: Deps) => {
 
   const setDisabled = (id: string, disabled: boolean): Effect.Effect<KeyInfo, GatewayError> =>
     Effect.suspend(() => {
-      if (configById.has(id)) {
-        return Effect.fail(
-          gatewayError("Forbidden", `The key "${id}" is defined in the configuration: change it there`, {
-            param: "id",
-            code: "key_in_configuration"
-          })
-        )
-      }
+      if (configById.has(id)) return Effect.fail(inConfiguration(id))
       if (Result.isFailure(checkId("id", id))) return Effect.fail(notFound(String(id).slice(0, 64)))
       return backend.setDisabled(id, disabled).pipe(
         Effect.catch(deps.directoryFailure),
@@ -228,6 +231,35 @@ export const make = (deps: Deps) => {
           if (disabled) deps.forgetGauges(record.id)
           return Effect.succeed(info(record))
         })
+      )
+    })
+
+  // The store removes the key only while it is the one read (its counters are that key's): one deleted and
+  // created again meanwhile is read again, and that one deleted.
+  const remove = (id: string, attempts = 3): Effect.Effect<KeyInfo, GatewayError> =>
+    Effect.suspend(() => {
+      if (configById.has(id)) return Effect.fail(inConfiguration(id))
+      return Effect.flatMap(findById(id), (record) =>
+        backend.remove(record.id, record.sha256, ownCounters(record)).pipe(
+          Effect.mapError(() => deps.unavailable("key")),
+          Effect.flatMap((result) => {
+            if (result === "missing") return Effect.fail(notFound(record.id))
+            if (result === "changed") {
+              return attempts > 1
+                ? remove(id, attempts - 1)
+                : Effect.fail(
+                    gatewayError("InvalidRequest", `The key "${record.id}" changed while it was deleted; try again`, {
+                      status: 409,
+                      param: "id",
+                      code: "key_changed"
+                    })
+                  )
+            }
+            deps.forget(record.sha256)
+            deps.forgetGauges(record.id)
+            return Effect.succeed(info(record))
+          })
+        )
       )
     })
 
@@ -264,6 +296,7 @@ export const make = (deps: Deps) => {
     list,
     get: (id: string): Effect.Effect<KeyInfo, GatewayError> => Effect.map(findById(id), info),
     setDisabled,
+    delete: (id: string) => remove(id),
     spend
   }
 }

@@ -20,9 +20,11 @@ interface MemoryCounter {
 }
 
 /**
+ * `forgetLimits`: drops a key's rate-limit windows (by its id) from the limits' store beside it.
+ *
  * @internal
  */
-export const make = (): Backend => {
+export const make = (forgetLimits: (id: string) => void = () => {}): Backend => {
   const byId = new Map<string, KeyRecord>()
   const byHash = new Map<string, KeyRecord>()
   const counters = new Map<string, MemoryCounter>()
@@ -111,6 +113,16 @@ export const make = (): Backend => {
     const all = now >= state.nextSweep
     if (all) state.nextSweep = now + Math.max(1000, Math.floor(leaseMs / 4))
     expire(state, now, all)
+  }
+
+  // Every window of each counter's budget, and the key's rate limits.
+  const clear = (id: string, list: ReadonlyArray<Counter>) => {
+    for (const c of list) {
+      counters.delete(c.base)
+      for (const { name } of windows.get(c.base) ?? []) counters.delete(name)
+      windows.delete(c.base)
+    }
+    forgetLimits(id)
   }
 
   const reserve: Ledger["reserve"] = (id, charges, leaseMs, asked) =>
@@ -221,11 +233,12 @@ export const make = (): Backend => {
     current: (sha256) => byHash.get(sha256),
     byHash: (sha256) => Effect.sync(() => byHash.get(sha256)),
     byId: (id) => Effect.sync(() => byId.get(id)),
-    insert: (record, maxKeys) =>
+    insert: (record, maxKeys, list) =>
       Effect.sync(() => {
         if (byId.has(record.id)) return "id-taken"
         if (byHash.has(record.sha256)) return "secret-taken"
         if (byId.size >= maxKeys) return "full"
+        clear(record.id, list)
         byId.set(record.id, record)
         if (sorted && ids.length > 0 && ids[ids.length - 1]! > record.id) sorted = false
         ids.push(record.id)
@@ -246,6 +259,17 @@ export const make = (): Backend => {
           last: slice.at(-1),
           more: from + count < ids.length
         }
+      }),
+    remove: (id, sha256, list) =>
+      Effect.sync(() => {
+        const found = byId.get(id)
+        if (found === undefined) return "missing"
+        if (found.sha256 !== sha256) return "changed"
+        byId.delete(id)
+        byHash.delete(sha256)
+        ids.splice(sorted ? firstAfter(id, true) : ids.indexOf(id), 1)
+        clear(id, list)
+        return "removed"
       }),
     setDisabled: (id, disabled) =>
       Effect.sync(() => {

@@ -66,26 +66,81 @@ return { record, redis.call("HEXISTS", KEYS[2], ARGV[1]) }
 `
 }).withReturnType<readonly [string, number] | null>()
 
+// What is left of an earlier key of the id: `clear(from, n, at)` deletes, for KEYS[from .. from + n - 1] (the new
+// or removed key's budget counters without their window) with their periods at ARGV[at ..] (0: none), each
+// counter in the window of Redis's time now (older windows expire, and no one reads them), then every key after
+// them (the key's rate-limit windows).
+const clearLua = `
+local function clear(from, n, at)
+  local time = redis.call("TIME")
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  for i = 0, n - 1 do
+    local h = KEYS[from + i]
+    local period = tonumber(ARGV[at + i])
+    if period > 0 then
+      h = h .. ":" .. string.format("%.0f", period) .. ":" .. string.format("%.0f", math.floor(now / period))
+    end
+    redis.call("DEL", h, h .. ":leases")
+  end
+  for i = from + n, #KEYS do redis.call("DEL", KEYS[i]) end
+end
+`
+
+// KEYS: keys, hashes, ids, then what `clear` clears. ARGV: id, sha256, json, maxKeys, count of counters, their periods.
 const insertScript = Redis.script(
-  (keys: string, hashes: string, ids: string, id: string, sha256: string, json: string, maxKeys: number) => [
-    keys,
-    hashes,
-    ids,
-    id,
-    sha256,
-    json,
-    maxKeys
-  ],
+  (
+    keys: string,
+    hashes: string,
+    ids: string,
+    cleared: ReadonlyArray<string>,
+    id: string,
+    sha256: string,
+    json: string,
+    maxKeys: number,
+    periods: ReadonlyArray<number>
+  ) => [keys, hashes, ids, ...cleared, id, sha256, json, maxKeys, periods.length, ...periods],
   {
-    numberOfKeys: 3,
-    lua: `
+    numberOfKeys: (_keys, _hashes, _ids, cleared) => 3 + cleared.length,
+    lua: `${clearLua}
 if redis.call("HEXISTS", KEYS[1], ARGV[1]) == 1 then return "id-taken" end
 if redis.call("HEXISTS", KEYS[2], ARGV[2]) == 1 then return "secret-taken" end
 if redis.call("HLEN", KEYS[1]) >= tonumber(ARGV[4]) then return "full" end
+clear(4, tonumber(ARGV[5]), 6)
 redis.call("HSET", KEYS[1], ARGV[1], ARGV[3])
 redis.call("HSET", KEYS[2], ARGV[2], ARGV[1])
 redis.call("ZADD", KEYS[3], 0, ARGV[1])
 return "inserted"
+`
+  }
+).withReturnType<string>()
+
+// KEYS: keys, hashes, disabled, ids, then what `clear` clears. ARGV: id, sha256, count of counters, their periods.
+// Removes the key only while it is still the one of the secret `sha256` (the counters are that key's): "changed" when
+// the id holds another now, "missing" when none.
+const removeScript = Redis.script(
+  (
+    keys: string,
+    hashes: string,
+    disabled: string,
+    ids: string,
+    cleared: ReadonlyArray<string>,
+    id: string,
+    sha256: string,
+    periods: ReadonlyArray<number>
+  ) => [keys, hashes, disabled, ids, ...cleared, id, sha256, periods.length, ...periods],
+  {
+    numberOfKeys: (_keys, _hashes, _disabled, _ids, cleared) => 4 + cleared.length,
+    lua: `${clearLua}
+local record = redis.call("HGET", KEYS[1], ARGV[1])
+if not record then return "missing" end
+local ok, decoded = pcall(cjson.decode, record)
+if not ok or type(decoded) ~= "table" or decoded.sha256 ~= ARGV[2] then return "changed" end
+redis.call("HDEL", KEYS[1], ARGV[1])
+if redis.call("HGET", KEYS[2], ARGV[2]) == ARGV[1] then redis.call("HDEL", KEYS[2], ARGV[2]) end
+redis.call("HDEL", KEYS[3], ARGV[1])
+redis.call("ZREM", KEYS[4], ARGV[1])
+clear(5, tonumber(ARGV[3]), 4)
+return "removed"
 `
   }
 ).withReturnType<string>()
@@ -503,9 +558,11 @@ export const make = Effect.fnUntraced(function* (options: {
   readonly prefix: string
   readonly guard: Guard
   readonly leaseMs: number
+  /** The Redis keys of a key's rate-limit windows, by its id (none without it). */
+  readonly limitKeys?: ((id: string) => ReadonlyArray<string>) | undefined
 }) {
   const redis = yield* Redis.Redis
-  const { prefix, guard, leaseMs: longestLease } = options
+  const { prefix, guard, leaseMs: longestLease, limitKeys = () => [] } = options
   const keysKey = `${prefix}keys`
   const hashesKey = `${prefix}hashes`
   const disabledKey = `${prefix}disabled`
@@ -513,6 +570,7 @@ export const make = Effect.fnUntraced(function* (options: {
   const lookup = redis.eval(lookupScript)
   const lookupId = redis.eval(byIdScript)
   const insert = redis.eval(insertScript)
+  const remove = redis.eval(removeScript)
   const pageOf = redis.eval(pageScript)
   const disable = redis.eval(disableScript)
   const reserve = redis.eval(reserveScript)
@@ -535,6 +593,13 @@ export const make = Effect.fnUntraced(function* (options: {
     for (const counter of counters) keys.push(`${prefix}budget:${counter.base}`)
     return keys
   }
+  // What a new or removed key's `clear` deletes: its counters without their window, then its rate limits.
+  const clearedKeys = (id: string, counters: ReadonlyArray<Counter>): Array<string> => {
+    const keys = baseKeys(counters)
+    keys.push(...limitKeys(id))
+    return keys
+  }
+  const periodsOf = (counters: ReadonlyArray<Counter>) => counters.map((counter) => counter.periodMs ?? 0)
   const countersOf = (charges: ReadonlyArray<Charge>) => charges.map((charge) => charge.counter)
   // The counter a script's `{ -i, now }` names, in the window of Redis's time.
   const unreadable = (counters: ReadonlyArray<Counter>, reply: ReadonlyArray<unknown>) => {
@@ -603,10 +668,31 @@ export const make = Effect.fnUntraced(function* (options: {
     byHash: (sha256) =>
       Effect.flatMap(guard.call("lookup", lookup(hashesKey, keysKey, disabledKey, sha256)), fromPair(undefined)),
     byId: (id) => Effect.flatMap(guard.call("byId", lookupId(keysKey, disabledKey, id)), fromPair(id)),
-    insert: (key, maxKeys) =>
+    insert: (key, maxKeys, counters) =>
       Effect.map(
-        guard.call("insert", insert(keysKey, hashesKey, idsKey, key.id, key.sha256, encodeRecord(key), maxKeys)),
+        guard.call(
+          "insert",
+          insert(
+            keysKey,
+            hashesKey,
+            idsKey,
+            clearedKeys(key.id, counters),
+            key.id,
+            key.sha256,
+            encodeRecord(key),
+            maxKeys,
+            periodsOf(counters)
+          )
+        ),
         (reply) => String(reply) as InsertResult
+      ),
+    remove: (id, sha256, counters) =>
+      Effect.map(
+        guard.call(
+          "remove",
+          remove(keysKey, hashesKey, disabledKey, idsKey, clearedKeys(id, counters), id, sha256, periodsOf(counters))
+        ),
+        (reply) => String(reply) as "removed" | "missing" | "changed"
       ),
     page: (after, count) =>
       readPage(after, count).pipe(

@@ -1,0 +1,270 @@
+/**
+ * Deleting a key (`KeyAdmin.delete`, `DELETE /admin/keys/:id`): the key, its secret's entry, its
+ * budgets and its rate-limit windows go; its id can be created again, from zero. Memory and a real
+ * Redis; the admin route over a loopback server.
+ */
+import { createServer } from "node:http"
+import { NodeHttpServer } from "@effect/platform-node"
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Exit, Layer, Redacted, Scope } from "effect"
+import { HttpRouter, HttpServer } from "effect/http"
+import { Redis as PersistenceRedis } from "effect/persistence"
+import * as Gateway from "../../src/Gateway.js"
+import * as Admin from "../../src/gateway/admin.js"
+import type { GatewayError } from "../../src/gateway/errors.js"
+import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import * as Redis from "../../src/Redis.js"
+import { type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
+
+const adminSecret = "admin-secret-0123456789abcdef"
+const configSecret = "sk-test-config-0123456789abcdef"
+
+let counter = 0
+const unique = (label: string) => `${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
+
+const failure = <A>(effect: Effect.Effect<A, GatewayError>) => Effect.flip(effect)
+
+const memory = (options: KeyStore.Options) =>
+  Effect.map(Layer.build(KeyStore.layerMemory(options)), Context.get(KeyStore.KeyAdmin))
+
+const onRedis = (server: RedisServer, options: KeyStore.RedisOptions) =>
+  Effect.gen(function* () {
+    const context = yield* Layer.build(
+      KeyStore.layerRedis({ prefix: `${unique("del")}:`, redis: { timeout: "2 seconds" }, ...options }).pipe(
+        Layer.provideMerge(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+      )
+    )
+    return { store: Context.get(context, KeyStore.KeyAdmin), redis: Context.get(context, PersistenceRedis.Redis) }
+  })
+
+const policy = { rpm: 1, budget: { tokens: 100 }, modelBudgets: { m: { tokens: 50, period: "1 day" } } }
+const configKey = { id: "cfg", sha256: KeyStore.hashSecret(configSecret) }
+
+/** Spends 30 tokens (and the key's one request of this minute) through `secret`. */
+const spend30 = (store: KeyStore.Service, secret: Redacted.Redacted<string>) =>
+  Effect.gen(function* () {
+    const context = yield* store.authenticate(secret)
+    const reservation = yield* store.reserve(context, "m", { inputTokens: 10, maxOutputTokens: 20 })
+    yield* store.settle(reservation, { inputTokens: 10, outputTokens: 20 })
+    return context
+  })
+
+const spentOf = (store: KeyStore.Service, id: string) =>
+  Effect.map(store.spend(id), (lines) => lines.map((line) => [line.id, line.spent, line.held]))
+
+/** Deletes `k`, then checks it is gone everywhere and that its id starts again from nothing. */
+const deletedAndCreatedAgain = (store: KeyStore.Service) =>
+  Effect.gen(function* () {
+    const first = yield* store.create({ id: "k", ...policy })
+    const kept = yield* spend30(store, first.secret)
+    assert.deepStrictEqual(yield* spentOf(store, "k"), [
+      ["k", 30, 0],
+      ["k/m", 30, 0]
+    ])
+
+    const deleted = yield* store.delete("k")
+    assert.strictEqual(deleted.id, "k")
+    assert.strictEqual((yield* failure(store.authenticate(first.secret))).code, "invalid_api_key")
+    // A KeyContext kept from before spends no more.
+    const keptRefused = yield* failure(store.reserve(kept, "m", { inputTokens: 1, maxOutputTokens: 1 }))
+    assert.strictEqual(keptRefused.reason, "Unauthorized")
+    for (const refused of [
+      yield* failure(store.get("k")),
+      yield* failure(store.spend("k")),
+      yield* failure(store.setDisabled("k", true)),
+      yield* failure(store.delete("k"))
+    ]) {
+      assert.deepStrictEqual(
+        [refused.reason, refused.code, Gateway.toWire(refused).status],
+        ["NotFound", "key_not_found", 404]
+      )
+    }
+    assert.notInclude(
+      (yield* store.list()).data.map((k) => k.id),
+      "k"
+    )
+
+    // Created again: no spend, and the old key's request of this minute does not count against its rpm of 1.
+    const again = yield* store.create({ id: "k", ...policy })
+    assert.deepStrictEqual(yield* spentOf(store, "k"), [
+      ["k", 0, 0],
+      ["k/m", 0, 0]
+    ])
+    yield* spend30(store, again.secret)
+    assert.deepStrictEqual(yield* spentOf(store, "k"), [
+      ["k", 30, 0],
+      ["k/m", 30, 0]
+    ])
+    // The old secret stays refused.
+    assert.strictEqual((yield* failure(store.authenticate(first.secret))).code, "invalid_api_key")
+
+    const config = yield* failure(store.delete("cfg"))
+    assert.deepStrictEqual(
+      [config.reason, config.code, Gateway.toWire(config).status],
+      ["Forbidden", "key_in_configuration", 403]
+    )
+    assert.strictEqual((yield* store.authenticate(Redacted.make(configSecret))).id, "cfg")
+    for (const bad of ["", "no such id!", "x".repeat(65)]) {
+      assert.strictEqual((yield* failure(store.delete(bad))).code, "key_not_found")
+    }
+  })
+
+describe("KeyStore: deleting a key, in memory", () => {
+  it.effect("its secret, id, budgets and rate limits go; the id can be created again from zero", () =>
+    Effect.gen(function* () {
+      yield* deletedAndCreatedAgain(yield* memory({ keys: [configKey] }))
+    })
+  )
+
+  it.effect("a deleted key frees its place under maxKeys", () =>
+    Effect.gen(function* () {
+      const store = yield* memory({ maxKeys: 1 })
+      yield* store.create({ id: "a" })
+      assert.strictEqual((yield* failure(store.create({ id: "b" }))).code, "too_many_keys")
+      yield* store.delete("a")
+      assert.strictEqual((yield* store.create({ id: "b" })).key.id, "b")
+    })
+  )
+})
+
+describe.skipIf(skipRedis)(
+  `KeyStore: deleting a key, on Redis (${skipRedis ? skipReason : "needs redis-server"})`,
+  () => {
+    it.live("its secret, id, budgets and rate limits go; the id can be created again from zero", () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const prefix = `${unique("gone")}:`
+          const { store, redis } = yield* onRedis(server, { prefix, keys: [configKey], cacheTtl: 0 })
+          yield* deletedAndCreatedAgain(store)
+          yield* store.delete("k")
+          // Nothing of the id is left in Redis: no record, no hash, no index entry, no budget, no rate-limit window.
+          const left = yield* redis.send<Array<string>>("KEYS", `${prefix}*`)
+          assert.deepStrictEqual(left, [])
+        })
+      )
+    )
+
+    it.live(
+      "a key removed by hand (or by an older version) leaves its spend: a new key of its id does not inherit it",
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const prefix = `${unique("hand")}:`
+            const { store, redis } = yield* onRedis(server, { prefix, cacheTtl: 0 })
+            const first = yield* store.create({ id: "k", ...policy })
+            yield* spend30(store, first.secret)
+            yield* redis.send("HDEL", `${prefix}keys`, "k")
+            yield* redis.send("HDEL", `${prefix}hashes`, KeyStore.hashSecret(first.secret))
+            yield* redis.send("ZREM", `${prefix}ids`, "k")
+            const again = yield* store.create({ id: "k", ...policy })
+            assert.deepStrictEqual(yield* spentOf(store, "k"), [
+              ["k", 0, 0],
+              ["k/m", 0, 0]
+            ])
+            // Nor its minute's request against rpm 1.
+            yield* spend30(store, again.secret)
+          })
+        )
+    )
+
+    it.live(
+      "concurrent deletes of one key: one deletes it, the others answer 404; a disable racing them never revives it",
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const prefix = `${unique("race")}:`
+            const { store, redis } = yield* onRedis(server, { prefix, cacheTtl: 0 })
+            const other = yield* onRedis(server, { prefix, cacheTtl: 0 })
+            yield* store.create({ id: "k", ...policy })
+            const outcomes = yield* Effect.all(
+              Array.from({ length: 20 }, (_, i) =>
+                Effect.exit(
+                  i % 4 === 3 ? other.store.setDisabled("k", true) : (i % 2 === 0 ? store : other.store).delete("k")
+                )
+              ),
+              { concurrency: "unbounded" }
+            )
+            const deletes = outcomes.filter((_, i) => i % 4 !== 3)
+            assert.strictEqual(deletes.filter(Exit.isSuccess).length, 1)
+            for (const exit of [...outcomes]) {
+              if (Exit.isFailure(exit)) {
+                const error = Exit.findErrorOption(exit)
+                assert.strictEqual(error._tag === "Some" ? error.value.code : undefined, "key_not_found")
+              }
+            }
+            assert.strictEqual((yield* failure(store.get("k"))).code, "key_not_found")
+            assert.strictEqual(yield* redis.send<number>("HLEN", `${prefix}disabled`), 0)
+            assert.strictEqual((yield* store.create({ id: "k" })).key.disabled, false)
+          })
+        )
+    )
+  }
+)
+
+/** The admin routes on their own server over `store`. */
+const adminServer = (store: KeyStore.Service) =>
+  Effect.gen(function* () {
+    const scope = yield* Scope.make()
+    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+    const app = HttpRouter.serve(Admin.layer({ key: Redacted.make(adminSecret) }), {
+      disableLogger: true,
+      disableListenLog: true
+    }).pipe(
+      Layer.provide(Layer.succeed(KeyStore.KeyAdmin, store)),
+      Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" }))
+    )
+    const context = yield* Layer.buildWithScope(app, scope).pipe(Effect.orDie)
+    const address = Context.get(context, HttpServer.HttpServer).address as { readonly port: number }
+    return (path: string, init: { method?: string; admin?: string | false } = {}) =>
+      Effect.promise(async () => {
+        const headers: Record<string, string> = {}
+        if (init.admin !== false) headers.authorization = `Bearer ${init.admin ?? adminSecret}`
+        const response = await fetch(`http://127.0.0.1:${address.port}${path}`, {
+          method: init.method ?? "GET",
+          headers
+        })
+        // biome-ignore lint/suspicious/noExplicitAny: the test reads whatever JSON the route answers
+        return { status: response.status, headers: response.headers, body: (await response.json()) as any }
+      })
+  })
+
+describe("Admin: DELETE /admin/keys/:id", () => {
+  it.live(
+    "deletes a created key (200, deleted: true); 404 for an unknown id, 403 for the configuration's, 401 without the admin key",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const store = yield* memory({ keys: [configKey] })
+          const ask = yield* adminServer(store)
+          const created = yield* store.create({ id: "k" })
+
+          const unauthorized = yield* ask("/admin/keys/k", { method: "DELETE", admin: false })
+          assert.strictEqual(unauthorized.status, 401)
+          assert.strictEqual((yield* store.get("k")).id, "k")
+
+          const deleted = yield* ask("/admin/keys/k", { method: "DELETE" })
+          assert.deepStrictEqual([deleted.status, deleted.body], [200, { id: "k", object: "key", deleted: true }])
+          assert.match(deleted.headers.get("x-request-id") ?? "", /^req_/)
+          assert.strictEqual((yield* failure(store.authenticate(created.secret))).code, "invalid_api_key")
+
+          const again = yield* ask("/admin/keys/k", { method: "DELETE" })
+          assert.deepStrictEqual(
+            [again.status, again.body.error.code, again.body.error.param],
+            [404, "key_not_found", "id"]
+          )
+          const config = yield* ask("/admin/keys/cfg", { method: "DELETE" })
+          assert.deepStrictEqual([config.status, config.body.error.code], [403, "key_in_configuration"])
+
+          // The key's path takes DELETE: a wrong method there names it in Allow.
+          const wrong = yield* ask("/admin/keys/k", { method: "PUT" })
+          assert.deepStrictEqual([wrong.status, wrong.headers.get("allow")], [405, "GET, HEAD, DELETE"])
+          // No DELETE of the whole collection.
+          const collection = yield* ask("/admin/keys", { method: "DELETE" })
+          assert.deepStrictEqual([collection.status, collection.headers.get("allow")], [405, "GET, HEAD, POST"])
+        })
+      )
+  )
+})
