@@ -13,6 +13,10 @@ import * as Gateway from "../../src/Gateway.js"
 import * as Admin from "../../src/gateway/admin.js"
 import type { GatewayError } from "../../src/gateway/errors.js"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
+import { type Backend, countersOf } from "../../src/gateway/keys/ledger.js"
+import * as MemoryBackend from "../../src/gateway/keys/memory.js"
+import type { KeyRecord } from "../../src/gateway/keys/options.js"
+import * as RedisBackend from "../../src/gateway/keys/redis.js"
 import * as Redis from "../../src/Redis.js"
 import { type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
 
@@ -109,7 +113,49 @@ const deletedAndCreatedAgain = (store: KeyStore.Service) =>
     }
   })
 
+/**
+ * A backend removes a key only while it is the one of the secret read: the counters it clears are that key's.
+ * One deleted and created again meanwhile (another secret) is left with its budget, "changed".
+ */
+const removesOnlyTheKeyRead = (backend: Backend) =>
+  Effect.gen(function* () {
+    const record = (sha256: string): KeyRecord => ({
+      id: "k",
+      name: "k",
+      sha256,
+      prefix: undefined,
+      team: undefined,
+      allowedModels: undefined,
+      rpm: undefined,
+      tpm: undefined,
+      budget: { tokens: 100, usd: undefined, periodMs: undefined },
+      modelBudgets: undefined,
+      disabled: false,
+      createdAt: 1,
+      source: "store"
+    })
+    const counters = countersOf("key", "k", undefined, { tokens: 100, usd: undefined, periodMs: undefined }, 0)
+    const charge = counters.map((counter) => ({ counter, amount: 40 }))
+    assert.strictEqual(yield* backend.insert(record("a".repeat(64)), 10, counters), "inserted")
+    assert.strictEqual(yield* backend.remove("k", "a".repeat(64), counters), "removed")
+    assert.strictEqual(yield* backend.insert(record("b".repeat(64)), 10, counters), "inserted")
+    yield* backend.reserve("r1", charge, 60_000, 0)
+    yield* backend.settle("r1", charge, [40], 0, false)
+    // A remove of the key deleted before: the new one, its secret and its spend stay.
+    assert.strictEqual(yield* backend.remove("k", "a".repeat(64), counters), "changed")
+    assert.strictEqual((yield* backend.byId("k"))?.sha256, "b".repeat(64))
+    assert.strictEqual((yield* backend.byHash("b".repeat(64)))?.id, "k")
+    assert.deepStrictEqual((yield* backend.read(counters, 0)).levels, [{ spent: 40, held: 0 }])
+    assert.strictEqual(yield* backend.remove("k", "b".repeat(64), counters), "removed")
+    assert.deepStrictEqual((yield* backend.read(counters, 0)).levels, [{ spent: 0, held: 0 }])
+    assert.strictEqual(yield* backend.remove("k", "b".repeat(64), counters), "missing")
+  })
+
 describe("KeyStore: deleting a key, in memory", () => {
+  it.effect("the backend removes only the key it was asked for, not one created again since", () =>
+    removesOnlyTheKeyRead(MemoryBackend.make())
+  )
+
   it.effect("its secret, id, budgets and rate limits go; the id can be created again from zero", () =>
     Effect.gen(function* () {
       yield* deletedAndCreatedAgain(yield* memory({ keys: [configKey] }))
@@ -130,6 +176,21 @@ describe("KeyStore: deleting a key, in memory", () => {
 describe.skipIf(skipRedis)(
   `KeyStore: deleting a key, on Redis (${skipRedis ? skipReason : "needs redis-server"})`,
   () => {
+    it.live("the backend removes only the key it was asked for, not one created again since", () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const settings = yield* Effect.fromResult(Redis.guardSettings({ timeout: "2 seconds" }))
+          const redis = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+          const backend = yield* Effect.gen(function* () {
+            const guard = yield* Redis.makeGuard({ store: "test-keys", settings })
+            return yield* RedisBackend.make({ prefix: `${unique("backend")}:`, guard, leaseMs: 60_000 })
+          }).pipe(Effect.provideContext(redis))
+          yield* removesOnlyTheKeyRead(backend)
+        })
+      )
+    )
+
     it.live("its secret, id, budgets and rate limits go; the id can be created again from zero", () =>
       Effect.scoped(
         Effect.gen(function* () {
