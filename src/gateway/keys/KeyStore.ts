@@ -357,7 +357,9 @@ export const layerMemory = (options: Options = {}): Layer.Layer<KeyAdmin | Gatew
   Layer.effectContext(
     Effect.gen(function* () {
       const resolved = yield* Input.orOptionError(KeyOptions.check(options))
-      const limiter = yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory)
+      // Effect's store under the fixed windows (whose token buckets a limit of another algorithm would use): built in
+      // the layer's scope, which its sweep of ended entries needs; provided to one effect, it closed at once.
+      const limiter = Context.get(yield* Layer.build(RateLimiter.layerStoreMemory), RateLimiter.RateLimiterStore)
       // A window for each key's rpm and one for its tpm: room for every key the store may hold. The table's
       // default (100,000 windows) was full past 50,000 keys in a minute, and the first request of the next
       // key was refused as a 429 naming its own limit, which it had not used.
