@@ -2301,19 +2301,18 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
           assert.deepStrictEqual([error.reason, error.code], ["Unavailable", "store_unavailable"])
           assert.isDefined(error.retryAfter)
           assert.match(error.message, /may have been created/)
-          assert.match(error.message, /disable it/)
+          assert.match(error.message, /delete it/)
         }
         assert.match(named.message, /"orphan"/)
         assert.strictEqual(named.param, "id")
         const generatedId = /"(key-[^"]+)"/.exec(generated.message)?.[1]
         assert.isDefined(generatedId, `the generated id is named: ${generated.message}`)
-        // The inserts sent during the hang ran on resume: the ids the 503s named exist, and disabling them works.
+        // The inserts sent during the hang ran on resume: the ids the 503s named exist; deleting them frees the ids.
         for (const id of ["orphan", generatedId!]) {
-          const info = yield* store
-            .setDisabled(id, true)
-            .pipe(Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 30 }))
-          assert.deepStrictEqual([info.id, info.disabled], [id, true])
+          const info = yield* store.delete(id).pipe(Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 30 }))
+          assert.strictEqual(info.id, id)
         }
+        assert.strictEqual((yield* store.create({ id: "orphan", rpm: 10 })).key.id, "orphan")
       })
     )
   )

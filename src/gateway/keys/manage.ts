@@ -144,8 +144,8 @@ export const make = (deps: Deps) => {
           return gatewayError(
             "Unavailable",
             `The key store did not answer in time: the key "${id}" may have been created all the same, its secret ` +
-              "shown to no one. Read the key by its id once the store answers: if it exists, disable it and create " +
-              "the key again under another id",
+              "shown to no one. Read the key by its id once the store answers: if it exists, delete it and create " +
+              "the key again",
             { param: "id", code: error.code, retryAfter: error.retryAfter }
           )
         }),
