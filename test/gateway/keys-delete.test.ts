@@ -191,6 +191,59 @@ describe.skipIf(skipRedis)(
       )
     )
 
+    it.live("a key deleted while a listing adds old keys to the index of ids is not added back to it", () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const prefix = `${unique("index")}:`
+          const settings = yield* Effect.fromResult(Redis.guardSettings({ timeout: "2 seconds" }))
+          const context = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+          const real = Context.get(context, PersistenceRedis.Redis)
+          const make = (redis: PersistenceRedis.Redis["Service"]) =>
+            Effect.gen(function* () {
+              const guard = yield* Redis.makeGuard({ store: "test-keys", settings })
+              return yield* RedisBackend.make({ prefix, guard, leaseMs: 60_000 })
+            }).pipe(Effect.provideService(PersistenceRedis.Redis, redis))
+          const admin = yield* make(real)
+          const sha = (id: string) => KeyStore.hashSecret(id)
+          for (const id of ["a", "gone", "z"]) {
+            const record: KeyRecord = {
+              id,
+              name: id,
+              sha256: sha(id),
+              prefix: undefined,
+              team: undefined,
+              allowedModels: undefined,
+              rpm: undefined,
+              tpm: undefined,
+              budget: undefined,
+              modelBudgets: undefined,
+              disabled: false,
+              createdAt: 1,
+              source: "store"
+            }
+            assert.strictEqual(yield* admin.insert(record, 10, []), "inserted")
+          }
+          // Keys of a version that kept no index of ids.
+          yield* real.send("DEL", `${prefix}ids`)
+          // "gone" is deleted by another admin between the listing's HSCAN and its adding of what it found.
+          const listing = yield* make({
+            ...real,
+            send: <A>(command: string, ...args: ReadonlyArray<string>) =>
+              command === "HSCAN"
+                ? Effect.tap(real.send<A>(command, ...args), () => Effect.orDie(admin.remove("gone", sha("gone"), [])))
+                : real.send<A>(command, ...args)
+          })
+          const page = yield* listing.page(undefined, 10)
+          assert.deepStrictEqual(
+            page.records.map((r) => r.id),
+            ["a", "z"]
+          )
+          assert.deepStrictEqual(yield* real.send<Array<string>>("ZRANGE", `${prefix}ids`, "0", "-1"), ["a", "z"])
+        })
+      )
+    )
+
     it.live("its secret, id, budgets and rate limits go; the id can be created again from zero", () =>
       Effect.scoped(
         Effect.gen(function* () {

@@ -145,6 +145,18 @@ return "removed"
   }
 ).withReturnType<string>()
 
+// KEYS: keys, ids. ARGV: ids an HSCAN of the keys found. Adds to the index those still keys: one deleted since the scan
+// would stay in it for good, a ghost that the listing skips but counts, so that an index missing keys looked whole.
+const indexScript = Redis.script((keys: string, ids: string, found: ReadonlyArray<string>) => [keys, ids, ...found], {
+  numberOfKeys: 2,
+  lua: `
+for i = 1, #ARGV do
+  if redis.call("HEXISTS", KEYS[1], ARGV[i]) == 1 then redis.call("ZADD", KEYS[2], 0, ARGV[i]) end
+end
+return 0
+`
+})
+
 // KEYS: keys, disabled, ids. ARGV: after ("" for the first page), count. Returns { more, incomplete,
 // id1, json1, disabled1, ... }: up to count ids after `after`, each with its record ("" when gone)
 // and 1 when disabled; incomplete 1 while the ids hold fewer than the keys.
@@ -571,6 +583,7 @@ export const make = Effect.fnUntraced(function* (options: {
   const lookupId = redis.eval(byIdScript)
   const insert = redis.eval(insertScript)
   const remove = redis.eval(removeScript)
+  const addToIndex = redis.eval(indexScript)
   const pageOf = redis.eval(pageScript)
   const disable = redis.eval(disableScript)
   const reserve = redis.eval(reserveScript)
@@ -628,9 +641,9 @@ export const make = Effect.fnUntraced(function* (options: {
         redis.send<readonly [string, ReadonlyArray<string>]>("HSCAN", keysKey, cursor, "COUNT", "500")
       ),
       ([next, flat]) => {
-        const members: Array<string> = []
-        for (let i = 0; i + 1 < flat.length; i += 2) members.push("0", String(flat[i]))
-        const added = members.length === 0 ? Effect.void : guard.call("list", redis.send("ZADD", idsKey, ...members))
+        const found: Array<string> = []
+        for (let i = 0; i + 1 < flat.length; i += 2) found.push(String(flat[i]))
+        const added = found.length === 0 ? Effect.void : guard.call("list", addToIndex(keysKey, idsKey, found))
         const after = String(next)
         return Effect.andThen(added, after === "0" || pages <= 1 ? Effect.succeed(after) : scan(after, pages - 1))
       }
