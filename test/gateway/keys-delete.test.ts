@@ -162,6 +162,18 @@ describe("KeyStore: deleting a key, in memory", () => {
     })
   )
 
+  it.effect('a key created without an id nor a name is named by the id made for it, not "unnamed"', () =>
+    Effect.gen(function* () {
+      const store = yield* memory({})
+      const made = yield* store.create({})
+      assert.match(made.key.id, /^key-/)
+      assert.strictEqual(made.key.name, made.key.id)
+      assert.strictEqual((yield* store.get(made.key.id)).name, made.key.id)
+      assert.strictEqual((yield* store.create({ name: "Support bot" })).key.name, "Support bot")
+      assert.strictEqual((yield* store.create({ id: "given" })).key.name, "given")
+    })
+  )
+
   it.effect("a deleted key frees its place under maxKeys", () =>
     Effect.gen(function* () {
       const store = yield* memory({ maxKeys: 1 })

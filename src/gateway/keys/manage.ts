@@ -100,7 +100,7 @@ export const make = (deps: Deps) => {
 
   const create = (input: unknown): Effect.Effect<Created, GatewayError> =>
     Effect.suspend(() => {
-      const checked = createRequest(input)
+      const checked = createRequest(input, `key-${randomId(12)}`)
       if (Result.isFailure(checked)) {
         const { path, message } = checked.failure
         return Effect.fail(gatewayError("InvalidRequest", `invalid ${path}: ${message}`, { param: path }))
@@ -118,7 +118,7 @@ export const make = (deps: Deps) => {
           gatewayError("InvalidRequest", `invalid ${unknown.path}: ${unknown.message}`, { param: unknown.path })
         )
       }
-      const id = checked.success.id ?? `key-${randomId(12)}`
+      const id = checked.success.id
       const taken = () =>
         gatewayError("InvalidRequest", `A key with the id "${id}" exists`, {
           status: 409,

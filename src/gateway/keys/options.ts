@@ -296,14 +296,15 @@ export const unknownTeam = (team: string, declared: ReadonlySet<string>): string
   }; a team without a budget is {})`
 
 /**
- * Checks an admin's request to create a key (`id` optional: one is made).
+ * Checks an admin's request to create a key (`id` optional: `made` then, which names the key without a `name`).
  *
  * @internal
  */
 export const createRequest = (
-  input: unknown
+  input: unknown,
+  made: string
 ): Checked<{
-  readonly id: string | undefined
+  readonly id: string
   readonly policy: ReturnType<typeof policy> extends Checked<infer P> ? P : never
 }> =>
   // The admin route's body: a top-level non-object is the body's fault, named as the chat route names it.
@@ -312,7 +313,7 @@ export const createRequest = (
     : Result.flatMap(fields("", input, createFields), (b) =>
         Result.flatMap(
           Input.optional(b.id, (i) => id("id", i)),
-          (keyId) => Result.map(policy("", b, keyId ?? "unnamed"), (checked) => ({ id: keyId, policy: checked }))
+          (keyId = made) => Result.map(policy("", b, keyId), (checked) => ({ id: keyId, policy: checked }))
         )
       )
 
