@@ -295,9 +295,7 @@ export const make = Effect.fnUntraced(function* (options: Options) {
     HttpRouter.route(
       "DELETE",
       `${path}/keys/:id`,
-      route("key_delete", (_, id) =>
-        Effect.map(store.delete(id), (key) => json(200, { id: key.id, object: "key", deleted: true }))
-      )
+      route("key_delete", (_, id) => Effect.as(store.delete(id), json(200, { id, object: "key", deleted: true })))
     ),
     HttpRouter.route(
       "POST",

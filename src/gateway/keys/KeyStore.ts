@@ -298,12 +298,12 @@ export interface Service extends Gateway.KeyStoreService {
   /**
    * Deletes a created key: its record, its secret (401 `invalid_api_key` from then on, at once here, within
    * `cacheTtl` elsewhere, as a disable), its budgets (its own and by model, not its team's) and its rate-limit
-   * windows, so that its id may be created again from nothing. Answers the key as it was; `NotFound` for no
-   * such key, `Forbidden` for one of the configuration.
+   * windows, so that its id may be created again from nothing; a stored record this version cannot read as
+   * well. `NotFound` for no such key, `Forbidden` for one of the configuration.
    *
    * @since 0.3.0
    */
-  readonly delete: (id: string) => Effect.Effect<KeyInfo, GatewayError>
+  readonly delete: (id: string) => Effect.Effect<void, GatewayError>
   /** Each budget of a key in its current period. */
   readonly spend: (id: string) => Effect.Effect<ReadonlyArray<SpendLine>, GatewayError>
   /**

@@ -200,6 +200,8 @@ export type InsertResult = "inserted" | "id-taken" | "secret-taken" | "full"
 export class UnreadableRecord extends Data.TaggedError("UnreadableRecord")<{
   /** The record's id as stored, when the key's hash names one. */
   readonly id: string | undefined
+  /** The record as stored (read by its id), for a delete to remove exactly what it read. */
+  readonly json?: string | undefined
 }> {}
 
 /**
@@ -232,13 +234,14 @@ export interface Directory {
     counters: ReadonlyArray<Counter>
   ) => Effect.Effect<InsertResult, StoreError>
   /**
-   * Removes the key `id` if it is still the one of the secret `sha256`, with its budgets on `counters` (the
-   * key's own and by model: their current windows; older ones expire) and its rate limits: `"changed"` when
-   * the id holds another key now (removed and created again since it was read), `"missing"` when none.
+   * Removes the key `id` if it is still the one read (of the secret `sha256`, or stored as `json` when it could
+   * not be read), with its budgets on `counters` (the key's own and by model: their current windows; older ones
+   * expire) and its rate limits: `"changed"` when the id holds another key now (removed and created again since
+   * it was read), `"missing"` when none.
    */
   readonly remove: (
     id: string,
-    sha256: string,
+    read: { readonly sha256: string } | { readonly json: string },
     counters: ReadonlyArray<Counter>
   ) => Effect.Effect<"removed" | "missing" | "changed", StoreError>
   /**

@@ -235,33 +235,50 @@ export const make = (deps: Deps) => {
     })
 
   // The store removes the key only while it is the one read (its counters are that key's): one deleted and
-  // created again meanwhile is read again, and that one deleted.
-  const remove = (id: string, attempts = 3): Effect.Effect<KeyInfo, GatewayError> =>
+  // created again meanwhile is read again, and that one deleted. A record this version cannot read is removed as
+  // it is stored (its budgets are left to expire, or to be cleared by the next key of its id).
+  const remove = (id: string, attempts = 3): Effect.Effect<void, GatewayError> =>
     Effect.suspend(() => {
       if (configById.has(id)) return Effect.fail(inConfiguration(id))
-      return Effect.flatMap(findById(id), (record) =>
-        backend.remove(record.id, record.sha256, ownCounters(record)).pipe(
-          Effect.mapError(() => deps.unavailable("key")),
-          Effect.flatMap((result) => {
-            if (result === "missing") return Effect.fail(notFound(record.id))
-            if (result === "changed") {
-              return attempts > 1
-                ? remove(id, attempts - 1)
-                : Effect.fail(
-                    gatewayError("InvalidRequest", `The key "${record.id}" changed while it was deleted; try again`, {
-                      status: 409,
-                      param: "id",
-                      code: "key_changed"
-                    })
-                  )
-            }
-            deps.forget(record.sha256)
-            deps.forgetGauges(record.id)
-            return Effect.succeed(info(record))
-          })
-        )
-      )
+      if (Result.isFailure(checkId("id", id))) return Effect.fail(notFound(String(id).slice(0, 64)))
+      return Effect.matchEffect(backend.byId(id), {
+        onFailure: (error) =>
+          error._tag === "UnreadableRecord" && error.json !== undefined
+            ? removeAs(id, { json: error.json }, [], undefined, attempts)
+            : deps.directoryFailure(error),
+        onSuccess: (record) =>
+          record === undefined
+            ? Effect.fail(notFound(id))
+            : removeAs(id, { sha256: record.sha256 }, ownCounters(record), record.sha256, attempts)
+      })
     })
+  const removeAs = (
+    id: string,
+    read: { readonly sha256: string } | { readonly json: string },
+    counters: ReadonlyArray<Counter>,
+    sha256: string | undefined,
+    attempts: number
+  ): Effect.Effect<void, GatewayError> =>
+    backend.remove(id, read, counters).pipe(
+      Effect.mapError(() => deps.unavailable("key")),
+      Effect.flatMap((result) => {
+        if (result === "missing") return Effect.fail(notFound(id))
+        if (result === "changed") {
+          return attempts > 1
+            ? remove(id, attempts - 1)
+            : Effect.fail(
+                gatewayError("InvalidRequest", `The key "${id}" changed while it was deleted; try again`, {
+                  status: 409,
+                  param: "id",
+                  code: "key_changed"
+                })
+              )
+        }
+        if (sha256 !== undefined) deps.forget(sha256)
+        deps.forgetGauges(id)
+        return Effect.void
+      })
+    )
 
   const spend = (id: string): Effect.Effect<ReadonlyArray<SpendLine>, GatewayError> =>
     Effect.flatMap(findById(id), (record) => {

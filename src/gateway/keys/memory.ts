@@ -260,13 +260,14 @@ export const make = (forgetLimits: (id: string) => void = () => {}): Backend => 
           more: from + count < ids.length
         }
       }),
-    remove: (id, sha256, list) =>
+    // Every record here is readable: one read as `json` is never asked for.
+    remove: (id, read, list) =>
       Effect.sync(() => {
         const found = byId.get(id)
         if (found === undefined) return "missing"
-        if (found.sha256 !== sha256) return "changed"
+        if (!("sha256" in read) || found.sha256 !== read.sha256) return "changed"
         byId.delete(id)
-        byHash.delete(sha256)
+        byHash.delete(found.sha256)
         ids.splice(sorted ? firstAfter(id, true) : ids.indexOf(id), 1)
         clear(id, list)
         return "removed"

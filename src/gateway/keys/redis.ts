@@ -114,9 +114,10 @@ return "inserted"
   }
 ).withReturnType<string>()
 
-// KEYS: keys, hashes, disabled, ids, then what `clear` clears. ARGV: id, sha256, count of counters, their periods.
-// Removes the key only while it is still the one of the secret `sha256` (the counters are that key's): "changed" when
-// the id holds another now, "missing" when none.
+// KEYS: keys, hashes, disabled, ids, then what `clear` clears. ARGV: id, sha256, json, count of counters, their
+// periods. Removes the key only while it is still the one read: of the secret `sha256`, or (a record this version
+// cannot read) stored as `json` exactly; the counters are that key's. "changed" when the id holds another now,
+// "missing" when none.
 const removeScript = Redis.script(
   (
     keys: string,
@@ -126,20 +127,26 @@ const removeScript = Redis.script(
     cleared: ReadonlyArray<string>,
     id: string,
     sha256: string,
+    json: string,
     periods: ReadonlyArray<number>
-  ) => [keys, hashes, disabled, ids, ...cleared, id, sha256, periods.length, ...periods],
+  ) => [keys, hashes, disabled, ids, ...cleared, id, sha256, json, periods.length, ...periods],
   {
     numberOfKeys: (_keys, _hashes, _disabled, _ids, cleared) => 4 + cleared.length,
     lua: `${clearLua}
 local record = redis.call("HGET", KEYS[1], ARGV[1])
 if not record then return "missing" end
 local ok, decoded = pcall(cjson.decode, record)
-if not ok or type(decoded) ~= "table" or decoded.sha256 ~= ARGV[2] then return "changed" end
+local sha256 = ok and type(decoded) == "table" and type(decoded.sha256) == "string" and decoded.sha256 or false
+if ARGV[3] ~= "" then
+  if record ~= ARGV[3] then return "changed" end
+elseif sha256 ~= ARGV[2] then
+  return "changed"
+end
 redis.call("HDEL", KEYS[1], ARGV[1])
-if redis.call("HGET", KEYS[2], ARGV[2]) == ARGV[1] then redis.call("HDEL", KEYS[2], ARGV[2]) end
+if sha256 and redis.call("HGET", KEYS[2], sha256) == ARGV[1] then redis.call("HDEL", KEYS[2], sha256) end
 redis.call("HDEL", KEYS[3], ARGV[1])
 redis.call("ZREM", KEYS[4], ARGV[1])
-clear(5, tonumber(ARGV[3]), 4)
+clear(5, tonumber(ARGV[4]), 5)
 return "removed"
 `
   }
@@ -667,7 +674,9 @@ export const make = Effect.fnUntraced(function* (options: {
     id: string | undefined
   ): Effect.Effect<KeyRecord, UnreadableRecord> => {
     const found = record(json, disabled)
-    return found !== undefined ? Effect.succeed(found) : Effect.fail(new UnreadableRecord({ id: id ?? storedId(json) }))
+    return found !== undefined
+      ? Effect.succeed(found)
+      : Effect.fail(new UnreadableRecord({ id: id ?? storedId(json), json }))
   }
   const fromPair =
     (id: string | undefined) =>
@@ -699,11 +708,21 @@ export const make = Effect.fnUntraced(function* (options: {
         ),
         (reply) => String(reply) as InsertResult
       ),
-    remove: (id, sha256, counters) =>
+    remove: (id, read, counters) =>
       Effect.map(
         guard.call(
           "remove",
-          remove(keysKey, hashesKey, disabledKey, idsKey, clearedKeys(id, counters), id, sha256, periodsOf(counters))
+          remove(
+            keysKey,
+            hashesKey,
+            disabledKey,
+            idsKey,
+            clearedKeys(id, counters),
+            id,
+            "sha256" in read ? read.sha256 : "",
+            "json" in read ? read.json : "",
+            periodsOf(counters)
+          )
         ),
         (reply) => String(reply) as "removed" | "missing" | "changed"
       ),
