@@ -302,28 +302,29 @@ describe.skipIf(skipRedis)(
       )
     )
 
-    it.live(
-      "a key removed by hand (or by an older version) leaves its spend: a new key of its id does not inherit it",
-      () =>
-        Effect.scoped(
-          Effect.gen(function* () {
-            const server = yield* startRedis
-            const prefix = `${unique("hand")}:`
-            const { store, redis } = yield* onRedis(server, { prefix, cacheTtl: 0 })
-            const first = yield* store.create({ id: "k", ...policy })
-            yield* spend30(store, first.secret)
-            yield* redis.send("HDEL", `${prefix}keys`, "k")
-            yield* redis.send("HDEL", `${prefix}hashes`, KeyStore.hashSecret(first.secret))
-            yield* redis.send("ZREM", `${prefix}ids`, "k")
-            const again = yield* store.create({ id: "k", ...policy })
-            assert.deepStrictEqual(yield* spentOf(store, "k"), [
-              ["k", 0, 0],
-              ["k/m", 0, 0]
-            ])
-            // Nor its minute's request against rpm 1.
-            yield* spend30(store, again.secret)
-          })
-        )
+    it.live("a key removed by hand leaves its spend and its disabled mark: a new key of its id inherits neither", () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const prefix = `${unique("hand")}:`
+          const { store, redis } = yield* onRedis(server, { prefix, cacheTtl: 0 })
+          const first = yield* store.create({ id: "k", ...policy })
+          yield* spend30(store, first.secret)
+          yield* store.setDisabled("k", true)
+          yield* redis.send("HDEL", `${prefix}keys`, "k")
+          yield* redis.send("HDEL", `${prefix}hashes`, KeyStore.hashSecret(first.secret))
+          yield* redis.send("ZREM", `${prefix}ids`, "k")
+          const again = yield* store.create({ id: "k", ...policy })
+          assert.deepStrictEqual(yield* spentOf(store, "k"), [
+            ["k", 0, 0],
+            ["k/m", 0, 0]
+          ])
+          // Nor its being disabled (the answer said it was not), nor its minute's request against rpm 1.
+          assert.strictEqual(again.key.disabled, false)
+          assert.strictEqual((yield* store.get("k")).disabled, false)
+          yield* spend30(store, again.secret)
+        })
+      )
     )
 
     it.live(

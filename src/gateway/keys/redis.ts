@@ -86,26 +86,29 @@ local function clear(from, n, at)
 end
 `
 
-// KEYS: keys, hashes, ids, then what `clear` clears. ARGV: id, sha256, json, maxKeys, count of counters, their periods.
+// KEYS: keys, hashes, ids, disabled, then what `clear` clears. ARGV: id, sha256, json, maxKeys, count of counters,
+// their periods. A disabled mark of an earlier key of the id (removed by hand) goes too: the key answered enabled.
 const insertScript = Redis.script(
   (
     keys: string,
     hashes: string,
     ids: string,
+    disabled: string,
     cleared: ReadonlyArray<string>,
     id: string,
     sha256: string,
     json: string,
     maxKeys: number,
     periods: ReadonlyArray<number>
-  ) => [keys, hashes, ids, ...cleared, id, sha256, json, maxKeys, periods.length, ...periods],
+  ) => [keys, hashes, ids, disabled, ...cleared, id, sha256, json, maxKeys, periods.length, ...periods],
   {
-    numberOfKeys: (_keys, _hashes, _ids, cleared) => 3 + cleared.length,
+    numberOfKeys: (_keys, _hashes, _ids, _disabled, cleared) => 4 + cleared.length,
     lua: `${clearLua}
 if redis.call("HEXISTS", KEYS[1], ARGV[1]) == 1 then return "id-taken" end
 if redis.call("HEXISTS", KEYS[2], ARGV[2]) == 1 then return "secret-taken" end
 if redis.call("HLEN", KEYS[1]) >= tonumber(ARGV[4]) then return "full" end
-clear(4, tonumber(ARGV[5]), 6)
+clear(5, tonumber(ARGV[5]), 6)
+redis.call("HDEL", KEYS[4], ARGV[1])
 redis.call("HSET", KEYS[1], ARGV[1], ARGV[3])
 redis.call("HSET", KEYS[2], ARGV[2], ARGV[1])
 redis.call("ZADD", KEYS[3], 0, ARGV[1])
@@ -698,6 +701,7 @@ export const make = Effect.fnUntraced(function* (options: {
             keysKey,
             hashesKey,
             idsKey,
+            disabledKey,
             clearedKeys(key.id, counters),
             key.id,
             key.sha256,
