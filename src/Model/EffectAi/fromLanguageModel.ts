@@ -68,6 +68,8 @@ const knownOptions = (options: object): Input.Checked<void> => {
 export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const lm = yield* LanguageModel.LanguageModel
   const embedder = yield* Effect.serviceOption(EmbeddingModel.EmbeddingModel)
+  // The vector size its provider package declares beside it, which effect/ai never compares with the vectors.
+  const dimensions = yield* Effect.serviceOption(EmbeddingModel.Dimensions)
   const providerName = yield* Effect.serviceOption(AiModel.ProviderName)
   const modelName = yield* Effect.serviceOption(AiModel.ModelName)
   yield* Input.orOptionError(knownOptions(given))
@@ -427,6 +429,16 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       const vectors = response.embeddings.map((embedding) => embedding.vector)
       const uneven = unevenVectors(vectors, ctx, "embeddings")
       if (uneven !== undefined) return yield* Effect.fail(uneven)
+      // One length throughout: the first names it.
+      if (Option.isSome(dimensions) && vectors[0]!.length !== dimensions.value) {
+        return yield* Effect.fail(
+          malformed(
+            ctx,
+            "embeddings[0]",
+            `${vectors[0]!.length} dimensions where EmbeddingModel.Dimensions is ${dimensions.value}`
+          )
+        )
+      }
       let estimate = 0
       for (const text of valid.texts) estimate += Model.estimateTokens(text)
       return {

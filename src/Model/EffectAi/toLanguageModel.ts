@@ -336,31 +336,42 @@ const finiteVector = (vector: ReadonlyArray<number>, i: number): Result.Result<A
 
 /**
  * What is wrong with the vectors of one answer as a whole: one empty, or of another length than the
- * first. Vectors of mixed dimensions are not comparable, so no caller gets one of that answer.
+ * first, or than the `EmbeddingModel.Dimensions` declared. Vectors of mixed dimensions are not
+ * comparable, and a store sized from `Dimensions` takes no other: no caller gets one of that answer.
  */
-const unevenOf = (vectors: ReadonlyArray<ReadonlyArray<number>>): Ai.AiErrorReason | undefined => {
+const unevenOf = (
+  vectors: ReadonlyArray<ReadonlyArray<number>>,
+  dimensions: number | undefined
+): Ai.AiErrorReason | undefined => {
   const size = vectors[0]?.length
   for (let i = 0; i < vectors.length; i++) {
     const length = vectors[i]!.length
-    if (length === 0 || length !== size) {
-      return new Ai.InvalidOutputError({
-        description:
-          length === 0 ? `vectors[${i}] is empty` : `vectors[${i}] has ${length} dimensions where the first has ${size}`
-      })
-    }
+    const description =
+      length === 0
+        ? `vectors[${i}] is empty`
+        : dimensions !== undefined && length !== dimensions
+          ? `vectors[${i}] has ${length} dimensions where EmbeddingModel.Dimensions is ${dimensions}`
+          : length !== size
+            ? `vectors[${i}] has ${length} dimensions where the first has ${size}`
+            : undefined
+    if (description !== undefined) return new Ai.InvalidOutputError({ description })
   }
   return undefined
 }
 
 // Each caller of the group gets its own vector, or the group's failure, or its vector's.
-const answerGroup = (group: ReadonlyArray<EmbedEntry>, exit: Exit.Exit<Model.EmbedResponse, Ai.AiError>): void => {
+const answerGroup = (
+  group: ReadonlyArray<EmbedEntry>,
+  exit: Exit.Exit<Model.EmbedResponse, Ai.AiError>,
+  dimensions: number | undefined
+): void => {
   if (Exit.isFailure(exit)) {
     for (const entry of group) entry.completeUnsafe(Exit.failCause(exit.cause))
     return
   }
   const vectors = exit.value.vectors
   const invalid = (reason: Ai.AiErrorReason) => Exit.fail(Ai.make({ module: MODULE, method: "embed", reason }))
-  const uneven = vectors.length === group.length ? unevenOf(vectors) : undefined
+  const uneven = vectors.length === group.length ? unevenOf(vectors, dimensions) : undefined
   const wrong =
     vectors.length !== group.length
       ? invalid(
@@ -388,9 +399,10 @@ const answerGroup = (group: ReadonlyArray<EmbedEntry>, exit: Exit.Exit<Model.Emb
  * count that is not one is left out, as in generate.
  */
 const providerResponseOf = (
-  response: Model.EmbedResponse
+  response: Model.EmbedResponse,
+  dimensions: number | undefined
 ): Result.Result<EmbeddingModel.ProviderResponse, Ai.AiErrorReason> => {
-  const uneven = unevenOf(response.vectors)
+  const uneven = unevenOf(response.vectors, dimensions)
   if (uneven !== undefined) return Result.fail(uneven)
   const results: Array<Array<number>> = []
   for (let i = 0; i < response.vectors.length; i++) {
@@ -417,49 +429,55 @@ export const embeddingModel = (
         Input.all([Input.optional(options.model, (model) => nonEmpty("model", model)), limitsOf(options)])
       )
     ),
-    ([model, limits]) => {
-      const requestOf = (texts: ReadonlyArray<string>) =>
-        ({ texts, ...(model === undefined ? {} : { model }) }) as Model.EmbedRequest
-      const embedWith = (method: string) => (inputs: ReadonlyArray<string>) =>
-        Model.validateEmbed(requestOf(inputs), limits).pipe(
-          Effect.flatMap(target.embed),
-          Effect.mapError((error) => toAiError(error, method))
+    ([model, limits]) =>
+      Effect.flatMap(Effect.serviceOption(EmbeddingModel.Dimensions), (built) => {
+        // The size declared where the model was built, or by the caller (a layer beside the model, as
+        // effect/ai's provider packages provide it): the caller's wins.
+        const dimensionsNow = Effect.map(Effect.serviceOption(EmbeddingModel.Dimensions), (scoped) =>
+          Option.isSome(scoped) ? scoped.value : Option.getOrUndefined(built)
         )
-      const embedMany = (inputs: ReadonlyArray<string>) =>
-        Effect.flatMap(embedWith("embedMany")(inputs), (response) => {
-          const answer = providerResponseOf(response)
-          return Result.isSuccess(answer)
-            ? Effect.succeed(answer.success)
-            : Effect.fail(Ai.make({ module: MODULE, method: "embedMany", reason: answer.failure }))
-        })
-      const check = (input: string) =>
-        Effect.mapError(Model.validateEmbed(requestOf([input]), limits), (error) => toAiError(error, "embed"))
-      // Each caller of a group is answered on its own: a vector effect/ai refuses fails its caller alone.
-      const embedGroup = embedWith("embed")
-      // effect/ai batches concurrent `embed` calls into one `embedMany`: one bad text, or more
-      // callers than one request may carry, would fail every caller of the batch.
-      const resolver = RequestResolver.make<EmbeddingModel.EmbeddingRequest>((entries) =>
-        Effect.flatMap(groupWithin(entries, limits, check), (groups) =>
-          Effect.forEach(
-            groups,
-            (group) =>
-              Effect.map(Effect.exit(embedGroup(group.map((entry) => entry.request.input))), (exit) =>
-                answerGroup(group, exit)
-              ),
-            { concurrency: "unbounded", discard: true }
+        const requestOf = (texts: ReadonlyArray<string>) =>
+          ({ texts, ...(model === undefined ? {} : { model }) }) as Model.EmbedRequest
+        const embedWith = (method: string) => (inputs: ReadonlyArray<string>) =>
+          Model.validateEmbed(requestOf(inputs), limits).pipe(
+            Effect.flatMap(target.embed),
+            Effect.mapError((error) => toAiError(error, method))
+          )
+        const embedMany = (inputs: ReadonlyArray<string>) =>
+          Effect.flatMap(Effect.zip(embedWith("embedMany")(inputs), dimensionsNow), ([response, dimensions]) => {
+            const answer = providerResponseOf(response, dimensions)
+            return Result.isSuccess(answer)
+              ? Effect.succeed(answer.success)
+              : Effect.fail(Ai.make({ module: MODULE, method: "embedMany", reason: answer.failure }))
+          })
+        const check = (input: string) =>
+          Effect.mapError(Model.validateEmbed(requestOf([input]), limits), (error) => toAiError(error, "embed"))
+        // Each caller of a group is answered on its own: a vector effect/ai refuses fails its caller alone.
+        const embedGroup = embedWith("embed")
+        // effect/ai batches concurrent `embed` calls into one `embedMany`: one bad text, or more
+        // callers than one request may carry, would fail every caller of the batch.
+        const resolver = RequestResolver.make<EmbeddingModel.EmbeddingRequest>((entries) =>
+          Effect.flatMap(Effect.zip(groupWithin(entries, limits, check), dimensionsNow), ([groups, dimensions]) =>
+            Effect.forEach(
+              groups,
+              (group) =>
+                Effect.map(Effect.exit(embedGroup(group.map((entry) => entry.request.input))), (exit) =>
+                  answerGroup(group, exit, dimensions)
+                ),
+              { concurrency: "unbounded", discard: true }
+            )
           )
         )
-      )
-      return Effect.map(
-        EmbeddingModel.make({ embedMany: ({ inputs }) => embedMany(inputs) }),
-        (made): EmbeddingModel.EmbeddingModel => ({
-          ...made,
-          resolver,
-          embed: (input) =>
-            Effect.request(new EmbeddingModel.EmbeddingRequest({ input }), resolver).pipe(
-              Effect.withSpan("EmbeddingModel.embed")
-            )
-        })
-      )
-    }
+        return Effect.map(
+          EmbeddingModel.make({ embedMany: ({ inputs }) => embedMany(inputs) }),
+          (made): EmbeddingModel.EmbeddingModel => ({
+            ...made,
+            resolver,
+            embed: (input) =>
+              Effect.request(new EmbeddingModel.EmbeddingRequest({ input }), resolver).pipe(
+                Effect.withSpan("EmbeddingModel.embed")
+              )
+          })
+        )
+      })
   )
