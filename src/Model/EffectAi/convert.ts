@@ -21,7 +21,10 @@ export const nonEmpty = (path: string, input: unknown): Input.Checked<string> =>
     : Result.fail({ path, message: "expected a non-empty string" })
 
 /**
- * An `effect/ai` finish reason as ours.
+ * An `effect/ai` finish reason as ours. `pause` (Anthropic's `pause_turn`) is one `effect/ai`
+ * counts a complete answer, as `stop` and `tool-calls` (its tool handlers run): it is `stop`
+ * (`tool_calls` with calls, {@link withToolCalls}), which maps back to `stop`; `unknown` is one
+ * `effect/ai` and OpenAI clients read as incomplete.
  *
  * @internal
  */
@@ -31,6 +34,8 @@ export const finishReasonOf = (reason: Response.FinishReason): Model.FinishReaso
       return "content_filter"
     case "tool-calls":
       return "tool_calls"
+    case "pause":
+      return "stop"
     case "stop":
     case "length":
     case "error":
