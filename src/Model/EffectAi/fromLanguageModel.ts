@@ -263,6 +263,19 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
 
   const callChars = (call: Model.ToolCall): number => call.arguments.length + (call.signature?.length ?? 0)
 
+  // Files (an image model's output) are not carried by our answers: one made only of them would read as an
+  // empty "stop", the model saying nothing. Not retried (the model would answer so again); another may not.
+  const onlyFiles = (ctx: CallContext, mediaTypes: ReadonlySet<string>) =>
+    decodeError(
+      ctx,
+      "content",
+      `the answer held only files (${[...mediaTypes].join(", ")}), which effect-orchestra answers do not carry: no text, tool call or refusal`
+    )
+  const addFile = (mediaTypes: Set<string>, part: { readonly mediaType?: unknown }): void => {
+    if (mediaTypes.size >= 4) return
+    mediaTypes.add(typeof part.mediaType === "string" ? part.mediaType.slice(0, 100) : "of no media type")
+  }
+
   const generate = Client.operation(
     "EffectAi.generate",
     Effect.fnUntraced(function* (request: Model.GenerateRequest) {
@@ -288,10 +301,12 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       let answered: string | undefined
       const toolCalls: Array<Model.ToolCall> = []
       const refusals = refusalCollector()
+      const files = new Set<string>()
       for (const part of response.content) {
         chars += refusals.add(part)
         if (chars > maxOutputChars) return yield* tooLarge(ctx)
         if (part.type === "response-metadata" && typeof part.modelId === "string") answered = part.modelId
+        if (part.type === "file") addFile(files, part)
         if (part.type === "tool-call" && !part.providerExecuted) {
           const call = toolCallOf(part, toolCalls.length, ctx)
           if (Result.isFailure(call)) return yield* call.failure
@@ -301,6 +316,9 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         }
       }
       const refusal = refusals.value()
+      if (files.size > 0 && text.length === 0 && toolCalls.length === 0 && refusal === undefined) {
+        return yield* onlyFiles(ctx, files)
+      }
       return {
         text,
         finishReason: withToolCalls(finishReasonOf(response.finishReason), toolCalls.length),
@@ -326,6 +344,8 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
           let answered: string | undefined
           let chars = 0
           let calls = 0
+          let texted = false
+          const files = new Set<string>()
           const refusals = refusalCollector()
           const raw = (toolkit === undefined
             ? lm.streamText({ prompt })
@@ -354,6 +374,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                     return Effect.fail(decodeError(ctx, "text", "a text-delta part without a string delta"))
                   }
                   if (part.delta.length === 0) return Effect.succeed([])
+                  texted = true
                   chars += part.delta.length
                   if (chars > maxOutputChars) return Effect.fail(tooLarge(ctx))
                   return Effect.succeed([{ _tag: "TextDelta", text: part.delta }])
@@ -369,8 +390,14 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                 case "response-metadata":
                   if (typeof part.modelId === "string") answered = part.modelId
                   return Effect.succeed([])
+                case "file":
+                  addFile(files, part)
+                  return Effect.succeed([])
                 case "finish": {
                   const refusal = refusals.value()
+                  if (files.size > 0 && !texted && calls === 0 && refusal === undefined) {
+                    return Effect.fail(onlyFiles(ctx, files))
+                  }
                   return Effect.succeed([
                     {
                       _tag: "Finish",
