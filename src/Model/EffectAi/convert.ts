@@ -151,8 +151,15 @@ export const signatureOf = (slot: unknown): Result.Result<string | undefined, st
     : Result.succeed(signature)
 }
 
-/** @internal */
+/**
+ * A tool call's `arguments` as the `params` of an `effect/ai` tool-call part. Blank is no
+ * arguments, `{}`: OpenAI answers a call of a tool without parameters with `""` (strict tools;
+ * several compatible servers always), takes it back in a conversation, and clients send it so.
+ *
+ * @internal
+ */
 export const parseArguments = (text: string): Result.Result<unknown, string> => {
+  if (text.trim().length === 0) return Result.succeed({})
   try {
     return Result.succeed(Tool.unsafeSecureJsonParse(text))
   } catch {
