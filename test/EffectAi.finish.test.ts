@@ -72,3 +72,44 @@ describe("EffectAi: effect/ai's pause finish is a complete answer", () => {
     })
   )
 })
+
+describe("EffectAi.languageModel: a target's answer of tool calls without a known finish reason", () => {
+  it.effect("reaches effect/ai as tool-calls, so its handlers run, as make reads such an answer", () =>
+    Effect.gen(function* () {
+      const call = { id: "c1", name: "Lookup", arguments: '{"city":"Oslo"}' }
+      const usage = { inputTokens: 1, outputTokens: 1, totalTokens: 2 }
+      const target: EffectAi.Target = {
+        generate: () =>
+          Effect.succeed({ text: "", finishReason: "unknown", usage, provider: "t", model: "m", toolCalls: [call] }),
+        stream: () =>
+          Stream.make(
+            { _tag: "ToolCall", call },
+            { _tag: "Finish", finishReason: "unknown", usage, provider: "t", model: "m" }
+          )
+      }
+      const toolkit = Toolkit.make(Lookup)
+      const layers = Layer.merge(
+        toolkit.toLayer({ Lookup: ({ city }) => Effect.succeed(`sunny in ${city}`) }),
+        EffectAi.layerLanguageModel(target)
+      )
+      const answer = yield* LanguageModel.generateText({ prompt: "x", toolkit }).pipe(Effect.provide(layers))
+      assert.strictEqual(answer.finishReason, "tool-calls")
+      assert.deepStrictEqual(
+        answer.toolResults.map((result) => [result.isFailure, result.result]),
+        [[false, "sunny in Oslo"]]
+      )
+      const streamed = yield* LanguageModel.streamText({ prompt: "x", toolkit }).pipe(
+        Stream.runCollect,
+        Effect.provide(layers)
+      )
+      assert.deepStrictEqual(
+        streamed.flatMap((part) => (part.type === "tool-result" ? [[part.isFailure, part.result]] : [])),
+        [[false, "sunny in Oslo"]]
+      )
+      assert.deepStrictEqual(
+        streamed.flatMap((part) => (part.type === "finish" ? [part.reason] : [])),
+        ["tool-calls"]
+      )
+    })
+  )
+})

@@ -48,7 +48,8 @@ export const finishReasonOf = (reason: Response.FinishReason): Model.FinishReaso
 /**
  * The finish reason of an answer with `toolCalls` calls: `tool_calls` where the model said
  * `stop` (Gemini's models do, and `@effect/ai-google` passes it on) or gave no known reason, as
- * this library's HTTP providers say it; a cut (`length`) or a filter stays what it is.
+ * this library's HTTP providers say it; a cut (`length`) or a filter stays what it is. Both
+ * ways: `effect/ai` runs no tool handler after an `unknown` finish.
  *
  * @internal
  */
@@ -498,6 +499,10 @@ export const partsOf = (
     }
     parts.push(toolCallPart(call, params.success))
   }
-  parts.push({ type: "finish", reason: finishOf(response.finishReason), usage: usageEncoded(response.usage) })
+  parts.push({
+    type: "finish",
+    reason: finishOf(withToolCalls(response.finishReason, response.toolCalls?.length ?? 0)),
+    usage: usageEncoded(response.usage)
+  })
   return Result.succeed(parts)
 }

@@ -25,7 +25,8 @@ import {
   partsOf,
   requestOf,
   toolCallPart,
-  usageEncoded
+  usageEncoded,
+  withToolCalls
 } from "./convert.js"
 import { tokenCount } from "../http/decode.js"
 import { MODULE, toAiError } from "./errors.js"
@@ -201,6 +202,7 @@ export const languageModelNamed = Effect.fnUntraced(function* (target: Target, g
         Effect.map(prepare("streamText", providerOptions), (request) => {
           let open = false
           let blocks = 0
+          let calls = 0
           const close = (): Array<Response.StreamPartEncoded> => {
             if (!open) return []
             open = false
@@ -231,6 +233,7 @@ export const languageModelNamed = Effect.fnUntraced(function* (target: Target, g
                     })
                   )
                 }
+                calls++
                 return Effect.succeed([...close(), toolCallPart(part.call, params.success)])
               }
               case "Finish":
@@ -238,7 +241,11 @@ export const languageModelNamed = Effect.fnUntraced(function* (target: Target, g
                 return Effect.succeed([
                   ...close(),
                   { type: "response-metadata", modelId: part.model, metadata: metadataOf(part) },
-                  { type: "finish", reason: finishOf(part.finishReason), usage: usageEncoded(part.usage) }
+                  {
+                    type: "finish",
+                    reason: finishOf(withToolCalls(part.finishReason, calls)),
+                    usage: usageEncoded(part.usage)
+                  }
                 ])
             }
           }
