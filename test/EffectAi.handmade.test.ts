@@ -18,18 +18,19 @@ const request = { prompt: "x", tools: [{ name: "lookup" }] }
 describe("EffectAi.make: malformed parts of a hand-made effect/ai LanguageModel", () => {
   it.effect("are a Decode ModelError naming the field, not a defect or an answer breaking our schemas", () =>
     Effect.gen(function* () {
-      const cases: ReadonlyArray<readonly [ReadonlyArray<unknown>, string, "stream" | "both"]> = [
+      const cases: ReadonlyArray<readonly [ReadonlyArray<unknown>, string, "stream" | "generate" | "both"]> = [
         [[{ type: "text-delta", id: "t" }, finish], "text", "stream"],
         [[{ type: "text-delta", id: "t", delta: 5 }, finish], "text", "stream"],
+        [[{ type: "text", text: 5 }, finish], "text", "generate"],
+        [[{ type: "text" }, finish], "text", "generate"],
         [[{ type: "tool-call", name: "lookup", params: {} }, finish], "toolCalls[0].id", "both"],
         [[{ type: "tool-call", id: "c1", name: 7, params: {} }, finish], "toolCalls[0].name", "both"]
       ]
       for (const [parts, field, where] of cases) {
         const provider = yield* EffectAi.make().pipe(Effect.provide(handMade(parts)))
-        const exits: Array<Exit.Exit<unknown, unknown>> = [
-          yield* Effect.exit(Stream.runCollect(provider.stream(request)))
-        ]
-        if (where === "both") exits.push(yield* Effect.exit(provider.generate(request)))
+        const exits: Array<Exit.Exit<unknown, unknown>> = []
+        if (where !== "generate") exits.push(yield* Effect.exit(Stream.runCollect(provider.stream(request))))
+        if (where !== "stream") exits.push(yield* Effect.exit(provider.generate(request)))
         for (const exit of exits) {
           const error = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause) : undefined
           assert.isTrue(error?._tag === "Some", `${JSON.stringify(parts[0])}: a typed failure, got ${String(exit)}`)

@@ -307,6 +307,10 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
         if (chars > maxOutputChars) return yield* tooLarge(ctx)
         if (part.type === "response-metadata" && typeof part.modelId === "string") answered = part.modelId
         if (part.type === "file") addFile(files, part)
+        // effect/ai's `text` joins them as they come: a number would be our text, a missing one none.
+        if (part.type === "text" && typeof part.text !== "string") {
+          return yield* decodeError(ctx, "text", "a text part without a string text")
+        }
         if (part.type === "tool-call" && !part.providerExecuted) {
           const call = toolCallOf(part, toolCalls.length, ctx)
           if (Result.isFailure(call)) return yield* call.failure
