@@ -92,7 +92,9 @@ export interface Options {
 }
 
 /**
- * An `effect/ai` finish reason as ours.
+ * An `effect/ai` finish reason as ours: `content-filter` is `content_filter`, `tool-calls`
+ * `tool_calls`, `pause` (Anthropic's `pause_turn`, a complete answer to `effect/ai`) `stop`,
+ * `other` `unknown`.
  *
  * @since 0.1.0
  * @category utils
@@ -327,6 +329,8 @@ export const layerLanguageModelFromProvider = (
  * An `effect/ai` `EmbeddingModel` whose calls go to `target.embed` (checked first; the
  * model from `model` when given). Concurrent `embed` calls, which effect/ai batches, are
  * checked one by one and sent in requests within `requestLimits`: each gets its own outcome.
+ * An answer's vectors are of one length, that of the `EmbeddingModel.Dimensions` in context
+ * when there is one (an `InvalidOutputError` naming the vector otherwise).
  *
  * @since 0.2.0
  * @category constructors
