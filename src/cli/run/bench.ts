@@ -234,14 +234,6 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     const batch = yield* Batch
     const options = { domain, fallback }
     const warmUp = yield* batch.run(warmUpItems(items, domain), { ...options, concurrency: 1 })
-    const runOnce = (label: string, limit: number) =>
-      Effect.gen(function* () {
-        const bar = yield* progressBar(label, items.length)
-        // Interrupted (Ctrl-C) too: what comes next starts on a line of its own.
-        return yield* batch
-          .run(items, { ...options, concurrency: limit, onEvent: bar.onEvent })
-          .pipe(Effect.ensuring(bar.end))
-      })
     // Folded as each run ends: a run's result holds every answer, and 1,000,000 prompts kept for six runs took gigabytes.
     const sequentialRuns: Array<RunFigures> = []
     const concurrentRuns: Array<RunFigures> = []
@@ -249,19 +241,32 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     // prompts failing in three rounds were six million objects for 20 lines), and a count for each round.
     const failures: Array<Failure> = []
     const failedIn: Array<number> = Array.from({ length: rounds }, () => 0)
+    const fold = (run: Failure["run"], round: number, result: BatchResult): void => {
+      ;(run === "sequential" ? sequentialRuns : concurrentRuns).push(figuresOf(result))
+      for (const r of result.results) {
+        if (r.status === "success") continue
+        failedIn[round - 1]!++
+        if (common.json || failures.length < shownFailures) failures.push(failureOf(run, round, r, prompts))
+      }
+    }
+    // The result is folded in a callback, never held by the loop below: a generator's frame keeps a local it
+    // no longer reads (V8 does not clear it), so a run's answers stayed alive through the whole next run.
+    const runOnce = (run: Failure["run"], round: number, label: string) =>
+      Effect.gen(function* () {
+        const bar = yield* progressBar(label, items.length)
+        // Interrupted (Ctrl-C) too: what comes next starts on a line of its own.
+        yield* batch
+          .run(items, { ...options, concurrency: run === "sequential" ? 1 : concurrency, onEvent: bar.onEvent })
+          .pipe(
+            Effect.ensuring(bar.end),
+            Effect.map((result) => fold(run, round, result))
+          )
+      })
     let round = 1
     const runRounds = Effect.gen(function* () {
       for (; round <= rounds; round++) {
         const suffix = rounds === 1 ? "" : ` ${round}/${rounds}`
-        for (const run of roundOrder(round)) {
-          const result = yield* runOnce(`${run}${suffix}`, run === "sequential" ? 1 : concurrency)
-          ;(run === "sequential" ? sequentialRuns : concurrentRuns).push(figuresOf(result))
-          for (const r of result.results) {
-            if (r.status === "success") continue
-            failedIn[round - 1]!++
-            if (common.json || failures.length < shownFailures) failures.push(failureOf(run, round, r, prompts))
-          }
-        }
+        for (const run of roundOrder(round)) yield* runOnce(run, round, `${run}${suffix}`)
       }
     })
     const failureText = (f: Failure) => `${rounds === 1 ? f.run : `${f.run} round ${f.round}`} #${f.item}: ${f.text}`
