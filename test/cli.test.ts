@@ -46,6 +46,7 @@ import type { Provider } from "../src/cli/ConfigSchema.js"
 import * as Json from "../src/cli/json.js"
 import * as Providers from "../src/cli/Providers.js"
 import { figuresOf, formatTable, quantile, roundOrder, summarise } from "../src/cli/run/bench.js"
+import { Latencies, maxExactLatencies } from "../src/cli/run/latencies.js"
 import { lines, notUtf8, tooLong } from "../src/cli/run/start.js"
 import * as Setup from "../src/cli/Setup.js"
 import { inProcess as cliInProcess } from "./utils/cli.js"
@@ -1462,7 +1463,7 @@ describe("orchestra bench arithmetic", () => {
       successes: 5,
       failures: 1,
       successRate: 83.33,
-      latency: { p50: 250, p95: 475, avg: 250.83, max: 500 }
+      latency: { p50: 250, p95: 475, avg: 250.83, max: 500, exact: true }
     })
     assert.strictEqual(quantile([], 0.5), 0)
     assert.strictEqual(quantile([7], 0.95), 7)
@@ -1480,6 +1481,38 @@ describe("orchestra bench arithmetic", () => {
     } as unknown as BatchResult)
     assert.deepStrictEqual(figures, { elapsedMs: 40, durations: Float64Array.of(30, 10, 7), successes: 2 })
     assert.deepStrictEqual(Object.keys(figures).sort(), ["durations", "elapsedMs", "successes"])
+  })
+
+  it("a side's durations are kept exactly up to a bound, then in buckets: p50 and p95 within 1%, avg and max exact", () => {
+    // Durations spread over four decades, in rounds of 10,000 items, as a bench of many rounds would give them.
+    const durations = (round: number) =>
+      Float64Array.from({ length: 10_000 }, (_, i) => 0.5 + ((i * 7919 + round * 104_729) % 10_000) ** 2 / 1e4)
+    const runs = Array.from({ length: 20 }, (_, round) => ({ elapsedMs: 1, durations: durations(round), successes: 1 }))
+    const exact = summarise(runs)
+    const bounded = summarise(runs, 50_000)
+    assert.isTrue(exact.latency.exact)
+    assert.isFalse(bounded.latency.exact)
+    for (const key of ["p50", "p95"] as const) {
+      const error = Math.abs(bounded.latency[key] - exact.latency[key]) / exact.latency[key]
+      assert.isBelow(error, 0.01, `${key}: ${bounded.latency[key]} against ${exact.latency[key]}`)
+    }
+    assert.strictEqual(bounded.latency.avg, exact.latency.avg)
+    assert.strictEqual(bounded.latency.max, exact.latency.max)
+    assert.strictEqual(bounded.failures, exact.failures)
+  })
+
+  it("a side's durations take at most maxExactLatencies values (32 MB), not 8 bytes an item of every round", () => {
+    const side = new Latencies(50_000)
+    const round = new Float64Array(10_000).fill(3)
+    side.addAll(round)
+    const early = side.bytes
+    for (let i = 0; i < 200; i++) side.addAll(round)
+    assert.strictEqual(side.count, 2_010_000)
+    // Past the bound, the sketch alone: smaller than the exact values it replaced, whatever the rounds.
+    assert.isAtMost(side.bytes, 50_000 * 8)
+    assert.isAbove(early, 0)
+    assert.strictEqual(side.summary((n) => n).p95, 3)
+    assert.strictEqual(maxExactLatencies * 8, 32_000_000)
   })
 
   it("the success rate reads 100 only when every item succeeded, 0 only when none did; 1 failure in 20,000 read 100.0 %", () => {

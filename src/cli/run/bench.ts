@@ -29,6 +29,7 @@ import {
 import { checkDomains, checkSplitFlags, maxItemsOf, prepare, progressBar, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
 import { domainNames } from "../Setup.js"
+import { Latencies, type Summary } from "./latencies.js"
 
 /**
  * The figures of one side (sequential or concurrent) over every round.
@@ -48,8 +49,11 @@ export interface Side {
    * item failed nor 0 while one succeeded.
    */
   readonly successRate: number
-  /** Item latencies over every round (exact, from each item's own duration). */
-  readonly latency: { readonly p50: number; readonly p95: number; readonly avg: number; readonly max: number }
+  /**
+   * Item latencies over every round, from each item's own duration: exact up to
+   * `maxExactLatencies` durations a side, then p50 and p95 within 1% (`exact: false`).
+   */
+  readonly latency: Summary
 }
 
 const round2 = (n: number): number => Math.round(n * 100) / 100
@@ -97,37 +101,53 @@ export const figuresOf = (result: BatchResult): RunFigures => {
 }
 
 /**
+ * The figures of one side as its rounds end: their wall times and success counts, and their
+ * durations folded into its {@link Latencies} (bounded), never kept run by run.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export class SideFigures {
+  readonly walls: Array<number> = []
+  successes = 0
+  readonly latencies: Latencies
+
+  constructor(maxExact?: number) {
+    this.latencies = new Latencies(maxExact)
+  }
+
+  add(run: RunFigures): void {
+    this.walls.push(run.elapsedMs)
+    this.successes += run.successes
+    this.latencies.addAll(run.durations)
+  }
+
+  summary(): Side {
+    const count = this.latencies.count
+    return {
+      elapsedMs: round2(
+        quantile(
+          [...this.walls].sort((a, b) => a - b),
+          0.5
+        )
+      ),
+      rounds: this.walls.map(round2),
+      successes: this.successes,
+      failures: count - this.successes,
+      successRate: successRate(this.successes, count),
+      latency: this.latencies.summary(round2)
+    }
+  }
+}
+
+/**
  * @since 0.2.0
  * @category utils
  */
-export const summarise = (runs: ReadonlyArray<RunFigures>): Side => {
-  const durations = new Float64Array(runs.reduce((n, run) => n + run.durations.length, 0))
-  let at = 0
-  for (const run of runs) {
-    durations.set(run.durations, at)
-    at += run.durations.length
-  }
-  durations.sort()
-  const successes = runs.reduce((n, run) => n + run.successes, 0)
-  const walls = runs.map((run) => run.elapsedMs)
-  return {
-    elapsedMs: round2(
-      quantile(
-        [...walls].sort((a, b) => a - b),
-        0.5
-      )
-    ),
-    rounds: walls.map(round2),
-    successes,
-    failures: durations.length - successes,
-    successRate: successRate(successes, durations.length),
-    latency: {
-      p50: round2(quantile(durations, 0.5)),
-      p95: round2(quantile(durations, 0.95)),
-      avg: round2(durations.length === 0 ? 0 : durations.reduce((a, b) => a + b, 0) / durations.length),
-      max: round2(durations[durations.length - 1] ?? 0)
-    }
-  }
+export const summarise = (runs: ReadonlyArray<RunFigures>, maxExact?: number): Side => {
+  const side = new SideFigures(maxExact)
+  for (const run of runs) side.add(run)
+  return side.summary()
 }
 
 interface Failure {
@@ -235,14 +255,26 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     const options = { domain, fallback }
     const warmUp = yield* batch.run(warmUpItems(items, domain), { ...options, concurrency: 1 })
     // Folded as each run ends: a run's result holds every answer, and 1,000,000 prompts kept for six runs took gigabytes.
-    const sequentialRuns: Array<RunFigures> = []
-    const concurrentRuns: Array<RunFigures> = []
+    // A round's runs join their sides once both ended, so that an interrupted report has whole rounds only.
+    const sequential = new SideFigures()
+    const concurrent = new SideFigures()
+    let pending: RunFigures | undefined
+    let done = 0
     // Every failure under --json, whose document lists them; else the first few, which the text names (a million
     // prompts failing in three rounds were six million objects for 20 lines), and a count for each round.
     const failures: Array<Failure> = []
     const failedIn: Array<number> = Array.from({ length: rounds }, () => 0)
     const fold = (run: Failure["run"], round: number, result: BatchResult): void => {
-      ;(run === "sequential" ? sequentialRuns : concurrentRuns).push(figuresOf(result))
+      const figures = figuresOf(result)
+      if (pending === undefined) {
+        pending = figures
+      } else {
+        const [seq, conc] = run === "sequential" ? [figures, pending] : [pending, figures]
+        pending = undefined
+        sequential.add(seq)
+        concurrent.add(conc)
+        done++
+      }
       for (const r of result.results) {
         if (r.status === "success") continue
         failedIn[round - 1]!++
@@ -270,11 +302,11 @@ export const run = Effect.fnUntraced(function* (args: Args) {
       }
     })
     const failureText = (f: Failure) => `${rounds === 1 ? f.run : `${f.run} round ${f.round}`} #${f.item}: ${f.text}`
-    // The figures of the first `done` rounds; `interrupted`, they are all there is (Ctrl-C, SIGTERM).
-    const report = (done: number, interrupted: boolean) =>
+    // The figures of the `done` rounds that ended; `interrupted`, they are all there is (Ctrl-C, SIGTERM).
+    const report = (interrupted: boolean) =>
       Effect.gen(function* () {
-        const seq = summarise(sequentialRuns.slice(0, done))
-        const conc = summarise(concurrentRuns.slice(0, done))
+        const seq = sequential.summary()
+        const conc = concurrent.summary()
         // Failures are kept in the order of their rounds: the first ones of the first `done` rounds are among them.
         const counted = failures.filter((f) => f.round <= done)
         const failed = failedIn.slice(0, done).reduce((a, b) => a + b, 0)
@@ -340,15 +372,14 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     const interrupted = Effect.gen(function* () {
       if (yield* stdoutClosed) return
       const where = `interrupted in round ${Math.min(round, rounds)} of ${rounds}`
-      const done = Math.min(sequentialRuns.length, concurrentRuns.length)
       if (done === 0) return yield* printError(`orchestra: ${where}, before any round finished: nothing to compare`)
-      yield* report(done, true)
+      yield* report(true)
       yield* printError(
         `orchestra: ${where}; the figures are those of ${done === 1 ? "round 1" : `rounds 1 to ${done}`}`
       )
     })
     yield* runRounds.pipe(Effect.onInterrupt(() => interrupted))
-    if (!(yield* report(rounds, false))) return yield* new ExitCode({ code: exitCodes.failed })
+    if (!(yield* report(false))) return yield* new ExitCode({ code: exitCodes.failed })
   })
   yield* program.pipe(
     // A batch fails as a whole only on options the checks above already passed; should one slip through, it is usage.
