@@ -250,6 +250,7 @@ export const streamPlanIssue = (plan: StreamPlan, claimSlot: Engine["claimSlot"]
 }
 
 interface Shared {
+  readonly target: ProviderService
   readonly plan: Plan<ProviderService, GenerateResponse>
   readonly resolved: ResolvedOptions
   readonly domain: string | undefined
@@ -308,9 +309,10 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
 
   // The plan of a call depends on its request only through the rate limit's token estimate
   // and the cache key: without those, calls with the same options share one plan.
-  // With what each plan was built from: options changed since (another domain or onRetry, a
-  // deadline checked again) build another plan instead of answering the first call's.
-  const plans = new WeakMap<ExecuteOptions, Map<ProviderService, Shared>>()
+  // With what each plan was built from: options changed since (another provider, domain or onRetry, a
+  // deadline checked again) build another plan instead of answering the first call's. One plan an options
+  // object: kept by target, an object given a provider per call (per tenant) kept every provider it was ever given.
+  const plans = new WeakMap<ExecuteOptions, Shared>()
   const sharedPlan = guards.rateLimit === undefined && guards.cache === undefined
   const planOf = (
     target: ProviderService,
@@ -319,16 +321,12 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
     resolved: ResolvedOptions
   ): Plan<ProviderService, GenerateResponse> => {
     if (!sharedPlan) return planFor(target, request, callOptions, resolved)
-    let byTarget = plans.get(callOptions)
-    if (byTarget === undefined) {
-      byTarget = new Map()
-      plans.set(callOptions, byTarget)
-    }
     const domain = callOptions.domain
     const onRetry = callOptions.onRetry
-    const shared = byTarget.get(target)
+    const shared = plans.get(callOptions)
     if (
       shared !== undefined &&
+      shared.target === target &&
       shared.resolved === resolved &&
       shared.domain === domain &&
       shared.onRetry === onRetry
@@ -336,7 +334,7 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
       return shared.plan
     }
     const plan = planFor(target, request, callOptions, resolved)
-    byTarget.set(target, { plan, resolved, domain, onRetry })
+    plans.set(callOptions, { target, plan, resolved, domain, onRetry })
     return plan
   }
 
