@@ -128,7 +128,8 @@ export {
    * connection (a new one's handshake, or one of the pool's to be freed; a new one not ready by then is closed, not
    * left to hold the pool; one of the pool's that closed while idle, its Redis restarted, is not handed out), and
    * `subscribe` at most
-   * `connectTimeout` plus `commandTimeout` (its queue then fails with the `RedisError`, and its connection is closed). A subscription
+   * `connectTimeout` plus `commandTimeout` (its queue then fails with the `RedisError`, and its connection is closed;
+   * one whose first connection Redis refuses, a password rotated, fails so at once with the refusal). A subscription
    * reconnects as the client does (each handshake within `connectTimeout`, at most `reconnectMax` apart) and
    * subscribes again: messages published meanwhile are not delivered. A reserved
    * connection's `eval` shares one deadline as the shared one's does. After a failover, a connection left on the

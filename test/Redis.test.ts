@@ -1103,6 +1103,32 @@ describe.skipIf(skipRedis)(
     )
 
     it.live(
+      "a subscription whose first connection Redis refuses (a password rotated) fails its queue with the refusal, not a timeout",
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const admin = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+            yield* admin.send("CONFIG", "SET", "requirepass", "old-s3cret")
+            const redis = Context.get(
+              yield* Layer.build(
+                Redis.layer({ url: server.url.replace("redis://", "redis://:old-s3cret@"), reconnectMax: "50 millis" })
+              ),
+              PersistenceRedis.Redis
+            )
+            yield* admin.send("AUTH", "old-s3cret")
+            yield* admin.send("CONFIG", "SET", "requirepass", "new-s3cret")
+            const queue = yield* redis.subscribe("orchestra-first-refused")
+            const refused = Redis.errorText(yield* Effect.flip(Queue.take(queue)))
+            assert.include(refused, "WRONGPASS")
+            assert.notInclude(refused, "s3cret")
+            yield* admin.send("CONFIG", "SET", "requirepass", "")
+          })
+        ),
+      20_000
+    )
+
+    it.live(
       "a reconnection refused on the layer's connection and on a subscription's: each connection's refusal is said once, naming which",
       () =>
         Effect.gen(function* () {

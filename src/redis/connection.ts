@@ -78,14 +78,23 @@ export const layer = (
         }
       }
       // A subscription's connection is made once the layer's has connected: it reconnects for good, and its
-      // refusals are its own (see refused).
-      const subscriptionSocket = (channel: string): Socket => {
+      // refusals are its own (see refused). Its first connection refused (a password rotated since the layer's
+      // connected) fails the subscription with the refusal: tried again, it failed at its deadline, a timeout that
+      // did not say why.
+      const subscriptionSocket = (channel: string): SubscriptionSocket => {
         const refusal: Refusal = { message: undefined, of: ` of the subscription to ${Input.shown(channel)}` }
+        let connected = false
         return {
-          ...socket,
-          reconnectStrategy: (retries: number, cause: Error) => {
-            runSync(refused(s, refusal, retries, cause))
-            return backoff(retries, s.reconnectMax)
+          socket: {
+            ...socket,
+            reconnectStrategy: (retries: number, cause: Error) => {
+              if (!connected) return isErrorReply(cause) ? cause : backoff(retries, s.reconnectMax)
+              runSync(refused(s, refusal, retries, cause))
+              return backoff(retries, s.reconnectMax)
+            }
+          },
+          connected: () => {
+            connected = true
           }
         }
       }
@@ -194,7 +203,13 @@ type Socket = NonNullable<NonNullable<Parameters<Client["duplicate"]>[0]>["socke
 /** The layer's client's socket options, and a subscription's (its own reconnection's refusals). */
 interface Sockets {
   readonly client: Socket
-  readonly subscription: (channel: string) => Socket
+  readonly subscription: (channel: string) => SubscriptionSocket
+}
+
+/** A subscription's socket options, and what tells them its first connection is made. */
+interface SubscriptionSocket {
+  readonly socket: Socket
+  readonly connected: () => void
 }
 
 const destroy = (connection: Client): void => {
@@ -320,10 +335,9 @@ const subscriber =
       const terminal = yield* Deferred.make<void, Redis.RedisError>()
       // node-redis cannot destroy a socket still connecting: the signal closes it.
       const abort = new AbortController()
+      const own = sockets.subscription(channel)
       const connection = yield* Effect.acquireRelease(
-        Effect.sync(() =>
-          client.duplicate({ socket: { ...sockets.subscription(channel), signal: abort.signal } as Socket })
-        ),
+        Effect.sync(() => client.duplicate({ socket: { ...own.socket, signal: abort.signal } as Socket })),
         (connection) =>
           Effect.sync(() => {
             destroy(connection)
@@ -339,6 +353,7 @@ const subscriber =
         try: async () => {
           try {
             await connection.connect()
+            own.connected()
             await connection.subscribe(channel, (message, channel) => onMessage({ channel, message }))
           } catch (cause) {
             // A subscription refused (an ACL's NOPERM) fails its queue: its connection goes now, not with the scope.
