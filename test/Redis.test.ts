@@ -434,7 +434,8 @@ describe.skipIf(skipRedis)(
                     })
                   )
                 )
-              )
+                // A first handshake over 300 ms (a loaded machine) fails "fail"'s build: the test is of reconnections.
+              ).pipe(Effect.retry({ times: 4 }))
               const redis = Context.get(context, PersistenceRedis.Redis)
               const limits = Context.get(context, RateLimit.RateLimits)
               // The limit of 1 rpm holds only while Redis answers (the store fails open).
