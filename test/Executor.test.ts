@@ -1340,3 +1340,106 @@ describe("Executor: a user breaker whose record does not end", () => {
     }).pipe(Effect.ensuring(Deferred.succeed(stuck, undefined)))
   })
 })
+
+describe("Executor: a user breaker whose execute never answers", () => {
+  // Its `execute` never runs the attempt: the attempt's own deadline never starts, and only the call's
+  // total deadline (or the shutdown) can end the call.
+  const breakers = {
+    never: { execute: () => Effect.never, admit: () => Effect.never },
+    "uninterruptibly never": { execute: () => Effect.uninterruptible(Effect.never), admit: () => Effect.never }
+  }
+  for (const [name, breaker] of Object.entries(breakers)) {
+    it.effect(`${name}: the total deadline ends the call with its TimeoutError when due`, () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ respond: () => "hi" }, { guards: { breaker: breaker as never } })
+        const fiber = yield* Effect.forkChild(Effect.flip(executor.execute(ask, { totalTimeout: "1 second" })), {
+          startImmediately: true
+        })
+        yield* TestClock.adjust("999 millis")
+        assert.isUndefined(fiber.pollUnsafe())
+        yield* TestClock.adjust("1 millis")
+        yield* Effect.yieldNow
+        assert.isDefined(fiber.pollUnsafe(), "the call waited for its breaker past the total deadline")
+        const error = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(error._tag === "TimeoutError" && error.limit, "total")
+      })
+    )
+  }
+})
+
+describe("Executor: a user cache whose getOrCompute never answers", () => {
+  // It never calls `bound`: the caller's wait in it was bounded by nothing, neither the total deadline
+  // the docs promise ("bounds ... the caller's wait in the cache") nor the executor's shutdown.
+  const caches = {
+    never: { getOrCompute: () => Effect.never, key: () => "k" },
+    "uninterruptibly never": { getOrCompute: () => Effect.uninterruptible(Effect.never), key: () => "k" }
+  }
+  for (const [name, cache] of Object.entries(caches)) {
+    it.effect(`${name}: the total deadline ends the call with its TimeoutError, a grace past it`, () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ respond: () => "hi" }, { guards: { cache: cache as never } })
+        const fiber = yield* Effect.forkChild(Effect.flip(executor.execute(ask, { totalTimeout: "1 second" })), {
+          startImmediately: true
+        })
+        // The grace lets a cache that applies `bound` answer stale as the deadline passes.
+        yield* TestClock.adjust("1 second")
+        assert.isUndefined(fiber.pollUnsafe())
+        yield* TestClock.adjust("1 second")
+        yield* Effect.yieldNow
+        assert.isDefined(fiber.pollUnsafe(), "the call waited for its cache past the total deadline")
+        const error = yield* Fiber.join(fiber)
+        assert.strictEqual(error._tag, "TimeoutError")
+        if (error._tag === "TimeoutError") {
+          assert.strictEqual(error.limit, "total")
+          assert.strictEqual(Duration.toMillis(error.timeout), 1000)
+        }
+      })
+    )
+
+    it.effect(`${name}: the shutdown ends the call with ShuttingDownError`, () =>
+      Effect.gen(function* () {
+        const { executor, close } = yield* setup(
+          { respond: () => "hi" },
+          { guards: { cache: cache as never }, shutdownDeadline: "1 second" }
+        )
+        const fiber = yield* Effect.forkChild(Effect.flip(executor.execute(ask)), { startImmediately: true })
+        const closing = yield* Effect.forkChild(close, { startImmediately: true })
+        yield* TestClock.adjust("1 second")
+        yield* Effect.yieldNow
+        assert.isDefined(fiber.pollUnsafe(), "the shutdown left the call waiting for its cache")
+        assert.strictEqual((yield* Fiber.join(fiber))._tag, "ShuttingDownError")
+        yield* Fiber.join(closing)
+      })
+    )
+  }
+
+  it.effect("a user cache that applies `bound` still answers stale when the total deadline cuts its computation", () =>
+    Effect.gen(function* () {
+      // A minimal cache that keeps one stale answer and applies the caller's bound to its computation.
+      const stale = { text: "stale" }
+      const cache = {
+        key: () => "k",
+        getOrCompute: (
+          _key: string,
+          compute: Effect.Effect<unknown, AiError>,
+          options?: { readonly bound?: (<B>(wait: Effect.Effect<B, AiError>) => Effect.Effect<B, AiError>) | undefined }
+        ) =>
+          (options?.bound === undefined ? compute : options.bound(compute)).pipe(
+            Effect.map((value): { value: unknown; source: "miss" | "stale" } => ({ value, source: "miss" })),
+            Effect.catch((error) =>
+              error._tag === "TimeoutError"
+                ? Effect.succeed({ value: stale, source: "stale" as const })
+                : Effect.fail(error)
+            )
+          )
+      }
+      const { executor } = yield* setup({ script: [Outcome.hang()] }, { guards: { cache: cache as never } })
+      const fiber = yield* Effect.forkChild(executor.execute(ask, { totalTimeout: "1 second", timeout: "none" }), {
+        startImmediately: true
+      })
+      yield* TestClock.adjust("1 second")
+      yield* Effect.yieldNow
+      assert.strictEqual((yield* Fiber.join(fiber)).text, "stale")
+    })
+  )
+})

@@ -12,6 +12,7 @@ import type { ModelError } from "../AiError.js"
 import { thrownIssue } from "../executor/options.js"
 import * as Input from "../Input.js"
 import { GenerateResponse, StreamPart } from "../Model.js"
+import { selfBounded } from "../policy/plan.js"
 import type { Origin, Service } from "../ResponseCache.js"
 
 const callKeys: ReadonlySet<string> = new Set(["allowStale", "bound", "originOf", "keep"])
@@ -175,28 +176,34 @@ const refuse = (issue: Input.Issue): Effect.Effect<never, ModelError> => Effect.
  *
  * @internal
  */
-export const checked = (service: Service, partsNotStored: (issue: Input.Issue) => Effect.Effect<void>): Service => ({
-  ...service,
-  getOrCompute: (key, compute, options) => {
-    const issue = callIssue(key, compute, options)
-    return issue === undefined ? service.getOrCompute(key, compute, options) : refuse(issue)
-  },
-  getMany: (keys) => {
-    const issue = issueOf("keys", keys, keysIssue)
-    return issue === undefined ? service.getMany(keys) : refuse(issue)
-  },
-  setMany: (entries) => {
-    const issue = issueOf("entries", entries, entriesIssue)
-    return issue === undefined ? service.setMany(entries) : refuse(issue)
-  },
-  getParts: (key) => (typeof key === "string" ? service.getParts(key) : refuse(notAKey("key", key))),
-  setParts: (key, parts) => {
-    if (typeof key !== "string") return refuse(notAKey("key", key))
-    const issue = notParts(parts)
-    return issue === undefined ? service.setParts(key, parts) : Effect.andThen(partsNotStored(issue), refuse(issue))
-  },
-  invalidate: (key) => (typeof key === "string" ? service.invalidate(key) : refuse(notAKey("key", key)))
-})
+export const checked = (service: Service, partsNotStored: (issue: Input.Issue) => Effect.Effect<void>): Service => {
+  const checkedService: Service = {
+    ...service,
+    getOrCompute: (key, compute, options) => {
+      const issue = callIssue(key, compute, options)
+      return issue === undefined ? service.getOrCompute(key, compute, options) : refuse(issue)
+    },
+    getMany: (keys) => {
+      const issue = issueOf("keys", keys, keysIssue)
+      return issue === undefined ? service.getMany(keys) : refuse(issue)
+    },
+    setMany: (entries) => {
+      const issue = issueOf("entries", entries, entriesIssue)
+      return issue === undefined ? service.setMany(entries) : refuse(issue)
+    },
+    getParts: (key) => (typeof key === "string" ? service.getParts(key) : refuse(notAKey("key", key))),
+    setParts: (key, parts) => {
+      if (typeof key !== "string") return refuse(notAKey("key", key))
+      const issue = notParts(parts)
+      return issue === undefined ? service.setParts(key, parts) : Effect.andThen(partsNotStored(issue), refuse(issue))
+    },
+    invalidate: (key) => (typeof key === "string" ? service.invalidate(key) : refuse(notAKey("key", key)))
+  }
+  // This library's caches bound their own lookups (the memory table answers at once, Redis within its
+  // deadline) and apply the caller's `bound`: the engine runs them as they are (`policy/engine.ts`).
+  selfBounded.add(checkedService)
+  return checkedService
+}
 
 // The refusals of a caller's `keep` and `originOf`: the call's own mistake, never answered stale.
 const refusals = new WeakSet<object>()

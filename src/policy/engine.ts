@@ -20,6 +20,7 @@
  */
 import { Clock, type Fiber, Deferred, Duration, Effect, Exit, Semaphore, type Scope } from "effect"
 import { type AiError, isRetryable, reasonOf, type ShuttingDownError, TimeoutError } from "../AiError.js"
+import { userEffect } from "./callback.js"
 import type { Service as StatsService } from "../Stats.js"
 import type * as Input from "../Input.js"
 import type { Series } from "../stats/series.js"
@@ -27,7 +28,7 @@ import * as Deadline from "./deadline.js"
 import * as Fallback from "./fallback.js"
 import * as Fused from "./fused.js"
 import * as Hedge from "./hedge.js"
-import { type Answer, CurrentCut, type Origin, type Plan, type Step } from "./plan.js"
+import { type Answer, type CacheGuard, CurrentCut, type Origin, type Plan, selfBounded, type Step } from "./plan.js"
 import { isTraced } from "./span.js"
 import { cutByShutdown, shuttingDown } from "./failure.js"
 import { CallCounter, type Counter, make as makeDriver, type RetryState, stepEnded } from "./step.js"
@@ -93,6 +94,16 @@ export interface Options {
   readonly stats: StatsService
   readonly shutdownDeadline: Duration.Duration
 }
+
+/**
+ * How long past a call's total deadline its caller waits in a cache not of this library's, for
+ * the stale answer of a cache that applies the deadline (`bound`) itself.
+ *
+ * @internal
+ */
+export const USER_CACHE_GRACE = Duration.seconds(1)
+
+type CacheAnswer<A> = Effect.Success<ReturnType<CacheGuard<A>["getOrCompute"]>>
 
 const answerValue = <T, A>(answer: Answer<T, A>): A => answer.value
 
@@ -210,6 +221,34 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
         return result
       })
 
+    // A user's cache may wait on its own (a lookup in a store that never answers) before it applies
+    // `bound`, or never apply it: the caller's wait in it runs on the lanes, which the shutdown cuts,
+    // and ends `USER_CACHE_GRACE` past the total deadline (the grace lets one that applies `bound`
+    // answer stale as the deadline passes). This library's caches bound their own lookups.
+    const userCache = <A>(
+      guard: CacheGuard<A>,
+      key: string,
+      compute: Effect.Effect<A, AiError>,
+      lookupOptions: {
+        readonly allowStale: boolean
+        readonly bound: (<B>(wait: Effect.Effect<B, AiError>) => Effect.Effect<B, AiError>) | undefined
+        readonly originOf: (value: A) => Origin | undefined
+        readonly keep: (value: A) => boolean
+      },
+      total: Duration.Duration | undefined
+    ) =>
+      Effect.flatMap(
+        lanes.run(
+          userEffect("the cache's getOrCompute", () => guard.getOrCompute<AiError>(key, compute, lookupOptions)),
+          total === undefined ? undefined : Duration.sum(total, USER_CACHE_GRACE)
+        ),
+        (result): Effect.Effect<CacheAnswer<A>, AiError> => {
+          if (result === "shutdown") return Effect.fail(cutByShutdown())
+          if (result === "timeout") return Effect.fail(new TimeoutError({ limit: "total", timeout: total! }))
+          return result
+        }
+      )
+
     // One step of a call (`step.ts`), and the strategies over a plan's steps.
     const isClosing = () => closing
     const driver = makeDriver({ clock, lanes, seriesOf, slot, tracked, isClosing })
@@ -261,18 +300,19 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
             answered = answer
             return answer.value
           })
+          const guard = cache.guard
+          // A guard that left `bound` unused still has its computation under the deadline.
+          const computed = bound === undefined ? compute : Effect.suspend(() => (bounded ? compute : bound(compute)))
+          const lookupOptions = {
+            allowStale: cache.allowStale,
+            bound,
+            originOf: () => originOf(plan, answered),
+            keep: () => answered?.step.cacheable !== false
+          }
           body = Effect.map(
-            cache.guard.getOrCompute(
-              cache.key,
-              // A guard that left `bound` unused still has its computation under the deadline.
-              bound === undefined ? compute : Effect.suspend(() => (bounded ? compute : bound(compute))),
-              {
-                allowStale: cache.allowStale,
-                bound,
-                originOf: () => originOf(plan, answered),
-                keep: () => answered?.step.cacheable !== false
-              }
-            ),
+            selfBounded.has(guard)
+              ? guard.getOrCompute(cache.key, computed, lookupOptions)
+              : userCache(guard, cache.key, computed, lookupOptions, total),
             ({ source, value, origin }): Answer<T, A> => {
               if (answered !== undefined && source === "miss") return answered
               // The steps' failures are counted as theirs; the call's own outcome is this answer.

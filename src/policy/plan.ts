@@ -26,8 +26,10 @@ export interface BreakerGuard {
 
 /**
  * The breakers whose permits' records bound themselves (this library's own: the memory store
- * answers at once, Redis within its timeout). A record of any other is waited for up to a
- * grace, then left to end in the background (`stream-attempt.ts`).
+ * answers at once, Redis within its timeout), and the caches that bound their lookups and apply
+ * the caller's `bound` (this library's own). A record of any other breaker is waited for up to a
+ * grace, then left to end in the background (`stream-attempt.ts`); the caller's wait in any
+ * other cache runs on the deadline lanes (`engine.ts`).
  *
  * @internal
  */
