@@ -1443,3 +1443,31 @@ describe("Executor: a user cache whose getOrCompute never answers", () => {
     })
   )
 })
+
+describe("Executor: a user guard that returns no Effect", () => {
+  // Handed to the run loop, it was "Fiber.runLoop: Not a valid effect: 42", naming neither the guard nor what it
+  // returned (a cache's ended the caller's fiber past every handler); a Promise's rejection went unhandled.
+  const rejected = () => {
+    const promise = Promise.reject(new Error("store down"))
+    return promise
+  }
+  const cases = [
+    ["guards.breaker", { breaker: { execute: () => 42, admit: () => Effect.never } }, "the circuit breaker's execute"],
+    ["guards.rateLimit", { rateLimit: { acquire: rejected } }, "the rate limit's acquire"],
+    ["guards.cache", { cache: { getOrCompute: () => 42, key: () => "k" } }, "the cache's getOrCompute"]
+  ] as const
+  for (const [name, guards, named] of cases) {
+    it.effect(`${name}: the call fails with a defect naming it and what it returned`, () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ respond: () => "hi" }, { guards: guards as never })
+        const exit = yield* Effect.exit(executor.execute(ask))
+        assert.isTrue(Exit.isFailure(exit))
+        if (Exit.isFailure(exit)) {
+          const defect = Cause.squash(exit.cause)
+          assert.instanceOf(defect, TypeError)
+          assert.include((defect as Error).message, `${named} must return an Effect`)
+        }
+      })
+    )
+  }
+})

@@ -10,6 +10,7 @@
  */
 import { Cause, Effect } from "effect"
 import type { AiError, CircuitOpenError } from "../AiError.js"
+import { notAnEffect } from "./callback.js"
 import type { BreakerGuard } from "./plan.js"
 
 /**
@@ -51,7 +52,10 @@ export const breakered = <A, E extends AiError>(
     }
     return Effect.failCause(cause)
   })
-  return Effect.catchCause(breaker.execute(key, unseen), (cause) =>
+  const executed = breaker.execute(key, unseen)
+  // A user's breaker that returns no Effect: named, as `step.ts` names it without a slot.
+  if (!Effect.isEffect(executed)) return notAnEffect("the circuit breaker's execute", executed)
+  return Effect.catchCause(executed, (cause) =>
     cut !== undefined && Cause.hasInterruptsOnly(cause) ? Effect.fail(cut) : Effect.failCause(cause)
   )
 }

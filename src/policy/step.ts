@@ -260,8 +260,11 @@ export const make = (env: Env): Driver => {
   // A user's breaker whose record ignores its interruption (in an `onExit`) and never ends would hold
   // a cancelled call for ever: it runs on the lanes, which let the caller go as from an attempt that
   // ignores its interruption. This library's breakers bound their own records, and run as they are.
+  // One that returns no Effect is named (not "Not a valid effect" from the run loop).
   const letGo = <A>(breaker: BreakerGuard, guarded: Effect.Effect<A, AiError>): Effect.Effect<A, AiError> =>
-    selfBounded.has(breaker) ? guarded : tracked(guarded)
+    selfBounded.has(breaker)
+      ? guarded
+      : tracked(Effect.isEffect(guarded) ? guarded : notAnEffect("the circuit breaker's execute", guarded))
 
   // One attempt: rate limit (outside the deadline), breaker, deadline, provider slot, call.
   const attempt = <T, A>(
@@ -369,8 +372,10 @@ export const make = (env: Env): Driver => {
     if (step.rateLimit === undefined) return guarded
     const limit = step.rateLimit
     // No wait past the call's total deadline: a fallback gets the time that is left.
+    const acquired = limit.acquire(step.name, { tokens: step.tokens, waitUntil: counter.deadlineAt })
+    // A user's limit that returns no Effect (a Promise): named, its rejection handled (`callback.ts`).
     return Effect.flatMap(
-      tracked(limit.acquire(step.name, { tokens: step.tokens, waitUntil: counter.deadlineAt })),
+      tracked(Effect.isEffect(acquired) ? acquired : notAnEffect("the rate limit's acquire", acquired)),
       () => guarded
     )
   }
