@@ -1471,3 +1471,57 @@ describe("Executor: a user guard that returns no Effect", () => {
     )
   }
 })
+
+describe("Executor: a user guard that fails with a value that is not an AiError", () => {
+  // The call failed with the string itself (no AiError a caller's `catchTag` or the Promise facade knows), its stats
+  // counting a failure of reason "undefined"; `Effect.fail(undefined)` was a TypeError out of `isRetryable`.
+  const cases = [
+    [
+      "guards.breaker",
+      (failure: unknown) => ({ breaker: { execute: () => Effect.fail(failure), admit: () => Effect.never } }),
+      "circuit breaker"
+    ],
+    ["guards.rateLimit", (failure: unknown) => ({ rateLimit: { acquire: () => Effect.fail(failure) } }), "rate limit"],
+    [
+      "guards.cache",
+      (failure: unknown) => ({ cache: { getOrCompute: () => Effect.fail(failure), key: () => "k" } }),
+      "cache"
+    ]
+  ] as const
+  for (const [name, guardsOf, named] of cases) {
+    for (const failure of ["store down", undefined]) {
+      it.effect(`${name} failing with ${String(failure)}: a ModelError of reason Unknown naming it, counted so`, () =>
+        Effect.gen(function* () {
+          const { executor } = yield* setup({ respond: () => "hi" }, { guards: guardsOf(failure) as never })
+          const error = yield* Effect.flip(executor.execute(ask, { retry: { maxAttempts: 3, jitter: 0 } }))
+          assert.strictEqual(error._tag, "ModelError")
+          if (error._tag === "ModelError") {
+            assert.strictEqual(error.reason, "Unknown")
+            assert.include(error.message, `the ${named} failed with a value that is not an AiError`)
+            assert.strictEqual(error.cause, failure)
+          }
+          if (name !== "guards.cache") {
+            assert.deepStrictEqual((yield* executor.stats()).failuresByReason, { Unknown: 1 })
+          }
+        })
+      )
+    }
+  }
+})
+
+describe("Executor: a user cache that answers no { value, source }", () => {
+  it.effect("the call fails with a defect naming the cache and what it answered", () =>
+    Effect.gen(function* () {
+      const cache = { getOrCompute: () => Effect.succeed(null), key: () => "k" }
+      const { executor } = yield* setup({ respond: () => "hi" }, { guards: { cache: cache as never } })
+      const exit = yield* Effect.exit(executor.execute(ask))
+      assert.isTrue(Exit.isFailure(exit))
+      if (Exit.isFailure(exit)) {
+        const defect = Cause.squash(exit.cause)
+        assert.instanceOf(defect, TypeError)
+        // Before: "Cannot destructure property 'source' of 'object null' as it is null".
+        assert.include((defect as Error).message, "the cache's getOrCompute must answer { value, source }, got null")
+      }
+    })
+  )
+})

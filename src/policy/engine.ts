@@ -18,11 +18,11 @@
  *
  * @internal
  */
-import { Clock, type Fiber, Deferred, Duration, Effect, Exit, Semaphore, type Scope } from "effect"
+import { Cause, Clock, type Fiber, Deferred, Duration, Effect, Exit, Semaphore, type Scope } from "effect"
 import { type AiError, isRetryable, reasonOf, type ShuttingDownError, TimeoutError } from "../AiError.js"
 import { userEffect } from "./callback.js"
 import type { Service as StatsService } from "../Stats.js"
-import type * as Input from "../Input.js"
+import * as Input from "../Input.js"
 import type { Series } from "../stats/series.js"
 import * as Deadline from "./deadline.js"
 import * as Fallback from "./fallback.js"
@@ -30,7 +30,7 @@ import * as Fused from "./fused.js"
 import * as Hedge from "./hedge.js"
 import { type Answer, type CacheGuard, CurrentCut, type Origin, type Plan, selfBounded, type Step } from "./plan.js"
 import { isTraced } from "./span.js"
-import { cutByShutdown, shuttingDown } from "./failure.js"
+import { cutByShutdown, notAnAiError, shuttingDown } from "./failure.js"
 import { CallCounter, type Counter, make as makeDriver, type RetryState, stepEnded } from "./step.js"
 
 /**
@@ -235,7 +235,8 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
         readonly originOf: (value: A) => Origin | undefined
         readonly keep: (value: A) => boolean
       },
-      total: Duration.Duration | undefined
+      total: Duration.Duration | undefined,
+      provider: string
     ) =>
       Effect.flatMap(
         lanes.run(
@@ -245,7 +246,18 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
         (result): Effect.Effect<CacheAnswer<A>, AiError> => {
           if (result === "shutdown") return Effect.fail(cutByShutdown())
           if (result === "timeout") return Effect.fail(new TimeoutError({ limit: "total", timeout: total! }))
-          return result
+          if (Exit.isSuccess(result)) {
+            const found: unknown = result.value
+            return typeof found === "object" && found !== null
+              ? result
+              : Effect.die(
+                  new TypeError(`the cache's getOrCompute must answer { value, source }, got ${Input.shown(found)}`)
+                )
+          }
+          // Its own failure that is no AiError (`Effect.fail("store down")`) becomes one naming it.
+          const error = Cause.findErrorOption(result.cause)
+          const replaced = error._tag === "None" ? undefined : notAnAiError(error.value, provider, "the cache")
+          return replaced === undefined ? result : Effect.fail(replaced)
         }
       )
 
@@ -312,7 +324,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
           body = Effect.map(
             selfBounded.has(guard)
               ? guard.getOrCompute(cache.key, computed, lookupOptions)
-              : userCache(guard, cache.key, computed, lookupOptions, total),
+              : userCache(guard, cache.key, computed, lookupOptions, total, plan.steps[0].name),
             ({ source, value, origin }): Answer<T, A> => {
               if (answered !== undefined && source === "miss") return answered
               // The steps' failures are counted as theirs; the call's own outcome is this answer.

@@ -87,11 +87,11 @@ export const malformedAnswer = (provider: string, issue: string): ModelError =>
  * provider that breaks its contract: a plain `Error`, a string, `undefined`) becomes a
  * `ModelError` of reason `Unknown` with the value as its `cause`, so that the retry and
  * fallback predicates, the stats and the callers only ever see an `AiError`. `undefined`
- * when `failure` is an `AiError`.
+ * when `failure` is an `AiError`. `what` names who failed so (a user's guard: "the cache").
  *
  * @internal
  */
-export const notAnAiError = (failure: unknown, provider: string): AiError | undefined => {
+export const notAnAiError = (failure: unknown, provider: string, what = "the provider call"): AiError | undefined => {
   try {
     if (isAiError(failure)) return undefined
   } catch {
@@ -99,7 +99,7 @@ export const notAnAiError = (failure: unknown, provider: string): AiError | unde
   }
   return new ModelError({
     reason: "Unknown",
-    message: `the provider call failed with a value that is not an AiError: ${describeDefect(failure)}`,
+    message: `${what} failed with a value that is not an AiError: ${describeDefect(failure)}`,
     provider,
     cause: failure
   })

@@ -261,10 +261,30 @@ export const make = (env: Env): Driver => {
   // a cancelled call for ever: it runs on the lanes, which let the caller go as from an attempt that
   // ignores its interruption. This library's breakers bound their own records, and run as they are.
   // One that returns no Effect is named (not "Not a valid effect" from the run loop).
-  const letGo = <A>(breaker: BreakerGuard, guarded: Effect.Effect<A, AiError>): Effect.Effect<A, AiError> =>
+  const letGo = <A>(
+    breaker: BreakerGuard,
+    guarded: Effect.Effect<A, AiError>,
+    name: string
+  ): Effect.Effect<A, AiError> =>
     selfBounded.has(breaker)
       ? guarded
-      : tracked(Effect.isEffect(guarded) ? guarded : notAnEffect("the circuit breaker's execute", guarded))
+      : userGuard(
+          Effect.isEffect(guarded) ? guarded : notAnEffect("the circuit breaker's execute", guarded),
+          "the circuit breaker",
+          name
+        )
+
+  // A guard's wait on the lanes (the shutdown cuts it, and the caller is let go of one ignoring its
+  // interruption); a failure of its own that is no AiError (a user's `Effect.fail("store down")`)
+  // becomes one naming it: the retry predicate, the stats and the callers only ever see an AiError.
+  const userGuard = <A>(effect: Effect.Effect<A, AiError>, what: string, name: string): Effect.Effect<A, AiError> =>
+    Effect.flatMap(lanes.run(effect, undefined), (result): Effect.Effect<A, AiError> => {
+      if (result === "shutdown" || result === "timeout") return Effect.fail(cutByShutdown())
+      if (Exit.isSuccess(result)) return result
+      const error = Cause.findErrorOption(result.cause)
+      const replaced = error._tag === "None" ? undefined : notAnAiError(error.value, name, what)
+      return replaced === undefined ? result : Effect.fail(replaced)
+    })
 
   // One attempt: rate limit (outside the deadline), breaker, deadline, provider slot, call.
   const attempt = <T, A>(
@@ -316,7 +336,9 @@ export const make = (env: Env): Driver => {
         step,
         plan,
         counter,
-        step.breaker === undefined ? deadlined : letGo(step.breaker, step.breaker.execute(step.name, deadlined))
+        step.breaker === undefined
+          ? deadlined
+          : letGo(step.breaker, step.breaker.execute(step.name, deadlined), step.name)
       )
     }
     // Queued for its slot: the attempt's deadline covers the wait, and its breaker
@@ -351,7 +373,9 @@ export const make = (env: Env): Driver => {
       step,
       plan,
       counter,
-      step.breaker === undefined ? deadlined : letGo(step.breaker, breakered(step.breaker, step.name, state, deadlined))
+      step.breaker === undefined
+        ? deadlined
+        : letGo(step.breaker, breakered(step.breaker, step.name, state, deadlined), step.name)
     )
   }
 
@@ -375,7 +399,11 @@ export const make = (env: Env): Driver => {
     const acquired = limit.acquire(step.name, { tokens: step.tokens, waitUntil: counter.deadlineAt })
     // A user's limit that returns no Effect (a Promise): named, its rejection handled (`callback.ts`).
     return Effect.flatMap(
-      tracked(Effect.isEffect(acquired) ? acquired : notAnEffect("the rate limit's acquire", acquired)),
+      userGuard(
+        Effect.isEffect(acquired) ? acquired : notAnEffect("the rate limit's acquire", acquired),
+        "the rate limit",
+        step.name
+      ),
       () => guarded
     )
   }
