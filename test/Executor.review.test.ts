@@ -478,3 +478,29 @@ describe("tracked", () => {
     })
   )
 })
+
+describe("plans built in code: an onEnded that throws", () => {
+  // It ran in the call's finalizer: its throw became a defect of a call that had answered.
+  it.effect("the call still answers, and one that fails keeps its own error", () =>
+    Effect.gen(function* () {
+      const { executor } = yield* setup({ script: [Outcome.fail("Overloaded"), Outcome.succeed("second")] })
+      const p = executor.provider
+      const plan: Executor.Plan<typeof p, unknown> = {
+        steps: [executor.stepFor({ ...p, name: "ended-a" }), executor.stepFor({ ...p, name: "ended-b" })],
+        onEnded: () => {
+          throw new Error("tally broke")
+        }
+      }
+      const answer = yield* executor.run(plan, (target) => target.generate(ask))
+      assert.strictEqual((answer.value as { text: string }).text, "second")
+      const failing: Executor.Plan<typeof p, unknown> = {
+        ...plan,
+        steps: [executor.stepFor({ ...p, name: "ended-c" }), executor.stepFor({ ...p, name: "ended-d" })]
+      }
+      const error = yield* Effect.flip(
+        executor.run(failing, () => Effect.fail(new ModelError({ reason: "ContentFilter", message: "no" })))
+      )
+      assert.strictEqual(error._tag === "ModelError" && error.reason, "ContentFilter")
+    })
+  )
+})

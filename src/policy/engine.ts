@@ -342,7 +342,14 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
         const onEnded = plan.onEnded
         if (onEnded !== undefined) {
           body = Effect.onExit(body, () =>
-            Effect.sync(() => onEnded(counter.steps, counter.hedges ?? 0, counter.hedgeWon ?? false))
+            Effect.sync(() => {
+              // A caller's tally (`Executor.run`) that throws must not turn the call's outcome into its defect.
+              try {
+                onEnded(counter.steps, counter.hedges ?? 0, counter.hedgeWon ?? false)
+              } catch {
+                // Nothing told.
+              }
+            })
           )
         }
         return running(body)
