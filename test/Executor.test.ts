@@ -1525,3 +1525,41 @@ describe("Executor: a user cache that answers no { value, source }", () => {
     })
   )
 })
+
+describe("Executor: a user guard that throws", () => {
+  // Its throw is a defect of the call (the user's bug, not its provider's failure), which the step's stats counted
+  // as "Interrupted" (and in no timeouts): nobody interrupted anything.
+  const cases = [
+    [
+      "guards.breaker",
+      {
+        breaker: {
+          execute: () => {
+            throw new Error("breaker bug")
+          },
+          admit: () => Effect.never
+        }
+      }
+    ],
+    [
+      "guards.rateLimit",
+      {
+        rateLimit: {
+          acquire: () => {
+            throw new Error("limit bug")
+          }
+        }
+      }
+    ]
+  ] as const
+  for (const [name, guards] of cases) {
+    it.effect(`${name}: the call's defect, counted as an Unknown failure, not Interrupted`, () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ respond: () => "hi" }, { guards: guards as never })
+        const exit = yield* Effect.exit(executor.execute(ask))
+        assert.isTrue(Exit.isFailure(exit) && Cause.hasDies(exit.cause))
+        assert.deepStrictEqual((yield* executor.stats()).failuresByReason, { Unknown: 1 })
+      })
+    )
+  }
+})

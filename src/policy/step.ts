@@ -119,7 +119,8 @@ export class CallCounter implements Counter {
 }
 
 /**
- * A step's outcome in its metrics (`undefined`: interrupted, by a deadline of the call or cancelled).
+ * A step's outcome in its metrics (`undefined`: interrupted, by a deadline of the call or cancelled;
+ * a defect, which only a user's guard leaves past its attempt: `Unknown`).
  * A step cut because its hedge's race was decided is neither answered nor failed: it stays
  * counted as a request only.
  *
@@ -152,6 +153,10 @@ export const stepEnded = (
   if (error !== undefined && error._tag === "Some") {
     series.latency.record(now - started)
     series.fail(reasonOf(error.value))
+  } else if (exit !== undefined && Cause.hasDies(exit.cause)) {
+    // A defect past the attempt (a user's breaker or rate limit that threw): nobody interrupted it.
+    series.latency.record(now - started)
+    series.fail("Unknown")
   } else {
     // Not its provider's failure, and not a latency anyone waited for.
     if (counter.raceOver === true || counter.external?.lost === true) return
