@@ -151,6 +151,7 @@ export const make: (options: Options) => Effect.Effect<Model.Service, Input.Opti
     const options = (yield* Input.orOptionError(Input.readFields(given))) as unknown as Options
     const [settings, apiKey, name, defaultModel, embeddingModel, dimensions, baseUrl, apiVersion, limits, headerSet] =
       yield* Input.orOptionError(checkOptions(options))
+    yield* Input.orOptionError(Http.ownedHeaders("headers", headerSet.given, [["x-goog-api-key", "apiKey"]]))
     const client = yield* Client.make(settings, options.transformClient, ["x-goog-api-key", ...headerSet.secretNames])
     const root = Http.joinUrl(baseUrl, apiVersion)
     const secrets = [apiKey, ...headerSet.secrets]

@@ -181,6 +181,9 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
   const [settings, host, name, defaultModel, embeddingModel, api, keepAlive, headerSet, , dimensions, limits] =
     yield* Input.orOptionError(checkOptions(options))
   yield* Input.orOptionError(
+    Http.ownedHeaders("headers", headerSet.given, options.apiKey === undefined ? [] : [["authorization", "apiKey"]])
+  )
+  yield* Input.orOptionError(
     Http.plainHttpSecrets(
       host,
       [["apiKey", options.apiKey], ...Http.secretHeaders(headerSet.given)],

@@ -226,6 +226,13 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
     limits
   ] = yield* Input.orOptionError(checkOptions(options))
   yield* Input.orOptionError(
+    Http.ownedHeaders("headers", headerSet.given, [
+      ...(options.apiKey === undefined ? [] : [["authorization", "apiKey"] as const]),
+      ...(options.organization === undefined ? [] : [["openai-organization", "organization"] as const]),
+      ...(options.project === undefined ? [] : [["openai-project", "project"] as const])
+    ])
+  )
+  yield* Input.orOptionError(
     Http.plainHttpSecrets(
       baseUrl,
       [["apiKey", options.apiKey], ...Http.secretHeaders(headerSet.given)],

@@ -1533,6 +1533,8 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ requestLimits: { maxMessages: 0 } }), "requestLimits.maxMessages")
         assert.strictEqual(yield* pathOf({ headers: { "x-a": "b\nc" } }), 'headers["x-a"]')
         assert.strictEqual(yield* pathOf({ headers: { expect: "100-continue" } }), 'headers["expect"]')
+        // The key's own header: it was replaced by the key, unsaid.
+        assert.strictEqual(yield* pathOf({ headers: { "X-Goog-Api-Key": "other" } }), 'headers["X-Goog-Api-Key"]')
         assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("k\r\n") }), "apiKey")
         // GEMINI_API_KEY set but empty: every call would be refused as an unregistered caller.
         assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("") }), "apiKey")

@@ -1133,6 +1133,8 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           ["embeddingDimensions", { embeddingDimensions: null as never }],
           ["apiKey", { apiKey: KEY as unknown as Redacted.Redacted<string> }],
           ['headers["x-a"]', { headers: { "x-a": "\u0000" } }],
+          // A header an option sets: one of the two was dropped, unsaid.
+          ['headers["authorization"]', { apiKey: Redacted.make(KEY), headers: { authorization: "Bearer x" } }],
           // Headers the HTTP client refuses on every request (a retryable Transport error each time).
           ['headers["Transfer-Encoding"]', { headers: { "Transfer-Encoding": "chunked" } }],
           ['headers["keep-alive"]', { headers: { "keep-alive": "timeout=5" } }],

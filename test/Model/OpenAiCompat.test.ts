@@ -1466,6 +1466,9 @@ for (const [name, client] of [
             ['headers["x-n"]', { headers: { "x-n": 5 as unknown as string } }],
             // Header names are not case-sensitive: one of the two was dropped, unsaid.
             ['headers["x-team"]', { headers: { "X-Team": "a", "x-team": "b" } }],
+            // A header an option sets: one of the two was dropped, unsaid.
+            ['headers["Authorization"]', { apiKey: Redacted.make(KEY), headers: { Authorization: "Bearer other" } }],
+            ['headers["openai-project"]', { project: "p1", headers: { "openai-project": "p2" } }],
             ["organization", { organization: "org\n" }],
             // Not a string: it was sent as a header anyway ("5", "null") instead of being refused.
             ["organization", { organization: 5 as never }],

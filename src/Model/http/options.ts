@@ -446,6 +446,33 @@ export const headers = (path: string, input: unknown): Input.Checked<HeaderSet> 
 }
 
 /**
+ * A `headers` entry naming a header the provider sets from one of its options (`authorization`
+ * from `apiKey`): refused naming the entry and the option, since the request would carry one of
+ * the two and drop the other unsaid. `owned` lists each header name (lowercase) with its option,
+ * only for the options given.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const ownedHeaders = (
+  path: string,
+  given: HeadersOption,
+  owned: ReadonlyArray<readonly [header: string, option: string]>
+): Input.Checked<void> => {
+  if (owned.length === 0) return Result.succeed(undefined)
+  for (const name of Object.keys(given)) {
+    const option = owned.find(([header]) => header === name.toLowerCase())?.[1]
+    if (option !== undefined) {
+      return Result.fail({
+        path: `${path}[${JSON.stringify(name)}]`,
+        message: `the ${option} option sets this header: give it there, not twice`
+      })
+    }
+  }
+  return Result.succeed(undefined)
+}
+
+/**
  * Joins a base URL and a path with exactly one slash.
  *
  * @since 0.2.0
