@@ -46,8 +46,9 @@ export interface Options extends Http.Options {
   /** Provider name in errors, metrics and provenance. Default `gemini`. */
   readonly name?: string | undefined
   /**
-   * Extra request headers (an `x-goog-api-key` among them is an `OptionError`: the key is `apiKey`). A header that carries a secret
-   * takes a `Redacted` value: it is then scrubbed from errors and shown redacted in logs.
+   * Extra request headers (an `x-goog-api-key` among them is an `OptionError`: the key is
+   * `apiKey`). A header that carries a secret takes a `Redacted` value: it is then scrubbed
+   * from errors and shown redacted in logs.
    */
   readonly headers?: Http.HeadersOption | undefined
   /** Bounds on requests, checked before any call. Default `Model.defaultRequestLimits`. */
