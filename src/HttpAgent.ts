@@ -128,8 +128,8 @@ export interface Agent<A = unknown> {
 export interface AgentOptions {
   readonly url: string
   /**
-   * Name in records, metrics and stats (default: the URL without its query string); a name that is a URL is shown so
-   * too. `(other)`, `unknown` and names starting with `discovery:` are the records' own (refused).
+   * Name in records, metrics and stats (default: the URL as the URL parser writes it, without its query string, so
+   * `HTTP://h/x/../a` is `http://h/a`); a name that is a URL is shown so too. `(other)`, `unknown` and names starting with `discovery:` are the records' own (refused).
    */
   readonly name?: string | undefined
   readonly timeout?: Input.DurationInput | undefined
@@ -225,7 +225,7 @@ export interface TaskRecord<A = unknown> {
    * valid agent.
    */
   readonly agent: string
-  /** Its URL without the query string nor fragment. */
+  /** Its URL as the URL parser writes it (`HTTP://h/x/../a` is `http://h/a`), without the query string nor fragment. */
   readonly url: string
   readonly status: Status
   readonly result?: A | undefined

@@ -187,9 +187,14 @@ const agentIssue = (
         (name) => {
           const reserved = reservedName(name)
           if (reserved !== undefined) return Result.fail({ path: "name", message: `reserved: ${reserved}` })
-          // A metric label: one without a UTF-8 form would be another such agent's.
+          // A metric label: one without a UTF-8 form would be another such agent's. Read as given: the URL parser
+          // writes a lone surrogate as U+FFFD's bytes, a request to another URL than the one given.
           const label = agentName(name)
-          const text = textIssue(label, options.name === undefined ? "url" : "name")
+          const defaulted = options.name === undefined
+          const text = textIssue(
+            defaulted && typeof options.url === "string" ? options.url : name,
+            defaulted ? "url" : "name"
+          )
           return text === undefined ? Result.succeed(label) : Result.fail(text)
         }
       ),

@@ -14,10 +14,13 @@ import { otherSeries } from "../Metrics.js"
 export type AgentOf = (ref: Agent<unknown> | string) => Agent<unknown>
 
 /**
- * A URL as records and spans show it: without its query string, fragment nor credentials (a
- * refused URL is shown too).
+ * A URL as records and spans show it: as the URL parser writes it ({@link endpointOf}: `HTTP://H/x/../a`
+ * is `http://h/a`), without its query string, fragment nor credentials (a refused URL is shown too). An
+ * agent's name, its series in metrics and `Stats`, and its records' URL are this: an agent written two
+ * ways was one breaker but two series.
  */
-export const display = (url: string): string => {
+export const display = (given: string): string => {
+  const url = isUrl(given) ? endpointOf(given) : given
   const at = url.search(/[?#]/)
   const bare = at === -1 ? url : url.slice(0, at)
   if (!bare.includes("@")) return bare

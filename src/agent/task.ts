@@ -78,6 +78,8 @@ interface Prepared {
   readonly endpoint: string
   /** The key of its breaker (`breakerKey`). */
   readonly breaker: string
+  /** Its URL as records show it (`display`). */
+  readonly shown: string
   /** The body's content type: the agent's own `content-type` header (a vendor JSON type its API asks for), or JSON. */
   readonly contentType: string
 }
@@ -109,6 +111,7 @@ const prepare = (agent: Agent<unknown>): Prepared => {
     hasQuery: url.includes("?"),
     endpoint: endpointOf(agent.url),
     breaker: breakerKey(agent.url),
+    shown: display(agent.url),
     contentType
   }
 }
@@ -166,16 +169,17 @@ const unwrap = (
 }
 
 // A batch task's dependencies' results are its input as its args are: another document's summary
-// is no answer for this one. A task without them keeps the key it always had.
-const cacheKeyOf = (task: Task, agent: Agent<unknown>, dependencies: Record<string, unknown> | undefined): string =>
+// is no answer for this one. A task without them keeps the key it always had. The agent is its endpoint
+// (`endpointOf`), as its breaker's key: a result kept under one spelling of its URL is served under another.
+const cacheKeyOf = (task: Task, endpoint: string, dependencies: Record<string, unknown> | undefined): string =>
   task.cacheKey !== undefined
     ? `agent:key:${task.cacheKey}`
     : `agent:${createHash("sha256")
         .update(
           JSON.stringify(
             dependencies === undefined
-              ? [agent.url, task.intent, task.concept, task.args ?? null]
-              : [agent.url, task.intent, task.concept, task.args ?? null, dependencies]
+              ? [endpoint, task.intent, task.concept, task.args ?? null]
+              : [endpoint, task.intent, task.concept, task.args ?? null, dependencies]
           )
         )
         .digest("hex")}`
@@ -373,7 +377,7 @@ export const makeCall = (env: Env): Call => {
     if (checkedTimeout?._tag === "Failure") return yield* invalid(primary, "timeout", checkedTimeout.failure.message)
     const timeout = checkedTimeout?.success
     if (typeof body !== "string") return yield* unsent(body, primary)
-    const cacheKey = env.cache === undefined ? undefined : cacheKeyOf(task, primary, dependencies)
+    const cacheKey = env.cache === undefined ? undefined : cacheKeyOf(task, preparedOf(primary).endpoint, dependencies)
 
     let last = primary
     let attempts = 0
@@ -413,7 +417,7 @@ export const makeCall = (env: Env): Call => {
       const by = exit.value.step.target
       const base = {
         agent: by.name,
-        url: display(by.url),
+        url: preparedOf(by).shown,
         attempts,
         ...(by === primary ? {} : { fallbackUsed: true })
       }
@@ -436,7 +440,7 @@ export const makeCall = (env: Env): Call => {
         ? new ModelError({ reason: "Unknown", message: "the task was cut short", provider: last.name })
         : (failure.error as AiError)
     if (error._tag === "FallbackExhaustedError") error = error.last
-    const base = { agent: last.name, url: display(last.url), attempts }
+    const base = { agent: last.name, url: preparedOf(last).shown, attempts }
     switch (error._tag) {
       case "CircuitOpenError": {
         const kept =
