@@ -693,6 +693,27 @@ export const unknownKey = (input: object, known: ReadonlySet<string>, prefix = "
   return undefined
 }
 
+/**
+ * The first own key of `input` that `known` lacks, as the issue naming it (`prefix` + key) with the
+ * known one it is likely a typo of ({@link unknownFieldMessage}: `unknown option (did you mean
+ * timeout?)`), else the known ones; or `undefined`.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const misspeltKey = (
+  input: object,
+  known: ReadonlySet<string>,
+  prefix = "",
+  noun: "field" | "option" = "option"
+): Issue | undefined => {
+  for (const key of Object.keys(input)) {
+    if (!known.has(key))
+      return { path: `${prefix}${keyShown(key)}`, message: unknownFieldMessage(key, [...known], noun) }
+  }
+  return undefined
+}
+
 // A key as a path names it: as written when it is a plain name, else quoted and bounded as `shown`
 // writes a string (a key with a line break forged a log line; one of a megabyte went whole in).
 const plainKey = (key: string): boolean => {
@@ -957,10 +978,112 @@ export const leafHook: SchemaIssue.LeafHook = (issue) =>
 export const issueOf = (error: Schema.SchemaError, prefix = "", leafHook?: SchemaIssue.LeafHook): Issue => {
   const formatted = SchemaIssue.makeFormatterStandardSchemaV1({ leafHook })(error.issue)
   const first = formatted.issues[0]
-  const segments = (first?.path ?? []).map((p) => {
-    const key = typeof p === "object" && p !== null && "key" in p ? (p as { key: PropertyKey }).key : p
-    return typeof key === "number" ? `[${key}]` : `.${String(key)}`
-  })
+  const keys = (first?.path ?? []).map((p) =>
+    typeof p === "object" && p !== null && "key" in p ? (p as { key: PropertyKey }).key : p
+  ) as ReadonlyArray<PropertyKey>
+  const segments = keys.map((key) => (typeof key === "number" ? `[${key}]` : `.${String(key)}`))
   const joined = `${prefix}${segments.join("")}`.replace(/^\./, "")
-  return { path: joined === "" ? "(root)" : joined, message: first?.message ?? error.message }
+  // `leafHook`'s unknown field, with the field it is likely a typo of (or the known ones), as the config file says it.
+  const message =
+    first?.message === "unknown field"
+      ? unknownFieldMessage(keys.at(-1), knownFields(error.issue)(keys))
+      : (first?.message ?? error.message)
+  return { path: joined === "" ? "(root)" : joined, message }
+}
+
+const pathKey = (path: ReadonlyArray<PropertyKey>): string => path.map(String).join("\u0000")
+
+/**
+ * The fields of the object each unknown field of a Schema failure was found in, by the unknown
+ * field's path (the path of the failure's issue, as its formatter gives it).
+ *
+ * @since 0.3.0
+ * @category conversions
+ */
+export const knownFields = (
+  issue: SchemaIssue.Issue
+): ((path: ReadonlyArray<PropertyKey>) => ReadonlyArray<string> | undefined) => {
+  const found = new Map<string, ReadonlyArray<string>>()
+  const walk = (issue: SchemaIssue.Issue, path: ReadonlyArray<PropertyKey>): void => {
+    switch (issue._tag) {
+      case "Pointer":
+        walk(issue.issue, [...path, ...issue.path])
+        return
+      case "Filter":
+      case "Encoding":
+        walk(issue.issue, path)
+        return
+      case "Composite":
+      case "AnyOf":
+        for (const inner of issue.issues) walk(inner, path)
+        return
+      case "UnexpectedKey":
+        if (issue.ast._tag === "Objects") {
+          found.set(
+            pathKey(path),
+            issue.ast.propertySignatures.map((field) => String(field.name))
+          )
+        }
+        return
+    }
+  }
+  walk(issue, [])
+  return (path) => found.get(pathKey(path))
+}
+
+const editDistance = (a: string, b: string): number => {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i]
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
+    }
+    previous = current
+  }
+  return previous[b.length]!
+}
+
+/**
+ * The known field `key` is likely a typo of (case aside, a letter or two off, or the start of it:
+ * `token` for `tokenEnv`), if one is.
+ */
+const likelyField = (key: string, known: ReadonlyArray<string>): string | undefined => {
+  if (key.length > 64) return undefined
+  const typed = key.toLowerCase()
+  const allowed = typed.length <= 4 ? 1 : 2
+  let best: string | undefined
+  let bestDistance = allowed + 1
+  for (const field of known) {
+    const lower = field.toLowerCase()
+    const distance = typed.length >= 4 && lower.startsWith(typed) ? allowed : editDistance(typed, lower)
+    if (distance < bestDistance) {
+      best = field
+      bestDistance = distance
+    }
+  }
+  return best
+}
+
+// Known fields an unknown field's message lists: a provider has twenty, and the message is one line.
+const SHOWN_FIELDS = 8
+
+/**
+ * The message of an unknown field (or option) `key` among `known`: `unknown field (did you mean
+ * maxAttempts?)` for the known one it is likely a typo of (case aside, a letter or two off, or the
+ * start of it), else `unknown field (expected one of ...)` with the first eight known.
+ *
+ * @since 0.3.0
+ * @category conversions
+ */
+export const unknownFieldMessage = (
+  key: PropertyKey | undefined,
+  known: ReadonlyArray<string> | undefined,
+  noun: "field" | "option" = "field"
+): string => {
+  if (known === undefined || known.length === 0) return `unknown ${noun}`
+  const likely = typeof key === "string" ? likelyField(key, known) : undefined
+  if (likely !== undefined) return `unknown ${noun} (did you mean ${likely}?)`
+  const shown = known.slice(0, SHOWN_FIELDS).join(", ")
+  const more = known.length > SHOWN_FIELDS ? `, and ${known.length - SHOWN_FIELDS} others` : ""
+  return `unknown ${noun} (expected one of ${shown}${more})`
 }

@@ -60,11 +60,12 @@ describe("Domain.fromConfig", () => {
       const pasted = Policy.decodeRetry({ apiKey: "sk-pasted-by-mistake" })
       assert.deepStrictEqual(Result.isFailure(pasted) && pasted.failure, {
         path: "retry.apiKey",
-        message: "unknown field"
+        message:
+          "unknown field (expected one of maxAttempts, initialDelay, factor, maxDelay, jitter, respectRetryAfter, maxRetryAfter)"
       })
       assert.deepStrictEqual(Result.isFailure(typo) && typo.failure, {
         path: "executor.retry.maxAtempts",
-        message: "unknown field"
+        message: "unknown field (did you mean maxAttempts?)"
       })
       const retry = Policy.decodeRetry({ jitter: 5 })
       assert.deepStrictEqual(Result.isFailure(retry) && retry.failure, {
@@ -399,5 +400,36 @@ describe("Domain.applyTo", () => {
     assert.deepStrictEqual(Domain.applyTo(domain, { messages }), { messages })
     const userOnly = [{ role: "user" as const, content: "q" }]
     assert.deepStrictEqual(Domain.applyTo(domain, { messages: userOnly }), { messages: userOnly, system: "S" })
+  })
+})
+
+describe("Domain.check: a misspelt field", () => {
+  it("names the field it is likely a typo of, else the known ones, as the config file's check does", () => {
+    const issue = (raw: Record<string, unknown>) => {
+      const checked = Domain.check([{ name: "a", provider: "main", ...raw }])
+      return Result.isFailure(checked) ? checked.failure : undefined
+    }
+    assert.deepStrictEqual(issue({ temprature: 1 }), {
+      path: "domains[0].temprature",
+      message: "unknown field (did you mean temperature?)"
+    })
+    assert.deepStrictEqual(issue({ MaxTokens: 10 }), {
+      path: "domains[0].MaxTokens",
+      message: "unknown field (did you mean maxTokens?)"
+    })
+    assert.deepStrictEqual(issue({ retry: { maxAttempt: 2 } }), {
+      path: "domains[0].retry.maxAttempt",
+      message: "unknown field (did you mean maxAttempts?)"
+    })
+    assert.match(
+      issue({ zzzzzz: 1 })?.message ?? "",
+      /^unknown field \(expected one of name, provider, model, .+, and \d+ others\)$/
+    )
+    // A retry policy checked on its own says the same.
+    const retry = Policy.decodeRetry({ maxAtempts: 2 }, "executor.retry")
+    assert.deepStrictEqual(Result.isFailure(retry) && retry.failure, {
+      path: "executor.retry.maxAtempts",
+      message: "unknown field (did you mean maxAttempts?)"
+    })
   })
 })

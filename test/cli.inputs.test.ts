@@ -81,7 +81,7 @@ describe("a config or domain error reads one way: the path, then what is wrong, 
     assert.deepStrictEqual(issue([{ name: "a" }]), { path: "domains[0].provider", message: "missing (required)" })
     assert.deepStrictEqual(issue([{ name: "a", provider: "m", sytem: "x" }]), {
       path: "domains[0].sytem",
-      message: "unknown field"
+      message: "unknown field (did you mean system?)"
     })
     for (const input of [[{ name: "a", provider: "m", temperature: "hot" }], [{ name: " a", provider: "m" }]]) {
       const { path, message } = issue(input)!

@@ -42,10 +42,8 @@ export const checkTask = (task: Task): Invalid | undefined => {
   if (typeof task !== "object" || task === null)
     return { field: "task", message: "expected a task { id, intent, concept }" }
   // A misspelt `timout` left the default deadline; a `dependOn` ran the task before its dependency.
-  for (const key of Object.keys(task)) {
-    if (!taskKeys.has(key))
-      return { field: key, message: `unknown field (expected one of ${[...taskKeys].join(", ")})` }
-  }
+  const misspelt = Input.misspeltKey(task, taskKeys, "", "field")
+  if (misspelt !== undefined) return { field: misspelt.path, message: misspelt.message }
   for (const field of ["id", "intent", "concept"] as const) {
     const value = task[field]
     if (typeof value !== "string") return { field, message: `expected a string, got ${Input.kindOf(value)}` }

@@ -164,9 +164,8 @@ const agentIssue = (
 }> => {
   if (typeof options !== "object" || options === null)
     return Result.fail({ path: "agent", message: "expected { url }" })
-  for (const key of Object.keys(options)) {
-    if (!agentKeys.has(key)) return Result.fail({ path: key, message: "unknown option" })
-  }
+  const misspelt = Input.misspeltKey(options, agentKeys)
+  if (misspelt !== undefined) return Result.fail(misspelt)
   const headerSet = Http.headers("headers", options.headers)
   if (Result.isFailure(headerSet)) return Result.fail(headerSet.failure)
   const answer: unknown = (options as { readonly answer?: unknown }).answer

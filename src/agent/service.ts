@@ -48,9 +48,8 @@ const optionKeys: ReadonlySet<string> = new Set([
 const checkOptions = (options: Options) => {
   const notObject = Input.notAnObject("options", options)
   if (notObject !== undefined) return Result.fail(notObject)
-  for (const key of Object.keys(options)) {
-    if (!optionKeys.has(key)) return Result.fail<Input.Issue>({ path: key, message: "unknown option" })
-  }
+  const misspelt = Input.misspeltKey(options, optionKeys)
+  if (misspelt !== undefined) return Result.fail(misspelt)
   return Result.flatMap(Input.readFields(options), (read) => checkRead(read as Options))
 }
 

@@ -173,80 +173,6 @@ const withoutValue = (message: string, value: unknown): string => {
   return got < 0 ? message : `${message.slice(0, got)}, got ${Input.kindOf(value)}`
 }
 
-/** The fields of the object each unknown field was found in, by the unknown field's path. */
-const knownFieldsAt = (
-  issue: SchemaIssue.Issue,
-  path: ReadonlyArray<PropertyKey>,
-  into: Map<string, ReadonlyArray<string>>
-): void => {
-  switch (issue._tag) {
-    case "Pointer":
-      knownFieldsAt(issue.issue, [...path, ...issue.path], into)
-      return
-    case "Filter":
-    case "Encoding":
-      knownFieldsAt(issue.issue, path, into)
-      return
-    case "Composite":
-    case "AnyOf":
-      for (const inner of issue.issues) knownFieldsAt(inner, path, into)
-      return
-    case "UnexpectedKey":
-      if (issue.ast._tag === "Objects") {
-        into.set(
-          formatPath(path),
-          issue.ast.propertySignatures.map((field) => String(field.name))
-        )
-      }
-      return
-  }
-}
-
-const editDistance = (a: string, b: string): number => {
-  let previous = Array.from({ length: b.length + 1 }, (_, j) => j)
-  for (let i = 1; i <= a.length; i++) {
-    const current = [i]
-    for (let j = 1; j <= b.length; j++) {
-      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
-    }
-    previous = current
-  }
-  return previous[b.length]!
-}
-
-/**
- * The known field `key` is likely a typo of (case aside, a letter or two off, or the start of it:
- * `token` for `tokenEnv`), if one is.
- */
-const likelyField = (key: string, known: ReadonlyArray<string>): string | undefined => {
-  if (key.length > 64) return undefined
-  const typed = key.toLowerCase()
-  const allowed = typed.length <= 4 ? 1 : 2
-  let best: string | undefined
-  let bestDistance = allowed + 1
-  for (const field of known) {
-    const lower = field.toLowerCase()
-    const distance = typed.length >= 4 && lower.startsWith(typed) ? allowed : editDistance(typed, lower)
-    if (distance < bestDistance) {
-      best = field
-      bestDistance = distance
-    }
-  }
-  return best
-}
-
-// Known fields an unknown field's message lists: a provider has twenty, and the message is one line.
-const SHOWN_FIELDS = 8
-
-const unknownFieldMessage = (key: PropertyKey | undefined, known: ReadonlyArray<string> | undefined): string => {
-  if (known === undefined || known.length === 0) return "unknown field"
-  const likely = typeof key === "string" ? likelyField(key, known) : undefined
-  if (likely !== undefined) return `unknown field (did you mean ${likely}?)`
-  const shown = known.slice(0, SHOWN_FIELDS).join(", ")
-  const more = known.length > SHOWN_FIELDS ? `, and ${known.length - SHOWN_FIELDS} others` : ""
-  return `unknown field (expected one of ${shown}${more})`
-}
-
 /**
  * Every issue of `input` against `schema` (unknown fields included), each by its path under
  * `prefix` in the library's words (`missing (required)`, `unknown field`, with the field it is
@@ -266,8 +192,7 @@ export const shapeIssues = (
     reportInput: true
   })
   if (Result.isSuccess(decoded)) return []
-  const known = new Map<string, ReadonlyArray<string>>()
-  knownFieldsAt(decoded.failure.issue, [], known)
+  const known = Input.knownFields(decoded.failure.issue)
   return SchemaIssue.makeFormatterStandardSchemaV1({ leafHook: Input.leafHook })(decoded.failure.issue).issues.map(
     (issue) => {
       const own = (issue.path ?? []).map((p) => (typeof p === "object" && p !== null ? p.key : p)) as Array<PropertyKey>
@@ -278,7 +203,7 @@ export const shapeIssues = (
         issue.message === "unknown field"
           ? hint !== undefined
             ? `unknown field (${hint[1]})`
-            : unknownFieldMessage(own.at(-1), known.get(formatPath(own)))
+            : Input.unknownFieldMessage(own.at(-1), known(own))
           : isSecretPath(keys)
             ? withoutValue(issue.message, valueAt(input, own))
             : issue.message
