@@ -110,3 +110,45 @@ describe("HttpAgent: an agent's report of a failed task without a result", () =>
       })
   )
 })
+
+describe("HttpAgent: an answer its schema refuses", () => {
+  it.effect("is a Decode error naming the agent, the field and what was expected, in the library's words", () =>
+    Effect.gen(function* () {
+      const server = yield* AgentServer.make((t) =>
+        t.intent === "missing"
+          ? { json: { task_id: t.task_id } }
+          : t.intent === "type"
+            ? { json: { task_id: t.task_id, data: { n: "sk-not-echoed" } } }
+            : { json: { task_id: t.task_id, status: "done" } }
+      )
+      const service = yield* agents()
+      const agent = HttpAgent.agent({
+        url: server.url,
+        name: "counter",
+        answer: Schema.Struct({ task_id: Schema.String, data: Schema.Struct({ n: Schema.Number }) })
+      })
+      const missing = yield* service.call({ id: "m", agent, intent: "missing", concept: "c" })
+      assert.deepStrictEqual([missing.status, missing.error?.reason, missing.error?.field], ["error", "Decode", "data"])
+      assert.strictEqual(missing.error?.message, "counter sent a malformed response: data: missing (expected object)")
+      const type = yield* service.call({ id: "t", agent, intent: "type", concept: "c" })
+      assert.deepStrictEqual([type.error?.reason, type.error?.field], ["Decode", "data.n"])
+      // Its kind, not the value: an answer may carry a token.
+      assert.strictEqual(
+        type.error?.message,
+        "counter sent a malformed response: data.n: expected number, got a string"
+      )
+      // The default answer says it so too.
+      const plain = yield* service.call({
+        id: "p",
+        agent: HttpAgent.agent({ url: server.url, name: "plain" }),
+        intent: "none",
+        concept: "c"
+      })
+      assert.deepStrictEqual([plain.error?.reason, plain.error?.field], ["Decode", "result"])
+      assert.strictEqual(
+        plain.error?.message,
+        "plain sent a malformed response: result: missing (expected null | string | number | boolean | array | object)"
+      )
+    })
+  )
+})

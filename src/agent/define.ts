@@ -270,8 +270,8 @@ export const makeAgent = (schema: typeof Answer) => {
     if (issue === undefined && options.answer !== undefined) {
       // As an Effect: a schema may decode asynchronously (an Effect in a transformation), which a Result cannot.
       const custom = Schema.decodeUnknownEffect(options.answer)
-      const refused = (error: Schema.SchemaError) => {
-        const at = Input.issueOf(error)
+      const refused = (error: Schema.SchemaError, answer: unknown) => {
+        const at = Input.answerIssueOf(error, answer)
         return Errors.malformed(ctx, at.path, at.message)
       }
       // A schema that throws is the application's: the agent answered, so no breaker counts it (as `Unknown` did).
@@ -284,16 +284,16 @@ export const makeAgent = (schema: typeof Answer) => {
           ),
           provider: name
         })
-      const outcome = {
-        onFailure: (cause: Cause.Cause<Schema.SchemaError>): Effect.Effect<never, ModelError> => {
-          const error = Cause.findError(cause)
-          if (Result.isSuccess(error)) return Effect.fail(refused(error.success))
-          const defect = Cause.findDefect(cause)
-          return Result.isSuccess(defect) ? Effect.fail(threw(defect.success)) : Effect.failCause(cause as never)
-        },
-        onSuccess: (value: unknown) => Effect.succeed<Decoded<unknown>>({ _tag: "Result", value })
+      const failed = (cause: Cause.Cause<Schema.SchemaError>, answer: unknown): Effect.Effect<never, ModelError> => {
+        const error = Cause.findError(cause)
+        if (Result.isSuccess(error)) return Effect.fail(refused(error.success, answer))
+        const defect = Cause.findDefect(cause)
+        return Result.isSuccess(defect) ? Effect.fail(threw(defect.success)) : Effect.failCause(cause as never)
       }
-      const decode: Agent<unknown>["decode"] = (value) => Effect.matchCauseEffect(custom(value), outcome)
+      const succeeded = (value: unknown) => Effect.succeed<Decoded<unknown>>({ _tag: "Result", value })
+      // The answer is in the error's words (the kind of a value of another type).
+      const decode: Agent<unknown>["decode"] = (value) =>
+        Effect.matchCauseEffect(custom(value), { onFailure: (cause) => failed(cause, value), onSuccess: succeeded })
       answerOf.set(decode, options.answer)
       return madeAllowing(allowed, { ...base, issue, decode })
     }

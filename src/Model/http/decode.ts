@@ -40,8 +40,13 @@ export interface DecodeOptions {
   readonly accept?: ((value: unknown) => boolean) | undefined
 }
 
-const failure = (error: Schema.SchemaError, ctx: CallContext, options: DecodeOptions | undefined): ModelError => {
-  const issue = Input.issueOf(error)
+const failure = (
+  error: Schema.SchemaError,
+  input: unknown,
+  ctx: CallContext,
+  options: DecodeOptions | undefined
+): ModelError => {
+  const issue = Input.answerIssueOf(error, input)
   return malformed(ctx, issue.path, options?.quiet === true ? "unexpected value" : issue.message)
 }
 
@@ -88,7 +93,7 @@ export const resultDecoder = <S extends Schema.ConstraintDecoder<unknown>>(
     // A success carries no failure: passed on as it is, not copied, once per chunk.
     return Result.isSuccess(result)
       ? (result as unknown as Result.Result<S["Type"], ModelError>)
-      : Result.fail(failure(result.failure, ctx, options))
+      : Result.fail(failure(result.failure, value, ctx, options))
   }
 }
 
