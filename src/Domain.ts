@@ -11,7 +11,7 @@ import * as Input from "./Input.js"
 import { agentDomain, noDomain, otherSeries, pipelineDomain } from "./Metrics.js"
 import { type GenerateRequest, ModelProvider, type Service as ProviderService } from "./Model.js"
 import { RetryPolicy, retry as retryPolicy } from "./Policy.js"
-import { providerNameIssue, textIssue } from "./stats/labels.js"
+import { maxOwnLabelChars, providerNameIssue, textIssue } from "./stats/labels.js"
 
 const Name = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1))
 
@@ -170,7 +170,8 @@ const checkOptionsIssue = (given: CheckOptions): Input.Issue | undefined => {
  * `domain` of a pipeline's steps and of the HTTP agents' calls: a domain of either name would
  * add its figures to theirs) and `"(other)"` (`Metrics.otherSeries`, the calls past
  * `Stats.maxSeries` pairs) are refused, as is a name holding a lone surrogate (`"\uD800"`, no
- * UTF-8 form: its metric label would print as another's).
+ * UTF-8 form: its metric label would print as another's) or longer than 256 characters (its
+ * calls would count under `"(other)"`).
  *
  * @since 0.1.0
  * @category constructors
@@ -209,6 +210,13 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
     }
     const text = textIssue(domain.name, `${at}.name`)
     if (text !== undefined) return Result.fail(text)
+    // Its calls' series would count under "(other)" (`Stats`), unseen: a configured domain whose figures none could read.
+    if (domain.name.length > maxOwnLabelChars) {
+      return Result.fail({
+        path: `${at}.name`,
+        message: `expected at most ${maxOwnLabelChars} characters, got ${domain.name.length.toLocaleString("en-US")}: a longer name labels no series of its own in stats and metrics`
+      })
+    }
     const zero = Input.all([
       positive(`${at}.timeout`, domain.timeout),
       positive(`${at}.totalTimeout`, domain.totalTimeout),

@@ -433,3 +433,14 @@ describe("Domain.check: a misspelt field", () => {
     })
   })
 })
+
+describe("Domain.check: a name no series can carry", () => {
+  it("a domain name past 256 characters is refused naming it: its calls were counted under (other)", () => {
+    const long = "d".repeat(257)
+    const checked = Domain.check([{ name: long, provider: "main" }])
+    assert.deepStrictEqual(Result.isFailure(checked) && checked.failure.path, "domains[0].name")
+    assert.include(Result.isFailure(checked) ? checked.failure.message : "", "at most 256 characters")
+    const fits = "d".repeat(256)
+    assert.isTrue(Result.isSuccess(Domain.check([{ name: fits, provider: "main" }])))
+  })
+})
