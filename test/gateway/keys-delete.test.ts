@@ -6,7 +6,7 @@
 import { createServer } from "node:http"
 import { NodeHttpServer } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Layer, Redacted, Scope } from "effect"
+import { Context, Effect, Exit, Layer, Metric, Redacted, Scope } from "effect"
 import { HttpRouter, HttpServer } from "effect/http"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import * as Gateway from "../../src/Gateway.js"
@@ -17,6 +17,7 @@ import { type Backend, countersOf } from "../../src/gateway/keys/ledger.js"
 import * as MemoryBackend from "../../src/gateway/keys/memory.js"
 import type { KeyRecord } from "../../src/gateway/keys/options.js"
 import * as RedisBackend from "../../src/gateway/keys/redis.js"
+import * as Prometheus from "../../src/Prometheus.js"
 import * as Redis from "../../src/Redis.js"
 import { type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
 
@@ -170,6 +171,38 @@ describe("KeyStore: deleting a key, in memory", () => {
       assert.strictEqual((yield* store.get(made.key.id)).name, made.key.id)
       assert.strictEqual((yield* store.create({ name: "Support bot" })).key.name, "Support bot")
       assert.strictEqual((yield* store.create({ id: "given" })).key.name, "given")
+    })
+  )
+
+  it.effect("a request in flight that settles after its key was deleted or disabled brings back no series of it", () =>
+    Effect.gen(function* () {
+      const registry: Metric.MetricRegistry = new Map()
+      const series = (id: string) =>
+        Prometheus.formatUnsafe(Context.add(Context.empty(), Metric.MetricRegistry, registry) as Context.Context<never>)
+          .split("\n")
+          .filter((l) => l.startsWith("orchestra_gateway_budget_remaining{") && l.includes(`key="${id}"`))
+      const store = yield* memory({}).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+      for (const [id, end] of [
+        [unique("deleted"), (id: string) => store.delete(id)],
+        [unique("disabled"), (id: string) => Effect.asVoid(store.setDisabled(id, true))]
+      ] as const) {
+        const made = yield* store.create({ id, budget: { tokens: 100 } })
+        const context = yield* store.authenticate(made.secret)
+        const reservation = yield* store.reserve(context, "m", { inputTokens: 10, maxOutputTokens: 20 })
+        assert.strictEqual(series(id).length, 1)
+        yield* end(id)
+        assert.deepStrictEqual(series(id), [])
+        yield* store.settle(reservation, { inputTokens: 10, outputTokens: 5 })
+        assert.deepStrictEqual(series(id), [])
+      }
+      // Enabled again, its series comes back with its next request.
+      const disabled = (yield* store.list()).data.find((k) => k.disabled)!.id
+      yield* store.setDisabled(disabled, false)
+      yield* store.reserve(yield* store.get(disabled).pipe(Effect.as({ id: disabled })), "m", {
+        inputTokens: 1,
+        maxOutputTokens: 1
+      })
+      assert.strictEqual(series(disabled).length, 1)
     })
   )
 

@@ -29,6 +29,9 @@ import { type Counter, type Level, shown, windowEnd } from "./ledger.js"
  */
 export const maxSeries = 1000
 
+// Keys remembered as disabled or deleted (see `forget`): one of an older one may show again if a request of it settles.
+const maxForgotten = 100_000
+
 /**
  * @internal
  */
@@ -36,8 +39,13 @@ export interface Gauges {
   readonly set: (keyId: string, counter: Counter, level: Level) => void
   /** A level read (a lease may have ended since): to the series of its budget, if any; none is made. */
   readonly refresh: (counter: Counter, level: Level) => void
-  /** Removes the series of a key (disabled): they hold places of the bound. */
+  /**
+   * Removes the series of a key (disabled, deleted): they hold places of the bound. A request of it still running
+   * makes none again when it settles, until {@link remember}.
+   */
   readonly forget: (keyId: string) => void
+  /** A key enabled or created again: its requests show it again. */
+  readonly remember: (keyId: string) => void
   readonly remove: () => void
 }
 
@@ -76,6 +84,9 @@ export const make = (caller: Context.Context<never>, now: () => number): Gauges 
   const byKey = new Map<string, Array<string>>()
 
   let removed = false
+  // Keys whose series were removed (disabled, deleted), most recent last: a settle of a request that ran on makes no
+  // series of its key again, which would show a deleted key's whole budget left. The oldest go past the bound.
+  const forgotten = new Set<string>()
 
   const budgetOf = (counter: Counter) =>
     `${counter.scope}\u0000${counter.scopeId}\u0000${counter.unit}\u0000${counter.model ?? ""}`
@@ -86,7 +97,7 @@ export const make = (caller: Context.Context<never>, now: () => number): Gauges 
     const budget = budgetOf(counter)
     const name = `${keyId}\u0000${counter.scope}\u0000${counter.unit}\u0000${counter.model ?? ""}`
     if (!series.has(name)) {
-      if (series.size >= maxSeries) {
+      if (series.size >= maxSeries || forgotten.has(keyId)) {
         // The series of other keys of the budget (a team's) still show its level.
         const sharing = byBudget.get(budget)
         if (sharing !== undefined) update(sharing, counter, level)
@@ -136,6 +147,9 @@ export const make = (caller: Context.Context<never>, now: () => number): Gauges 
   }
 
   const forget = (keyId: string) => {
+    forgotten.delete(keyId)
+    forgotten.add(keyId)
+    if (forgotten.size > maxForgotten) forgotten.delete(forgotten.values().next().value!)
     const names = byKey.get(keyId)
     if (names === undefined) return
     byKey.delete(keyId)
@@ -158,5 +172,13 @@ export const make = (caller: Context.Context<never>, now: () => number): Gauges 
     byKey.clear()
   }
 
-  return { set, refresh, forget, remove }
+  return {
+    set,
+    refresh,
+    forget,
+    remember: (keyId) => {
+      forgotten.delete(keyId)
+    },
+    remove
+  }
 }

@@ -55,6 +55,8 @@ export interface Deps {
   readonly forget: (sha256: string) => void
   /** Removes a key's series of the remaining budgets (disabled, it is charged no more here). */
   readonly forgetGauges: (keyId: string) => void
+  /** A key enabled or created: its requests show it in the series again. */
+  readonly rememberGauges: (keyId: string) => void
 }
 
 const defaultLimit = 100
@@ -152,6 +154,7 @@ export const make = (deps: Deps) => {
         Effect.flatMap((result) => {
           switch (result) {
             case "inserted":
+              deps.rememberGauges(record.id)
               return Effect.succeed({ key: info(record), secret: secret.secret })
             case "id-taken":
               return Effect.fail(taken())
@@ -229,6 +232,7 @@ export const make = (deps: Deps) => {
           if (record === undefined) return Effect.fail(notFound(id))
           deps.forget(record.sha256)
           if (disabled) deps.forgetGauges(record.id)
+          else deps.rememberGauges(record.id)
           return Effect.succeed(info(record))
         })
       )

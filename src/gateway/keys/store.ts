@@ -755,6 +755,7 @@ export const make = Effect.fnUntraced(function* (
     budgetsOf,
     refreshGauge: gauges.refresh,
     forgetGauges: gauges.forget,
+    rememberGauges: gauges.remember,
     forget: (sha256) => {
       cache.delete(sha256)
       unknown.delete(sha256)
