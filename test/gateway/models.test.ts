@@ -206,7 +206,7 @@ describe("Admin routes: a path with a trailing slash", () => {
       assert.deepStrictEqual(yield* send("GET", "/admin/keys/"), [200, null])
       for (const [method, path, allow] of [
         ["DELETE", "/admin/keys/", "GET, HEAD, POST"],
-        ["PUT", "/admin/keys/k1/", "GET, HEAD"],
+        ["PUT", "/admin/keys/k1/", "GET, HEAD, DELETE"],
         ["GET", "/admin/keys/k1/disable/", "POST"],
         ["POST", "/admin/keys/k1/spend/?x=1", "GET, HEAD"]
       ] as const) {
