@@ -216,7 +216,7 @@ describe("Admin routes: a path with a trailing slash", () => {
       // A long path is said back clipped.
       const long = yield* Effect.promise(() =>
         fetch(`http://127.0.0.1:${address.port}/admin/keys/${"z".repeat(8000)}`, {
-          method: "DELETE",
+          method: "PUT",
           headers: { authorization: `Bearer ${adminSecret}` }
         }).then(
           async (response) =>
