@@ -3,9 +3,10 @@
  * place, hooks that end themselves, plans and steps built in code.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, Layer, Stream } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, Layer, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { type AiError, ModelError } from "../src/AiError.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Domain from "../src/Domain.js"
 import * as Executor from "../src/Executor.js"
 import { type GenerateRequest, ModelProvider, type Service, type StreamPart, usage } from "../src/Model.js"
@@ -503,4 +504,47 @@ describe("plans built in code: an onEnded that throws", () => {
       assert.strictEqual(error._tag === "ModelError" && error.reason, "ContentFilter")
     })
   )
+})
+
+describe("plans built in code: a step's slot that throws or returns no Effect", () => {
+  // Its defect ran inside the attempt, which made it a ModelError Unknown "the provider call failed unexpectedly":
+  // the provider blamed (its breaker counting it), the step retried, the next step tried.
+  const slots = [
+    [
+      "throws",
+      () => {
+        throw new Error("slot bug")
+      },
+      "the slot's withPermit threw (step slot-a): Error: slot bug"
+    ],
+    ["returns no Effect", () => 42, "the slot's withPermit must return an Effect, got a number"]
+  ] as const
+  for (const [name, withPermit, message] of slots) {
+    it.effect(`one that ${name} is the call's defect naming it: not retried, no fallback, no provider call`, () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ respond: () => "hi" })
+        const breaker = yield* CircuitBreaker.makeMemory({ failMax: 1 })
+        const p = executor.provider
+        let calls = 0
+        const a = executor.stepFor({ ...p, name: "slot-a" })
+        const plan: Executor.Plan<typeof p, unknown> = {
+          steps: [
+            { ...a, slot: { withPermit } as never, breaker, retry: { ...a.retry!, maxAttempts: 3 } },
+            executor.stepFor({ ...p, name: "slot-b" })
+          ]
+        }
+        const exit = yield* Effect.exit(
+          executor.run(plan, (target) => {
+            calls++
+            return target.generate(ask)
+          })
+        )
+        assert.isTrue(Exit.isFailure(exit) && Cause.hasDies(exit.cause), "the call did not die")
+        if (Exit.isFailure(exit)) assert.include((Cause.squash(exit.cause) as Error).message, message)
+        assert.strictEqual(calls, 0)
+        assert.deepStrictEqual((yield* executor.stats()).failuresByReason, { Unknown: 1 })
+        assert.strictEqual(yield* breaker.state("slot-a"), "closed", "the provider's breaker counted the slot's bug")
+      })
+    )
+  }
 })

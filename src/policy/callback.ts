@@ -46,9 +46,17 @@ export const userEffect = <A, E, R>(name: string, run: () => Effect.Effect<A, E,
  *
  * @internal
  */
-export const notAnEffect = (name: string, value: unknown): Effect.Effect<never> => {
+export const notAnEffect = (name: string, value: unknown): Effect.Effect<never> =>
+  Effect.die(notAnEffectError(name, value))
+
+/**
+ * The `TypeError` of {@link notAnEffect}, a Promise's rejection handled.
+ *
+ * @internal
+ */
+export const notAnEffectError = (name: string, value: unknown): TypeError => {
   if (isThenable(value)) value.then(undefined, () => undefined)
-  return Effect.die(new TypeError(`${name} must return an Effect, got ${describe(value)}`))
+  return new TypeError(`${name} must return an Effect, got ${describe(value)}`)
 }
 
 const warned = new WeakSet<object>()

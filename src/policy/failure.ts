@@ -75,6 +75,36 @@ export const unexpected = (
 }
 
 /**
+ * The defect of a caller's guard (`what`: "the slot's withPermit", "the cache's key") that threw
+ * `defect` for the step `step`: an `Error` naming both, the thrown value as its `cause`.
+ *
+ * @internal
+ */
+export const guardThrew = (what: string, step: string, defect: unknown): Error =>
+  new Error(`${what} threw (step ${step}): ${describeDefect(defect)}`, { cause: defect })
+
+const guardDefects = new WeakSet<object>()
+
+/**
+ * `defect` marked as a caller's guard's (a slot's), which an attempt's end passes on as the
+ * call's defect instead of making it its provider's failure (`isGuardDefect`).
+ *
+ * @internal
+ */
+export const guardDefect = <E extends Error>(defect: E): E => {
+  guardDefects.add(defect)
+  return defect
+}
+
+/**
+ * Whether `cause` is a defect of a caller's guard (`guardDefect`).
+ *
+ * @internal
+ */
+export const isGuardDefect = (cause: Cause.Cause<unknown>): boolean =>
+  cause.reasons.some((reason) => reason._tag === "Die" && guardDefects.has(reason.defect as object))
+
+/**
  * The error of an attempt whose target answered something that is no answer (`Step.answerIssue`).
  *
  * @internal

@@ -11,6 +11,7 @@
 import { Cause, Effect } from "effect"
 import type { AiError, CircuitOpenError } from "../AiError.js"
 import { notAnEffect } from "./callback.js"
+import { isGuardDefect } from "./failure.js"
 import type { BreakerGuard } from "./plan.js"
 
 /**
@@ -33,7 +34,7 @@ const timedOut = <E extends AiError>(cause: Cause.Cause<E>): E | undefined => {
 
 /**
  * `attempt` (queueing for its slot included, under its deadline) under `breaker`'s `key`,
- * except a `TimeoutError` that struck before `queued.reached`: the breaker sees it as an
+ * except a `TimeoutError` (or its slot's own defect) that struck before `queued.reached`: the breaker sees it as an
  * interruption, and the caller gets it back as it was.
  *
  * @internal
@@ -44,11 +45,12 @@ export const breakered = <A, E extends AiError>(
   queued: Queued,
   attempt: Effect.Effect<A, E>
 ): Effect.Effect<A, E | CircuitOpenError> => {
-  let cut: E | undefined
+  let cut: Cause.Cause<E> | undefined
   const unseen = Effect.catchCause(attempt, (cause) => {
-    if (!queued.reached) {
-      cut = timedOut(cause)
-      if (cut !== undefined) return Effect.interrupt
+    // Its slot's own defect (a user's slot that threw) is no failure of the provider either.
+    if (!queued.reached && (timedOut(cause) !== undefined || isGuardDefect(cause))) {
+      cut = cause
+      return Effect.interrupt
     }
     return Effect.failCause(cause)
   })
@@ -56,6 +58,6 @@ export const breakered = <A, E extends AiError>(
   // A user's breaker that returns no Effect: named, as `step.ts` names it without a slot.
   if (!Effect.isEffect(executed)) return notAnEffect("the circuit breaker's execute", executed)
   return Effect.catchCause(executed, (cause) =>
-    cut !== undefined && Cause.hasInterruptsOnly(cause) ? Effect.fail(cut) : Effect.failCause(cause)
+    cut !== undefined && Cause.hasInterruptsOnly(cause) ? Effect.failCause(cut) : Effect.failCause(cause)
   )
 }

@@ -13,11 +13,19 @@
  * @internal
  */
 import { Cause, type Clock, Duration, Effect, Exit, Schedule, type Semaphore } from "effect"
-import { notAnEffect, observe } from "./callback.js"
+import { notAnEffect, notAnEffectError, observe } from "./callback.js"
 import { type AiError, isRetryable, reasonOf, TimeoutError } from "../AiError.js"
 import { schedule as retrySchedule } from "../Policy.js"
 import type { Series } from "../stats/series.js"
-import { cutByShutdown, malformedAnswer, notAnAiError, unexpected } from "./failure.js"
+import {
+  cutByShutdown,
+  guardDefect,
+  guardThrew,
+  isGuardDefect,
+  malformedAnswer,
+  notAnAiError,
+  unexpected
+} from "./failure.js"
 import type * as Deadline from "./deadline.js"
 import { type BreakerGuard, type Cut, type Plan, selfBounded, type Step, type Telemetry } from "./plan.js"
 import { breakered, type Queued } from "./queued.js"
@@ -257,7 +265,8 @@ export const make = (env: Env): Driver => {
       return issue === undefined ? result : Exit.fail(malformedAnswer(step.name, issue))
     }
     const error = Cause.findErrorOption(result.cause)
-    if (error._tag === "None") return Exit.fail(unexpected(result.cause, step.name))
+    if (error._tag === "None")
+      return isGuardDefect(result.cause) ? result : Exit.fail(unexpected(result.cause, step.name))
     const replaced = notAnAiError(error.value, step.name)
     return replaced === undefined ? result : Exit.fail(replaced)
   }
@@ -360,13 +369,23 @@ export const make = (env: Env): Driver => {
       Effect.suspend(() => {
         for (const g of gauges) g.queued++
         queuedAt = clock.currentTimeMillisUnsafe()
-        return semaphore.withPermit(
-          Effect.suspend(() => {
-            state.reached = true
-            leaveQueue()
-            return serve
-          })
-        )
+        // A user's slot that throws or returns no Effect: the call's defect naming it, which the
+        // attempt's end passes on (not its provider's failure: retried, fallen back) and no breaker sees.
+        let permitted: Effect.Effect<A, AiError>
+        try {
+          permitted = semaphore.withPermit(
+            Effect.suspend(() => {
+              state.reached = true
+              leaveQueue()
+              return serve
+            })
+          )
+        } catch (defect) {
+          return Effect.die(guardDefect(guardThrew("the slot's withPermit", step.name, defect)))
+        }
+        return Effect.isEffect(permitted)
+          ? permitted
+          : Effect.die(guardDefect(notAnEffectError("the slot's withPermit", permitted)))
       }),
       () => {
         leaveQueue()
