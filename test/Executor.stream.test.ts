@@ -1614,6 +1614,25 @@ describe("Executor.stream: review of the resume and the cache", () => {
     })
   )
 
+  it.effect("a custom cache's key that throws is the stream's defect naming the cache's key and the step", () =>
+    Effect.gen(function* () {
+      const memory = yield* ResponseCache.makeMemory({ name: "custom-cache-key-throws" })
+      const cache = {
+        ...memory,
+        key: () => {
+          throw new Error("key bug")
+        }
+      }
+      const { executor } = yield* setup({ respond: () => "a b" }, { guards: { cache } })
+      const exit = yield* Effect.exit(collect(executor.stream(ask)))
+      assert.isTrue(Exit.isFailure(exit) && Cause.hasDies(exit.cause))
+      if (Exit.isFailure(exit)) {
+        const defect = Cause.squash(exit.cause) as Error
+        assert.include(defect.message, `the cache's key threw (step ${executor.provider.name}): Error: key bug`)
+      }
+    })
+  )
+
   // A custom cache whose read or write never ends held the stream for good: its read came before the
   // total deadline was armed, its write after the Finish, which the total deadline no longer cuts.
   it.effect("a custom cache's getParts that never ends is cut by the total deadline, as a call's lookup is", () =>

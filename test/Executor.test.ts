@@ -1526,6 +1526,29 @@ describe("Executor: a user cache that answers no { value, source }", () => {
   )
 })
 
+describe("Executor: a user cache whose key throws", () => {
+  // Its throw was the call's defect named only by its own message: no word of the cache or the step.
+  it.effect("the call's defect names the cache's key and the step", () =>
+    Effect.gen(function* () {
+      const memory = yield* ResponseCache.makeMemory({ name: "key-throws" })
+      const cache = {
+        ...memory,
+        key: () => {
+          throw new Error("key bug")
+        }
+      }
+      const { executor } = yield* setup({ respond: () => "hi" }, { guards: { cache } })
+      const exit = yield* Effect.exit(executor.execute(ask))
+      assert.isTrue(Exit.isFailure(exit) && Cause.hasDies(exit.cause))
+      if (Exit.isFailure(exit)) {
+        const defect = Cause.squash(exit.cause) as Error
+        assert.include(defect.message, `the cache's key threw (step ${executor.provider.name}): Error: key bug`)
+        assert.strictEqual((defect.cause as Error).message, "key bug")
+      }
+    })
+  )
+})
+
 describe("Executor: a user guard that throws", () => {
   // Its throw is a defect of the call (the user's bug, not its provider's failure), which the step's stats counted
   // as "Interrupted" (and in no timeouts): nobody interrupted anything.

@@ -17,6 +17,7 @@ import {
 } from "../Model.js"
 import { decodeRetry } from "../Policy.js"
 import { retryHookOf } from "../policy/callback.js"
+import { cacheKeyOf } from "../policy/failure.js"
 import type { Engine } from "../policy/engine.js"
 import { keyedRequest } from "../ResponseCache/key.js"
 import { slotIssue } from "./options.js"
@@ -299,7 +300,11 @@ export const make = (env: { readonly defaultTimeout: Duration.Duration | undefin
           ? undefined
           : {
               guard: cache,
-              key: cache.key({ provider: target.name, request: keyedRequest(request, target.defaultModel) }),
+              key: cacheKeyOf(
+                cache,
+                { provider: target.name, request: keyedRequest(request, target.defaultModel) },
+                target.name
+              ),
               allowStale: callOptions.allowStale ?? false
             },
       onRetry: callOptions.onRetry === undefined ? undefined : retryHookOf(callOptions.onRetry),

@@ -105,6 +105,20 @@ export const isGuardDefect = (cause: Cause.Cause<unknown>): boolean =>
   cause.reasons.some((reason) => reason._tag === "Die" && guardDefects.has(reason.defect as object))
 
 /**
+ * A caller's cache's key of `request` for the step `step`; its throw is rethrown naming the
+ * cache's key and the step (`guardThrew`), the call's (or stream's) defect as before.
+ *
+ * @internal
+ */
+export const cacheKeyOf = <R>(cache: { readonly key: (request: R) => string }, request: R, step: string): string => {
+  try {
+    return cache.key(request)
+  } catch (defect) {
+    throw guardThrew("the cache's key", step, defect)
+  }
+}
+
+/**
  * The error of an attempt whose target answered something that is no answer (`Step.answerIssue`).
  *
  * @internal

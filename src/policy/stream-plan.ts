@@ -13,6 +13,7 @@ import { decodeRetry, type RetryPolicy, type RetryPolicyInput } from "../Policy.
 import { keyedRequest } from "../ResponseCache/key.js"
 import { labelIssue } from "../stats/labels.js"
 import { retryHookOf } from "./callback.js"
+import { cacheKeyOf } from "./failure.js"
 import type { RetryEvent, Step } from "./plan.js"
 import { defaultInstruction, type ResumeOptions } from "./stream-resume.js"
 
@@ -474,10 +475,11 @@ const planned = Effect.fnUntraced(function* (
         : {
             store: { getParts: cache.getParts, setParts: cache.setParts },
             // Keyed on what the first step sends (a domain's system prompt and model included).
-            key: cache.key({
-              provider: steps[0]!.name,
-              request: keyedRequest(keyed, steps[0]!.target.defaultModel)
-            })
+            key: cacheKeyOf(
+              cache,
+              { provider: steps[0]!.name, request: keyedRequest(keyed, steps[0]!.target.defaultModel) },
+              steps[0]!.name
+            )
           },
     onRetry: options.onRetry === undefined ? undefined : retryHookOf(options.onRetry)
   }
