@@ -1614,6 +1614,30 @@ describe("Executor.stream: review of the resume and the cache", () => {
     })
   )
 
+  it.effect("a custom cache's getParts or setParts that throws or returns no Effect is a miss, as one that dies", () =>
+    Effect.gen(function* () {
+      const broken = [
+        [
+          "throws",
+          () => {
+            throw new Error("cache bug")
+          }
+        ],
+        ["returns no Effect", () => 42]
+      ] as const
+      for (const [name, method] of broken) {
+        for (const which of ["getParts", "setParts"] as const) {
+          const memory = yield* ResponseCache.makeMemory({ name: `custom-cache-${which}-${name}` })
+          const cache = { ...memory, [which]: method }
+          const { executor } = yield* setup({ respond: () => "a b" }, { guards: { cache: cache as never } })
+          const exit = yield* Effect.exit(collect(executor.stream(ask)))
+          assert.isTrue(Exit.isSuccess(exit), `${which} that ${name} failed the stream`)
+          if (Exit.isSuccess(exit)) assert.strictEqual(textOf(exit.value), "a b", `${which} ${name}`)
+        }
+      }
+    })
+  )
+
   it.effect("a custom cache's key that throws is the stream's defect naming the cache's key and the step", () =>
     Effect.gen(function* () {
       const memory = yield* ResponseCache.makeMemory({ name: "custom-cache-key-throws" })

@@ -15,7 +15,7 @@
  * @internal
  */
 import { Cause, Channel, Duration, Effect, Exit, Fiber, Option, Schedule, Scope, Stream } from "effect"
-import { observe } from "./callback.js"
+import { notAnEffect, observe } from "./callback.js"
 import {
   type AiError,
   type FailedAttempt,
@@ -42,6 +42,7 @@ import {
 } from "./stream-attempt.js"
 import {
   type ExecutorStreamOptions,
+  type StreamCache,
   type StreamDefaults,
   type StreamPlan,
   type StreamStep,
@@ -68,6 +69,29 @@ const preparedModel = (step: StreamStep, request: GenerateRequest): string | und
 
 // A cache never fails a stream: a read that fails or dies is a miss, a write that does keeps
 // nothing (a custom cache may do either). An interruption is not the cache's answer: it goes on.
+// A custom cache's getParts or setParts that throws or returns no Effect is taken as one that died
+// (a miss, a write not kept): it threw out of the stream's set-up, or handed the run loop no Effect.
+const readParts = (store: StreamCache, key: string): ReturnType<StreamCache["getParts"]> => {
+  try {
+    const read = store.getParts(key)
+    return Effect.isEffect(read) ? read : notAnEffect("the cache's getParts", read)
+  } catch (defect) {
+    return Effect.die(defect)
+  }
+}
+const writeParts = (
+  store: StreamCache,
+  key: string,
+  parts: ReadonlyArray<StreamPart>
+): ReturnType<StreamCache["setParts"]> => {
+  try {
+    const written = store.setParts(key, parts)
+    return Effect.isEffect(written) ? written : notAnEffect("the cache's setParts", written)
+  } catch (defect) {
+    return Effect.die(defect)
+  }
+}
+
 const missOnFailure = (cause: Cause.Cause<unknown>) =>
   Cause.hasInterrupts(cause) ? Effect.failCause(cause as Cause.Cause<never>) : Effect.succeed(Option.none())
 const keptOrNot = (cause: Cause.Cause<unknown>) =>
@@ -129,7 +153,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       // Under the total deadline, as a call's lookup is: a custom cache's read that never ends held the
       // stream for good (its deadline is armed below, once the stream is open).
       const read = yield* engine.lanes.run(
-        Effect.catchCause(plan.cache.store.getParts(plan.cache.key), missOnFailure),
+        Effect.catchCause(readParts(plan.cache.store, plan.cache.key), missOnFailure),
         plan.totalTimeout
       )
       if (read === "shutdown") return yield* Effect.fail(cutByShutdown())
@@ -362,7 +386,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
                 totalAt === Number.POSITIVE_INFINITY ? undefined : Duration.millis(Math.max(0, totalAt - now()))
               return Effect.flatMap(
                 engine.lanes.run(
-                  Effect.catchCause(plan.cache.store.setParts(plan.cache.key, collected), keptOrNot),
+                  Effect.catchCause(writeParts(plan.cache.store, plan.cache.key, collected), keptOrNot),
                   left
                 ),
                 (kept) =>
