@@ -3,7 +3,7 @@
  * place, hooks that end themselves, plans and steps built in code.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Fiber, Layer, Stream } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, Layer, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import { type AiError, ModelError } from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
@@ -16,6 +16,7 @@ import * as Policy from "../src/Policy.js"
 import * as Refusal from "../src/executor/refusal.js"
 import { setup } from "./utils/executor.js"
 import { captureLogs } from "./utils/logs.js"
+import { recording } from "./utils/tracer.js"
 
 const ask = { prompt: "hello" }
 const fieldOf = (error: AiError) => (error._tag === "ModelError" ? `${error.reason} ${error.field}` : error._tag)
@@ -544,6 +545,57 @@ describe("plans built in code: a step's slot that throws or returns no Effect", 
         assert.strictEqual(calls, 0)
         assert.deepStrictEqual((yield* executor.stats()).failuresByReason, { Unknown: 1 })
         assert.strictEqual(yield* breaker.state("slot-a"), "closed", "the provider's breaker counted the slot's bug")
+      })
+    )
+  }
+})
+
+describe("plans built in code: a telemetry that throws", () => {
+  // Read for a traced caller's attempt span, its throw was a defect of a call that had answered.
+  const broken = {
+    requestModel: [
+      "requestModel",
+      {
+        operation: "chat",
+        requestModel: () => {
+          throw new Error("telemetry bug")
+        },
+        response: () => ({})
+      }
+    ],
+    response: [
+      "response",
+      {
+        operation: "chat",
+        requestModel: () => "m",
+        response: () => {
+          throw new Error("telemetry bug")
+        }
+      }
+    ]
+  } as const
+  for (const [name, telemetry] of Object.values(broken)) {
+    it.effect(`one whose ${name} throws: the call keeps its answer, the throw logged once`, () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ respond: () => "hi" })
+        const p = executor.provider
+        const plan: Executor.Plan<typeof p, unknown> = {
+          steps: [executor.stepFor({ ...p, name: `telemetry-${name}` })],
+          telemetry
+        }
+        const { spans, tracer } = recording()
+        const logs = yield* captureLogs
+        const answers = yield* Effect.forEach([1, 2], () =>
+          executor
+            .run(plan, (target) => target.generate(ask))
+            .pipe(Effect.withSpan("caller"), Effect.provideService(Tracer.Tracer, tracer))
+        ).pipe(Effect.provide(logs.layer))
+        assert.deepStrictEqual(
+          answers.map((answer) => (answer.value as { text: string }).text),
+          ["hi", "hi"]
+        )
+        assert.isTrue(spans.some((span) => span.name === "Policy.attempt"))
+        assert.strictEqual(logs.lines.filter((line) => line.includes("telemetry")).length, 1, logs.lines.join("\n"))
       })
     )
   }

@@ -82,6 +82,21 @@ export const observe = (name: string, callback: object, run: () => Effect.Effect
   })
 
 /**
+ * A bookkeeping callback's throw (`name`: a plan's `telemetry.response`), which must not fail the
+ * call it describes: logged as a warning once per callback, later ones ignored.
+ *
+ * @internal
+ */
+export const threwOnce = (name: string, callback: object, defect: unknown): Effect.Effect<void> => {
+  if (warned.has(callback)) return Effect.void
+  warned.add(callback)
+  return Effect.logWarning(
+    `the ${name} callback threw; the call goes on (later throws of this callback are not logged)`,
+    defect
+  )
+}
+
+/**
  * What a caller's `onRetry` is told of a retry (`Executor.RetryInfo`).
  *
  * @internal

@@ -13,7 +13,7 @@
  * @internal
  */
 import { Cause, type Clock, Duration, Effect, Exit, Schedule, type Semaphore } from "effect"
-import { notAnEffect, notAnEffectError, observe } from "./callback.js"
+import { notAnEffect, notAnEffectError, observe, threwOnce } from "./callback.js"
 import { type AiError, isRetryable, reasonOf, TimeoutError } from "../AiError.js"
 import { schedule as retrySchedule } from "../Policy.js"
 import type { Series } from "../stats/series.js"
@@ -52,21 +52,39 @@ export const attemptAttributes = (
 }
 
 // An attempt in its span, which its answer's attributes or its error's type complete.
+// A plan's telemetry (`Executor.run`'s, a caller's) is bookkeeping of a call that answers as it
+// does: a throw of it is logged once (`threwOnce`) and the span goes without what it would have told.
 const spanned = <T, A>(
   step: Step<T>,
   telemetry: Telemetry<T, A> | undefined,
   effect: Effect.Effect<A, AiError>
-): Effect.Effect<A, AiError> =>
-  Effect.withSpan(
+): Effect.Effect<A, AiError> => {
+  let model: string | undefined
+  let threw: Effect.Effect<void> | undefined
+  try {
+    model = telemetry?.requestModel(step)
+  } catch (defect) {
+    threw = threwOnce("telemetry.requestModel", telemetry!.requestModel, defect)
+  }
+  const span = Effect.withSpan(
     effect.pipe(
-      Effect.tap((value) =>
-        telemetry === undefined ? Effect.void : Effect.annotateCurrentSpan(telemetry.response(value))
-      ),
+      Effect.tap((value) => {
+        if (telemetry === undefined) return Effect.void
+        let attributes: Record<string, unknown>
+        try {
+          attributes = telemetry.response(value)
+        } catch (defect) {
+          return threwOnce("telemetry.response", telemetry.response, defect)
+        }
+        return Effect.annotateCurrentSpan(attributes)
+      }),
       Effect.tapError((error) => Effect.annotateCurrentSpan("error.type", reasonOf(error)))
     ),
     "Policy.attempt",
-    { attributes: attemptAttributes(step, telemetry?.operation, telemetry?.requestModel(step)) }
+    { attributes: attemptAttributes(step, telemetry?.operation, model) }
   )
+  return threw === undefined ? span : Effect.andThen(threw, span)
+}
 
 /**
  * Where a step's retry driver is, and whether its attempt under way holds its slot.
