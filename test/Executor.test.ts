@@ -1562,7 +1562,8 @@ describe("Executor: a user guard that throws", () => {
           },
           admit: () => Effect.never
         }
-      }
+      },
+      "the circuit breaker's execute threw (step mock): Error: breaker bug"
     ],
     [
       "guards.rateLimit",
@@ -1572,15 +1573,18 @@ describe("Executor: a user guard that throws", () => {
             throw new Error("limit bug")
           }
         }
-      }
+      },
+      "the rate limit's acquire threw (step mock): Error: limit bug"
     ]
   ] as const
-  for (const [name, guards] of cases) {
-    it.effect(`${name}: the call's defect, counted as an Unknown failure, not Interrupted`, () =>
+  for (const [name, guards, message] of cases) {
+    it.effect(`${name}: the call's defect naming it, counted as an Unknown failure, not Interrupted`, () =>
       Effect.gen(function* () {
         const { executor } = yield* setup({ respond: () => "hi" }, { guards: guards as never })
         const exit = yield* Effect.exit(executor.execute(ask))
         assert.isTrue(Exit.isFailure(exit) && Cause.hasDies(exit.cause))
+        // It was the guard's own throw, naming neither the guard nor the step.
+        if (Exit.isFailure(exit)) assert.include((Cause.squash(exit.cause) as Error).message, message)
         assert.deepStrictEqual((yield* executor.stats()).failuresByReason, { Unknown: 1 })
       })
     )

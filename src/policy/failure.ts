@@ -6,9 +6,10 @@
  *
  * @internal
  */
-import type { Cause } from "effect"
+import type { Cause, Effect } from "effect"
 import {
   type AiError,
+  type CircuitOpenError,
   type FailedAttempt,
   FallbackExhaustedError,
   isAiError,
@@ -17,6 +18,7 @@ import {
   shouldFallback
 } from "../AiError.js"
 import * as Input from "../Input.js"
+import type { BreakerGuard } from "./plan.js"
 
 /**
  * The error of a call or stream refused because the executor is closing.
@@ -103,6 +105,23 @@ export const guardDefect = <E extends Error>(defect: E): E => {
  */
 export const isGuardDefect = (cause: Cause.Cause<unknown>): boolean =>
   cause.reasons.some((reason) => reason._tag === "Die" && guardDefects.has(reason.defect as object))
+
+/**
+ * `breaker.execute(key, effect)`; its throw rethrown naming it and the step (`guardThrew`).
+ *
+ * @internal
+ */
+export const executeOf = <A, E extends AiError>(
+  breaker: BreakerGuard,
+  key: string,
+  effect: Effect.Effect<A, E>
+): Effect.Effect<A, E | CircuitOpenError> => {
+  try {
+    return breaker.execute(key, effect)
+  } catch (defect) {
+    throw guardThrew("the circuit breaker's execute", key, defect)
+  }
+}
 
 /**
  * A caller's cache's key of `request` for the step `step`; its throw is rethrown naming the

@@ -11,7 +11,7 @@
 import { Cause, Effect } from "effect"
 import type { AiError, CircuitOpenError } from "../AiError.js"
 import { notAnEffect } from "./callback.js"
-import { isGuardDefect } from "./failure.js"
+import { executeOf, isGuardDefect } from "./failure.js"
 import type { BreakerGuard } from "./plan.js"
 
 /**
@@ -54,7 +54,7 @@ export const breakered = <A, E extends AiError>(
     }
     return Effect.failCause(cause)
   })
-  const executed = breaker.execute(key, unseen)
+  const executed = executeOf(breaker, key, unseen)
   // A user's breaker that returns no Effect: named, as `step.ts` names it without a slot.
   if (!Effect.isEffect(executed)) return notAnEffect("the circuit breaker's execute", executed)
   return Effect.catchCause(executed, (cause) =>

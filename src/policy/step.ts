@@ -19,6 +19,7 @@ import { schedule as retrySchedule } from "../Policy.js"
 import type { Series } from "../stats/series.js"
 import {
   cutByShutdown,
+  executeOf,
   guardDefect,
   guardThrew,
   isGuardDefect,
@@ -370,7 +371,7 @@ export const make = (env: Env): Driver => {
         counter,
         step.breaker === undefined
           ? deadlined
-          : letGo(step.breaker, step.breaker.execute(step.name, deadlined), step.name)
+          : letGo(step.breaker, executeOf(step.breaker, step.name, deadlined), step.name)
       )
     }
     // Queued for its slot: the attempt's deadline covers the wait, and its breaker
@@ -438,7 +439,12 @@ export const make = (env: Env): Driver => {
     if (step.rateLimit === undefined) return guarded
     const limit = step.rateLimit
     // No wait past the call's total deadline: a fallback gets the time that is left.
-    const acquired = limit.acquire(step.name, { tokens: step.tokens, waitUntil: counter.deadlineAt })
+    let acquired: Effect.Effect<void, AiError>
+    try {
+      acquired = limit.acquire(step.name, { tokens: step.tokens, waitUntil: counter.deadlineAt })
+    } catch (defect) {
+      throw guardThrew("the rate limit's acquire", step.name, defect)
+    }
     // A user's limit that returns no Effect (a Promise): named, its rejection handled (`callback.ts`).
     return Effect.flatMap(
       userGuard(
