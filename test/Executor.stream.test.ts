@@ -1657,6 +1657,42 @@ describe("Executor.stream: review of the resume and the cache", () => {
     })
   )
 
+  it.effect("a user rate limit or breaker that throws is the stream's defect naming it, as a call's is", () =>
+    Effect.gen(function* () {
+      const cases = [
+        [
+          {
+            rateLimit: {
+              acquire: () => {
+                throw new Error("limit bug")
+              }
+            }
+          },
+          "the rate limit's acquire threw (step mock): Error: limit bug"
+        ],
+        [
+          {
+            breaker: {
+              execute: () => Effect.never,
+              admit: () => {
+                throw new Error("breaker bug")
+              }
+            }
+          },
+          "the circuit breaker's admit threw (step mock): Error: breaker bug"
+        ]
+      ] as const
+      for (const [guards, message] of cases) {
+        const { executor } = yield* setup({ respond: () => "a b" }, { guards: guards as never })
+        const exit = yield* Effect.exit(collect(executor.stream(ask, { retry: { maxAttempts: 3, jitter: 0 } })))
+        assert.isTrue(Exit.isFailure(exit) && Cause.hasDies(exit.cause), `${message}: ${String(exit)}`)
+        if (Exit.isFailure(exit)) assert.include((Cause.squash(exit.cause) as Error).message, message)
+        // Not its provider's failure (retried, then counted): one failure, of reason Unknown.
+        assert.deepStrictEqual((yield* executor.stats()).failuresByReason, { Unknown: 1 }, message)
+      }
+    })
+  )
+
   // A custom cache whose read or write never ends held the stream for good: its read came before the
   // total deadline was armed, its write after the Finish, which the total deadline no longer cuts.
   it.effect("a custom cache's getParts that never ends is cut by the total deadline, as a call's lookup is", () =>

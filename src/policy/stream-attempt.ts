@@ -33,8 +33,9 @@ import { ChunkDeadline, estimateInputTokens, type Finish, type GenerateRequest, 
 import type { Series } from "../stats/series.js"
 import type { Ending, Lanes, Watch } from "./deadline.js"
 import type { Engine } from "./engine.js"
-import { cutByShutdown, notAnAiError, unexpected } from "./failure.js"
-import { type BreakerPermit, selfBounded } from "./plan.js"
+import { cutByShutdown, guardDefect, guardThrew, isGuardDefect, notAnAiError, unexpected } from "./failure.js"
+import { notAnEffectError } from "./callback.js"
+import { type BreakerGuard, type BreakerPermit, type LimitGuard, selfBounded } from "./plan.js"
 import { answerAttributes, endSpan } from "./span.js"
 import { attemptAttributes } from "./step.js"
 import { prepareRefusal, type StreamPlan, type StreamStep } from "./stream-plan.js"
@@ -266,6 +267,33 @@ const chunkDeadlineOf = (plan: StreamPlan, step: StreamStep): number | undefined
 // The generators below are made once, not per stream or attempt: V8 gives a generator function
 // made per call its own map, in the old generation, which keeps the function's closure (the
 // stream's whole state) alive through every young collection until the next full one.
+// A user's rate limit or breaker that throws or returns no Effect: the stream's defect naming it,
+// which the attempt's end passes on (not its provider's failure), as a call's (`step.ts`).
+const acquireOf = (
+  limit: LimitGuard,
+  key: string,
+  options: Parameters<LimitGuard["acquire"]>[1]
+): ReturnType<LimitGuard["acquire"]> => {
+  try {
+    const acquired = limit.acquire(key, options)
+    return Effect.isEffect(acquired)
+      ? acquired
+      : Effect.die(guardDefect(notAnEffectError("the rate limit's acquire", acquired)))
+  } catch (defect) {
+    return Effect.die(guardDefect(guardThrew("the rate limit's acquire", key, defect)))
+  }
+}
+const admitOf = (breaker: BreakerGuard, key: string): ReturnType<BreakerGuard["admit"]> => {
+  try {
+    const admitted = breaker.admit(key)
+    return Effect.isEffect(admitted)
+      ? admitted
+      : Effect.die(guardDefect(notAnEffectError("the circuit breaker's admit", admitted)))
+  } catch (defect) {
+    return Effect.die(guardDefect(guardThrew("the circuit breaker's admit", key, defect)))
+  }
+}
+
 const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest) {
   const { engine, plan, now, signal } = host
   const step = attempt.step
@@ -277,10 +305,10 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
       step.tokens === undefined || (attempt.dedupe === undefined && step.prepare === undefined)
         ? step.tokens
         : estimateInputTokens(upstream) + (upstream.maxTokens ?? 0)
-    yield* step.rateLimit.acquire(step.name, { tokens, waitUntil: at === Infinity ? undefined : at })
+    yield* acquireOf(step.rateLimit, step.name, { tokens, waitUntil: at === Infinity ? undefined : at })
   }
   if (step.breaker !== undefined) {
-    attempt.permit = yield* Scope.provide(step.breaker.admit(step.name), attempt.scope)
+    attempt.permit = yield* Scope.provide(admitOf(step.breaker, step.name), attempt.scope)
   }
   // The first chunk's deadline covers the wait for the provider's slot, as an attempt's deadline
   // covers a call's: a stream queued behind a local model's pool waited up to its total deadline.
@@ -469,16 +497,18 @@ const startAttempt = Effect.fnUntraced(function* (
           if (attempt.end === undefined) {
             attempt.end = Exit.isSuccess(exit)
               ? exit
-              : Exit.fail(
-                  Option.match(Cause.findErrorOption(exit.cause), {
-                    // A provider's stream that failed with what is not an AiError: its ModelError.
-                    onSome: (error) => notAnAiError(error, step.name) ?? error,
-                    onNone: () =>
-                      Cause.hasInterruptsOnly(exit.cause)
-                        ? interruptedError(step.name, attempt.finish !== undefined)
-                        : unexpected(exit.cause, step.name, "stream")
-                  })
-                )
+              : isGuardDefect(exit.cause)
+                ? (exit as Exit.Exit<void, AiError>)
+                : Exit.fail(
+                    Option.match(Cause.findErrorOption(exit.cause), {
+                      // A provider's stream that failed with what is not an AiError: its ModelError.
+                      onSome: (error) => notAnAiError(error, step.name) ?? error,
+                      onNone: () =>
+                        Cause.hasInterruptsOnly(exit.cause)
+                          ? interruptedError(step.name, attempt.finish !== undefined)
+                          : unexpected(exit.cause, step.name, "stream")
+                    })
+                  )
           }
           signal()
           return attempt.release ?? Effect.void

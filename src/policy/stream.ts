@@ -286,7 +286,10 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         if (usage !== undefined) series.addUsage(usage)
       } else {
         const error = Cause.findErrorOption(exit.cause)
-        series.fail(error._tag === "Some" ? reasonOf(error.value) : "Interrupted")
+        // A defect (a user guard's) is counted as a call's is: Unknown, not Interrupted.
+        series.fail(
+          error._tag === "Some" ? reasonOf(error.value) : Cause.hasDies(exit.cause) ? "Unknown" : "Interrupted"
+        )
       }
     }
 
@@ -399,7 +402,16 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
             return Effect.void
           })
         }
-        const error = Option.getOrThrow(Cause.findErrorOption(exit.cause))
+        const found = Cause.findErrorOption(exit.cause)
+        if (found._tag === "None") {
+          // A user guard's defect (`stream-attempt.ts`): the stream's, not retried, no other step.
+          return Effect.flatMap(closeAttempt(attempt, exit, clock, engine.lanes), () => {
+            finishStep(attempt, exit)
+            endStream(exit)
+            return Effect.void
+          })
+        }
+        const error = found.value
         return Effect.flatMap(closeAttempt(attempt, exit, clock, engine.lanes), () => onFailure(attempt, exit, error))
       })
 
