@@ -1638,6 +1638,42 @@ describe("Executor.stream: review of the resume and the cache", () => {
     })
   )
 
+  it.effect("a custom cache written as a class (getParts and setParts reading `this`) is called as its methods", () =>
+    Effect.gen(function* () {
+      const memory = yield* ResponseCache.makeMemory({ name: "custom-cache-class" })
+      // A cache whose methods reach their state through `this`, as a class's do: taken off the object and called
+      // alone, getParts and setParts read `undefined.parts`, a miss and a write lost, so nothing was ever served.
+      class PartsCache {
+        readonly parts = new Map<string, ReadonlyArray<StreamPart>>()
+        readonly key = memory.key
+        readonly getOrCompute = memory.getOrCompute
+        getParts(key: string) {
+          return Effect.sync(() => Option.fromUndefinedOr(this.parts.get(key)))
+        }
+        setParts(key: string, parts: ReadonlyArray<StreamPart>) {
+          return Effect.sync(() => {
+            this.parts.set(key, parts)
+          })
+        }
+      }
+      const cache = new PartsCache()
+      let calls = 0
+      const { executor } = yield* setup(
+        {
+          respond: () => {
+            calls++
+            return "a b"
+          }
+        },
+        { guards: { cache: cache as never } }
+      )
+      assert.strictEqual(textOf(yield* collect(executor.stream(ask))), "a b")
+      assert.strictEqual(cache.parts.size, 1, "the answer was not kept")
+      assert.strictEqual(textOf(yield* collect(executor.stream(ask))), "a b")
+      assert.strictEqual(calls, 1, "the kept answer was not served")
+    })
+  )
+
   it.effect("a custom cache's key that throws is the stream's defect naming the cache's key and the step", () =>
     Effect.gen(function* () {
       const memory = yield* ResponseCache.makeMemory({ name: "custom-cache-key-throws" })

@@ -473,7 +473,8 @@ const planned = Effect.fnUntraced(function* (
       cache === undefined || cache.getParts === undefined || cache.setParts === undefined || keyed === undefined
         ? undefined
         : {
-            store: { getParts: cache.getParts, setParts: cache.setParts },
+            // The cache itself, its methods called on it: taken off it, a class's `getParts` reading `this` failed.
+            store: cache as StreamCache,
             // Keyed on what the first step sends (a domain's system prompt and model included).
             key: cacheKeyOf(
               cache,
