@@ -182,6 +182,29 @@ describe("Gemini wire", () => {
     assert.include(badArgs.message, '"c"')
   })
 
+  it('blank call arguments ("", as OpenAI answers a tool without parameters and clients send back) are args {}', () => {
+    const body = bodyOf({
+      messages: [
+        { role: "user", content: "x" },
+        {
+          role: "assistant",
+          content: "",
+          toolCalls: [
+            { id: "a", name: "now", arguments: "" },
+            { id: "b", name: "now", arguments: " \n" }
+          ]
+        },
+        { role: "tool", toolCallId: "a", content: "12:00" },
+        { role: "tool", toolCallId: "b", content: "12:00" }
+      ]
+    })
+    const contents = body["contents"] as ReadonlyArray<{ readonly parts: ReadonlyArray<Record<string, unknown>> }>
+    assert.deepStrictEqual(contents[1]!.parts, [
+      { functionCall: { id: "a", name: "now", args: {} } },
+      { functionCall: { id: "b", name: "now", args: {} } }
+    ])
+  })
+
   it("a JSON response format asks for application/json, with the schema when given", () => {
     const schema = { type: "object", properties: { a: { type: "number" } } }
     assert.deepStrictEqual(

@@ -891,6 +891,43 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
         assert.isUndefined(bodyOf((yield* server.requests)[0])["tools"])
       })
     )
+
+    it.effect('blank call arguments ("", as OpenAI answers a tool without parameters) go as {}, both ways', () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) =>
+          Server.json(res, 200, {
+            ...final(),
+            message: { role: "assistant", content: "", tool_calls: [{ function: { name: "now", arguments: "" } }] }
+          })
+        )
+        const p = yield* provider(server)
+        const answer = yield* p.generate({
+          messages: [
+            { role: "user", content: "x" },
+            {
+              role: "assistant",
+              content: "",
+              toolCalls: [
+                { id: "a", name: "now", arguments: "" },
+                { id: "b", name: "now", arguments: " \n" }
+              ]
+            },
+            { role: "tool", toolCallId: "a", content: "12:00" },
+            { role: "tool", toolCallId: "b", content: "12:00" }
+          ]
+        })
+        const sent = bodyOf((yield* server.requests)[0])["messages"] as ReadonlyArray<Record<string, unknown>>
+        assert.deepStrictEqual(sent[1]!["tool_calls"], [
+          { id: "a", function: { name: "now", arguments: {} } },
+          { id: "b", function: { name: "now", arguments: {} } }
+        ])
+        // An answer's blank arguments are "{}", as OpenAiCompat reads them: JSON a caller can parse and send back.
+        assert.deepStrictEqual(
+          answer.toolCalls?.map((c) => c.arguments),
+          ["{}"]
+        )
+      })
+    )
   })
 
   describe("embed", () => {

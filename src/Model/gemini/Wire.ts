@@ -166,6 +166,10 @@ const parseJson = (text: string): Result.Result<unknown, undefined> => {
   }
 }
 
+// Blank is no arguments: OpenAI answers a call of a tool without parameters with "" and takes it back so.
+const callArguments = (text: string): Result.Result<unknown, undefined> =>
+  text.trim().length === 0 ? Result.succeed({}) : parseJson(text)
+
 type Content = { readonly role: "user" | "model"; readonly parts: Array<Record<string, unknown>> }
 
 const MADE_UP_ID = /^call_\d+$/
@@ -213,7 +217,7 @@ const contentsOf = (
           // Gemini refuses a functionCall of no name after a call; no answer carries one (each is Decode there).
           if (call.name.length === 0)
             return refuse(`messages[${index}].toolCalls[${j}].name`, "a tool call without a name")
-          const args = parseJson(call.arguments)
+          const args = callArguments(call.arguments)
           if (Result.isFailure(args) || !isPlainObject(args.success)) {
             return refuse(
               `messages[${index}].toolCalls[${j}].arguments`,
@@ -296,10 +300,12 @@ export const MAX_STOP_SEQUENCES = 5
  * assistant turns are role `model`, tools `functionDeclarations`, a JSON response format
  * `responseMimeType` (with `responseJsonSchema`). A tool call's id goes back on its
  * `functionCall` and on the `functionResponse` answering it (not an id {@link madeUpId} made up
- * for a call Gemini gave none). A turn with nothing in it (no text, no calls) is left out: Gemini refuses an empty text part. Fails with `InvalidRequest` for what
- * cannot be sent (a tool message answering no earlier call, arguments that are not JSON,
- * more than {@link MAX_STOP_SEQUENCES} stop sequences, a seed outside 32 bits,
- * `parallelToolCalls: false` with tools).
+ * for a call Gemini gave none); blank arguments (`""`, as OpenAI answers a tool without
+ * parameters) are `args: {}`. A turn with nothing in it (no text, no calls) is left out: Gemini
+ * refuses an empty text part. Fails with `InvalidRequest` for what cannot be sent (a tool
+ * message answering no earlier call, arguments that are not a JSON object, more than
+ * {@link MAX_STOP_SEQUENCES} stop sequences, a seed outside 32 bits, `parallelToolCalls: false`
+ * with tools).
  *
  * @since 0.1.0
  * @category utils

@@ -29,7 +29,7 @@ const isObject = (value: unknown): boolean => typeof value === "object" && value
 // Ollama's `arguments` is an object; a string holding an object's JSON text (as some compatible servers send) is
 // kept. Anything else would only be refused when the call is sent back in the next turn.
 const objectArguments = Schema.makeFilter<unknown>((value) =>
-  value === null || isObject(value) || (typeof value === "string" && isObject(parseJson(value)))
+  value === null || (typeof value === "string" ? isObject(parseArguments(value)) : isObject(value))
     ? undefined
     : "expected an object (or the JSON text of one)"
 )
@@ -147,11 +147,12 @@ const toolCallsOf = (calls: WireToolCalls): ReadonlyArray<Model.ToolCall> =>
     // Ollama leaves an empty id out; an empty one would be no id to answer.
     id: call.id || "",
     name: call.function.name,
-    arguments:
-      typeof call.function.arguments === "string"
-        ? call.function.arguments
-        : JSON.stringify(call.function.arguments ?? {})
+    arguments: argumentsText(call.function.arguments)
   }))
+
+// Blank text is no arguments, "{}" as OpenAiCompat reads it: JSON a caller can parse and send back.
+const argumentsText = (args: unknown): string =>
+  typeof args !== "string" ? JSON.stringify(args ?? {}) : args.trim().length === 0 ? "{}" : args
 
 /**
  * A `/api/chat` answer or line. A tool call that came without an id has the id `""`, for the
@@ -301,7 +302,9 @@ const parseJson = (text: string): unknown => {
   }
 }
 
+// Blank is no arguments: OpenAI answers a call of a tool without parameters with "" and takes it back so.
 const parseArguments = (text: string): unknown => {
+  if (text.trim().length === 0) return {}
   const value = parseJson(text)
   return isObject(value) ? value : undefined
 }
@@ -310,7 +313,7 @@ const parseArguments = (text: string): unknown => {
  * The body of a `/api/chat` request. Ollama has no `tool_choice`: `auto` is its behaviour,
  * `none` sends no tools, `required` or a named tool is refused (`InvalidRequest` on
  * `toolChoice`), and so is `parallelToolCalls: false` with tools (`InvalidRequest` on
- * `parallelToolCalls`). Tool-call arguments sent back must be JSON objects; a tool message names
+ * `parallelToolCalls`). Tool-call arguments sent back must be JSON objects (blank is `{}`); a tool message names
  * the tool it answers (`tool_name`), found from the call it answers, and its id (`tool_call_id`),
  * which goes back on the call too (not an id made up for a call that came without one). A tool
  * message naming a call no earlier assistant message made is refused (`InvalidRequest` on its
