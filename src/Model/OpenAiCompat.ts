@@ -302,8 +302,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
           // An empty id is none, as in a stream: calls of id "" could not be told apart by their results.
           id: call.id || "",
           name: call.function.name,
-          // No arguments is an empty object, as Gemini's and effect/ai's calls read (both refuse "" as not JSON).
-          arguments: Wire.argumentsText(call.function.arguments) || "{}",
+          arguments: Assemble.argumentsOrEmpty(Wire.argumentsText(call.function.arguments)),
           ...(signature === undefined ? {} : { signature })
         }
       })

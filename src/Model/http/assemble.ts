@@ -195,6 +195,17 @@ export interface ToolCallDelta {
 export const maxToolCalls = 1024
 
 /**
+ * A call's arguments as callers get them and servers are sent them: none, or blank text (`""`,
+ * as OpenAI answers a call of a tool without parameters), is `"{}"`, the JSON every provider
+ * and stricter servers of OpenAI's protocol (Databricks-hosted Claude) read as no arguments.
+ *
+ * @since 0.3.0
+ * @category utils
+ */
+export const argumentsOrEmpty = (text: string | null | undefined): string =>
+  text === null || text === undefined || text.trim().length === 0 ? "{}" : text
+
+/**
  * Assembles tool calls streamed as deltas.
  *
  * @since 0.2.0
@@ -385,11 +396,10 @@ export const toolCallAssembler = (): ToolCallAssembler => {
           }
           parts.push({
             _tag: "ToolCall",
-            // No arguments is an empty object (the other providers refuse "" as not JSON).
             call: {
               id: call.id ?? "",
               name: call.name,
-              arguments: call.arguments || "{}",
+              arguments: argumentsOrEmpty(call.arguments),
               ...(call.signature === undefined ? {} : { signature: call.signature })
             }
           })

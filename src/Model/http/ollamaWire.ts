@@ -10,7 +10,7 @@ import { Duration, Effect, Result, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
-import { maxToolCalls } from "./assemble.js"
+import { argumentsOrEmpty, maxToolCalls } from "./assemble.js"
 import { boundedArray, finite, shallow, tokenCount, Vector } from "./decode.js"
 import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
 import { toolsBody } from "./openAiWire.js"
@@ -150,9 +150,8 @@ const toolCallsOf = (calls: WireToolCalls): ReadonlyArray<Model.ToolCall> =>
     arguments: argumentsText(call.function.arguments)
   }))
 
-// Blank text is no arguments, "{}" as OpenAiCompat reads it: JSON a caller can parse and send back.
 const argumentsText = (args: unknown): string =>
-  typeof args !== "string" ? JSON.stringify(args ?? {}) : args.trim().length === 0 ? "{}" : args
+  typeof args === "string" ? argumentsOrEmpty(args) : JSON.stringify(args ?? {})
 
 /**
  * A `/api/chat` answer or line. A tool call that came without an id has the id `""`, for the

@@ -12,7 +12,7 @@ import { Base64 } from "effect/encoding"
 import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
 import { responseFormatNamePattern } from "../schemas.js"
-import { maxToolCalls } from "./assemble.js"
+import { argumentsOrEmpty, maxToolCalls } from "./assemble.js"
 import {
   boundedArray,
   boundedNonEmptyArray,
@@ -474,7 +474,7 @@ const messageOf = (
           tool_calls: message.toolCalls.map((call) => ({
             id: call.id,
             type: "function",
-            function: { name: call.name, arguments: call.arguments },
+            function: { name: call.name, arguments: argumentsOrEmpty(call.arguments) },
             ...(sendSignatures ? extraContentOf(call) : {})
           }))
         })
@@ -509,7 +509,8 @@ export const toolsBody = (tools: ReadonlyArray<Model.ToolDefinition>): Array<unk
  * tool turns out of OpenAI's order when `toolTurnsInOrder`, as is a tool choice naming a tool that is
  * not among the tools, or asking for a call (`"required"`, a named tool) of a request without
  * tools (`"auto"` and `"none"` are then not sent), or a response format's name outside OpenAI's
- * `^[a-zA-Z0-9_-]{1,64}$`.
+ * `^[a-zA-Z0-9_-]{1,64}$`. A call's blank arguments (`""`, as OpenAI answers a tool without
+ * parameters) go as `"{}"`: OpenAI takes either, stricter servers of the protocol only the JSON.
  *
  * @since 0.2.0
  * @category encoding
