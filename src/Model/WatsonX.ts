@@ -325,7 +325,9 @@ export const make: (
                 const choice = answer.choices.find((c, i) => (c.index ?? i) === 0)
                 return choice === undefined
                   ? Effect.fail(Errors.malformed(ctx, "choices", "no choice with index 0"))
-                  : Effect.succeed({ ...answer, choices: [choice] as const })
+                  : choice.finish_reason === "tool_calls"
+                    ? Effect.fail(Errors.malformed(ctx, "choices[0].message.tool_calls", noToolCalls))
+                    : Effect.succeed({ ...answer, choices: [choice] as const })
               }
             )
           )
@@ -359,12 +361,18 @@ export const make: (
                 ? Effect.fail(Errors.malformed(ctx, "choices", "no choice with index 0"))
                 : Effect.succeed([state.finish()])
             )
+            const chatChunk = (
+              value: typeof Wire.ChatChunk.Type
+            ): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> =>
+              value.choices.some((choice) => (choice.index ?? 0) === 0 && choice.finish_reason === "tool_calls")
+                ? Effect.fail(Errors.malformed(ctx, "choices[0].delta.tool_calls", noToolCalls))
+                : Effect.succeed(state.chat(value))
             const chunk = (value: unknown): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
               if (Errors.isErrorPayload(value) || hasErrors(value)) {
                 return Effect.fail(Errors.errorFromPayload(value, ctx))
               }
               return api === "chat"
-                ? Effect.map(decodeChatChunk(value, ctx), state.chat)
+                ? Effect.flatMap(decodeChatChunk(value, ctx), chatChunk)
                 : Effect.map(decodeGeneration(value, ctx), state.generation)
             }
             const step = (event: Sse.Event): Effect.Effect<ReadonlyArray<Model.StreamPart>, ModelError> => {
@@ -449,6 +457,10 @@ export const make: (
     return { name, defaultModel, generate, stream, embed } satisfies Model.Service
   }
 )
+
+// Tools are refused here and an answer's calls are not read: a turn that says it ended in calls leaves nothing to run.
+const noToolCalls =
+  "the finish reason is tool_calls, but watsonx answers here carry no tool call (tools are not mapped)"
 
 /** Does a `close` event's data carry anything to read: a chunk, or an error? */
 const isChunk = (value: unknown): boolean =>

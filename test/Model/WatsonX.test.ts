@@ -1070,6 +1070,40 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
         assert.deepStrictEqual([error.reason, error.field], ["Decode", "choices"])
       })
     )
+
+    it.effect(
+      "a finish reason tool_calls, of calls this provider never reads, is Decode, as OpenAiCompat's without calls",
+      () =>
+        Effect.gen(function* () {
+          const { provider } = yield* makeServer((req, res) =>
+            (req.json as { model_id: string }).model_id === "streamed"
+              ? Server.text(
+                  res,
+                  200,
+                  wsse([
+                    { model_id: "m", choices: [{ index: 0, finish_reason: "tool_calls", delta: { content: "" } }] }
+                  ]),
+                  { "content-type": "text/event-stream" }
+                )
+              : Server.json(res, 200, {
+                  ...chatAnswer(""),
+                  choices: [{ index: 0, message: { role: "assistant", content: "" }, finish_reason: "tool_calls" }]
+                })
+          )
+          const p = yield* provider()
+          const error = yield* failing(p.generate({ prompt: "x" }))
+          assert.deepStrictEqual([error.reason, error.field], ["Decode", "choices[0].message.tool_calls"])
+          const { exit, parts } = yield* collect(p.stream({ prompt: "x", model: "streamed" }))
+          assert.deepStrictEqual(
+            [modelErrorOf(exit).reason, modelErrorOf(exit).field],
+            ["Decode", "choices[0].delta.tool_calls"]
+          )
+          assert.notInclude(
+            parts.map((part) => part._tag),
+            "Finish"
+          )
+        })
+    )
   })
 
   describe("answers of many choices or results", () => {
