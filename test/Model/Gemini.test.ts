@@ -1558,6 +1558,10 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
         assert.strictEqual(yield* pathOf({ headers: { expect: "100-continue" } }), 'headers["expect"]')
         // The key's own header: it was replaced by the key, unsaid.
         assert.strictEqual(yield* pathOf({ headers: { "X-Goog-Api-Key": "other" } }), 'headers["X-Goog-Api-Key"]')
+        // Headers the provider sets on each request, from what it sends and reads: the entry was replaced, unsaid.
+        assert.strictEqual(yield* pathOf({ headers: { Accept: "application/json" } }), 'headers["Accept"]')
+        assert.strictEqual(yield* pathOf({ headers: { "content-type": "text/plain" } }), 'headers["content-type"]')
+        assert.strictEqual(yield* pathOf({ headers: { "Content-Length": "5" } }), 'headers["Content-Length"]')
         assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("k\r\n") }), "apiKey")
         // GEMINI_API_KEY set but empty: every call would be refused as an unregistered caller.
         assert.strictEqual(yield* pathOf({ apiKey: Redacted.make("") }), "apiKey")

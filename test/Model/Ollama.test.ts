@@ -1172,6 +1172,10 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
           ['headers["x-a"]', { headers: { "x-a": "\u0000" } }],
           // A header an option sets: one of the two was dropped, unsaid.
           ['headers["authorization"]', { apiKey: Redacted.make(KEY), headers: { authorization: "Bearer x" } }],
+          // Headers the provider sets on each request, from what it sends and reads: the entry was replaced, unsaid.
+          ['headers["accept"]', { headers: { accept: "application/json" } }],
+          ['headers["Content-Type"]', { headers: { "Content-Type": "text/plain" } }],
+          ['headers["content-length"]', { headers: { "content-length": "5" } }],
           // Headers the HTTP client refuses on every request (a retryable Transport error each time).
           ['headers["Transfer-Encoding"]', { headers: { "Transfer-Encoding": "chunked" } }],
           ['headers["keep-alive"]', { headers: { "keep-alive": "timeout=5" } }],

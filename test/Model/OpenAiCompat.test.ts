@@ -1516,6 +1516,10 @@ for (const [name, client] of [
             // A header an option sets: one of the two was dropped, unsaid.
             ['headers["Authorization"]', { apiKey: Redacted.make(KEY), headers: { Authorization: "Bearer other" } }],
             ['headers["openai-project"]', { project: "p1", headers: { "openai-project": "p2" } }],
+            // Headers the provider sets on each request, from what it sends and reads: the entry was replaced, unsaid.
+            ['headers["Accept"]', { headers: { Accept: "application/json" } }],
+            ['headers["content-type"]', { headers: { "content-type": "application/json; charset=utf-8" } }],
+            ['headers["Content-Length"]', { headers: { "Content-Length": "5" } }],
             ["organization", { organization: "org\n" }],
             // Not a string: it was sent as a header anyway ("5", "null") instead of being refused.
             ["organization", { organization: 5 as never }],

@@ -445,11 +445,16 @@ export const headers = (path: string, input: unknown): Input.Checked<HeaderSet> 
   return Result.succeed({ values, given, secrets, secretNames })
 }
 
+// Set by the provider on each request: `accept` from the answer it reads (JSON, or an event stream),
+// `content-type` and `content-length` from its body.
+const requestHeaders: ReadonlySet<string> = new Set(["accept", "content-type", "content-length"])
+
 /**
- * A `headers` entry naming a header the provider sets from one of its options (`authorization`
- * from `apiKey`): refused naming the entry and the option, since the request would carry one of
- * the two and drop the other unsaid. `owned` lists each header name (lowercase) with its option,
- * only for the options given.
+ * A `headers` entry naming a header the provider sets: one it sets on every request (`accept`,
+ * `content-type`, `content-length`), or one it sets from one of its options (`authorization`
+ * from `apiKey`). Refused naming the entry (and the option), since the request would carry the
+ * provider's and drop the one given, unsaid. `owned` lists each header name (lowercase) with
+ * its option, only for the options given.
  *
  * @since 0.3.0
  * @category checks
@@ -459,8 +464,13 @@ export const ownedHeaders = (
   given: HeadersOption,
   owned: ReadonlyArray<readonly [header: string, option: string]>
 ): Input.Checked<void> => {
-  if (owned.length === 0) return Result.succeed(undefined)
   for (const name of Object.keys(given)) {
+    if (requestHeaders.has(name.toLowerCase())) {
+      return Result.fail({
+        path: `${path}[${JSON.stringify(name)}]`,
+        message: "the provider sets this header on each request, from what it sends and reads: leave it out"
+      })
+    }
     const option = owned.find(([header]) => header === name.toLowerCase())?.[1]
     if (option !== undefined) {
       return Result.fail({
