@@ -175,16 +175,9 @@ type Content = { readonly role: "user" | "model"; readonly parts: Array<Record<s
 const MADE_UP_ID = /^call_\d+$/
 
 /**
- * The id given to the `n`th function call of an answer that came without one. Such an id is
- * not sent back (Gemini would read it as one of its own); an id Gemini gave goes back on the
- * call and on the `functionResponse` that answers it.
- *
- * @since 0.3.0
- * @category utils
+ * The call's id as sent back, or `undefined` for an id made up here (`call_<n>`, given by
+ * `Assemble.callIds` to a call Gemini gave none): Gemini would read it as one of its own.
  */
-export const madeUpId = (n: number): string => `call_${n}`
-
-/** The call's id as sent back, or `undefined` for an id made up here. */
 const wireId = (id: string | undefined): string | undefined =>
   id === undefined || id.length === 0 || MADE_UP_ID.test(id) ? undefined : id
 
@@ -299,7 +292,7 @@ export const MAX_STOP_SEQUENCES = 5
  * The request body of `generateContent`: system messages become `systemInstruction`,
  * assistant turns are role `model`, tools `functionDeclarations`, a JSON response format
  * `responseMimeType` (with `responseJsonSchema`). A tool call's id goes back on its
- * `functionCall` and on the `functionResponse` answering it (not an id {@link madeUpId} made up
+ * `functionCall` and on the `functionResponse` answering it (not an id `call_<n>` made up
  * for a call Gemini gave none); blank arguments (`""`, as OpenAI answers a tool without
  * parameters) are `args: {}`. A turn with nothing in it (no text, no calls) is left out: Gemini
  * refuses an empty text part. Fails with `InvalidRequest` for what cannot be sent (a tool
