@@ -386,10 +386,8 @@ const repeatedIdError = (
   )
 
 /** Ollama says `stop` when the model called tools. */
-const finishOf = (reason: string | null | undefined, toolCalls: number): Model.FinishReason => {
-  const finish = finishReasonOf(reason)
-  return toolCalls > 0 && finish !== "length" ? "tool_calls" : finish
-}
+const finishOf = (reason: string | null | undefined, toolCalls: number): Model.FinishReason =>
+  Assemble.withToolCalls(finishReasonOf(reason), toolCalls)
 
 /**
  * @since 0.1.0

@@ -130,10 +130,6 @@ export const finishReasonOf = (reason: string | null | undefined): Model.FinishR
   }
 }
 
-/** Tool calls make the reason `tool_calls` unless the answer was cut or filtered (some servers say `stop`). */
-const withToolCalls = (reason: Model.FinishReason, toolCalls: number): Model.FinishReason =>
-  toolCalls > 0 && reason !== "length" && reason !== "content_filter" ? "tool_calls" : reason
-
 const noToolCalls = "the finish reason is tool_calls, but the answer carries no tool call"
 
 const callPartChars = (parts: ReadonlyArray<Model.StreamPart>): number => {
@@ -325,7 +321,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
       }
       const response: Model.GenerateResponse = {
         text,
-        finishReason: withToolCalls(finishReason, toolCalls.length),
+        finishReason: Assemble.withToolCalls(finishReason, toolCalls.length),
         usage: Wire.usageOf(
           answer.usage,
           Model.estimateInputTokens(valid),
@@ -370,7 +366,7 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
                         ...toolParts,
                         {
                           _tag: "Finish",
-                          finishReason: withToolCalls(finishReason ?? "unknown", calls.size()),
+                          finishReason: Assemble.withToolCalls(finishReason ?? "unknown", calls.size()),
                           usage: Wire.usageOf(
                             usage,
                             Model.estimateInputTokens(valid),

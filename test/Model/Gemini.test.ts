@@ -265,6 +265,15 @@ describe("Gemini wire", () => {
       ),
       ["content_filter", "content_filter", "error", "error"]
     )
+    // Beside function calls (whole in each part), a complete turn is tool_calls: STOP, and a reason not known here
+    // (OTHER, a later one), which read as unknown would be an incomplete turn whose calls effect/ai never runs.
+    assert.deepStrictEqual(
+      ["STOP", "OTHER", "SOMETHING_NEW", "MAX_TOKENS", "SAFETY", "MALFORMED_FUNCTION_CALL"].map((r) =>
+        GeminiWire.finalReason(r, true)
+      ),
+      ["tool_calls", "tool_calls", "tool_calls", "length", "content_filter", "error"]
+    )
+    assert.strictEqual(GeminiWire.finalReason("OTHER", false), "unknown")
     const read = GeminiWire.readAnswer({ promptFeedback: { blockReason: "SAFETY" } }, "gemini", "m", () => "x")
     assert.isTrue(Result.isFailure(read))
     if (Result.isSuccess(read)) return

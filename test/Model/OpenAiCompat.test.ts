@@ -1148,6 +1148,42 @@ for (const [name, client] of [
       )
 
       it.effect(
+        "an upstream's error finish beside tool calls stays error (the calls may be cut), in answers and streams",
+        () =>
+          Effect.gen(function* () {
+            const call = { id: "call_1", type: "function", function: { name: "get_time", arguments: '{"zone":"CE' } }
+            const server = yield* Server.make((req, res) =>
+              bodyOf(req)["stream"] === true
+                ? Server.text(
+                    res,
+                    200,
+                    Server.sse([
+                      chunk(null, null, { tool_calls: [{ index: 0, ...call }] }),
+                      chunk(null, "error"),
+                      "[DONE]"
+                    ]),
+                    { "content-type": "text/event-stream" }
+                  )
+                : Server.json(res, 200, {
+                    model: "m",
+                    choices: [
+                      {
+                        index: 0,
+                        message: { role: "assistant", content: null, tool_calls: [call] },
+                        finish_reason: "error"
+                      }
+                    ]
+                  })
+            )
+            const p = yield* provider(server)
+            assert.strictEqual((yield* p.generate({ prompt: "time?", tools })).finishReason, "error")
+            const { parts } = yield* collect(p.stream({ prompt: "time?", tools }))
+            const finish = parts.find((part) => part._tag === "Finish")
+            assert.strictEqual(finish?._tag === "Finish" && finish.finishReason, "error")
+          })
+      )
+
+      it.effect(
         'blank call arguments ("" as OpenAI answers a tool without parameters) go out and come back as "{}"',
         () =>
           Effect.gen(function* () {

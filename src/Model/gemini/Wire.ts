@@ -8,7 +8,7 @@
 import { Result, Schema } from "effect"
 import { invalidRequest, ModelError } from "../../AiError.js"
 import * as Model from "../../Model.js"
-import { maxToolCalls } from "../http/assemble.js"
+import { maxToolCalls, withToolCalls } from "../http/assemble.js"
 import { boundedArray, finite, maxChoices, shallow, tokenCount, Vector } from "../http/decode.js"
 import { malformed } from "../http/errors.js"
 import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
@@ -479,13 +479,11 @@ export const readAnswer = (
 }
 
 /**
- * The finish reason of a turn. Gemini says STOP after function calls too: for the caller,
- * the turn ended in tool calls.
+ * The finish reason of a turn. Gemini says STOP after function calls too (and may say OTHER, or a
+ * reason not known here): for the caller, the turn ended in tool calls (`withToolCalls`).
  *
  * @since 0.2.0
  * @category utils
  */
-export const finalReason = (reason: string | undefined, sawToolCalls: boolean): Model.FinishReason => {
-  const mapped = finishReasonOf(reason)
-  return sawToolCalls && mapped === "stop" ? "tool_calls" : mapped
-}
+export const finalReason = (reason: string | undefined, sawToolCalls: boolean): Model.FinishReason =>
+  withToolCalls(finishReasonOf(reason), sawToolCalls ? 1 : 0)

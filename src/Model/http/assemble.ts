@@ -195,6 +195,18 @@ export interface ToolCallDelta {
 export const maxToolCalls = 1024
 
 /**
+ * The finish reason of a turn that carried `toolCalls` calls: one that ended whole (`stop`, as
+ * Gemini and Ollama say after calls, or a reason not known here) is `tool_calls`, which callers
+ * and effect/ai read as calls to run; `length`, `content_filter` and `error` stay, since the calls
+ * may be cut or the turn failed.
+ *
+ * @since 0.3.0
+ * @category utils
+ */
+export const withToolCalls = (reason: Model.FinishReason, toolCalls: number): Model.FinishReason =>
+  toolCalls > 0 && (reason === "stop" || reason === "unknown") ? "tool_calls" : reason
+
+/**
  * A call's arguments as callers get them and servers are sent them: none, or blank text (`""`,
  * as OpenAI answers a call of a tool without parameters), is `"{}"`, the JSON every provider
  * and stricter servers of OpenAI's protocol (Databricks-hosted Claude) read as no arguments.
