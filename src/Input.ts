@@ -678,25 +678,27 @@ export const notAnObject = (path: string, input: unknown): Issue | undefined =>
 
 /**
  * The first key of `input` that `known` lacks (a misspelt `timout`), as the issue naming it
- * (`prefix` + key), or `undefined`. Walks the keys without building an array: per-call
- * options of the executor and router go through it on every call.
+ * (`prefix` + key) with the known one it is likely a typo of ({@link unknownFieldMessage}:
+ * `unknown option (did you mean timeout?)`), else the known ones; or `undefined`. Walks the keys
+ * without building an array: per-call options of the executor and router go through it on every call.
  *
  * @since 0.3.0
  * @category checks
  */
-export const unknownKey = (input: object, known: ReadonlySet<string>, prefix = ""): Issue | undefined => {
+export const unknownKey = (
+  input: object,
+  known: ReadonlySet<string>,
+  prefix = "",
+  noun: "field" | "option" = "option"
+): Issue | undefined => {
   for (const key in input) {
-    if (!known.has(key)) {
-      return { path: `${prefix}${keyShown(key)}`, message: `unknown option (expected one of ${[...known].join(", ")})` }
-    }
+    if (!known.has(key)) return unknownKeyIssue(key, known, prefix, noun)
   }
   return undefined
 }
 
 /**
- * The first own key of `input` that `known` lacks, as the issue naming it (`prefix` + key) with the
- * known one it is likely a typo of ({@link unknownFieldMessage}: `unknown option (did you mean
- * timeout?)`), else the known ones; or `undefined`.
+ * {@link unknownKey} over the own keys of `input` only.
  *
  * @since 0.3.0
  * @category checks
@@ -708,11 +710,15 @@ export const misspeltKey = (
   noun: "field" | "option" = "option"
 ): Issue | undefined => {
   for (const key of Object.keys(input)) {
-    if (!known.has(key))
-      return { path: `${prefix}${keyShown(key)}`, message: unknownFieldMessage(key, [...known], noun) }
+    if (!known.has(key)) return unknownKeyIssue(key, known, prefix, noun)
   }
   return undefined
 }
+
+const unknownKeyIssue = (key: string, known: ReadonlySet<string>, prefix: string, noun: "field" | "option"): Issue => ({
+  path: `${prefix}${keyShown(key)}`,
+  message: unknownFieldMessage(key, [...known], noun)
+})
 
 // A key as a path names it: as written when it is a plain name, else quoted and bounded as `shown`
 // writes a string (a key with a line break forged a log line; one of a megabyte went whole in).

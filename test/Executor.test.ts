@@ -321,6 +321,9 @@ describe("Executor.execute", () => {
         assert.strictEqual(error._tag === "ModelError" && error.field, field)
         assert.include(error.message, "unknown option")
       }
+      // The per-call options name the key a typo was likely meant for.
+      const typo = yield* Effect.flip(executor.execute(ask, { timout: "50 millis" } as never))
+      assert.include(typo.message, "unknown option (did you mean timeout?)")
       assert.strictEqual(yield* control.calls, 0)
       // `concurrency` is executeMany's own: not refused by the calls it makes, traced or not.
       const traced = yield* executor.executeMany([ask, ask], { concurrency: 1 }).pipe(Effect.withSpan("test"))

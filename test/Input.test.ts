@@ -72,6 +72,24 @@ describe("Input.unknownKey", () => {
     assert.strictEqual(Input.unknownKey({ timout: 1 }, known, "options.")?.path, "options.timout")
   })
 
+  it("names the known key a misspelt one is likely a typo of, else the known ones, as misspeltKey does: it listed every key, no suggestion", () => {
+    const keys: ReadonlySet<string> = new Set(["timeout", "retry", "cache"])
+    assert.deepStrictEqual(Input.unknownKey({ timout: 1 }, keys, "options."), {
+      path: "options.timout",
+      message: "unknown option (did you mean timeout?)"
+    })
+    assert.deepStrictEqual(Input.unknownKey({ zzz: 1 }, keys), {
+      path: "zzz",
+      message: "unknown option (expected one of timeout, retry, cache)"
+    })
+    assert.deepStrictEqual(Input.unknownKey({ Retry: 1 }, keys, "", "field"), {
+      path: "Retry",
+      message: "unknown field (did you mean retry?)"
+    })
+    // The same message as misspeltKey's for the same key, from one place.
+    assert.deepStrictEqual(Input.unknownKey({ timout: 1 }, keys), Input.misspeltKey({ timout: 1 }, keys))
+  })
+
   it("quotes a key with a line break, a quote or a lone surrogate, and bounds a long one: it went raw into the message", () => {
     assert.strictEqual(Input.unknownKey({ "a\nb": 1 }, known, "o.")?.path, 'o."a\\nb"')
     assert.strictEqual(Input.unknownKey({ 'a"b': 1 }, known)?.path, '"a\\"b"')

@@ -118,7 +118,7 @@ describe("Prometheus", () => {
         [{ path: 9464 }, "path", 'invalid path: expected a path such as "/metrics", got 9464'],
         [{ path: null }, "path", 'invalid path: expected a path such as "/metrics", got null'],
         [{ all: "yes" }, "all", 'invalid all: expected true or false, got "yes"'],
-        [{ pth: "/m" }, "pth", "invalid pth: unknown option (expected one of all, buckets, path)"],
+        [{ pth: "/m" }, "pth", "invalid pth: unknown option (did you mean path?)"],
         [{ buckets: "fine" }, "buckets", 'invalid buckets: expected one of "all", "coarse", got "fine"'],
         [{ buckets: null }, "buckets", 'invalid buckets: expected one of "all", "coarse", got null'],
         [null, "(options)", "invalid (options): expected an object, got null"]
