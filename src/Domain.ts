@@ -11,7 +11,7 @@ import * as Input from "./Input.js"
 import { agentDomain, noDomain, otherSeries, pipelineDomain } from "./Metrics.js"
 import { type GenerateRequest, ModelProvider, type Service as ProviderService } from "./Model.js"
 import { RetryPolicy, retry as retryPolicy } from "./Policy.js"
-import { maxOwnLabelChars, providerNameIssue, textIssue } from "./stats/labels.js"
+import { lengthIssue, providerNameIssue, textIssue } from "./stats/labels.js"
 
 const Name = Schema.String.check(Schema.isTrimmed(), Schema.isMinLength(1))
 
@@ -210,13 +210,8 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
     }
     const text = textIssue(domain.name, `${at}.name`)
     if (text !== undefined) return Result.fail(text)
-    // Its calls' series would count under "(other)" (`Stats`), unseen: a configured domain whose figures none could read.
-    if (domain.name.length > maxOwnLabelChars) {
-      return Result.fail({
-        path: `${at}.name`,
-        message: `expected at most ${maxOwnLabelChars} characters, got ${domain.name.length.toLocaleString("en-US")}: a longer name labels no series of its own in stats and metrics`
-      })
-    }
+    const long = lengthIssue(domain.name, `${at}.name`)
+    if (long !== undefined) return Result.fail(long)
     const zero = Input.all([
       positive(`${at}.timeout`, domain.timeout),
       positive(`${at}.totalTimeout`, domain.totalTimeout),

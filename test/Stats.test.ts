@@ -539,6 +539,47 @@ describe("Stats", () => {
   )
 
   it.effect(
+    "a provider name past 256 characters is refused where it enters, naming the field, as a domain's is: its calls were counted under (other), unseen",
+    () =>
+      Effect.gen(function* () {
+        const name = "p".repeat(257)
+        const long = Mock.layer({ name })
+        const expected =
+          "expected at most 256 characters, got 257: a longer name labels no series of its own in stats and metrics"
+        const executor = yield* Effect.flip(
+          Layer.build(Executor.layerWithStats().pipe(Layer.provide(long))).pipe(
+            Effect.provideService(Metric.MetricRegistry, new Map())
+          )
+        )
+        assert.deepStrictEqual(
+          [executor._tag, executor.path, executor.message],
+          ["OptionError", "provider.name", `invalid provider.name: ${expected}`]
+        )
+        const orchestra = yield* Effect.flip(
+          Layer.build(Orchestra.layer({ providers: { main: Mock.layer(), spare: long } })).pipe(
+            Effect.provideService(Metric.MetricRegistry, new Map())
+          )
+        )
+        assert.deepStrictEqual([orchestra._tag, orchestra.path], ["OptionError", "providers.spare.name"])
+        const { executor: running } = yield* setup()
+        const given: ProviderService = { ...(yield* Mock.make()).provider, name }
+        const refused = yield* Effect.flip(running.execute({ prompt: "q" }, { provider: given }))
+        assert.deepStrictEqual(
+          [
+            refused._tag,
+            refused._tag === "ModelError" && refused.reason,
+            refused._tag === "ModelError" && refused.field
+          ],
+          ["ModelError", "InvalidRequest", "provider.name"]
+        )
+        // 256 characters still name a provider.
+        const edge = { ...(yield* Mock.make()).provider, name: "e".repeat(256) }
+        const fits = yield* Effect.exit(running.execute({ prompt: "q" }, { provider: edge }))
+        assert.isTrue(Exit.isSuccess(fits))
+      })
+  )
+
+  it.effect(
     'a domain (or provider) name past 256 characters labelled series of its own: it was written whole in each line of them on every scrape; it counts under "(other)"',
     () =>
       Effect.gen(function* () {

@@ -89,6 +89,14 @@ describe("providers of one name", () => {
         { path: "providers.m.name", message: reserved },
         { path: 'providers["(other)"]', message: reserved }
       ])
+      // Its calls would count under "(other)" in stats and metrics, as a long domain name's.
+      assert.deepStrictEqual(yield* check({ m: { type: "mock", name: "n".repeat(257) } }), [
+        {
+          path: "providers.m.name",
+          message:
+            "expected at most 256 characters, got 257: a longer name labels no series of its own in stats and metrics"
+        }
+      ])
     })
   )
 })

@@ -65,6 +65,21 @@ export const isOwnSeriesLabel = (name: string): boolean =>
   name !== "" && name.length <= maxOwnLabelChars && name !== otherSeries && !loneSurrogate.test(name)
 
 /**
+ * The issue of a configured name (a domain's, a provider's) longer than {@link maxOwnLabelChars}:
+ * `Stats` counts its calls under `"(other)"`, so the figures of a name one configured could be
+ * read by no one, with no word said.
+ *
+ * @internal
+ */
+export const lengthIssue = (name: string, path: string): Issue | undefined =>
+  name.length > maxOwnLabelChars
+    ? {
+        path,
+        message: `expected at most ${maxOwnLabelChars} characters, got ${name.length.toLocaleString("en-US")}: a longer name labels no series of its own in stats and metrics`
+      }
+    : undefined
+
+/**
  * A name checked by {@link textIssue}, as `Input`'s checks answer: for a name that enters as an
  * option (a breaker layer's, a discovery's, a Redis prefix), after its own checks.
  *
@@ -109,11 +124,11 @@ export const labelIssue = (options: { readonly domain?: unknown; readonly provid
 
 /**
  * The issue of a provider's name that is no non-empty string, or is `Metrics.otherSeries` (or is no
- * well-formed Unicode, {@link textIssue}): the series bounds count the
- * names past them under it (breaker keys, rate-limit keys, the HTTP agents' `Stats` series),
- * so a provider of that name would have no breaker gauge and its figures would add up with
- * theirs. Checked where a provider enters: an executor's, an orchestra's `providers`, a
- * call's `provider` option.
+ * well-formed Unicode, {@link textIssue}, or is longer than {@link maxOwnLabelChars},
+ * {@link lengthIssue}): the series bounds count the names past them under it (breaker keys,
+ * rate-limit keys, the HTTP agents' `Stats` series), so a provider of that name would have no
+ * breaker gauge and its figures would add up with theirs. Checked where a provider enters: an
+ * executor's, an orchestra's `providers`, a call's `provider` option, the CLI's config.
  *
  * @internal
  */
@@ -124,16 +139,19 @@ export const providerNameIssue = (name: string, path: string): Issue | undefined
     ? { path, message: `expected a non-empty string, got ${Input.shown(name)}` }
     : name === otherSeries
       ? { path, message: `"${name}" is reserved: the names past a series bound count together under it` }
-      : textIssue(name, path)
+      : (textIssue(name, path) ?? lengthIssue(name, path))
 
 /**
  * Whether a value may label a call's series as its provider: named, not the reserved
- * `Metrics.otherSeries`, no lone surrogate in the name.
+ * `Metrics.otherSeries`, no longer than {@link maxOwnLabelChars}, no lone surrogate in the name.
  *
  * @internal
  */
 export const isProviderLabel = (target: unknown): target is { readonly name: string } =>
-  isNamed(target) && target.name !== otherSeries && !loneSurrogate.test(target.name)
+  isNamed(target) &&
+  target.name !== otherSeries &&
+  target.name.length <= maxOwnLabelChars &&
+  !loneSurrogate.test(target.name)
 
 /**
  * Whether a value is an object with a non-empty `name`, as a provider is.
