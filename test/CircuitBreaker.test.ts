@@ -943,6 +943,21 @@ describe("CircuitBreaker options (item 11)", () => {
     })
   )
 
+  it.effect(
+    "a misspelt key names the option it is likely a typo of, and is quoted as every other check writes a key: it said a bare 'unknown option', the key raw",
+    () =>
+      Effect.gen(function* () {
+        yield* refused({ failmax: 3 }, "failmax", "unknown option (did you mean failMax?)")
+        yield* refused(
+          { rolling: { size: 10, minimumCall: 2, failureRate: 0.5 } },
+          "rolling.minimumCall",
+          "unknown option (did you mean minimumCalls?)"
+        )
+        // A key with a line break forged a line of the log the message went to.
+        yield* refused({ "fail\nMax": 3 }, '"fail\\nMax"', "unknown option")
+      })
+  )
+
   it.effect("durations in any form: milliseconds, text, a Duration", () =>
     Effect.gen(function* () {
       for (const resetTimeout of [2000, "2 seconds", Duration.seconds(2)] as const) {

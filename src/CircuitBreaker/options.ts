@@ -63,17 +63,7 @@ export const millis = (path: string, input: unknown): Input.Checked<number> =>
       : Result.succeed(Math.max(1, Math.ceil(Duration.toMillis(d))))
   )
 
-/**
- * Refuses keys this layer does not know (a typo such as `failmax`, or v0.1's `rolling.window`).
- *
- * @internal
- */
-export const unknownKeys = (input: object, known: ReadonlySet<string>, prefix = ""): Input.Checked<void> => {
-  for (const key of Object.keys(input)) {
-    if (!known.has(key)) return fail(`${prefix}${key}`, "unknown option")
-  }
-  return Result.succeed(undefined)
-}
+const rollingFields: ReadonlySet<string> = new Set(["size", "minimumCalls", "failureRate"])
 
 const tripPolicy = (options: Options): Input.Checked<TripPolicy> => {
   const rolling = options.rolling
@@ -93,8 +83,8 @@ const tripPolicy = (options: Options): Input.Checked<TripPolicy> => {
       "a time-based window is not offered: the store counts the last `size` calls (give rolling.size)"
     )
   }
-  const keys = unknownKeys(rolling, new Set(["size", "minimumCalls", "failureRate"]), "rolling.")
-  if (Result.isFailure(keys)) return Result.fail(keys.failure)
+  const unknown = Input.misspeltKey(rolling, rollingFields, "rolling.")
+  if (unknown !== undefined) return Result.fail(unknown)
   return Result.flatMap(
     Input.all([
       Input.positiveInt("rolling.size", rolling.size, 10_000),
@@ -149,9 +139,8 @@ export const read = <O extends Options>(options: O, extraKeys: ReadonlySet<strin
  */
 export const check = (options: Options, extraKeys: ReadonlySet<string> = new Set()): Input.Checked<Config> => {
   if (!Predicate.isObject(options)) return fail("(root)", "expected an object of breaker options")
-  for (const key of Object.keys(options)) {
-    if (!knownKeys.has(key) && !extraKeys.has(key)) return fail(key, "unknown option")
-  }
+  const unknown = Input.misspeltKey(options, extraKeys.size === 0 ? knownKeys : new Set([...knownKeys, ...extraKeys]))
+  if (unknown !== undefined) return Result.fail(unknown)
   const halfOpenMax = Input.positiveInt("halfOpenMax", Input.orDefault(options.halfOpenMax, 1))
   if (Result.isFailure(halfOpenMax)) return Result.fail(halfOpenMax.failure)
   if (halfOpenMax.success > 1) {
