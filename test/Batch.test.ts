@@ -560,6 +560,8 @@ describe("Batch items", () => {
       }
       const alone = yield* batch.run([items[0]!])
       assert.strictEqual(invalidField(alone.results[0]!.error), "items[0].domian")
+      // The field it is likely a typo of, as every other option check names it.
+      assert.include(alone.results[0]!.error?.message, "unknown field (did you mean domain?)")
       assert.strictEqual(yield* controls.a!.calls, 0)
       assert.strictEqual(yield* controls.b!.calls, 3)
     })

@@ -58,6 +58,27 @@ describe("RateLimit memory store: keys whose windows have all ended are dropped"
     })
   )
 
+  it.effect(
+    "a misspelt option or limit names the one it is likely a typo of: it said a bare 'unknown option' / 'unknown field'",
+    () =>
+      Effect.gen(function* () {
+        const cases: ReadonlyArray<readonly [unknown, string, string]> = [
+          [{ defualt: { requestsPerMinute: 1 } }, "defualt", "unknown option (did you mean default?)"],
+          [
+            { default: { requestsPerMinut: 1 } },
+            "default.requestsPerMinut",
+            "unknown field (did you mean requestsPerMinute?)"
+          ],
+          [{ default: { requestsPerMinute: 1 }, maxKey: 5 }, "maxKey", "unknown option (did you mean maxKeys?)"]
+        ]
+        for (const [options, path, message] of cases) {
+          const error = yield* Effect.flip(service(options as RateLimit.MemoryOptions))
+          assert.deepStrictEqual([error._tag, error._tag === "OptionError" && error.path], ["OptionError", path])
+          assert.include(error.message, message)
+        }
+      })
+  )
+
   it.effect("maxKeys that is no positive integer is refused naming it", () =>
     Effect.gen(function* () {
       for (const maxKeys of [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, "5", null]) {

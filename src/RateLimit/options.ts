@@ -30,9 +30,8 @@ const checkLimits = (input: unknown, path: string): Input.Checked<ResolvedLimits
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
     return Result.fail({ path, message: "expected an object" })
   }
-  for (const field of Object.keys(input)) {
-    if (!limitFields.has(field)) return Result.fail({ path: `${path}.${field}`, message: "unknown field" })
-  }
+  const unknown = Input.misspeltKey(input, limitFields, `${path}.`, "field")
+  if (unknown !== undefined) return Result.fail(unknown)
   const limits = input as Limits
   const algorithm = Input.orDefault(limits.algorithm, "fixed-window")
   if (algorithm !== "fixed-window" && algorithm !== "token-bucket") {
@@ -100,9 +99,8 @@ export const checkOptions = (options: Options, fields: ReadonlySet<string> = opt
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
     return Result.fail({ path: "options", message: "expected an object" })
   }
-  for (const field of Object.keys(options)) {
-    if (!fields.has(field)) return Result.fail({ path: field, message: "unknown option" })
-  }
+  const unknown = Input.misspeltKey(options, fields)
+  if (unknown !== undefined) return Result.fail(unknown)
   const providersGiven = options.providers
   if (
     providersGiven !== undefined &&

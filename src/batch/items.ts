@@ -60,11 +60,8 @@ export const itemAt = (items: ReadonlyArray<unknown>, index: number): unknown =>
 // `Proxy` whose key listing throws is that item's error, as a throwing getter is.
 const unknownField = (item: object, index: number): ModelError | undefined => {
   try {
-    for (const key in item) {
-      if (!itemFieldSet.has(key)) {
-        return invalidRequest(`items[${index}].${key}`, `unknown field (expected one of ${itemFields.join(", ")})`)
-      }
-    }
+    const unknown = Input.unknownKey(item, itemFieldSet, "", "field")
+    if (unknown !== undefined) return invalidRequest(`items[${index}].${unknown.path}`, unknown.message)
   } catch (error) {
     return threw(`items[${index}]`, "listing its fields", error)
   }
