@@ -135,10 +135,8 @@ const isObject = (input: unknown): input is Record<string, unknown> =>
 
 const fields = (path: string, input: unknown, known: ReadonlySet<string>): Checked<Record<string, unknown>> => {
   if (!isObject(input)) return fail(path, "expected an object")
-  for (const key of Object.keys(input)) {
-    if (!known.has(key)) return fail(path === "" ? key : `${path}.${key}`, "unknown field")
-  }
-  return Result.succeed(input)
+  const unknown = Input.misspeltKey(input, known, path === "" ? "" : `${path}.`, "field")
+  return unknown === undefined ? Result.succeed(input) : Result.fail(unknown)
 }
 
 const at = (path: string, field: string) => (path === "" ? field : `${path}.${field}`)

@@ -1,0 +1,20 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Result } from "effect"
+import * as KeyOptions from "../../src/gateway/keys/options.js"
+
+describe("gateway key options", () => {
+  it("a misspelt field of a key's policy or budget names the one it is likely a typo of, the key quoted as every other check writes one: it said a bare 'unknown field', the key raw", () => {
+    const failure = (checked: Result.Result<unknown, { readonly path: string; readonly message: string }>) =>
+      Result.isFailure(checked) ? checked.failure : undefined
+    assert.deepStrictEqual(failure(KeyOptions.createRequest({ id: "k1", allowedModel: ["m"] })), {
+      path: "allowedModel",
+      message: "unknown field (did you mean allowedModels?)"
+    })
+    assert.deepStrictEqual(failure(KeyOptions.budget("budget", { token: 5 })), {
+      path: "budget.token",
+      message: "unknown field (did you mean tokens?)"
+    })
+    // A key with a line break went raw into the path, which an admin route answers and a log writes.
+    assert.deepStrictEqual(failure(KeyOptions.createRequest({ "a\nb": 1 }))?.path, '"a\\nb"')
+  })
+})
