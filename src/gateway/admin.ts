@@ -89,9 +89,8 @@ const known: ReadonlySet<string> = new Set(["key", "path", "maxBodyBytes"])
 export const check = (options: Options): Input.Checked<readonly [string, `/${string}`, number]> => {
   if (typeof options !== "object" || options === null)
     return Result.fail({ path: "(options)", message: "expected an object" })
-  for (const field of Object.keys(options)) {
-    if (!known.has(field)) return Result.fail({ path: field, message: "unknown option" })
-  }
+  const unknown = Input.misspeltKey(options, known)
+  if (unknown !== undefined) return Result.fail(unknown)
   return Input.all([
     checkKey(options.key),
     checkPath(Input.orDefault(options.path, "/admin")),

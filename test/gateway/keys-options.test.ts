@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Result } from "effect"
+import * as Admin from "../../src/gateway/admin.js"
 import * as KeyOptions from "../../src/gateway/keys/options.js"
 
 describe("gateway key options", () => {
@@ -16,5 +17,13 @@ describe("gateway key options", () => {
     })
     // A key with a line break went raw into the path, which an admin route answers and a log writes.
     assert.deepStrictEqual(failure(KeyOptions.createRequest({ "a\nb": 1 }))?.path, '"a\\nb"')
+  })
+
+  it("a misspelt option of the admin routes names the one it is likely a typo of: it said a bare 'unknown option'", () => {
+    const checked = Admin.check({ key: { sha256: "0".repeat(64) }, maxBodyByte: 1024 } as never)
+    assert.deepStrictEqual(Result.isFailure(checked) ? checked.failure : undefined, {
+      path: "maxBodyByte",
+      message: "unknown option (did you mean maxBodyBytes?)"
+    })
   })
 })
