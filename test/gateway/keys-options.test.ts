@@ -7,7 +7,7 @@ describe("gateway key options", () => {
   it("a misspelt field of a key's policy or budget names the one it is likely a typo of, the key quoted as every other check writes one: it said a bare 'unknown field', the key raw", () => {
     const failure = (checked: Result.Result<unknown, { readonly path: string; readonly message: string }>) =>
       Result.isFailure(checked) ? checked.failure : undefined
-    assert.deepStrictEqual(failure(KeyOptions.createRequest({ id: "k1", allowedModel: ["m"] })), {
+    assert.deepStrictEqual(failure(KeyOptions.createRequest({ id: "k1", allowedModel: ["m"] }, "made")), {
       path: "allowedModel",
       message: "unknown field (did you mean allowedModels?)"
     })
@@ -16,7 +16,7 @@ describe("gateway key options", () => {
       message: "unknown field (did you mean tokens?)"
     })
     // A key with a line break went raw into the path, which an admin route answers and a log writes.
-    assert.deepStrictEqual(failure(KeyOptions.createRequest({ "a\nb": 1 }))?.path, '"a\\nb"')
+    assert.deepStrictEqual(failure(KeyOptions.createRequest({ "a\nb": 1 }, "made"))?.path, '"a\\nb"')
   })
 
   it("a misspelt option of the admin routes names the one it is likely a typo of: it said a bare 'unknown option'", () => {
