@@ -39,7 +39,7 @@ import {
   requestIdHeader,
   traced
 } from "./routes.js"
-import { toWire } from "./errors.js"
+import { toWire, withParam } from "./errors.js"
 import { sharesUpstream } from "./models.js"
 import * as Sse from "./sse.js"
 import { CurrentTracker, makeTracker, millis, type Target } from "./upstream.js"
@@ -56,20 +56,7 @@ const named = (error: AiError, call: ChatCall, target?: Target): AiError => {
     error.status === undefined
       ? openAiParam(error.field, call.hoisted)
       : upstreamParam(error.field, call.hoisted, systemSent(call, target, error.provider))
-  if (param === error.field) return error
-  const prefix = `invalid ${error.field}: `
-  return new ModelError({
-    reason: error.reason,
-    message: error.message.startsWith(prefix)
-      ? `invalid ${param}: ${error.message.slice(prefix.length)}`
-      : error.message,
-    provider: error.provider,
-    model: error.model,
-    status: error.status,
-    retryAfter: error.retryAfter,
-    field: param,
-    cause: error.cause
-  })
+  return param === error.field ? error : withParam(error, param)
 }
 
 // Whether the request went upstream behind a system prompt: the client's, or else the domain's of the provider that

@@ -6,7 +6,7 @@
  */
 import { Effect, Exit } from "effect"
 import type { HttpServerRequest } from "effect/http"
-import { type AiError, ModelError } from "../AiError.js"
+import type { AiError, ModelError } from "../AiError.js"
 import { type EmbedRequest, type EmbedResponse, estimateTokens, validateEmbed } from "../Model.js"
 import type { Entry } from "./lifecycle.js"
 import {
@@ -27,6 +27,7 @@ import {
 } from "./routes.js"
 import { CurrentTracker, makeTracker, type Target } from "./upstream.js"
 import { type EmbedCall, parseEmbed } from "./request.js"
+import { withParam } from "./errors.js"
 import * as Wire from "./response.js"
 
 /** A request's budget reservation: made (`held`), then released or settled once (`closed`). */
@@ -42,19 +43,7 @@ const asInput = <E extends AiError>(error: E): E | ModelError => {
   if (error._tag !== "ModelError" || error.reason !== "InvalidRequest") return error
   const field = error.field
   if (field === undefined || !(field === "texts" || field.startsWith("texts["))) return error
-  const param = `input${field.slice("texts".length)}`
-  const prefix = `invalid ${field}: `
-  return new ModelError({
-    reason: error.reason,
-    message: error.message.startsWith(prefix)
-      ? `invalid ${param}: ${error.message.slice(prefix.length)}`
-      : error.message,
-    provider: error.provider,
-    model: error.model,
-    status: error.status,
-    field: param,
-    cause: error.cause
-  })
+  return withParam(error, `input${field.slice("texts".length)}`)
 }
 
 /**

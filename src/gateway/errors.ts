@@ -8,7 +8,7 @@
  * @since 0.2.0
  */
 import { Duration, Schema } from "effect"
-import { type AiError, RateLimitKind, reasonOf, type TimeoutLimit } from "../AiError.js"
+import { type AiError, ModelError, RateLimitKind, reasonOf, type TimeoutLimit } from "../AiError.js"
 import * as RateLimit from "../RateLimit.js"
 
 /**
@@ -359,3 +359,25 @@ export const gatewayError = (
   message: string,
   fields?: Omit<ConstructorParameters<typeof GatewayError>[0], "reason" | "message">
 ): GatewayError => new GatewayError({ reason, message, ...fields })
+
+/**
+ * A refusal naming the library's field (`texts[2]`, `messages[1]`), named as the client's parameter instead
+ * (`input[2]`), its message too; everything else kept.
+ *
+ * @internal
+ */
+export const withParam = (error: ModelError, param: string): ModelError => {
+  const prefix = `invalid ${error.field}: `
+  return new ModelError({
+    reason: error.reason,
+    message: error.message.startsWith(prefix)
+      ? `invalid ${param}: ${error.message.slice(prefix.length)}`
+      : error.message,
+    provider: error.provider,
+    model: error.model,
+    status: error.status,
+    retryAfter: error.retryAfter,
+    field: param,
+    cause: error.cause
+  })
+}
