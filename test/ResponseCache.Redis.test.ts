@@ -51,6 +51,40 @@ const build = (server: RedisServer, options: RedisCache.Options = {}) =>
     return Context.get(context, ResponseCache.ResponseCache)
   })
 
+/**
+ * The cache with the client's deadline a day: the guard's deadline (`redis.timeout`) is then the only one, and under
+ * `it.effect` it is TestClock's, so a healthy Redis on a loaded machine never misses it.
+ */
+const buildOnTestClock = (server: RedisServer, options: RedisCache.Options = {}) =>
+  Effect.gen(function* () {
+    const name = options.name ?? uniqueName("cache")
+    const context = yield* Layer.build(
+      RedisCache.layerRedis({ prefix: name, ...options, name }).pipe(
+        Layer.provide(Redis.layer({ url: server.url, commandTimeout: "1 day" }))
+      )
+    )
+    return Context.get(context, ResponseCache.ResponseCache)
+  })
+
+/** Moves TestClock on until `fiber` ends (real time between steps for Redis's replies: a bound, not a measure). */
+const settle = <A, E>(fiber: Fiber.Fiber<A, E>, step: Duration.Input = "100 millis") =>
+  Effect.gen(function* () {
+    for (let i = 0; i < 500 && fiber.pollUnsafe() === undefined; i++) {
+      yield* TestClock.adjust(step)
+      yield* TestClock.withLive(Effect.sleep("5 millis"))
+    }
+    return yield* Fiber.join(fiber)
+  })
+
+/** Whether `effect` ends with no time passing: forked, given one turn, then polled. */
+const endsAtOnce = <A, E>(effect: Effect.Effect<A, E>) =>
+  Effect.gen(function* () {
+    const fiber = yield* Effect.forkChild(effect, { startImmediately: true })
+    yield* Effect.yieldNow
+    const ended = fiber.pollUnsafe() !== undefined
+    return [ended, yield* settle(fiber)] as const
+  })
+
 const scripted = (latency: Duration.Input = "20 millis") =>
   Effect.gen(function* () {
     const calls = yield* Ref.make(0)
@@ -695,19 +729,22 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
-  it.live("getMany finds an answer this process keeps while its write is under way, without waiting on Redis", () =>
+  // The guard's deadline is TestClock's: whether getMany waited on the hung Redis is whether it ended with no time
+  // passing, not a wall-clock measure a loaded machine could miss.
+  it.effect("getMany finds an answer this process keeps while its write is under way, without waiting on Redis", () =>
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        const cache = yield* build(server, { redis: { timeout: "300 millis", reportAfter: "1 minute" } })
+        const cache = yield* buildOnTestClock(server, { redis: { timeout: "300 millis", reportAfter: "1 minute" } })
         const provider = yield* scripted("1 millis")
         yield* server.pause
         yield* Effect.addFinalizer(() => server.resume)
-        assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
+        const asked = yield* Effect.forkChild(ask(cache, provider, "q"), { startImmediately: true })
+        assert.strictEqual((yield* settle(asked)).source, "miss")
         const key = cache.key({ provider: "p", request: { prompt: "q" } })
-        const [elapsed, found] = yield* Effect.timed(cache.getMany([key]))
+        const [ended, found] = yield* endsAtOnce(cache.getMany([key]))
         assert.deepStrictEqual(found, [Option.some(response("q #1"))])
-        assert.isBelow(Duration.toMillis(elapsed), 150, "waited on the hung Redis for what the process holds")
+        assert.isTrue(ended, "waited on the hung Redis for what the process holds")
       })
     )
   )
@@ -887,42 +924,49 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       )
   )
 
-  it.live("a stream's parts are written in the background: a hung Redis holds no caller, the failure is counted", () =>
-    Effect.scoped(
-      Effect.gen(function* () {
-        const server = yield* startRedis
-        const cache = yield* build(server, { redis: { timeout: "400 millis", reportAfter: "1 minute" } })
-        const parts: ReadonlyArray<StreamPart> = [
-          { _tag: "TextDelta", text: "streamed" },
-          { _tag: "Finish", finishReason: "stop", usage: response("x").usage, provider: "p", model: "m" }
-        ]
-        yield* server.pause
-        yield* Effect.addFinalizer(() => server.resume)
-        const [elapsed] = yield* Effect.timed(cache.setParts("s", parts))
-        assert.isBelow(Duration.toMillis(elapsed), 100, "setParts waited for the Redis write")
-        // Until the write has ended, a replay finds the parts in the process.
-        const [replayed, found] = yield* Effect.timed(cache.getParts("s"))
-        assert.deepStrictEqual(found, Option.some(parts))
-        assert.isBelow(Duration.toMillis(replayed), 100)
-        // The write the hung Redis cut is not lost silently: the cache's errors count it.
-        yield* errorsOf(cache.name).pipe(
-          Effect.flatMap((n) => (n >= 1 ? Effect.void : Effect.fail("not counted yet"))),
-          Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
-        )
-        yield* server.resume
-        // With Redis back, parts written in the background land, and invalidate waits for a write under way.
-        yield* cache.setParts("t", parts)
-        yield* cache.invalidate("t")
-        yield* Effect.sleep("100 millis")
-        const redis = yield* admin(server)
-        assert.deepStrictEqual(yield* redis.send<Array<string>>("KEYS", `${cache.name}:s:t`), [])
-        yield* cache.setParts("u", parts)
-        yield* redis.send<number>("EXISTS", `${cache.name}:s:u`).pipe(
-          Effect.flatMap((n) => (n === 1 ? Effect.void : Effect.fail("not written yet"))),
-          Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
-        )
-      })
-    )
+  // The guard's deadline is TestClock's: whether a caller waited on the hung Redis is whether it ended with no time
+  // passing, not a wall-clock measure a loaded machine could miss.
+  it.effect(
+    "a stream's parts are written in the background: a hung Redis holds no caller, the failure is counted",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const cache = yield* buildOnTestClock(server, { redis: { timeout: "400 millis", reportAfter: "1 minute" } })
+          const parts: ReadonlyArray<StreamPart> = [
+            { _tag: "TextDelta", text: "streamed" },
+            { _tag: "Finish", finishReason: "stop", usage: response("x").usage, provider: "p", model: "m" }
+          ]
+          yield* server.pause
+          yield* Effect.addFinalizer(() => server.resume)
+          const [written] = yield* endsAtOnce(cache.setParts("s", parts))
+          assert.isTrue(written, "setParts waited for the Redis write")
+          // Until the write has ended, a replay finds the parts in the process.
+          const [replayed, found] = yield* endsAtOnce(cache.getParts("s"))
+          assert.deepStrictEqual(found, Option.some(parts))
+          assert.isTrue(replayed, "getParts waited on the hung Redis for what the process holds")
+          // The write the hung Redis cut is not lost silently: the cache's errors count it.
+          yield* TestClock.adjust("400 millis")
+          yield* errorsOf(cache.name).pipe(
+            Effect.flatMap((n) => (n >= 1 ? Effect.void : Effect.fail("not counted yet"))),
+            Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo({ duration: "5 seconds" }))),
+            TestClock.withLive
+          )
+          yield* server.resume
+          // With Redis back, parts written in the background land, and invalidate waits for a write under way.
+          yield* cache.setParts("t", parts)
+          yield* cache.invalidate("t")
+          yield* TestClock.withLive(Effect.sleep("100 millis"))
+          const redis = yield* admin(server)
+          assert.deepStrictEqual(yield* redis.send<Array<string>>("KEYS", `${cache.name}:s:t`), [])
+          yield* cache.setParts("u", parts)
+          yield* redis.send<number>("EXISTS", `${cache.name}:s:u`).pipe(
+            Effect.flatMap((n) => (n === 1 ? Effect.void : Effect.fail("not written yet"))),
+            Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" }))),
+            TestClock.withLive
+          )
+        })
+      )
   )
 
   it.live("writes under way when the layer closes still land: an answer's, a stream's parts", () =>
