@@ -131,7 +131,8 @@ export {
    * `connectTimeout` plus `commandTimeout` (its queue then fails with the `RedisError`, and its connection is closed;
    * one whose first connection Redis refuses, a password rotated, fails so at once with the refusal). A subscription
    * reconnects as the client does (each handshake within `connectTimeout`, at most `reconnectMax` apart) and
-   * subscribes again: messages published meanwhile are not delivered. A reserved
+   * subscribes again: messages published meanwhile are not delivered; a reconnection an ACL refuses (NOPERM: its
+   * channel taken from the user) fails its queue with the refusal, said in a warning naming the channel. A reserved
    * connection's `eval` shares one deadline as the shared one's does. After a failover, a connection left on the
    * old primary (a replica now, refusing writes with READONLY) is dropped by the first guarded call it refuses (at
    * most once per `reconnectMax`), so the client reconnects to the primary its address (a DNS name) names now; so is a

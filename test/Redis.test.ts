@@ -1130,6 +1130,44 @@ describe.skipIf(skipRedis)(
     )
 
     it.live(
+      "a subscription whose re-subscribe Redis refuses after a reconnection (an ACL changed: NOPERM) says so once, naming its channel, and fails its queue",
+      () =>
+        Effect.gen(function* () {
+          const logs = yield* captureLogs
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const server = yield* startRedis
+              const admin = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+              yield* admin.send("ACL", "SETUSER", "limited", "on", ">pw", "~*", "resetchannels", "&allowed", "+@all")
+              const redis = Context.get(
+                yield* Layer.build(
+                  Redis.layer({ url: server.url.replace("redis://", "redis://limited:pw@"), reconnectMax: "50 millis" })
+                ),
+                PersistenceRedis.Redis
+              )
+              const before = openSockets(server.port)
+              const queue = yield* redis.subscribe("allowed")
+              yield* admin.send("PUBLISH", "allowed", "before")
+              assert.deepStrictEqual(yield* Queue.take(queue), { channel: "allowed", message: "before" })
+              // The channel is taken from the user: Redis drops the subscription's connection, which reconnects
+              // (its AUTH is accepted) and has its SUBSCRIBE refused.
+              yield* admin.send("ACL", "SETUSER", "limited", "resetchannels", "&other")
+              const refused = yield* Effect.flip(Queue.take(queue)).pipe(Effect.timeout("10 seconds"))
+              assert.include(Redis.errorText(refused), "NOPERM")
+              assert.strictEqual(openSockets(server.port), before, "the refused subscription's connection is closed")
+              // Tried again meanwhile, the refusal is said once.
+              yield* Effect.sleep("300 millis")
+              const warnings = logs.lines.filter((l) => l.startsWith("Warn") && l.includes("NOPERM"))
+              assert.strictEqual(warnings.length, 1, JSON.stringify(logs.lines))
+              assert.include(warnings[0]!, `"allowed"`)
+              for (const line of logs.lines) assert.notInclude(line, ">pw")
+            })
+          ).pipe(Effect.provide(logs.layer))
+        }),
+      20_000
+    )
+
+    it.live(
       "a reconnection refused on the layer's connection and on a subscription's: each connection's refusal is said once, naming which",
       () =>
         Effect.gen(function* () {

@@ -10,7 +10,7 @@ import { Context, Deferred, Duration, Effect, Exit, FiberHandle, Layer, Option, 
 import { Redis } from "effect/persistence"
 import * as Input from "../Input.js"
 import type { Options } from "../Redis.js"
-import { errorText, isErrorReply, isReadOnly, type StoreError } from "./errors.js"
+import { errorText, isErrorReply, isNoPerm, isReadOnly, type StoreError } from "./errors.js"
 import { evalWithin } from "./eval.js"
 import { minReconnectMillis, type Settings, settings } from "./settings.js"
 
@@ -80,7 +80,9 @@ export const layer = (
       // A subscription's connection is made once the layer's has connected: it reconnects for good, and its
       // refusals are its own (see refused). Its first connection refused (a password rotated since the layer's
       // connected) fails the subscription with the refusal: tried again, it failed at its deadline, a timeout that
-      // did not say why.
+      // did not say why. A reconnection an ACL refuses (NOPERM: the channel taken from the user, its re-subscribe
+      // refused) fails it too, said once naming the channel, as its first SUBSCRIBE refused does: tried again, it
+      // was refused for good, the queue receiving nothing and failing never, and the queue is the only caller to tell.
       const subscriptionSocket = (channel: string): SubscriptionSocket => {
         const refusal: Refusal = { message: undefined, of: ` of the subscription to ${Input.shown(channel)}` }
         let connected = false
@@ -89,6 +91,14 @@ export const layer = (
             ...socket,
             reconnectStrategy: (retries: number, cause: Error) => {
               if (!connected) return isErrorReply(cause) ? cause : backoff(retries, s.reconnectMax)
+              if (isNoPerm(cause)) {
+                runSync(
+                  Effect.logWarning(
+                    `Redis at ${s.address} refused the reconnection${refusal.of}: ${cause.message}; its queue fails`
+                  )
+                )
+                return cause
+              }
               runSync(refused(s, refusal, retries, cause))
               return backoff(retries, s.reconnectMax)
             }

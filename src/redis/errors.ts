@@ -86,3 +86,11 @@ export const neverSent = (error: StoreError): boolean =>
  * @internal
  */
 export const isReadOnly = (failure: unknown): boolean => errorText(failure).startsWith("READONLY ")
+
+/**
+ * Whether Redis refused the call by an ACL (`NOPERM`): a command or a channel the user may not use, until an
+ * administrator changes it. A Redis error reply's first word is its code.
+ *
+ * @internal
+ */
+export const isNoPerm = (failure: unknown): boolean => isErrorReply(failure) && errorText(failure).startsWith("NOPERM ")
