@@ -70,18 +70,17 @@ describe.skipIf(skipRedis)(`Redis.layer (${skipRedis ? skipReason : "needs redis
         yield* Effect.addFinalizer(() => server.resume)
         // The layer loads the redis package when built: loaded first, a busy machine's import is not timed.
         yield* Effect.promise(() => import("@effect/platform-node/NodeRedis"))
-        const started = Date.now()
+        // The build ends (a bound, not a measure), failed by connectTimeout: its error names it.
         const exit = yield* Effect.scoped(
           Layer.build(Redis.layer({ url: server.url, connectTimeout: "300 millis" }))
-        ).pipe(Effect.exit, Effect.timeoutOption("5 seconds"))
-        const elapsed = Date.now() - started
+        ).pipe(Effect.exit, Effect.timeoutOption("15 seconds"))
         assert.isTrue(Option.isSome(exit), "the layer's build ended")
         if (Option.isSome(exit)) {
           assert.isTrue(Exit.isFailure(exit.value), "the layer failed")
           const error = Exit.findErrorOption(exit.value)
           assert.isTrue(Option.isSome(error) && error.value._tag === "RedisError", String(exit.value))
+          if (Option.isSome(error)) assert.include(Redis.errorText(error.value), "within 300 ms")
         }
-        assert.isTrue(elapsed < 2000, `failed after ${elapsed} ms`)
         // The client given up is closed, not left connected to the hung server.
         assert.strictEqual(openSockets(server.port), 0)
       })
@@ -192,7 +191,9 @@ describe.skipIf(skipRedis)(
               const port = yield* freePort
               const tag = `unreachable${Math.random().toString(36).slice(2, 8)}`
               const secret = `sk-${tag}-0123456789abcdef`
-              const guard = { timeout: "1 second", reportAfter: 0, probeInterval: "100 millis" } as const
+              // The guards' deadline is a minute: a call that waited on the down Redis would hold the test past its
+              // bound below by far, and a healthy Redis on a loaded machine never misses it.
+              const guard = { timeout: "1 minute", reportAfter: 0, probeInterval: "100 millis" } as const
               const stores = Layer.mergeAll(
                 RedisCache.layerRedis({ prefix: `${tag}cache`, name: tag, redis: guard }),
                 RateLimit.layerRedis({
@@ -213,14 +214,15 @@ describe.skipIf(skipRedis)(
                     // Long enough for the refusal to arrive first on a loaded machine: with 300 ms the warning
                     // said "no answer within 300 ms" about 1 run in 4 at load 10 (true, but not what is tested).
                     connectTimeout: "1 second",
+                    // As the guards': a command queued while offline, not refused, would wait past the bound below.
+                    commandTimeout: "1 minute",
                     reconnectMax: "100 millis",
                     onUnreachableAtStart: "start"
                   })
                 )
               )
-              const started = Date.now()
-              const context = yield* Layer.build(stores).pipe(Effect.timeout("5 seconds"))
-              assert.isBelow(Date.now() - started, 3000)
+              // Built with no Redis listening: a build that waited for it never ended (Redis starts only below).
+              const context = yield* Layer.build(stores).pipe(Effect.timeout("10 seconds"))
               const cache = Context.get(context, ResponseCache.ResponseCache)
               const limits = Context.get(context, RateLimit.RateLimits)
               const keys = Context.get(context, KeyStore.KeyAdmin)
@@ -242,15 +244,16 @@ describe.skipIf(skipRedis)(
               const estimate = { inputTokens: 10, maxOutputTokens: 10 }
 
               // Redis down: the cache computes (a miss each time), the limit of 1 rpm lets 3 through, the budget is a 503.
-              const before = Date.now()
-              assert.strictEqual((yield* ask("a")).source, "miss")
-              assert.strictEqual((yield* ask("b")).source, "miss")
-              assert.strictEqual(yield* Ref.get(calls), 2)
-              assert.isTrue((yield* acquireAll(3)).every((r) => r._tag === "Success"))
-              const refused = yield* Effect.flip(keys.reserve(key, "m", estimate))
-              assert.strictEqual(refused.reason, "Unavailable", refused.message)
-              assert.strictEqual(Gateway.toWire(refused).status, 503)
-              assert.isBelow(Date.now() - before, 3000, "no call waited past its Redis deadline")
+              // No call waits on the down Redis: each is refused at once (a deadline of a minute would pass the bound).
+              yield* Effect.gen(function* () {
+                assert.strictEqual((yield* ask("a")).source, "miss")
+                assert.strictEqual((yield* ask("b")).source, "miss")
+                assert.strictEqual(yield* Ref.get(calls), 2)
+                assert.isTrue((yield* acquireAll(3)).every((r) => r._tag === "Success"))
+                const refused = yield* Effect.flip(keys.reserve(key, "m", estimate))
+                assert.strictEqual(refused.reason, "Unavailable", refused.message)
+                assert.strictEqual(Gateway.toWire(refused).status, 503)
+              }).pipe(Effect.timeout("10 seconds"))
               const warning = logs.lines.find((l) => l.startsWith("Warn") && l.includes(`127.0.0.1:${port}`))
               assert.isDefined(warning, JSON.stringify(logs.lines))
               assert.include(warning, "ECONNREFUSED")
@@ -787,29 +790,24 @@ describe.skipIf(skipRedis)(
             // The pool's connection: its command's deadline drops it.
             yield* Effect.flip(reserved)
             // Each a new connection whose handshake the stopped server never answers: they waited for ever.
+            // Each ends (a bound, not a measure), failed by its deadline: its error names it.
             for (let i = 0; i < 2; i++) {
-              const started = Date.now()
-              const exit = yield* reserved.pipe(Effect.exit, Effect.timeoutOption("3 seconds"))
-              const elapsed = Date.now() - started
+              const exit = yield* reserved.pipe(Effect.exit, Effect.timeoutOption("10 seconds"))
               assert.isTrue(Option.isSome(exit) && Exit.isFailure(exit.value), `reserve ${i} ended: ${String(exit)}`)
               if (Option.isSome(exit)) {
                 const error = Exit.findErrorOption(exit.value)
                 assert.isTrue(Option.isSome(error) && error.value._tag === "RedisError", String(exit.value))
-                if (Option.isSome(error)) assert.include(Redis.errorText(error.value), "300 ms")
+                if (Option.isSome(error)) assert.include(Redis.errorText(error.value), "within 300 ms")
               }
-              assert.isBelow(elapsed, 1500, `reserve ${i} failed after ${elapsed} ms`)
             }
-            const started = Date.now()
             const subscribed = yield* Effect.scoped(
               Effect.flatMap(redis.subscribe("orchestra-test"), (queue) => Effect.flip(Queue.take(queue)))
-            ).pipe(Effect.timeoutOption("3 seconds"))
-            const elapsed = Date.now() - started
+            ).pipe(Effect.timeoutOption("10 seconds"))
             assert.isTrue(Option.isSome(subscribed), "the subscription ended")
             if (Option.isSome(subscribed)) {
               assert.strictEqual(subscribed.value._tag, "RedisError")
-              assert.include(Redis.errorText(subscribed.value), "ms")
+              assert.include(Redis.errorText(subscribed.value), "within 500 ms")
             }
-            assert.isBelow(elapsed, 1500, `the subscription failed after ${elapsed} ms`)
 
             yield* server.resume
             const again = yield* Effect.suspend(() => reserved).pipe(
