@@ -2,6 +2,7 @@ import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
 import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Stream } from "effect"
+import { TestClock } from "effect/testing"
 import * as PersistenceRedis from "effect/persistence/Redis"
 import * as AiError from "../src/AiError.js"
 import { CircuitOpenError, modelError } from "../src/AiError.js"
@@ -35,7 +36,8 @@ const buildWithRaw = (server: RedisServer, options: Omit<CircuitBreaker.RedisOpt
   })
 
 /** A Redis deadline short enough for a test, and no outage report in its time. */
-const quietRedis = { timeout: "300 millis", reportAfter: "1 minute" } as const
+// A deadline a healthy Redis meets on a loaded machine: with 300 ms, a call that must succeed could miss it.
+const quietRedis = { timeout: "2 seconds", reportAfter: "1 minute" } as const
 
 const storeErrors = Effect.map(
   Metric.value(Metric.withAttributes(Metrics.storeErrors, { store: "breaker" })),
@@ -399,12 +401,13 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
     Effect.gen(function* () {
       const server = yield* startRedis
       const prefix = `${uniqueKey("p")}:`
-      const open = yield* build(server, { prefix, failMax: 2, redis: { timeout: "200 millis" } })
+      // Deadlines a healthy Redis meets on a loaded machine; a killed one refuses at once (the client is offline).
+      const open = yield* build(server, { prefix, failMax: 2, redis: { timeout: "2 seconds" } })
       const closed = yield* build(server, {
         prefix,
         failMax: 2,
         onStoreError: "reject",
-        redis: { timeout: "200 millis" }
+        redis: { timeout: "2 seconds" }
       })
       const key = uniqueKey("killed")
       assert.strictEqual(yield* open.execute(key, ok), "ok")
@@ -449,12 +452,12 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
         const logs = yield* captureLogs
         yield* Effect.gen(function* () {
           const server = yield* startRedis
-          // A lease of 600 ms is renewed every 200 ms while the probe runs.
+          // A lease of 3 s is renewed every second while the probe runs.
           const breakers = yield* build(server, {
             prefix: `${uniqueKey("p")}:`,
             failMax: 1,
             resetTimeout: "100 millis",
-            probeLease: "600 millis",
+            probeLease: "3 seconds",
             redis: quietRedis
           })
           const key = uniqueKey("renew")
@@ -465,8 +468,8 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
               const probe = yield* breakers.admit(key)
               assert.isTrue(probe.probe)
               yield* server.kill
-              // About five renewals, each refused at once (the client is offline).
-              yield* Effect.sleep("1 second")
+              // About three renewals, each refused at once (the client is offline).
+              yield* Effect.sleep("3500 millis")
             })
           )
           const errors = logs.lines.filter((l) => l.startsWith("Error"))
@@ -483,7 +486,7 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
         const breakers = yield* build(server, {
           prefix: `${uniqueKey("p")}:`,
           onStoreError: "reject",
-          redis: { timeout: "200 millis", probeInterval: "3 seconds" }
+          redis: { timeout: "2 seconds", probeInterval: "3 seconds" }
         })
         const key = uniqueKey("store-down")
         yield* server.kill
@@ -544,25 +547,45 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
     }).pipe(Effect.scoped)
   )
 
-  it.live("a hung Redis (SIGSTOP): calls answer after the guard's deadline, never wait on it", () =>
+  // The guard's deadline is TestClock's (the client's a day), so the healthy Redis of the first call never misses
+  // it: the calls on the hung Redis end once the clock passes it, and only then (real time between polls is a bound).
+  it.effect("a hung Redis (SIGSTOP): calls answer after the guard's deadline, never wait on it", () =>
     Effect.gen(function* () {
       const server = yield* startRedis
-      const breakers = yield* build(server, {
-        prefix: `${uniqueKey("p")}:`,
-        failMax: 2,
-        redis: { timeout: "200 millis" }
-      })
+      const breakers = Context.get(
+        yield* Layer.build(
+          CircuitBreaker.layerRedis({
+            prefix: `${uniqueKey("p")}:`,
+            failMax: 2,
+            redis: { timeout: "200 millis" }
+          }).pipe(Layer.provide(Redis.layer({ url: server.url, commandTimeout: "1 day" })))
+        ),
+        CircuitBreaker.Breakers
+      )
       const key = uniqueKey("hung")
       assert.strictEqual(yield* breakers.execute(key, ok), "ok")
       yield* server.pause
       yield* Effect.addFinalizer(() => server.resume)
-      const results = yield* Effect.forEach(Array.from({ length: 10 }), () => answered(breakers.execute(key, ok)), {
-        concurrency: 10
-      })
-      for (const result of results) assert.deepStrictEqual(result, Option.some(Exit.succeed("ok")))
-      assert.strictEqual(Option.getOrThrow(yield* answered(breakers.state(key)))._tag, "Success")
+      const calls = yield* Effect.forkChild(
+        Effect.forEach(Array.from({ length: 10 }), () => Effect.exit(breakers.execute(key, ok)), { concurrency: 10 }),
+        { startImmediately: true }
+      )
+      for (let i = 0; i < 20 && calls.pollUnsafe() === undefined; i++)
+        yield* TestClock.withLive(Effect.sleep("10 millis"))
+      assert.isUndefined(calls.pollUnsafe(), "the calls wait for the guard's deadline")
+      yield* TestClock.adjust("200 millis")
+      for (let i = 0; i < 500 && calls.pollUnsafe() === undefined; i++)
+        yield* TestClock.withLive(Effect.sleep("10 millis"))
+      assert.isDefined(calls.pollUnsafe(), "a call waited on the hung Redis past the guard's deadline")
+      for (const result of yield* Fiber.join(calls)) assert.deepStrictEqual(result, Exit.succeed("ok"))
+      const state = yield* Effect.forkChild(breakers.state(key), { startImmediately: true })
+      for (let i = 0; i < 500 && state.pollUnsafe() === undefined; i++) {
+        yield* TestClock.adjust("200 millis")
+        yield* TestClock.withLive(Effect.sleep("10 millis"))
+      }
+      assert.isDefined(state.pollUnsafe(), "state waited on the hung Redis")
       yield* server.resume
-    })
+    }).pipe(Effect.scoped)
   )
 
   it.live("Redis options are checked when the layer is built", () =>
