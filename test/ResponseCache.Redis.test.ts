@@ -897,29 +897,38 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     30_000
   )
 
-  it.live(
+  // The guard's deadline is TestClock's (the client's a day), so the healthy Redis of the other calls never misses it:
+  // invalidate on the hung Redis is seen waiting until the clock passes the deadline, and failing then.
+  it.effect(
     "invalidate while Redis does not answer fails with a StoreError, within the deadline, instead of passing",
     () =>
       Effect.scoped(
         Effect.gen(function* () {
           const server = yield* startRedis
-          const cache = yield* build(server, { redis: { timeout: "200 millis", reportAfter: "1 minute" } })
-          const provider = yield* scripted("1 millis")
+          const cache = yield* buildOnTestClock(server, { redis: { timeout: "200 millis", reportAfter: "1 minute" } })
+          // No time passes on TestClock but the deadline's: a healthy Redis is polled for, never cut.
+          const provider = yield* scripted("0 millis")
           const key = cache.key({ provider: "p", request: { prompt: "q" } })
-          assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
-          yield* Effect.sleep("100 millis")
+          const asked = yield* Effect.forkChild(ask(cache, provider, "q"), { startImmediately: true })
+          assert.strictEqual((yield* settle(asked, "0 millis")).source, "miss")
+          // Its write landed (the real time a healthy Redis takes).
+          yield* TestClock.withLive(Effect.sleep("100 millis"))
           yield* server.pause
           yield* Effect.addFinalizer(() => server.resume)
-          const [elapsed, exit] = yield* Effect.timed(Effect.exit(cache.invalidate(key)))
+          const invalidating = yield* Effect.forkChild(Effect.exit(cache.invalidate(key)), { startImmediately: true })
+          yield* TestClock.withLive(Effect.sleep("100 millis"))
+          assert.isUndefined(invalidating.pollUnsafe(), "invalidate waits for its deadline")
+          yield* TestClock.adjust("200 millis")
+          const exit = yield* settle(invalidating, "0 millis")
           yield* server.resume
-          assert.isBelow(Duration.toMillis(elapsed), 1000)
           assert.isTrue(Exit.isFailure(exit), "the answer is still in Redis: invalidate must not say it is gone")
           const error = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.findErrorOption(exit.cause)) : undefined
           assert.strictEqual(error?._tag, "StoreError")
           assert.strictEqual(error?._tag === "StoreError" ? error.operation : undefined, "DEL")
           // Redis back: invalidate goes through.
           yield* cache.invalidate(key)
-          assert.strictEqual((yield* ask(cache, provider, "q")).source, "miss")
+          const again = yield* Effect.forkChild(ask(cache, provider, "q"), { startImmediately: true })
+          assert.strictEqual((yield* settle(again, "0 millis")).source, "miss")
         })
       )
   )
@@ -969,7 +978,9 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       )
   )
 
-  it.live("writes under way when the layer closes still land: an answer's, a stream's parts", () =>
+  // The guard's deadline is TestClock's (the client's a day), so the healthy Redis of the writes never misses it:
+  // closing with Redis hung is seen waiting until the clock passes the deadline, and ending then.
+  it.effect("writes under way when the layer closes still land: an answer's, a stream's parts", () =>
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
@@ -980,7 +991,7 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         ]
         yield* Effect.scoped(
           Effect.gen(function* () {
-            const cache = yield* build(server, { name })
+            const cache = yield* buildOnTestClock(server, { name })
             yield* cache.getOrCompute("k", Effect.succeed(response("answer")))
             yield* cache.setParts("s", parts)
           })
@@ -992,14 +1003,18 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         ])
         // With Redis hung, closing waits for a write under way no longer than the Redis deadline.
         const layerScope = yield* Scope.make()
-        const cache = yield* build(server, { redis: { timeout: "300 millis", reportAfter: "1 minute" } }).pipe(
-          Scope.provide(layerScope)
-        )
+        const cache = yield* buildOnTestClock(server, {
+          redis: { timeout: "300 millis", reportAfter: "1 minute" }
+        }).pipe(Scope.provide(layerScope))
         yield* server.pause
         yield* Effect.addFinalizer(() => server.resume)
         yield* cache.setParts("t", parts)
-        const [closing] = yield* Effect.timed(Scope.close(layerScope, Exit.void))
-        assert.isBelow(Duration.toMillis(closing), 1500)
+        const closing = yield* Effect.forkChild(Scope.close(layerScope, Exit.void), { startImmediately: true })
+        yield* TestClock.withLive(Effect.sleep("100 millis"))
+        assert.isUndefined(closing.pollUnsafe(), "closing waits for the write under way")
+        yield* TestClock.adjust("300 millis")
+        yield* settle(closing, "0 millis")
+        assert.isDefined(closing.pollUnsafe(), "closing waited past the Redis deadline")
       })
     )
   )
