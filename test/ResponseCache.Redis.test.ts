@@ -1618,7 +1618,9 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         yield* Effect.scoped(
           Effect.gen(function* () {
             const server = yield* startRedis
-            const cache = yield* build(server, { ttl: "1 minute" })
+            // Live, with deadlines a healthy Redis never misses (the client's a day, the guard's a minute): a lookup
+            // cut on a loaded machine was an error more than the test counts.
+            const cache = yield* buildOnTestClock(server, { ttl: "1 minute", redis: { timeout: "1 minute" } })
             const redis = yield* admin(server)
             const odd: ReadonlyArray<readonly [string, unknown]> = [
               ["undefined", undefined],
