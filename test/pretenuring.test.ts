@@ -35,7 +35,7 @@ const traceAfterStart = (mode: "on" | "off") =>
 const tenured = (trace: string): number => trace.split("\n").filter((line) => line.includes("=> tenure")).length
 
 describe("Gateway.disableAllocationSitePretenuring", () => {
-  it("V8 pretenures a site whose objects all survive, and does not once it has run", { timeout: 60_000 }, async () => {
+  it("V8 pretenures a site whose objects all survive, and does not once it has run", { timeout: 180_000 }, async () => {
     const [on, off] = await Promise.all([traceAfterStart("on"), traceAfterStart("off")])
     assert.strictEqual(on.code, 0, on.trace)
     assert.strictEqual(off.code, 0, off.trace)
