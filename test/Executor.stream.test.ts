@@ -1729,6 +1729,58 @@ describe("Executor.stream: review of the resume and the cache", () => {
     })
   )
 
+  // Named "the provider call failed with a value that is not an AiError": the provider's failure, blamed on a
+  // provider that was never asked, where a call names the guard (`step.ts`).
+  it.effect("a user rate limit or breaker failing with a value that is not an AiError is a ModelError naming it", () =>
+    Effect.gen(function* () {
+      const cases = [
+        [(failure: unknown) => ({ rateLimit: { acquire: () => Effect.fail(failure) } }), "rate limit"],
+        [
+          (failure: unknown) => ({ breaker: { execute: () => Effect.never, admit: () => Effect.fail(failure) } }),
+          "circuit breaker"
+        ]
+      ] as const
+      for (const [guardsOf, named] of cases) {
+        for (const failure of ["store down", undefined]) {
+          const { executor } = yield* setup({ respond: () => "a b" }, { guards: guardsOf(failure) as never })
+          const error = yield* Effect.flip(collect(executor.stream(ask, { retry: { maxAttempts: 3, jitter: 0 } })))
+          assert.deepStrictEqual(
+            error._tag === "ModelError" && [error.reason, error.cause, error.provider],
+            ["Unknown", failure, executor.provider.name],
+            named
+          )
+          assert.include(error.message, `the ${named} failed with a value that is not an AiError`)
+          assert.deepStrictEqual((yield* executor.stats()).failuresByReason, { Unknown: 1 }, named)
+        }
+      }
+    })
+  )
+
+  // Its defect was made the provider's failure ("the provider stream failed unexpectedly"), which fell back to
+  // the next step: a call passes a guard's defect on as its own, tried on no other step.
+  it.effect("a user rate limit or breaker whose Effect dies is the stream's defect, as a call's is", () =>
+    Effect.gen(function* () {
+      const bug = new Error("guard bug")
+      const cases = [
+        [{ rateLimit: { acquire: () => Effect.die(bug) } }, "rate limit"],
+        [{ breaker: { execute: () => Effect.die(bug), admit: () => Effect.die(bug) } }, "circuit breaker"]
+      ] as const
+      for (const [guards, named] of cases) {
+        const { executor } = yield* setup({ respond: () => "a b" }, { guards: guards as never })
+        const fallback = { ...executor.provider, name: "fallback" }
+        const steps = [{ provider: executor.provider }, { provider: fallback }]
+        const call = yield* Effect.exit(executor.execute(ask))
+        assert.isTrue(Exit.isFailure(call) && Cause.squash(call.cause) === bug, `call, ${named}: ${String(call)}`)
+        const exit = yield* Effect.exit(collect(executor.stream(ask, { steps })))
+        assert.isTrue(Exit.isFailure(exit) && Cause.squash(exit.cause) === bug, `stream, ${named}: ${String(exit)}`)
+        // Each counted once, as Unknown; the fallback never tried.
+        const stats = yield* executor.stats()
+        assert.deepStrictEqual(stats.failuresByReason, { Unknown: 2 }, named)
+        assert.deepStrictEqual([stats.total, stats.fallbacks], [2, 0], named)
+      }
+    })
+  )
+
   // A custom cache whose read or write never ends held the stream for good: its read came before the
   // total deadline was armed, its write after the Finish, which the total deadline no longer cuts.
   it.effect("a custom cache's getParts that never ends is cut by the total deadline, as a call's lookup is", () =>

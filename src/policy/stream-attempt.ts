@@ -202,6 +202,11 @@ export interface Attempt {
   serving: boolean
   /** Whether its provider ever saw it: its breaker counts nothing of an attempt cut while it queued. */
   served: boolean
+  /**
+   * The user's guard the producer waits on ("the rate limit", "the circuit breaker"), else undefined: a
+   * failure then is that guard's, named as a call names it, and never its provider's (`step.ts`).
+   */
+  guard: string | undefined
   space: (() => void) | undefined
   dedupe: Dedupe | undefined
   /** The attempt's span, when its stream has one. */
@@ -294,6 +299,15 @@ const admitOf = (breaker: BreakerGuard, key: string): ReturnType<BreakerGuard["a
   }
 }
 
+// How an attempt its user's guard (`what`) failed ends, as a call's guard's failure ends the call (`step.ts`):
+// a failure that is no AiError is a ModelError naming the guard, a defect the stream's (not retried, no other
+// step), never its provider's failure.
+const guardEnd = (cause: Cause.Cause<unknown>, what: string, step: string): Exit.Exit<void, AiError> => {
+  const error = Cause.findErrorOption(cause)
+  if (error._tag === "Some") return Exit.fail(notAnAiError(error.value, step, what) ?? (error.value as AiError))
+  return Cause.hasDies(cause) ? Exit.failCause(cause as Cause.Cause<AiError>) : Exit.fail(interruptedError(step, false))
+}
+
 const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest) {
   const { engine, plan, now, signal } = host
   const step = attempt.step
@@ -305,11 +319,14 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
       step.tokens === undefined || (attempt.dedupe === undefined && step.prepare === undefined)
         ? step.tokens
         : estimateInputTokens(upstream) + (upstream.maxTokens ?? 0)
+    attempt.guard = "the rate limit"
     yield* acquireOf(step.rateLimit, step.name, { tokens, waitUntil: at === Infinity ? undefined : at })
   }
   if (step.breaker !== undefined) {
+    attempt.guard = "the circuit breaker"
     attempt.permit = yield* Scope.provide(admitOf(step.breaker, step.name), attempt.scope)
   }
+  attempt.guard = undefined
   // The first chunk's deadline covers the wait for the provider's slot, as an attempt's deadline
   // covers a call's: a stream queued behind a local model's pool waited up to its total deadline.
   attempt.watch.arm(firstChunkOf(plan, step))
@@ -473,6 +490,7 @@ const startAttempt = Effect.fnUntraced(function* (
     finish: undefined,
     serving: false,
     served: false,
+    guard: undefined,
     space: undefined,
     dedupe,
     span
@@ -499,16 +517,18 @@ const startAttempt = Effect.fnUntraced(function* (
               ? exit
               : isGuardDefect(exit.cause)
                 ? (exit as Exit.Exit<void, AiError>)
-                : Exit.fail(
-                    Option.match(Cause.findErrorOption(exit.cause), {
-                      // A provider's stream that failed with what is not an AiError: its ModelError.
-                      onSome: (error) => notAnAiError(error, step.name) ?? error,
-                      onNone: () =>
-                        Cause.hasInterruptsOnly(exit.cause)
-                          ? interruptedError(step.name, attempt.finish !== undefined)
-                          : unexpected(exit.cause, step.name, "stream")
-                    })
-                  )
+                : attempt.guard !== undefined
+                  ? guardEnd(exit.cause as Cause.Cause<unknown>, attempt.guard, step.name)
+                  : Exit.fail(
+                      Option.match(Cause.findErrorOption(exit.cause), {
+                        // A provider's stream that failed with what is not an AiError: its ModelError.
+                        onSome: (error) => notAnAiError(error, step.name) ?? error,
+                        onNone: () =>
+                          Cause.hasInterruptsOnly(exit.cause)
+                            ? interruptedError(step.name, attempt.finish !== undefined)
+                            : unexpected(exit.cause, step.name, "stream")
+                      })
+                    )
           }
           signal()
           return attempt.release ?? Effect.void
