@@ -1781,6 +1781,30 @@ describe("Executor.stream: review of the resume and the cache", () => {
     })
   )
 
+  it.effect("a user breaker's record that throws or returns no Effect is the stream's defect naming it", () =>
+    Effect.gen(function* () {
+      const cases = [
+        [
+          () => {
+            throw new Error("record bug")
+          },
+          "the circuit breaker's record threw (step mock): Error: record bug"
+        ],
+        [() => 42, "the circuit breaker's record must return an Effect, got"]
+      ] as const
+      for (const [record, message] of cases) {
+        const breaker = { execute: () => Effect.never, admit: () => Effect.succeed({ record }) }
+        const { executor } = yield* setup({ respond: () => "a b" }, { guards: { breaker } as never })
+        const exit = yield* Effect.exit(collect(executor.stream(ask)))
+        assert.isTrue(Exit.isFailure(exit) && Cause.hasDies(exit.cause), `${message}: ${String(exit)}`)
+        if (Exit.isFailure(exit)) assert.include((Cause.squash(exit.cause) as Error).message, message)
+        // Counted as a call's breaker's defect is: Unknown (not Interrupted: nobody interrupted it).
+        const stats = yield* executor.stats()
+        assert.deepStrictEqual([stats.inFlight, stats.failuresByReason], [0, { Unknown: 1 }], message)
+      }
+    })
+  )
+
   // A custom cache whose read or write never ends held the stream for good: its read came before the
   // total deadline was armed, its write after the Finish, which the total deadline no longer cuts.
   it.effect("a custom cache's getParts that never ends is cut by the total deadline, as a call's lookup is", () =>

@@ -584,11 +584,28 @@ export const closeAttempt = (
     const permit = attempt.permit
     attempt.permit = undefined
     if (permit === undefined) return closeScopes(attempt, lanes)
-    const record = permit.record(attempt.served ? outcome : "ignored")
+    const record = recordOf(permit, attempt.served ? outcome : "ignored", attempt.step.name)
+    // One that threw or returned no Effect: the stream's defect naming it, its scopes closed all the same.
+    if (!Effect.isEffect(record)) return Effect.andThen(closeScopes(attempt, lanes), Effect.die(record))
     // A user's breaker whose record does not end would hold the stream's end (and its next attempt) for ever.
     const bounded = selfBounded.has(attempt.step.breaker!) ? record : endWithin(record, lanes)
     return Effect.andThen(bounded, () => closeScopes(attempt, lanes))
   })
+
+// A permit's record of `outcome`, or the defect of a user's record that threw or returned no Effect (named as a
+// call's breaker's execute is, `step.ts`).
+const recordOf = (
+  permit: BreakerPermit,
+  outcome: Exit.Exit<void, AiError> | "ignored",
+  step: string
+): Effect.Effect<void> | Error => {
+  try {
+    const record = permit.record(outcome)
+    return Effect.isEffect(record) ? record : guardDefect(notAnEffectError("the circuit breaker's record", record))
+  } catch (defect) {
+    return guardDefect(guardThrew("the circuit breaker's record", step, defect))
+  }
+}
 
 // The upstream's scope first, bounded (unless the producer closed it at its Finish: no fiber then), then
 // the attempt's own, which holds only what the attempt itself put there (its slot, its breaker permit).

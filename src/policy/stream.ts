@@ -29,7 +29,7 @@ import type { GenerateRequest, StreamPart } from "../Model.js"
 import { schedule as retrySchedule } from "../Policy.js"
 import type { Ending, Watch } from "./deadline.js"
 import type { Engine } from "./engine.js"
-import { cutByShutdown, exhaustedOr, shuttingDown } from "./failure.js"
+import { cutByShutdown, exhaustedOr, isGuardDefect, shuttingDown } from "./failure.js"
 import { CurrentCut } from "./plan.js"
 import { endSpan, isTraced } from "./span.js"
 import {
@@ -293,7 +293,8 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       }
     }
 
-    const finalizer = Effect.suspend(() => {
+    // Run as the stream's scope closes, with the exit it closes with.
+    const finalizer = (exit: Exit.Exit<unknown, unknown>): Effect.Effect<unknown> => {
       closing = true
       total?.dispose()
       cut?.stops?.delete(stop)
@@ -315,9 +316,16 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         return onEnd(attempt)
       }
       if (terminal === undefined) {
-        // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is).
+        // Left by its consumer: cancelled, or cut by the caller's deadline (counted as the timeout it is); or
+        // ended by a user guard's defect out of its pull (a breaker's record that threw), counted Unknown as a
+        // call's is (not a defect of the consumer's own, downstream: it left the stream).
         const error = cut?.error
-        terminal = error === undefined ? Exit.interrupt() : Exit.fail(error)
+        terminal =
+          error !== undefined
+            ? Exit.fail(error)
+            : Exit.isFailure(exit) && isGuardDefect(exit.cause)
+              ? (exit as Exit.Exit<void, AiError>)
+              : Exit.interrupt()
         const open = attempt ?? stepAttempt
         if (error?._tag === "TimeoutError" && open !== undefined && !stepClosed) open.series.timeouts++
         // An end its provider reached, read ahead (a whole answer, its tokens spent), counts as its
@@ -330,7 +338,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       // what its provider did before: its end read ahead, not yet read (a failure, a whole answer).
       const own = attempt.end !== undefined && attempt !== cutAttempt ? attempt.end : "ignored"
       return closeAttempt(attempt, own, clock, engine.lanes, terminal)
-    })
+    }
     // The attempts' scopes are forked from this one, made before the finalizer below is added so
     // that it closes after it (last added, first run): the attempt the finalizer ends is still open,
     // its breaker permit not yet closed unrecorded (ignored: a probe left half-open).
@@ -345,7 +353,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
         total.arm(plan.totalTimeout)
         if (plan.totalTimeout !== undefined) totalAt = now() + Duration.toMillis(plan.totalTimeout)
         if (cut !== undefined) (cut.stops ??= new Set()).add(stop)
-        return Scope.addFinalizer(streamScope, finalizer)
+        return Scope.addFinalizerExit(streamScope, finalizer)
       })
     )
 
