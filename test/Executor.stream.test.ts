@@ -1781,6 +1781,26 @@ describe("Executor.stream: review of the resume and the cache", () => {
     })
   )
 
+  // It was "the provider stream was interrupted", blamed on a provider never asked; a call's is the guard's.
+  it.effect("a user rate limit or breaker that interrupts itself is a ModelError naming it, as a call's is", () =>
+    Effect.gen(function* () {
+      const cases = [
+        [{ rateLimit: { acquire: () => Effect.interrupt } }, "the rate limit"],
+        [{ breaker: { execute: () => Effect.interrupt, admit: () => Effect.interrupt } }, "the circuit breaker"]
+      ] as const
+      for (const [guards, named] of cases) {
+        const { executor } = yield* setup({ respond: () => "a b" }, { guards: guards as never })
+        const error = yield* Effect.flip(collect(executor.stream(ask)))
+        assert.deepStrictEqual(error._tag === "ModelError" && [error.reason, error.message, error.provider], [
+          "Unknown",
+          `${named} was interrupted`,
+          executor.provider.name
+        ])
+        assert.deepStrictEqual((yield* executor.stats()).failuresByReason, { Unknown: 1 }, named)
+      }
+    })
+  )
+
   it.effect("a user breaker's record that throws or returns no Effect is the stream's defect naming it", () =>
     Effect.gen(function* () {
       const cases = [

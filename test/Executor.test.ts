@@ -1512,6 +1512,29 @@ describe("Executor: a user guard that fails with a value that is not an AiError"
   }
 })
 
+describe("Executor: a user guard that interrupts itself", () => {
+  // The call ended with a bare interruption nobody asked for (counted Interrupted): a provider that interrupts
+  // itself is its typed ModelError ("the provider call was interrupted"), and so is a guard now.
+  const cases = [
+    [{ rateLimit: { acquire: () => Effect.interrupt } }, "the rate limit"],
+    [{ breaker: { execute: () => Effect.interrupt, admit: () => Effect.interrupt } }, "the circuit breaker"]
+  ] as const
+  for (const [guards, named] of cases) {
+    it.effect(`${named}: a ModelError of reason Unknown naming it, counted so`, () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ respond: () => "hi" }, { guards: guards as never })
+        const error = yield* Effect.flip(executor.execute(ask))
+        assert.deepStrictEqual(error._tag === "ModelError" && [error.reason, error.message, error.provider], [
+          "Unknown",
+          `${named} was interrupted`,
+          executor.provider.name
+        ])
+        assert.deepStrictEqual((yield* executor.stats()).failuresByReason, { Unknown: 1 })
+      })
+    )
+  }
+})
+
 describe("Executor: a user cache that answers no { value, source }", () => {
   it.effect("the call fails with a defect naming the cache and what it answered", () =>
     Effect.gen(function* () {

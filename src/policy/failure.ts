@@ -138,6 +138,16 @@ export const cacheKeyOf = <R>(cache: { readonly key: (request: R) => string }, r
 }
 
 /**
+ * The error of a call or stream whose user's guard (`what`: "the rate limit") interrupted itself: nobody else
+ * did (a caller's interruption never gets here), and the call ends with a typed error naming it, as a
+ * provider that interrupts itself does (`unexpected`), not with a bare interruption.
+ *
+ * @internal
+ */
+export const guardInterrupted = (what: string, provider: string): ModelError =>
+  new ModelError({ reason: "Unknown", message: `${what} was interrupted`, provider })
+
+/**
  * The error of an attempt whose target answered something that is no answer (`Step.answerIssue`).
  *
  * @internal

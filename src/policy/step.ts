@@ -21,6 +21,7 @@ import {
   cutByShutdown,
   executeOf,
   guardDefect,
+  guardInterrupted,
   guardThrew,
   isGuardDefect,
   malformedAnswer,
@@ -315,7 +316,12 @@ export const make = (env: Env): Driver => {
       if (result === "shutdown" || result === "timeout") return Effect.fail(cutByShutdown())
       if (Exit.isSuccess(result)) return result
       const error = Cause.findErrorOption(result.cause)
-      const replaced = error._tag === "None" ? undefined : notAnAiError(error.value, name, what)
+      const replaced =
+        error._tag === "Some"
+          ? notAnAiError(error.value, name, what)
+          : Cause.hasInterruptsOnly(result.cause)
+            ? guardInterrupted(what, name)
+            : undefined
       return replaced === undefined ? result : Effect.fail(replaced)
     })
 

@@ -33,7 +33,15 @@ import { ChunkDeadline, estimateInputTokens, type Finish, type GenerateRequest, 
 import type { Series } from "../stats/series.js"
 import type { Ending, Lanes, Watch } from "./deadline.js"
 import type { Engine } from "./engine.js"
-import { cutByShutdown, guardDefect, guardThrew, isGuardDefect, notAnAiError, unexpected } from "./failure.js"
+import {
+  cutByShutdown,
+  guardDefect,
+  guardInterrupted,
+  guardThrew,
+  isGuardDefect,
+  notAnAiError,
+  unexpected
+} from "./failure.js"
 import { notAnEffectError } from "./callback.js"
 import { type BreakerGuard, type BreakerPermit, type LimitGuard, selfBounded } from "./plan.js"
 import { answerAttributes, endSpan } from "./span.js"
@@ -301,11 +309,12 @@ const admitOf = (breaker: BreakerGuard, key: string): ReturnType<BreakerGuard["a
 
 // How an attempt its user's guard (`what`) failed ends, as a call's guard's failure ends the call (`step.ts`):
 // a failure that is no AiError is a ModelError naming the guard, a defect the stream's (not retried, no other
-// step), never its provider's failure.
+// step), the guard's own interruption a ModelError naming it (an interruption from outside set the attempt's
+// end first, or its consumer is gone): never its provider's failure.
 const guardEnd = (cause: Cause.Cause<unknown>, what: string, step: string): Exit.Exit<void, AiError> => {
   const error = Cause.findErrorOption(cause)
   if (error._tag === "Some") return Exit.fail(notAnAiError(error.value, step, what) ?? (error.value as AiError))
-  return Cause.hasDies(cause) ? Exit.failCause(cause as Cause.Cause<AiError>) : Exit.fail(interruptedError(step, false))
+  return Cause.hasDies(cause) ? Exit.failCause(cause as Cause.Cause<AiError>) : Exit.fail(guardInterrupted(what, step))
 }
 
 const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt, upstream: GenerateRequest) {
