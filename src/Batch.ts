@@ -28,15 +28,16 @@
  *
  * @since 0.1.0
  */
-import { Context, Effect, Layer, Option, Queue, Stream } from "effect"
-import type { AiError, ModelError } from "./AiError.js"
+import { Context, Effect, Layer, Option, Queue, Result, Stream } from "effect"
+import { type AiError, ModelError } from "./AiError.js"
 import { Executor } from "./Executor.js"
 import * as Input from "./Input.js"
 import type { GenerateRequest } from "./Model.js"
 import { type Answer, Router } from "./Router.js"
 import type { ExecutionStats } from "./Stats.js"
 import { Gate } from "./batch/gate.js"
-import { run as runBatch } from "./batch/runner.js"
+import { Outbox } from "./batch/outbox.js"
+import { type Room, run as runBatch } from "./batch/runner.js"
 
 /**
  * A bare prompt (on the batch's domain), a query with its domain, or a full request. An
@@ -204,6 +205,31 @@ export interface RunOptions {
 export type StreamEvent = ProgressEvent | { readonly _tag: "Done"; readonly result: BatchResult }
 
 /**
+ * How many events `stream` keeps for a consumer slower than its batch when `bufferSize` is not given.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const defaultBufferSize = 1_024
+
+/**
+ * The options of `stream`: those of `run` but `onEvent`, and the size of its buffer.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface StreamOptions extends Omit<RunOptions, "onEvent"> {
+  /**
+   * The most events waiting for the consumer before the batch holds back (a positive integer; default
+   * {@link defaultBufferSize}). While the buffer is full the batch starts no item; the items already running
+   * go on, and their events (a few each) wait beyond it.
+   *
+   * @since 0.3.0
+   */
+  readonly bufferSize?: number | undefined
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -217,13 +243,12 @@ export interface Service {
   readonly run: (items: ReadonlyArray<Item>, options?: RunOptions) => Effect.Effect<BatchResult, ModelError>
   /**
    * Progress events, then the result as the last element. Leaving the stream early
-   * interrupts the batch. Events wait in a queue for a slower consumer (about two per
-   * item, plus one per retry): the batch itself never waits for the consumer.
+   * interrupts the batch. Backpressured: at most `bufferSize` events (default 1,024) wait for a
+   * slower consumer; while they do the batch starts no item, and the items already running go on
+   * (their events, about two each plus one per retry, wait beyond the buffer). `cancel` and
+   * interrupting the stream still end a batch that is held back.
    */
-  readonly stream: (
-    items: ReadonlyArray<Item>,
-    options?: Omit<RunOptions, "onEvent">
-  ) => Stream.Stream<StreamEvent, ModelError>
+  readonly stream: (items: ReadonlyArray<Item>, options?: StreamOptions) => Stream.Stream<StreamEvent, ModelError>
   /** The shared concurrency limit (`maxConcurrent`). */
   readonly limit: number
 }
@@ -260,6 +285,21 @@ export interface Options {
 }
 
 const optionKeys: ReadonlySet<string> = new Set(["maxConcurrent", "maxItems"])
+
+/**
+ * The stream's `bufferSize`, or its `InvalidRequest`. Options that cannot be read are left to the run's own check.
+ */
+const bufferSizeOf = (options: unknown): number | ModelError => {
+  if (options === null || typeof options !== "object") return defaultBufferSize
+  let given: unknown
+  try {
+    given = (options as { readonly bufferSize?: unknown }).bufferSize
+  } catch {
+    return defaultBufferSize
+  }
+  const size = Input.positiveInt("bufferSize", Input.orDefault(given, defaultBufferSize))
+  return Result.isFailure(size) ? Input.toInvalidRequest(size.failure) : size.success
+}
 
 /**
  * Builds the batch service over the executor and router in context. A `maxConcurrent` or
@@ -304,25 +344,32 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   const runTapped = Effect.fn("Batch.run")(function* (
     items: ReadonlyArray<Item>,
     runOptions: RunOptions | undefined,
-    tap: ((event: ProgressEvent) => void) | undefined
+    tap: ((event: ProgressEvent) => void) | undefined,
+    room: Room | undefined
   ) {
-    return yield* runBatch(deps, items, runOptions, tap)
+    return yield* runBatch(deps, items, runOptions, tap, room)
   })
-  const run = (items: ReadonlyArray<Item>, runOptions?: RunOptions) => runTapped(items, runOptions, undefined)
+  const run = (items: ReadonlyArray<Item>, runOptions?: RunOptions) =>
+    runTapped(items, runOptions, undefined, undefined)
 
   // The options go to the run as they are, checked as `run` checks them (`onProgress: 5` is
   // refused, not called); the stream's own tap sees each event before them.
-  const stream = (items: ReadonlyArray<Item>, runOptions?: Omit<RunOptions, "onEvent">) =>
-    Stream.callback<StreamEvent, ModelError>((queue) =>
-      Effect.flatMap(
-        // A synchronous offer per event (the queue is unbounded): no Effect per event.
-        runTapped(items, runOptions, (event) => Queue.offerUnsafe(queue, event)),
-        (result) => {
-          Queue.offerUnsafe(queue, { _tag: "Done", result })
-          return Queue.end(queue)
-        }
-      )
+  const stream = (items: ReadonlyArray<Item>, runOptions?: StreamOptions) => {
+    const size = bufferSizeOf(runOptions)
+    if (size instanceof ModelError) return Stream.fail(size)
+    return Stream.callback<StreamEvent, ModelError>(
+      (queue) =>
+        Effect.gen(function* () {
+          const outbox = new Outbox<StreamEvent>(queue)
+          yield* Effect.forkScoped(outbox.drain)
+          const result = yield* runTapped(items, runOptions, (event) => outbox.offer(event), outbox)
+          outbox.offer({ _tag: "Done", result })
+          yield* outbox.awaitRoom
+          yield* Queue.end(queue)
+        }),
+      { bufferSize: size, strategy: "suspend" }
     )
+  }
 
   return { run, stream, limit } satisfies Service
 })
@@ -359,14 +406,15 @@ export const run = (items: ReadonlyArray<Item>, options?: RunOptions): Effect.Ef
 
 /**
  * Progress events of a batch as a `Stream`, then its result (`_tag: "Done"`). Leaving the
- * stream early interrupts the batch.
+ * stream early interrupts the batch. A consumer slower than the batch holds it back: once
+ * `bufferSize` events wait for it, no item starts until it takes some (see `Service.stream`).
  *
  * @since 0.1.0
  * @category accessors
  */
 export const stream = (
   items: ReadonlyArray<Item>,
-  options?: Omit<RunOptions, "onEvent">
+  options?: StreamOptions
 ): Stream.Stream<StreamEvent, ModelError, Batch> =>
   Stream.unwrap(Effect.map(Batch, (batch) => batch.stream(items, options)))
 

@@ -1113,6 +1113,17 @@ for (const mode of modes) {
       })
     )
 
+    it.effect("Batch.stream refuses a bufferSize that is not a positive integer, naming it", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: {} })
+        for (const bufferSize of [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, "8" as never]) {
+          const error = yield* Effect.flip(Stream.runCollect(batch.stream(["x"], { domain: mode.domain, bufferSize })))
+          assert.strictEqual(invalidField(error), "bufferSize", String(bufferSize))
+        }
+        assert.strictEqual(yield* controls.a!.calls, 0)
+      })
+    )
+
     it.effect("Batch.stream fails with the run's error when the batch is invalid", () =>
       Effect.gen(function* () {
         const { batch } = yield* makeOrchestra({ a: {} })
@@ -1138,6 +1149,71 @@ for (const mode of modes) {
         assert.isAtLeast(yield* controls.a!.interrupted, 1)
         yield* TestClock.adjust("10 seconds")
         assert.isBelow(yield* controls.a!.calls, 6, "no new item started after the consumer left")
+      })
+    )
+
+    it.effect(
+      "Batch.stream holds the batch back while its consumer does not pull: at most bufferSize events wait",
+      () =>
+        Effect.gen(function* () {
+          const { batch, controls } = yield* makeOrchestra({ a: { latency: "10 millis" } }, { maxConcurrent: 4 })
+          const total = 2_000
+          const items = Array.from({ length: total }, (_, i) => `${i}`)
+          let produced = 0
+          const scope = yield* Scope.make()
+          const pull = yield* Stream.toPull(
+            batch.stream(items, {
+              domain: mode.domain,
+              bufferSize: 16,
+              onProgress: () => {
+                produced++
+              }
+            })
+          ).pipe(Scope.provide(scope))
+          const taken: Array<Batch.StreamEvent> = [...(yield* pull)]
+          yield* TestClock.adjust("1 hour")
+          // Taken, plus the buffer, plus the events of the items in flight (a Started and an outcome each).
+          assert.isAtMost(produced, taken.length + 16 + 4 * 2 + 2, "the batch waited for its consumer")
+          assert.isBelow(yield* controls.a!.calls, total)
+          // Pulled again, the batch goes on to its end: every item its one outcome, every event in order.
+          const rest = yield* Effect.forkChild(
+            Effect.gen(function* () {
+              while (taken.at(-1)?._tag !== "Done") taken.push(...(yield* pull))
+            })
+          )
+          // Step by step: an item starts only once the consumer has taken, after the clock's last step.
+          for (let step = 0; step < 10_000 && rest.pollUnsafe() === undefined; step++) {
+            yield* TestClock.adjust("10 millis")
+          }
+          yield* Fiber.join(rest)
+          yield* Scope.close(scope, Exit.void)
+          const done = taken.at(-1)
+          assert.isTrue(done?._tag === "Done" && done.result.results.every((r) => r.status === "success"))
+          const outcomes = taken.flatMap((e) => (e._tag === "Succeeded" ? [e.index] : []))
+          assert.deepStrictEqual(
+            [...outcomes].sort((a, b) => a - b),
+            items.map((_, i) => i)
+          )
+          assert.strictEqual(taken.length, 2 * total + 1)
+          assert.strictEqual(produced, 2 * total)
+        })
+    )
+
+    it.effect("a consumer that leaves while Batch.stream holds the batch back ends it: no call left running", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "10 millis" } }, { maxConcurrent: 4 })
+        const items = Array.from({ length: 1_000 }, (_, i) => `${i}`)
+        const scope = yield* Scope.make()
+        const pull = yield* Stream.toPull(batch.stream(items, { domain: mode.domain, bufferSize: 4 })).pipe(
+          Scope.provide(scope)
+        )
+        yield* pull
+        yield* TestClock.adjust("1 hour")
+        const calls = yield* controls.a!.calls
+        yield* Scope.close(scope, Exit.void)
+        assert.strictEqual(yield* controls.a!.inFlight, 0)
+        yield* TestClock.adjust("1 hour")
+        assert.strictEqual(yield* controls.a!.calls, calls, "no item started after the consumer left")
       })
     )
 

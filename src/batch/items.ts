@@ -153,9 +153,10 @@ interface RawOptions {
   readonly onEvent?: unknown
   readonly cancel?: unknown
   readonly id?: unknown
+  readonly bufferSize?: unknown
 }
 
-const optionNames = ["concurrency", "domain", "fallback", "onProgress", "onEvent", "cancel", "id"]
+const optionNames = ["concurrency", "domain", "fallback", "onProgress", "onEvent", "cancel", "id", "bufferSize"]
 const optionFields: ReadonlySet<string> = new Set(optionNames)
 
 /** The most domains a batch's `fallback` lists (a chain longer than this is a mistake, not a plan). */
@@ -199,6 +200,8 @@ export const check: (
   const options = read.success as RawOptions
   const concurrency = Input.optional(options.concurrency, (n) => Input.positiveInt("concurrency", n))
   if (Result.isFailure(concurrency)) return yield* fail(concurrency.failure.path, concurrency.failure.message)
+  const bufferSize = Input.optional(options.bufferSize, (n) => Input.positiveInt("bufferSize", n))
+  if (Result.isFailure(bufferSize)) return yield* fail(bufferSize.failure.path, bufferSize.failure.message)
   const domain = options.domain
   if (domain !== undefined) {
     if (typeof domain !== "string") return yield* fail("domain", `expected a domain name, got ${Input.kindOf(domain)}`)

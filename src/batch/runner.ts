@@ -35,6 +35,15 @@ import { type Steps, statsOf } from "./stats.js"
 import { monotonicMillis } from "../stats/clock.js"
 
 /**
+ * Backpressure from a consumer of the batch's events (`Batch.stream`'s outbox): while `room` answers false the
+ * batch starts no item, waiting in `awaitRoom` (interruptible) instead. The items already running go on.
+ */
+export interface Room {
+  readonly room: () => boolean
+  readonly awaitRoom: Effect.Effect<void>
+}
+
+/**
  * What every run of a manager shares.
  */
 export interface Deps {
@@ -271,7 +280,9 @@ export const run = Effect.fnUntraced(function* (
   rawItems: unknown,
   rawOptions: RunOptions | undefined,
   /** Sees every event first (`Batch.stream`'s queue); it must not throw. */
-  tap?: ((event: ProgressEvent) => void) | undefined
+  tap?: ((event: ProgressEvent) => void) | undefined,
+  /** Holds the batch back while its consumer's buffer is full (`Batch.stream`). */
+  room?: Room | undefined
 ) {
   const { executor, router, gate, limit } = deps
   const { items, total, options } = yield* check(
@@ -399,6 +410,7 @@ export const run = Effect.fnUntraced(function* (
     // Cancelled (by an event callback of this very worker, say): no item starts any more; the
     // interruption of the pool that follows the cancellation ends this worker.
     if (cancelled) return Effect.never
+    if (room !== undefined && !room.room()) return Effect.flatMap(room.awaitRoom, () => runItem(index))
     const takenAt = monotonicMillis(clock)
     // The outcome is written holding the permit, and its event run once the permit is back: a slow
     // `onEvent` must not keep the manager's shared limit from the other batches' items.
@@ -443,6 +455,7 @@ export const run = Effect.fnUntraced(function* (
     settle: (index, exit) => runNow(settle(index, exit)),
     settled: (index) => results[index] !== undefined,
     halted: () => cancelled,
+    room,
     call
   }
 

@@ -15,6 +15,7 @@ import type { Engine } from "../policy/engine.js"
 import type { Running } from "../policy/fused.js"
 import { runStarted } from "../policy/pool.js"
 import type { Gate } from "./gate.js"
+import type { Room } from "./runner.js"
 import { monotonicMillis } from "../stats/clock.js"
 
 /**
@@ -46,6 +47,8 @@ export interface Batch {
    * the pool's fiber sees its interruption.
    */
   readonly halted: () => boolean
+  /** While it answers false, no item starts (the pool waits in `awaitRoom`): a consumer's buffer is full. */
+  readonly room?: Room | undefined
   /**
    * The item's call: its plan (started from JavaScript), its refusal (its own, or the closing manager's), or an
    * Effect of the whole call when its route is not resolved yet (run on a fiber of its own).
@@ -60,7 +63,7 @@ export interface Batch {
  */
 export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
   Effect.withFiber((fiber) => {
-    const { total, concurrency, gate, clock } = batch
+    const { total, concurrency, gate, clock, room } = batch
     const answers = new Array<((value: never) => Answer) | undefined>(total)
     // When each free place of the batch's concurrency opened, oldest first.
     let freedAt: Array<number> = []
@@ -82,8 +85,17 @@ export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
       // A halted batch takes no more permits: the pool stops starting items at once (it waits
       // for one instead, where the interruption that follows the halt reaches it).
       permits: {
-        tryTake: () => !batch.halted() && gate.tryTake(),
-        take: Effect.suspend(() => (batch.halted() ? Effect.never : gate.take)),
+        tryTake:
+          room === undefined
+            ? () => !batch.halted() && gate.tryTake()
+            : () => !batch.halted() && room.room() && gate.tryTake(),
+        take: Effect.suspend(() =>
+          batch.halted()
+            ? Effect.never
+            : room === undefined || room.room()
+              ? gate.take
+              : Effect.andThen(room.awaitRoom, gate.take)
+        ),
         release: () => {
           freedAt.push(monotonicMillis(clock))
           gate.release()
