@@ -1199,6 +1199,42 @@ for (const mode of modes) {
         })
     )
 
+    it.effect("cancel stops a batch that Batch.stream holds back: its result says which items never ran", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "10 millis" } }, { maxConcurrent: 4 })
+        const total = 1_000
+        const items = Array.from({ length: total }, (_, i) => `${i}`)
+        const cancel = yield* Deferred.make<void>()
+        const scope = yield* Scope.make()
+        const pull = yield* Stream.toPull(
+          batch.stream(items, { domain: mode.domain, bufferSize: 4, cancel: Deferred.await(cancel) })
+        ).pipe(Scope.provide(scope))
+        const taken: Array<Batch.StreamEvent> = [...(yield* pull)]
+        yield* TestClock.adjust("1 hour")
+        yield* Deferred.succeed(cancel, undefined)
+        const rest = yield* Effect.forkChild(
+          Effect.gen(function* () {
+            while (taken.at(-1)?._tag !== "Done") taken.push(...(yield* pull))
+          })
+        )
+        for (let step = 0; step < 1_000 && rest.pollUnsafe() === undefined; step++) {
+          yield* TestClock.adjust("10 millis")
+        }
+        yield* Fiber.join(rest)
+        yield* Scope.close(scope, Exit.void)
+        const done = taken.at(-1)
+        assert.isTrue(done?._tag === "Done")
+        if (done?._tag !== "Done") return
+        const { result } = done
+        assert.isTrue(result.cancelled)
+        assert.strictEqual(result.results.length, total)
+        assert.isAbove(result.notRun.length, total / 2, "the held-back items never started")
+        assert.strictEqual(taken.at(-2)?._tag, "Cancelled")
+        assert.isBelow(yield* controls.a!.calls, total / 2)
+        assert.strictEqual(yield* controls.a!.inFlight, 0)
+      })
+    )
+
     it.effect("a consumer that leaves while Batch.stream holds the batch back ends it: no call left running", () =>
       Effect.gen(function* () {
         const { batch, controls } = yield* makeOrchestra({ a: { latency: "10 millis" } }, { maxConcurrent: 4 })
