@@ -1235,6 +1235,50 @@ for (const mode of modes) {
       })
     )
 
+    it.effect("Batch.stream holds back a batch on worker fibers too (an executor of the caller's own)", () =>
+      Effect.gen(function* () {
+        const { executor, router, controls } = yield* makeOrchestra(
+          { a: { latency: "10 millis" } },
+          { maxConcurrent: 4 }
+        )
+        // A copy of the executor is not one the batch can start calls on from JavaScript: it runs workers.
+        const batch = yield* Batch.make({ maxConcurrent: 4 }).pipe(
+          Effect.provideService(Executor, { ...executor }),
+          Effect.provideService(Router, router)
+        )
+        const total = 1_000
+        const items = Array.from({ length: total }, (_, i) => `${i}`)
+        let produced = 0
+        const scope = yield* Scope.make()
+        const pull = yield* Stream.toPull(
+          batch.stream(items, {
+            domain: mode.domain,
+            bufferSize: 8,
+            onProgress: () => {
+              produced++
+            }
+          })
+        ).pipe(Scope.provide(scope))
+        const taken: Array<Batch.StreamEvent> = [...(yield* pull)]
+        yield* TestClock.adjust("1 hour")
+        assert.isAtMost(produced, taken.length + 8 + 4 * 2 + 2, "the workers waited for the consumer")
+        const rest = yield* Effect.forkChild(
+          Effect.gen(function* () {
+            while (taken.at(-1)?._tag !== "Done") taken.push(...(yield* pull))
+          })
+        )
+        for (let step = 0; step < 10_000 && rest.pollUnsafe() === undefined; step++) {
+          yield* TestClock.adjust("10 millis")
+        }
+        yield* Fiber.join(rest)
+        yield* Scope.close(scope, Exit.void)
+        const done = taken.at(-1)
+        assert.isTrue(done?._tag === "Done" && done.result.results.every((r) => r.status === "success"))
+        assert.strictEqual(yield* controls.a!.calls, total)
+        assert.strictEqual(taken.length, 2 * total + 1)
+      })
+    )
+
     it.effect("a consumer that leaves while Batch.stream holds the batch back ends it: no call left running", () =>
       Effect.gen(function* () {
         const { batch, controls } = yield* makeOrchestra({ a: { latency: "10 millis" } }, { maxConcurrent: 4 })
