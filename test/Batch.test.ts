@@ -1279,6 +1279,34 @@ for (const mode of modes) {
       })
     )
 
+    it.effect("Batch.stream: time held back by its consumer is not counted as a wait for the shared limit", () =>
+      Effect.gen(function* () {
+        const { batch } = yield* makeOrchestra({ a: { latency: "10 millis" } }, { maxConcurrent: 1 })
+        const items = Array.from({ length: 20 }, (_, i) => `${i}`)
+        const scope = yield* Scope.make()
+        const pull = yield* Stream.toPull(batch.stream(items, { domain: mode.domain, bufferSize: 1 })).pipe(
+          Scope.provide(scope)
+        )
+        const taken: Array<Batch.StreamEvent> = [...(yield* pull)]
+        yield* TestClock.adjust("1 hour")
+        const rest = yield* Effect.forkChild(
+          Effect.gen(function* () {
+            while (taken.at(-1)?._tag !== "Done") taken.push(...(yield* pull))
+          })
+        )
+        for (let step = 0; step < 1_000 && rest.pollUnsafe() === undefined; step++) {
+          yield* TestClock.adjust("10 millis")
+        }
+        yield* Fiber.join(rest)
+        yield* Scope.close(scope, Exit.void)
+        const done = taken.at(-1)
+        assert.isTrue(done?._tag === "Done")
+        if (done?._tag !== "Done") return
+        // One item at a time, nobody else on the limit: no item waited for a permit.
+        assert.strictEqual(done.result.stats.queueWait.max, 0)
+      })
+    )
+
     it.effect("a consumer that leaves while Batch.stream holds the batch back ends it: no call left running", () =>
       Effect.gen(function* () {
         const { batch, controls } = yield* makeOrchestra({ a: { latency: "10 millis" } }, { maxConcurrent: 4 })

@@ -79,6 +79,12 @@ export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
       return at
     }
 
+    // Time held back by the consumer is not a wait for the shared limit: the places free meanwhile open now.
+    const heldBack = Effect.sync(() => {
+      const now = monotonicMillis(clock)
+      for (let i = freedHead; i < freedAt.length; i++) freedAt[i] = Math.max(freedAt[i]!, now)
+    })
+
     return runStarted({
       total,
       concurrency,
@@ -94,7 +100,7 @@ export const run = (batch: Batch, start: Start): Effect.Effect<void> =>
             ? Effect.never
             : room === undefined || room.room()
               ? gate.take
-              : Effect.andThen(room.awaitRoom, gate.take)
+              : Effect.andThen(Effect.andThen(room.awaitRoom, heldBack), gate.take)
         ),
         release: () => {
           freedAt.push(monotonicMillis(clock))
