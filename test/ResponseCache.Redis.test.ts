@@ -37,16 +37,27 @@ const response = (text: string): GenerateResponse => ({
   model: "m"
 })
 
-/** A client of its own to look inside the server. */
+/** A client of its own to look inside the server (a minute per command: a healthy Redis on a loaded machine meets it). */
 const admin = (server: RedisServer) =>
-  Effect.map(Layer.build(Redis.layer({ url: server.url })), Context.get(PersistenceRedis.Redis))
+  Effect.map(
+    Layer.build(Redis.layer({ url: server.url, commandTimeout: "1 minute" })),
+    Context.get(PersistenceRedis.Redis)
+  )
 
-/** The cache, built in the test's scope, with its own name and prefix. */
-const build = (server: RedisServer, options: RedisCache.Options = {}) =>
+/**
+ * The cache, built in the test's scope, with its own name and prefix. Its deadlines are generous (the client's a
+ * day, the guard's `redis.timeout` a minute unless the test gives one): a healthy Redis on a loaded machine meets
+ * them, where the defaults (500 ms each) cut a command that merely waited for a core. A test about the client's
+ * deadline gives `commandTimeout`.
+ */
+const build = (server: RedisServer, options: RedisCache.Options = {}, commandTimeout: Duration.Input = "1 day") =>
   Effect.gen(function* () {
     const name = options.name ?? uniqueName("cache")
+    const redis = { timeout: "1 minute", ...options.redis } satisfies RedisCache.Options["redis"]
     const context = yield* Layer.build(
-      RedisCache.layerRedis({ prefix: name, ...options, name }).pipe(Layer.provide(Redis.layer({ url: server.url })))
+      RedisCache.layerRedis({ prefix: name, ...options, name, redis }).pipe(
+        Layer.provide(Redis.layer({ url: server.url, commandTimeout }))
+      )
     )
     return Context.get(context, ResponseCache.ResponseCache)
   })
@@ -768,12 +779,13 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        const cache = yield* build(server, { redis: { timeout: "5 seconds", reportAfter: "1 minute" } })
+        // The guard's deadline a minute, the client's 500 ms: a bound of 20 s tells them apart on any machine.
+        const cache = yield* build(server, { redis: { timeout: "1 minute", reportAfter: "1 minute" } }, "500 millis")
         yield* server.pause
         yield* Effect.addFinalizer(() => server.resume)
         const [elapsed, found] = yield* Effect.timed(cache.getMany(["k"]))
         assert.deepStrictEqual(found, [Option.none()])
-        assert.isBelow(Duration.toMillis(elapsed), 2500, "cut by the client's 500 ms commandTimeout")
+        assert.isBelow(Duration.toMillis(elapsed), 20_000, "cut by the client's 500 ms commandTimeout")
       })
     )
   )
@@ -850,48 +862,78 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
-  it.live(
+  // The guard's deadline is TestClock's (the client's a day): the clock says how many deadlines invalidate and setMany
+  // waited, where a wall-clock bound of "one deadline and a half" was a second's margin on a loaded machine.
+  it.effect(
     "invalidate and setMany while an answer's write is under way: one Redis deadline each, not the write's and then their own",
     () =>
       Effect.scoped(
         Effect.gen(function* () {
           const server = yield* startRedis
-          const name = uniqueName("one-deadline")
-          // A deadline long enough that one deadline and two are told apart on a loaded machine.
-          const context = yield* Layer.build(
-            RedisCache.layerRedis({
-              prefix: name,
-              name,
-              redis: { timeout: "2 seconds", reportAfter: "1 minute" }
-            }).pipe(Layer.provide(Redis.layer({ url: server.url, commandTimeout: "2 seconds" })))
-          )
-          const cache = Context.get(context, ResponseCache.ResponseCache)
-          const provider = yield* scripted("1 millis")
+          const cache = yield* buildOnTestClock(server, { redis: { timeout: "1 second", reportAfter: "1 minute" } })
+          const provider = yield* scripted("0 millis")
           const keyA = cache.key({ provider: "p", request: { prompt: "a" } })
           const keyB = cache.key({ provider: "p", request: { prompt: "b" } })
+          /** Polls (real time, a bound) until `done`, at most `limit` times 10 ms. */
+          const until = (done: () => boolean, limit: number) =>
+            Effect.gen(function* () {
+              for (let i = 0; i < limit && !done(); i++) yield* TestClock.withLive(Effect.sleep("10 millis"))
+            })
           // Loads the write script: a NOSCRIPT answered after the pause would drop the writes below.
           yield* cache.setMany([{ key: "warm", value: response("w") }])
           yield* server.pause
           yield* Effect.addFinalizer(() => server.resume)
-          // Both lookups time out; both answers' writes start now and hang for a deadline.
-          yield* Effect.all([ask(cache, provider, "a"), ask(cache, provider, "b")], { concurrency: 2 })
-          const [[invalidated, exit], [set]] = yield* Effect.all(
-            [
-              Effect.timed(Effect.exit(cache.invalidate(keyA))),
-              Effect.timed(cache.setMany([{ key: keyB, value: response("set") }]))
-            ],
-            { concurrency: 2 }
+          // Both lookups time out after one deadline; both answers' writes start then and hang for a deadline.
+          const asked = yield* Effect.forkChild(
+            Effect.all([ask(cache, provider, "a"), ask(cache, provider, "b")], { concurrency: 2 }),
+            { startImmediately: true }
           )
+          yield* until(() => false, 20)
+          yield* TestClock.adjust("1 second")
+          yield* until(() => asked.pollUnsafe() !== undefined, 1000)
+          assert.deepStrictEqual(
+            (yield* Fiber.join(asked)).map((r) => r.source),
+            ["miss", "miss"]
+          )
+          // The writes are sent (their deadlines set) in the real time a turn of the runtime takes.
+          yield* until(() => false, 20)
+          const invalidating = yield* Effect.forkChild(Effect.exit(cache.invalidate(keyA)), { startImmediately: true })
+          const setting = yield* Effect.forkChild(cache.setMany([{ key: keyB, value: response("set") }]), {
+            startImmediately: true
+          })
+          const both = () => invalidating.pollUnsafe() !== undefined && setting.pollUnsafe() !== undefined
+          // Quarter-deadline steps, real time between them: one deadline each ends them by the fourth step (the sixth if
+          // a deadline was set a step late); waiting for the writes' deadline and then their own takes eight.
+          let steps = 0
+          while (!both() && steps < 12) {
+            steps++
+            yield* TestClock.adjust("250 millis")
+            yield* until(both, 30)
+          }
+          assert.isAtMost(steps, 6, "invalidate or setMany waited for the write, then for its own command")
+          const exit = yield* Fiber.join(invalidating)
+          yield* Fiber.join(setting)
           assert.isTrue(Exit.isFailure(exit), "Redis did not answer the DEL")
-          assert.isBelow(Duration.toMillis(invalidated), 3000, "invalidate waited for the write, then for its DEL")
-          assert.isBelow(Duration.toMillis(set), 3000, "setMany waited for the write, then for its own")
           // Redis back: it runs what it was sent in order, so the answers' writes do not land last.
           yield* server.resume
           const redis = yield* admin(server)
-          yield* Effect.sleep("200 millis")
-          assert.strictEqual(yield* redis.send<number>("EXISTS", `${name}:r:${keyA}`), 0)
-          const raw = yield* redis.send<string>("GET", `${name}:r:${keyB}`)
-          assert.strictEqual(JSON.parse(raw).value.response.text, "set")
+          const settled = <A>(read: Effect.Effect<A, unknown>, ok: (a: A) => boolean) =>
+            read.pipe(
+              Effect.flatMap((a) => (ok(a) ? Effect.succeed(a) : Effect.fail("not yet"))),
+              Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" }))),
+              TestClock.withLive,
+              Effect.orElseSucceed(() => undefined)
+            )
+          assert.strictEqual(
+            yield* settled(redis.send<number>("EXISTS", `${cache.name}:r:${keyA}`), (n) => n === 0),
+            0,
+            "the answer's write brought back what invalidate removed"
+          )
+          const raw = yield* settled(
+            redis.send<string | null>("GET", `${cache.name}:r:${keyB}`),
+            (v) => v !== null && JSON.parse(v).value.response.text === "set"
+          )
+          assert.strictEqual(raw === undefined || raw === null ? undefined : JSON.parse(raw).value.response.text, "set")
         })
       ),
     30_000
@@ -1273,7 +1315,8 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        const cache = yield* build(server, { ttl: "300 millis", staleFor: "1 minute" })
+        // A ttl of 2 s: the other process below reads the answer fresh on a loaded machine (300 ms was not always).
+        const cache = yield* build(server, { ttl: "2 seconds", staleFor: "1 minute" })
         const origin: ResponseCache.Origin = { provider: "b", domain: "d-b" }
         assert.deepStrictEqual(
           yield* cache.getOrCompute("k", Effect.succeed(response("old")), { originOf: () => origin }),
@@ -1285,19 +1328,21 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
           Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
         )
         // Another process on the same prefix reads the answer and who produced it.
-        const other = yield* build(server, { name: `${cache.name}-2`, prefix: cache.name, ttl: "300 millis" })
+        const other = yield* build(server, { name: `${cache.name}-2`, prefix: cache.name, ttl: "2 seconds" })
         assert.deepStrictEqual(yield* other.getOrCompute("k", Effect.die("not called")), {
           value: response("old"),
           source: "hit",
           origin
         })
-        yield* Effect.sleep("400 millis")
+        // Past the ttl: a refresh that never ends.
+        yield* Effect.sleep("2100 millis")
         const cut = modelError("Timeout", "the caller's deadline")
         const bound = <A>(wait: Effect.Effect<A, AiError>) =>
           Effect.timeoutOrElse(wait, { duration: "100 millis", orElse: () => Effect.fail(cut) })
         const [elapsed, stale] = yield* Effect.timed(cache.getOrCompute("k", Effect.never, { allowStale: true, bound }))
         assert.deepStrictEqual(stale, { value: response("old"), source: "stale", origin })
-        assert.isBelow(Duration.toMillis(elapsed), 1000)
+        // The refresh never ends: only the 100 ms bound ends the wait (10 s: a bound a loaded machine meets).
+        assert.isBelow(Duration.toMillis(elapsed), 10_000)
         assert.strictEqual(yield* Effect.flip(cache.getOrCompute("k", Effect.never, { bound })), cut)
       })
     )
