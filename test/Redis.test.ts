@@ -776,9 +776,11 @@ describe.skipIf(skipRedis)(
           Effect.gen(function* () {
             const server = yield* startRedis
             yield* Effect.addFinalizer(() => server.resume)
+            // Deadlines a healthy Redis meets on a loaded machine (300 and 200 ms were not always): the stopped one is
+            // still cut by them, each in a few seconds.
             const redis = Context.get(
               yield* Layer.build(
-                Redis.layer({ url: server.url, connectTimeout: "300 millis", commandTimeout: "200 millis" })
+                Redis.layer({ url: server.url, connectTimeout: "2 seconds", commandTimeout: "1 second" })
               ),
               PersistenceRedis.Redis
             )
@@ -797,7 +799,7 @@ describe.skipIf(skipRedis)(
               if (Option.isSome(exit)) {
                 const error = Exit.findErrorOption(exit.value)
                 assert.isTrue(Option.isSome(error) && error.value._tag === "RedisError", String(exit.value))
-                if (Option.isSome(error)) assert.include(Redis.errorText(error.value), "within 300 ms")
+                if (Option.isSome(error)) assert.include(Redis.errorText(error.value), "within 2000 ms")
               }
             }
             const subscribed = yield* Effect.scoped(
@@ -806,7 +808,7 @@ describe.skipIf(skipRedis)(
             assert.isTrue(Option.isSome(subscribed), "the subscription ended")
             if (Option.isSome(subscribed)) {
               assert.strictEqual(subscribed.value._tag, "RedisError")
-              assert.include(Redis.errorText(subscribed.value), "within 500 ms")
+              assert.include(Redis.errorText(subscribed.value), "within 3000 ms")
             }
 
             yield* server.resume
@@ -823,7 +825,7 @@ describe.skipIf(skipRedis)(
             assert.strictEqual(yield* Effect.scoped(Effect.flatMap(redis.reserve, (c) => c.eval(script)())), 7)
           })
         ),
-      20_000
+      40_000
     )
 
     it.live(
@@ -890,9 +892,11 @@ describe.skipIf(skipRedis)(
           Effect.gen(function* () {
             const server = yield* startRedis
             yield* Effect.addFinalizer(() => server.resume)
+            // Deadlines a healthy Redis meets on a loaded machine (300 and 200 ms were not always): the stopped one is
+            // still cut by them, each in a few seconds.
             const redis = Context.get(
               yield* Layer.build(
-                Redis.layer({ url: server.url, connectTimeout: "300 millis", commandTimeout: "200 millis" })
+                Redis.layer({ url: server.url, connectTimeout: "2 seconds", commandTimeout: "1 second" })
               ),
               PersistenceRedis.Redis
             )
@@ -913,7 +917,7 @@ describe.skipIf(skipRedis)(
             assert.deepStrictEqual(yield* Queue.take(live), { channel: "orchestra-live", message: "hello" })
           })
         ),
-      20_000
+      40_000
     )
 
     it.live("a subscription Redis refuses (an ACL's NOPERM) fails its queue and closes its connection then", () =>
@@ -941,9 +945,11 @@ describe.skipIf(skipRedis)(
           Effect.gen(function* () {
             const server = yield* startRedis
             yield* Effect.addFinalizer(() => server.resume)
+            // Deadlines a healthy Redis meets on a loaded machine (300 and 200 ms were not always): the stopped one is
+            // still cut by them, each in a few seconds.
             const redis = Context.get(
               yield* Layer.build(
-                Redis.layer({ url: server.url, connectTimeout: "300 millis", commandTimeout: "200 millis" })
+                Redis.layer({ url: server.url, connectTimeout: "2 seconds", commandTimeout: "1 second" })
               ),
               PersistenceRedis.Redis
             )
@@ -959,7 +965,7 @@ describe.skipIf(skipRedis)(
             // handshake (where it held the pool: each reserve after it waited for it, until its deadline).
             const open = yield* Effect.suspend(() => Effect.succeed(openSockets(server.port))).pipe(
               Effect.flatMap((n) => (n === 1 ? Effect.succeed(n) : Effect.fail(n))),
-              Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "1 second" }))),
+              Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" }))),
               Effect.orElseSucceed(() => openSockets(server.port))
             )
             assert.strictEqual(open, 1)
@@ -970,7 +976,7 @@ describe.skipIf(skipRedis)(
             assert.strictEqual(again, "PONG")
           })
         ),
-      20_000
+      40_000
     )
   }
 )
