@@ -1444,7 +1444,8 @@ describe("KeyStore: replicas whose clocks differ on one Redis", () => {
       Effect.scoped(
         Effect.gen(function* () {
           const server = yield* startRedis
-          const redis = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "500 millis" }))
+          // Deadlines of 2 s: the healthy Redis of the first reserve meets them on a loaded machine (500 ms did not always).
+          const redis = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
           const day = 86_400_000
           // Redis's windows are those of its TIME; this replica's clock puts it in the day before.
           const live = yield* Clock.Clock
@@ -1459,7 +1460,7 @@ describe("KeyStore: replicas whose clocks differ on one Redis", () => {
             KeyStore.layerRedis({
               prefix: `${unique("skewback")}:`,
               keys: [key("skewed", secretA, { budget: { tokens: 1000, period: "1 day" } })],
-              redis: { timeout: "500 millis", reportAfter: "1 minute" }
+              redis: { timeout: "2 seconds", reportAfter: "1 minute" }
             })
           ).pipe(Effect.provideContext(redis), Effect.provideService(Clock.Clock, behind))
           const store = Context.get(context, KeyStore.KeyAdmin)
@@ -2424,10 +2425,11 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
+        // Deadlines of 2 s: the healthy Redis before the outage meets them on a loaded machine (300 ms did not always).
         const { store } = yield* onRedis(
           server,
-          { redis: { timeout: "300 millis", reportAfter: 0, probeInterval: "100 millis" } },
-          "300 millis"
+          { redis: { timeout: "2 seconds", reportAfter: 0, probeInterval: "100 millis" } },
+          "2 seconds"
         )
         yield* Effect.addFinalizer(() => server.resume)
         const spent = (id: string) =>
@@ -2542,13 +2544,14 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
+        // Deadlines of 2 s: the healthy Redis before the outage meets them on a loaded machine (300 ms did not always).
         const { store } = yield* onRedis(
           server,
           {
             onStoreError: { budgets: "allow" },
-            redis: { timeout: "300 millis", reportAfter: 0, probeInterval: "100 millis" }
+            redis: { timeout: "2 seconds", reportAfter: 0, probeInterval: "100 millis" }
           },
-          "300 millis"
+          "2 seconds"
         )
         yield* Effect.addFinalizer(() => server.resume)
         const created = yield* store.create({ id: "open", budget: { tokens: 1000 } })
@@ -2576,9 +2579,10 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
+        // Deadlines of 2 s: the healthy Redis before the outage meets them on a loaded machine (300 ms did not always).
         const { store } = yield* onRedis(server, {
           onStoreError: { budgets: "allow", limits: "reject" },
-          redis: { timeout: "300 millis", reportAfter: 0 }
+          redis: { timeout: "2 seconds", reportAfter: 0 }
         })
         const created = yield* store.create({ id: "b", budget: { tokens: 100 } })
         const b = yield* store.authenticate(created.secret)
@@ -2593,8 +2597,9 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
+        // Deadlines of 2 s: the healthy Redis before the outage meets them on a loaded machine (300 ms did not always).
         const { store } = yield* onRedis(server, {
-          redis: { timeout: "300 millis", reportAfter: 0, probeInterval: "3 seconds" }
+          redis: { timeout: "2 seconds", reportAfter: 0, probeInterval: "3 seconds" }
         })
         const id = unique("own")
         yield* store.create({ id, rpm: 100 })
