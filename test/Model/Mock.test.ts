@@ -464,6 +464,29 @@ describe("Mock", () => {
       })
     )
 
+    it.effect(
+      "a misspelt key names the option it is likely a typo of, quoted and bounded as every other check writes a key: it listed every known key, the key raw",
+      () =>
+        Effect.gen(function* () {
+          const typo = yield* configError({ latancy: 100 } as Mock.Options)
+          assert.deepStrictEqual(
+            [typo.path, typo.message],
+            ["latancy", "invalid latancy: unknown option (did you mean latency?)"]
+          )
+          const nested = yield* configError({ random: { sucess: 0.5 } } as unknown as Mock.Options)
+          assert.deepStrictEqual(
+            [nested.path, nested.message],
+            ["random.sucess", "invalid random.sucess: unknown option (did you mean success?)"]
+          )
+          // A key with a line break forged a line of a log; one of 100,000 characters went whole in.
+          const forged = yield* configError({ "laten\ncy": 1 } as unknown as Mock.Options)
+          assert.strictEqual(forged.path, '"laten\\ncy"')
+          const long = yield* configError({ ["k".repeat(100_000)]: 1 } as unknown as Mock.Options)
+          assert.isBelow(long.path.length, 200)
+          assert.include(long.path, "(100,000 characters)")
+        })
+    )
+
     it.effect("a respond that throws or answers no string fails the call with an InvalidRequest naming it", () =>
       Effect.gen(function* () {
         const cases: ReadonlyArray<readonly [Mock.Options["respond"], string]> = [

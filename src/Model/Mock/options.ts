@@ -73,11 +73,8 @@ const issue = (path: string, message: string): Input.Checked<never> => Result.fa
 const known = (path: string, value: unknown, keys: ReadonlySet<string>): Input.Checked<void> => {
   const notObject = Input.notAnObject(path === "" ? "options" : path, value)
   if (notObject !== undefined) return Result.fail(notObject)
-  for (const key of Object.keys(value as object)) {
-    if (!keys.has(key))
-      return issue(path === "" ? key : `${path}.${key}`, `unknown option (expected one of ${[...keys].join(", ")})`)
-  }
-  return Result.succeed(undefined)
+  const unknown = Input.misspeltKey(value as object, keys, path === "" ? "" : `${path}.`)
+  return unknown === undefined ? Result.succeed(undefined) : Result.fail(unknown)
 }
 
 const text = (path: string, input: unknown): Input.Checked<string> =>
