@@ -590,6 +590,23 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
         assert.strictEqual(limited.maxConcurrency, 4)
       })
     )
+    it.effect(
+      "a misspelt option names the one it is likely a typo of, the key quoted and bounded: it said a bare 'unknown option', the key raw",
+      () =>
+        Effect.gen(function* () {
+          const { layer } = yield* scripted({})
+          const refused = (options: object) => Effect.flip(EffectAi.make(options as never).pipe(Effect.provide(layer)))
+          const typo = yield* refused({ streamIdelTimeout: "1 second" })
+          assert.deepStrictEqual(
+            [typo.path, typo.message],
+            ["streamIdelTimeout", "invalid streamIdelTimeout: unknown option (did you mean streamIdleTimeout?)"]
+          )
+          const long = yield* refused({ ["k".repeat(100_000)]: 1 })
+          assert.isBelow(long.path.length, 200)
+          assert.include(long.path, "(100,000 characters)")
+          assert.strictEqual((yield* refused({ "time\nout": 1 })).path, '"time\\nout"')
+        })
+    )
   })
 
   describe("embed", () => {
@@ -1406,6 +1423,37 @@ describe("EffectAi.languageModel: a target that breaks its contract", () => {
         ["text-delta", "finish"]
       )
     })
+  )
+
+  it.effect(
+    "a misspelt GenerationConfig key names the setting it is likely a typo of, the key quoted and bounded: it listed every setting, the key raw",
+    () =>
+      Effect.gen(function* () {
+        const m = yield* modelOver({ respond: () => "ok" })
+        const refused = (settings: object) =>
+          Effect.flip(
+            m.run(
+              LanguageModel.generateText({ prompt: "x" }).pipe(
+                Effect.provideService(EffectAi.GenerationConfig, settings as EffectAi.GenerationSettings)
+              )
+            )
+          ).pipe(
+            Effect.map((error) =>
+              error.reason._tag === "InvalidRequestError"
+                ? [error.reason.parameter, error.reason.description]
+                : [error.reason._tag, ""]
+            )
+          )
+        assert.deepStrictEqual(yield* refused({ temprature: 0.5 }), [
+          "GenerationConfig.temprature",
+          "unknown option (did you mean temperature?)"
+        ])
+        const [parameter] = yield* refused({ ["k".repeat(100_000)]: 1 })
+        assert.isBelow(parameter!.length, 200)
+        assert.include(parameter, "(100,000 characters)")
+        assert.strictEqual((yield* refused({ "top\nP": 1 }))[0], 'GenerationConfig."top\\nP"')
+        assert.strictEqual(yield* m.control.calls, 0)
+      })
   )
 
   it.effect("a GenerationConfig key that is no setting is refused naming it; it cannot replace the prompt", () =>

@@ -59,10 +59,8 @@ const knownOptions = (options: object): Input.Checked<void> => {
       message: `expected an object, got ${Input.kindOf(options)}`
     })
   }
-  for (const key of Object.keys(options)) {
-    if (!OPTIONS.has(key)) return Result.fail({ path: key, message: "unknown option" })
-  }
-  return Result.succeed(undefined)
+  const unknown = Input.misspeltKey(options, OPTIONS)
+  return unknown === undefined ? Result.succeed(undefined) : Result.fail(unknown)
 }
 
 export const make = Effect.fnUntraced(function* (given: Options = {}) {

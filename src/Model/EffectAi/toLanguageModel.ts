@@ -73,16 +73,12 @@ const overlay = (
   }
   const out: Record<string, unknown> = { ...defaults }
   try {
+    // Spread into the request, a `messages` or `tools` here would have replaced the prompt's.
+    const unknown = Input.misspeltKey(scoped, settingKeysOf, "GenerationConfig.")
+    if (unknown !== undefined) {
+      return Result.fail(new Ai.InvalidRequestError({ parameter: unknown.path, description: unknown.message }))
+    }
     for (const [key, value] of Object.entries(scoped)) {
-      // Spread into the request, a `messages` or `tools` here would have replaced the prompt's.
-      if (!settingKeysOf.has(key)) {
-        return Result.fail(
-          new Ai.InvalidRequestError({
-            parameter: `GenerationConfig.${key}`,
-            description: `unknown setting (expected one of ${[...settingKeysOf].join(", ")})`
-          })
-        )
-      }
       if (value !== undefined && value !== null) out[key] = value
     }
   } catch (cause) {
