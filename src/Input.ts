@@ -715,6 +715,26 @@ export const misspeltKey = (
   return undefined
 }
 
+/**
+ * {@link misspeltKey} for a check that tells every problem at once: an issue for each own key of
+ * `input` that `known` lacks, in key order, each worded and bounded as `misspeltKey` words one.
+ *
+ * @since 0.3.0
+ * @category checks
+ */
+export const misspeltKeys = (
+  input: object,
+  known: ReadonlySet<string>,
+  prefix = "",
+  noun: "field" | "option" = "option"
+): Array<Issue> => {
+  const issues: Array<Issue> = []
+  for (const key of Object.keys(input)) {
+    if (!known.has(key)) issues.push(unknownKeyIssue(key, known, prefix, noun))
+  }
+  return issues
+}
+
 const unknownKeyIssue = (key: string, known: ReadonlySet<string>, prefix: string, noun: "field" | "option"): Issue => ({
   path: `${prefix}${keyShown(key)}`,
   message: unknownFieldMessage(key, [...known], noun)

@@ -334,7 +334,7 @@ describe("a gateway file with mistakes in several sections' values", () => {
           "gateway.drainDelay"
         ]
       )
-      assert.strictEqual(issues[0]!.message, "unknown option")
+      assert.strictEqual(issues[0]!.message, "unknown option (did you mean maxBodyBytes?)")
       assert.strictEqual(issues[1]!.message, "expected a value of at least 1024, got -1")
       for (const issue of issues) assert.notInclude(issue.message, "problems in all", issue.path)
       const lines = result.err.split("\n")

@@ -40,6 +40,7 @@ export interface Resolved {
   readonly provenanceHeaders: boolean
 }
 
+const streamKeys: ReadonlySet<string> = new Set(["firstChunkTimeout", "idleTimeout", "totalTimeout"])
 const known: ReadonlySet<string> = new Set([
   "prefix",
   "maxBodyBytes",
@@ -164,10 +165,7 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
   const p = (field: string) => `${at}${field}`
   if (typeof options !== "object" || options === null)
     return Result.fail({ path: p("(options)"), message: "expected an object" })
-  const issues: Array<Input.Issue> = []
-  for (const key of Object.keys(options)) {
-    if (!known.has(key)) issues.push({ path: p(key), message: "unknown option" })
-  }
+  const issues: Array<Input.Issue> = Input.misspeltKeys(options, known, at)
   // A field of the wrong shape is told once: what is under it is not read.
   let health = options.healthPaths
   if (health !== undefined && health !== false && (typeof health !== "object" || health === null)) {
@@ -184,11 +182,7 @@ export const check = (options: Options, at = ""): Input.Checked<Resolved> => {
   else if (options.metricsBuckets !== undefined && options.metricsPath === false) {
     issues.push({ path: p("metricsBuckets"), message: "there is no metrics route (metricsPath: false)" })
   }
-  for (const key of Object.keys(stream)) {
-    if (key !== "firstChunkTimeout" && key !== "idleTimeout" && key !== "totalTimeout") {
-      issues.push({ path: p(`stream.${key}`), message: "unknown option" })
-    }
-  }
+  for (const issue of Input.misspeltKeys(stream, streamKeys, p("stream."))) issues.push(issue)
   const retry: Input.Checked<RetryPolicy | false | undefined> =
     options.retry === false
       ? Result.succeed(false)

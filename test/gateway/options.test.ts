@@ -143,7 +143,10 @@ describe("Gateway options", () => {
         ]
       )
       assert.strictEqual(refused.others?.unshown, 0)
-      assert.include(refused.message, "invalid maxBody: unknown option (8 problems in all; also healthPaths: ")
+      assert.include(
+        refused.message,
+        "invalid maxBody: unknown option (did you mean maxBodyBytes?) (8 problems in all; also healthPaths: "
+      )
       // Many: the first 20 told, the rest counted.
       const many = Object.fromEntries(Array.from({ length: 30 }, (_, i) => [`typo${i}`, i]))
       const bounded = yield* Effect.flip(
@@ -151,8 +154,40 @@ describe("Gateway options", () => {
       )
       assert.strictEqual((bounded as Input.OptionError).others?.shown.length, 19)
       assert.strictEqual((bounded as Input.OptionError).others?.unshown, 10)
-      assert.include(bounded.message, "(30 problems in all; also typo1: unknown option;")
+      assert.include(
+        bounded.message,
+        "(30 problems in all; also typo1: unknown option (expected one of prefix, maxBodyBytes,"
+      )
     }).pipe(Effect.scoped)
+  )
+
+  it.effect(
+    "every misspelt key names the option it is likely a typo of, quoted and bounded: each said a bare 'unknown option', the key raw",
+    () =>
+      Effect.gen(function* () {
+        const services = (yield* mockServices).pipe(Layer.provideMerge(HttpRouter.layer))
+        const long = "k".repeat(100_000)
+        const options = {
+          allowAnonymous: true,
+          maxBody: 5,
+          stream: { idle: 5 },
+          [long]: 1,
+          "pre\nfix": "/v1"
+        } as never
+        const error = (yield* Effect.flip(
+          Layer.build(Gateway.layer(options).pipe(Layer.provide(services)))
+        )) as Input.OptionError
+        const issues = [{ path: error.path, message: "" }, ...(error.others?.shown ?? [])]
+        assert.strictEqual(error.path, "maxBody")
+        assert.include(error.message, "invalid maxBody: unknown option (did you mean maxBodyBytes?)")
+        const byPath = new Map(error.others?.shown.map((issue) => [issue.path, issue.message]))
+        assert.strictEqual(byPath.get("stream.idle"), "unknown option (did you mean idleTimeout?)")
+        assert.isTrue(byPath.has('"pre\\nfix"'), [...byPath.keys()].join(" | "))
+        const longPath = issues.find((issue) => issue.path.includes("(100,000 characters)"))?.path
+        assert.isDefined(longPath)
+        assert.isBelow(longPath!.length, 200)
+        assert.isBelow(error.message.length, 2_000)
+      }).pipe(Effect.scoped)
   )
 
   it.effect("metricsToken: a Redacted token of 16+ visible ASCII characters, for a metrics route; never echoed", () =>
