@@ -613,7 +613,8 @@ describe("Pipeline", () => {
           assert.strictEqual(error.field, field, JSON.stringify(options))
           assert.include(error.message, field)
         }
-        assert.include(refused({ dirction: "LR" }).message, "expected direction or result")
+        assert.include(refused({ dirction: "LR" }).message, "unknown option (did you mean direction?)")
+        assert.include(refused({ colour: "red" }).message, "unknown option (expected one of direction, result)")
         const result = yield* runClocked(p, { n: 1 })
         assert.include(Pipeline.toMermaid(p, { result }), '2["c: succeeded 50 ms"]')
       })
@@ -931,6 +932,37 @@ describe("Pipeline definitions are checked (issues 10, 12, 13)", () => {
           assert.strictEqual(error.field, "steps[1].totalTimeout")
           assert.deepStrictEqual(error.steps, ["a"])
         }
+      })
+  )
+
+  it.effect(
+    "a misspelt key of a step, run options or toMermaid's names the one it is likely a typo of, quoted and bounded: each had its own wording, the key raw",
+    () =>
+      Effect.gen(function* () {
+        const step = yield* Effect.flip(Pipeline.fromSteps([{ name: "a", dependOn: [], run: ok }] as never))
+        assert.strictEqual(step.field, "steps[0].dependOn")
+        assert.include(step.message, "unknown field (did you mean dependsOn?)")
+        const p = Pipeline.make().step("a", [], () => Effect.void)
+        const run = yield* Effect.flip(Pipeline.run(p, undefined, { concurency: 2 } as Pipeline.RunOptions))
+        assert.strictEqual(run.option, "concurency")
+        assert.include(run.message, "unknown option (did you mean concurrency?)")
+        const long = "k".repeat(100_000)
+        const bounded = yield* Effect.flip(Pipeline.run(p, undefined, { [long]: 1 } as Pipeline.RunOptions))
+        assert.include(bounded.field, "(100,000 characters)")
+        assert.isBelow(bounded.field!.length, 200)
+        assert.isBelow(bounded.message.length, 1_000)
+        const forged = yield* Effect.flip(Pipeline.fromSteps([{ name: "a", run: ok, "time\nout": 1 }] as never))
+        assert.strictEqual(forged.field, 'steps[0]."time\\nout"')
+        const drawn = (() => {
+          try {
+            Pipeline.toMermaid(p, { dirction: "LR" } as never)
+          } catch (error) {
+            return error as Pipeline.PipelineError
+          }
+          return assert.fail("drawn")
+        })()
+        assert.strictEqual(drawn.field, "dirction")
+        assert.include(drawn.message, "unknown option (did you mean direction?)")
       })
   )
 

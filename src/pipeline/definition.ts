@@ -97,7 +97,7 @@ const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "obj
 
 /**
  * The fields of an object given as a step or as options, read once into a copy: each of its own
- * keys must be `fields`' (the first other one is the issue, `unknown` saying why), and those are
+ * keys must be `fields`' (the first other one is the issue, an unknown `noun`), and those are
  * read where they are, a class's getters and methods on its prototype included. A getter or
  * `Proxy` trap that throws is its field's issue, not a throw out of `.step` or a defect; an
  * object with none of the fields, own or inherited (a `Map`, a signal), is not taken as none.
@@ -107,18 +107,18 @@ const readKnown = (
   input: object,
   fields: Known,
   at: string | undefined,
-  unknown: string
+  noun: "field" | "option"
 ): Input.Checked<Readonly<Record<string, unknown>>> => {
   const whole = at ?? "options"
   let own: ReadonlyArray<string>
+  let unknown: Input.Issue | undefined
   try {
     own = Object.keys(input)
+    unknown = Input.misspeltKey(input, fields.set, at === undefined ? "" : `${at}.`, noun)
   } catch (error) {
     return Result.fail({ path: whole, message: `listing its fields threw: ${Input.thrownMessage(error)}` })
   }
-  for (const key of own) {
-    if (!fields.set.has(key)) return Result.fail({ path: at === undefined ? key : label(at, key), message: unknown })
-  }
+  if (unknown !== undefined) return Result.fail(unknown)
   const read = Input.readFields(input, fields.list, at)
   if (Result.isFailure(read) || own.length > 0) return read
   const foreign = Object.keys(read.success).length > 0 ? undefined : Input.notOptions(input)
@@ -126,17 +126,15 @@ const readKnown = (
 }
 
 /**
- * A value given for options (`fields` its options, `unknown` saying why another is refused),
+ * A value given for options (`fields` its options, any other key refused as an unknown option),
  * read once, or why it cannot be options: a `PipelineError` naming the field, or `options` for
  * anything but an object (an array included) or an object without any of them (a `Map`).
  */
-export const optionsOf = (
-  input: unknown,
-  fields: Known = runFields,
-  unknown = "unknown option"
-): Checked<Readonly<Record<string, unknown>>> =>
+export const optionsOf = (input: unknown, fields: Known = runFields): Checked<Readonly<Record<string, unknown>>> =>
   isRecord(input)
-    ? Result.mapError(readKnown(input, fields, undefined, unknown), (issue) => invalidOption(issue.path, issue.message))
+    ? Result.mapError(readKnown(input, fields, undefined, "option"), (issue) =>
+        invalidOption(issue.path, issue.message)
+      )
     : Result.fail(invalidOption("options", `expected an object, got ${Input.shown(input)}`))
 
 const fieldsOf = (
@@ -145,7 +143,7 @@ const fieldsOf = (
   at: string,
   step: string | undefined
 ): Checked<Readonly<Record<string, unknown>>> =>
-  Result.mapError(readKnown(input, fields, at, "unknown field"), (issue) => fromIssue(issue, step))
+  Result.mapError(readKnown(input, fields, at, "field"), (issue) => fromIssue(issue, step))
 
 const label = (at: string, field: string): string => `${at}.${field}`
 

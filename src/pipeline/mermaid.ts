@@ -27,7 +27,7 @@ const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "obj
 // diagram as if asked for it: each is refused by name.
 const checked = (given: unknown): MermaidOptions<unknown, unknown> => {
   if (given === undefined || given === null) return {}
-  const options = Result.getOrThrow(optionsOf(given, optionFields, "unknown option (expected direction or result)"))
+  const options = Result.getOrThrow(optionsOf(given, optionFields))
   const result = options.result
   if (result !== undefined && result !== null && !(isRecord(result) && isRecord(result.steps))) {
     throw Errors.invalidOption("result", `expected the result of Pipeline.run, got ${Input.shown(result)}`)
