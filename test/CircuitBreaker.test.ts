@@ -870,6 +870,18 @@ describe("CircuitBreaker options (item 11)", () => {
     })
   )
 
+  it.effect(
+    "a name that is no string is shown bounded, as every other check shows a value: an array of a 100,000-character string went whole into the message, a BigInt threw",
+    () =>
+      Effect.gen(function* () {
+        yield* refused({ name: ["n".repeat(100_000)] }, "name", "expected a non-empty string, got an array")
+        yield* refused({ name: { secret: "s" } }, "name", "expected a non-empty string, got an object")
+        yield* refused({ name: 10n }, "name", "expected a non-empty string, got a bigint")
+        yield* refused({ name: "" }, "name", 'expected a non-empty string, got ""')
+        yield* refused({ name: 3 }, "name", "expected a non-empty string, got 3")
+      })
+  )
+
   it.effect("an option whose getter throws is an OptionError naming it, never a defect out of the layer", () =>
     Effect.gen(function* () {
       const throwing = (field: string) =>

@@ -155,7 +155,7 @@ export const check = (options: Options, extraKeys: ReadonlySet<string> = new Set
     return fail("isFailure", `expected a function (error) => boolean, got ${Input.kindOf(options.isFailure)}`)
   }
   if (options.name !== undefined && (typeof options.name !== "string" || options.name.length === 0)) {
-    return fail("name", `expected a non-empty string, got ${JSON.stringify(options.name)}`)
+    return fail("name", `expected a non-empty string, got ${Input.shown(options.name)}`)
   }
   // The `breakers` label of the layer's series: without a UTF-8 form, another such layer's.
   const name = options.name === undefined ? undefined : textIssue(options.name, "name")
