@@ -11,6 +11,7 @@ import { invalidRequest, type ModelError } from "../../AiError.js"
 import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import type { GenerationSettings } from "../EffectAi.js"
+import { withToolCalls } from "../http/assemble.js"
 import { tokenCount } from "../http/decode.js"
 import { responseFormatNamePattern } from "../schemas.js"
 
@@ -23,7 +24,7 @@ export const nonEmpty = (path: string, input: unknown): Input.Checked<string> =>
 /**
  * An `effect/ai` finish reason as ours. `pause` (Anthropic's `pause_turn`) is one `effect/ai`
  * counts a complete answer, as `stop` and `tool-calls` (its tool handlers run): it is `stop`
- * (`tool_calls` with calls, {@link withToolCalls}), which maps back to `stop`; `unknown` is one
+ * (`tool_calls` with calls, `Assemble.withToolCalls`), which maps back to `stop`; `unknown` is one
  * `effect/ai` and OpenAI clients read as incomplete.
  *
  * @internal
@@ -44,17 +45,6 @@ export const finishReasonOf = (reason: Response.FinishReason): Model.FinishReaso
       return "unknown"
   }
 }
-
-/**
- * The finish reason of an answer with `toolCalls` calls: `tool_calls` where the model said
- * `stop` (Gemini's models do, and `@effect/ai-google` passes it on) or gave no known reason, as
- * this library's HTTP providers say it; a cut (`length`) or a filter stays what it is. Both
- * ways: `effect/ai` runs no tool handler after an `unknown` finish.
- *
- * @internal
- */
-export const withToolCalls = (reason: Model.FinishReason, toolCalls: number): Model.FinishReason =>
-  toolCalls > 0 && (reason === "stop" || reason === "unknown") ? "tool_calls" : reason
 
 /** @internal */
 export const finishOf = (reason: Model.FinishReason): Response.FinishReason => {

@@ -25,9 +25,9 @@ import {
   signatureOf,
   toolkitOf,
   toPrompt,
-  usageOf,
-  withToolCalls
+  usageOf
 } from "./convert.js"
+import { withToolCalls } from "../http/assemble.js"
 import { asksOneToolCall, oneToolCallRefused } from "../validate.js"
 import { fromBridged, fromFailure } from "./errors.js"
 

@@ -25,9 +25,9 @@ import {
   partsOf,
   requestOf,
   toolCallPart,
-  usageEncoded,
-  withToolCalls
+  usageEncoded
 } from "./convert.js"
+import { withToolCalls } from "../http/assemble.js"
 import { tokenCount } from "../http/decode.js"
 import { MODULE, toAiError } from "./errors.js"
 
