@@ -1115,6 +1115,24 @@ describe("EffectAi.languageModel (a target as an effect/ai LanguageModel)", () =
     })
   )
 
+  it.effect(
+    "a misspelt key of its settings names the setting it is likely a typo of, quoted and bounded: it said a bare 'unknown setting', the key raw",
+    () =>
+      Effect.gen(function* () {
+        const { provider } = yield* Mock.make()
+        const refused = (settings: object) =>
+          Effect.flip(EffectAi.languageModel(provider, { settings: settings as EffectAi.GenerationSettings }))
+        const typo = yield* refused({ temprature: 1 })
+        assert.deepStrictEqual(
+          [typo.path, typo.message],
+          ["settings.temprature", "invalid settings.temprature: unknown option (did you mean temperature?)"]
+        )
+        const long = yield* refused({ ["k".repeat(100_000)]: 1 })
+        assert.isBelow(long.path.length, 200)
+        assert.include(long.path, "(100,000 characters)")
+      })
+  )
+
   it.effect("embeddingModel's options are checked when it is built: null and a misspelt key too", () =>
     Effect.gen(function* () {
       const { provider } = yield* Mock.make()

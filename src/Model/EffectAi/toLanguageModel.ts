@@ -51,9 +51,8 @@ const checkSettings = (path: string, settings: GenerationSettings): Input.Checke
   if (typeof settings !== "object" || settings === null || Array.isArray(settings)) {
     return Result.fail({ path, message: "expected an object of generation settings" })
   }
-  for (const key of Object.keys(settings)) {
-    if (!settingKeysOf.has(key)) return Result.fail({ path: `${path}.${key}`, message: "unknown setting" })
-  }
+  const unknown = Input.misspeltKey(settings, settingKeysOf, `${path}.`)
+  if (unknown !== undefined) return Result.fail(unknown)
   const decoded = decodeRequest({ prompt: "settings", ...settings })
   return Result.isSuccess(decoded) ? Result.succeed(settings) : Result.fail(Input.issueOf(decoded.failure, path))
 }
