@@ -1,6 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Result } from "effect"
+import { Effect, Layer, Result } from "effect"
+import { Redis } from "effect/persistence"
 import * as Admin from "../../src/gateway/admin.js"
+import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
 import * as KeyOptions from "../../src/gateway/keys/options.js"
 
 describe("gateway key options", () => {
@@ -26,4 +28,28 @@ describe("gateway key options", () => {
       message: "unknown option (did you mean maxBodyBytes?)"
     })
   })
+})
+
+describe("gateway key store options", () => {
+  it.effect(
+    "a misspelt field of onStoreError names the one it is likely a typo of, quoted and bounded: it listed both, the key raw",
+    () =>
+      Effect.gen(function* () {
+        const refused = (onStoreError: object) =>
+          Effect.flip(
+            Layer.build(KeyStore.layerRedis({ onStoreError } as never)).pipe(
+              Effect.provideService(Redis.Redis, {} as never),
+              Effect.scoped
+            )
+          )
+        const typo = yield* refused({ limit: "reject" })
+        assert.deepStrictEqual(
+          [typo.path, typo.message],
+          ["onStoreError.limit", "invalid onStoreError.limit: unknown field (did you mean limits?)"]
+        )
+        const long = yield* refused({ ["k".repeat(100_000)]: "allow" })
+        assert.isBelow(long.path.length, 200)
+        assert.include(long.path, "(100,000 characters)")
+      })
+  )
 })

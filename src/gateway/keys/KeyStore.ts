@@ -373,6 +373,8 @@ export const layerMemory = (options: Options = {}): Layer.Layer<KeyAdmin | Gatew
 
 const limitsPrefix = "ratelimit:"
 
+const onStoreErrorKeys: ReadonlySet<string> = new Set(["budgets", "limits"])
+
 /**
  * Keys, limits and budgets shared by every gateway on the same Redis and prefix (keys of
  * the configuration stay in each process). Needs `effect/persistence`'s `Redis` service
@@ -404,13 +406,8 @@ export const layerRedis = (
         )
       }
       // A misspelt field (`limit`) would leave its default: limits meant to fail closed would fail open.
-      for (const field of Object.keys(onStoreError)) {
-        if (field !== "budgets" && field !== "limits") {
-          return yield* Effect.fail(
-            Input.toOptionError({ path: `onStoreError.${field}`, message: "unknown field: expected budgets or limits" })
-          )
-        }
-      }
+      const unknown = Input.misspeltKey(onStoreError, onStoreErrorKeys, "onStoreError.", "field")
+      if (unknown !== undefined) return yield* Effect.fail(Input.toOptionError(unknown))
       const budgets = Input.orDefault(onStoreError.budgets, "reject")
       const limits = Input.orDefault(onStoreError.limits, "allow")
       if (budgets !== "reject" && budgets !== "allow") {
