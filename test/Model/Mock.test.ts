@@ -487,6 +487,26 @@ describe("Mock", () => {
         })
     )
 
+    it.effect(
+      "an unknown reason or finish reason is shown bounded, as every other check shows a value: a BigInt threw out of make, a long string went whole in",
+      () =>
+        Effect.gen(function* () {
+          const cases: ReadonlyArray<readonly [unknown, string]> = [
+            [{ _tag: "Fail", reason: 10n }, "script[0].reason"],
+            [{ _tag: "Fail", reason: "r".repeat(100_000) }, "script[0].reason"],
+            [{ _tag: "Succeed", finishReason: 10n }, "script[0].finishReason"],
+            [{ _tag: "Succeed", finishReason: "f".repeat(100_000) }, "script[0].finishReason"]
+          ]
+          for (const [outcome, path] of cases) {
+            const exit = yield* Effect.exit(Mock.make({ script: [outcome] } as unknown as Mock.Options))
+            assert.isTrue(Exit.isFailure(exit) && Exit.hasFails(exit), path)
+            const error = yield* configError({ script: [outcome] } as unknown as Mock.Options)
+            assert.strictEqual(error.path, path)
+            assert.isBelow(error.message.length, 300, error.message.slice(0, 400))
+          }
+        })
+    )
+
     it.effect("a respond that throws or answers no string fails the call with an InvalidRequest naming it", () =>
       Effect.gen(function* () {
         const cases: ReadonlyArray<readonly [Mock.Options["respond"], string]> = [

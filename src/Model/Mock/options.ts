@@ -127,7 +127,7 @@ const planOf = (path: string, outcome: Outcome): Input.Checked<Planned> =>
           if (i >= 0) return yield* issue(`${path}.chunks[${i}]`, "expected a string")
         }
         if (outcome.finishReason !== undefined && !isFinishReason(outcome.finishReason)) {
-          return yield* issue(`${path}.finishReason`, `unknown finish reason ${JSON.stringify(outcome.finishReason)}`)
+          return yield* issue(`${path}.finishReason`, `unknown finish reason ${Input.shown(outcome.finishReason)}`)
         }
         if (outcome.toolCalls !== undefined && !Array.isArray(outcome.toolCalls)) {
           return yield* issue(`${path}.toolCalls`, `expected an array, got ${Input.kindOf(outcome.toolCalls)}`)
@@ -138,7 +138,7 @@ const planOf = (path: string, outcome: Outcome): Input.Checked<Planned> =>
       }
       case "Fail": {
         if (!isReason(outcome.reason))
-          return yield* issue(`${path}.reason`, `unknown reason ${JSON.stringify(outcome.reason)}`)
+          return yield* issue(`${path}.reason`, `unknown reason ${Input.shown(outcome.reason)}`)
         yield* Input.optional(outcome.status, (status) => Input.int(`${path}.status`, status, { min: 100, max: 599 }))
         yield* Input.optional(outcome.afterChunks, (n) => Input.int(`${path}.afterChunks`, n, { min: 0 }))
         const retryAfter = yield* Input.optional(outcome.retryAfter, (d) =>
