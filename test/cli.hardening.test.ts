@@ -101,6 +101,23 @@ describe("providers of one name", () => {
   )
 })
 
+describe("a config key in an issue's path", () => {
+  it("is bounded as every other check bounds a key: a provider key of 100,000 characters went whole into the path", () => {
+    const long = "k".repeat(100_000)
+    for (const key of [long, `a/${long}`]) {
+      const path = CliConfig.formatPath(["providers", key, "type"])
+      assert.isBelow(path.length, 200, path.slice(0, 300))
+      assert.include(path, "(100,00")
+      assert.isTrue(path.startsWith('providers["'), path.slice(0, 300))
+    }
+    assert.strictEqual(CliConfig.formatPath(["providers", "a/b", "type"]), 'providers["a/b"].type')
+    assert.strictEqual(CliConfig.formatPath(["providers", "m", 2]), "providers.m[2]")
+    const { issues } = CliConfig.inspect({ providers: { [long]: { type: "mock", latncy: 1 } } })
+    assert.isAbove(issues.length, 0)
+    for (const issue of issues) assert.isBelow(issue.path.length, 200, issue.path.slice(0, 300))
+  })
+})
+
 describe("what the manager refuses when it is built", () => {
   // `stats` said these configs were valid (exit 0); `test` refused them as `provider "(manager)": …`.
   const check = (config: unknown) =>

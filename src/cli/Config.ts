@@ -115,7 +115,13 @@ export const formatPath = (path: ReadonlyArray<PropertyKey>): string => {
     if (typeof key === "number") out += `[${key}]`
     else {
       const name = String(key)
-      out += /^[A-Za-z_$][\w$-]*$/.test(name) ? (out === "" ? name : `.${name}`) : `[${JSON.stringify(name)}]`
+      // Past 80 characters a key is quoted and cut as Input writes a key: a 100,000-character one went whole in.
+      out +=
+        name.length <= 80 && /^[A-Za-z_$][\w$-]*$/.test(name)
+          ? out === ""
+            ? name
+            : `.${name}`
+          : `[${Input.shown(name)}]`
     }
   }
   return out === "" ? "(root)" : out
