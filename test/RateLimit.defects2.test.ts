@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Context, Duration, Effect, Fiber, Layer, type Scope } from "effect"
+import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, type Scope } from "effect"
 import { RateLimiter, Redis as PersistenceRedis } from "effect/persistence"
 import { TestClock } from "effect/testing"
 import type { ModelError } from "../src/AiError.js"
@@ -56,6 +56,27 @@ describe("RateLimit memory store: keys whose windows have all ended are dropped"
       yield* TestClock.adjust("1 day")
       yield* limits.acquire(uniqueName("d"))
     })
+  )
+
+  it.effect(
+    "an algorithm that is neither is shown bounded, as every other check shows a value: a BigInt threw out of the check, a long string went whole in",
+    () =>
+      Effect.gen(function* () {
+        for (const algorithm of [10n, "a".repeat(100_000), { name: "fixed-window" }]) {
+          const exit = yield* Effect.exit(
+            service({ default: { requestsPerMinute: 1, algorithm } } as unknown as RateLimit.MemoryOptions)
+          )
+          assert.isTrue(Exit.isFailure(exit) && Exit.hasFails(exit), typeof algorithm)
+          const error = yield* Effect.flip(
+            service({ default: { requestsPerMinute: 1, algorithm } } as unknown as RateLimit.MemoryOptions)
+          )
+          assert.deepStrictEqual(
+            [error._tag, error._tag === "OptionError" && error.path],
+            ["OptionError", "default.algorithm"]
+          )
+          assert.isBelow(error.message.length, 300, error.message.slice(0, 400))
+        }
+      })
   )
 
   it.effect(

@@ -37,7 +37,7 @@ const checkLimits = (input: unknown, path: string): Input.Checked<ResolvedLimits
   if (algorithm !== "fixed-window" && algorithm !== "token-bucket") {
     return Result.fail({
       path: `${path}.algorithm`,
-      message: `expected "fixed-window" or "token-bucket", got ${JSON.stringify(algorithm)}`
+      message: `expected "fixed-window" or "token-bucket", got ${Input.shown(algorithm)}`
     })
   }
   return Result.map(
