@@ -1162,6 +1162,24 @@ describe("Executor.stream", () => {
   )
 })
 
+describe("Executor.stream: a resume that is no object", () => {
+  it.effect(
+    "is shown bounded, as every other check shows a value: a BigInt threw a TypeError out of the check, a long string went whole in",
+    () =>
+      Effect.gen(function* () {
+        const { executor, control } = yield* setup()
+        for (const resume of [10n, "r".repeat(100_000)]) {
+          const exit = yield* Effect.exit(collect(executor.stream(ask, { resume } as never)))
+          assert.isTrue(Exit.isFailure(exit) && Exit.hasFails(exit), typeof resume)
+          const error = yield* Effect.flip(collect(executor.stream(ask, { resume } as never)))
+          assert.strictEqual(error._tag === "ModelError" && error.field, "resume", error.message.slice(0, 300))
+          assert.isBelow(error.message.length, 300, error.message.slice(0, 400))
+        }
+        assert.strictEqual(yield* control.calls, 0)
+      })
+  )
+})
+
 describe("Executor.stream: a stream refused for an option", () => {
   it.effect("cache that is no boolean is refused naming cache, not taken as on", () =>
     Effect.gen(function* () {

@@ -245,7 +245,7 @@ export const resumeOf = (
   if (resume === undefined || resume === false) return Result.succeed(undefined)
   if (resume === true) return Result.succeed({ maxResumes: 1, minOverlap: 4, instruction: defaultInstruction })
   if (typeof resume !== "object" || resume === null || Array.isArray(resume)) {
-    return Result.fail({ path: "resume", message: `expected true, false or an object, got ${JSON.stringify(resume)}` })
+    return Result.fail({ path: "resume", message: `expected true, false or an object, got ${Input.shown(resume)}` })
   }
   const options = resume as ResumeOptions
   const issue =
