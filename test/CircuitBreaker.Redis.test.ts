@@ -603,6 +603,14 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
       // In a Redis command a lone surrogate is U+FFFD: two such prefixes would share their keys.
       yield* refused({ prefix: "p-\uD800" }, "prefix")
       yield* refused({ onStoreError: "maybe" }, "onStoreError")
+      // Shown bounded, as every other check shows a value: a BigInt threw out of the check, a long string went whole in.
+      for (const onStoreError of [10n, "m".repeat(100_000)]) {
+        const exit = yield* Effect.exit(build(server, { onStoreError } as never))
+        assert.isTrue(Exit.isFailure(exit) && Exit.hasFails(exit), typeof onStoreError)
+        const error = yield* Effect.flip(build(server, { onStoreError } as never))
+        assert.strictEqual((error as OptionError).path, "onStoreError")
+        assert.isBelow(error.message.length, 300, error.message.slice(0, 400))
+      }
       yield* refused({ probeLease: Number.NaN }, "probeLease")
       // Renewed every third of it, each renewal answered within redis.timeout: a lease of 1 ms lapsed between them,
       // and was renewed in a loop, a Redis command every millisecond for as long as the probe ran.

@@ -107,7 +107,7 @@ export const makeRedis = Effect.fnUntraced(function* (given: RedisOptions = {}) 
   if (onStoreError !== "allow" && onStoreError !== "reject") {
     return yield* new Input.OptionError({
       path: "onStoreError",
-      message: `invalid onStoreError: expected "allow" or "reject", got ${JSON.stringify(onStoreError)}`
+      message: `invalid onStoreError: expected "allow" or "reject", got ${Input.shown(onStoreError)}`
     })
   }
   const probeLease = yield* Input.orOptionError(millis("probeLease", Input.orDefault(options.probeLease, "10 seconds")))
