@@ -888,6 +888,18 @@ describe("Local provider: loading", () => {
     })
   )
 
+  it.effect("a long model id outside modelPath is shown bounded in the OptionError", () =>
+    Effect.gen(function* () {
+      const id = `../${"x".repeat(5_000)}`
+      const error = yield* Effect.flip(Effect.scoped(Local.make({ modelPath, generationModel: id })))
+      assert.strictEqual(error._tag, "OptionError")
+      if (error._tag === "OptionError") assert.strictEqual(error.path, "generationModel")
+      // Its first 80 characters and its length (Input.shown), not the whole id in every log line.
+      assert.include(error.message, `"../${"x".repeat(77)}"… (5,003 characters): it has a ".." segment`)
+      assert.isBelow(error.message.length, 300)
+    })
+  )
+
   it.effect("two providers with their own modelPath, built at once, each load their own models", () =>
     Effect.gen(function* () {
       // transformers.js reads its process-wide env (localModelPath) throughout a load: one

@@ -65,7 +65,7 @@ const modelId = (path: string, input: unknown): Input.Checked<string> =>
       ? Result.succeed(id)
       : Result.fail({
           path,
-          message: `expected a model id under modelPath (a folder name, or org/name such as Xenova/distilgpt2), got ${JSON.stringify(id)}: ${why}`
+          message: `expected a model id under modelPath (a folder name, or org/name such as Xenova/distilgpt2), got ${Input.shown(id)}: ${why}`
         })
   })
 
