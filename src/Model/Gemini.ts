@@ -130,7 +130,7 @@ const checkOptions = (options: Options) =>
         ? Result.succeed(version)
         : Result.fail({
             path: "apiVersion",
-            message: `expected one path segment such as "v1beta", got ${JSON.stringify(version.slice(0, 120))}`
+            message: `expected one path segment such as "v1beta", got ${Input.shown(version)}`
           })
     ),
     Model.requestLimits(options.requestLimits),

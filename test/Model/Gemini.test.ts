@@ -1586,6 +1586,24 @@ layer(NodeHttpClient.layerUndici)("Gemini over HTTP", (it) => {
       })
     )
 
+    it.effect("a long apiVersion or model is shown bounded in the OptionError, as every check shows a value", () =>
+      Effect.gen(function* () {
+        const server = yield* Server.make((_, res) => Server.json(res, 200, response("x")))
+        const cases: ReadonlyArray<readonly [Partial<Gemini.Options>, string, string]> = [
+          [{ apiVersion: `v1/${"x".repeat(5_000)}` }, "apiVersion", `"v1/${"x".repeat(77)}"… (5,003 characters)`],
+          [{ model: `../${"m".repeat(5_000)}` }, "model", `"../${"m".repeat(77)}"… (5,003 characters)`]
+        ]
+        for (const [options, field, shown] of cases) {
+          const error = yield* Effect.flip(provider(server, options))
+          assert.strictEqual(error._tag, "OptionError")
+          assert.strictEqual(error.path, field)
+          // Its first 80 characters and its length (Input.shown): 120 of them, unsaid how many more, was not.
+          assert.include(error.message, shown)
+          assert.isBelow(error.message.length, 300)
+        }
+      })
+    )
+
     it.effect("layerConfig reads the key as a secret from Config", () =>
       Effect.gen(function* () {
         const server = yield* Server.make((_, res) => Server.json(res, 200, response("configured")))

@@ -7,6 +7,7 @@
  */
 import { Result, Schema } from "effect"
 import { invalidRequest, ModelError } from "../../AiError.js"
+import * as Input from "../../Input.js"
 import * as Model from "../../Model.js"
 import { maxToolCalls, withToolCalls } from "../http/assemble.js"
 import { boundedArray, finite, maxChoices, shallow, tokenCount, Vector } from "../http/decode.js"
@@ -149,7 +150,7 @@ export const modelPath = (model: string): string =>
 export const modelPathIssue = (model: string): string | undefined => {
   for (const segment of model.split("/")) {
     if (segment === "." || segment === "..") {
-      return `a "${segment}" segment would take the request out of models/ (${JSON.stringify(model.slice(0, 120))})`
+      return `a "${segment}" segment would take the request out of models/ (${Input.shown(model)})`
     }
   }
   return undefined
