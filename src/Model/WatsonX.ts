@@ -97,7 +97,7 @@ const versionOf = (input: unknown): Input.Checked<string> => {
     ? Result.succeed(input as string)
     : Result.fail({
         path: "version",
-        message: `expected a date such as "2024-05-31", got ${typeof input === "string" ? JSON.stringify(input) : Input.kindOf(input)}`
+        message: `expected a date such as "2024-05-31", got ${Input.shown(input)}`
       })
 }
 

@@ -1625,6 +1625,17 @@ layer(NodeHttpClient.layerUndici)("WatsonX over HTTP", (it) => {
       })
     )
 
+    it.effect("version: a long value is shown bounded in the OptionError, as every check shows a value", () =>
+      Effect.gen(function* () {
+        const { provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
+        const error = yield* Effect.flip(provider({ version: `2024-${"9".repeat(5_000)}` }))
+        assert.deepStrictEqual([error._tag, error.path], ["OptionError", "version"])
+        // Its first 80 characters and its length (Input.shown), not the whole value in every log line.
+        assert.include(error.message, `got "2024-${"9".repeat(75)}"… (5,005 characters)`)
+        assert.isBelow(error.message.length, 200)
+      })
+    )
+
     it.effect("every option is checked at build: an OptionError naming the field", () =>
       Effect.gen(function* () {
         const { provider } = yield* makeServer((_, res) => Server.json(res, 200, chatAnswer("ok")))
