@@ -4,6 +4,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import * as PersistenceRedis from "effect/persistence/Redis"
+import * as NodeRedis from "@effect/platform-node/NodeRedis"
 import * as AiError from "../src/AiError.js"
 import { CircuitOpenError, modelError } from "../src/AiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
@@ -11,7 +12,7 @@ import type { OptionError } from "../src/Input.js"
 import * as Metrics from "../src/Metrics.js"
 import * as Redis from "../src/Redis.js"
 import { captureLogs } from "./utils/logs.js"
-import { type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
+import { healthyClient, healthyDeadline, type RedisServer, skipRedis, skipReason, startRedis } from "./utils/redis.js"
 
 let counter = 0
 const uniqueKey = (label: string) => `cbr-${label}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
@@ -19,10 +20,31 @@ const uniqueKey = (label: string) => `cbr-${label}-${++counter}-${Math.random().
 const overloaded = Effect.fail(modelError("Overloaded", "busy"))
 const ok = Effect.succeed("ok")
 
+/**
+ * Deadlines a healthy Redis meets on a loaded machine (`redis.timeout` and the client's), unless the test gives its
+ * own: with the defaults (500 ms) a call that waited for a core ran unrecorded. The probe's lease is a minute, at least
+ * 1.5 times `redis.timeout` as the layer requires.
+ */
+const healthy = (options: CircuitBreaker.RedisOptions): CircuitBreaker.RedisOptions => ({
+  probeLease: "1 minute",
+  ...options,
+  // Anything else (`null`, an array) goes as given, for the option checks.
+  redis:
+    options.redis === undefined
+      ? { timeout: healthyDeadline }
+      : typeof options.redis === "object" && options.redis !== null && !Array.isArray(options.redis)
+        ? { timeout: healthyDeadline, ...options.redis }
+        : options.redis
+})
+
 /** Breakers on their own Redis client (as another process would have), built in the test's scope. */
 const build = (server: RedisServer, options: CircuitBreaker.RedisOptions) =>
   Effect.map(
-    Layer.build(CircuitBreaker.layerRedis(options).pipe(Layer.provide(Redis.layer({ url: server.url })))),
+    Layer.build(
+      CircuitBreaker.layerRedis(healthy(options)).pipe(
+        Layer.provide(Redis.layer({ url: server.url, ...healthyClient }))
+      )
+    ),
     Context.get(CircuitBreaker.Breakers)
   )
 
@@ -31,13 +53,15 @@ const buildWithRaw = (server: RedisServer, options: Omit<CircuitBreaker.RedisOpt
   Effect.gen(function* () {
     const prefix = `${uniqueKey("p")}:`
     const breakers = yield* build(server, { prefix, ...options })
-    const raw = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+    const raw = Context.get(
+      yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient })),
+      PersistenceRedis.Redis
+    )
     return { prefix, breakers, raw }
   })
 
-/** A Redis deadline short enough for a test, and no outage report in its time. */
-// A deadline a healthy Redis meets on a loaded machine: with 300 ms, a call that must succeed could miss it.
-const quietRedis = { timeout: "2 seconds", reportAfter: "1 minute" } as const
+/** No outage report in a test's time (the deadline stays {@link healthy}'s). */
+const quietRedis = { reportAfter: "1 minute" } as const
 
 const storeErrors = Effect.map(
   Metric.value(Metric.withAttributes(Metrics.storeErrors, { store: "breaker" })),
@@ -55,7 +79,7 @@ const eventually = <A, E>(effect: Effect.Effect<A, E>, done: (a: A) => boolean, 
     return yield* Effect.die(`timed out waiting for ${what}`)
   })
 
-/** Each call must answer within 5 s (the guard's deadline is 200 ms): `None` means it hung. */
+/** Each call must answer within 5 s, a sixth of the guard's deadline: `None` means it waited on the dead Redis. */
 const answered = <A, E>(effect: Effect.Effect<A, E>) => Effect.timeoutOption(Effect.exit(effect), "5 seconds")
 
 const fixture = fileURLToPath(new URL("./fixtures/breaker-process.ts", import.meta.url))
@@ -224,22 +248,37 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
   it.live("a failure whose record was refused before it was sent (client offline) is counted later: it trips", () =>
     Effect.gen(function* () {
       const server = yield* startRedis
-      const { prefix, breakers, raw } = yield* buildWithRaw(server, {
-        failMax: 1,
-        resetTimeout: "1 minute",
-        redis: quietRedis
-      })
+      const prefix = `${uniqueKey("p")}:`
+      const connection = yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient }))
+      const breakers = Context.get(
+        yield* Layer.build(
+          CircuitBreaker.layerRedis(healthy({ prefix, failMax: 1, resetTimeout: "1 minute", redis: quietRedis })).pipe(
+            Layer.provide(Layer.succeedContext(connection))
+          )
+        ),
+        CircuitBreaker.Breakers
+      )
+      const raw = Context.get(
+        yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient })),
+        PersistenceRedis.Redis
+      )
+      const client = Context.get(connection, NodeRedis.NodeRedis).client
       const key = uniqueKey("lost-failure")
       assert.strictEqual(yield* breakers.execute(key, ok), "ok")
       const send = (...args: ReadonlyArray<string>) => Effect.orDie(raw.send(args[0]!, ...args.slice(1)))
       // The breakers' connection dropped, and it cannot come back (a password it does not have) until
-      // the call has failed: its record finds the client offline, never sent.
+      // the call has failed: its record finds the client offline, never sent. Waited for until the client
+      // says so (a fixed 100 ms let a loaded machine send the record before the client saw the drop).
       const offline = Effect.andThen(
         Effect.andThen(
           send("CONFIG", "SET", "requirepass", "p4ssw0rd"),
           send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         ),
-        Effect.sleep("100 millis")
+        eventually(
+          Effect.sync(() => client.isReady),
+          (ready) => !ready,
+          "the breakers' client to see its connection dropped"
+        )
       )
       const errorsBefore = yield* storeErrors
       yield* Effect.exit(breakers.execute(key, Effect.andThen(offline, overloaded)))
@@ -259,33 +298,69 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
     })
   )
 
-  it.live(
+  // The guard's deadline is TestClock's (the client's a day): the admission, on the healthy Redis, never misses it, and
+  // the record, sent to the hung Redis, misses it once the clock passes it (with 2 s of real time, a loaded machine
+  // could miss it on the admission: the call then ran unrecorded, and nothing was left to read back).
+  it.effect(
     "a record whose answer was lost (Redis hung past the deadline, then ran it) is read back: the view opens",
     () =>
       Effect.gen(function* () {
         const server = yield* startRedis
-        const { prefix, breakers, raw } = yield* buildWithRaw(server, {
-          failMax: 1,
-          resetTimeout: "1 minute",
-          redis: quietRedis
-        })
+        const prefix = `${uniqueKey("p")}:`
+        const breakers = Context.get(
+          yield* Layer.build(
+            CircuitBreaker.layerRedis({
+              prefix,
+              failMax: 1,
+              resetTimeout: "1 minute",
+              probeLease: "1 minute",
+              redis: { timeout: "2 seconds", reportAfter: "1 minute" }
+            }).pipe(Layer.provide(Redis.layer({ url: server.url, ...healthyClient, commandTimeout: "1 day" })))
+          ),
+          CircuitBreaker.Breakers
+        )
+        const raw = Context.get(
+          yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient })),
+          PersistenceRedis.Redis
+        )
         const key = uniqueKey("late-record")
         // Redis holds the scripts (a first call loads them).
         assert.strictEqual(yield* breakers.execute(uniqueKey("warm"), ok), "ok")
         // Admitted, then Redis stops answering: the failure's record is sent and times out.
-        yield* Effect.exit(breakers.execute(key, Effect.andThen(server.pause, overloaded)))
+        yield* Effect.addFinalizer(() => server.resume)
+        const call = yield* Effect.forkChild(
+          Effect.exit(breakers.execute(key, Effect.andThen(server.pause, overloaded))),
+          {
+            startImmediately: true
+          }
+        )
+        for (let i = 0; i < 500 && call.pollUnsafe() === undefined; i++) {
+          yield* TestClock.adjust("1 second")
+          yield* TestClock.withLive(Effect.sleep("10 millis"))
+        }
+        assert.isDefined(call.pollUnsafe(), "the record waited on the hung Redis past the guard's deadline")
         yield* server.resume
-        yield* eventually(
+        // Moves the clock on in small steps (the read-back's retries), well within the minute the circuit is open.
+        const readBack = <A>(effect: Effect.Effect<A, unknown>, done: (a: A) => boolean, what: string) =>
+          Effect.gen(function* () {
+            for (let i = 0; i < 300; i++) {
+              if (done(yield* Effect.orDie(effect))) return
+              yield* TestClock.adjust("100 millis")
+              yield* TestClock.withLive(Effect.sleep("20 millis"))
+            }
+            return yield* Effect.die(`timed out waiting for ${what}`)
+          })
+        yield* readBack(
           raw.send<string | null>("HGET", `${prefix}${key}`, "state"),
           (state) => state === "Open",
           "Redis to run the record"
         )
-        yield* eventually(
+        yield* readBack(
           Effect.map(Metric.value(Metric.withAttributes(Metrics.breakerState, { breaker: key })), (s) => s.value),
           (value) => value === 1,
           "the view to open"
         )
-      })
+      }).pipe(Effect.scoped)
   )
 
   // Each refusal's open end (Redis time, a round trip ago) differs by a millisecond or so from the
@@ -329,7 +404,8 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
       const options: CircuitBreaker.RedisOptions = {
         prefix: `${uniqueKey("p")}:`,
         failMax: 1,
-        resetTimeout: "300 millis"
+        // b's call must find the circuit still open: 300 ms let a loaded machine reach it half-open, as the probe.
+        resetTimeout: "3 seconds"
       }
       const a = yield* build(server, options)
       const b = yield* build(server, options)
@@ -368,14 +444,18 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
           resetTimeout: "300 millis",
           idleTimeToLive: "1 second"
         })
-        const redis = Context.get(yield* Layer.build(Redis.layer({ url: server.url })), PersistenceRedis.Redis)
+        const redis = Context.get(
+          yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient })),
+          PersistenceRedis.Redis
+        )
         const key = uniqueKey("expired")
         const changes = yield* Effect.forkChild(Stream.runCollect(Stream.take(breakers.changes, 3)), {
           startImmediately: true
         })
         yield* Effect.exit(breakers.execute(key, overloaded))
         yield* Effect.exit(breakers.execute(key, overloaded))
-        assert.strictEqual(yield* breakers.state(key), "open")
+        // The trip reached Redis (the view's half-open 300 ms later is not read here: a loaded machine can pass it).
+        assert.strictEqual(yield* redis.send<string | null>("HGET", `${prefix}${key}`, "state"), "Open")
         // Redis drops the hash 1.3 s after the trip; nothing reads the state meanwhile.
         yield* eventually(redis.send<number>("EXISTS", `${prefix}${key}`), (n) => n === 0, "the hash to expire")
         yield* eventually(
@@ -401,14 +481,9 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
     Effect.gen(function* () {
       const server = yield* startRedis
       const prefix = `${uniqueKey("p")}:`
-      // Deadlines a healthy Redis meets on a loaded machine; a killed one refuses at once (the client is offline).
-      const open = yield* build(server, { prefix, failMax: 2, redis: { timeout: "2 seconds" } })
-      const closed = yield* build(server, {
-        prefix,
-        failMax: 2,
-        onStoreError: "reject",
-        redis: { timeout: "2 seconds" }
-      })
+      // Deadlines a healthy Redis meets on a loaded machine (build's); a killed one refuses at once (the client is offline).
+      const open = yield* build(server, { prefix, failMax: 2 })
+      const closed = yield* build(server, { prefix, failMax: 2, onStoreError: "reject" })
       const key = uniqueKey("killed")
       assert.strictEqual(yield* open.execute(key, ok), "ok")
       const before = yield* storeErrors
@@ -452,13 +527,14 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
         const logs = yield* captureLogs
         yield* Effect.gen(function* () {
           const server = yield* startRedis
-          // A lease of 3 s is renewed every second while the probe runs.
+          // A lease of 15 s is renewed every 5 seconds while the probe runs; its admission and renewals have
+          // 10 s each (at most two thirds of the lease), which a healthy Redis meets on a loaded machine.
           const breakers = yield* build(server, {
             prefix: `${uniqueKey("p")}:`,
             failMax: 1,
             resetTimeout: "100 millis",
-            probeLease: "3 seconds",
-            redis: quietRedis
+            probeLease: "15 seconds",
+            redis: { ...quietRedis, timeout: "10 seconds" }
           })
           const key = uniqueKey("renew")
           yield* Effect.exit(breakers.execute(key, overloaded))
@@ -468,8 +544,8 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
               const probe = yield* breakers.admit(key)
               assert.isTrue(probe.probe)
               yield* server.kill
-              // About three renewals, each refused at once (the client is offline).
-              yield* Effect.sleep("3500 millis")
+              // Two renewals, each refused at once (the client is offline).
+              yield* Effect.sleep("11 seconds")
             })
           )
           const errors = logs.lines.filter((l) => l.startsWith("Error"))
@@ -486,7 +562,7 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
         const breakers = yield* build(server, {
           prefix: `${uniqueKey("p")}:`,
           onStoreError: "reject",
-          redis: { timeout: "2 seconds", probeInterval: "3 seconds" }
+          redis: { probeInterval: "3 seconds" }
         })
         const key = uniqueKey("store-down")
         yield* server.kill
@@ -513,7 +589,8 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
     Effect.gen(function* () {
       const server = yield* startRedis
       const prefix = `${uniqueKey("p")}:`
-      // The client waits longer than the guard: the answer reaches this process after its caller gave up.
+      // a's client waits longer than its guard: the answer reaches this process after its caller gave up. b's
+      // deadlines are ones a healthy Redis meets on a loaded machine (a's 200 ms are only ever met by the hung one).
       const breakersOn = (timeout: Duration.Input) =>
         Effect.map(
           Layer.build(
@@ -523,14 +600,19 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
               resetTimeout: "200 millis",
               probeLease: "1 minute",
               redis: { timeout, reportAfter: "1 minute" }
-            }).pipe(Layer.provide(Redis.layer({ url: server.url, commandTimeout: "10 seconds" })))
+            }).pipe(Layer.provide(Redis.layer({ url: server.url, ...healthyClient })))
           ),
           Context.get(CircuitBreaker.Breakers)
         )
       const a = yield* breakersOn("200 millis")
-      const b = yield* breakersOn("5 seconds")
+      const b = yield* breakersOn(healthyDeadline)
       const key = uniqueKey("late-probe")
-      yield* Effect.exit(a.execute(key, overloaded))
+      // Tripped by a, again until Redis has it: a loaded machine can miss a's 200 ms, the failure then unrecorded.
+      yield* eventually(
+        Effect.andThen(Effect.exit(a.execute(key, overloaded)), b.state(key)),
+        (state) => state !== "closed",
+        "a's failure to trip the circuit"
+      )
       yield* eventually(b.state(key), (state) => state === "half-open", "half-open")
       yield* server.pause
       yield* Effect.addFinalizer(() => server.resume)

@@ -33,6 +33,17 @@ export const skipRedis: boolean = redisServerPath === undefined && !isCI
 /** The reason shown when the Redis tests are skipped. */
 export const skipReason = "skipped: redis-server is not installed (install it with `apt-get install -y redis-server`)"
 
+/**
+ * The deadline of a Redis call meant to succeed (the client's `commandTimeout` and `connectTimeout`, a store's
+ * `redis.timeout`). CI runs the suite on a shared 2-core machine under load, where a healthy command can wait
+ * seconds for a core: the defaults (500 ms) cut it there, and a test of a healthy path failed. A test about a
+ * deadline sets its own, short, against a Redis that never answers (SIGSTOP), or on `TestClock`.
+ */
+export const healthyDeadline = "30 seconds"
+
+/** `Redis.layer` options for a Redis meant to answer: the client's deadlines at {@link healthyDeadline}. */
+export const healthyClient = { commandTimeout: healthyDeadline, connectTimeout: healthyDeadline } as const
+
 /** A free TCP port on 127.0.0.1 (the OS picks it; released right away for redis-server to take). */
 export const freePort: Effect.Effect<number, Error> = Effect.callback<number, Error>((resume) => {
   const server = createServer()
@@ -147,8 +158,16 @@ export const startRedisAt = Effect.fnUntraced(function* (port: number) {
   }
 })
 
-/** {@link startRedisAt} a free loopback port. */
-export const startRedis: Effect.Effect<RedisServer, Error, Scope.Scope> = Effect.flatMap(freePort, startRedisAt)
+/** redis-server could not bind its port: another process took it between `freePort` and the start. */
+const portTaken = (error: Error): boolean => error.message.includes("Address already in use")
+
+/**
+ * {@link startRedisAt} a free loopback port; another one when the port was taken before redis-server bound it (on
+ * a machine running other suites, another process's socket took it now and then).
+ */
+export const startRedis: Effect.Effect<RedisServer, Error, Scope.Scope> = Effect.flatMap(freePort, startRedisAt).pipe(
+  Effect.retry({ times: 5, while: portTaken })
+)
 
 /**
  * A `redis-server` speaking TLS only on a free loopback port, whose certificate (for 127.0.0.1) a CA of its own
