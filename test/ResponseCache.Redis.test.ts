@@ -124,12 +124,13 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
         Effect.gen(function* () {
           const server = yield* startRedis
           const name = uniqueName("round")
-          const cache = yield* build(server, { name, ttl: "2 seconds", staleFor: "1 second" })
+          // A minute and 30 s: the PTTL read below is more than ttl on a loaded machine (2 s and 1 s left it a second).
+          const cache = yield* build(server, { name, ttl: "1 minute", staleFor: "30 seconds" })
           const redis = yield* admin(server)
           yield* cache.setMany([{ key: "k", value: response("hello") }])
           assert.deepStrictEqual(yield* cache.getMany(["k"]), [Option.some(response("hello"))])
           const ttl = yield* redis.send<number>("PTTL", `${name}:r:k`)
-          assert.isTrue(ttl > 2000 && ttl <= 3000, `PEXPIRE covers ttl + staleFor, got ${ttl}`)
+          assert.isTrue(ttl > 60_000 && ttl <= 90_000, `PEXPIRE covers ttl + staleFor, got ${ttl}`)
           const raw = yield* redis.send<string>("GET", `${name}:r:k`)
           assert.strictEqual(JSON.parse(raw).value.response.text, "hello")
           yield* cache.invalidate("k")
@@ -1315,8 +1316,10 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        // A ttl of 2 s: the other process below reads the answer fresh on a loaded machine (300 ms was not always).
-        const cache = yield* build(server, { ttl: "2 seconds", staleFor: "1 minute" })
+        // A ttl of 3 s, the other process built before the answer: it reads the answer fresh on a loaded machine (300 ms
+        // was not always, nor 2 s with its layer built in them).
+        const cache = yield* build(server, { ttl: "3 seconds", staleFor: "1 minute" })
+        const other = yield* build(server, { name: `${cache.name}-2`, prefix: cache.name, ttl: "3 seconds" })
         const origin: ResponseCache.Origin = { provider: "b", domain: "d-b" }
         assert.deepStrictEqual(
           yield* cache.getOrCompute("k", Effect.succeed(response("old")), { originOf: () => origin }),
@@ -1328,14 +1331,13 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
           Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" })))
         )
         // Another process on the same prefix reads the answer and who produced it.
-        const other = yield* build(server, { name: `${cache.name}-2`, prefix: cache.name, ttl: "2 seconds" })
         assert.deepStrictEqual(yield* other.getOrCompute("k", Effect.die("not called")), {
           value: response("old"),
           source: "hit",
           origin
         })
         // Past the ttl: a refresh that never ends.
-        yield* Effect.sleep("2100 millis")
+        yield* Effect.sleep("3100 millis")
         const cut = modelError("Timeout", "the caller's deadline")
         const bound = <A>(wait: Effect.Effect<A, AiError>) =>
           Effect.timeoutOrElse(wait, { duration: "100 millis", orElse: () => Effect.fail(cut) })
