@@ -1843,6 +1843,29 @@ describe("Executor.stream: review of the resume and the cache", () => {
     })
   )
 
+  // An admit answering no permit left the stream unrecorded on its breaker, silently: the breaker never
+  // saw a failure of the provider (its circuit never opened) nor, half-open, its probe's answer.
+  it.effect("a user breaker's admit that answers no permit is the stream's defect naming it", () =>
+    Effect.gen(function* () {
+      for (const permit of [undefined, null, {}, { record: 1 }]) {
+        const breaker = { execute: () => Effect.never, admit: () => Effect.succeed(permit) }
+        const { executor, control } = yield* setup({ respond: () => "a b" }, { guards: { breaker } as never })
+        const exit = yield* Effect.exit(collect(executor.stream(ask, { retry: { maxAttempts: 3, jitter: 0 } })))
+        assert.isTrue(Exit.isFailure(exit) && Cause.hasDies(exit.cause), `${String(permit)}: ${String(exit)}`)
+        if (Exit.isFailure(exit)) {
+          assert.include(
+            (Cause.squash(exit.cause) as Error).message,
+            "the circuit breaker's admit must answer a permit { record } (step mock), got"
+          )
+        }
+        // Refused before its provider was asked; counted as a breaker's defect is, not retried.
+        assert.strictEqual(yield* control.calls, 0)
+        const stats = yield* executor.stats()
+        assert.deepStrictEqual([stats.inFlight, stats.failuresByReason], [0, { Unknown: 1 }])
+      }
+    })
+  )
+
   // A custom cache whose read or write never ends held the stream for good: its read came before the
   // total deadline was armed, its write after the Finish, which the total deadline no longer cuts.
   it.effect("a custom cache's getParts that never ends is cut by the total deadline, as a call's lookup is", () =>

@@ -307,6 +307,16 @@ const admitOf = (breaker: BreakerGuard, key: string): ReturnType<BreakerGuard["a
   }
 }
 
+const isPermit = (permit: unknown): permit is BreakerPermit =>
+  typeof permit === "object" && permit !== null && typeof (permit as BreakerPermit).record === "function"
+
+const noPermitError = (step: string, permit: unknown): TypeError =>
+  new TypeError(
+    `the circuit breaker's admit must answer a permit { record } (step ${step}), got ${
+      typeof permit === "object" && permit !== null ? "an object without a record function" : Input.kindOf(permit)
+    }`
+  )
+
 // How an attempt its user's guard (`what`) failed ends, as a call's guard's failure ends the call (`step.ts`):
 // a failure that is no AiError is a ModelError naming the guard, a defect the stream's (not retried, no other
 // step), the guard's own interruption a ModelError naming it (an interruption from outside set the attempt's
@@ -333,7 +343,10 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
   }
   if (step.breaker !== undefined) {
     attempt.guard = "the circuit breaker"
-    attempt.permit = yield* Scope.provide(admitOf(step.breaker, step.name), attempt.scope)
+    const permit: unknown = yield* Scope.provide(admitOf(step.breaker, step.name), attempt.scope)
+    // One that answers no permit would leave the attempt's outcome unrecorded, without a word.
+    if (!isPermit(permit)) return yield* Effect.die(guardDefect(noPermitError(step.name, permit)))
+    attempt.permit = permit
   }
   attempt.guard = undefined
   // The first chunk's deadline covers the wait for the provider's slot, as an attempt's deadline
