@@ -49,6 +49,7 @@ import { RateLimits } from "../src/RateLimit.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as StatsModule from "../src/Stats.js"
 import { setup } from "./utils/executor.js"
+import { captureLogs } from "./utils/logs.js"
 
 const ask = { prompt: "tell me" }
 
@@ -1862,6 +1863,33 @@ describe("Executor.stream: review of the resume and the cache", () => {
         assert.strictEqual(yield* control.calls, 0)
         const stats = yield* executor.stats()
         assert.deepStrictEqual([stats.inFlight, stats.failuresByReason], [0, { Unknown: 1 }])
+      }
+    })
+  )
+
+  // A record that failed or died was dropped without a word: the breaker's store (a Redis down) missed
+  // every outcome, and nobody was told.
+  it.effect("a user breaker's record that fails is logged naming it, and the stream answers as it did", () =>
+    Effect.gen(function* () {
+      for (const failed of [Effect.fail("store down"), Effect.die(new Error("record bug"))]) {
+        const logs = yield* captureLogs
+        let records = 0
+        const record = () => {
+          records++
+          return failed
+        }
+        const breaker = { execute: () => Effect.never, admit: () => Effect.succeed({ record }) }
+        const { executor } = yield* setup({ respond: () => "a b" }, { guards: { breaker } as never })
+        for (let i = 0; i < 2; i++) {
+          const parts = yield* collect(executor.stream(ask)).pipe(Effect.provide(logs.layer))
+          assert.strictEqual(parts.at(-1)?._tag, "Finish")
+        }
+        assert.strictEqual(records, 2)
+        const warnings = logs.lines.filter((line) => line.includes("the circuit breaker's record failed"))
+        // Once per breaker: a store that is down does not log a line per stream.
+        assert.strictEqual(warnings.length, 1, logs.lines.join("\n"))
+        assert.include(warnings[0], "(step mock)")
+        assert.deepStrictEqual((yield* executor.stats()).failuresByReason, {})
       }
     })
   )

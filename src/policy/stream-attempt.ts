@@ -610,7 +610,13 @@ export const closeAttempt = (
     // One that threw or returned no Effect: the stream's defect naming it, its scopes closed all the same.
     if (!Effect.isEffect(record)) return Effect.andThen(closeScopes(attempt, lanes), Effect.die(record))
     // A user's breaker whose record does not end would hold the stream's end (and its next attempt) for ever.
-    const bounded = selfBounded.has(attempt.step.breaker!) ? record : endWithin(record, lanes)
+    const breaker = attempt.step.breaker!
+    const bounded = selfBounded.has(breaker)
+      ? record
+      : endWithin(
+          Effect.catchCause(record, (cause) => recordFailed(breaker, attempt.step.name, cause)),
+          lanes
+        )
     return Effect.andThen(bounded, () => closeScopes(attempt, lanes))
   })
 
@@ -627,6 +633,19 @@ const recordOf = (
   } catch (defect) {
     return guardDefect(guardThrew("the circuit breaker's record", step, defect))
   }
+}
+
+const recordWarned = new WeakSet<object>()
+
+// A user's record that fails (its store down) leaves its breaker without that outcome: the stream's outcome
+// stands, and the failure is logged once per breaker (a store that is down would log a line per stream).
+const recordFailed = (breaker: BreakerGuard, step: string, cause: Cause.Cause<unknown>): Effect.Effect<void> => {
+  if (recordWarned.has(breaker) || Cause.hasInterruptsOnly(cause)) return Effect.void
+  recordWarned.add(breaker)
+  return Effect.logWarning(
+    `the circuit breaker's record failed (step ${step}); the stream's outcome stands, unrecorded (later failures of this breaker's record are not logged)`,
+    Cause.squash(cause)
+  )
 }
 
 // The upstream's scope first, bounded (unless the producer closed it at its Finish: no fiber then), then
