@@ -246,7 +246,8 @@ export interface Service {
    * interrupts the batch. Backpressured: at most `bufferSize` events (default 1,024) wait for a
    * slower consumer; while they do the batch starts no item, and the items already running go on
    * (their events, about two each plus one per retry, wait beyond the buffer). `cancel` and
-   * interrupting the stream still end a batch that is held back.
+   * interrupting the stream still end a batch that is held back, and so does closing the manager:
+   * its items not started are refused at once (`ran: false`), their events waiting for the consumer.
    */
   readonly stream: (items: ReadonlyArray<Item>, options?: StreamOptions) => Stream.Stream<StreamEvent, ModelError>
   /** The shared concurrency limit (`maxConcurrent`). */
@@ -325,9 +326,12 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   // Set when the manager closes, before its executor is (this service is built on it): an item whose turn comes
   // then is refused before its call, so that its result can say it did not run.
   let closing = false
+  // The outboxes of the streams running: a closing manager no longer holds their batches back for their consumers.
+  const outboxes = new Set<Outbox<StreamEvent>>()
   yield* Effect.addFinalizer(() =>
     Effect.sync(() => {
       closing = true
+      for (const outbox of outboxes) outbox.release()
     })
   )
   const deps = {
@@ -362,9 +366,13 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         Effect.gen(function* () {
           const outbox = new Outbox<StreamEvent>(queue)
           yield* Effect.forkScoped(outbox.drain)
-          const result = yield* runTapped(items, runOptions, (event) => outbox.offer(event), outbox)
+          if (closing) outbox.release()
+          outboxes.add(outbox)
+          const result = yield* runTapped(items, runOptions, (event) => outbox.offer(event), outbox).pipe(
+            Effect.ensuring(Effect.sync(() => outboxes.delete(outbox)))
+          )
           outbox.offer({ _tag: "Done", result })
-          yield* outbox.awaitRoom
+          yield* outbox.awaitEmpty
           yield* Queue.end(queue)
         }),
       { bufferSize: size, strategy: "suspend" }

@@ -18,9 +18,10 @@ import { Effect, Queue } from "effect"
 export class Outbox<A> {
   private waiting: Array<A> = []
   private head = 0
-  // The drainer parked for work, and the batch's fibers parked for room.
+  // The drainer parked for work, the batch's fibers parked for room, and its end parked until all is handed over.
   private wakeDrainer: (() => void) | undefined
   private readonly roomWaiters = new Set<() => void>()
+  private readonly emptyWaiters = new Set<() => void>()
 
   constructor(private readonly queue: Queue.Enqueue<A, never>) {}
 
@@ -35,21 +36,45 @@ export class Outbox<A> {
     }
   }
 
-  /** Whether no event waits here: the batch may start another item. */
-  readonly room = (): boolean => this.head === this.waiting.length
+  // Set once the batch no longer waits for its consumer (`release`).
+  private released = false
 
-  /** Waits until no event waits here (interruptible). */
+  /** Whether the batch may start another item: no event waits here, or the outbox is released. */
+  readonly room = (): boolean => this.released || this.head === this.waiting.length
+
+  /** Waits until the batch may start another item (interruptible). */
   readonly awaitRoom: Effect.Effect<void> = Effect.callback<void>((resume) => {
     if (this.room()) return resume(Effect.void)
-    const waiter = () => resume(Effect.void)
-    this.roomWaiters.add(waiter)
-    return Effect.sync(() => {
-      this.roomWaiters.delete(waiter)
-    })
+    return this.park(this.roomWaiters, resume)
   })
 
+  /** Waits until no event waits here (interruptible): the consumer's queue has them all. */
+  readonly awaitEmpty: Effect.Effect<void> = Effect.callback<void>((resume) => {
+    if (this.head === this.waiting.length) return resume(Effect.void)
+    return this.park(this.emptyWaiters, resume)
+  })
+
+  /**
+   * The batch no longer waits for its consumer (its manager is closing): its items go on to their
+   * outcomes at once, and their events wait here, in order, for a consumer that may never pull.
+   */
+  release(): void {
+    if (this.released) return
+    this.released = true
+    for (const waiter of this.roomWaiters) waiter()
+    this.roomWaiters.clear()
+  }
+
+  private park(waiters: Set<() => void>, resume: (effect: Effect.Effect<void>) => void): Effect.Effect<void> {
+    const waiter = () => resume(Effect.void)
+    waiters.add(waiter)
+    return Effect.sync(() => {
+      waiters.delete(waiter)
+    })
+  }
+
   private readonly work: Effect.Effect<void> = Effect.callback<void>((resume) => {
-    if (!this.room()) return resume(Effect.void)
+    if (this.head < this.waiting.length) return resume(Effect.void)
     this.wakeDrainer = () => resume(Effect.void)
     return Effect.sync(() => {
       this.wakeDrainer = undefined
@@ -65,6 +90,8 @@ export class Outbox<A> {
         this.head = 0
         for (const waiter of this.roomWaiters) waiter()
         this.roomWaiters.clear()
+        for (const waiter of this.emptyWaiters) waiter()
+        this.emptyWaiters.clear()
       }
     })
   )
