@@ -26,7 +26,7 @@ import {
   type Routed,
   type Service as RouterService
 } from "../Router.js"
-import { describeDefect } from "../policy/failure.js"
+import { describeDefect, detached } from "../policy/failure.js"
 import { forEachPool } from "../policy/pool.js"
 import type { Gate } from "./gate.js"
 import { check, itemAt, type Parsed, parse, underItem } from "./items.js"
@@ -121,7 +121,7 @@ const notAdmitted = (result: ItemResult): ItemResult => ({ ...result, ran: false
 /** The outcome of an item that ran, from its call's exit. */
 const resultOf = (index: number, exit: Exit.Exit<Answer, AiError>, durationMs: number, retries: number): ItemResult => {
   if (Exit.isSuccess(exit)) return { index, status: "success", answer: exit.value, ran: true, durationMs, retries }
-  const error = errorOf(exit.cause)
+  const error = detached(errorOf(exit.cause))
   return { index, status: statusOf(error), error, ran: true, durationMs, retries }
 }
 

@@ -15,7 +15,7 @@ import type { Engine } from "../policy/engine.js"
 import type { Sink } from "../policy/fused.js"
 import { forEachPool, forEachStarted } from "../policy/pool.js"
 import { isTraced } from "../policy/span.js"
-import { renamed } from "../policy/failure.js"
+import { detached, renamed } from "../policy/failure.js"
 import { chatTelemetry, checkRequest, executeAttributes, generateOf } from "./generate.js"
 import { manyKeys, type ResolveSync, thrownIssue } from "./options.js"
 import type { PlanOf } from "./plan.js"
@@ -28,7 +28,7 @@ const resultOf = (exit: Exit.Exit<unknown, AiError>): Result.Result<GenerateResp
   const error = Cause.findErrorOption(exit.cause)
   return Result.fail(
     error._tag === "Some"
-      ? error.value
+      ? detached(error.value)
       : new ModelError({
           reason: "Unknown",
           message: `the call ended without an answer: ${Cause.pretty(exit.cause)}`
@@ -153,9 +153,9 @@ export const make = (env: {
     const target = manyOptions.provider ?? provider
     const error = checkRequest(request, limits)
     if (error !== undefined)
-      return Effect.succeed(Result.fail(refuse(atIndex(error, index), target, manyOptions.domain)))
+      return Effect.succeed(Result.fail(detached(refuse(atIndex(error, index), target, manyOptions.domain))))
     const plan = planOrRefusal(target, request, manyOptions, resolved, index)
-    if (plan instanceof ModelError) return Effect.succeed(Result.fail(plan))
+    if (plan instanceof ModelError) return Effect.succeed(Result.fail(detached(plan)))
     return Effect.withFiber((fiber) =>
       Effect.exit(
         Effect.withSpan(

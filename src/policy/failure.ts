@@ -21,6 +21,26 @@ import * as Input from "../Input.js"
 import type { BreakerGuard } from "./plan.js"
 
 /**
+ * `error` with its stack trace (and those of its `cause`, and of a fallback's attempts) written out now.
+ * Until a stack trace is read, V8 keeps the functions on the stack where its error was made, with their
+ * closures: an error made inside a batch's pool (a request refused, a provider that failed at once) and
+ * kept by its caller as one item's outcome kept the whole batch, its requests and every answer, alive.
+ * Called where an error becomes an item's outcome: on the failure path only.
+ *
+ * @internal
+ */
+export const detached = <E>(error: E): E => {
+  let next: unknown = error
+  // Bounded: a cause chain may be long, or loop.
+  for (let depth = 0; depth < 8 && typeof next === "object" && next !== null; depth++) {
+    if (next instanceof Error) next.stack
+    if (next instanceof FallbackExhaustedError) for (const attempt of next.attempts) detached(attempt.error)
+    next = (next as { readonly cause?: unknown }).cause
+  }
+  return error
+}
+
+/**
  * The error of a call or stream refused because the executor is closing.
  *
  * @internal
