@@ -42,13 +42,27 @@ export interface Counter {
 }
 
 /**
- * An amount to hold on a counter.
+ * The created key a counter belongs to (its own budget, or one by model), by its id and its secret's
+ * hash: a key deleted and created again under the same id has another secret, so a request of the
+ * deleted one (reserved before the delete, or by a replica that still caches it) is told apart.
+ *
+ * @internal
+ */
+export interface Owner {
+  readonly id: string
+  readonly sha256: string
+}
+
+/**
+ * An amount to hold on a counter. With an `owner`, the store holds it, and adds what was spent, only
+ * while that key is stored (a key of the configuration, and a team, have none: they are never removed).
  *
  * @internal
  */
 export interface Charge {
   readonly counter: Counter
   readonly amount: number
+  readonly owner?: Owner | undefined
 }
 
 /**
@@ -79,6 +93,8 @@ export type ReserveResult =
       readonly before: ReadonlyArray<Level>
       readonly now?: number | undefined
     }
+  /** The key that owns a charge was deleted (or deleted and created again): nothing was held. */
+  | { readonly _tag: "Gone"; readonly now?: number | undefined }
 
 /**
  * What a give-back found on one counter (see `Ledger.giveBack`).
@@ -99,13 +115,14 @@ export interface Reading {
 }
 
 /**
- * What a settle left: per charge the level of its counter, or the counter that cannot be read;
- * and whether it added the amounts (see `Ledger.settle`).
+ * What a settle left: per charge the level of its counter, the counter that cannot be read, or
+ * `undefined` for one whose owner is gone (nothing added to it); and whether it added the amounts
+ * (see `Ledger.settle`).
  *
  * @internal
  */
 export interface Settled {
-  readonly levels: ReadonlyArray<Level | UnreadableCounter>
+  readonly levels: ReadonlyArray<Level | UnreadableCounter | undefined>
   readonly applied: boolean
 }
 
@@ -128,8 +145,9 @@ export class UnreadableCounter extends Data.TaggedError("UnreadableCounter")<{
  */
 export interface Ledger {
   /**
-   * Holds every charge, or none when one would go over its limit (the first such is reported)
-   * or cannot be read (nothing is written then). A store shared by replicas (Redis) holds them
+   * Holds every charge, or none when one would go over its limit (the first such is reported),
+   * cannot be read, or belongs to an owner that is no longer stored (`Gone`; nothing is written
+   * then). A store shared by replicas (Redis) holds them
    * in the windows of its own time, which it returns (`now`): the replicas' clocks may differ.
    */
   readonly reserve: (
@@ -142,7 +160,9 @@ export interface Ledger {
    * Gives back what `id` held on each counter (once) and adds `actual[i]` to its spent amount. With
    * `once`, the amounts are added only by the first settle of `id` to run: one tried again after a
    * failure that may have reached the store, or one of a reservation that holds nothing. A
-   * counter that cannot be read is left as it is, the others settled: it is told in its place.
+   * counter that cannot be read is left as it is, the others settled: it is told in its place. A
+   * counter whose owner is no longer stored gets nothing added (it would be created again, or charge
+   * a new key of the id): only what `id` still holds on it is given back.
    * `applied` is false when `once` found `id` settled already (or its lease ended and swept): nothing added.
    */
   readonly settle: (

@@ -7,7 +7,7 @@
  * @internal
  */
 import { Effect } from "effect"
-import type { Backend, Charge, Counter, GivenBack, Ledger, Level } from "./ledger.js"
+import type { Backend, Charge, Counter, GivenBack, Ledger, Level, Owner } from "./ledger.js"
 import { escapePart, retime } from "./ledger.js"
 import type { KeyRecord } from "./options.js"
 
@@ -125,8 +125,12 @@ export const make = (forgetLimits: (id: string) => void = () => {}): Backend => 
     forgetLimits(id)
   }
 
+  // Whether the key a charge belongs to is still the one stored (none: a team's, or the configuration's key).
+  const owns = (owner: Owner | undefined): boolean => owner === undefined || byId.get(owner.id)?.sha256 === owner.sha256
+
   const reserve: Ledger["reserve"] = (id, charges, leaseMs, asked) =>
     Effect.sync(() => {
+      for (let i = 0; i < charges.length; i++) if (!owns(charges[i]!.owner)) return { _tag: "Gone" } as const
       const now = timeOf(charges, asked)
       const told = now === asked ? undefined : now
       const states: Array<MemoryCounter> = []
@@ -163,17 +167,24 @@ export const make = (forgetLimits: (id: string) => void = () => {}): Backend => 
 
   const settle: Ledger["settle"] = (id, charges, actual) =>
     Effect.sync(() => {
-      const levels: Array<Level> = []
+      const levels: Array<Level | undefined> = []
       for (let i = 0; i < charges.length; i++) {
-        const state = get(charges[i]!.counter, false)
+        const charge = charges[i]!
+        const state = get(charge.counter, false)
+        // Its key deleted (and perhaps created again since): what the request held is given back, nothing added.
+        const owned = owns(charge.owner)
         if (state === undefined) {
-          levels.push({ spent: 0, held: 0 })
+          levels.push(owned ? { spent: 0, held: 0 } : undefined)
           continue
         }
         const lease = state.leases.get(id)
         if (lease !== undefined) {
           state.leases.delete(id)
           state.held -= lease.amount
+        }
+        if (!owned) {
+          levels.push(undefined)
+          continue
         }
         state.spent += Math.max(0, actual[i] ?? 0)
         levels.push({ spent: state.spent, held: state.held })

@@ -33,6 +33,7 @@ import {
   type GivenBack,
   type InsertResult,
   type Level,
+  type Owner,
   type ReserveResult,
   retime,
   UnreadableCounter,
@@ -224,13 +225,13 @@ local function readable(h, z)
 end
 `
 
-// A counter's keys in the window of Redis's time `now`: per counter its hash without the
-// window (KEYS[i]) and its period in ms (0: none); every replica takes the same window,
+// A counter's keys in the window of Redis's time `now`: per counter (the first `n` KEYS) its hash
+// without the window (KEYS[i]) and its period in ms (0: none); every replica takes the same window,
 // whatever its own clock says. Sets `hs`, `zs` (its hash and its leases) and `ends` (when its
 // window ends, false without one).
 const windowsLua = `
-local function windows(now, periodAt)
-  for i = 1, #KEYS do
+local function windows(now, periodAt, n)
+  for i = 1, n do
     local period = tonumber(ARGV[periodAt(i)])
     local h = KEYS[i]
     ends[i] = false
@@ -242,6 +243,16 @@ local function windows(now, periodAt)
     hs[i] = h
     zs[i] = h .. ":leases"
   end
+end
+`
+
+// Whether the created key `id` of the secret's hash `sha256` is still stored, in `keys` and `hashes` (the
+// directory's): one deleted, or deleted and created again with another secret, owns its counters no more.
+// A counter without an owner ("": a team's, a configured key's) is always owned.
+const ownsLua = `
+local function owns(keys, hashes, id, sha256)
+  if sha256 == "" then return true end
+  return redis.call("HGET", hashes, sha256) == id and redis.call("HEXISTS", keys, id) == 1
 end
 `
 
@@ -257,22 +268,36 @@ const leaseScript = (lua: string) =>
     { numberOfKeys: (keys: ReadonlyArray<string>) => keys.length, lua }
   )
 
-// KEYS: per counter its hash without the window. ARGV: lease ms, reservation id, then per
-// counter: limit, amount, period ms (0: none). The windows are those of Redis's time, returned
+// KEYS: per counter its hash without the window, then the directory's keys and hashes. ARGV: lease ms,
+// reservation id, then per counter: limit, amount, period ms (0: none), then the id and secret's hash of
+// the key owning the counters ("" for none). The windows are those of Redis's time, returned
 // last in every reply. Returns { 0, spent1, held1, ..., now } once every
 // amount is held, { i, spent, held, spent1, held1, ..., now } for the first counter it would overrun
-// (then the levels it read of the counters before it), or { -i, now } for
-// the first that cannot be read (checked before anything is written). A lease is
+// (then the levels it read of the counters before it), { -i, now } for
+// the first that cannot be read, or { -(n + 1), now } when the owner is no longer stored (both
+// checked before anything is written). A lease is
 // `<id>|<amount>` with the amount in digits: Lua writes a number of 10^14 or more with an
 // exponent, and a sweep that could not read one failed every reservation on the counter. A
 // window's counter lives until its window's end and the lease.
-const reserveScript = leaseScript(`${readableLua}
+const reserveScript = Redis.script(
+  (
+    keys: ReadonlyArray<string>,
+    directory: readonly [string, string],
+    leaseMs: number,
+    id: string,
+    args: ReadonlyArray<number>,
+    owner: Owner | undefined
+  ) => [...keys, ...directory, leaseMs, id, ...args, owner?.id ?? "", owner?.sha256 ?? ""],
+  {
+    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length + 2,
+    lua: `${readableLua}${ownsLua}
 local hs, zs, ends = {}, {}, {}
 ${windowsLua}
-local n = #KEYS
+local n = #KEYS - 2
 local time = redis.call("TIME")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-windows(now, function(i) return 3 * i + 2 end)
+if not owns(KEYS[n + 1], KEYS[n + 2], ARGV[3 * n + 3], ARGV[3 * n + 4]) then return { -(n + 1), now } end
+windows(now, function(i) return 3 * i + 2 end, n)
 for i = 1, n do
   if not readable(hs[i], zs[i]) then return { -i, now } end
 end
@@ -337,34 +362,44 @@ for i = 1, n do
 end
 out[2 * n + 2] = now
 return out
-`).withReturnType<ReadonlyArray<number>>()
+`
+  }
+).withReturnType<ReadonlyArray<number>>()
 
 // KEYS: per counter its hash and its leases (in the window it was reserved in). ARGV: reservation
 // id, once (1: see `Ledger.settle`), lease ms, then per counter: amount held, amount spent, when
 // it expires (ms since the epoch, its window's end and the longest lease; 0: never). A lease already swept is not given
 // back twice. With once, a settle runs only while a lease of the id remains; a reservation that
 // holds nothing leaves a mark instead, an empty lease of the first counter (swept as one). A
-// counter that cannot be read is left as it is (and out of that test): the others are settled.
-// Returns per counter { 1, spent, held }, or { 0, 0, 0 } for one that cannot be read, then 1 when it added
-// the amounts (0: with once, the id was settled already, or its lease ended and was swept).
+// counter that cannot be read is left as it is (and out of that test): the others are settled. KEYS end
+// with the directory's keys and hashes, ARGV with per counter the id and secret's hash of its owner (""
+// for none): a counter whose owner is no longer stored gets back what the id held on it, and nothing
+// else (no spent, no expiry, no mark), so that it is not written again once its key was deleted.
+// Returns per counter { 1, spent, held }, { 0, 0, 0 } for one that cannot be read, or { 2, 0, 0 } for
+// one whose owner is gone, then 1 when it added the amounts (0: with once, the id was settled already,
+// or its lease ended and was swept).
 const settleScript = Redis.script(
-  (keys: ReadonlyArray<string>, id: string, once: boolean, leaseMs: number, args: ReadonlyArray<number>) => [
-    ...keys,
-    id,
-    once ? 1 : 0,
-    leaseMs,
-    ...args
-  ],
+  (
+    keys: ReadonlyArray<string>,
+    directory: readonly [string, string],
+    id: string,
+    once: boolean,
+    leaseMs: number,
+    args: ReadonlyArray<number>,
+    owners: ReadonlyArray<string>
+  ) => [...keys, ...directory, id, once ? 1 : 0, leaseMs, ...args, ...owners],
   {
-    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length,
-    lua: `${readableLua}
+    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length + 2,
+    lua: `${readableLua}${ownsLua}
 local id = ARGV[1]
-local n = #KEYS / 2
+local n = (#KEYS - 2) / 2
 local ok = {}
+local owned = {}
 local mark = false
 for i = 1, n do
   ok[i] = readable(KEYS[2 * i - 1], KEYS[2 * i])
-  if ok[i] and not mark then mark = KEYS[2 * i] end
+  owned[i] = owns(KEYS[2 * n + 1], KEYS[2 * n + 2], ARGV[3 * n + 2 + 2 * i], ARGV[3 * n + 3 + 2 * i])
+  if ok[i] and owned[i] and not mark then mark = KEYS[2 * i] end
 end
 local first = true
 if ARGV[2] == "1" then
@@ -395,16 +430,24 @@ for i = 1, n do
       if reserved > 0 and redis.call("ZREM", z, id .. "|" .. string.format("%.0f", reserved)) == 1 then
         redis.call("HINCRBY", h, "held", -reserved)
       end
-      if actual > 0 then redis.call("HINCRBY", h, "spent", actual) end
-      if expires ~= "0" then
-        redis.call("PEXPIREAT", h, expires)
-        redis.call("PEXPIREAT", z, expires)
+      if owned[i] then
+        if actual > 0 then redis.call("HINCRBY", h, "spent", actual) end
+        if expires ~= "0" then
+          redis.call("PEXPIREAT", h, expires)
+          redis.call("PEXPIREAT", z, expires)
+        end
       end
     end
-    local v = redis.call("HMGET", h, "spent", "held")
-    out[3 * i - 2] = 1
-    out[3 * i - 1] = tonumber(v[1]) or 0
-    out[3 * i] = tonumber(v[2]) or 0
+    if owned[i] then
+      local v = redis.call("HMGET", h, "spent", "held")
+      out[3 * i - 2] = 1
+      out[3 * i - 1] = tonumber(v[1]) or 0
+      out[3 * i] = tonumber(v[2]) or 0
+    else
+      out[3 * i - 2] = 2
+      out[3 * i - 1] = 0
+      out[3 * i] = 0
+    end
   else
     out[3 * i - 2] = 0
     out[3 * i - 1] = 0
@@ -516,7 +559,7 @@ ${windowsLua}
 local n = #KEYS
 local time = redis.call("TIME")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-windows(now, function(i) return i end)
+windows(now, function(i) return i end, #KEYS)
 local out = { 0 }
 for i = 1, n do
   if not readable(hs[i], zs[i]) then return { -i, now } end
@@ -589,6 +632,7 @@ export const make = Effect.fnUntraced(function* (options: {
   const hashesKey = `${prefix}hashes`
   const disabledKey = `${prefix}disabled`
   const idsKey = `${prefix}ids`
+  const directory = [keysKey, hashesKey] as const
   const lookup = redis.eval(lookupScript)
   const lookupId = redis.eval(byIdScript)
   const insert = redis.eval(insertScript)
@@ -759,16 +803,22 @@ export const make = Effect.fnUntraced(function* (options: {
         json === null ? Effect.undefined : fromJson(String(json), flag, id)
       ),
     // Redis's own time, not the caller's `now`, sets the windows and the leases.
+    // The charges of one request are of one key: its owner is the first charge's that has one.
     reserve: (id, charges: ReadonlyArray<Charge>, leaseMs, _now) => {
       const args: Array<number> = []
-      for (const { counter, amount } of charges) args.push(counter.limit, amount, counter.periodMs ?? 0)
+      let owner: Owner | undefined
+      for (const charge of charges) {
+        args.push(charge.counter.limit, charge.amount, charge.counter.periodMs ?? 0)
+        owner ??= charge.owner
+      }
       const counters = countersOf(charges)
       return Effect.flatMap(
-        guard.call("reserve", reserve(baseKeys(counters), leaseMs, id, args)),
+        guard.call("reserve", reserve(baseKeys(counters), directory, leaseMs, id, args, owner)),
         (reply): Effect.Effect<ReserveResult, UnreadableCounter> => {
           const index = Number(reply[0])
-          if (index < 0) return Effect.fail(unreadable(counters, reply))
           const now = Number(reply[reply.length - 1])
+          if (-index > charges.length) return Effect.succeed({ _tag: "Gone", now })
+          if (index < 0) return Effect.fail(unreadable(counters, reply))
           return Effect.succeed(
             index === 0
               ? { _tag: "Reserved", levels: levels(reply, 1, charges.length), now }
@@ -785,18 +835,23 @@ export const make = Effect.fnUntraced(function* (options: {
     },
     settle: (id, charges, actual, _now, once) => {
       const args: Array<number> = []
+      const owners: Array<string> = []
       for (let i = 0; i < charges.length; i++) {
-        const { counter, amount } = charges[i]!
+        const { counter, amount, owner } = charges[i]!
         args.push(amount, Math.max(0, actual[i] ?? 0), expiryOf(counter, longestLease))
+        owners.push(owner?.id ?? "", owner?.sha256 ?? "")
       }
       return Effect.map(
-        guard.call("settle", settle(counterKeys(countersOf(charges)), id, once, longestLease, args)),
+        guard.call("settle", settle(counterKeys(countersOf(charges)), directory, id, once, longestLease, args, owners)),
         (reply) => ({
-          levels: charges.map(({ counter }, i): Level | UnreadableCounter =>
-            Number(reply[3 * i]) === 1
+          levels: charges.map(({ counter }, i): Level | UnreadableCounter | undefined => {
+            const found = Number(reply[3 * i])
+            return found === 1
               ? { spent: Number(reply[3 * i + 1] ?? 0), held: Number(reply[3 * i + 2] ?? 0) }
-              : new UnreadableCounter({ counter, key: keyOf(counter) })
-          ),
+              : found === 2
+                ? undefined
+                : new UnreadableCounter({ counter, key: keyOf(counter) })
+          }),
           applied: Number(reply[3 * charges.length]) === 1
         })
       )

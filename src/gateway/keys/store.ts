@@ -143,6 +143,10 @@ export const make = Effect.fnUntraced(function* (
   type Cached = { readonly record: KeyRecord | undefined; readonly until: number }
   const cache = new Map<string, Cached>()
   const unknown = new Map<string, Cached>()
+  const forget = (sha256: string) => {
+    cache.delete(sha256)
+    unknown.delete(sha256)
+  }
   const remember = (sha256: string, record: KeyRecord | undefined) => {
     cache.delete(sha256)
     unknown.delete(sha256)
@@ -379,14 +383,14 @@ export const make = Effect.fnUntraced(function* (
   const settled = (
     keyId: string,
     charges: ReadonlyArray<Charge>,
-    levels: ReadonlyArray<Level | UnreadableCounter>
+    levels: ReadonlyArray<Level | UnreadableCounter | undefined>
   ): Effect.Effect<void> =>
     Effect.suspend(() => {
       const unreadable: Array<UnreadableCounter> = []
       for (let i = 0; i < charges.length; i++) {
-        const level = levels[i]!
+        const level = levels[i]
         if (level instanceof UnreadableCounter) unreadable.push(level)
-        else gauge(keyId, charges[i]!.counter, level)
+        else if (level !== undefined) gauge(keyId, charges[i]!.counter, level)
       }
       return unreadable.length === 0 ? Effect.void : Effect.forEach(unreadable, reportCounter, { discard: true })
     })
@@ -505,7 +509,7 @@ export const make = Effect.fnUntraced(function* (
       const counter = retime(charge.counter, storeNow)
       if (counter === charge.counter) continue
       out ??= charges.slice()
-      out[i] = { counter, amount: charge.amount }
+      out[i] = { counter, amount: charge.amount, owner: charge.owner }
     }
     return out ?? charges
   }
@@ -521,6 +525,11 @@ export const make = Effect.fnUntraced(function* (
     const counters = countersFor(record.id, record.team, contextOf(record).budgets, model, at, modelBudgetsOf(record))
     if (counters.length === 0) return Effect.succeed(nothingHeld)
     const price = priceOf(model)
+    // A created key's own counters are charged only while it is stored: a request of it reserved
+    // before its delete, or by a replica that still caches it, never writes them again (a leftover
+    // in Redis), nor those of a new key of its id. Its team's are the team's.
+    // (The record is its own Owner: no object made per request.)
+    const owner = configById.get(record.id) === record ? undefined : record
     const charges: Array<Charge> = []
     for (const counter of counters) {
       if (counter.unit === "usd" && price === undefined) {
@@ -533,7 +542,8 @@ export const make = Effect.fnUntraced(function* (
           )
         )
       }
-      charges.push({ counter, amount: amountOf(counter.unit, price, inputTokens, maxOutputTokens) })
+      const amount = amountOf(counter.unit, price, inputTokens, maxOutputTokens)
+      charges.push(counter.scope === "team" ? { counter, amount } : { counter, amount, owner })
     }
     const id = `${processId}.${(sequence++).toString(36)}`
     const held = (recorded: boolean, charged: ReadonlyArray<Charge> = charges) =>
@@ -568,6 +578,10 @@ export const make = Effect.fnUntraced(function* (
                   })
             ),
       onSuccess: (result) => {
+        if (result._tag === "Gone") {
+          forget(record.sha256)
+          return Effect.fail(unauthorized())
+        }
         if (result._tag === "Exceeded") {
           const charged = inWindowsOf(charges, result.now)
           const charge = charged[result.index]!
@@ -756,10 +770,7 @@ export const make = Effect.fnUntraced(function* (
     refreshGauge: gauges.refresh,
     forgetGauges: gauges.forget,
     rememberGauges: gauges.remember,
-    forget: (sha256) => {
-      cache.delete(sha256)
-      unknown.delete(sha256)
-    }
+    forget
   })
 
   return { authenticate, reserve, settle, release, useModels, chargesModel, renew, ...manage } satisfies Service

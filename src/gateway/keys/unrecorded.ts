@@ -7,7 +7,7 @@
  */
 import { Effect, type Scope } from "effect"
 import type { StoreError } from "../../Redis.js"
-import { type Backend, type Charge, type Counter, type Level, UnreadableCounter } from "./ledger.js"
+import { type Backend, type Charge, type Counter, type Level, type Owner, UnreadableCounter } from "./ledger.js"
 
 /**
  * What the sums are recorded with: the store's settle, tried again by `retryLater` until `reservationTtlMs`,
@@ -34,6 +34,7 @@ export interface Host {
 interface Unrecorded {
   readonly keyId: string
   readonly counter: Counter
+  readonly owner: Owner | undefined
   amount: number
 }
 
@@ -60,7 +61,7 @@ export const make = (host: Host) => {
 
   const settleBatch = (batch: ReadonlyArray<Unrecorded>): Effect.Effect<void> => {
     const id = host.nextId()
-    const charges = batch.map(({ counter }) => ({ counter, amount: 0 }))
+    const charges = batch.map(({ counter, owner }) => ({ counter, amount: 0, owner }))
     const actual = batch.map(({ amount }) => amount)
     return host.retryLater(Effect.suspend(() => host.settle(id, charges, actual, host.now(), true))).pipe(
       Effect.matchEffect({
@@ -73,9 +74,9 @@ export const make = (host: Host) => {
           Effect.forEach(
             batch,
             ({ keyId }, i) => {
-              const level = levels[i]!
+              const level = levels[i]
               if (level instanceof UnreadableCounter) return host.reportCounter(level)
-              host.gauge(keyId, batch[i]!.counter, level)
+              if (level !== undefined) host.gauge(keyId, batch[i]!.counter, level)
               return Effect.void
             },
             { discard: true }
@@ -109,9 +110,11 @@ export const make = (host: Host) => {
       for (let i = 0; i < charges.length; i++) {
         const amount = actual[i] ?? 0
         if (amount <= 0) continue
-        const counter = charges[i]!.counter
-        const entry = unrecorded.get(counter.name)
-        if (entry === undefined) unrecorded.set(counter.name, { keyId, counter, amount })
+        const { counter, owner } = charges[i]!
+        // A key deleted and created again under its id is another owner of the same counter: summed apart.
+        const name = owner === undefined ? counter.name : `${counter.name}\u0000${owner.sha256}`
+        const entry = unrecorded.get(name)
+        if (entry === undefined) unrecorded.set(name, { keyId, counter, owner, amount })
         else entry.amount = Math.min(Number.MAX_SAFE_INTEGER, entry.amount + amount)
       }
       if (flushing || unrecorded.size === 0) return Effect.void
