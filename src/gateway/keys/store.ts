@@ -700,11 +700,30 @@ export const make = Effect.fnUntraced(function* (
       const reported = inputTokens + outputTokens > 0
       const input = !reported || !isCount(usage.inputTokens) ? reservation.inputTokens : inputTokens
       const output = !reported || !isCount(usage.outputTokens) ? reservation.maxOutputTokens : outputTokens
-      return finish(
-        reservation,
-        reservation.charges.map(({ counter }) => amountOf(counter.unit, reservation.price, input, output))
-      )
+      const actual = reservation.charges.map(({ counter }) => amountOf(counter.unit, reservation.price, input, output))
+      const settled = finish(reservation, actual)
+      if (!reservation.recorded) return settled
+      for (let i = 0; i < actual.length; i++) {
+        if (actual[i]! > reservation.charges[i]!.amount) return Effect.andThen(overrun(reservation, actual), settled)
+      }
+      return settled
     })
+
+  // Charged what it used, past what it held: the budget may end over its limit by the difference, and
+  // its next requests are refused. Said, so that a provider that does not keep to max_tokens is seen.
+  const overrun = (held: Held, actual: ReadonlyArray<number>): Effect.Effect<void> =>
+    Effect.logWarning(
+      `gateway: a request of the key "${held.keyId}" on the model "${held.model}" used more than it reserved ` +
+        "(its provider did not keep to max_tokens, or its input was longer in tokens than estimated), and is " +
+        `charged what it used: ${held.charges
+          .map(({ counter, amount }, i) =>
+            actual[i]! > amount
+              ? `${amountText(counter, actual[i]!)} to the ${counter.scope} "${counter.scopeId}" (${amountText(counter, amount)} reserved)`
+              : undefined
+          )
+          .filter((text) => text !== undefined)
+          .join(", ")}`
+    )
 
   const release = (reservation: unknown): Effect.Effect<void> =>
     uninterruptibleSuspend(() => {
