@@ -379,7 +379,7 @@ const inputChars = (request: GenerateRequest): number => {
   let chars = request.system?.length ?? 0
   if (request.prompt !== undefined) chars += request.prompt.length
   for (const message of request.messages ?? []) {
-    chars += message.content.length + (message.toolCallId?.length ?? 0)
+    chars += message.content.length + (message.toolCallId?.length ?? 0) + (message.name?.length ?? 0)
     for (const call of message.toolCalls ?? []) chars += call.id.length + call.name.length + call.arguments.length
   }
   if (request.tools !== undefined && request.tools.length > 0) chars += JSON.stringify(request.tools).length

@@ -192,7 +192,8 @@ const notSuperseded = (): boolean => false
  * `parallelToolCalls` without tools; the key order of a tool's
  * parameters or a response schema (whose values count as the JSON sent for them: a `Date` as
  * its ISO text). Every field that changes the answer changes the key
- * (model, sampling, tools and their order, messages and their order, a tool call's signature, response format, ...).
+ * (model, sampling, tools and their order, messages and their order, a message's name, a tool call's signature,
+ * response format, ...).
  * A request naming no model keys as "the provider's default": the executor and the router pass
  * the request with the provider's `defaultModel` filled in, so a new default does not answer from
  * the old one's entries; callers of `key` should do the same.

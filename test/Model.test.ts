@@ -20,6 +20,7 @@ const randomRequest = (next: () => number): unknown => {
         content: pick(next, ["a", "", 2, null])
       }
       if (next() < 0.1) m.extra = 1
+      if (next() < 0.15) m.name = pick(next, ["alice", "Zo\u00eb", "", "a b", "a/b", 3, "x".repeat(257)])
       return m
     })
   }
@@ -96,6 +97,27 @@ describe("Model.validateGenerate", () => {
         yield* validateGenerate({ messages, tools: [{ name }] })
       }
     })
+  )
+
+  it.effect(
+    "a message's name is 1 to 256 characters without spaces or < | \\ / > (OpenAI's rule): else refused naming it",
+    () =>
+      Effect.gen(function* () {
+        for (const name of ["", "alice smith", "a/b", "a<b", "x".repeat(257), "tab\there"]) {
+          const error = yield* Effect.flip(
+            validateGenerate({
+              messages: [
+                { role: "user", content: "hi" },
+                { role: "user", content: "yo", name }
+              ]
+            })
+          )
+          assert.deepStrictEqual([error.reason, error.field], ["InvalidRequest", "messages[1].name"], name)
+        }
+        for (const name of ["alice", "Zo\u00eb", "bot_2-b", "x".repeat(256)]) {
+          yield* validateGenerate({ messages: [{ role: "user", content: "hi", name }] })
+        }
+      })
   )
 
   it.effect("parallelToolCalls is a boolean: anything else is refused naming it", () =>

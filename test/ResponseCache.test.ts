@@ -125,6 +125,24 @@ describe("ResponseCache.key", () => {
   })
 
   const keyOf = (request: GenerateRequest) => ResponseCache.key({ provider: "p", request })
+
+  it("a message's name is part of the key; a conversation without names keys as it did before names", () => {
+    const conversation = (names: ReadonlyArray<string | undefined>): GenerateRequest => ({
+      messages: [
+        { role: "system", content: "s" },
+        { role: "user", content: "hi" },
+        { role: "assistant", content: "yo" }
+      ].map((m, i) => (names[i] === undefined ? m : { ...m, name: names[i] })) as GenerateRequest["messages"]
+    })
+    // The key of this conversation before messages had names: entries kept then still answer.
+    assert.strictEqual(keyOf(conversation([])), "712ba81c13cd7193e7cf97079d38439111fb2a5147c89a2a29471a2c36dec4a1")
+    const keys = new Set(
+      [[], [undefined, "alice"], [undefined, "bob"], ["alice"], [undefined, undefined, "alice"]].map((names) =>
+        keyOf(conversation(names))
+      )
+    )
+    assert.strictEqual(keys.size, 5)
+  })
   const tool = { name: "search", parameters: { type: "object", properties: { q: { type: "string" } } } }
   const schema = { type: "object", properties: { a: { type: "string" }, b: { type: "number" } } }
 

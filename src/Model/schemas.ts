@@ -22,9 +22,31 @@ export const ToolCall = Schema.Struct({
   signature: Schema.optional(Schema.String)
 })
 
+/**
+ * OpenAI's rule for a participant's name (what its API answers with a 400 otherwise), bounded:
+ * no spaces and none of `< | \ / >`, 1 to 256 characters.
+ */
+export const participantNamePattern = /^[^\s<|\\/>]{1,256}$/
+
 export const Message = Schema.Struct({
   role: Role,
   content: Schema.String,
+  /**
+   * The participant who wrote a system, user or assistant message (OpenAI's `name`), to tell apart
+   * participants of one role. Sent where the API has the field (OpenAI-compatible servers, watsonx's
+   * chat API); left out where it has none (Gemini, Ollama, watsonx's text API, effect/ai models) and
+   * of tool messages; the local model's chat template is given it with the message (most templates
+   * ignore it). Part of the response cache's key.
+   *
+   * @since 0.3.0
+   */
+  name: Schema.optional(
+    Schema.String.check(
+      Schema.isPattern(participantNamePattern, {
+        message: "a name is 1 to 256 characters without spaces or <, |, \\, /, >"
+      })
+    )
+  ),
   /** For `tool` messages: the id of the call answered. */
   toolCallId: Schema.optional(Schema.String),
   /** For `assistant` messages: the tool calls it made. */

@@ -49,7 +49,11 @@ const isPlainGenerate = (r: Record<string, unknown>): boolean => {
         if (!Array.isArray(v)) return false
         for (const m of v) {
           if (typeof m !== "object" || m === null || !roles.has(m.role) || typeof m.content !== "string") return false
-          for (const k in m) if (k !== "role" && k !== "content") return false
+          for (const k in m) {
+            if (k === "name") {
+              if (typeof m.name !== "string" || !Schemas.participantNamePattern.test(m.name)) return false
+            } else if (k !== "role" && k !== "content") return false
+          }
         }
         break
       }
@@ -176,7 +180,7 @@ export const checkGenerate = (
     let anyContent = false
     for (let i = 0; i < messages.length; i++) {
       const message = messages[i]!
-      chars += message.content.length + (message.toolCallId?.length ?? 0)
+      chars += message.content.length + (message.toolCallId?.length ?? 0) + (message.name?.length ?? 0)
       if (message.content.trim().length > 0 || message.toolCalls !== undefined) anyContent = true
       if (message.toolCalls !== undefined) {
         const calls = message.toolCalls

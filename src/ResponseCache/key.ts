@@ -34,12 +34,17 @@ const sortedJson = (value: unknown, own = true): unknown => {
 const callForm = (c: ToolCall): unknown =>
   c.signature === undefined ? [c.id, c.name, c.arguments] : [c.id, c.name, c.arguments, c.signature]
 
-const messageForm = (m: Message): unknown => [
-  m.role,
-  m.content,
-  m.toolCallId ?? null,
-  m.toolCalls === undefined || m.toolCalls.length === 0 ? null : m.toolCalls.map(callForm)
-]
+// A name is sent to the provider and may change the answer. Last and only when set, so that a message without one
+// keys as it did before names existed.
+const messageForm = (m: Message): unknown => {
+  const form = [
+    m.role,
+    m.content,
+    m.toolCallId ?? null,
+    m.toolCalls === undefined || m.toolCalls.length === 0 ? null : m.toolCalls.map(callForm)
+  ]
+  return m.name === undefined ? form : [...form, m.name]
+}
 
 // `strict: false` is every provider's default, so it is the same tool as no `strict`.
 const toolForm = (t: ToolDefinition): unknown => [

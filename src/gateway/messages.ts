@@ -9,6 +9,7 @@
 import { Result } from "effect"
 import * as Input from "../Input.js"
 import type * as Model from "../Model.js"
+import { participantNamePattern } from "../Model/schemas.js"
 import { type Checked, clip, invalid, isObject, nullable, shown, unsupported } from "./checks.js"
 
 // OpenAI's content parts other than text: a part the gateway cannot send on, not a mistake.
@@ -95,18 +96,18 @@ const toolCallsOf = (calls: unknown, at: string): Checked<ReadonlyArray<Model.To
   return Result.succeed(out)
 }
 
-// OpenAI's pattern for a participant's name; the gateway does not send it on, but a name OpenAI refuses is refused.
-const participantName = /^[^\s<|\\/>]{1,256}$/
-
-const nameOf = (name: unknown, at: string): Checked<void> =>
-  name === undefined || name === null || (typeof name === "string" && participantName.test(name))
+// OpenAI's pattern for a participant's name, sent on with its message (a name OpenAI refuses is refused).
+const nameOf = (name: unknown, at: string): Checked<string | undefined> =>
+  name === undefined || name === null
     ? Result.succeed(undefined)
-    : invalid(
-        at,
-        `expected a name of 1 to 256 characters without spaces or <, |, \\, /, >, got ${
-          typeof name === "string" && name.length > 256 ? `${name.length} characters` : shown(name)
-        }`
-      )
+    : typeof name === "string" && participantNamePattern.test(name)
+      ? Result.succeed(name)
+      : invalid(
+          at,
+          `expected a name of 1 to 256 characters without spaces or <, |, \\, /, >, got ${
+            typeof name === "string" && name.length > 256 ? `${name.length} characters` : shown(name)
+          }`
+        )
 
 // OpenAI's message fields the gateway cannot send on (given as null, they say nothing).
 const messageFields: ReadonlySet<string> = new Set(["audio", "function_call"])
@@ -120,6 +121,10 @@ const messageKeys: ReadonlySet<string> = new Set([
   "refusal",
   "annotations"
 ])
+
+// A tool message's name is read and left out: OpenAI's tool messages have none (the call's id names what it answers).
+const named = (message: Model.Message, name: string | undefined): Model.Message =>
+  name === undefined ? message : { ...message, name }
 
 interface Awaited {
   readonly at: number
@@ -150,7 +155,8 @@ export interface Conversation {
 
 /**
  * Reads `messages`. Leading system (or developer) messages become the request's system prompt, so
- * that a domain's own system prompt applies only when the client gives none (`Domain.applyTo`).
+ * that a domain's own system prompt applies only when the client gives none (`Domain.applyTo`); their
+ * names are not sent (the system prompt is one text). Every other message keeps its `name`.
  *
  * @internal
  */
@@ -201,13 +207,13 @@ export const conversationOf = (input: unknown): Checked<Conversation> => {
         const text = textOf(m.content, `${at}.content`, false)
         if (Result.isFailure(text)) return Result.fail(text.failure)
         if (messages.length === 0) system.push(text.success)
-        else messages.push({ role: "system", content: text.success })
+        else messages.push(named({ role: "system", content: text.success }, name.success))
         break
       }
       case "user": {
         const text = textOf(m.content, `${at}.content`, false)
         if (Result.isFailure(text)) return Result.fail(text.failure)
-        messages.push({ role: "user", content: text.success })
+        messages.push(named({ role: "user", content: text.success }, name.success))
         break
       }
       case "assistant": {
@@ -216,7 +222,7 @@ export const conversationOf = (input: unknown): Checked<Conversation> => {
         // An answer replayed as it came (`content: null, refusal`): what the assistant said is its refusal.
         const content = read.success.length === 0 && typeof refusal === "string" ? refusal : read.success
         if (m.tool_calls === undefined || m.tool_calls === null) {
-          messages.push({ role: "assistant", content })
+          messages.push(named({ role: "assistant", content }, name.success))
           break
         }
         const calls = toolCallsOf(m.tool_calls, `${at}.tool_calls`)
@@ -232,7 +238,7 @@ export const conversationOf = (input: unknown): Checked<Conversation> => {
           }
           ids.add(id)
         }
-        messages.push({ role: "assistant", content, toolCalls: calls.success })
+        messages.push(named({ role: "assistant", content, toolCalls: calls.success }, name.success))
         awaited = { at: i, ids, answered: new Set() }
         break
       }

@@ -353,6 +353,24 @@ describe("WatsonX wire", () => {
     }
   })
 
+  it("a message's name is sent in the chat API's `name` (as watsonx takes it); the text API has no place for it", () => {
+    const conversation: Model.GenerateRequest = {
+      messages: [
+        { role: "system", content: "s", name: "rules" },
+        { role: "user", content: "hi", name: "alice" },
+        { role: "assistant", content: "hello", name: "bot" },
+        { role: "user", content: "and?" }
+      ]
+    }
+    const messages = WatsonXWire.chatBody(conversation, "m")["messages"] as ReadonlyArray<Record<string, unknown>>
+    assert.deepStrictEqual(
+      messages.map((m) => m["name"]),
+      ["rules", "alice", "bot", undefined]
+    )
+    assert.isFalse("name" in messages[3]!)
+    assert.notInclude(JSON.stringify(WatsonXWire.generationBody(conversation, "m")), "alice")
+  })
+
   it("an assistant turn with an empty toolCalls list made no calls: sent as its text, not refused", () => {
     const conversation: Parameters<typeof WatsonXWire.unsupported>[0] = {
       messages: [

@@ -244,6 +244,29 @@ describe("chatBody", () => {
   )
 })
 
+describe("chatBody participant names", () => {
+  it.effect("a system, user or assistant message's name is sent as OpenAI's `name`; a tool message's is not", () =>
+    Effect.gen(function* () {
+      const body = yield* Wire.chatBody(
+        {
+          messages: [
+            { role: "system", content: "s", name: "rules" },
+            { role: "user", content: "hi", name: "alice" },
+            { role: "assistant", content: "", name: "bot", toolCalls: [{ id: "c1", name: "f", arguments: "{}" }] },
+            { role: "tool", content: "42", toolCallId: "c1", name: "f" },
+            { role: "assistant", content: "it is 42", name: "bot" },
+            { role: "user", content: "thanks" }
+          ]
+        },
+        { model: "m", stream: false, streamUsage: false, maxTokensField: "max_tokens", provider: "p" }
+      )
+      const names = (body["messages"] as ReadonlyArray<Record<string, unknown>>).map((m) => m["name"])
+      assert.deepStrictEqual(names, ["rules", "alice", "bot", undefined, "bot", undefined])
+      assert.isFalse("name" in (body["messages"] as ReadonlyArray<Record<string, unknown>>)[5]!)
+    })
+  )
+})
+
 describe("chatBody tool messages", () => {
   const options: Wire.ChatBodyOptions = {
     model: "m",

@@ -333,7 +333,7 @@ describe("gateway wire: chat requests", () => {
     assert.deepStrictEqual(call.request, {
       system: "one\n\ntwo",
       messages: [
-        { role: "user", content: "ab" },
+        { role: "user", content: "ab", name: "me" },
         { role: "assistant", content: "", toolCalls: [{ id: "c1", name: "f", arguments: "{}" }] },
         { role: "tool", content: "42", toolCallId: "c1" },
         { role: "system", content: "late" }

@@ -78,6 +78,59 @@ describe("Gateway: what the client sends", () => {
   )
 })
 
+describe("Gateway: a message's name", () => {
+  it.live("reaches an OpenAI-compatible upstream on each message that had one", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      yield* Harness.call(() =>
+        gw.client().chat.completions.create({
+          model: "d-a",
+          messages: [
+            { role: "user", content: "hi", name: "alice" },
+            { role: "assistant", content: "hello", name: "bot" },
+            { role: "system", content: "be brief", name: "moderator" },
+            { role: "user", content: "hi again", name: "Zo\u00eb" },
+            { role: "user", content: "and me" }
+          ]
+        })
+      )
+      const [sent] = yield* upstream.requests
+      const messages = (sent!.json as { messages: ReadonlyArray<Record<string, unknown>> }).messages
+      assert.deepStrictEqual(
+        messages.map((m) => [m["role"], m["name"]]),
+        [
+          ["user", "alice"],
+          ["assistant", "bot"],
+          ["system", "moderator"],
+          ["user", "Zo\u00eb"],
+          ["user", undefined]
+        ]
+      )
+    })
+  )
+
+  it.live("keys the response cache: two conversations differing only by a name do not share an answer", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, cache: { ttl: "1 minute" } })
+      const ask = (name: string) =>
+        Harness.call(() =>
+          gw.client().chat.completions.create({ model: "d-a", messages: [{ role: "user", content: "hi", name }] })
+        )
+      yield* ask("alice")
+      yield* ask("bob")
+      yield* ask("alice")
+      assert.deepStrictEqual(
+        (yield* upstream.requests).map(
+          (r) => (r.json as { messages: ReadonlyArray<{ name?: string }> }).messages[0]!.name
+        ),
+        ["alice", "bob"]
+      )
+    })
+  )
+})
+
 describe("Gateway: parallel_tool_calls", () => {
   const tools: Array<OpenAI.ChatCompletionTool> = [
     { type: "function", function: { name: "weather", parameters: { type: "object", properties: {} } } }

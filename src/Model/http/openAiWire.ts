@@ -471,6 +471,7 @@ const messageOf = (
         return Result.succeed({
           role: "assistant",
           content: message.content.length === 0 ? null : message.content,
+          ...(message.name === undefined ? {} : { name: message.name }),
           tool_calls: message.toolCalls.map((call) => ({
             id: call.id,
             type: "function",
@@ -479,9 +480,17 @@ const messageOf = (
           }))
         })
       }
-      return Result.succeed({ role: "assistant", content: message.content })
+      return Result.succeed(
+        message.name === undefined
+          ? { role: "assistant", content: message.content }
+          : { role: "assistant", content: message.content, name: message.name }
+      )
     default:
-      return Result.succeed({ role: message.role, content: message.content })
+      return Result.succeed(
+        message.name === undefined
+          ? { role: message.role, content: message.content }
+          : { role: message.role, content: message.content, name: message.name }
+      )
   }
 }
 
@@ -503,7 +512,8 @@ export const toolsBody = (tools: ReadonlyArray<Model.ToolDefinition>): Array<unk
   }))
 
 /**
- * The JSON body of a `/chat/completions` request. A tool message without the id of the call
+ * The JSON body of a `/chat/completions` request, each message's `name` (since 0.3.0) sent but a
+ * tool message's (OpenAI's tool messages have none). A tool message without the id of the call
  * it answers (or with an empty one, or the id of no call an earlier assistant message made),
  * or a tool call with an empty id or name, is refused (`InvalidRequest` naming it), and so are
  * tool turns out of OpenAI's order when `toolTurnsInOrder`, as is a tool choice naming a tool that is

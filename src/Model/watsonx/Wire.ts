@@ -216,17 +216,22 @@ export const unsupported = (request: Model.GenerateRequest, api: Api, provider: 
 }
 
 /**
- * The body of `/ml/v1/text/chat` (and `chat_stream`): user turns as text content parts.
+ * The body of `/ml/v1/text/chat` (and `chat_stream`): user turns as text content parts, a
+ * message's `name` (since 0.3.0) sent as the API's.
  *
  * @since 0.2.0
  * @category utils
  */
 export const chatBody = (request: Model.GenerateRequest, model: string): Record<string, unknown> => {
-  const messages = Model.toMessages(request).map((m) =>
-    m.role === "user"
-      ? { role: "user", content: [{ type: "text", text: m.content }] }
-      : { role: m.role, content: m.content }
-  )
+  const messages = Model.toMessages(request).map((m) => {
+    const message: Record<string, unknown> =
+      m.role === "user"
+        ? { role: "user", content: [{ type: "text", text: m.content }] }
+        : { role: m.role, content: m.content }
+    // The chat API's system, user and assistant messages take a participant's name, as OpenAI's do.
+    if (m.name !== undefined && m.role !== "tool") message["name"] = m.name
+    return message
+  })
   const body: Record<string, unknown> = { model_id: model, messages }
   if (request.maxTokens !== undefined) body["max_tokens"] = request.maxTokens
   if (request.temperature !== undefined) body["temperature"] = request.temperature
