@@ -69,6 +69,14 @@ export class ModelError extends Schema.TaggedError<ModelError>("effect-orchestra
   rateLimit: Schema.optional(RateLimitKind),
   /** With `rateLimit`: that limit's value per window. */
   limit: Schema.optional(Schema.Number),
+  /**
+   * The provider's own code of the failure, as its error body gave it (OpenAI's `error.code`:
+   * `context_length_exceeded`, `rate_limit_exceeded`, `insufficient_quota`; watsonx's `errors[0].code`):
+   * 1 to 64 of `A-Z a-z 0-9 _ . : -`, else left out. To branch on; `reason` is what the library decides by.
+   *
+   * @since 0.3.0
+   */
+  code: Schema.optional(Schema.String),
   cause: Schema.optional(Schema.Defect())
 }) {}
 

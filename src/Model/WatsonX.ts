@@ -183,7 +183,8 @@ const scrubbed = (error: AiError, secrets: ReadonlyArray<Redacted.Redacted>): Ai
     model: error.model,
     status: error.status,
     retryAfter: error.retryAfter,
-    field: error.field
+    field: error.field,
+    code: error.code
   })
 }
 
@@ -250,7 +251,8 @@ export const make: (
                 provider: name,
                 field: error.reason === "Decode" ? error.field : undefined,
                 status: error.status,
-                retryAfter: error.retryAfter
+                retryAfter: error.retryAfter,
+                code: error.code
               })
             : new ModelError({ reason: "Timeout", message: `${name} IAM: no token within the timeout`, provider: name })
         )

@@ -109,6 +109,13 @@ export interface WireError {
         | undefined
       /** For a key's rate limit: which of its limits refused (`requests` or `tokens` per minute), and its value. */
       readonly rate_limit?: { readonly type: RateLimitKind; readonly limit: number } | undefined
+      /**
+       * For a failure the upstream answered: its own error code (`ModelError.code`: `insufficient_quota`,
+       * `rate_limit_exceeded`, `context_length_exceeded`), beside `code`, which stays the gateway's.
+       *
+       * @since 0.3.0
+       */
+      readonly upstream_code?: string | undefined
     }
   }
   /** `Retry-After` in whole seconds (at least 1), for 429 and 503. */
@@ -284,7 +291,8 @@ const timeoutCodes: Readonly<Record<TimeoutLimit, string>> = {
  * How a model-call failure is answered: a bad request 400 (a model the provider does not
  * have 404), an upstream limit 429, an open breaker, overload or shutdown 503, a deadline
  * 504, any other upstream failure 502. An exhausted fallback chain is answered as its last
- * step's failure, naming every step.
+ * step's failure, naming every step. The upstream's own error code, when it gave one, is
+ * passed on as `upstream_code` (since 0.3.0); `code` stays the gateway's.
  *
  * @since 0.2.0
  * @category conversions
@@ -293,9 +301,11 @@ export const fromAiError = (error: AiError): WireError => {
   switch (error._tag) {
     case "ModelError": {
       const [status, type, code] = modelErrorStatus(error)
+      const wire = body(error.message, type, error.reason === "InvalidRequest" ? error.field : undefined, code)
       return {
         status,
-        body: body(error.message, type, error.reason === "InvalidRequest" ? error.field : undefined, code),
+        // The gateway's code is one vocabulary for every provider (clients branch on it); the upstream's is beside it.
+        body: error.code === undefined ? wire : { error: { ...wire.error, upstream_code: error.code } },
         retryAfterSeconds: status === 429 || status === 503 ? (seconds(error.retryAfter) ?? 1) : undefined,
         reason: error.reason
       }
@@ -378,6 +388,7 @@ export const withParam = (error: ModelError, param: string): ModelError => {
     status: error.status,
     retryAfter: error.retryAfter,
     field: param,
+    code: error.code,
     cause: error.cause
   })
 }

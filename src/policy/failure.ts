@@ -230,6 +230,7 @@ export const renamed = <E extends AiError>(error: E, named: string): E => {
     model: error.model,
     status: error.status,
     retryAfter: error.retryAfter,
+    code: error.code,
     cause: error.cause
   }) as E
 }
@@ -250,5 +251,6 @@ export const withProvider = (error: ModelError, provider: string): ModelError =>
     field: error.field,
     rateLimit: error.rateLimit,
     limit: error.limit,
+    code: error.code,
     cause: error.cause
   })

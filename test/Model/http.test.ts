@@ -474,6 +474,45 @@ describe("errors", () => {
     assert.deepStrictEqual([status.reason, status.field], ["InvalidRequest", "model"])
   })
 
+  it("an error body's code is kept on the error (bounded, a token of the provider's vocabulary, no secret)", () => {
+    const secret = "sk-live-0123456789"
+    const withSecret: Errors.CallContext = { provider: "p", secrets: [Redacted.make(secret)] }
+    const status = (code: unknown) =>
+      Errors.errorFromStatus(429, {}, JSON.stringify({ error: { message: "no", code } }), 0, withSecret).code
+    assert.strictEqual(status("insufficient_quota"), "insufficient_quota")
+    assert.strictEqual(status("rate_limit_exceeded"), "rate_limit_exceeded")
+    assert.strictEqual(status(`a${"x".repeat(63)}`), `a${"x".repeat(63)}`)
+    // Not a code: too long, a sentence, a secret echoed, a number (Google's code is the HTTP status).
+    for (const code of ["x".repeat(65), "not a code at all", `key_${secret}`, 429, null]) {
+      assert.isUndefined(status(code), String(code))
+    }
+    // OpenAI's 400 of the context's bound, watsonx's errors[0].code, an error event inside a stream.
+    const context = Errors.errorFromStatus(
+      400,
+      {},
+      JSON.stringify({
+        error: { message: "too long", type: "invalid_request_error", code: "context_length_exceeded" }
+      }),
+      0,
+      ctx
+    )
+    assert.deepStrictEqual([context.reason, context.code], ["TooLarge", "context_length_exceeded"])
+    const watsonx = Errors.errorFromStatus(
+      400,
+      {},
+      JSON.stringify({ errors: [{ code: "model_not_supported", message: "no" }], status_code: 400 }),
+      0,
+      ctx
+    )
+    assert.strictEqual(watsonx.code, "model_not_supported")
+    const event = Errors.errorFromPayload(
+      { error: { message: "busy", type: "server_error", code: "server_busy" } },
+      ctx
+    )
+    assert.strictEqual(event.code, "server_busy")
+    assert.isUndefined(Errors.errorFromStatus(500, {}, "<html>oops</html>", 0, ctx).code)
+  })
+
   it("Gemini's 400 FAILED_PRECONDITION (no service in this region, no free tier) falls back, never retries", () => {
     for (const message of [
       "User location is not supported for the API use.",

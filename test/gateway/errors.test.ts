@@ -726,6 +726,74 @@ describe("Gateway: upstream failures", () => {
   )
 })
 
+describe("Gateway: an upstream's error code", () => {
+  it.live("reaches the client as upstream_code beside the gateway's own code, streamed or not; a secret never", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((request, res) => {
+        const body = request.json as { messages: Array<{ content: string }>; stream?: boolean }
+        const prompt = body.messages[0]!.content
+        if (prompt === "quota") {
+          return Server.json(res, 429, {
+            error: {
+              message: "You exceeded your current quota",
+              type: "insufficient_quota",
+              code: "insufficient_quota"
+            }
+          })
+        }
+        if (prompt === "rate") {
+          return Server.json(res, 429, {
+            error: { message: "Rate limit reached", type: "requests", code: "rate_limit_exceeded" }
+          })
+        }
+        if (prompt === "value") {
+          return Server.json(res, 400, {
+            error: { message: "bad", type: "invalid_request_error", param: "temperature", code: "invalid_value" }
+          })
+        }
+        if (prompt === "secret") {
+          return Server.json(res, 400, { error: { message: "bad", code: `k_${Harness.UPSTREAM_KEY}` } })
+        }
+        return Server.chunked(res, [
+          Server.sse([
+            { event: "error", data: { error: { message: "busy", type: "server_error", code: "server_busy" } } }
+          ])
+        ])
+      })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, breakers: false })
+      const ask = (content: string, stream = false) =>
+        Harness.failing(async () => {
+          const answer = await gw
+            .client()
+            .chat.completions.create({ model: "d-a", messages: [{ role: "user", content }], stream })
+          if (stream) for await (const _ of answer as AsyncIterable<unknown>) void _
+          return answer
+        })
+      const upstreamCode = (e: Harness.ClientError) => (e.body as { upstream_code?: unknown }).upstream_code
+      const quota = yield* ask("quota")
+      assert.deepStrictEqual(
+        [quota.status, quota.code, upstreamCode(quota)],
+        [502, "upstream_unauthorized", "insufficient_quota"]
+      )
+      const rate = yield* ask("rate")
+      assert.deepStrictEqual(
+        [rate.status, rate.code, upstreamCode(rate)],
+        [429, "upstream_rate_limited", "rate_limit_exceeded"]
+      )
+      const value = yield* ask("value")
+      assert.deepStrictEqual(
+        [value.status, value.code, value.param, upstreamCode(value)],
+        [400, "invalid_request", "temperature", "invalid_value"]
+      )
+      const streamed = yield* ask("event", true)
+      assert.strictEqual(upstreamCode(streamed), "server_busy")
+      const secret = yield* ask("secret")
+      assert.isUndefined(upstreamCode(secret))
+      assert.notInclude(JSON.stringify(secret.body), Harness.UPSTREAM_KEY)
+    })
+  )
+})
+
 describe("Gateway: refusals name what the client sent", () => {
   it.live("embeddings over the request limits are a 400 naming input, the field the client sent", () =>
     Effect.gen(function* () {

@@ -382,6 +382,17 @@ export const parseJsonOrUndefined = (text: string): unknown => {
   }
 }
 
+// A code is a token of the provider's vocabulary (`insufficient_quota`, `model_not_supported`): anything else (a
+// sentence, a body's worth of text, a secret echoed and scrubbed to `<redacted>`) is no code to branch on.
+const CODE = /^[A-Za-z0-9_.:-]{1,64}$/
+
+/** The provider's code of an error, as errors carry it (see `ModelError.code`). */
+const codeOf = (info: ErrorInfo, ctx: CallContext): string | undefined => {
+  if (info.code === undefined || !CODE.test(info.code)) return undefined
+  const code = scrub(info.code, ctx.secrets)
+  return code === info.code ? code : undefined
+}
+
 /** The request field an error names: what the server does not implement is the model; else the body's. */
 const fieldOf = (status: number | undefined, info: ErrorInfo, ctx: CallContext): string | undefined =>
   status === NOT_IMPLEMENTED
@@ -395,7 +406,8 @@ const fieldOf = (status: number | undefined, info: ErrorInfo, ctx: CallContext):
           : undefined
 
 /**
- * The error of a non-2xx answer, from its status, headers and (the start of) its body.
+ * The error of a non-2xx answer, from its status, headers and (the start of) its body, with
+ * the body's error code (since 0.3.0, see `ModelError.code`).
  *
  * @since 0.2.0
  * @category errors
@@ -420,7 +432,8 @@ export const errorFromStatus = (
     model: ctx.model,
     status,
     retryAfter: parseRetryAfter(headers, nowMillis, info),
-    field: reason === "InvalidRequest" ? field : undefined
+    field: reason === "InvalidRequest" ? field : undefined,
+    code: codeOf(info, ctx)
   })
 }
 
@@ -465,7 +478,8 @@ export const errorFromPayload = (
     status,
     retryAfter: info.retryDelay,
     // As the same body of a status error: an unknown model (`model_not_found`) then falls back as it does.
-    field: reason === "InvalidRequest" ? fieldOf(status, info, ctx) : undefined
+    field: reason === "InvalidRequest" ? fieldOf(status, info, ctx) : undefined,
+    code: codeOf(info, ctx)
   })
 }
 
