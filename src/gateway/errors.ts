@@ -292,7 +292,7 @@ const timeoutCodes: Readonly<Record<TimeoutLimit, string>> = {
  * have 404), an upstream limit 429, an open breaker, overload or shutdown 503, a deadline
  * 504, any other upstream failure 502. An exhausted fallback chain is answered as its last
  * step's failure, naming every step. The upstream's own error code, when it gave one, is
- * passed on as `upstream_code` (since 0.3.0); `code` stays the gateway's.
+ * passed on as `upstream_code` (since 0.3.0), a stream's cut by it too; `code` stays the gateway's.
  *
  * @since 0.2.0
  * @category conversions
@@ -336,12 +336,17 @@ export const fromAiError = (error: AiError): WireError => {
         retryAfterSeconds: 1,
         reason: "ShuttingDown"
       }
-    case "StreamInterruptedError":
+    case "StreamInterruptedError": {
+      const wire = body(error.message, "upstream_error", undefined, "stream_interrupted")
+      // What cut the stream, when the upstream said it with a code of its own (an error event's).
+      const cause = error.cause
+      const code = cause instanceof ModelError ? cause.code : undefined
       return {
         status: 502,
-        body: body(error.message, "upstream_error", undefined, "stream_interrupted"),
+        body: code === undefined ? wire : { error: { ...wire.error, upstream_code: code } },
         reason: "StreamInterrupted"
       }
+    }
     case "FallbackExhaustedError": {
       const last = fromAiError(error.last)
       return { ...last, body: { error: { ...last.body.error, message: error.message } }, reason: reasonOf(error) }

@@ -72,13 +72,16 @@ describe("Gateway: streams", () => {
     })
   )
 
-  it.live("an upstream error event mid-stream raises in the client too", () =>
+  it.live("an upstream error event mid-stream raises in the client too, with the upstream's code", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make((_, res) =>
         Server.chunked(res, [
           Server.sse([
             Up.chunk("partial"),
-            { event: "error", data: { error: { message: "upstream broke", type: "server_error" } } }
+            {
+              event: "error",
+              data: { error: { message: "upstream broke", type: "server_error", code: "server_busy" } }
+            }
           ])
         ])
       )
@@ -87,6 +90,8 @@ describe("Gateway: streams", () => {
       assert.strictEqual(result.text, "partial")
       assert.strictEqual(result.error?.code, "stream_interrupted")
       assert.include(result.error!.message, "upstream broke")
+      // The upstream's own code of what cut it, beside the gateway's, as an answer refused before its first chunk has it.
+      assert.strictEqual((result.error!.body as { upstream_code?: unknown }).upstream_code, "server_busy")
     })
   )
 
