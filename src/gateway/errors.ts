@@ -122,8 +122,8 @@ export interface WireError {
   readonly retryAfterSeconds?: number | undefined
   /**
    * `false` for a refusal that retrying cannot cure soon (an exhausted budget, even one
-   * that resets later; not one only held by requests in flight): sent as `x-should-retry: false`,
-   * which the official clients obey.
+   * that resets later; not one only held by requests in flight; an upstream that refused the
+   * gateway's own key): sent as `x-should-retry: false`, which the official clients obey.
    */
   readonly shouldRetry?: boolean | undefined
   /** The label the failure is counted under (`errors by reason`). */
@@ -307,6 +307,9 @@ export const fromAiError = (error: AiError): WireError => {
         // The gateway's code is one vocabulary for every provider (clients branch on it); the upstream's is beside it.
         body: error.code === undefined ? wire : { error: { ...wire.error, upstream_code: error.code } },
         retryAfterSeconds: status === 429 || status === 503 ? (seconds(error.retryAfter) ?? 1) : undefined,
+        // The upstream refused the gateway's own key (or will not serve its account): the official clients retry a
+        // 502 within seconds, which cannot cure that and calls the upstream again for each.
+        shouldRetry: error.reason === "Unauthorized" ? false : undefined,
         reason: error.reason
       }
     }

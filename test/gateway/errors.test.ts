@@ -8,6 +8,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Duration, Effect, Layer, Redacted } from "effect"
 import { HttpRouter, HttpServer, HttpServerResponse } from "effect/http"
+import OpenAI from "openai"
 import { RateLimiter } from "effect/persistence"
 import { ModelError } from "../../src/AiError.js"
 import * as Gateway from "../../src/Gateway.js"
@@ -790,6 +791,25 @@ describe("Gateway: an upstream's error code", () => {
       const secret = yield* ask("secret")
       assert.isUndefined(upstreamCode(secret))
       assert.notInclude(JSON.stringify(secret.body), Harness.UPSTREAM_KEY)
+    })
+  )
+})
+
+describe("Gateway: an upstream that refuses the gateway's own key", () => {
+  it.live("is a 502 with x-should-retry: false: the official client's retries seconds later cannot cure it", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) =>
+        Server.json(res, 401, {
+          error: { message: "Incorrect API key provided", type: "invalid_request_error", code: "invalid_api_key" }
+        })
+      )
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, breakers: false })
+      // The client's default: two retries of a 5xx, unless the answer says not to.
+      const client = new OpenAI({ apiKey: "sk-client", baseURL: `${gw.url}/v1`, maxRetries: 2, timeout: 15_000 })
+      const refused = yield* Harness.failing(() => client.chat.completions.create({ model: "d-a", messages: hi }))
+      assert.deepStrictEqual([refused.status, refused.code], [502, "upstream_unauthorized"])
+      assert.strictEqual(refused.headers?.get("x-should-retry"), "false")
+      assert.strictEqual((yield* upstream.requests).length, 1)
     })
   )
 })
