@@ -173,6 +173,58 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
     )
   )
 
+  it.live(
+    "an entry that decodes but that no cache keeps (stream parts not a completed stream, an answer that finished in error) is a counted miss",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const name = uniqueName("unkept")
+          const cache = yield* build(server, { name })
+          const redis = yield* admin(server)
+          const far = Date.now() + 3_600_000
+          const entry = (value: unknown) => JSON.stringify({ value, freshUntil: far, staleUntil: far })
+          const finish = { _tag: "Finish", finishReason: "stop", usage: response("").usage, provider: "p", model: "m" }
+          yield* redis.send("SET", `${name}:s:empty`, entry({ _tag: "Stream", parts: [] }))
+          yield* redis.send(
+            "SET",
+            `${name}:s:cut`,
+            entry({ _tag: "Stream", parts: [{ _tag: "TextDelta", text: "hal" }] })
+          )
+          yield* redis.send(
+            "SET",
+            `${name}:s:twice`,
+            entry({ _tag: "Stream", parts: [finish, { _tag: "TextDelta", text: "more" }, finish] })
+          )
+          yield* redis.send(
+            "SET",
+            `${name}:s:failed`,
+            entry({ _tag: "Stream", parts: [{ ...finish, finishReason: "error" }] })
+          )
+          for (const key of ["empty", "cut", "twice", "failed"]) {
+            assert.deepStrictEqual(yield* cache.getParts(key), Option.none(), key)
+          }
+          assert.strictEqual(yield* errorsOf(name), 4)
+          yield* redis.send(
+            "SET",
+            `${name}:r:error`,
+            entry({ _tag: "Response", response: { ...response("x"), finishReason: "error" } })
+          )
+          assert.deepStrictEqual(yield* cache.getMany(["error"]), [Option.none()])
+          const computed = yield* cache.getOrCompute("error", Effect.succeed(response("computed")))
+          assert.deepStrictEqual(computed, { value: response("computed"), source: "miss" })
+          assert.strictEqual(yield* errorsOf(name), 6)
+          // A complete stream written as this library writes it is still read.
+          yield* redis.send(
+            "SET",
+            `${name}:s:whole`,
+            entry({ _tag: "Stream", parts: [{ _tag: "TextDelta", text: "hi" }, finish] })
+          )
+          assert.isTrue(Option.isSome(yield* cache.getParts("whole")))
+        })
+      )
+  )
+
   it.live("a value longer than maxValueBytes (in UTF-8 bytes) is not stored but counted; a shorter one is", () =>
     Effect.scoped(
       Effect.gen(function* () {

@@ -135,6 +135,11 @@ const batchBytes = (input: number | undefined, maxValueBytes: number): Input.Che
     : checked
 }
 
+// What a cache of this library writes: another writer's stream that did not complete (replayed, it ended as if whole)
+// or answer that finished in error (served as a fresh answer until its ttl) is no entry, as one that does not decode.
+const kept = (value: Table.Cached): boolean =>
+  value._tag === "Response" ? Lookup.keepable(value.response.finishReason) : Lookup.keepableParts(value.parts)
+
 const parsed = (text: string): unknown => {
   try {
     return JSON.parse(text)
@@ -229,7 +234,8 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
 
   /**
    * Entries of kind `tag` still within their grace, by key; `None` for a miss, a failure, a
-   * value that does not decode (JSON or not) or one of the other kind (an answer's key holding stream parts),
+   * value that does not decode (JSON or not), one of the other kind (an answer's key holding stream parts) or one no
+   * cache keeps (stream parts that did not complete, an answer that finished in error),
    * and one longer than `maxValueBytes` allows, which is not read. `readOrFail` passes on a failure of Redis
    * (`read`: a miss).
    */
@@ -259,7 +265,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
             return Option.none()
           }
           const decoded = decode(parsed(value))
-          if (Exit.isFailure(decoded) || decoded.value.value._tag !== tag) {
+          if (Exit.isFailure(decoded) || decoded.value.value._tag !== tag || !kept(decoded.value.value)) {
             corrupt++
             return Option.none()
           }
