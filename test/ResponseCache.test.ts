@@ -1023,6 +1023,41 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect(
+    "capacity and maxBytes: a key written again (setMany, setParts) is the most recently used, not evicted first",
+    () =>
+      Effect.gen(function* () {
+        const parts: ReadonlyArray<StreamPart> = [
+          { _tag: "TextDelta", text: "hi" },
+          { _tag: "Finish", finishReason: "stop", usage: response("").usage, provider: "p", model: "m" }
+        ]
+        // What maxBytes counts of an answer: the entry's value in JSON.
+        const byteSize = (value: GenerateResponse) =>
+          Buffer.byteLength(JSON.stringify({ _tag: "Response", response: value }))
+        const found = (cache: ResponseCache.Service, key: string) =>
+          Effect.map(cache.getMany([key]), ([value]) => Option.isSome(value!))
+        for (const options of [{ capacity: 2 }, { capacity: 100, maxBytes: 2 * byteSize(response("A")) + 10 }]) {
+          const cache = yield* makeCache(options)
+          yield* cache.setMany([{ key: "a", value: response("A") }])
+          yield* cache.setMany([{ key: "b", value: response("B") }])
+          yield* cache.setMany([{ key: "a", value: response("a") }])
+          yield* cache.setMany([{ key: "c", value: response("C") }])
+          assert.deepStrictEqual(
+            [yield* found(cache, "a"), yield* found(cache, "b"), yield* found(cache, "c")],
+            [true, false, true],
+            `${JSON.stringify(options)}: a was written after b`
+          )
+        }
+        const streams = yield* makeCache({ capacity: 2 })
+        yield* streams.setParts("a", parts)
+        yield* streams.setMany([{ key: "b", value: response("B") }])
+        yield* streams.setParts("a", parts)
+        yield* streams.setMany([{ key: "c", value: response("C") }])
+        assert.isTrue(Option.isSome(yield* streams.getParts("a")), "a's parts were written after b")
+        assert.isFalse(yield* found(streams, "b"))
+      })
+  )
+
   it.effect("getMany / setMany keep the order of the keys; hits and misses are counted", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()

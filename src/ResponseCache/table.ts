@@ -277,11 +277,14 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     return Effect.void
   })
 
-  // Notes when the entry put at `now` expires (a put of `keepFor` 0 is not held).
+  // Notes when the entry put at `now` expires (a put of `keepFor` 0 is not held). The key's entry goes first: the
+  // map keeps a key set again where it was, so a value just written kept its old place in the LRU order, and was
+  // the first evicted.
   const set = (key: string, stored: Stored): Effect.Effect<void> =>
     Effect.clockWith((clock) => {
       const keepFor = stored.keepFor
       if (keepFor > 0) expiresAt(clock.currentTimeMillisUnsafe() + keepFor)
+      MutableHashMap.remove(cache.map, key)
       return Cache.set(cache, key, stored)
     })
 
