@@ -1058,6 +1058,25 @@ describe("ResponseCache (memory)", () => {
       })
   )
 
+  it.effect(
+    "capacity: an answer computed is used as it ends, not when its computation started (a slow one is not the first evicted)",
+    () =>
+      Effect.gen(function* () {
+        const cache = yield* makeCache({ capacity: 2 })
+        const slow = yield* Effect.forkChild(
+          cache.getOrCompute("slow", Effect.as(Effect.sleep("10 seconds"), response("slow"))),
+          { startImmediately: true }
+        )
+        yield* cache.setMany([{ key: "a", value: response("A") }])
+        yield* cache.setMany([{ key: "b", value: response("B") }])
+        yield* TestClock.adjust("10 seconds")
+        assert.strictEqual((yield* Fiber.join(slow)).source, "miss")
+        yield* cache.setMany([{ key: "c", value: response("C") }])
+        const found = yield* cache.getMany(["slow", "a", "b", "c"])
+        assert.deepStrictEqual(found.map(Option.isSome), [true, false, false, true], "b was used before slow's answer")
+      })
+  )
+
   it.effect("getMany / setMany keep the order of the keys; hits and misses are counted", () =>
     Effect.gen(function* () {
       const cache = yield* makeCache()

@@ -154,7 +154,7 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
           running.delete(fiber)
           computing.ended = true
         })
-        return Effect.provideService(compute, Computing, computing).pipe(Effect.tap(makeRoom))
+        return Effect.provideService(compute, Computing, computing).pipe(Effect.tap((stored) => makeRoom(key, stored)))
       }),
     {
       // The core `Cache` evicts by insertion order whatever the entry: a running computation
@@ -293,7 +293,9 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
   // An answer kept makes room for itself as its computation ends (still running: not counted); a
   // computation that fails, whose answer is not kept (larger than maxBytes alone too), or that was taken out of
   // the table, takes no other out.
-  const makeRoom = (stored: Stored): Effect.Effect<void> =>
+  // Its entry goes last in the LRU order, as the answer is first used: left where the computation started it,
+  // a slow answer went before the answers that ended meanwhile, the first evicted.
+  const makeRoom = (key: string, stored: Stored): Effect.Effect<void> =>
     stored.keepFor > 0 && (maxBytes === undefined || sizeOf(stored) <= maxBytes)
       ? Effect.withFiber((fiber) => {
           if (takenOut.has(fiber)) return Effect.void
@@ -301,6 +303,11 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
           const now = fiber.getRef(Clock.Clock).currentTimeMillisUnsafe()
           expiresAt(now + stored.keepFor)
           evict(capacity - 1, now)
+          const entry = MutableHashMap.get(cache.map, key)
+          if (Option.isSome(entry) && entry.value.fiber === fiber) {
+            MutableHashMap.remove(cache.map, key)
+            MutableHashMap.set(cache.map, key, entry.value)
+          }
           return Effect.void
         })
       : Effect.void
