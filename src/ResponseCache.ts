@@ -184,16 +184,17 @@ const notSuperseded = (): boolean => false
 
 /**
  * The key of a request to a provider: the hex sha256 of the provider name and the request
- * in a canonical form, where requests that mean the same are written alike: `prompt: "x"`
- * and one user message `"x"`, the system prompt and a first system message; an absent field,
+ * in a canonical form, where requests that mean the same are written alike: the system prompt
+ * and a first system message of a conversation; an absent field,
  * one set to `undefined`, and an empty `tools`, `stop` or `toolCalls` list; `stop` sequences
  * in any order or repeated (a set); the defaults `responseFormat: { type: "text" }`,
  * `strict: false`, with tools, `toolChoice: "auto"` and `parallelToolCalls: true`, and any
  * `parallelToolCalls` without tools; the key order of a tool's
  * parameters or a response schema (whose values count as the JSON sent for them: a `Date` as
  * its ISO text). Every field that changes the answer changes the key
- * (model, sampling, tools and their order, messages and their order, a message's name, a tool call's signature,
- * response format, ...).
+ * (model, sampling, tools and their order, messages and their order, a message's name, a tool call's signature, response format, ...),
+ * and so does giving a `prompt` rather than `messages`: `prompt: "x"` and one user message `"x"` are two
+ * keys, as providers may send them differently (watsonx's text generation, Ollama's `api: "generate"`).
  * A request naming no model keys as "the provider's default": the executor and the router pass
  * the request with the provider's `defaultModel` filled in, so a new default does not answer from
  * the old one's entries; callers of `key` should do the same.

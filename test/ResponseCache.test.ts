@@ -92,18 +92,11 @@ const finishPart: StreamPart = {
 }
 
 describe("ResponseCache.key", () => {
-  it("is stable across field order and prompt vs one user message; changes with anything that changes the answer", () => {
+  it("is stable across field order; changes with anything that changes the answer", () => {
     const base = ResponseCache.key({ provider: "p", request: { prompt: "hi", temperature: 0.5, maxTokens: 10 } })
     assert.match(base, /^[0-9a-f]{64}$/)
     assert.strictEqual(
       ResponseCache.key({ provider: "p", request: { maxTokens: 10, temperature: 0.5, prompt: "hi" } }),
-      base
-    )
-    assert.strictEqual(
-      ResponseCache.key({
-        provider: "p",
-        request: { messages: [{ role: "user", content: "hi" }], maxTokens: 10, temperature: 0.5 }
-      }),
       base
     )
     const variants: ReadonlyArray<readonly [string, GenerateRequest]> = [
@@ -142,6 +135,38 @@ describe("ResponseCache.key", () => {
       )
     )
     assert.strictEqual(keys.size, 5)
+  })
+
+  it("a prompt and the same text as one user message do not share a key: providers send them differently", () => {
+    // watsonx's `api: "generation"` sends a prompt as it is and a conversation as `User: hi`, Ollama's
+    // `api: "generate"` a prompt to /api/generate and a conversation to /api/chat: one is not the other's answer.
+    const pairs: ReadonlyArray<readonly [GenerateRequest, GenerateRequest]> = [
+      [{ prompt: "hi" }, { messages: [{ role: "user", content: "hi" }] }],
+      [
+        { prompt: "hi", system: "s" },
+        { system: "s", messages: [{ role: "user", content: "hi" }] }
+      ],
+      [
+        { prompt: "hi", system: "s" },
+        {
+          messages: [
+            { role: "system", content: "s" },
+            { role: "user", content: "hi" }
+          ]
+        }
+      ]
+    ]
+    for (const [a, b] of pairs) assert.notStrictEqual(keyOf(a), keyOf(b), JSON.stringify(a))
+    // The system prompt and a first system message of a conversation are sent alike by every provider: one key.
+    assert.strictEqual(
+      keyOf({ system: "s", messages: [{ role: "user", content: "hi" }] }),
+      keyOf({
+        messages: [
+          { role: "system", content: "s" },
+          { role: "user", content: "hi" }
+        ]
+      })
+    )
   })
   const tool = { name: "search", parameters: { type: "object", properties: { q: { type: "string" } } } }
   const schema = { type: "object", properties: { a: { type: "string" }, b: { type: "number" } } }

@@ -90,7 +90,11 @@ export const keyOf = (provider: string, r: GenerateRequest): string => {
     choice === null || typeof choice === "string" ? choice : [choice.name],
     formatForm(r.responseFormat),
     // Last and only when set, so that the keys of every other request stay what they were.
-    ...(r.parallelToolCalls === false && tools !== undefined ? [false] : [])
+    ...(r.parallelToolCalls === false && tools !== undefined ? [false] : []),
+    // A prompt is not a conversation of one user message to every provider: watsonx's text generation sends it as
+    // it is (a conversation as `User: ...`), Ollama's `api: "generate"` to another endpoint. Last, and only for a
+    // prompt, so that the keys of conversations (every gateway call) stay what they were.
+    ...(r.messages === undefined ? ["prompt"] : [])
   ]
   return hash("sha256", JSON.stringify(form), "hex")
 }
