@@ -165,3 +165,51 @@ describe("Model.validateGenerate", () => {
     })
   )
 })
+
+describe("Model.validateGenerate: a refusal in the library's words", () => {
+  // A request written as OpenAI's (`max_tokens`) said `Expected no excess property`, a missing content `Missing key`,
+  // and a value out of range never said what it got: not the words of every other check (`unknown option (did you
+  // mean timeout?)`, `expected a value of at least 1, got 0`).
+  const refusal = (request: unknown) =>
+    Effect.flip(validateGenerate(request as never)).pipe(Effect.map((error) => [error.field, error.message] as const))
+
+  it.effect("a misspelt field is an unknown field with the field it is likely a typo of", () =>
+    Effect.gen(function* () {
+      const [field, message] = yield* refusal({ prompt: "hi", max_tokens: 64 })
+      assert.strictEqual(field, "max_tokens")
+      assert.strictEqual(message, "invalid max_tokens: unknown field (did you mean maxTokens?) (in the request)")
+      const [, embed] = yield* Effect.flip(validateEmbed({ texts: ["a"], modl: "m" } as never)).pipe(
+        Effect.map((error) => [error.field, error.message] as const)
+      )
+      assert.strictEqual(embed, "invalid modl: unknown field (did you mean model?) (in the embedding request)")
+    })
+  )
+
+  it.effect("a missing field is missing (required)", () =>
+    Effect.gen(function* () {
+      const [field, message] = yield* refusal({ messages: [{ role: "user" }] })
+      assert.strictEqual(field, "messages[0].content")
+      assert.strictEqual(message, "invalid messages[0].content: missing (required) (in the request)")
+    })
+  )
+
+  it.effect("a wrong value says what was expected and what it got, a long string cut", () =>
+    Effect.gen(function* () {
+      assert.deepStrictEqual(yield* refusal({ prompt: "hi", temperature: 3 }), [
+        "temperature",
+        "invalid temperature: expected a value between 0 and 2, got 3 (in the request)"
+      ])
+      assert.deepStrictEqual(yield* refusal({ prompt: "hi", maxTokens: 1.5 }), [
+        "maxTokens",
+        "invalid maxTokens: expected an integer, got 1.5 (in the request)"
+      ])
+      const [, role] = yield* refusal({ messages: [{ role: "usr", content: "x" }] })
+      assert.match(role, /^invalid messages\[0\]\.role: expected .*"user".*, got "usr" \(in the request\)$/)
+      const [, model] = yield* refusal({ prompt: "hi", model: 7 })
+      assert.match(model, /^invalid model: expected string.*, got 7 \(in the request\)$/)
+      const [, long] = yield* refusal({ prompt: "hi", temperature: "x".repeat(100_000) })
+      assert.isBelow(long.length, 300)
+      assert.include(long, "(100,000 characters)")
+    })
+  )
+})

@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { Effect, Result, Schema } from "effect"
+import { Effect, Result, Schema, SchemaIssue } from "effect"
 import { invalidRequest, type ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import type { EmbedRequest, GenerateRequest, RequestLimits } from "../Model.js"
@@ -115,9 +115,33 @@ export const nestsDeeper = (value: unknown, max: number): boolean => {
 
 const tooDeep = (field: string) => invalid(field, `nests arrays and objects more than ${maxSchemaDepth} levels deep`)
 
-const shapeError = (error: Schema.SchemaError, what: string): ModelError => {
-  const issue = Input.issueOf(error)
-  return invalidRequest(issue.path, `${issue.message} (in the ${what})`)
+// In the words of every other check: `unknown field (did you mean maxTokens?)`, `missing (required)`, and a wrong
+// value's `expected ..., got 3` (shown bounded: a prompt may be long). Only on the refusal path.
+const shapeError = (error: Schema.SchemaError, what: string, input: unknown): ModelError => {
+  const issue = Input.issueOf(error, "", Input.leafHook)
+  let message = issue.message
+  if (message.startsWith("Expected ")) {
+    message = `e${message.slice(1)}`
+    const got = valueAt(input, error)
+    if (got !== undefined) message = `${message}, got ${Input.shown(got.value)}`
+  }
+  return invalidRequest(issue.path, `${message} (in the ${what})`)
+}
+
+// The value at the first issue's path, when it can be read (a getter may throw).
+const valueAt = (input: unknown, error: Schema.SchemaError): { readonly value: unknown } | undefined => {
+  const first = SchemaIssue.makeFormatterStandardSchemaV1()(error.issue).issues[0]
+  let value = input
+  try {
+    for (const segment of first?.path ?? []) {
+      const key = typeof segment === "object" && segment !== null ? segment.key : segment
+      if (typeof value !== "object" || value === null || !Object.hasOwn(value, key)) return undefined
+      value = (value as Record<PropertyKey, unknown>)[key]
+    }
+  } catch {
+    return undefined
+  }
+  return { value }
 }
 
 const invalid = (field: string, message: string) => invalidRequest(field, message)
@@ -143,7 +167,7 @@ export const checkGenerate = (
     (!isGenerate(request) || !hasOnlyKeys(request, generateKeys))
   ) {
     const decoded = decodeGenerate(request)
-    if (Result.isFailure(decoded)) return shapeError(decoded.failure, "request")
+    if (Result.isFailure(decoded)) return shapeError(decoded.failure, "request", request)
   }
   if (request.tools !== undefined) {
     const tools = request.tools
@@ -270,7 +294,7 @@ export const validateEmbed = (
   }
   if (!isEmbed(request) || !hasOnlyKeys(request, embedKeys)) {
     const decoded = decodeEmbed(request)
-    if (Result.isFailure(decoded)) return Effect.fail(shapeError(decoded.failure, "embedding request"))
+    if (Result.isFailure(decoded)) return Effect.fail(shapeError(decoded.failure, "embedding request", request))
   }
   if (request.texts.length > limits.maxEmbedTexts) {
     return refuse("texts", `${request.texts.length} texts exceed the limit of ${limits.maxEmbedTexts}`)
