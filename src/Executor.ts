@@ -357,7 +357,7 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
   }
   const engine = yield* Engine.make({ stats, shutdownDeadline })
   // The executor's provider's limit is its name's, whatever plan or option names it later.
-  engine.claimSlot(provider.name, provider.maxConcurrency, "provider.maxConcurrency")
+  engine.pinSlot(provider.name, provider.maxConcurrency)
   const streams = StreamEngine.make({
     engine,
     defaults: { firstChunkTimeout: firstChunk, idleTimeout: idle, totalTimeout: total }

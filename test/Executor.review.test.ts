@@ -307,6 +307,51 @@ describe("provider slots by name", () => {
       })
   )
 
+  // Every name given a limit was kept for the executor's life, its slots with it: an application building a
+  // provider per tenant (or per request) grew the engine's maps for ever, and a tenant's provider rebuilt
+  // with another limit was refused until the process restarted.
+  it.effect(
+    "a name's limit and slots are held while its calls run, then let go: the name may come back with another",
+    () =>
+      Effect.gen(function* () {
+        const { executor } = yield* setup({ latency: "1 second" })
+        const tenant = (maxConcurrency: number) => ({ ...executor.provider, name: "tenant-1", maxConcurrency })
+        const first = yield* Effect.forkChild(executor.execute(ask, { provider: tenant(1) }), {
+          startImmediately: true
+        })
+        yield* TestClock.adjust("10 millis")
+        // One name, one set of slots, one limit, while a call of it runs.
+        const refused = yield* Effect.flip(executor.execute(ask, { provider: tenant(2) }))
+        assert.strictEqual(fieldOf(refused), "InvalidRequest provider.maxConcurrency")
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(first)
+        // Its calls ended: the name comes back with a limit of 2, which applies.
+        const three = yield* Effect.forkChild(
+          Effect.all(
+            [1, 2, 3].map(() => executor.execute(ask, { provider: tenant(2) })),
+            { concurrency: "unbounded" }
+          ),
+          { startImmediately: true }
+        )
+        yield* TestClock.adjust("1 second")
+        assert.isUndefined(three.pollUnsafe(), "two at once, the third queued")
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual((yield* Fiber.join(three)).length, 3)
+        // A stream's slots as well: held while it streams, let go once it has ended.
+        const streaming = yield* Effect.forkChild(Stream.runDrain(executor.stream(ask, { provider: tenant(3) })), {
+          startImmediately: true
+        })
+        yield* TestClock.adjust("10 millis")
+        const whileStreaming = yield* Effect.flip(Stream.runDrain(executor.stream(ask, { provider: tenant(4) })))
+        assert.strictEqual(fieldOf(whileStreaming), "InvalidRequest provider.maxConcurrency")
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(streaming)
+        const after = yield* Effect.forkChild(Stream.runDrain(executor.stream(ask, { provider: tenant(4) })))
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(after)
+      })
+  )
+
   it.effect("a stream's provider, or a step's, under a name given another maxConcurrency is refused naming it", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup({ maxConcurrency: 1 })

@@ -78,13 +78,42 @@ export interface Engine {
   readonly leave: () => void
   readonly isClosing: () => boolean
   readonly series: (step: Step<unknown>) => Series
-  readonly slot: (name: string, max: number | undefined) => Semaphore.Semaphore | undefined
+  /** The limit of the provider slots a step of `name` stating `max` queues for, if any (nothing taken). */
+  readonly slotLimit: (name: string, max: number | undefined) => number | undefined
+  /** The provider slots of `name`, taken for one use until its `leave` (`undefined`: no limit applies). */
+  readonly slot: (name: string, max: number | undefined) => ProviderSlots | undefined
   /**
-   * Takes `max` as the limit of the provider slots of `name` (the first limit given for a name is
-   * its); answers the issue (under `path`) of a limit other than the one it has. Called where
-   * providers and plans enter, so that `slot` never meets two limits for one name.
+   * Answers the issue (under `path`) of `max` for `name` while the name has another limit: its
+   * executor's provider's, or that of its calls running. Called where providers and plans enter,
+   * so that calls running at once never meet two limits for one name.
    */
   readonly claimSlot: (name: string, max: number | undefined, path: string) => Input.Issue | undefined
+  /** Takes `max` as the limit of `name` for the engine's life (its executor's own provider). */
+  readonly pinSlot: (name: string, max: number | undefined) => void
+}
+
+/**
+ * The provider slots of one name, shared by the calls and streams that use them at once: kept by
+ * the engine while any does (queued or served), dropped by the last `leave`, so that the names of
+ * providers built per tenant or per request are not kept for the engine's life.
+ *
+ * @internal
+ */
+export class ProviderSlots {
+  users = 0
+  readonly semaphore: Semaphore.Semaphore
+  constructor(
+    readonly name: string,
+    readonly limit: number,
+    private readonly owner: Map<string, ProviderSlots>
+  ) {
+    this.semaphore = Semaphore.makeUnsafe(limit)
+  }
+
+  /** One use of them ended (its permit, if it took one, given back or about to be). */
+  leave(): void {
+    if (--this.users === 0 && this.owner.get(this.name) === this) this.owner.delete(this.name)
+  }
 }
 
 /**
@@ -134,7 +163,9 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
     const lanes = yield* Deadline.make
     const clock = yield* Clock.Clock
     const stats = options.stats
-    const slots = new Map<string, Semaphore.Semaphore>()
+    // The provider slots of the names in use (`ProviderSlots`), and the limits of names for the engine's life.
+    const slots = new Map<string, ProviderSlots>()
+    const pinned = new Map<string, number>()
     let closing = false
     let active = 0
     let drained: Deferred.Deferred<void> | undefined
@@ -177,37 +208,45 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
 
     const admit = Effect.suspend(() => (closing ? Effect.fail(shuttingDown()) : Effect.void))
 
-    // By provider name, as its breaker, rate limit and metrics are: one provider, one set of
-    // slots. A step that states no limit takes its name's (a plan's copy of the provider), and
-    // two limits for one name are refused where they enter (`claimSlot`). Without any limit
-    // known (most executors), a step stating none costs one size read.
-    const limits = new Map<string, number>()
-    const slot = (name: string, stated: number | undefined): Semaphore.Semaphore | undefined => {
-      const max = stated ?? (limits.size === 0 ? undefined : limits.get(name))
-      if (max === undefined || !Number.isFinite(max)) return undefined
+    // By provider name, as its breaker, rate limit and metrics are: one provider, one set of slots, one
+    // limit. A step that states no limit takes its name's (a plan's copy of the provider), and two limits
+    // for one name are refused where they enter (`claimSlot`). A name's slots and limit are kept while its
+    // calls use them (or for the engine's life, its executor's provider's): a name taken per tenant or per
+    // request is let go with its last call. Without any limit known (most executors), a step stating none
+    // costs two size reads.
+    const slotLimit = (name: string, stated: number | undefined): number | undefined => {
+      const max =
+        stated ?? (pinned.size === 0 && slots.size === 0 ? undefined : (pinned.get(name) ?? slots.get(name)?.limit))
+      return max === undefined || !Number.isFinite(max) ? undefined : max
+    }
+
+    const slot = (name: string, stated: number | undefined): ProviderSlots | undefined => {
       let found = slots.get(name)
       if (found === undefined) {
-        const known = limits.get(name)
-        if (known === undefined) limits.set(name, max)
-        found = Semaphore.makeUnsafe(known ?? max)
+        const max = slotLimit(name, stated)
+        if (max === undefined) return undefined
+        found = new ProviderSlots(name, pinned.get(name) ?? max, slots)
         slots.set(name, found)
       }
+      found.users++
       return found
     }
 
+    const knownLimit = (name: string): number | undefined => pinned.get(name) ?? slots.get(name)?.limit
+
     const claimSlot = (name: string, max: number | undefined, path: string): Input.Issue | undefined => {
       if (max === undefined || !Number.isFinite(max)) return undefined
-      const known = limits.get(name)
-      if (known === undefined) {
-        limits.set(name, max)
-        return undefined
-      }
-      return known === max
+      const known = knownLimit(name)
+      return known === undefined || known === max
         ? undefined
         : {
             path,
             message: `provider "${name}" already has maxConcurrency ${known}, got ${max}: one name is one provider, with one set of slots (give a provider of another limit a name of its own)`
           }
+    }
+
+    const pinSlot = (name: string, max: number | undefined): void => {
+      if (max !== undefined && Number.isFinite(max) && !pinned.has(name)) pinned.set(name, max)
     }
 
     const seriesOf = (step: Step<unknown>): Series => stats.series(step.statsName ?? step.name, step.domain)
@@ -263,7 +302,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
 
     // One step of a call (`step.ts`), and the strategies over a plan's steps.
     const isClosing = () => closing
-    const driver = makeDriver({ clock, lanes, seriesOf, slot, tracked, isClosing })
+    const driver = makeDriver({ clock, lanes, seriesOf, slot, slotLimit, tracked, isClosing })
     const { settleAttempt, retryOrFail, runStep } = driver
     const fallback = Fallback.make(driver)
     const hedge = Hedge.make(driver)
@@ -430,7 +469,9 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       if (plan.steps.length > 1 || plan.cache !== undefined || plan.totalTimeout !== undefined) return false
       const step = plan.steps[0]
       return (
-        step.rateLimit === undefined && step.slot === undefined && slot(step.name, step.maxConcurrency) === undefined
+        step.rateLimit === undefined &&
+        step.slot === undefined &&
+        slotLimit(step.name, step.maxConcurrency) === undefined
       )
     }
 
@@ -566,7 +607,9 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       leave,
       isClosing,
       series: seriesOf,
+      slotLimit,
       slot,
-      claimSlot
+      claimSlot,
+      pinSlot
     } satisfies Engine
   })

@@ -12,7 +12,8 @@
  *
  * @internal
  */
-import { Cause, type Clock, Duration, Effect, Exit, Schedule, type Semaphore } from "effect"
+import { Cause, type Clock, Duration, Effect, Exit, Schedule } from "effect"
+import type { ProviderSlots } from "./engine.js"
 import { notAnEffect, notAnEffectError, observe, threwOnce } from "./callback.js"
 import { type AiError, isRetryable, reasonOf, TimeoutError } from "../AiError.js"
 import { schedule as retrySchedule } from "../Policy.js"
@@ -204,8 +205,10 @@ export interface Env {
   readonly clock: Clock.Clock
   readonly lanes: Deadline.Lanes
   readonly seriesOf: (step: Step<unknown>) => Series
-  /** The provider slot of a step, if it has one. */
-  readonly slot: (name: string, max: number | undefined) => Semaphore.Semaphore | undefined
+  /** The limit of a step's provider slots, if it has one (nothing taken). */
+  readonly slotLimit: (name: string, max: number | undefined) => number | undefined
+  /** A step's provider slots, taken for one attempt until their `leave`. */
+  readonly slot: (name: string, max: number | undefined) => ProviderSlots | undefined
   /** Runs a wait on the deadline lanes (shutdown interrupts it). */
   readonly tracked: <A, E>(
     effect: Effect.Effect<A, E>,
@@ -260,7 +263,7 @@ export interface Driver extends Runner {
  * @internal
  */
 export const make = (env: Env): Driver => {
-  const { clock, lanes, seriesOf, slot, tracked, isClosing } = env
+  const { clock, lanes, seriesOf, slot, slotLimit, tracked, isClosing } = env
 
   // How an attempt's fiber ended becomes the attempt's outcome; a success passes through as is.
   const settleAttempt = <A>(
@@ -335,7 +338,7 @@ export const make = (env: Env): Driver => {
     state: RetryState
   ): Effect.Effect<A, AiError> => {
     const gauges = series.gauges
-    const semaphore = step.slot ?? slot(step.name, step.maxConcurrency)
+    const own = step.slot === undefined && slotLimit(step.name, step.maxConcurrency) !== undefined
     // The gauges are entered inside the region whose exit leaves them (`started`, `queuedAt` set
     // once they are): entered one step before it, a caller interrupted at a yield in between left
     // them entered for ever. The same objects as before, wrapped the other way round.
@@ -369,7 +372,7 @@ export const make = (env: Env): Driver => {
         return Effect.void
       }
     )
-    if (semaphore === undefined) {
+    if (step.slot === undefined && !own) {
       const deadlined = lanes.attempt(serve, step.timeout, settleAttempt, step)
       return guard(
         step,
@@ -384,6 +387,9 @@ export const make = (env: Env): Driver => {
     // counts it only once it was served (`queued.ts`).
     state.reached = false
     let queuedAt: number | undefined
+    // The provider's slots, taken as the attempt starts to queue (not when it is built: the name's
+    // last call may let them go in between) and left as it ends.
+    let held: ProviderSlots | undefined
     const leaveQueue = (): void => {
       if (queuedAt === undefined) return
       for (const g of gauges) g.queued--
@@ -397,6 +403,12 @@ export const make = (env: Env): Driver => {
         // A user's slot that throws or returns no Effect: the call's defect naming it, which the
         // attempt's end passes on (not its provider's failure: retried, fallen back) and no breaker sees.
         let permitted: Effect.Effect<A, AiError>
+        const semaphore = own ? (held = slot(step.name, step.maxConcurrency))?.semaphore : step.slot
+        if (semaphore === undefined) {
+          state.reached = true
+          leaveQueue()
+          return serve
+        }
         try {
           permitted = semaphore.withPermit(
             Effect.suspend(() => {
@@ -414,6 +426,10 @@ export const make = (env: Env): Driver => {
       }),
       () => {
         leaveQueue()
+        if (held !== undefined) {
+          held.leave()
+          held = undefined
+        }
         return Effect.void
       }
     )

@@ -352,32 +352,37 @@ const produce = Effect.fnUntraced(function* (host: AttemptHost, attempt: Attempt
   // The first chunk's deadline covers the wait for the provider's slot, as an attempt's deadline
   // covers a call's: a stream queued behind a local model's pool waited up to its total deadline.
   attempt.watch.arm(firstChunkOf(plan, step))
-  const semaphore = engine.slot(step.name, step.maxConcurrency)
-  if (semaphore !== undefined) {
-    const queuedAt = now()
-    for (const g of attempt.series.gauges) g.queued++
+  if (engine.slotLimit(step.name, step.maxConcurrency) !== undefined) {
     // Taken and its release registered in one step: a deadline striking in between would leave
     // the slot taken for ever. Given back when the upstream is done, not when a slow consumer
-    // has read the buffer.
+    // has read the buffer. The name's slots are held from the wait on (`ProviderSlots`).
     yield* Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(
-        Effect.onExit(restore(semaphore.take(1)), () =>
-          Effect.sync(() => {
-            for (const g of attempt.series.gauges) g.queued--
-            attempt.series.queueWait.record(now() - queuedAt)
-          })
-        ),
-        () => {
-          let held = true
-          const release = Effect.suspend(() => {
-            if (!held) return Effect.void
-            held = false
-            return semaphore.release(1)
-          })
-          attempt.release = release
-          return Scope.addFinalizer(attempt.scope, release)
-        }
-      )
+      Effect.suspend(() => {
+        const slots = engine.slot(step.name, step.maxConcurrency)
+        if (slots === undefined) return Effect.void
+        const queuedAt = now()
+        for (const g of attempt.series.gauges) g.queued++
+        return Effect.flatMap(
+          Effect.onExit(restore(slots.semaphore.take(1)), (exit) =>
+            Effect.sync(() => {
+              for (const g of attempt.series.gauges) g.queued--
+              attempt.series.queueWait.record(now() - queuedAt)
+              if (exit._tag === "Failure") slots.leave()
+            })
+          ),
+          () => {
+            let held = true
+            const release = Effect.suspend(() => {
+              if (!held) return Effect.void
+              held = false
+              slots.leave()
+              return slots.semaphore.release(1)
+            })
+            attempt.release = release
+            return Scope.addFinalizer(attempt.scope, release)
+          }
+        )
+      })
     )
   }
   attempt.serving = true
