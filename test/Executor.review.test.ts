@@ -272,6 +272,30 @@ describe("plans built in code", () => {
 })
 
 describe("provider slots by name", () => {
+  // An embed's step states no limit (`maxConcurrency: undefined`, to skip the slot), which the engine took
+  // as "the name's limit": every embed queued on the slots of its provider's generations, one by one.
+  it.effect("embeddings skip the provider's slots: they run beside its generations, and beside each other", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ latency: "1 second", maxConcurrency: 1 })
+      const calls = yield* Effect.forkChild(
+        Effect.all(
+          [
+            executor.execute(ask),
+            executor.embed({ texts: ["a"] }),
+            executor.embed({ texts: ["b"] }),
+            executor.embed({ texts: ["c"] })
+          ],
+          { concurrency: "unbounded" }
+        ),
+        { startImmediately: true }
+      )
+      yield* TestClock.adjust("10 millis")
+      assert.strictEqual(yield* control.inFlight, 4, "one generation and three embeddings at once")
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(calls)).length, 4)
+    })
+  )
+
   it.effect(
     "one name given two maxConcurrency limits is refused naming both; a step stating none shares the name's",
     () =>

@@ -126,6 +126,7 @@ export const make = (env: {
               timeout: resolved.success.timeout,
               retry: resolved.success.retry,
               maxConcurrency: undefined,
+              noSlot: true,
               answerIssue: embedAnswerIssue(valid.texts.length)
             }
             const plan: Plan<ProviderService, EmbedResponse> = {

@@ -471,7 +471,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       return (
         step.rateLimit === undefined &&
         step.slot === undefined &&
-        slotLimit(step.name, step.maxConcurrency) === undefined
+        (step.noSlot === true || slotLimit(step.name, step.maxConcurrency) === undefined)
       )
     }
 

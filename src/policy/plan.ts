@@ -125,8 +125,16 @@ export interface Step<T> {
   readonly rateLimit?: LimitGuard | undefined
   /** Estimated tokens of one attempt, for token rate limits. */
   readonly tokens?: number | undefined
-  /** Calls the target serves at once; more queue (measured apart). */
+  /**
+   * Calls the target serves at once; more queue (measured apart). Not stated: the limit its name
+   * has, if any (the executor's provider's, or that of its calls running).
+   */
   readonly maxConcurrency?: number | undefined
+  /**
+   * `true`: the step's calls take none of its name's provider slots, whatever its limit (embeddings:
+   * a provider batches concurrent embed calls itself, which a slot of one would serialise).
+   */
+  readonly noSlot?: boolean | undefined
   /**
    * The slot of the step's own its calls queue for instead of `maxConcurrency`'s (an HTTP agent's
    * connection slot), measured apart the same way: queue wait, not service time. `withPermit` is

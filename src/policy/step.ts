@@ -338,7 +338,8 @@ export const make = (env: Env): Driver => {
     state: RetryState
   ): Effect.Effect<A, AiError> => {
     const gauges = series.gauges
-    const own = step.slot === undefined && slotLimit(step.name, step.maxConcurrency) !== undefined
+    const own =
+      step.slot === undefined && step.noSlot !== true && slotLimit(step.name, step.maxConcurrency) !== undefined
     // The gauges are entered inside the region whose exit leaves them (`started`, `queuedAt` set
     // once they are): entered one step before it, a caller interrupted at a yield in between left
     // them entered for ever. The same objects as before, wrapped the other way round.

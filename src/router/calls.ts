@@ -359,6 +359,7 @@ export const makeCalls = (env: Env) => {
         retry: domain.retry ?? false
       }),
       maxConcurrency: undefined,
+      noSlot: true,
       answerIssue: embedAnswerIssue(valid.texts.length)
     }
     const answer = yield* executor.run(
