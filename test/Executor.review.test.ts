@@ -376,6 +376,35 @@ describe("provider slots by name", () => {
       })
   )
 
+  it.effect("one plan, or one stream, naming one provider with two limits is refused naming the second", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup()
+      const twin = (maxConcurrency: number) => ({ ...executor.provider, name: "twin", maxConcurrency })
+      const viaPlan = yield* Effect.flip(
+        executor.run(
+          {
+            steps: [
+              executor.stepFor(twin(1)),
+              executor.stepFor({ ...executor.provider, name: "other" }),
+              executor.stepFor(twin(2))
+            ]
+          },
+          (target) => target.generate(ask)
+        )
+      )
+      assert.strictEqual(fieldOf(viaPlan), "InvalidRequest steps[2].maxConcurrency")
+      const viaStream = yield* Effect.flip(
+        Stream.runDrain(executor.stream(ask, { steps: [{ provider: twin(1) }, { provider: twin(2) }] }))
+      )
+      assert.strictEqual(fieldOf(viaStream), "InvalidRequest steps[1].provider.maxConcurrency")
+      assert.strictEqual(yield* control.calls, 0)
+      // The same limit twice is one provider tried twice.
+      yield* executor.run({ steps: [executor.stepFor(twin(1)), executor.stepFor(twin(1))] }, (target) =>
+        target.generate(ask)
+      )
+    })
+  )
+
   it.effect("a stream's provider, or a step's, under a name given another maxConcurrency is refused naming it", () =>
     Effect.gen(function* () {
       const { executor, control } = yield* setup({ maxConcurrency: 1 })

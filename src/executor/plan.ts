@@ -18,7 +18,7 @@ import {
 import { decodeRetry } from "../Policy.js"
 import { retryHookOf } from "../policy/callback.js"
 import { cacheKeyOf } from "../policy/failure.js"
-import type { Engine } from "../policy/engine.js"
+import { type Engine, slotLimitIssue } from "../policy/engine.js"
 import { keyedRequest } from "../ResponseCache/key.js"
 import { slotIssue } from "./options.js"
 
@@ -136,6 +136,21 @@ const callHooksIssue = (plan: Plan<unknown, unknown>): Input.Issue | undefined =
     : { path: "cache", message: "expected { guard: { getOrCompute }, key, allowStale }" }
 }
 
+// A step naming a provider an earlier step of the plan names with another limit: the engine holds a name's
+// limit only while its calls run, and the plan's steps may not all run at once.
+const earlierLimitIssue = (
+  steps: ReadonlyArray<Plan<unknown, unknown>["steps"][0]>,
+  i: number
+): Input.Issue | undefined => {
+  const step = steps[i]!
+  for (let k = 0; k < i; k++) {
+    const earlier = steps[k]!
+    if (earlier.name !== step.name || earlier.slot !== undefined || earlier.maxConcurrency === undefined) continue
+    return slotLimitIssue(step.name, earlier.maxConcurrency, step.maxConcurrency!, `steps[${i}].maxConcurrency`)
+  }
+  return undefined
+}
+
 // What plans of calls and of streams share: their steps, total deadline and hedge delay.
 const stepsIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claimSlot"]): Input.Issue | undefined => {
   const steps: unknown = plan?.steps
@@ -177,7 +192,8 @@ const stepsIssue = (plan: Plan<unknown, unknown>, claimSlot: Engine["claimSlot"]
       // Checked before it is claimed as its name's limit: 0 or -1 queued every call of the name for ever after.
       const slot =
         slotIssue(step, `steps[${i}].maxConcurrency`) ??
-        claimSlot(step.name, step.maxConcurrency, `steps[${i}].maxConcurrency`)
+        claimSlot(step.name, step.maxConcurrency, `steps[${i}].maxConcurrency`) ??
+        earlierLimitIssue(steps as ReadonlyArray<Plan<unknown, unknown>["steps"][0]>, i)
       if (slot !== undefined) return slot
     }
     const retry = step.retry

@@ -11,7 +11,7 @@ import type { Guards, Service, StreamOptions } from "../Executor.js"
 import * as Input from "../Input.js"
 import type { GenerateRequest, RequestLimits, Service as ProviderService, StreamPart } from "../Model.js"
 import type { RetryPolicy } from "../Policy.js"
-import type { Engine } from "../policy/engine.js"
+import { type Engine, slotLimitIssue } from "../policy/engine.js"
 import type { Streams } from "../policy/stream.js"
 import { labelIssue } from "../stats/labels.js"
 import { checkRequest } from "./generate.js"
@@ -83,11 +83,30 @@ export const make = (env: {
         const target = (step as { readonly provider?: unknown }).provider
         if (typeof target !== "object" || target === null) continue
         if ((target as ProviderService).maxConcurrency === undefined) continue
-        const issue = providerSlotIssue(claimSlot, target, `steps[${i}].provider.maxConcurrency`)
+        const path = `steps[${i}].provider.maxConcurrency`
+        const issue =
+          providerSlotIssue(claimSlot, target, path) ?? earlierIssue(steps, i, target as ProviderService, path)
         if (issue !== undefined) return issue
       }
     } catch {
       return undefined
+    }
+    return undefined
+  }
+
+  // A step's provider named by an earlier step with another limit (the engine holds a name's limit only while
+  // its streams run, and the steps do not all run at once). Read after the earlier steps were: they are objects.
+  const earlierIssue = (
+    steps: ReadonlyArray<unknown>,
+    i: number,
+    target: ProviderService,
+    path: string
+  ): Input.Issue | undefined => {
+    for (let k = 0; k < i; k++) {
+      const earlier = (steps[k] as { readonly provider?: ProviderService } | null | undefined)?.provider
+      if (typeof earlier !== "object" || earlier === null || earlier.name !== target.name) continue
+      if (earlier.maxConcurrency === undefined) continue
+      return slotLimitIssue(target.name, earlier.maxConcurrency, target.maxConcurrency!, path)
     }
     return undefined
   }

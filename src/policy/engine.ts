@@ -117,6 +117,19 @@ export class ProviderSlots {
 }
 
 /**
+ * The issue (under `path`) of `max` given for a provider `name` that has the limit `known`, if they differ.
+ *
+ * @internal
+ */
+export const slotLimitIssue = (name: string, known: number, max: number, path: string): Input.Issue | undefined =>
+  known === max
+    ? undefined
+    : {
+        path,
+        message: `provider "${name}" already has maxConcurrency ${known}, got ${max}: one name is one provider, with one set of slots (give a provider of another limit a name of its own)`
+      }
+
+/**
  * @internal
  */
 export interface Options {
@@ -237,12 +250,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
     const claimSlot = (name: string, max: number | undefined, path: string): Input.Issue | undefined => {
       if (max === undefined || !Number.isFinite(max)) return undefined
       const known = knownLimit(name)
-      return known === undefined || known === max
-        ? undefined
-        : {
-            path,
-            message: `provider "${name}" already has maxConcurrency ${known}, got ${max}: one name is one provider, with one set of slots (give a provider of another limit a name of its own)`
-          }
+      return known === undefined ? undefined : slotLimitIssue(name, known, max, path)
     }
 
     const pinSlot = (name: string, max: number | undefined): void => {
