@@ -67,7 +67,8 @@ export interface Options {
    * `LanguageModel` does not carry (model, temperature, max tokens, stop, seed) to your
    * provider package's config service. Without it those settings are not sent, and a
    * request for another model than `Model.ModelName` or `model` (any model, when neither is
-   * given) is refused (`InvalidRequest`, field `model`). If it throws, or answers something
+   * given) is refused (`InvalidRequest`, field `model`), as is one that sets `maxTokens`
+   * (field `maxTokens`: a cap that is not sent would leave the answer, and its cost, unbounded). If it throws, or answers something
    * that is not a `Context`, the call fails `InvalidRequest` with field `context`.
    */
   readonly context?: ((request: Model.GenerateRequest) => Context.Context<never>) | undefined

@@ -149,6 +149,15 @@ export const make = Effect.fnUntraced(function* (given: Options = {}) {
           name
         )
       }
+      // A cap on the answer (and its cost) that cannot be sent is refused, not dropped: a caller counting
+      // on it (a gateway's budget is reserved from max_tokens) would be answered uncapped.
+      if (valid.maxTokens !== undefined) {
+        return yield* invalidRequest(
+          "maxTokens",
+          `${name} cannot send maxTokens: an effect/ai LanguageModel carries no such setting; give context to hand it to your provider package's config`,
+          name
+        )
+      }
       // LanguageModel carries no such setting: only `context` can hand it to the provider's config.
       if (asksOneToolCall(valid)) {
         return yield* invalidRequest(
