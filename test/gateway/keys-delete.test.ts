@@ -265,6 +265,22 @@ describe.skipIf(skipRedis)(
         )
     )
 
+    it.live("a key whose record is not even JSON, deleted: its secret is not taken for a new key of its id", () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const prefix = `${unique("corrupt")}:`
+          const { store, redis } = yield* onRedis(server, { prefix, cacheTtl: 0 })
+          const first = yield* store.create({ id: "k8", ...policy })
+          yield* redis.send("HSET", `${prefix}keys`, "k8", "{ not json")
+          yield* store.delete("k8")
+          const again = yield* store.create({ id: "k8", ...policy })
+          assert.strictEqual((yield* failure(store.authenticate(first.secret))).code, "invalid_api_key")
+          assert.strictEqual((yield* store.authenticate(again.secret)).id, "k8")
+        })
+      )
+    )
+
     it.live("a key deleted while a listing adds old keys to the index of ids is not added back to it", () =>
       Effect.scoped(
         Effect.gen(function* () {

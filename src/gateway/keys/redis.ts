@@ -725,17 +725,26 @@ export const make = Effect.fnUntraced(function* (options: {
       ? Effect.succeed(found)
       : Effect.fail(new UnreadableRecord({ id: id ?? storedId(json), json }))
   }
+  // Read by a secret's hash (`sha256`), the record must be of that secret: the entry of a deleted key's
+  // secret left in `hashes` (its record could not be read, so its hash was not known to remove it) would
+  // otherwise let that secret in as a later key of its id.
   const fromPair =
-    (id: string | undefined) =>
-    (reply: readonly [string, number] | null): Effect.Effect<KeyRecord | undefined, UnreadableRecord> =>
-      reply === null || !Array.isArray(reply)
-        ? Effect.undefined
-        : fromJson(String(reply[0]), Number(reply[1]) === 1, id)
+    (id: string | undefined, sha256?: string) =>
+    (reply: readonly [string, number] | null): Effect.Effect<KeyRecord | undefined, UnreadableRecord> => {
+      if (reply === null || !Array.isArray(reply)) return Effect.undefined
+      const found = fromJson(String(reply[0]), Number(reply[1]) === 1, id)
+      return sha256 === undefined
+        ? found
+        : Effect.map(found, (record) => (record.sha256 === sha256 ? record : undefined))
+    }
 
   return {
     local: false,
     byHash: (sha256) =>
-      Effect.flatMap(guard.call("lookup", lookup(hashesKey, keysKey, disabledKey, sha256)), fromPair(undefined)),
+      Effect.flatMap(
+        guard.call("lookup", lookup(hashesKey, keysKey, disabledKey, sha256)),
+        fromPair(undefined, sha256)
+      ),
     byId: (id) => Effect.flatMap(guard.call("byId", lookupId(keysKey, disabledKey, id)), fromPair(id)),
     insert: (key, maxKeys, counters) =>
       Effect.map(
