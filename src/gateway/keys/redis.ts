@@ -385,9 +385,8 @@ const settleScript = Redis.script(
     id: string,
     once: boolean,
     leaseMs: number,
-    args: ReadonlyArray<number>,
-    owners: ReadonlyArray<string>
-  ) => [...keys, ...directory, id, once ? 1 : 0, leaseMs, ...args, ...owners],
+    args: ReadonlyArray<number | string>
+  ) => [...keys, ...directory, id, once ? 1 : 0, leaseMs, ...args],
   {
     numberOfKeys: (keys: ReadonlyArray<string>) => keys.length + 2,
     lua: `${readableLua}${ownsLua}
@@ -843,15 +842,15 @@ export const make = Effect.fnUntraced(function* (options: {
       )
     },
     settle: (id, charges, actual, _now, once) => {
-      const args: Array<number> = []
-      const owners: Array<string> = []
+      // Per counter its amounts, then per counter its owner.
+      const args: Array<number | string> = []
       for (let i = 0; i < charges.length; i++) {
-        const { counter, amount, owner } = charges[i]!
+        const { counter, amount } = charges[i]!
         args.push(amount, Math.max(0, actual[i] ?? 0), expiryOf(counter, longestLease))
-        owners.push(owner?.id ?? "", owner?.sha256 ?? "")
       }
+      for (const { owner } of charges) args.push(owner?.id ?? "", owner?.sha256 ?? "")
       return Effect.map(
-        guard.call("settle", settle(counterKeys(countersOf(charges)), directory, id, once, longestLease, args, owners)),
+        guard.call("settle", settle(counterKeys(countersOf(charges)), directory, id, once, longestLease, args)),
         (reply) => ({
           levels: charges.map(({ counter }, i): Level | UnreadableCounter | undefined => {
             const found = Number(reply[3 * i])
