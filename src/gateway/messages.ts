@@ -156,14 +156,15 @@ export interface Conversation {
 /**
  * Reads `messages`. Leading system (or developer) messages become the request's system prompt, so
  * that a domain's own system prompt applies only when the client gives none (`Domain.applyTo`); their
- * names are not sent (the system prompt is one text). Every other message keeps its `name`.
+ * names are not sent (the system prompt is one text), unless the conversation has no other message
+ * (they are then its messages). Every other message keeps its `name`.
  *
  * @internal
  */
 export const conversationOf = (input: unknown): Checked<Conversation> => {
   if (!Array.isArray(input)) return invalid("messages", `expected an array of messages, got ${Input.kindOf(input)}`)
   if (input.length === 0) return invalid("messages", "expected at least one message")
-  const system: Array<string> = []
+  const system: Array<Model.Message> = []
   const messages: Array<Model.Message> = []
   // The calls the latest assistant message made (and which are answered yet), while only tool messages follow it:
   // OpenAI refuses a tool message that answers no call of it, and a conversation that goes on with a call unanswered.
@@ -206,7 +207,7 @@ export const conversationOf = (input: unknown): Checked<Conversation> => {
       case "developer": {
         const text = textOf(m.content, `${at}.content`, false)
         if (Result.isFailure(text)) return Result.fail(text.failure)
-        if (messages.length === 0) system.push(text.success)
+        if (messages.length === 0) system.push(named({ role: "system", content: text.success }, name.success))
         else messages.push(named({ role: "system", content: text.success }, name.success))
         break
       }
@@ -273,17 +274,9 @@ export const conversationOf = (input: unknown): Checked<Conversation> => {
     const unanswered = unansweredOf(awaited, "at the end of the conversation")
     if (Result.isFailure(unanswered)) return Result.fail(unanswered.failure)
   }
-  // A conversation of system messages only is one OpenAI answers: they stay its messages.
-  if (messages.length === 0) {
-    return Result.succeed({
-      system: undefined,
-      messages: system.map((content) => ({ role: "system", content })),
-      hoisted: 0
-    })
-  }
-  return Result.succeed({
-    system: system.length === 0 ? undefined : system.join("\n\n"),
-    messages,
-    hoisted: system.length
-  })
+  // A conversation of system messages only is one OpenAI answers: they stay its messages, names and all.
+  if (messages.length === 0) return Result.succeed({ system: undefined, messages: system, hoisted: 0 })
+  let prompt: string | undefined
+  for (const message of system) prompt = prompt === undefined ? message.content : `${prompt}\n\n${message.content}`
+  return Result.succeed({ system: prompt, messages, hoisted: system.length })
 }

@@ -110,6 +110,27 @@ describe("Gateway: a message's name", () => {
     })
   )
 
+  it.live("of a conversation of system messages only (sent as messages, not one system prompt) reaches it too", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make(Up.openAi())
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      yield* Harness.call(() =>
+        gw.client().chat.completions.create({
+          model: "d-a",
+          messages: [
+            { role: "system", content: "You write haikus.", name: "editor" },
+            { role: "developer", content: "Write one about the sea." }
+          ]
+        })
+      )
+      const [sent] = yield* upstream.requests
+      assert.deepStrictEqual((sent!.json as { messages: unknown }).messages, [
+        { role: "system", content: "You write haikus.", name: "editor" },
+        { role: "system", content: "Write one about the sea." }
+      ])
+    })
+  )
+
   it.live("keys the response cache: two conversations differing only by a name do not share an answer", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make(Up.openAi())
