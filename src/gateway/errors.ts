@@ -242,6 +242,9 @@ const modelErrorStatus = (error: Extract<AiError, { _tag: "ModelError" }>): [num
     case "InvalidRequest":
       // A model the provider does not have: OpenAI's 404, as the gateway answers a model it does not know.
       if (error.field === "model") return [404, "invalid_request_error", "model_not_found"]
+      // An upstream's 404 naming nothing (no error object: the page of a wrong base URL, a route the server lacks): the
+      // gateway's provider is misconfigured, and the client's request is not at fault.
+      if (error.status === 404 && error.field === undefined) return [502, "upstream_error", "upstream_not_found"]
       return [400, "invalid_request_error", "invalid_request"]
     case "ContentFilter":
       return [400, "invalid_request_error", "content_filter"]

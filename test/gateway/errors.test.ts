@@ -702,6 +702,19 @@ describe("Gateway: upstream failures", () => {
     })
   )
 
+  it.live("an upstream 404 that is no error object (a wrong base URL's page) is a 502, not the client's 400", () =>
+    Effect.gen(function* () {
+      const upstream = yield* Server.make((_, res) => Server.text(res, 404, "404 page not found"))
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const refused = yield* Harness.failing(() => gw.client().chat.completions.create({ model: "d-a", messages: hi }))
+      assert.deepStrictEqual(
+        [refused.status, refused.type, refused.code, refused.param],
+        [502, "upstream_error", "upstream_not_found", null]
+      )
+      assert.include(refused.message, "404 page not found")
+    })
+  )
+
   it.live("OpenAI's 400 context_length_exceeded keeps its code, which clients check to shorten the conversation", () =>
     Effect.gen(function* () {
       const upstream = yield* Server.make((_, res) =>
