@@ -1199,6 +1199,28 @@ describe("orchestra config (in process)", () => {
     assert.deepStrictEqual(shapeIssues([]), [{ path: "(root)", message: "expected a JSON object, got an array" }])
   })
 
+  it("a long or multi-line provider type or name is shown bounded and quoted in its issue, as every check shows a value", () => {
+    const long = "y".repeat(5_000)
+    const issues = shapeIssues({
+      providers: { a: { type: long }, b: { type: "mock" } },
+      defaultProvider: long,
+      domains: [{ name: "x", provider: 'b"\nproviders.b: fine' }],
+      policies: { rateLimits: { providers: { [long]: { requestsPerMinute: 1 } } } }
+    })
+    const shown = `"${"y".repeat(80)}"… (5,000 characters)`
+    const byPath = Object.fromEntries(issues.map((i) => [i.path.slice(0, 40), i.message]))
+    assert.strictEqual(
+      byPath["providers.a.type"],
+      `expected one of "local", "openai-compatible", "ollama", "gemini", "watsonx", "mock", got ${shown}`
+    )
+    assert.strictEqual(byPath.defaultProvider, `unknown provider ${shown} (declared: a, b)`)
+    // A quote and a line break are escaped: the name cannot end the message and forge another issue's line.
+    assert.strictEqual(byPath["domains[0].provider"], 'unknown provider "b\\"\\nproviders.b: fine" (declared: a, b)')
+    const limit = issues.find((i) => i.path.startsWith("policies.rateLimits.providers"))
+    assert.strictEqual(limit?.message, `unknown provider ${shown} (declared: a, b)`)
+    for (const issue of issues) assert.isBelow(issue.message.length, 300, issue.path)
+  })
+
   it("an unknown field is named without its value (a key pasted into the file is not echoed)", () => {
     const issues = shapeIssues({
       providers: { "my key": { type: "openai-compatible", apiKey: SECRET, apiKeyEnv: SECRET } },

@@ -261,7 +261,7 @@ const providerIssues = (providers: Readonly<Record<string, unknown>>): ReadonlyA
         ? providerSchemas[type as keyof typeof providerSchemas]
         : undefined
     if (schema === undefined) {
-      const got = type === undefined ? "nothing" : typeof type === "string" ? JSON.stringify(type) : Input.kindOf(type)
+      const got = type === undefined ? "nothing" : Input.shown(type)
       issues.push({
         path: `${at}.type`,
         message: `expected one of ${providerTypes.map((t) => `"${t}"`).join(", ")}, got ${got}`
@@ -287,7 +287,10 @@ const references = (config: Readonly<Record<string, unknown>>): ReadonlyArray<Is
   const declared = new Set(names)
   const known = `declared: ${someOf(names)}`
   if (typeof config.defaultProvider === "string" && !declared.has(config.defaultProvider)) {
-    issues.push({ path: "defaultProvider", message: `unknown provider "${config.defaultProvider}" (${known})` })
+    issues.push({
+      path: "defaultProvider",
+      message: `unknown provider ${Input.shown(config.defaultProvider)} (${known})`
+    })
   }
   for (const section of ["domains", "extraDomains", "overrideDomains"] as const) {
     const domains = config[section]
@@ -295,7 +298,10 @@ const references = (config: Readonly<Record<string, unknown>>): ReadonlyArray<Is
     domains.forEach((domain: unknown, i) => {
       const provider = isObject(domain) ? domain.provider : undefined
       if (typeof provider === "string" && !declared.has(provider)) {
-        issues.push({ path: `${section}[${i}].provider`, message: `unknown provider "${provider}" (${known})` })
+        issues.push({
+          path: `${section}[${i}].provider`,
+          message: `unknown provider ${Input.shown(provider)} (${known})`
+        })
       }
     })
   }
@@ -316,8 +322,8 @@ const references = (config: Readonly<Record<string, unknown>>): ReadonlyArray<Is
         path: formatPath(["policies", "rateLimits", "providers", name]),
         message:
           renamed !== undefined && typeof renamed.name === "string"
-            ? `provider "${name}" is named "${renamed.name}": its limits go under that name`
-            : `unknown provider "${name}" (declared: ${someOf([...named.keys()])})`
+            ? `provider ${Input.shown(name)} is named ${Input.shown(renamed.name)}: its limits go under that name`
+            : `unknown provider ${Input.shown(name)} (declared: ${someOf([...named.keys()])})`
       })
     }
   }
