@@ -339,17 +339,9 @@ export const makeDomains = (
 // The names an unknown-name message shows (a gateway answers it to its client): some, not thousands.
 const KNOWN_SHOWN = 20
 
-// The longest caller's name an unknown-name message says back.
-const NAME_SHOWN = 64
-
 // A name a caller gave, as a message says it: quoted as JSON, so a quote or a line break in it cannot
 // forge the rest of the message or a log line, and cut short (it may be a megabyte of a client's input).
-const quotedName = (name: string): string =>
-  typeof name !== "string"
-    ? Input.kindOf(name)
-    : name.length <= NAME_SHOWN
-      ? JSON.stringify(name)
-      : `${JSON.stringify(Input.wholePrefix(name, NAME_SHOWN))}... (${name.length} characters)`
+const quotedName = Input.shown
 
 const registry = (domains: ReadonlyArray<Domain>): DomainsService => {
   const byName = new Map(domains.map((d) => [d.name, d] as const))
