@@ -12,7 +12,7 @@ import type { GatewayError } from "../../src/gateway/errors.js"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
 import { Redis as PersistenceRedis } from "effect/persistence"
 import * as Redis from "../../src/Redis.js"
-import { type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
+import { healthyClient, healthyDeadline, type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
 
 const secretA = "sk-context-alpha-0123456789abcdef"
 const secretB = "sk-context-beta-0123456789abcdef"
@@ -26,8 +26,8 @@ const memory = (options: KeyStore.Options) =>
 const onRedis = (server: RedisServer, options: KeyStore.RedisOptions) =>
   Effect.map(
     Layer.build(
-      KeyStore.layerRedis({ ...options, redis: { timeout: "2 seconds" } }).pipe(
-        Layer.provide(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+      KeyStore.layerRedis({ ...options, redis: { timeout: healthyDeadline } }).pipe(
+        Layer.provide(Redis.layer({ url: server.url, ...healthyClient }))
       )
     ),
     Context.get(KeyStore.KeyAdmin)
@@ -166,7 +166,7 @@ describe.skipIf(skipRedis)(
           const created = yield* one.create({ id: "edited", budget: { tokens: 1000 } })
           // Edited by hand (or by another version): its JSON says "source": "config".
           const redis = Context.get(
-            yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" })),
+            yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient })),
             PersistenceRedis.Redis
           )
           const json = yield* redis.send<string>("HGET", `${prefix}keys`, "edited")

@@ -19,7 +19,7 @@ import type { KeyRecord } from "../../src/gateway/keys/options.js"
 import * as RedisBackend from "../../src/gateway/keys/redis.js"
 import * as Prometheus from "../../src/Prometheus.js"
 import * as Redis from "../../src/Redis.js"
-import { type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
+import { healthyClient, healthyDeadline, type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
 
 const adminSecret = "admin-secret-0123456789abcdef"
 const configSecret = "sk-test-config-0123456789abcdef"
@@ -35,8 +35,8 @@ const memory = (options: KeyStore.Options) =>
 const onRedis = (server: RedisServer, options: KeyStore.RedisOptions) =>
   Effect.gen(function* () {
     const context = yield* Layer.build(
-      KeyStore.layerRedis({ prefix: `${unique("del")}:`, redis: { timeout: "2 seconds" }, ...options }).pipe(
-        Layer.provideMerge(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+      KeyStore.layerRedis({ prefix: `${unique("del")}:`, redis: { timeout: healthyDeadline }, ...options }).pipe(
+        Layer.provideMerge(Redis.layer({ url: server.url, ...healthyClient }))
       )
     )
     return { store: Context.get(context, KeyStore.KeyAdmin), redis: Context.get(context, PersistenceRedis.Redis) }
@@ -224,8 +224,8 @@ describe.skipIf(skipRedis)(
       Effect.scoped(
         Effect.gen(function* () {
           const server = yield* startRedis
-          const settings = yield* Effect.fromResult(Redis.guardSettings({ timeout: "2 seconds" }))
-          const redis = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+          const settings = yield* Effect.fromResult(Redis.guardSettings({ timeout: healthyDeadline }))
+          const redis = yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient }))
           const backend = yield* Effect.gen(function* () {
             const guard = yield* Redis.makeGuard({ store: "test-keys", settings })
             return yield* RedisBackend.make({ prefix: `${unique("backend")}:`, guard, leaseMs: 60_000 })
@@ -286,8 +286,8 @@ describe.skipIf(skipRedis)(
         Effect.gen(function* () {
           const server = yield* startRedis
           const prefix = `${unique("index")}:`
-          const settings = yield* Effect.fromResult(Redis.guardSettings({ timeout: "2 seconds" }))
-          const context = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+          const settings = yield* Effect.fromResult(Redis.guardSettings({ timeout: healthyDeadline }))
+          const context = yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient }))
           const real = Context.get(context, PersistenceRedis.Redis)
           const make = (redis: PersistenceRedis.Redis["Service"]) =>
             Effect.gen(function* () {

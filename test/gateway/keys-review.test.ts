@@ -11,7 +11,7 @@ import * as Limits from "../../src/gateway/keys/limits.js"
 import * as Metrics from "../../src/Metrics.js"
 import * as Redis from "../../src/Redis.js"
 import * as Server from "../utils/httpServer.js"
-import { skipRedis, startRedis } from "../utils/redis.js"
+import { healthyClient, healthyDeadline, skipRedis, startRedis } from "../utils/redis.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
 
@@ -212,9 +212,11 @@ describe("KeyStore: a budget held by requests in flight is no spent budget", () 
           Effect.map(
             Effect.orDie(
               Layer.build(
-                KeyStore.layerRedis({ prefix: `${unique("held")}:`, ...options, redis: { timeout: "2 seconds" } }).pipe(
-                  Layer.provide(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
-                )
+                KeyStore.layerRedis({
+                  prefix: `${unique("held")}:`,
+                  ...options,
+                  redis: { timeout: healthyDeadline }
+                }).pipe(Layer.provide(Redis.layer({ url: server.url, ...healthyClient })))
               )
             ),
             Context.get(KeyStore.KeyAdmin)

@@ -45,7 +45,7 @@ import * as Mock from "../../src/Model/Mock.js"
 import * as Orchestra from "../../src/Orchestra.js"
 import * as Prometheus from "../../src/Prometheus.js"
 import * as Redis from "../../src/Redis.js"
-import { type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
+import { healthyClient, healthyDeadline, type RedisServer, skipRedis, skipReason, startRedis } from "../utils/redis.js"
 import * as Server from "../utils/httpServer.js"
 import * as Harness from "./harness.js"
 import * as Up from "./upstream.js"
@@ -60,15 +60,19 @@ const unique = (label: string) => `${label}-${++counter}-${Math.random().toStrin
 const memory = (options: KeyStore.Options) =>
   Effect.map(Layer.build(KeyStore.layerMemory(options)), Context.get(KeyStore.KeyAdmin))
 
-/** Deadlines generous enough for a loaded machine, unless a test is about them. */
-const onRedis = (server: RedisServer, options: KeyStore.RedisOptions, commandTimeout: Duration.Input = "2 seconds") =>
+/** Deadlines a healthy Redis meets on a loaded machine (30 s; 2 s could be missed), unless a test is about them. */
+const onRedis = (
+  server: RedisServer,
+  options: KeyStore.RedisOptions,
+  commandTimeout: Duration.Input = healthyDeadline
+) =>
   Effect.gen(function* () {
     const context = yield* Layer.build(
       KeyStore.layerRedis({
         prefix: `${unique("gw")}:`,
         ...options,
-        redis: { timeout: "2 seconds", ...options.redis }
-      }).pipe(Layer.provideMerge(Redis.layer({ url: server.url, commandTimeout })))
+        redis: { timeout: healthyDeadline, ...options.redis }
+      }).pipe(Layer.provideMerge(Redis.layer({ url: server.url, ...healthyClient, commandTimeout })))
     )
     return { store: Context.get(context, KeyStore.KeyAdmin), redis: Context.get(context, PersistenceRedis.Redis) }
   })
@@ -80,6 +84,62 @@ const key = (id: string, secret: string, policy: KeyStore.KeyPolicy = {}): KeySt
 })
 
 const failure = <A>(effect: Effect.Effect<A, GatewayError>) => Effect.flip(effect)
+
+/**
+ * The TestClock, counting the sleeps of `millis` it is asked for (a guard's deadline): a test moves the clock past a
+ * deadline once every call waits on it, never before.
+ */
+const countingSleeps = (millis: number) =>
+  Effect.map(Effect.service(Clock.Clock), (clock) => {
+    let count = 0
+    const counting: Clock.Clock = Object.create(clock, {
+      sleep: {
+        value: (duration: Duration.Duration) => {
+          if (Duration.toMillis(duration) === millis) count++
+          return clock.sleep(duration)
+        }
+      }
+    })
+    return {
+      clock: counting,
+      /**
+       * Until at least `n` deadlines are waited on and no more come for 20 polls: the calls reach their deadlines with
+       * no I/O between (Redis answers nothing), so once the scheduler has had those turns every call waits on its
+       * own (one call may wait on more than one at once). Real time between polls (10 s at most): a bound, not a
+       * measure.
+       */
+      awaitCount: (n: number) =>
+        Effect.gen(function* () {
+          let last = -1
+          let quiet = 0
+          for (let i = 0; i < 1000 && (count < n || quiet < 20); i++) {
+            quiet = count === last ? quiet + 1 : 0
+            last = count
+            yield* TestClock.withLive(Effect.sleep("10 millis"))
+          }
+          assert.isAtLeast(count, n, "calls waiting on the deadline")
+        })
+    }
+  })
+
+/** Waits (real time, 10 s at most: a bound, not a measure) for `fiber` to end with no more TestClock time. */
+const ended = <A, E>(fiber: Fiber.Fiber<A, E>) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < 1000 && fiber.pollUnsafe() === undefined; i++)
+      yield* TestClock.withLive(Effect.sleep("10 millis"))
+    assert.isDefined(fiber.pollUnsafe(), "ended once the clock passed one deadline")
+  })
+
+/** Runs `effect` until it succeeds, TestClock moved 100 ms and 20 ms of real time between tries (at most 100). */
+const untilSucceeds = <A, E>(effect: Effect.Effect<A, E>) =>
+  Effect.gen(function* () {
+    for (let i = 0; ; i++) {
+      const exit = yield* Effect.exit(effect)
+      if (exit._tag === "Success" || i >= 100) return yield* exit
+      yield* TestClock.adjust("100 millis")
+      yield* TestClock.withLive(Effect.sleep("20 millis"))
+    }
+  })
 
 const estimate = (inputTokens: number, maxOutputTokens: number) => ({ inputTokens, maxOutputTokens })
 
@@ -1358,8 +1418,8 @@ describe("KeyStore: a ledger around a period's boundary", () => {
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        const settings = yield* Effect.fromResult(Redis.guardSettings({ timeout: "2 seconds" }))
-        const redis = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+        const settings = yield* Effect.fromResult(Redis.guardSettings({ timeout: healthyDeadline }))
+        const redis = yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient }))
         const backend = yield* Effect.gen(function* () {
           const guard = yield* Redis.makeGuard({ store: "test-keys", settings })
           return yield* RedisBackend.make({ prefix: `${unique("ledger")}:`, guard, leaseMs: 60_000 })
@@ -1393,7 +1453,7 @@ describe("KeyStore: replicas whose clocks differ on one Redis", () => {
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        const redis = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+        const redis = yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient }))
         const prefix = `${unique("skew")}:`
         const day = 86_400_000
         const storeAt = (time: number) =>
@@ -1404,7 +1464,7 @@ describe("KeyStore: replicas whose clocks differ on one Redis", () => {
               KeyStore.layerRedis({
                 prefix,
                 keys: [key("skew", secretA, { budget: { tokens: 100, period: "1 day" } })],
-                redis: { timeout: "2 seconds" }
+                redis: { timeout: healthyDeadline }
               })
             ).pipe(Effect.provideContext(redis), Effect.provideService(Clock.Clock, clock))
             return Context.get(context, KeyStore.KeyAdmin)
@@ -2256,37 +2316,43 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
-  it.live("Redis hung (SIGSTOP): every call ends within one deadline, budgets 503; it answers again once resumed", () =>
-    Effect.scoped(
-      Effect.gen(function* () {
-        const server = yield* startRedis
-        const { store } = yield* onRedis(
-          server,
-          { redis: { timeout: "3 seconds", reportAfter: "1 minute" } },
-          "3 seconds"
-        )
-        const created = yield* store.create({ id: "hung", rpm: 100, budget: { tokens: 1000 } })
-        const k = yield* store.authenticate(created.secret)
-        yield* server.pause
-        yield* Effect.addFinalizer(() => server.resume)
-        const timed = yield* Effect.forEach(
-          Array.from({ length: 10 }),
-          () => Effect.timed(Effect.result(store.reserve(k, "m", estimate(1, 1)))),
-          { concurrency: 10 }
-        )
-        for (const [elapsed, result] of timed) {
-          assert.strictEqual(result._tag === "Failure" && result.failure.reason, "Unavailable")
-          // The budget's store failing closed ends the request: no slot is asked, one deadline (3 s), not two (6 s); the
-          // 2 s between them is the margin for a loaded machine (with 1 s deadlines it was 700 ms).
-          const ms = Duration.toMillis(elapsed)
-          assert.isTrue(ms >= 2900 && ms < 5000, `one deadline per request, not two: ${ms} ms`)
-        }
-        yield* server.resume
-        yield* store
-          .reserve(k, "m", estimate(1, 1))
-          .pipe(Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 30 }))
-      })
-    )
+  // The guard's deadline is TestClock's (the client's a day): the clock is moved past one deadline once every request
+  // waits on it, and they all end then, which they would not if one waited a second deadline (real time between
+  // polls is a bound, not a measure: a wall-clock "under 5 s" could be missed on a loaded machine).
+  it.effect(
+    "Redis hung (SIGSTOP): every call ends within one deadline, budgets 503; it answers again once resumed",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const { store } = yield* onRedis(
+            server,
+            { redis: { timeout: "3 seconds", reportAfter: "1 minute" } },
+            "1 day"
+          )
+          const created = yield* store.create({ id: "hung", rpm: 100, budget: { tokens: 1000 } })
+          const k = yield* store.authenticate(created.secret)
+          yield* server.pause
+          yield* Effect.addFinalizer(() => server.resume)
+          const deadlines = yield* countingSleeps(3000)
+          const calls = yield* Effect.forkChild(
+            Effect.forEach(Array.from({ length: 10 }), () => Effect.result(store.reserve(k, "m", estimate(1, 1))), {
+              concurrency: 10
+            }).pipe(Effect.provideService(Clock.Clock, deadlines.clock)),
+            { startImmediately: true }
+          )
+          yield* deadlines.awaitCount(10)
+          assert.isUndefined(calls.pollUnsafe(), "the requests wait for the deadline")
+          // The budget's store failing closed ends the request: no slot is asked, one deadline each, not two.
+          yield* TestClock.adjust("3 seconds")
+          yield* ended(calls)
+          for (const result of yield* Fiber.join(calls)) {
+            assert.strictEqual(result._tag === "Failure" && result.failure.reason, "Unavailable")
+          }
+          yield* server.resume
+          yield* untilSucceeds(store.reserve(k, "m", estimate(1, 1)))
+        })
+      )
   )
 
   it.live("Redis hung through a create: the 503 names the key's id, says it may exist and how to recover", () =>
@@ -2324,7 +2390,9 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     )
   )
 
-  it.live(
+  // The guard's deadline is TestClock's (the client's a day), as above: the request ends once the clock passed one
+  // deadline, which it would not if the slot's store waited a second one.
+  it.effect(
     "Redis hung, budgets 'allow' and limits 'reject': a key with both is a 503 within one deadline, not two",
     () =>
       Effect.scoped(
@@ -2336,17 +2404,24 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
               onStoreError: { budgets: "allow", limits: "reject" },
               redis: { timeout: "3 seconds", reportAfter: "1 minute" }
             },
-            "3 seconds"
+            "1 day"
           )
           const created = yield* store.create({ id: "both", rpm: 100, budget: { tokens: 1000 } })
           const k = yield* store.authenticate(created.secret)
           yield* server.pause
           yield* Effect.addFinalizer(() => server.resume)
-          const [elapsed, result] = yield* Effect.timed(Effect.flip(store.reserve(k, "m", estimate(1, 1))))
+          const deadlines = yield* countingSleeps(3000)
+          const call = yield* Effect.forkChild(
+            Effect.flip(store.reserve(k, "m", estimate(1, 1))).pipe(
+              Effect.provideService(Clock.Clock, deadlines.clock)
+            ),
+            { startImmediately: true }
+          )
+          yield* deadlines.awaitCount(1)
+          yield* TestClock.adjust("3 seconds")
+          yield* ended(call)
+          const result = yield* Fiber.join(call)
           assert.deepStrictEqual([result.reason, result.code], ["Unavailable", "store_unavailable"])
-          const ms = Duration.toMillis(elapsed)
-          // One deadline (3 s), not two (6 s): 2 s of margin for a loaded machine (with 1 s deadlines it was 700 ms).
-          assert.isTrue(ms >= 2900 && ms < 5000, `one deadline, not two: ${ms} ms`)
         })
       )
   )
@@ -2476,8 +2551,8 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     return Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        const settings = yield* Effect.fromResult(Redis.guardSettings({ timeout: "2 seconds" }))
-        const redis = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
+        const settings = yield* Effect.fromResult(Redis.guardSettings({ timeout: healthyDeadline }))
+        const redis = yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient }))
         const onRedisLedger = yield* Effect.gen(function* () {
           const guard = yield* Redis.makeGuard({ store: "test-keys", settings })
           return yield* RedisBackend.make({ prefix: `${unique("swept")}:`, guard, leaseMs: 2000 })
@@ -2584,10 +2659,11 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        // Deadlines of 2 s: the healthy Redis before the outage meets them on a loaded machine (300 ms did not always).
+        // onRedis's deadlines: the healthy Redis before the outage meets them on a loaded machine; the killed one
+        // refuses at once.
         const { store } = yield* onRedis(server, {
           onStoreError: { budgets: "allow", limits: "reject" },
-          redis: { timeout: "2 seconds", reportAfter: 0 }
+          redis: { reportAfter: 0 }
         })
         const created = yield* store.create({ id: "b", budget: { tokens: 100 } })
         const b = yield* store.authenticate(created.secret)
@@ -2602,9 +2678,10 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        // Deadlines of 2 s: the healthy Redis before the outage meets them on a loaded machine (300 ms did not always).
+        // onRedis's deadlines: the healthy Redis before the outage meets them on a loaded machine; the killed one
+        // refuses at once.
         const { store } = yield* onRedis(server, {
-          redis: { timeout: "2 seconds", reportAfter: 0, probeInterval: "3 seconds" }
+          redis: { reportAfter: 0, probeInterval: "3 seconds" }
         })
         const id = unique("own")
         yield* store.create({ id, rpm: 100 })
