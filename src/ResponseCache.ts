@@ -14,7 +14,7 @@ import { Context, Effect, Layer, type Metric, Option, Result, Schema } from "eff
 import type { ModelError } from "./AiError.js"
 import * as Input from "./Input.js"
 import * as Metrics from "./Metrics.js"
-import { textIssue } from "./stats/labels.js"
+import { maxOwnLabelChars, textIssue } from "./stats/labels.js"
 import { type GenerateRequest, GenerateResponse, StreamPart } from "./Model.js"
 import type { StoreError } from "./Redis.js"
 import * as Checks from "./ResponseCache/checks.js"
@@ -278,7 +278,7 @@ export interface Options {
   readonly ttl?: Input.DurationInput | undefined
   /** Grace after expiry during which an entry may be served as stale when the computation fails. Default 0. */
   readonly staleFor?: Input.DurationInput | undefined
-  /** The `cache` attribute of the metrics. Default `"memory"` / `"redis"`. */
+  /** The `cache` attribute of the metrics, 1 to 256 characters. Default `"memory"` / `"redis"`. */
   readonly name?: string | undefined
 }
 
@@ -318,8 +318,8 @@ export interface Settings {
 }
 
 /**
- * Checks the shared options: `ttl` above zero and finite, `staleFor` finite, a non-empty
- * `name`; fields not in `allowed` are refused (a misspelt option never falls back silently).
+ * Checks the shared options: `ttl` above zero and finite, `staleFor` finite, a `name` of 1 to
+ * 256 characters; fields not in `allowed` are refused (a misspelt option never falls back silently).
  *
  * @since 0.2.0
  * @category constructors
@@ -338,6 +338,13 @@ export const settings = (
   }
   const lone = textIssue(name, "name")
   if (lone !== undefined) return Result.fail(lone)
+  // The `cache` label of its series, written whole in each of them on every scrape: bounded as a provider's name is.
+  if (name.length > maxOwnLabelChars) {
+    return Result.fail({
+      path: "name",
+      message: `expected at most ${maxOwnLabelChars} characters (it labels the cache's metric series), got ${name.length.toLocaleString("en-US")}`
+    })
+  }
   return Result.map(
     Input.all([
       // Both end up in Redis's PX (their sum) on the Redis backend; the bound is the same for both backends.

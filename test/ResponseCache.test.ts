@@ -1210,6 +1210,9 @@ describe("ResponseCache (memory)", () => {
           [{ name: null } as never, "name"],
           // The `cache` label: written as U+FFFD, two such names were one series twice on /metrics.
           [{ name: "cache-\uD800" }, "name"],
+          // The `cache` label of every lookup, error and oversized series, written whole on every scrape (as a
+          // provider's name or a domain, it is bounded at 256 characters).
+          [{ name: "c".repeat(257) }, "name"],
           // It died with a TypeError listing null's keys.
           [null as never, "options"],
           [{ ttl: "1 minute", stalefor: "1 minute" } as ResponseCache.MemoryOptions, "stalefor"]
