@@ -359,10 +359,10 @@ export const make = Effect.fnUntraced(function* (options: Options) {
  * @example
  * ```ts
  * import { Redacted } from "effect"
- * import * as Admin from "effect-orchestra/gateway/admin"
+ * import * as Gateway from "effect-orchestra/Gateway"
  *
  * // Beside Gateway.layer, with a KeyStore layer providing KeyAdmin.
- * export const admin = Admin.layer({ key: Redacted.make("an admin key of 16+ characters") })
+ * export const admin = Gateway.Admin.layer({ key: Redacted.make("an admin key of 16+ characters") })
  * ```
  *
  * @since 0.2.0
