@@ -65,7 +65,7 @@ const host = (input: unknown): Input.Checked<string> =>
     ? Result.succeed(input)
     : Result.fail({
         path: "host",
-        message: `expected a host name or address such as "127.0.0.1", got ${Input.kindOf(input)}`
+        message: `expected a host name or address such as "127.0.0.1", got ${Input.shown(input)}`
       })
 
 const logRequests = (input: unknown): Input.Checked<boolean> =>

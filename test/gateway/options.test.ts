@@ -247,6 +247,32 @@ describe("Gateway options", () => {
     })
   )
 
+  it.effect("a host refused is shown as given: a stray space or an empty one is seen, not 'got a string'", () =>
+    Effect.gen(function* () {
+      const messageOf = (host: unknown) =>
+        Effect.gen(function* () {
+          const services = yield* mockServices
+          const error = yield* Effect.flip(
+            Layer.build(Gateway.serve({ allowAnonymous: true, host } as never).pipe(Layer.provide(services)))
+          )
+          return error.message
+        }).pipe(Effect.scoped)
+      assert.strictEqual(
+        yield* messageOf(" 0.0.0.0"),
+        'invalid host: expected a host name or address such as "127.0.0.1", got " 0.0.0.0"'
+      )
+      assert.strictEqual(
+        yield* messageOf(""),
+        'invalid host: expected a host name or address such as "127.0.0.1", got ""'
+      )
+      assert.strictEqual(
+        yield* messageOf(4000),
+        'invalid host: expected a host name or address such as "127.0.0.1", got 4000'
+      )
+      assert.isBelow((yield* messageOf(` ${"h".repeat(10_000)}`)).length, 200)
+    })
+  )
+
   it.live("serve's timeouts are whole milliseconds below Node's timer limit", () =>
     Effect.gen(function* () {
       const serveWith = (options: Gateway.ServeOptions) =>
