@@ -971,6 +971,34 @@ describe("Local provider: loading", () => {
       })
   )
 
+  it.effect(
+    "a missing package is said in words, not as Node's message cut in the middle of the path it was imported from",
+    () =>
+      Effect.gen(function* () {
+        // What `npx orchestra test` showed right after `npm install effect-orchestra effect`:
+        // "Cannot find package '@xenova/transformers' imported from /home/…/node_modul… (133 characters)".
+        const notFound = (name: string) => () =>
+          Promise.reject(
+            Object.assign(
+              new Error(
+                `Cannot find package '${name}' imported from /home/someone/projects/app/node_modules/effect-orchestra/dist/Model/local/runtime.js`
+              ),
+              { code: "ERR_MODULE_NOT_FOUND" }
+            )
+          )
+        const missing = yield* Effect.flip(build({}, { importer: notFound("@xenova/transformers") }))
+        assert.strictEqual(
+          missing.message,
+          "local: cannot load the optional peer dependency @xenova/transformers (ERR_MODULE_NOT_FOUND): it is not installed. Install it with `npm install @xenova/transformers`"
+        )
+        const dependency = yield* Effect.flip(build({}, { importer: notFound("onnxruntime-node") }))
+        assert.strictEqual(
+          dependency.message,
+          "local: cannot load the optional peer dependency @xenova/transformers (ERR_MODULE_NOT_FOUND): its dependency 'onnxruntime-node' is not installed. Install it with `npm install @xenova/transformers`"
+        )
+      })
+  )
+
   it.live(
     "importing the package root never loads transformers.js; only building a provider does (a child process without it)",
     () =>

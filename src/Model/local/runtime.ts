@@ -78,6 +78,17 @@ export const importTransformers: Importer = () => import(specifier)
 const codeOf = (u: unknown): string | undefined =>
   typeof u === "object" && u !== null && "code" in u && typeof u.code === "string" ? u.code : undefined
 
+// Node's "Cannot find package 'x' imported from <path>": the path (this file's) tells a user nothing, and cut to the
+// message bound it ended mid-word; which package is missing is what says what to do.
+const whyNotLoaded = (cause: unknown, code: string | undefined): string => {
+  const missing =
+    code === "ERR_MODULE_NOT_FOUND" && cause instanceof Error && typeof cause.message === "string"
+      ? /^Cannot find package '([^'\s]{1,214})'/.exec(cause.message)?.[1]
+      : undefined
+  if (missing === undefined) return Input.thrownMessage(cause)
+  return missing === PACKAGE ? "it is not installed" : `its dependency '${missing}' is not installed`
+}
+
 const isTransformers = (u: unknown): u is Transformers => {
   if (typeof u !== "object" || u === null) return false
   const m = u as Record<string, unknown>
@@ -105,7 +116,7 @@ export const loadTransformers = (importer: Importer, provider: string): Effect.E
       return new ModelError({
         reason: "Unavailable",
         provider,
-        message: `${provider}: cannot load the optional peer dependency ${PACKAGE}${code === undefined ? "" : ` (${code})`}: ${Input.thrownMessage(cause)}. Install it with \`${INSTALL}\``,
+        message: `${provider}: cannot load the optional peer dependency ${PACKAGE}${code === undefined ? "" : ` (${code})`}: ${whyNotLoaded(cause, code)}. Install it with \`${INSTALL}\``,
         cause
       })
     }
