@@ -900,6 +900,26 @@ describe("Local provider: loading", () => {
     })
   )
 
+  it.effect("a call's model that is not configured is named bounded and escaped in its InvalidRequest", () =>
+    Effect.gen(function* () {
+      const { model } = yield* build({})
+      const long = `tiny-gpt2\n${"x".repeat(5_000)}`
+      for (const error of [
+        yield* Effect.flip(model.generate({ prompt: "x", model: long })),
+        yield* Effect.flip(model.embed({ texts: ["x"], model: long }))
+      ]) {
+        assert.deepStrictEqual(error._tag === "ModelError" ? [error.reason, error.field] : [], [
+          "InvalidRequest",
+          "model"
+        ])
+        // As every check shows a value (Input.shown): a line break cannot forge a log line, a long id is cut.
+        assert.notInclude(error.message, "\n")
+        assert.include(error.message, `model "tiny-gpt2\\n${"x".repeat(70)}"… (5,010 characters) is not configured`)
+        assert.isBelow(error.message.length, 300)
+      }
+    })
+  )
+
   it.effect("two providers with their own modelPath, built at once, each load their own models", () =>
     Effect.gen(function* () {
       // transformers.js reads its process-wide env (localModelPath) throughout a load: one

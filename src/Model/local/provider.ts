@@ -13,7 +13,7 @@ import {
   ShuttingDownError,
   StreamInterruptedError
 } from "../../AiError.js"
-import type { OptionError } from "../../Input.js"
+import { type OptionError, shown } from "../../Input.js"
 import { withProvider as namedAfter } from "../../policy/failure.js"
 import * as Model from "../../Model.js"
 import { type Batcher, makeBatcher } from "./batcher.js"
@@ -214,7 +214,7 @@ export const makeWith = Effect.fnUntraced(function* (
       : Effect.fail(
           new ModelError({
             reason: "InvalidRequest",
-            message: `model "${modelId}" is not configured for ${purpose} on ${provider} (configured: ${allowed.join(", ")})`,
+            message: `model ${shown(modelId)} is not configured for ${purpose} on ${provider} (configured: ${allowed.join(", ")})`,
             provider,
             model: modelId,
             field: "model"
