@@ -283,6 +283,9 @@ const modelErrorStatus = (error: Extract<AiError, { _tag: "ModelError" }>): [num
   }
 }
 
+// A failure a client's retry seconds later cannot cure (answered with `x-should-retry: false`).
+const isFinal = (error: AiError): boolean => error._tag === "ModelError" && error.reason === "Unauthorized"
+
 const timeoutCodes: Readonly<Record<TimeoutLimit, string>> = {
   request: "request_timeout",
   firstChunk: "first_chunk_timeout",
@@ -312,7 +315,7 @@ export const fromAiError = (error: AiError): WireError => {
         retryAfterSeconds: status === 429 || status === 503 ? (seconds(error.retryAfter) ?? 1) : undefined,
         // The upstream refused the gateway's own key (or will not serve its account): the official clients retry a
         // 502 within seconds, which cannot cure that and calls the upstream again for each.
-        shouldRetry: error.reason === "Unauthorized" ? false : undefined,
+        shouldRetry: isFinal(error) ? false : undefined,
         reason: error.reason
       }
     }
@@ -355,7 +358,14 @@ export const fromAiError = (error: AiError): WireError => {
     }
     case "FallbackExhaustedError": {
       const last = fromAiError(error.last)
-      return { ...last, body: { error: { ...last.body.error, message: error.message } }, reason: reasonOf(error) }
+      // Not to retry only when no step may answer a retry: a step that was busy may be free seconds later.
+      const final = last.shouldRetry === false && error.attempts.every((step) => isFinal(step.error))
+      return {
+        ...last,
+        body: { error: { ...last.body.error, message: error.message } },
+        shouldRetry: final ? false : undefined,
+        reason: reasonOf(error)
+      }
     }
   }
 }

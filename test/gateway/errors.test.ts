@@ -825,6 +825,35 @@ describe("Gateway: an upstream that refuses the gateway's own key", () => {
       assert.strictEqual((yield* upstream.requests).length, 1)
     })
   )
+
+  it.live(
+    "after a fallback from a provider that was only busy, no x-should-retry: false: a retry may find it free",
+    () =>
+      Effect.gen(function* () {
+        const busy = yield* Server.make((_, res) => Server.json(res, 503, { error: { message: "busy" } }))
+        const refusing = yield* Server.make((_, res) =>
+          Server.json(res, 401, { error: { message: "Incorrect API key provided", code: "invalid_api_key" } })
+        )
+        const gw = yield* Harness.make({
+          upstreams: { a: busy.url, b: refusing.url },
+          breakers: false,
+          domains: [
+            { name: "d-a", provider: "a", fallback: ["d-b"] },
+            { name: "d-b", provider: "b" },
+            { name: "d-b2", provider: "b", fallback: ["d-b3"] },
+            { name: "d-b3", provider: "b" }
+          ]
+        })
+        const ask = (model: string) =>
+          Harness.failing(() => gw.client().chat.completions.create({ model, messages: hi }))
+        const chained = yield* ask("d-a")
+        assert.deepStrictEqual([chained.status, chained.code], [502, "upstream_unauthorized"])
+        assert.isNull(chained.headers?.get("x-should-retry") ?? null)
+        // Every step refused the gateway's key: nothing a retry seconds later can change.
+        const refused = yield* ask("d-b2")
+        assert.strictEqual(refused.headers?.get("x-should-retry"), "false")
+      })
+  )
 })
 
 describe("Gateway: refusals name what the client sent", () => {
