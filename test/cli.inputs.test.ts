@@ -54,6 +54,18 @@ describe("a config or domain error reads one way: the path, then what is wrong, 
     })
   )
 
+  it.live("no provider declared is said once, not again as the predefined domains' provider (given: nothing)", () =>
+    Effect.gen(function* () {
+      const config = writeConfig("no-providers.json", { providers: {} })
+      const result = yield* run(["stats", "--config", config])
+      assert.strictEqual(result.code, 2)
+      assert.strictEqual(
+        result.err,
+        `orchestra: invalid config ${config}\n  providers: declare at least one provider (or leave \`providers\` out to use the bundled local model)`
+      )
+    })
+  )
+
   it.live("an unknown field names the known one it is likely a typo of, else the known fields (bounded)", () =>
     Effect.gen(function* () {
       const config = writeConfig("typo.json", {

@@ -133,9 +133,10 @@ const domainIssues = (loaded: Loaded, shape: IssueIndex, defaultProvider: string
       if (section === "overrideDomains" || !origin.has(name)) origin.set(name, `${section}[${i}]`)
     })
   }
-  if (issues.length > 0 || sections.some(shape.overlaps)) return issues
   // With the providers' names, as the manager checks them: a domain named `provider/model` is refused here too.
   const providerNames = Object.keys(providersOf(loaded))
+  // No provider (an issue of its own already): every domain would be refused again for naming none.
+  if (issues.length > 0 || sections.some(shape.overlaps) || providerNames.length === 0) return issues
   const merged = Orchestra.domainsOf({ ...config, defaultProvider, providerNames } as never)
   if (Result.isFailure(merged)) return [merged.failure]
   const all = Domain.check(merged.success)
