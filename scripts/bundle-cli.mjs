@@ -22,6 +22,9 @@ await build({
   platform: "node",
   target: "node22",
   sourcemap: true,
+  // Positions only: the sources themselves were 17 MB of the package (effect's among them), and
+  // `node --enable-source-maps` needs only the mappings to print a stack in the original files.
+  sourcesContent: false,
   logLevel: "warning",
   external: ["@xenova/transformers", "onnxruntime-node", "sharp", "redis", "undici"],
   banner: {
