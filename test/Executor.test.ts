@@ -1370,6 +1370,39 @@ describe("Executor: a user breaker whose execute never answers", () => {
   }
 })
 
+describe("Executor: a user breaker whose execute answers without running the call", () => {
+  // Its answer went to the caller as the provider's: `execute` answered `undefined` as its response, past the
+  // check every provider answer gets, with no call made and nothing counted as failed.
+  it.effect("the call's defect naming the breaker's execute, with or without a provider slot", () =>
+    Effect.gen(function* () {
+      for (const maxConcurrency of [undefined, 2]) {
+        for (const answer of [undefined, { text: "made up" }]) {
+          const breaker = { execute: () => Effect.succeed(answer), admit: () => Effect.never }
+          const { executor, control } = yield* setup(
+            { respond: () => "hi", maxConcurrency },
+            { guards: { breaker: breaker as never } }
+          )
+          const exit = yield* Effect.exit(executor.execute(ask, { retry: { maxAttempts: 3, jitter: 0 } }))
+          const label = `${maxConcurrency} ${JSON.stringify(answer)}`
+          assert.isTrue(Exit.isFailure(exit) && Cause.hasDies(exit.cause), `${label}: ${String(exit)}`)
+          if (Exit.isFailure(exit)) {
+            assert.include(
+              (Cause.squash(exit.cause) as Error).message,
+              "the circuit breaker's execute answered without running the call (step mock)"
+            )
+          }
+          assert.strictEqual(yield* control.calls, 0, label)
+          assert.deepStrictEqual((yield* executor.stats()).failuresByReason, { Unknown: 1 }, label)
+        }
+      }
+      // A breaker that runs the call answers as ever.
+      const passing = { execute: (_key: string, effect: Effect.Effect<unknown>) => effect, admit: () => Effect.never }
+      const { executor } = yield* setup({ respond: () => "hi" }, { guards: { breaker: passing as never } })
+      assert.strictEqual((yield* executor.execute(ask)).text, "hi")
+    })
+  )
+})
+
 describe("Executor: a user cache whose getOrCompute never answers", () => {
   // It never calls `bound`: the caller's wait in it was bounded by nothing, neither the total deadline
   // the docs promise ("bounds ... the caller's wait in the cache") nor the executor's shutdown.

@@ -463,7 +463,7 @@ export const make = (options: Options): Effect.Effect<Engine, never, Scope.Scope
       settle: (call, result) => settleAttempt(call.step, result),
       rest: (call, error) => {
         if (call.step.retry === undefined || closing || !isRetryable(error)) return undefined
-        const state: RetryState = { attemptNo: 1, stepper: undefined, reached: false }
+        const state: RetryState = { attemptNo: 1, stepper: undefined, reached: false, answered: undefined }
         return retryOrFail(call.step, call.plan, call.call, call, call.series, state, error)
       },
       ended: (call, exit, now) => stepEnded(call.series, call.started, call.plan.usageOf as never, call, exit, now),

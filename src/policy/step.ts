@@ -16,6 +16,7 @@ import { Cause, type Clock, Duration, Effect, Exit, Schedule } from "effect"
 import type { ProviderSlots } from "./engine.js"
 import { notAnEffect, notAnEffectError, observe, threwOnce } from "./callback.js"
 import { type AiError, isRetryable, reasonOf, TimeoutError } from "../AiError.js"
+import * as Input from "../Input.js"
 import { schedule as retrySchedule } from "../Policy.js"
 import type { Series } from "../stats/series.js"
 import {
@@ -97,6 +98,8 @@ const spanned = <T, A>(
 export interface RetryState extends Queued {
   attemptNo: number
   stepper: ((now: number, error: AiError) => Effect.Effect<[Duration.Duration, Duration.Duration], unknown>) | undefined
+  /** What the attempt under way answered, once it has: a user's breaker must answer that, not its own. */
+  answered: Exit.Success<unknown, unknown> | undefined
 }
 
 /**
@@ -195,6 +198,11 @@ export const stepEnded = (
     series.fail(cut ?? "Interrupted")
   }
 }
+
+const notRunError = (step: string, value: unknown): TypeError =>
+  new TypeError(
+    `the circuit breaker's execute answered without running the call (step ${step}): it must answer what the call it was given answers, got ${Input.kindOf(value)}`
+  )
 
 /**
  * What a step's driver needs of its engine.
@@ -298,17 +306,28 @@ export const make = (env: Env): Driver => {
   // a cancelled call for ever: it runs on the lanes, which let the caller go as from an attempt that
   // ignores its interruption. This library's breakers bound their own records, and run as they are.
   // One that returns no Effect is named (not "Not a valid effect" from the run loop).
+  // A user's breaker answers what its attempt answered: one that answers anything else (its own value, the
+  // attempt never run) would hand its caller an answer no provider gave, past the check of `answerIssue`.
   const letGo = <A>(
     breaker: BreakerGuard,
     guarded: Effect.Effect<A, AiError>,
-    name: string
+    name: string,
+    state: RetryState
   ): Effect.Effect<A, AiError> =>
     selfBounded.has(breaker)
       ? guarded
-      : userGuard(
-          Effect.isEffect(guarded) ? guarded : notAnEffect("the circuit breaker's execute", guarded),
-          "the circuit breaker",
-          name
+      : Effect.flatMap(
+          userGuard(
+            Effect.isEffect(guarded) ? guarded : notAnEffect("the circuit breaker's execute", guarded),
+            "the circuit breaker",
+            name
+          ),
+          (value): Effect.Effect<A, AiError> => {
+            const answered = state.answered
+            return answered !== undefined && answered.value === value
+              ? (answered as Exit.Exit<A>)
+              : Effect.die(guardDefect(notRunError(name, value)))
+          }
         )
 
   // A guard's wait on the lanes (the shutdown cuts it, and the caller is let go of one ignoring its
@@ -338,6 +357,7 @@ export const make = (env: Env): Driver => {
     state: RetryState
   ): Effect.Effect<A, AiError> => {
     const gauges = series.gauges
+    state.answered = undefined
     const own =
       step.slot === undefined && step.noSlot !== true && slotLimit(step.name, step.maxConcurrency) !== undefined
     // The gauges are entered inside the region whose exit leaves them (`started`, `queuedAt` set
@@ -364,6 +384,7 @@ export const make = (env: Env): Driver => {
       }),
       (exit) => {
         if (started === undefined) return Effect.void
+        if (exit._tag === "Success") state.answered = exit
         for (const g of gauges) g.exit()
         // An attempt its hedge's race (or its caller's) cut was not served: its time would raise
         // the p95 that `after: "p95"` reads.
@@ -381,7 +402,7 @@ export const make = (env: Env): Driver => {
         counter,
         step.breaker === undefined
           ? deadlined
-          : letGo(step.breaker, executeOf(step.breaker, step.name, deadlined), step.name)
+          : letGo(step.breaker, executeOf(step.breaker, step.name, deadlined), step.name, state)
       )
     }
     // Queued for its slot: the attempt's deadline covers the wait, and its breaker
@@ -441,7 +462,7 @@ export const make = (env: Env): Driver => {
       counter,
       step.breaker === undefined
         ? deadlined
-        : letGo(step.breaker, breakered(step.breaker, step.name, state, deadlined), step.name)
+        : letGo(step.breaker, breakered(step.breaker, step.name, state, deadlined), step.name, state)
     )
   }
 
@@ -551,7 +572,7 @@ export const make = (env: Env): Driver => {
     Effect.suspend(() => {
       const series = seriesOf(step)
       let started: number | undefined
-      const state: RetryState = { attemptNo: 0, stepper: undefined, reached: false }
+      const state: RetryState = { attemptNo: 0, stepper: undefined, reached: false, answered: undefined }
       // The request is counted inside the region whose exit records it: a caller interrupted
       // just before (at an auto-yield) leaves neither a request nor an outcome.
       return Effect.onExit(
