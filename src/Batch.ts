@@ -366,11 +366,12 @@ export const make = Effect.fnUntraced(function* (options: Options = {}) {
         Effect.gen(function* () {
           const outbox = new Outbox<StreamEvent>(queue)
           yield* Effect.forkScoped(outbox.drain)
-          if (closing) outbox.release()
-          outboxes.add(outbox)
-          const result = yield* runTapped(items, runOptions, (event) => outbox.offer(event), outbox).pipe(
-            Effect.ensuring(Effect.sync(() => outboxes.delete(outbox)))
-          )
+          // Registered inside the region that removes it: an interruption in between would leave it in the set.
+          const result = yield* Effect.suspend(() => {
+            if (closing) outbox.release()
+            outboxes.add(outbox)
+            return runTapped(items, runOptions, (event) => outbox.offer(event), outbox)
+          }).pipe(Effect.ensuring(Effect.sync(() => outboxes.delete(outbox))))
           outbox.offer({ _tag: "Done", result })
           yield* outbox.awaitEmpty
           yield* Queue.end(queue)
