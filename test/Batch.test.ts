@@ -1590,50 +1590,56 @@ for (const mode of modes) {
   describe(`Batch shutdown, a stream held back by its consumer, ${mode.name}`, () => {
     // Its items waited for room in the consumer's buffer through the close: none had its outcome (nor its
     // onProgress) until the consumer pulled again, which it might never do.
-    it.effect("closing the manager ends the batch at once: every item its one outcome, the result last", () =>
-      Effect.gen(function* () {
-        const { batch, controls, scope } = yield* makeOrchestra(
-          { a: { latency: "10 millis" } },
-          { maxConcurrent: 4, executor: { shutdownDeadline: "500 millis", retry: noRetry } }
-        )
-        const total = 1_000
-        const items = Array.from({ length: total }, (_, i) => `${i}`)
-        const outcomes = new Map<number, number>()
-        const consumer = yield* Scope.make()
-        const pull = yield* Stream.toPull(
-          batch.stream(items, {
-            domain: mode.domain,
-            bufferSize: 4,
-            onProgress: (event) => {
-              if (event._tag === "Succeeded" || event._tag === "Failed") {
-                outcomes.set(event.index, (outcomes.get(event.index) ?? 0) + 1)
+    // On worker fibers too (an onEvent callback): their items waited for room as the started ones did.
+    for (const via of ["onProgress", "onEvent"] as const) {
+      it.effect(`${via}: closing the manager ends the batch at once: every item its one outcome, the result last`, () =>
+        Effect.gen(function* () {
+          const { batch, controls, scope } = yield* makeOrchestra(
+            { a: { latency: "10 millis" } },
+            { maxConcurrent: 4, executor: { shutdownDeadline: "500 millis", retry: noRetry } }
+          )
+          const total = 1_000
+          const items = Array.from({ length: total }, (_, i) => `${i}`)
+          const outcomes = new Map<number, number>()
+          const consumer = yield* Scope.make()
+          const pull = yield* Stream.toPull(
+            batch.stream(items, {
+              domain: mode.domain,
+              bufferSize: 4,
+              [via]: (event: Batch.ProgressEvent) => {
+                if (event._tag === "Succeeded" || event._tag === "Failed") {
+                  outcomes.set(event.index, (outcomes.get(event.index) ?? 0) + 1)
+                }
+                return via === "onEvent" ? Effect.void : undefined
               }
-            }
-          })
-        ).pipe(Scope.provide(consumer))
-        const taken: Array<Batch.StreamEvent> = [...(yield* pull)]
-        yield* TestClock.adjust("1 hour")
-        assert.isBelow(outcomes.size, total / 2, "held back by its consumer")
-        const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
-        yield* TestClock.adjust("1 second")
-        yield* Fiber.join(closing)
-        assert.strictEqual(outcomes.size, total, "every item had its outcome once the manager closed")
-        assert.isTrue([...outcomes.values()].every((n) => n === 1))
-        const calls = yield* controls.a!.calls
-        assert.isBelow(calls, total / 2, "the held-back items never reached the provider")
-        // Pulled later, the events are all there, the result last: the items refused say they never ran.
-        while (taken.at(-1)?._tag !== "Done") taken.push(...(yield* pull))
-        yield* Scope.close(consumer, Exit.void)
-        const done = taken.at(-1)
-        assert.isTrue(done?._tag === "Done")
-        if (done?._tag !== "Done") return
-        assert.strictEqual(done.result.results.length, total)
-        const notRan = done.result.results.filter((r) => r.ran === false)
-        assert.isAbove(notRan.length, total / 2)
-        assert.isTrue(notRan.every((r) => r.error?._tag === "ShuttingDownError"))
-        assert.strictEqual(yield* controls.a!.calls, calls)
-      })
-    )
+            })
+          ).pipe(Scope.provide(consumer))
+          const taken: Array<Batch.StreamEvent> = [...(yield* pull)]
+          yield* TestClock.adjust("1 hour")
+          assert.isBelow(outcomes.size, total / 2, "held back by its consumer")
+          const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+          yield* TestClock.adjust("1 second")
+          yield* Fiber.join(closing)
+          // Workers run an item's events one by one, each on a fiber: turns, not time.
+          for (let turn = 0; turn < 100_000 && outcomes.size < total; turn++) yield* Effect.yieldNow
+          assert.strictEqual(outcomes.size, total, "every item had its outcome once the manager closed")
+          assert.isTrue([...outcomes.values()].every((n) => n === 1))
+          const calls = yield* controls.a!.calls
+          assert.isBelow(calls, total / 2, "the held-back items never reached the provider")
+          // Pulled later, the events are all there, the result last: the items refused say they never ran.
+          while (taken.at(-1)?._tag !== "Done") taken.push(...(yield* pull))
+          yield* Scope.close(consumer, Exit.void)
+          const done = taken.at(-1)
+          assert.isTrue(done?._tag === "Done")
+          if (done?._tag !== "Done") return
+          assert.strictEqual(done.result.results.length, total)
+          const notRan = done.result.results.filter((r) => r.ran === false)
+          assert.isAbove(notRan.length, total / 2)
+          assert.isTrue(notRan.every((r) => r.error?._tag === "ShuttingDownError"))
+          assert.strictEqual(yield* controls.a!.calls, calls)
+        })
+      )
+    }
   })
 
   describe(`Batch shutdown from a progress callback, ${mode.name}`, () => {
