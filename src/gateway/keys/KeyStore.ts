@@ -299,7 +299,9 @@ export interface Service extends Gateway.KeyStoreService {
    * Deletes a created key: its record, its secret (401 `invalid_api_key` from then on, at once here, within
    * `cacheTtl` elsewhere, as a disable), its budgets (its own and by model, not its team's) and its rate-limit
    * windows, so that its id may be created again from nothing; a stored record this version cannot read as
-   * well. `NotFound` for no such key, `Forbidden` for one of the configuration.
+   * well. A request of it still running settles on its team's budget only (never on a later key of its id),
+   * and a budgeted request of it reserves nothing from then on (401), wherever its secret is still cached.
+   * `NotFound` for no such key, `Forbidden` for one of the configuration.
    *
    * @since 0.3.0
    */
