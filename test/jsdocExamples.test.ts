@@ -13,9 +13,6 @@ const ROOT = fileURLToPath(new URL("..", import.meta.url))
 const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { exports: Record<string, unknown> }
 const exported = new Set(Object.keys(pkg.exports).map((key) => key.replace(/^\./, "effect-orchestra")))
 
-/** Another helper owns this file this round; its example's import is reported, not fixed here. */
-const ownedElsewhere = new Set(["src/gateway/keys/KeyStore.ts"])
-
 /** The ```ts blocks of a file's `@example` tags, comment stars removed. */
 const examples = (text: string): ReadonlyArray<string> =>
   [
@@ -32,7 +29,6 @@ describe("JSDoc examples", () => {
     const wrong: Array<string> = []
     let imports = 0
     for (const file of files) {
-      if (ownedElsewhere.has(file)) continue
       for (const code of examples(readFileSync(join(ROOT, file), "utf8"))) {
         for (const [, specifier] of code.matchAll(/from\s+"(effect-orchestra(?:\/[^"]*)?)"/g)) {
           imports++

@@ -344,10 +344,10 @@ const both = (service: Service): Context.Context<KeyAdmin | Gateway.KeyStore> =>
  *
  * @example
  * ```ts
- * import * as KeyStore from "effect-orchestra/gateway/keys/KeyStore"
+ * import * as Gateway from "effect-orchestra/Gateway"
  *
- * export const keys = KeyStore.layerMemory({
- *   keys: [{ id: "team-a", sha256: KeyStore.hashSecret("sk-team-a-secret"), rpm: 60, budget: { usd: 50, period: "30 days" } }],
+ * export const keys = Gateway.Keys.layerMemory({
+ *   keys: [{ id: "team-a", sha256: Gateway.Keys.hashSecret("sk-team-a-secret"), rpm: 60, budget: { usd: 50, period: "30 days" } }],
  *   prices: { "*": { input: 0.15, output: 0.6 } }
  * })
  * ```
