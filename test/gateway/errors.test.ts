@@ -636,7 +636,8 @@ describe("Gateway: upstream failures", () => {
       })
       const gw = yield* Harness.make({
         upstreams: { a: upstream.url },
-        executor: { timeout: 300 },
+        // Only the hung upstream meets it: 300 ms let a loaded machine answer the healthy 500 and 429 with a 504.
+        executor: { timeout: "3 seconds" },
         breakers: { failMax: 3, resetTimeout: "1 minute" }
       })
       const ask = (content: string) =>

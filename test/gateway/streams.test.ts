@@ -116,9 +116,11 @@ describe("Gateway: streams", () => {
       const stalled = yield* Server.make((_, res) =>
         Server.chunked(res, [Server.sse([Up.chunk("first")])], { end: "hang" })
       )
+      // 2 s: only the stalled upstream meets it (300 ms could pass on a loaded machine between the cut one's chunk and
+      // its end, an idle_timeout where the stream was interrupted).
       const gw = yield* Harness.make({
         upstreams: { a: cut.url, b: stalled.url },
-        gateway: { stream: { idleTimeout: 300 } }
+        gateway: { stream: { idleTimeout: "2 seconds" } }
       })
       assert.strictEqual((yield* read(gw.client(), { model: "d-a", messages: hi })).error?.code, "stream_interrupted")
       assert.strictEqual((yield* read(gw.client(), { model: "d-b", messages: hi })).error?.code, "idle_timeout")
@@ -134,7 +136,11 @@ describe("Gateway: streams", () => {
       const upstream = yield* Server.make((_, res) =>
         Server.endless(res, { prefix: Server.sse([Up.chunk("tick")]), chunk: Server.sse([Up.chunk(".")]) })
       )
-      const gw = yield* Harness.make({ upstreams: { a: upstream.url }, gateway: { stream: { totalTimeout: 400 } } })
+      // 2 s: the first chunk comes well within it on a loaded machine (400 ms did not always leave room for it).
+      const gw = yield* Harness.make({
+        upstreams: { a: upstream.url },
+        gateway: { stream: { totalTimeout: "2 seconds" } }
+      })
       const result = yield* read(gw.client(), { model: "d-a", messages: hi })
       assert.isTrue(result.text.startsWith("tick"))
       assert.strictEqual(result.error?.code, "total_timeout")
