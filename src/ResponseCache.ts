@@ -297,7 +297,7 @@ export interface MemoryOptions extends Options {
    * Most bytes of values kept (answers and stream replays, in their JSON encoding, UTF-8), when
    * given: expired ones, then the least recently used, go until the rest fit, and a value larger than this on its own,
    * or one JSON cannot encode (a field of a bigint or a cycle), is not kept and pushes none out (its callers
-   * still get it). Each entry added scans the table once (a `setMany` once for all its entries). Default none
+   * still get it). The bytes held are a running total: an entry added costs the same however large the table. Default none
    * (only `capacity` bounds it).
    *
    * @since 0.3.0

@@ -825,6 +825,64 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("maxBytes: an entry added below the bound does not scan the table (a running byte total)", () =>
+    Effect.gen(function* () {
+      // Counted, not timed: every read of a kept entry while n entries are added one at a time (put, and computed).
+      // A scan per entry added read every entry held each time: n * n / 2 reads.
+      const n = 2_000
+      const table = yield* Table.makeTable(2 * n, 100_000_000)
+      let reads = 0
+      const counted = (stored: Table.Stored): Table.Stored =>
+        new Proxy(stored, {
+          get: (target, field, receiver) => {
+            reads++
+            return Reflect.get(target, field, receiver)
+          }
+        })
+      const stored = (i: number) =>
+        counted(Table.storedOf({ _tag: "Response", response: response(`v${i}`) }, 0, 60_000, 0))
+      for (let i = 0; i < n; i++) yield* table.put(Table.responseKey(`p${i}`), stored(i))
+      for (let i = 0; i < n; i++) yield* table.run(Table.responseKey(`c${i}`), Effect.succeed(stored(i)))
+      assert.isAtMost(reads, 20 * 2 * n)
+      assert.strictEqual(table.peek(Table.responseKey("p0"), 0)._tag, "Done")
+      assert.strictEqual(table.peek(Table.responseKey(`c${n - 1}`), 0)._tag, "Done")
+    })
+  )
+
+  it.effect("maxBytes: the bytes of an entry invalidated, written over or expired no longer count", () =>
+    Effect.gen(function* () {
+      // ~4.1 KB each: two fit in 10,000 bytes, three do not.
+      const big = (c: string) => response(c.repeat(4000))
+      const both = (cache: ResponseCache.Service, keys: ReadonlyArray<string>) =>
+        Effect.map(cache.getMany(keys), (found) => found.map(Option.isSome))
+      const invalidated = yield* makeCache({ capacity: 100, maxBytes: 10_000 })
+      yield* invalidated.setMany([{ key: "a", value: big("a") }])
+      yield* invalidated.invalidate("a")
+      yield* invalidated.setMany([{ key: "b", value: big("b") }])
+      yield* invalidated.setMany([{ key: "c", value: big("c") }])
+      assert.deepStrictEqual(yield* both(invalidated, ["b", "c"]), [true, true])
+      const overwritten = yield* makeCache({ capacity: 100, maxBytes: 10_000 })
+      yield* overwritten.setMany([{ key: "a", value: big("a") }])
+      yield* overwritten.setMany([{ key: "a", value: big("x") }])
+      yield* overwritten.setMany([{ key: "b", value: big("b") }])
+      assert.deepStrictEqual(yield* both(overwritten, ["a", "b"]), [true, true])
+      // An expired entry a computation of its key replaces.
+      const expired = yield* makeCache({ capacity: 100, maxBytes: 10_000, ttl: "10 seconds" })
+      yield* expired.setMany([{ key: "a", value: big("a") }])
+      yield* TestClock.adjust("11 seconds")
+      assert.strictEqual((yield* expired.getOrCompute("a", Effect.succeed(big("x")))).source, "miss")
+      yield* expired.setMany([{ key: "b", value: big("b") }])
+      assert.deepStrictEqual(yield* both(expired, ["a", "b"]), [true, true])
+      // A stale entry a refresh replaces.
+      const refreshed = yield* makeCache({ capacity: 100, maxBytes: 10_000, ttl: "10 seconds", staleFor: "1 minute" })
+      yield* refreshed.setMany([{ key: "a", value: big("a") }])
+      yield* TestClock.adjust("11 seconds")
+      assert.strictEqual((yield* refreshed.getOrCompute("a", Effect.succeed(big("x")))).source, "miss")
+      yield* refreshed.setMany([{ key: "b", value: big("b") }])
+      assert.deepStrictEqual(yield* both(refreshed, ["a", "b"]), [true, true])
+    })
+  )
+
   it.effect("capacity and maxBytes: an expired entry goes before a valid one, however recently it was used", () =>
     Effect.gen(function* () {
       // a put at 0 s and used at 9 s (the most recently used), b put at 5 s; at 11 s a has expired, b has not.

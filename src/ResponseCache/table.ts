@@ -150,9 +150,11 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
         if (compute === undefined) return Effect.die(`no computation for cache key ${key}`)
         const computing: Computing = { table: computes, key, parent: fiber.getRef(Computing), ended: false }
         running.add(fiber)
-        fiber.addObserver(() => {
+        fiber.addObserver((exit) => {
           running.delete(fiber)
           computing.ended = true
+          // Counted as it made room, then interrupted before it ended: the core `Cache` drops the entry itself.
+          if (Exit.isFailure(exit) && counted.get(key)?.entry.fiber === fiber) uncount(key)
         })
         return Effect.provideService(compute, Computing, computing).pipe(Effect.tap((stored) => makeRoom(key, stored)))
       }),
@@ -160,7 +162,11 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       // The core `Cache` evicts by insertion order whatever the entry: a running computation
       // too, and a caller arriving later then started a second one. `evict` below keeps them.
       capacity: Number.POSITIVE_INFINITY,
-      timeToLive: (exit) => (Exit.isSuccess(exit) ? Duration.millis(exit.value.keepFor) : Duration.zero)
+      // A value larger than maxBytes on its own is not kept: it would push out every other.
+      timeToLive: (exit) =>
+        Exit.isSuccess(exit) && (maxBytes === undefined || sizeOf(exit.value) <= maxBytes)
+          ? Duration.millis(exit.value.keepFor)
+          : Duration.zero
     }
   )
 
@@ -182,7 +188,7 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       finished.push(key)
       if (--excess === 0) break
     }
-    for (const key of finished) MutableHashMap.remove(cache.map, key)
+    for (const key of finished) removeKey(key)
     evicted += finished.length
   }
 
@@ -207,7 +213,7 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
       if (now >= at) expired.push(key)
       else expiresAt(at)
     }
-    for (const key of expired) MutableHashMap.remove(cache.map, key)
+    for (const key of expired) removeKey(key)
     evicted += expired.length
   }
 
@@ -228,28 +234,47 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     return size
   }
 
-  // The values kept fit in maxBytes: one larger on its own is not kept (it would push out every
-  // other), then the least recently used go. A scan of the table per entry added, only with maxBytes.
+  // The bytes of the finished entries kept, by key (only with maxBytes): the entry counted and its size. Every
+  // removal of a counted entry subtracts it (`removeKey`), so that an entry added checks the bound in O(1): a scan
+  // of the table per entry added cost a cache of 100,000 entries as many reads on every miss.
+  const counted = new Map<string, { readonly entry: Cache.Entry<Stored, unknown>; readonly size: number }>()
+  let totalBytes = 0
+  const uncount = (key: string): void => {
+    const entry = counted.get(key)
+    if (entry === undefined) return
+    counted.delete(key)
+    totalBytes -= entry.size
+  }
+  const count = (key: string, size: number): void => {
+    uncount(key)
+    const entry = MutableHashMap.get(cache.map, key)
+    if (Option.isNone(entry)) return
+    counted.set(key, { entry: entry.value, size })
+    totalBytes += size
+  }
+  const removeKey = (key: string): void => {
+    MutableHashMap.remove(cache.map, key)
+    uncount(key)
+  }
+
+  // The values kept fit in maxBytes (one larger on its own is never kept: it would push out every other): expired
+  // ones, then the least recently used, go until the rest fit. The table is walked only when over the bound, as far
+  // as the entries it evicts.
   const evictBytes = (now: number): void => {
-    if (maxBytes === undefined) return
-    let total = 0
-    const finished: Array<readonly [string, number]> = []
+    if (maxBytes === undefined || totalBytes <= maxBytes) return
+    dropExpired(now)
+    let over = totalBytes - maxBytes
+    if (over <= 0) return
+    const finished: Array<string> = []
     for (const [key, entry] of cache.map) {
-      const exit = entry.fiber.pollUnsafe()
-      if (exit === undefined || Exit.isFailure(exit)) continue
-      const size = sizeOf(exit.value)
-      if (size > maxBytes || exit.value.keepFor === 0 || (entry.expiresAt !== undefined && now >= entry.expiresAt)) {
-        MutableHashMap.remove(cache.map, key)
-        continue
-      }
-      total += size
-      finished.push([key, size])
+      const kept = counted.get(key)
+      if (kept === undefined || kept.entry !== entry || entry.fiber.pollUnsafe() === undefined) continue
+      finished.push(key)
+      over -= kept.size
+      if (over <= 0) break
     }
-    for (const [key, size] of finished) {
-      if (total <= maxBytes) return
-      MutableHashMap.remove(cache.map, key)
-      total -= size
-    }
+    for (const key of finished) removeKey(key)
+    evicted += finished.length
   }
 
   const peek = (key: string, now: number): Peeked => {
@@ -272,20 +297,23 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     return Effect.void
   })
 
-  const trimBytes = Effect.withFiber((fiber) => {
-    evictBytes(fiber.getRef(Clock.Clock).currentTimeMillisUnsafe())
-    return Effect.void
-  })
-
-  // Notes when the entry put at `now` expires (a put of `keepFor` 0 is not held). The key's entry goes first: the
-  // map keeps a key set again where it was, so a value just written kept its old place in the LRU order, and was
-  // the first evicted.
+  // Notes when the entry put at `now` expires (a put of `keepFor` 0 is not held, nor one larger than maxBytes on its
+  // own). The key's entry goes first: the map keeps a key set again where it was, so a value just written kept its
+  // old place in the LRU order, and was the first evicted.
   const set = (key: string, stored: Stored): Effect.Effect<void> =>
     Effect.clockWith((clock) => {
       const keepFor = stored.keepFor
-      if (keepFor > 0) expiresAt(clock.currentTimeMillisUnsafe() + keepFor)
-      MutableHashMap.remove(cache.map, key)
-      return Cache.set(cache, key, stored)
+      removeKey(key)
+      if (keepFor <= 0) return Effect.void
+      const size = maxBytes === undefined ? 0 : sizeOf(stored)
+      if (maxBytes !== undefined && size > maxBytes) return Effect.void
+      expiresAt(clock.currentTimeMillisUnsafe() + keepFor)
+      return Effect.andThen(
+        Cache.set(cache, key, stored),
+        Effect.sync(() => {
+          if (maxBytes !== undefined) count(key, size)
+        })
+      )
     })
 
   const put = (key: string, stored: Stored): Effect.Effect<void> => Effect.andThen(set(key, stored), trim)
@@ -307,6 +335,10 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
           if (Option.isSome(entry) && entry.value.fiber === fiber) {
             MutableHashMap.remove(cache.map, key)
             MutableHashMap.set(cache.map, key, entry.value)
+            if (maxBytes !== undefined) {
+              count(key, sizeOf(stored))
+              evictBytes(now)
+            }
           }
           return Effect.void
         })
@@ -441,10 +473,16 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     computes.set(key, own)
     if (stale !== undefined) {
       refreshing.set(key, stale)
-      MutableHashMap.remove(cache.map, key)
+      removeKey(key)
     }
-    const got = Cache.get(cache, key) as Effect.Effect<Stored, E>
-    return (maxBytes === undefined ? got : Effect.tap(got, trimBytes)).pipe(
+    // An expired entry `Cache.get` would drop is dropped here first, so that its bytes no longer count.
+    const got = Effect.withFiber((fiber) => {
+      const entry = MutableHashMap.get(cache.map, key)
+      const at = Option.isSome(entry) ? entry.value.expiresAt : undefined
+      if (at !== undefined && fiber.getRef(Clock.Clock).currentTimeMillisUnsafe() >= at) removeKey(key)
+      return Cache.get(cache, key) as Effect.Effect<Stored, E>
+    })
+    return got.pipe(
       Effect.map((stored) => ({ stored, leader })),
       Effect.ensuring(
         Effect.sync(() => {
@@ -487,6 +525,8 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     const fibers = Array.from(running)
     running.clear()
     MutableHashMap.clear(cache.map)
+    counted.clear()
+    totalBytes = 0
     return Fiber.interruptAll(fibers)
   })
 
@@ -522,11 +562,9 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     },
     remove: (key) => {
       supersede(key)
-      MutableHashMap.remove(cache.map, key)
+      removeKey(key)
     },
-    drop: (key) => {
-      MutableHashMap.remove(cache.map, key)
-    },
+    drop: removeKey,
     takenOut: Effect.withFiber((fiber) => Effect.succeed(takenOut.has(fiber))),
     watch,
     interruptAll
