@@ -294,16 +294,26 @@ export interface MemoryOptions extends Options {
    */
   readonly capacity?: number | undefined
   /**
-   * Most bytes of values kept (answers and stream replays, in their JSON encoding, UTF-8), when
-   * given: expired ones, then the least recently used, go until the rest fit, and a value larger than this on its own,
+   * Most bytes of values kept (answers and stream replays, in their JSON encoding, UTF-8):
+   * expired ones, then the least recently used, go until the rest fit, and a value larger than this on its own,
    * or one JSON cannot encode (a field of a bigint or a cycle), is not kept and pushes none out (its callers
-   * still get it). The bytes held are a running total: an entry added costs the same however large the table. Default none
-   * (only `capacity` bounds it).
+   * still get it). The bytes held are a running total: an entry added costs the same however large the table.
+   * Default 256 MiB ({@link defaultMaxBytes}); `Infinity` for no byte bound (only `capacity` bounds it).
    *
    * @since 0.3.0
    */
   readonly maxBytes?: number | undefined
 }
+
+/**
+ * The memory cache's default `maxBytes`: 256 MiB. `capacity` alone bounds the entries, not their size (1,000 answers
+ * of 32 MiB each held 32 GiB); 256 MiB holds the default 1,000 entries of up to 256 KiB each, far more than a
+ * typical answer, while no single process is taken down by a few huge ones.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const defaultMaxBytes = 256 * 1024 * 1024
 
 /**
  * Options checked, in milliseconds.
@@ -399,9 +409,10 @@ export const layerMemory = (options: MemoryOptions = {}): Layer.Layer<ResponseCa
 export const makeMemory = Effect.fnUntraced(function* (options: MemoryOptions = {}) {
   const config = yield* Input.orOptionError(settings(options, "memory", ["capacity", "maxBytes"]))
   const capacity = yield* Input.orOptionError(Input.positiveInt("capacity", Input.orDefault(options.capacity, 1000)))
-  const maxBytes = yield* Input.orOptionError(
-    Input.optional(options.maxBytes, (input) => Input.positiveInt("maxBytes", input))
-  )
+  const maxBytes =
+    options.maxBytes === Number.POSITIVE_INFINITY
+      ? undefined
+      : yield* Input.orOptionError(Input.positiveInt("maxBytes", Input.orDefault(options.maxBytes, defaultMaxBytes)))
   const table = yield* Table.makeTable(capacity, maxBytes)
   yield* Effect.addFinalizer(() => table.interruptAll)
   const counters = yield* Lookup.lookupCounters(config.name)

@@ -883,6 +883,19 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("maxBytes: 256 MiB by default; Infinity for no byte bound", () =>
+    Effect.gen(function* () {
+      // An answer of 257 MiB is larger than the default bound on its own: answered, not kept.
+      const huge = { ...response("x"), text: "h".repeat(257 * 1024 * 1024) }
+      const bounded = yield* makeCache()
+      assert.strictEqual((yield* bounded.getOrCompute("h", Effect.succeed(huge))).source, "miss")
+      assert.strictEqual((yield* bounded.getOrCompute("h", Effect.succeed(response("again")))).source, "miss")
+      const unbounded = yield* makeCache({ maxBytes: Number.POSITIVE_INFINITY })
+      assert.strictEqual((yield* unbounded.getOrCompute("h", Effect.succeed(huge))).source, "miss")
+      assert.strictEqual((yield* unbounded.getOrCompute("h", Effect.succeed(response("again")))).source, "hit")
+    })
+  )
+
   it.effect("capacity and maxBytes: an expired entry goes before a valid one, however recently it was used", () =>
     Effect.gen(function* () {
       // a put at 0 s and used at 9 s (the most recently used), b put at 5 s; at 11 s a has expired, b has not.
