@@ -205,7 +205,7 @@ export interface Options {
    * The `breakers` attribute of this layer's series (gauge and counters). Give each layer a
    * name when two may hold the same key (memory and Redis, or a second policy): series of
    * unnamed layers are told apart by key only, so the last layer to register one replaces
-   * the other's. Default none (no attribute).
+   * the other's. 1 to 256 characters (it is written whole in each series on every scrape). Default none (no attribute).
    *
    * @since 0.3.0
    */

@@ -863,6 +863,16 @@ describe("CircuitBreaker options (item 11)", () => {
     })
   )
 
+  it.effect(
+    "a name past 256 characters is refused, naming name: it labels every series of the layer, written whole on each scrape",
+    () =>
+      Effect.gen(function* () {
+        yield* refused({ name: "b".repeat(257) }, "name", "at most 256 characters")
+        yield* refused({ name: "b".repeat(100_000) }, "name", "got 100,000")
+        yield* Layer.build(CircuitBreaker.layerMemory({ name: "b".repeat(256) })).pipe(Effect.scoped)
+      })
+  )
+
   it.effect("a name holding a lone surrogate is refused: as the breakers label it would be another such name", () =>
     Effect.gen(function* () {
       yield* refused({ name: "b-\uD800" }, "name", "surrogate")

@@ -9,7 +9,7 @@ import type { TripPolicy } from "effect/persistence/CircuitBreaker"
 import type { AiError } from "../AiError.js"
 import type { Options } from "../CircuitBreaker.js"
 import * as Input from "../Input.js"
-import { textIssue } from "../stats/labels.js"
+import { maxOwnLabelChars, textIssue } from "../stats/labels.js"
 import { defaultIsFailure } from "./classify.js"
 
 /**
@@ -160,6 +160,13 @@ export const check = (options: Options, extraKeys: ReadonlySet<string> = new Set
   // The `breakers` label of the layer's series: without a UTF-8 form, another such layer's.
   const name = options.name === undefined ? undefined : textIssue(options.name, "name")
   if (name !== undefined) return Result.fail(name)
+  // Written whole in each of the layer's series on every scrape: bounded as a provider's name or a cache's is.
+  if (options.name !== undefined && options.name.length > maxOwnLabelChars) {
+    return fail(
+      "name",
+      `expected at most ${maxOwnLabelChars} characters (it labels the layer's metric series), got ${options.name.length.toLocaleString("en-US")}`
+    )
+  }
   if (options.resetTimeoutMultiplier !== undefined && options.resetTimeoutMax === undefined) {
     return fail(
       "resetTimeoutMultiplier",
