@@ -328,8 +328,10 @@ export interface Pipeline<I, O, E = never, R = never> extends Pipeable.Pipeable 
   readonly defaults: RunOptions
   /** @internal */
   readonly definition: Internal.Definition
-  /** @internal The first definition error; `run` fails with it. */
+  /** @internal The defaults' error, else the first definition error; `run` fails with it. */
   readonly issue: PipelineError | undefined
+  /** @internal The first definition error (not the defaults'): `toMermaid` throws it. */
+  readonly definitionIssue: PipelineError | undefined
   /**
    * Adds a step. It may depend only on steps already added (so names are checked and
    * cycles are impossible by construction); `deps` is typed from their outputs. With names
@@ -509,7 +511,10 @@ export interface MermaidOptions<O = unknown, E = unknown> {
  * throws a `PipelineError` (`reason: "InvalidOption"`) whose `field` names it: a `direction`
  * other than Mermaid's, an unknown option (`dirction`), a `result` that is not a run's, or
  * options that are no object (`"options"`). A pipeline whose definition was refused throws
- * that `PipelineError` (the one `validate` fails with), rather than draw the steps before it.
+ * that `PipelineError` (the one `validate` fails with), rather than draw the steps before it;
+ * one whose defaults were refused (`make({ concurrency: 0 })`) is drawn, as they define no step
+ * (its runs and `validate` still fail with their error). Backticks are escaped too (`#96;`):
+ * a name in backticks is drawn as written, not as Mermaid markdown.
  *
  * @since 0.1.0
  * @category rendering

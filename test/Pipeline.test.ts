@@ -640,6 +640,44 @@ describe("Pipeline", () => {
       })
   )
 
+  it.effect(
+    "toMermaid of a pipeline whose defaults were refused draws its steps: it threw the defaults' error (and the steps were dropped)",
+    () =>
+      Effect.gen(function* () {
+        const p = Pipeline.make({ concurrency: 0 })
+          .step("a", [], () => Effect.succeed(1))
+          .step("b", ["a"], () => Effect.succeed(2))
+        assert.deepStrictEqual(Pipeline.toMermaid(p).split("\n"), ["flowchart LR", '  0["a"]', '  1["b"]', "  0 --> 1"])
+        // Running it still fails with the defaults' error, as validate does.
+        const issue = yield* Effect.flip(Pipeline.validate(p))
+        assert.deepStrictEqual([issue.reason, issue.field], ["InvalidOption", "concurrency"])
+        // A step refused after them is still the definition's: drawing throws it.
+        const refused = p.step("c", ["nope"] as never, () => Effect.succeed(3))
+        let thrown: unknown
+        try {
+          Pipeline.toMermaid(refused)
+        } catch (error) {
+          thrown = error
+        }
+        assert.instanceOf(thrown, Pipeline.PipelineError)
+        assert.strictEqual((thrown as Pipeline.PipelineError).reason, "UnknownDependency")
+      })
+  )
+
+  it.effect("toMermaid: a step name in backticks is drawn as its text, not as Mermaid markdown", () =>
+    Effect.gen(function* () {
+      const p = Pipeline.make()
+        .step("`**bold**`", [], () => Effect.void)
+        .step("b", ["`**bold**`"], () => Effect.void, { description: "`_x_`" })
+      assert.deepStrictEqual(Pipeline.toMermaid(p).split("\n"), [
+        "flowchart LR",
+        '  0["#96;**bold**#96;"]',
+        '  1["#96;_x_#96;"]',
+        "  0 --> 1"
+      ])
+    })
+  )
+
   it.effect("toMermaid: a step name or description with quotes, brackets or line breaks stays in its label", () =>
     Effect.gen(function* () {
       const p = Pipeline.make()

@@ -51,7 +51,9 @@ const fromChain = <I, O, E, R>(
   length: number,
   defaults: RunOptions,
   issue: PipelineError | undefined,
-  built?: Internal.Definition
+  built?: Internal.Definition,
+  // Refused defaults fail every run, but define nothing: the steps added after them are still checked and drawn.
+  defaultsIssue?: PipelineError
 ): Pipeline<I, O, E, R> => {
   const self = Object.create(proto) as { -readonly [K in keyof Pipeline<I, O, E, R>]: Pipeline<I, O, E, R>[K] }
   let definition = built
@@ -67,7 +69,8 @@ const fromChain = <I, O, E, R>(
     definition: { enumerable: true, get: definitionOf }
   })
   self.defaults = defaults
-  self.issue = issue
+  self.issue = defaultsIssue ?? issue
+  self.definitionIssue = issue
   const has = (name: string) => {
     const i = chain.index.get(name)
     return i !== undefined && i < length
@@ -81,11 +84,11 @@ const fromChain = <I, O, E, R>(
         return Internal.checkSeries({ ...merged, governed: Internal.isGoverned(merged) }, at)
       })
     )
-    if (R.isFailure(next)) return fromChain(chain, length, defaults, next.failure, definition)
+    if (R.isFailure(next)) return fromChain(chain, length, defaults, next.failure, definition, defaultsIssue)
     const refused = Internal.checkAdded(next.success, has)
     return refused === undefined
-      ? fromChain(append(chain, length, next.success), length + 1, defaults, undefined)
-      : fromChain(chain, length, defaults, refused, definition)
+      ? fromChain(append(chain, length, next.success), length + 1, defaults, undefined, undefined, defaultsIssue)
+      : fromChain(chain, length, defaults, refused, definition, defaultsIssue)
   }) as Pipeline<I, O, E, R>["step"]
   return self as Pipeline<I, O, E, R>
 }
@@ -101,7 +104,7 @@ const checkDefaults = (given: RunOptions): { readonly defaults: RunOptions; read
 
 export const make = <I = void>(given: RunOptions = {}): Pipeline<I, {}> => {
   const { defaults, issue } = checkDefaults(given)
-  return fromChain<I, {}, never, never>({ steps: [], index: new Map() }, 0, defaults, issue)
+  return fromChain<I, {}, never, never>({ steps: [], index: new Map() }, 0, defaults, undefined, undefined, issue)
 }
 
 const unreadable = (field: string, what: string, error: unknown): PipelineError =>

@@ -42,10 +42,13 @@ export const toMermaid = <I, O, E, R>(
   given?: MermaidOptions<O, E> | null | undefined
 ): string => {
   // Its definition holds only the steps before the one refused: drawn, it looked whole.
-  if (self.issue !== undefined) throw self.issue
+  if (self.definitionIssue !== undefined) throw self.definitionIssue
   const options = checked(given)
   const outcomes = options.result?.steps as Record<string, StepOutcome<unknown, unknown>> | undefined
   const byName = new Map(self.definition.steps.map((s) => [s.name, s]))
+  // `Graph.toMermaid` escapes a label's other marks, not backticks: a label in them is Mermaid markdown (`**b**`
+  // drawn bold). The diagram holds no backtick of its own, and a label's `#` is already `#35;`: this adds no
+  // entity a label could have spelt.
   return Graph.toMermaid(self.definition.graph, {
     direction: directionOf(options.direction),
     nodeLabel: (name) => {
@@ -55,5 +58,5 @@ export const toMermaid = <I, O, E, R>(
       return outcome.status === "skipped" ? `${label}: skipped` : `${label}: ${outcome.status} ${outcome.durationMs} ms`
     },
     edgeLabel: () => ""
-  })
+  }).replaceAll("`", "#96;")
 }
