@@ -3,7 +3,8 @@
  * or domain, over a window that `reset` restarts.
  *
  * Each (provider, domain) pair has one series (the first {@link maxSeries} pairs; later ones, and
- * those of a name past 256 characters, count together under `"(other)"`); the metric exporters read the same series
+ * those of a domain past 256 characters, count in their provider's `"(other)"` domain when it has series, else,
+ * like those of a provider name past 256 characters, under `"(other)"` for both); the metric exporters read the same series
  * (cumulative, so Prometheus counters never go backwards), and a window subtracts the
  * figures it started with. Reading costs the number of series (providers × domains), not
  * the number of calls or batches already run. Closing the `Stats` layer removes its series
@@ -33,7 +34,7 @@
  * | `throughput` | calls/s | finished calls per second over the window (under 1/s, to 3 significant digits: 12 calls an hour are 0.00333) |
  * | `windowMs` | ms | time since the window began (`resetStats()` / `Stats.reset` starts a new one), up to the `Stats` layer's closing (`dispose()`), on the monotonic clock (a wall clock stepped back or on by NTP does not change it) |
  * | `ignoredDurations` | durations | durations left out of `latency`, `serviceTime`, `queueWait` and `timeToFirstToken` for being no finite number (`NaN`, `Infinity`: a provider's or clock's bogus reading); `orchestra_ignored_durations_total` by histogram |
- * | `series` | names | the series the figures are of: the filter's `provider` and `domain` (`{}` for all), or both `"(other)"` when the filter names a pair, provider or domain without a series of its own after calls were counted past `Stats.maxSeries` (its calls are among those) |
+ * | `series` | names | the series the figures are of: the filter's `provider` and `domain` (`{}` for all); when the filter names a pair, provider or domain without a series of its own after calls were counted past `Stats.maxSeries`, the series its calls are among: `domain: "(other)"` (a domain: every provider's pairs past the bound; a pair: its provider's), or both `"(other)"` (a provider without series of its own) |
  *
  * @since 0.1.0
  */
@@ -93,8 +94,9 @@ export interface ExecutionStats {
   readonly ignoredDurations?: number | undefined
   /**
    * The series the figures are of (a `Stats` snapshot's; a batch's figures have none): the
-   * filter's fields, or `provider` and `domain` `"(other)"` when the filter matches no series
-   * of its own and calls were counted past {@link maxSeries}.
+   * filter's fields, or, when the filter matches no series of its own and calls were counted past
+   * {@link maxSeries}, those its calls are among (`domain` `"(other)"`, and `provider` too for a
+   * provider without series of its own).
    */
   readonly series?: Filter | undefined
 }
@@ -144,7 +146,8 @@ export interface Service {
    * `InvalidRequest` naming it (`filter.provder`); `null`, as the filter or a field, is no
    * filter. The Promise facade's `stats(filter)` makes the same check. A filter naming a pair,
    * provider or domain without a series of its own, once calls were counted past
-   * {@link maxSeries}, answers the `"(other)"` series (`series` says so), where its calls are.
+   * {@link maxSeries}, answers the `"(other)"` series its calls are in (`series` says which). A
+   * provider filter counts every call of the provider.
    */
   readonly snapshot: Snapshot
   /**
@@ -159,12 +162,15 @@ export interface Service {
 /**
  * The (provider, domain) pairs a `Stats` gives series of their own, in the order they are
  * first counted; the calls of later pairs (a `domain` per user or per request) count together
- * in one series, `provider` and `domain` `"(other)"` (`Metrics.otherSeries`), so that such
- * calls do not grow the figures kept in the process and `/metrics` with every name. So do the
- * calls of a pair whose provider or domain name is longer than 256 characters (a prompt given as
- * a domain: it would be written whole in each line of its series on every scrape). A pair
- * keeps its series once given one. Once calls count there, a snapshot whose filter names a pair,
- * provider or domain without a series of its own answers that series, `series` `"(other)"`.
+ * in their provider's series of domain `"(other)"` (`Metrics.otherSeries`) when the provider has
+ * series of its own, else in one series, `provider` and `domain` `"(other)"`, so that such
+ * calls do not grow the figures kept in the process and `/metrics` with every name, while a
+ * provider's figures still count all its calls (at most one more series per provider). So do the
+ * calls of a pair whose domain name is longer than 256 characters (a prompt given as a domain: it
+ * would be written whole in each line of its series on every scrape); those of a provider name that
+ * long count in the shared one. A pair keeps its series once given one. Once calls count there, a
+ * snapshot whose filter names a pair, provider or domain without a series of its own answers the
+ * series its calls are in, `series` naming it.
  *
  * @since 0.3.0
  * @category constants
@@ -179,8 +185,7 @@ export class Stats extends Context.Service<Stats, Service>()("effect-orchestra/S
 
 // A name past `maxOwnLabelChars` (a prompt or a user record given as a call's domain) would be written whole
 // in each line of its series on every scrape, and held in the registry: its calls count under "(other)".
-const ownLabels = (provider: string, domain: string | undefined): boolean =>
-  provider.length <= maxOwnLabelChars && (domain === undefined || domain.length <= maxOwnLabelChars)
+const ownDomain = (domain: string | undefined): boolean => domain === undefined || domain.length <= maxOwnLabelChars
 
 const latencyOf = (h: WindowHistogram): LatencyStats =>
   h.count === 0
@@ -238,10 +243,16 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
   }
 
   const series = (provider: string, domain: string | undefined): Series =>
-    byProvider.get(provider)?.get(domain ?? noDomain) ??
-    (all.length < maxSeries && ownLabels(provider, domain)
-      ? create(provider, domain)
-      : create(otherSeries, otherSeries))
+    byProvider.get(provider)?.get(domain ?? noDomain) ?? overflow(provider, domain)
+
+  // A pair without a series of its own. A provider with series of its own (or that may still have one) keeps the
+  // calls of its pairs past the bound, or of a domain too long to label, in its own "(other)" domain: in the shared
+  // series, `snapshot({ provider })` left them out. That adds at most one series per provider with series.
+  const overflow = (provider: string, domain: string | undefined): Series => {
+    if (provider.length > maxOwnLabelChars) return create(otherSeries, otherSeries)
+    if (all.length < maxSeries) return create(provider, ownDomain(domain) ? domain : otherSeries)
+    return byProvider.has(provider) ? create(provider, otherSeries) : create(otherSeries, otherSeries)
+  }
 
   const find = (provider: string, domain: string | undefined): Series | undefined =>
     byProvider.get(provider)?.get(domain ?? noDomain)
@@ -289,13 +300,19 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
         : domain === undefined
           ? byProvider.has(provider)
           : byProvider.get(provider)?.has(domain) === true
+    const as = (): Filter =>
+      provider === undefined ? { domain } : domain === undefined ? { provider } : { provider, domain }
     // An empty name is no call's (providers and domains have names): its zeros are its own.
     // A filter naming none of the first pairs reads the series its calls (if any) went to; a new object
     // each time, as the answer's `series` is the caller's.
-    if (!own && provider !== "" && domain !== "" && byProvider.get(otherSeries)?.has(otherSeries) === true) {
-      return { provider: otherSeries, domain: otherSeries }
-    }
-    return provider === undefined ? { domain } : domain === undefined ? { provider } : { provider, domain }
+    if (own || provider === "" || domain === "") return as()
+    const shared = byProvider.get(otherSeries)?.has(otherSeries) === true
+    // A domain without a series of its own may have calls in any provider's "(other)" domain.
+    if (provider === undefined) return domainGauges.has(otherSeries) ? { domain: otherSeries } : as()
+    // A provider's pair past the bound is in the provider's "(other)" domain if it has series, else in the shared one.
+    const ofProvider = byProvider.get(provider)
+    if (ofProvider !== undefined) return ofProvider.has(otherSeries) ? { provider, domain: otherSeries } : as()
+    return shared ? { provider: otherSeries, domain: otherSeries } : as()
   }
 
   const read = (given: Filter): ExecutionStats => {
@@ -468,8 +485,14 @@ export const format = (stats: ExecutionStats, title = "Execution stats"): string
   if (stats.ignoredDurations !== undefined && stats.ignoredDurations > 0) {
     rows.push(["ignored durations", `${stats.ignoredDurations} (NaN or Infinity)`])
   }
-  if (stats.series?.provider === otherSeries && stats.series.domain === otherSeries) {
-    rows.push(["series", `${otherSeries}: the pairs past Stats.maxSeries`])
+  if (stats.series?.domain === otherSeries) {
+    const of = stats.series.provider
+    rows.push([
+      "series",
+      of === otherSeries
+        ? `${otherSeries}: the pairs past Stats.maxSeries`
+        : `${of ?? "every provider"} / ${otherSeries}: ${of === undefined ? "the" : "its"} pairs past Stats.maxSeries`
+    ])
   }
   const width = Math.max(...rows.map(([k]) => k.length))
   const line = "─".repeat(width + 24)

@@ -593,17 +593,19 @@ describe("Stats", () => {
         yield* executor.execute({ prompt: "q" }, { domain: edge })
         const text = Prometheus.formatUnsafe(Context.make(Metric.MetricRegistry, registry) as Context.Context<never>)
         assert.notInclude(text, "u".repeat(257))
-        assert.include(text, `orchestra_requests_total{provider="(other)",domain="(other)"} 1`)
+        // Counted as its provider's, past the domains of its own.
+        assert.include(text, `orchestra_requests_total{provider="long-labels",domain="(other)"} 1`)
         assert.include(text, `orchestra_requests_total{provider="long-labels",domain="${edge}"} 1`)
         assert.isBelow(text.length, 1_000_000)
         // Its calls are read where they count, as those of the pairs past maxSeries are.
         const read = yield* stats.snapshot({ domain: long })
         assert.deepStrictEqual([read.total, read.successes], [1, 1])
-        assert.deepStrictEqual(read.series, { provider: Metrics.otherSeries, domain: Metrics.otherSeries })
+        assert.deepStrictEqual(read.series, { domain: Metrics.otherSeries })
         assert.strictEqual((yield* stats.snapshot({ domain: edge })).total, 1)
-        // A provider of such a name too: its calls count under "(other)".
+        assert.strictEqual((yield* stats.snapshot({ provider: "long-labels" })).total, 2)
+        // A provider of such a name too: its calls count under "(other)", with no provider.
         stats.series("p".repeat(300), "d").requests++
-        assert.strictEqual((yield* stats.snapshot({ provider: Metrics.otherSeries })).total, 2)
+        assert.strictEqual((yield* stats.snapshot({ provider: Metrics.otherSeries })).total, 1)
       })
   )
 
@@ -617,7 +619,9 @@ describe("Stats", () => {
       assert.strictEqual(requests.length, Stats.maxSeries + 1)
       assert.strictEqual((yield* stats.snapshot()).total, Stats.maxSeries + 5)
       assert.strictEqual((yield* stats.snapshot({ domain: Metrics.otherSeries })).total, 5)
-      assert.strictEqual((yield* stats.snapshot({ provider: Metrics.otherSeries })).total, 5)
+      // p's own, past its domains of their own: every call of p is p's.
+      assert.strictEqual((yield* stats.snapshot({ provider: "p", domain: Metrics.otherSeries })).total, 5)
+      assert.strictEqual((yield* stats.snapshot({ provider: "p" })).total, Stats.maxSeries + 5)
       // A pair with series keeps it.
       stats.series("p", "user-0").requests++
       assert.strictEqual((yield* stats.snapshot({ provider: "p", domain: "user-0" })).total, 2)
@@ -636,6 +640,35 @@ describe("Stats", () => {
     })
   )
   it.effect(
+    'past maxSeries, a provider with series of its own keeps the calls of its later pairs: a provider filter undercounted them, in "(other)" with no provider',
+    () =>
+      Effect.gen(function* () {
+        const registry: Metric.MetricRegistry = new Map()
+        const stats = yield* Stats.make.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        for (let i = 0; i < Stats.maxSeries; i++) stats.series("p", `user-${i}`).requests++
+        stats.series("p", "late").requests += 3
+        stats.series("p", "d".repeat(300)).requests += 1
+        stats.series("q", undefined).requests += 2
+        // Every call of p, whichever its domain.
+        const p = yield* stats.snapshot({ provider: "p" })
+        assert.deepStrictEqual([p.total, p.series], [Stats.maxSeries + 4, { provider: "p" }])
+        // A provider without a series of its own: all its calls are in the shared one.
+        const q = yield* stats.snapshot({ provider: "q" })
+        assert.deepStrictEqual([q.total, q.series], [2, { provider: Metrics.otherSeries, domain: Metrics.otherSeries }])
+        // A pair of p without its own series: p's calls past the bound, named so.
+        const late = yield* stats.snapshot({ provider: "p", domain: "late" })
+        assert.deepStrictEqual([late.total, late.series], [4, { provider: "p", domain: Metrics.otherSeries }])
+        // A domain without its own series may be any provider's: every call past the bound.
+        const domain = yield* stats.snapshot({ domain: "late" })
+        assert.deepStrictEqual([domain.total, domain.series], [6, { domain: Metrics.otherSeries }])
+        assert.strictEqual((yield* stats.snapshot()).total, Stats.maxSeries + 6)
+        const text = Prometheus.formatUnsafe(Context.make(Metric.MetricRegistry, registry) as Context.Context<never>)
+        assert.include(text, `orchestra_requests_total{provider="p",domain="(other)"} 4`)
+        assert.include(text, `orchestra_requests_total{provider="(other)",domain="(other)"} 2`)
+        assert.include(Stats.format(late), "(other)")
+      })
+  )
+  it.effect(
     'past maxSeries, a pair without a series of its own answered zeros in silence: it answers the "(other)" series and names it',
     () =>
       Effect.gen(function* () {
@@ -651,25 +684,21 @@ describe("Stats", () => {
         assert.deepStrictEqual([before.total, before.series], [0, { provider: "p", domain: "late" }])
         stats.series("p", "late").requests += 3
         stats.series("q", undefined).requests += 2
+        // p has series of its own: its pairs past the bound are its "(other)" domain.
         const late = yield* stats.snapshot({ provider: "p", domain: "late" })
-        assert.deepStrictEqual(
-          [late.total, late.series],
-          [5, { provider: Metrics.otherSeries, domain: Metrics.otherSeries }]
-        )
+        assert.deepStrictEqual([late.total, late.series], [3, { provider: "p", domain: Metrics.otherSeries }])
         // The answer is the caller's: changing it (from JavaScript) changes no later read.
-        ;(late.series as { provider?: string }).provider = "p"
-        assert.strictEqual((yield* stats.snapshot({ provider: "p", domain: "late" })).total, 5)
-        // A provider or a domain with no series of its own: the same.
+        ;(late.series as { domain?: string }).domain = "late"
+        assert.strictEqual((yield* stats.snapshot({ provider: "p", domain: "late" })).total, 3)
+        // A provider with no series of its own: the shared series, where all its calls are.
         const provider = yield* stats.snapshot({ provider: "q" })
         assert.deepStrictEqual(
           [provider.total, provider.series],
-          [5, { provider: Metrics.otherSeries, domain: Metrics.otherSeries }]
+          [2, { provider: Metrics.otherSeries, domain: Metrics.otherSeries }]
         )
+        // A domain with no series of its own: every provider's pairs past the bound.
         const domain = yield* stats.snapshot({ domain: "late" })
-        assert.deepStrictEqual(
-          [domain.total, domain.series],
-          [5, { provider: Metrics.otherSeries, domain: Metrics.otherSeries }]
-        )
+        assert.deepStrictEqual([domain.total, domain.series], [5, { domain: Metrics.otherSeries }])
         // A pair with a series of its own answers it, and says so.
         const own = yield* stats.snapshot({ provider: "p", domain: "user-7" })
         assert.deepStrictEqual([own.total, own.series], [1, { provider: "p", domain: "user-7" }])
