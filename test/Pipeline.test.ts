@@ -664,6 +664,43 @@ describe("Pipeline", () => {
       })
   )
 
+  it.effect(
+    "toMermaid: a result whose step outcome is no outcome is a PipelineError naming result.steps; null threw a TypeError, others drew 'undefined undefined ms'",
+    () =>
+      Effect.gen(function* () {
+        const p = Pipeline.make()
+          .step("a", [], () => Effect.void)
+          .step("b", ["a"], () => Effect.void)
+        for (const outcome of [
+          null,
+          5,
+          {},
+          { status: "done", durationMs: 1 },
+          { status: "succeeded\n  0 --> 1", durationMs: 1 },
+          { status: "succeeded", durationMs: "x" },
+          { status: "succeeded", durationMs: Number.NaN },
+          { status: "failed", durationMs: -1 }
+        ]) {
+          let thrown: unknown
+          try {
+            Pipeline.toMermaid(p, { result: { steps: { a: outcome } } } as never)
+          } catch (error) {
+            thrown = error
+          }
+          assert.instanceOf(thrown, Pipeline.PipelineError, JSON.stringify(outcome))
+          const error = thrown as Pipeline.PipelineError
+          assert.deepStrictEqual([error.reason, error.field], ["InvalidOption", "result.steps"])
+          assert.include(error.message, '"a"')
+        }
+        // Outcomes of every kind are drawn; a step the result lacks is drawn plain.
+        const drawn = Pipeline.toMermaid(p, {
+          result: { steps: { a: { status: "timedOut", durationMs: 5 } } }
+        } as never)
+        assert.include(drawn, '0["a: timedOut 5 ms"]')
+        assert.include(drawn, '1["b"]')
+      })
+  )
+
   it.effect("toMermaid: a step name in backticks is drawn as its text, not as Mermaid markdown", () =>
     Effect.gen(function* () {
       const p = Pipeline.make()

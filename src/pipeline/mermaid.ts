@@ -5,7 +5,7 @@
  */
 import { Graph, Result } from "effect"
 import * as Input from "../Input.js"
-import type { MermaidOptions, Pipeline, StepOutcome } from "../Pipeline.js"
+import type { MermaidOptions, Pipeline } from "../Pipeline.js"
 import { known, optionsOf } from "./definition.js"
 import * as Errors from "./errors.js"
 
@@ -35,6 +35,24 @@ const checked = (given: unknown): MermaidOptions<unknown, unknown> => {
   return options
 }
 
+const timed: ReadonlySet<unknown> = new Set(["succeeded", "failed", "timedOut", "interrupted"])
+
+// A step's outcome as drawn: one of a run's, else `result` is no run's (null read `.status` and threw a TypeError,
+// another drew "undefined undefined ms").
+const outcomeLabel = (name: string, outcome: unknown): string => {
+  if (isRecord(outcome)) {
+    if (outcome.status === "skipped") return "skipped"
+    const ms = outcome.durationMs
+    if (timed.has(outcome.status) && typeof ms === "number" && Number.isFinite(ms) && ms >= 0) {
+      return `${outcome.status} ${ms} ms`
+    }
+  }
+  throw Errors.invalidOption(
+    "result.steps",
+    `expected the outcome of a run's step for ${Input.shown(name)}, got ${Input.shown(outcome)}`
+  )
+}
+
 // A renderer has no error channel, and a diagram without annotations is a sound answer: `null` is no options.
 // A wrong option has no sound answer: it throws the `PipelineError` a run's wrong option fails with.
 export const toMermaid = <I, O, E, R>(
@@ -44,7 +62,7 @@ export const toMermaid = <I, O, E, R>(
   // Its definition holds only the steps before the one refused: drawn, it looked whole.
   if (self.definitionIssue !== undefined) throw self.definitionIssue
   const options = checked(given)
-  const outcomes = options.result?.steps as Record<string, StepOutcome<unknown, unknown>> | undefined
+  const outcomes = options.result?.steps as Record<string, unknown> | undefined
   const byName = new Map(self.definition.steps.map((s) => [s.name, s]))
   // `Graph.toMermaid` escapes a label's other marks, not backticks: a label in them is Mermaid markdown (`**b**`
   // drawn bold). The diagram holds no backtick of its own, and a label's `#` is already `#35;`: this adds no
@@ -54,8 +72,7 @@ export const toMermaid = <I, O, E, R>(
     nodeLabel: (name) => {
       const label = byName.get(name)?.description ?? name
       const outcome = outcomes === undefined || !Object.hasOwn(outcomes, name) ? undefined : outcomes[name]
-      if (outcome === undefined) return label
-      return outcome.status === "skipped" ? `${label}: skipped` : `${label}: ${outcome.status} ${outcome.durationMs} ms`
+      return outcome === undefined ? label : `${label}: ${outcomeLabel(name, outcome)}`
     },
     edgeLabel: () => ""
   }).replaceAll("`", "#96;")
