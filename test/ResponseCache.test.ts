@@ -849,6 +849,28 @@ describe("ResponseCache (memory)", () => {
     })
   )
 
+  it.effect("maxBytes: a value is measured once, not again for each entry holding it (a stale entry put back)", () =>
+    Effect.gen(function* () {
+      // A refresh that fails puts back a copy of the entry it replaced, holding the same value: encoding that value
+      // again to measure it cost a JSON.stringify of a possibly large answer on every failed refresh.
+      const table = yield* Table.makeTable(10, 100_000_000)
+      let reads = 0
+      const value = new Proxy({ _tag: "Response", response: response("v".repeat(1000)) } as Table.Cached, {
+        get: (target, field, receiver) => {
+          reads++
+          return Reflect.get(target, field, receiver)
+        }
+      })
+      const stored = Table.storedOf(value, 0, 60_000, 60_000)
+      yield* table.put(Table.responseKey("k"), stored)
+      const first = reads
+      assert.isAbove(first, 0)
+      yield* table.put(Table.responseKey("k"), { ...stored, keepFor: 30_000 })
+      assert.strictEqual(reads, first)
+      assert.strictEqual(table.peek(Table.responseKey("k"), 0)._tag, "Done")
+    })
+  )
+
   it.effect("maxBytes: the bytes of an entry invalidated, written over or expired no longer count", () =>
     Effect.gen(function* () {
       // ~4.1 KB each: two fit in 10,000 bytes, three do not.

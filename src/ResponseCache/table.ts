@@ -217,19 +217,21 @@ export const makeTable = Effect.fnUntraced(function* (capacity: number, maxBytes
     evicted += expired.length
   }
 
-  // Bytes of an entry's value in its JSON encoding (UTF-8), measured once per entry. One JSON cannot encode (a
-  // field of a caller's own answer holding a bigint or a cycle) cannot be bounded, so it is not kept: thrown here,
-  // it failed its callers, and every later scan met it again and failed every computation after it.
-  const sizes = new WeakMap<Stored, number>()
+  // Bytes of an entry's value in its JSON encoding (UTF-8), measured once per value: a stale entry put back (a copy
+  // of the entry, holding its value) was encoded again. One JSON cannot encode (a field of a caller's own answer
+  // holding a bigint or a cycle) cannot be bounded, so it is not kept: thrown here, it failed its callers, and every
+  // later scan met it again and failed every computation after it.
+  const sizes = new WeakMap<Cached, number>()
   const sizeOf = (stored: Stored): number => {
-    let size = sizes.get(stored)
+    const value = stored.value
+    let size = sizes.get(value)
     if (size === undefined) {
       try {
-        size = Buffer.byteLength(JSON.stringify(stored.value), "utf8")
+        size = Buffer.byteLength(JSON.stringify(value), "utf8")
       } catch {
         size = Number.POSITIVE_INFINITY
       }
-      sizes.set(stored, size)
+      sizes.set(value, size)
     }
     return size
   }
