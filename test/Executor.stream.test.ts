@@ -42,7 +42,7 @@ import { decodeRetry } from "../src/Policy.js"
 import { tokensOf } from "../src/executor/plan.js"
 import * as Deadline from "../src/policy/deadline.js"
 import * as Engine from "../src/policy/engine.js"
-import { CurrentCut, type Cut, stopStreams } from "../src/policy/plan.js"
+import { CurrentCut, type Cut, selfBounded, stopStreams } from "../src/policy/plan.js"
 import * as Streams from "../src/policy/stream.js"
 import { defaultInstruction, resumeRequest } from "../src/policy/stream-resume.js"
 import { RateLimits } from "../src/RateLimit.js"
@@ -2688,4 +2688,47 @@ describe("Executor.stream: a user breaker whose record does not end", () => {
       assert.strictEqual(textOf(parts), "a b c")
     }).pipe(Effect.ensuring(Deferred.succeed(stuck, undefined)))
   })
+})
+
+describe("Executor.stream: a self-bounded breaker whose record dies", () => {
+  it.effect(
+    "the attempt's scopes close all the same: its upstream's resource is let go before the consumer leaves",
+    () =>
+      Effect.gen(function* () {
+        const breaker: CircuitBreaker.Service = {
+          ...(yield* CircuitBreaker.makeMemory()),
+          admit: (key) => Effect.succeed({ key, probe: false, record: () => Effect.die("record died") })
+        }
+        // Forced into this library's own breakers' path (`selfBounded`: its record run as it is).
+        selfBounded.add(breaker)
+        let released = 0
+        const provider: Service = {
+          name: "p",
+          defaultModel: "m",
+          generate: () => Effect.die("unused"),
+          embed: () => Effect.die("unused"),
+          stream: () =>
+            Stream.unwrap(
+              Effect.as(
+                Effect.acquireRelease(Effect.void, () => Effect.sync(() => released++)),
+                Stream.fail(new ModelError({ reason: "InvalidRequest", provider: "p", message: "no" }))
+              )
+            )
+        }
+        const context = yield* Layer.build(
+          Executor.layerWithStats({ guards: { breaker } }).pipe(
+            Layer.provideMerge(Layer.succeed(ModelProvider, provider))
+          )
+        )
+        const executor = Context.get(context, Executor.Executor)
+        // The consumer keeps the stream's scope open after its end.
+        const scope = yield* Scope.make()
+        const pull = yield* Scope.provide(Stream.toPull(executor.stream(ask)), scope)
+        const first = yield* Effect.exit(pull)
+        const before = released
+        yield* Scope.close(scope, Exit.void)
+        assert.isTrue(Exit.isFailure(first) && Cause.hasDies(first.cause), "the record's defect ends the stream")
+        assert.strictEqual(before, 1, "the upstream's resource was held until the consumer left")
+      })
+  )
 })

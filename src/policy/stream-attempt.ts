@@ -622,7 +622,12 @@ export const closeAttempt = (
           Effect.catchCause(record, (cause) => recordFailed(breaker, attempt.step.name, cause)),
           lanes
         )
-    return Effect.andThen(bounded, () => closeScopes(attempt, lanes))
+    // Closed whatever the record does: one that failed, died or was cut held the upstream and the attempt's
+    // scope (its permit, its slot when its producer does not end) until the stream's own scope closed.
+    return Effect.ensuring(
+      bounded,
+      Effect.suspend(() => closeScopes(attempt, lanes))
+    )
   })
 
 // A permit's record of `outcome`, or the defect of a user's record that threw or returned no Effect (named as a
