@@ -9,6 +9,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Result, Scope } from "effect"
 import type { AiError } from "../src/AiError.js"
 import type * as Batch from "../src/Batch.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import type { GenerateRequest } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import { managerOver } from "./utils/batch.js"
@@ -53,6 +54,37 @@ describe("errors kept past their call", () => {
         })()
       }
       assert.isAbove(errors.length, 2)
+      await collect()
+      assert.deepStrictEqual(alive(refs), [])
+    } finally {
+      await Effect.runPromise(Scope.close(scope, Exit.void))
+    }
+  })
+
+  it("executeMany: the error of a request whose call died keeps neither the requests nor the results", async () => {
+    const scope = Effect.runSync(Scope.make())
+    try {
+      // A user breaker that answers what no attempt answered: the call's defect, the item's Unknown error.
+      const breaker: CircuitBreaker.Service = {
+        ...(await Effect.runPromise(Scope.provide(CircuitBreaker.makeMemory(), scope))),
+        execute: () => Effect.succeed({ text: "not the provider's" } as never)
+      }
+      const { executor } = await Effect.runPromise(
+        Scope.provide(setup({ requestLogSize: 0 }, { guards: { breaker } }), scope)
+      )
+      const errors: Array<AiError> = []
+      const refs: Array<readonly [string, WeakRef<object>]> = []
+      for (const concurrency of [1, 4]) {
+        await (async () => {
+          const requests: Array<GenerateRequest> = Array.from({ length: 20 }, (_, i) => ({ prompt: `p${i}` }))
+          const results = await Effect.runPromise(executor.executeMany(requests, { concurrency, retry: false }))
+          for (const result of results) if (Result.isFailure(result)) errors.push(result.failure)
+          refs.push([`requests c=${concurrency}`, new WeakRef(requests)])
+          refs.push([`results c=${concurrency}`, new WeakRef(results)])
+        })()
+      }
+      assert.strictEqual(errors.length, 40)
+      assert.isTrue(errors.every((error) => error._tag === "ModelError" && error.reason === "Unknown"))
       await collect()
       assert.deepStrictEqual(alive(refs), [])
     } finally {

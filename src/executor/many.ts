@@ -27,12 +27,14 @@ const resultOf = (exit: Exit.Exit<unknown, AiError>): Result.Result<GenerateResp
   if (Exit.isSuccess(exit)) return Result.succeed(exit.value as GenerateResponse)
   const error = Cause.findErrorOption(exit.cause)
   return Result.fail(
-    error._tag === "Some"
-      ? detached(error.value)
-      : new ModelError({
-          reason: "Unknown",
-          message: `the call ended without an answer: ${Cause.pretty(exit.cause)}`
-        })
+    detached(
+      error._tag === "Some"
+        ? error.value
+        : new ModelError({
+            reason: "Unknown",
+            message: `the call ended without an answer: ${Cause.pretty(exit.cause)}`
+          })
+    )
   )
 }
 
