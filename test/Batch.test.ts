@@ -1449,6 +1449,27 @@ for (const mode of modes) {
   })
 
   describe(`Batch cancellation, ${mode.name}`, () => {
+    it.effect("a run interrupted while it has a cancel returns once the calls it interrupts have ended", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
+        let inFlightAtReturn = -1
+        const fiber = yield* Effect.forkChild(
+          batch.run(["q0", "q1", "q2"], { domain: mode.domain, cancel: Effect.never }).pipe(
+            Effect.onInterrupt(() =>
+              Effect.map(controls.a!.inFlight, (n) => {
+                inFlightAtReturn = n
+              })
+            )
+          )
+        )
+        yield* TestClock.adjust("500 millis")
+        assert.strictEqual(yield* controls.a!.inFlight, 2)
+        yield* Fiber.interrupt(fiber)
+        assert.strictEqual(inFlightAtReturn, 0, "the run's caller regained control with its items' calls running")
+        assert.strictEqual(yield* controls.a!.interrupted, 2)
+      })
+    )
+
     it.effect("cancel interrupts in-flight calls and reports the items that never ran", () =>
       Effect.gen(function* () {
         const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })

@@ -492,8 +492,10 @@ export const run = Effect.fnUntraced(function* (
       }),
       { startImmediately: true }
     )
+    // The run interrupted, its pool is interrupted and waited for: its caller regains control once the calls it
+    // interrupts have ended (their callbacks and providers' work with them), not while they still run.
     yield* Effect.ensuring(
-      Fiber.await(poolFiber),
+      Effect.onInterrupt(Fiber.await(poolFiber), () => Fiber.interrupt(poolFiber)),
       Effect.sync(() => {
         watcher.interruptUnsafe()
       })
