@@ -1199,6 +1199,21 @@ for (const mode of modes) {
         })
     )
 
+    it.effect("a Batch.stream left early returns once the calls of its batch have ended", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: { latency: "1 second" } }, { maxConcurrent: 2 })
+        for (const cancel of [undefined, Effect.never]) {
+          const events = yield* Effect.forkChild(
+            Stream.runCollect(Stream.take(batch.stream(["q0", "q1", "q2"], { domain: mode.domain, cancel }), 1))
+          )
+          yield* TestClock.adjust("500 millis")
+          const taken = yield* Fiber.join(events)
+          assert.strictEqual(taken.length, 1)
+          assert.strictEqual(yield* controls.a!.inFlight, 0, "calls still ran once the stream had ended")
+        }
+      })
+    )
+
     it.effect("cancel stops a batch that Batch.stream holds back: its result says which items never ran", () =>
       Effect.gen(function* () {
         const { batch, controls } = yield* makeOrchestra({ a: { latency: "10 millis" } }, { maxConcurrent: 4 })
