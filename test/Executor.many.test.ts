@@ -3,7 +3,8 @@
  * and the cap on its requests (`maxRequests`).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Result, Stream, Tracer } from "effect"
+import { Cause, Effect, Exit, Fiber, Result, Stream, Tracer } from "effect"
+import { TestClock } from "effect/testing"
 import type * as Executor from "../src/Executor.js"
 import type { GenerateRequest } from "../src/Model.js"
 import { setup } from "./utils/executor.js"
@@ -177,6 +178,32 @@ describe("Executor.execute, embed and stream: options that throw when read", () 
         }
       }
       assert.strictEqual(yield* control.calls, 0)
+    })
+  )
+})
+
+describe("Executor.executeMany: interrupted", () => {
+  it.effect("its caller regains control once the calls it interrupts have ended, traced or not", () =>
+    Effect.gen(function* () {
+      const { executor, control } = yield* setup({ latency: "1 second" })
+      const { tracer } = recording()
+      for (const traced of [false, true]) {
+        let inFlightAtReturn = -1
+        const many = executor.executeMany([{ prompt: "a" }, { prompt: "b" }, { prompt: "c" }], { concurrency: 2 })
+        const fiber = yield* Effect.forkChild(
+          (traced ? many.pipe(Effect.withSpan("caller"), Effect.provideService(Tracer.Tracer, tracer)) : many).pipe(
+            Effect.onInterrupt(() =>
+              Effect.map(control.inFlight, (n) => {
+                inFlightAtReturn = n
+              })
+            )
+          )
+        )
+        yield* TestClock.adjust("500 millis")
+        assert.strictEqual(yield* control.inFlight, 2)
+        yield* Fiber.interrupt(fiber)
+        assert.strictEqual(inFlightAtReturn, 0, `traced: ${traced}`)
+      }
     })
   )
 })
