@@ -1124,6 +1124,16 @@ for (const mode of modes) {
       })
     )
 
+    it.effect("Batch.run refuses bufferSize, a Batch.stream option it would ignore, naming it", () =>
+      Effect.gen(function* () {
+        const { batch, controls } = yield* makeOrchestra({ a: {} })
+        const error = yield* Effect.flip(batch.run(["x"], { domain: mode.domain, bufferSize: 8 } as never))
+        assert.strictEqual(invalidField(error), "bufferSize")
+        assert.include(error.message, "Batch.stream")
+        assert.strictEqual(yield* controls.a!.calls, 0)
+      })
+    )
+
     it.effect("Batch.stream fails with the run's error when the batch is invalid", () =>
       Effect.gen(function* () {
         const { batch } = yield* makeOrchestra({ a: {} })

@@ -178,11 +178,13 @@ export const check: (
   input: unknown,
   router: RouterService,
   resolved: ReadonlyMap<string | undefined, unknown>,
-  maxItems: number
+  maxItems: number,
+  /** `Batch.stream`'s options: `bufferSize` is one of them; `run` keeps no buffer and refuses it. */
+  streamed: boolean
 ) => Effect.Effect<
   { readonly items: ReadonlyArray<unknown>; readonly total: number; readonly options: Checked },
   ModelError
-> = Effect.fnUntraced(function* (items, input, router, resolved, maxItems) {
+> = Effect.fnUntraced(function* (items, input, router, resolved, maxItems, streamed) {
   if (!Array.isArray(items)) return yield* fail("items", `expected an array of items, got ${Input.kindOf(items)}`)
   if (input === null || typeof input !== "object") {
     return yield* fail("options", `expected an object, got ${Input.kindOf(input)}`)
@@ -200,6 +202,9 @@ export const check: (
   const options = read.success as RawOptions
   const concurrency = Input.optional(options.concurrency, (n) => Input.positiveInt("concurrency", n))
   if (Result.isFailure(concurrency)) return yield* fail(concurrency.failure.path, concurrency.failure.message)
+  if (!streamed && options.bufferSize !== undefined) {
+    return yield* fail("bufferSize", "a Batch.stream option: Batch.run keeps no events to buffer (remove it)")
+  }
   const bufferSize = Input.optional(options.bufferSize, (n) => Input.positiveInt("bufferSize", n))
   if (Result.isFailure(bufferSize)) return yield* fail(bufferSize.failure.path, bufferSize.failure.message)
   const domain = options.domain

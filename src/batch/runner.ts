@@ -290,7 +290,8 @@ export const run = Effect.fnUntraced(function* (
     rawOptions === undefined ? {} : rawOptions,
     router,
     deps.routes,
-    deps.maxItems
+    deps.maxItems,
+    room !== undefined
   )
   const id = options.id ?? deps.nextId()
   yield* Effect.annotateCurrentSpan({ "orchestra.batch.id": id, "orchestra.batch.items": total })
