@@ -1,0 +1,148 @@
+/**
+ * How the layer starts: connected within connectTimeout (`onUnreachableAtStart: "fail"`), or at once,
+ * connecting in the background (`"start"`), and the errors the layer fails with.
+ *
+ * @internal
+ */
+import type * as NodeRedis from "@effect/platform-node/NodeRedis"
+import { Context, Deferred, Duration, Effect, Exit, Layer, Option, Scope } from "effect"
+import { Redis } from "effect/persistence"
+import type { Services, State } from "./client.js"
+import { errorText } from "./errors.js"
+import { evalWithin } from "./eval.js"
+import { boundHandshakes } from "./handshake.js"
+import { backoff, type Sockets } from "./reconnect.js"
+import { bounded } from "./services.js"
+import type { Settings } from "./settings.js"
+import { failedQueue } from "./subscribe.js"
+
+// effect's `RedisError` has no message of its own (its schema has only `cause`), so a failed
+// connection said "" in a log or a rendering. The layer's errors say what failed and where.
+export const layerError = (message: string, cause: unknown): Redis.RedisError => {
+  const error = new Redis.RedisError({ cause })
+  Object.defineProperty(error, "message", { value: message, writable: true, configurable: true, enumerable: false })
+  return error
+}
+
+// node-redis bounds only the socket's connection by connectTimeout, not the handshake after
+// it: a hung Redis (or another server on the port) that accepts the connection and never
+// answered held the build for ever. The build's scope is the layer's: giving up closes the client.
+export const connect = (
+  s: Settings,
+  sockets: Sockets,
+  client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>,
+  state: State,
+  tag: typeof NodeRedis.NodeRedis
+): Effect.Effect<Services, Redis.RedisError, Scope.Scope> =>
+  Layer.build(client).pipe(
+    Effect.mapError((error) =>
+      layerError(`Redis at ${s.address}: connection failed: ${errorText(error)}`, error.cause)
+    ),
+    Effect.flatMap((context) => bounded(s, sockets, context, tag)),
+    Effect.timeoutOrElse({
+      duration: Duration.millis(s.connectTimeout),
+      orElse: () => {
+        const message = `Redis at ${s.address} did not answer the connection's handshake within ${s.connectTimeout} ms`
+        return Effect.fail(layerError(message, new Error(message)))
+      }
+    }),
+    Effect.tap((context) =>
+      Effect.andThen(
+        Effect.sync(() => {
+          state.connected = true
+          state.client = Context.get(context, tag).client
+        }),
+        boundHandshakes(s, Context.get(context, tag).client)
+      )
+    )
+  )
+
+// Refused by the layer before its client has ever connected: never sent (see neverSent), as an offline client's.
+class NotConnectedError extends Error {}
+
+// onUnreachableAtStart "start": the client is built in the background (node-redis keeps trying to connect, and
+// a build that fails, an AUTH refused, is tried again), and the services answer for it meanwhile: every
+// command fails at once, as an offline client's do, until it has connected; then they are its own.
+export const startUnconnected = Effect.fnUntraced(function* (
+  s: Settings,
+  sockets: Sockets,
+  client: Layer.Layer<Redis.Redis | NodeRedis.NodeRedis, Redis.RedisError>,
+  state: State,
+  tag: typeof NodeRedis.NodeRedis
+) {
+  const scope = yield* Effect.scope
+  let redis: Redis.Redis["Service"] | undefined
+  let node: NodeRedis.NodeRedis["Service"] | undefined
+  let warned = false
+  const connected = yield* Deferred.make<void>()
+  // node-redis's connectTimeout ends at the socket's connection: a server that accepts it and never answers the
+  // handshake held the attempt, and the client with it, for ever. Each attempt gets connectTimeout, then another.
+  const timedOut = layerError(
+    `Redis at ${s.address}: no connection within ${s.connectTimeout} ms (its handshake included)`,
+    new Error(`no connection within ${s.connectTimeout} ms`)
+  )
+  const attempt = (retries: number): Effect.Effect<void> =>
+    Effect.flatMap(Scope.fork(scope), (child) =>
+      Effect.matchEffect(
+        Effect.timeoutOrElse(
+          Effect.flatMap(Layer.buildWithScope(client, child), (context) =>
+            Scope.provide(bounded(s, sockets, context, tag), child)
+          ),
+          {
+            duration: Duration.millis(s.connectTimeout),
+            orElse: () => Effect.fail(timedOut)
+          }
+        ),
+        {
+          onSuccess: (services) => {
+            redis = Context.get(services, Redis.Redis)
+            node = Context.get(services, tag)
+            state.connected = true
+            state.client = node.client
+            const said = warned ? Effect.logInfo(`Redis at ${s.address} connected: the stores use it`) : Effect.void
+            return Deferred.succeed(connected, undefined).pipe(
+              Effect.andThen(Scope.provide(boundHandshakes(s, node.client), child)),
+              Effect.andThen(said)
+            )
+          },
+          onFailure: (error) => {
+            // The client's own error (a refused connection) says more than the deadline that cut it short.
+            if (error !== timedOut || state.lastError === undefined) state.lastError = error
+            return Scope.close(child, Exit.fail(error)).pipe(
+              Effect.andThen(Effect.sleep(Duration.millis(backoff(retries, s.reconnectMax)))),
+              Effect.andThen(Effect.suspend(() => attempt(retries + 1)))
+            )
+          }
+        }
+      )
+    )
+  yield* Effect.forkIn(attempt(0), scope)
+  const first = yield* Effect.timeoutOption(Deferred.await(connected), Duration.millis(s.connectTimeout))
+  if (Option.isNone(first) && redis === undefined) {
+    warned = true
+    const why = state.lastError === undefined ? `no answer within ${s.connectTimeout} ms` : errorText(state.lastError)
+    yield* Effect.logWarning(
+      `Redis at ${s.address} unreachable at start (${why}): started without it (onUnreachableAtStart: "start"); until it connects the stores fail open or closed as during an outage`
+    )
+  }
+  const refusal = new Redis.RedisError({ cause: new NotConnectedError(`not connected to Redis at ${s.address} yet`) })
+  const notConnected = Effect.fail(refusal)
+  const send = <A = unknown>(command: string, ...args: ReadonlyArray<string>): Effect.Effect<A, Redis.RedisError> =>
+    redis === undefined ? notConnected : redis.send<A>(command, ...args)
+  const service: Redis.Redis["Service"] = {
+    send,
+    eval: evalWithin(send, s.commandTimeout),
+    // A subscription's failures come through its queue: one that ends at once with the refusal.
+    subscribe: (channel) =>
+      Effect.suspend(() => (redis === undefined ? failedQueue(refusal) : redis.subscribe(channel))),
+    reserve: Effect.suspend(() => (redis === undefined ? notConnected : redis.reserve))
+  }
+  const nodeService: NodeRedis.NodeRedis["Service"] = {
+    get client() {
+      if (node === undefined) throw new NotConnectedError(`not connected to Redis at ${s.address} yet`)
+      return node.client
+    },
+    use: (f) => Effect.suspend(() => (node === undefined ? notConnected : node.use(f)))
+  }
+  return Context.make(tag, nodeService).pipe(Context.add(Redis.Redis, service))
+})
