@@ -137,6 +137,32 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect(
+    "a long step name defined twice or depending on long unknown names: each shown cut, as every check shows a value",
+    () =>
+      Effect.gen(function* () {
+        const long = (c: string) => c.repeat(1_000)
+        const duplicate = yield* Effect.flip(
+          Pipeline.fromSteps([
+            { name: long("a"), run: () => Effect.void },
+            { name: long("a"), run: () => Effect.void }
+          ])
+        )
+        assert.strictEqual(duplicate.reason, "DuplicateStep")
+        assert.deepStrictEqual(duplicate.steps, [long("a")])
+        assert.isBelow(duplicate.message.length, 200, duplicate.message)
+        assert.include(duplicate.message, "(1,000 characters)")
+        const missing = Array.from({ length: 10 }, (_, i) => long(String(i)))
+        const unknown = yield* Effect.flip(
+          Pipeline.fromSteps([{ name: long("x"), dependsOn: missing, run: () => Effect.void }])
+        )
+        assert.strictEqual(unknown.reason, "UnknownDependency")
+        assert.deepStrictEqual(unknown.steps, [long("x"), ...missing])
+        assert.isBelow(unknown.message.length, 1_500, unknown.message.slice(0, 400))
+        assert.include(unknown.message, `${JSON.stringify("9".repeat(80))}… (1,000 characters)`)
+      })
+  )
+
   it.effect("an unknown dependency and a duplicate name are rejected with the names", () =>
     Effect.gen(function* () {
       const unknown = yield* Effect.flip(

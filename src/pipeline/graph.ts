@@ -5,6 +5,7 @@
  * @internal
  */
 import { Graph, Option, Result } from "effect"
+import * as Input from "../Input.js"
 import type { Definition, StepDef } from "./definition.js"
 import { PipelineError } from "./errors.js"
 import type { Checked } from "./fields.js"
@@ -26,7 +27,7 @@ const duplicateStep = (name: string, noun = "step"): PipelineError =>
   new PipelineError({
     reason: "DuplicateStep",
     steps: [name],
-    message: `${noun} ${JSON.stringify(name)} is defined twice`
+    message: `${noun} ${Input.shown(name)} is defined twice`
   })
 
 // Names a message shows: `steps` holds them all, a message (logged, shown) stays short when
@@ -34,12 +35,12 @@ const duplicateStep = (name: string, noun = "step"): PipelineError =>
 const SHOWN = 10
 
 const unknownDependency = (name: string, missing: ReadonlyArray<string>, noun = "step"): PipelineError => {
-  const shown = missing.slice(0, SHOWN).map((m) => JSON.stringify(m))
+  const shown = missing.slice(0, SHOWN).map(Input.shown)
   if (missing.length > SHOWN) shown.push(`and ${missing.length - SHOWN} more`)
   return new PipelineError({
     reason: "UnknownDependency",
     steps: [name, ...missing],
-    message: `${noun} ${JSON.stringify(name)} depends on unknown ${noun}${missing.length > 1 ? "s" : ""} ${shown.join(", ")}`
+    message: `${noun} ${Input.shown(name)} depends on unknown ${noun}${missing.length > 1 ? "s" : ""} ${shown.join(", ")}`
   })
 }
 
