@@ -547,7 +547,7 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
           "providers.m.random.success": "missing (required)",
           "providers.o.streamUsage": 'expected boolean, got "yes"',
           "providers.local.poolSize": "expected a value of at least 1, got 0",
-          "domains[3].provider": 'unknown provider "zzz" (declared: local, odd, m, o)',
+          "domains[3].provider": 'unknown provider "zzz" (declared: "local", "odd", "m", "o")',
           "domains[1].retry.maxAttempts": "expected a value between 1 and 100, got 0",
           "domains[2].name": 'duplicate domain "a" (first at domains[0])',
           "policies.maxConcurrent": 'expected number, got "many"',
@@ -621,7 +621,7 @@ describe("orchestra CLI", { timeout: 180_000 }, () => {
       assert.deepStrictEqual((parse(result).error as { issues: unknown }).issues, [
         {
           path: "policies.rateLimits.providers.openia",
-          message: 'unknown provider "openia" (declared: openai, backup)'
+          message: 'unknown provider "openia" (declared: "openai", "backup")'
         },
         {
           path: "policies.rateLimits.providers.spare",
@@ -1154,7 +1154,7 @@ describe("orchestra config (in process)", () => {
         )
       assert.deepStrictEqual(yield* issues(5), [{ path: "defaultProvider", message: "expected string, got 5" }])
       assert.deepStrictEqual(yield* issues(""), [
-        { path: "defaultProvider", message: 'unknown provider "" (declared: m)' }
+        { path: "defaultProvider", message: 'unknown provider "" (declared: "m")' }
       ])
       // The domains are still checked meanwhile.
       const both = yield* Effect.flip(
@@ -1188,8 +1188,8 @@ describe("orchestra config (in process)", () => {
           path: "providers.b.type",
           message: 'expected one of "local", "openai-compatible", "ollama", "gemini", "watsonx", "mock", got nothing'
         },
-        { path: "defaultProvider", message: 'unknown provider "c" (declared: a, b)' },
-        { path: "domains[1].provider", message: 'unknown provider "c" (declared: a, b)' }
+        { path: "defaultProvider", message: 'unknown provider "c" (declared: "a", "b")' },
+        { path: "domains[1].provider", message: 'unknown provider "c" (declared: "a", "b")' }
       ]
     )
     assert.deepStrictEqual(
@@ -1213,12 +1213,35 @@ describe("orchestra config (in process)", () => {
       byPath["providers.a.type"],
       `expected one of "local", "openai-compatible", "ollama", "gemini", "watsonx", "mock", got ${shown}`
     )
-    assert.strictEqual(byPath.defaultProvider, `unknown provider ${shown} (declared: a, b)`)
+    assert.strictEqual(byPath.defaultProvider, `unknown provider ${shown} (declared: "a", "b")`)
     // A quote and a line break are escaped: the name cannot end the message and forge another issue's line.
-    assert.strictEqual(byPath["domains[0].provider"], 'unknown provider "b\\"\\nproviders.b: fine" (declared: a, b)')
+    assert.strictEqual(
+      byPath["domains[0].provider"],
+      'unknown provider "b\\"\\nproviders.b: fine" (declared: "a", "b")'
+    )
     const limit = issues.find((i) => i.path.startsWith("policies.rateLimits.providers"))
-    assert.strictEqual(limit?.message, `unknown provider ${shown} (declared: a, b)`)
+    assert.strictEqual(limit?.message, `unknown provider ${shown} (declared: "a", "b")`)
     for (const issue of issues) assert.isBelow(issue.message.length, 300, issue.path)
+  })
+
+  it("a long declared provider key is shown bounded and quoted in each unknown-provider issue, as the unknown name is", () => {
+    const long = "k".repeat(5_000)
+    const issues = shapeIssues({
+      providers: { [long]: { type: "mock" }, "a, b": { type: "mock" } },
+      defaultProvider: "c",
+      domains: [{ name: "x", provider: "c" }],
+      policies: { rateLimits: { providers: { c: { requestsPerMinute: 1 } } } }
+    })
+    const declared = `(declared: "${"k".repeat(80)}"… (5,000 characters), "a, b")`
+    const unknown = issues.filter((i) => i.message.startsWith("unknown provider"))
+    assert.deepStrictEqual(
+      unknown.map((i) => [i.path, i.message]),
+      [
+        ["defaultProvider", `unknown provider "c" ${declared}`],
+        ["domains[0].provider", `unknown provider "c" ${declared}`],
+        ["policies.rateLimits.providers.c", `unknown provider "c" ${declared}`]
+      ]
+    )
   })
 
   it("an unknown field is named without its value (a key pasted into the file is not echoed)", () => {

@@ -273,9 +273,15 @@ const providerIssues = (providers: Readonly<Record<string, unknown>>): ReadonlyA
   return issues
 }
 
-/** Some names, not the thousands a file may declare (each issue naming an unknown provider says them). */
-const someOf = (names: ReadonlyArray<string>): string =>
-  names.length > 20 ? [...names.slice(0, 20), `and ${names.length - 20} more`].join(", ") : names.join(", ")
+/**
+ * Some names, not the thousands a file may declare (each issue naming an unknown provider says them), each
+ * shown as the unknown name is: quoted, so a stray space or a comma in a key is seen, and a long one cut.
+ */
+const someOf = (names: ReadonlyArray<string>): string => {
+  const shown = names.slice(0, 20).map(Input.shown)
+  if (names.length > 20) shown.push(`and ${names.length - 20} more`)
+  return shown.join(", ")
+}
 
 /**
  * Which provider each domain, `defaultProvider` and per-provider rate limit name; the
