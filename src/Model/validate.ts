@@ -155,10 +155,27 @@ export const validateGenerate = (
   return error === undefined ? Effect.succeed(request) : Effect.fail(error)
 }
 
+// A request that throws when read (a getter, a `Proxy` trap) is the caller's refused request, named by its field
+// when a reading of its own finds it; never a throw out of a check, nor out of a function that answers an Effect.
+const unreadable = (request: unknown, error: unknown): ModelError => {
+  const located = Input.snapshot(request, "", "request")
+  return Result.isFailure(located)
+    ? invalid(located.failure.path, located.failure.message)
+    : invalid("request", `reading it threw: ${Input.thrownMessage(error)}`)
+}
+
 export const checkGenerate = (
   request: GenerateRequest,
   limits: RequestLimits = defaultRequestLimits
 ): ModelError | undefined => {
+  try {
+    return checkReadable(request, limits)
+  } catch (error) {
+    return unreadable(request, error)
+  }
+}
+
+const checkReadable = (request: GenerateRequest, limits: RequestLimits): ModelError | undefined => {
   if (typeof request !== "object" || request === null) {
     return invalid("request", `expected an object, got ${Input.kindOf(request)}`)
   }
@@ -286,6 +303,14 @@ export const validateEmbed = (
   request: EmbedRequest,
   limits: RequestLimits = defaultRequestLimits
 ): Effect.Effect<EmbedRequest, ModelError> => {
+  try {
+    return validateReadable(request, limits)
+  } catch (error) {
+    return Effect.fail(unreadable(request, error))
+  }
+}
+
+const validateReadable = (request: EmbedRequest, limits: RequestLimits): Effect.Effect<EmbedRequest, ModelError> => {
   if (typeof request !== "object" || request === null) {
     return refuse("request", `expected an object, got ${Input.kindOf(request)}`)
   }
