@@ -620,6 +620,38 @@ describe("options", () => {
   })
 })
 
+describe("a base URL that is refused", () => {
+  const message = (input: unknown): string => {
+    const checked = Options.baseUrl("baseUrl", input)
+    assert.isTrue(Result.isFailure(checked))
+    return Result.isFailure(checked) ? checked.failure.message : ""
+  }
+
+  it("shows what it got, so that the mistake can be seen", () => {
+    assert.include(message("not a url"), 'got "not a url"')
+    assert.include(message("localhost:8080/v1"), '"localhost:8080/v1"')
+    const long = `http//${"h".repeat(500)}`
+    assert.isBelow(message(long).length, 300)
+  })
+
+  it("never shows a secret in it: userinfo, a key-like query parameter, a value that is a key", () => {
+    const cases: ReadonlyArray<readonly [string, string]> = [
+      ["http//user:s3cret-pw@127.0.0.1:8080/v1", "127.0.0.1:8080/v1"],
+      ["user:s3cret-pw@127.0.0.1:8080/v1", "127.0.0.1:8080/v1"],
+      ["http://[::1/v1?api_key=s3cret-pw&x=1", "x=1"],
+      ["localhost:8080/v1?key=s3cret-pw", "localhost:8080/v1"],
+      ["localhost:8080/v1?access_token=s3cret-pw", "localhost:8080/v1"],
+      ["sk-proj-s3cret-pwAbCdEf0123456789abcdef", "***"],
+      ["Bearer s3cret-pwAbCdEf0123456789abcdefgh", "***"]
+    ]
+    for (const [input, kept] of cases) {
+      const text = message(input)
+      assert.notInclude(text, "s3cret", input)
+      assert.include(text, kept, input)
+    }
+  })
+})
+
 layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
   const post = (server: Server.TestServer, path = "/x") =>
     HttpClientRequest.post(`${server.url}${path}`).pipe(HttpClientRequest.bodyJsonUnsafe({ hi: 1 }))

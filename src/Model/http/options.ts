@@ -129,6 +129,18 @@ export const knownKeys = <O extends Options>(
   }
 }
 
+// A URL option as a refusal shows it, which may hold a secret it should not (`http//user:pw@host`, `?api_key=`,
+// or a key given where the URL belongs): what sits before an `@`, the value of a query parameter named like a
+// credential, and any run of 24 or more token characters (a key, a JWT's part) are masked, then bounded.
+const secretParam = /([?&;][^=&#;]*(?:key|token|secret|passw|pwd|sig|auth|credential|session|code)[^=&#;]*=)[^&#;]*/gi
+const maskedUrl = (text: string): string =>
+  Input.shown(
+    text
+      .replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)?.*@/s, "$1***@")
+      .replace(secretParam, "$1***")
+      .replace(/[A-Za-z0-9_\-+=~]{24,}/g, "***")
+  )
+
 /**
  * Checks a base URL: it parses, and its scheme is `http` or `https`. Gives it without
  * trailing slashes. Credentials in it (`http://user:pass@host/`) are refused, never
@@ -153,10 +165,14 @@ export const baseUrl = (
   try {
     url = new URL(input.trim())
   } catch {
-    return Result.fail({ path, message: 'expected a URL such as "http://127.0.0.1:8080/v1"' })
+    return Result.fail({
+      path,
+      message: `expected a URL such as "http://127.0.0.1:8080/v1", got ${maskedUrl(input.trim())}`
+    })
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") {
-    return Result.fail({ path, message: `expected an http or https URL, got ${url.protocol}` })
+    // `localhost:8080` parses, as the scheme `localhost:`: the whole value shows what is missing.
+    return Result.fail({ path, message: `expected an http or https URL, got ${maskedUrl(input.trim())}` })
   }
   if (url.username !== "" || url.password !== "") {
     return Result.fail({
