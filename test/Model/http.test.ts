@@ -652,6 +652,35 @@ describe("a base URL that is refused", () => {
   })
 })
 
+describe("a header that is refused", () => {
+  const issue = (input: unknown) => {
+    const checked = Options.headers("headers", input)
+    assert.isTrue(Result.isFailure(checked))
+    return Result.isFailure(checked) ? checked.failure : { path: "", message: "" }
+  }
+
+  it("a name that holds a header line is named by its valid start, never with the value pasted into it", () => {
+    const refused = issue({ "Authorization: Bearer sk-s3cret0123456789abcdef": "x" })
+    assert.strictEqual(refused.path, 'headers["Authorization"…]')
+    assert.include(refused.message, "Authorization")
+    assert.include(refused.message, "character 14")
+    assert.notInclude(`${refused.path} ${refused.message}`, "s3cret")
+    const pasted = issue({ "Bearer sk-s3cret0123456789abcdefgh": "x" })
+    assert.notInclude(`${pasted.path} ${pasted.message}`, "s3cret")
+    assert.strictEqual(issue({ "bad name": "x" }).path, 'headers["bad name"]')
+  })
+
+  it("a long name is shown bounded, in the path and the message", () => {
+    for (const input of [{ [`${"x".repeat(5000)} y`]: "v" }, { ["x".repeat(5000)]: "a\nb" }]) {
+      const refused = issue(input)
+      assert.isBelow(refused.path.length, 200)
+      assert.isBelow(refused.message.length, 300)
+    }
+    const [entry] = Options.secretHeaders({ ["x".repeat(5000)]: Redacted.make("k") })
+    assert.isBelow(entry?.[0].length ?? 0, 200)
+  })
+})
+
 layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
   const post = (server: Server.TestServer, path = "/x") =>
     HttpClientRequest.post(`${server.url}${path}`).pipe(HttpClientRequest.bodyJsonUnsafe({ hi: 1 }))

@@ -247,7 +247,7 @@ export const plainHttpSecrets = (
  * @category checks
  */
 export const secretHeaders = (given: HeadersOption): ReadonlyArray<readonly [string, unknown]> =>
-  Object.keys(given).map((name) => [`headers[${JSON.stringify(name)}]`, given[name]] as const)
+  Object.keys(given).map((name) => [headerPath("headers", name), given[name]] as const)
 
 /**
  * {@link baseUrl} for a URL the provider appends API paths to ({@link joinUrl}): a query or a
@@ -281,6 +281,20 @@ export const nonEmpty = (path: string, input: unknown): Input.Checked<string> =>
 // (no CR, LF or NUL, so no header can be injected), as undici checks it at each request.
 const headerName = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 const headerValue = /^[\t\x20-\x7e\x80-\xff]*$/
+const notToken = /[^!#$%&'*+\-.^_`|~0-9A-Za-z]/
+
+// A header name as paths and messages write it, bounded. A name that is no token is often a header line pasted whole
+// (`Authorization: Bearer sk-...`): it is cut at its first colon, and a run of 24 or more token characters (a key)
+// is masked, so that no secret given there is written out.
+const shownName = (name: string): string => {
+  if (!notToken.test(name)) return Input.shown(name)
+  const colon = name.indexOf(":")
+  const kept = (colon === -1 ? name : name.slice(0, colon)).replace(/[A-Za-z0-9_\-+=~./]{24,}/g, "***")
+  return colon === -1 ? Input.shown(kept) : `${Input.shown(kept)}…`
+}
+
+// The path of a header entry of the option at `path` (`headers["x-team"]`).
+const headerPath = (path: string, name: string): string => `${path}[${shownName(name)}]`
 // Connection-level headers undici refuses on every request; `connection` only takes these values.
 const clientHeaders: ReadonlySet<string> = new Set(["transfer-encoding", "keep-alive", "upgrade", "expect"])
 const connectionValues: ReadonlySet<string> = new Set(["close", "keep-alive"])
@@ -298,11 +312,18 @@ const connectionValues: ReadonlySet<string> = new Set(["close", "keep-alive"])
  */
 export const header = (path: string, name: string, value: string): Input.Checked<void> => {
   if (!headerName.test(name)) {
-    return Result.fail({ path, message: `${JSON.stringify(name)} is not a valid header name (an HTTP token)` })
+    const bad = name.search(notToken)
+    return Result.fail({
+      path,
+      message:
+        bad === -1
+          ? "an empty header name is not a valid one (an HTTP token)"
+          : `${shownName(name)} is not a valid header name (an HTTP token): ${JSON.stringify(name[bad])} at character ${bad + 1}`
+    })
   }
   const lower = name.toLowerCase()
   if (clientHeaders.has(lower) || (lower === "connection" && !connectionValues.has(value.trim().toLowerCase()))) {
-    return Result.fail({ path, message: `${JSON.stringify(name)} is set by the HTTP client, not by a request` })
+    return Result.fail({ path, message: `${shownName(name)} is set by the HTTP client, not by a request` })
   }
   if (!headerValue.test(value)) {
     return Result.fail({
@@ -424,12 +445,12 @@ export const headers = (path: string, input: unknown): Input.Checked<HeaderSet> 
   // Names are not case-sensitive: of `X-Team` and `x-team`, the request would carry one, the other dropped unsaid.
   const lower = new Map<string, string>()
   for (const name of names) {
-    const at = `${path}[${JSON.stringify(name)}]`
+    const at = headerPath(path, name)
     const same = lower.get(name.toLowerCase())
     if (same !== undefined) {
       return Result.fail({
         path: at,
-        message: `the header ${JSON.stringify(same)} is given already (names are not case-sensitive)`
+        message: `the header ${shownName(same)} is given already (names are not case-sensitive)`
       })
     }
     lower.set(name.toLowerCase(), name)
@@ -483,14 +504,14 @@ export const ownedHeaders = (
   for (const name of Object.keys(given)) {
     if (requestHeaders.has(name.toLowerCase())) {
       return Result.fail({
-        path: `${path}[${JSON.stringify(name)}]`,
+        path: headerPath(path, name),
         message: "the provider sets this header on each request, from what it sends and reads: leave it out"
       })
     }
     const option = owned.find(([header]) => header === name.toLowerCase())?.[1]
     if (option !== undefined) {
       return Result.fail({
-        path: `${path}[${JSON.stringify(name)}]`,
+        path: headerPath(path, name),
         message: `the ${option} option sets this header: give it there, not twice`
       })
     }
