@@ -696,6 +696,35 @@ layer(NodeHttpClient.layerUndici)("Client over a real server", (it) => {
     })
   )
 
+  it.effect("a 404 or 405 names the URL it answered (no query), with a hint when the path lacks /v1", () =>
+    Effect.gen(function* () {
+      const server = yield* Server.make((req, res) =>
+        req.path.includes("model")
+          ? Server.json(res, 404, { error: { message: "The model `x` does not exist", code: "model_not_found" } })
+          : Server.text(res, req.path.includes("nope") ? 405 : 404, "Not Found")
+      )
+      const client = yield* Client.make(settings())
+      const failed = (path: string) =>
+        Effect.map(Effect.flip(client.json(post(server, path), anything, ctx)), (e) => modelError(e).message)
+      const missing = yield* failed("/chat/completions?api-version=s3cret")
+      assert.include(missing, `HTTP 404 for POST ${server.url}/chat/completions`)
+      assert.include(missing, "/v1")
+      assert.include(missing, "Not Found")
+      assert.notInclude(missing, "s3cret")
+      const wrongModel = yield* failed("/v1/chat/completions")
+      assert.include(wrongModel, `HTTP 404 for POST ${server.url}/v1/chat/completions: Not Found`)
+      const method = yield* failed("/v1/nope")
+      assert.include(method, `HTTP 405 for POST ${server.url}/v1/nope`)
+      // An API's own error says what was not found: the upstream's address is no business of a gateway's client.
+      const model = yield* failed("/v1/model/chat/completions")
+      assert.strictEqual(model, "t answered HTTP 404: The model `x` does not exist")
+      const long = yield* failed(`/${"p".repeat(5000)}`)
+      assert.isBelow(long.length, 400)
+      const stream = yield* Effect.flip(Stream.runDrain(client.sse(post(server, "/embeddings"), ctx)))
+      assert.include(modelError(stream).message, `${server.url}/embeddings`)
+    })
+  )
+
   it.effect("a declared content-length over the bound fails before the body is read", () =>
     Effect.gen(function* () {
       const server = yield* Server.make((_, res) =>

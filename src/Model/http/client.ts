@@ -260,7 +260,7 @@ const statusFailure = (
   ctx: CallContext
 ): Effect.Effect<never, ModelError> =>
   Effect.flatMap(Effect.zip(readPrefix(response, ctx), Clock.currentTimeMillis), ([text, now]) =>
-    Effect.fail(errorFromStatus(response.status, response.headers, text, now, ctx))
+    Effect.fail(errorFromStatus(response.status, response.headers, text, now, ctx, response.request))
   )
 
 const clientFailure = (error: HttpClientError.HttpClientError, ctx: CallContext): Effect.Effect<never, ModelError> => {

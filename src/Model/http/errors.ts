@@ -405,9 +405,53 @@ const fieldOf = (status: number | undefined, info: ErrorInfo, ctx: CallContext):
           ? ctx.notFoundField
           : undefined
 
+/** A URL's path as an error writes it: bounded, the API's paths are short. */
+const MAX_PATH = 120
+
+// The paths an OpenAI-compatible provider appends to its base URL: one of them right at the root is a base URL without
+// its `/v1` (`http://localhost:8000` for vLLM, `https://api.openai.com`), the most common reason of a 404 there.
+const rootApiPaths: ReadonlySet<string> = new Set([
+  "/chat/completions",
+  "/completions",
+  "/embeddings",
+  "/models",
+  "/responses"
+])
+
+/**
+ * Where a 404 or 405 came from (` for POST http://host:8000/chat/completions`): the method, scheme, host and path
+ * only (no query, no userinfo: either may hold a key), the path bounded. A wrong base URL is the usual cause of
+ * either, and the server's own message (`Not Found`) does not say which URL it was. Not for an API's own error (a
+ * body with a type, code or param: `model_not_found`), which says what was not found, and which a gateway passes
+ * on to its clients, who have no use for the upstream's address.
+ */
+const requestPlace = (
+  status: number,
+  info: ErrorInfo,
+  request: { readonly method: string; readonly url: string } | undefined
+) => {
+  if (request === undefined || (status !== 404 && status !== 405)) return ""
+  if (info.type !== undefined || info.code !== undefined || info.param !== undefined) return ""
+  let url: URL
+  try {
+    url = new URL(request.url)
+  } catch {
+    return ""
+  }
+  const path =
+    url.pathname.length > MAX_PATH
+      ? `${url.pathname.slice(0, MAX_PATH)}… (${url.pathname.length} characters)`
+      : url.pathname
+  const hint = rootApiPaths.has(url.pathname) ? " (no /v1 before the API's path: does the base URL lack it?)" : ""
+  return ` for ${request.method} ${url.origin}${path}${hint}`
+}
+
 /**
  * The error of a non-2xx answer, from its status, headers and (the start of) its body, with
- * the body's error code (since 0.3.0, see `ModelError.code`).
+ * the body's error code (since 0.3.0, see `ModelError.code`). Given the `request` (since
+ * 0.3.0), a 404 or 405 that is not an API's own error (no type, code or param in its body)
+ * names its method and URL (scheme, host and path only: no query, no userinfo), with a hint
+ * when the path lacks an OpenAI-compatible API's `/v1`.
  *
  * @since 0.2.0
  * @category errors
@@ -417,7 +461,8 @@ export const errorFromStatus = (
   headers: Readonly<Record<string, string | undefined>>,
   bodyText: string,
   nowMillis: number,
-  ctx: CallContext
+  ctx: CallContext,
+  request?: { readonly method: string; readonly url: string } | undefined
 ): ModelError => {
   const body = parseJsonOrUndefined(bodyText)
   const info = errorInfo(body)
@@ -427,7 +472,10 @@ export const errorFromStatus = (
   const field = fieldOf(status, info, ctx)
   return new ModelError({
     reason,
-    message: clean(`${ctx.provider} answered HTTP ${status}${detail === undefined ? "" : `: ${detail}`}`, ctx),
+    message: clean(
+      `${ctx.provider} answered HTTP ${status}${requestPlace(status, info, request)}${detail === undefined ? "" : `: ${detail}`}`,
+      ctx
+    ),
     provider: ctx.provider,
     model: ctx.model,
     status,
