@@ -670,6 +670,23 @@ describe("a header that is refused", () => {
     assert.strictEqual(issue({ "bad name": "x" }).path, 'headers["bad name"]')
   })
 
+  it("a Map or a fetch Headers is refused naming its kind, not taken as no headers at all", () => {
+    for (const [input, kind] of [
+      [new Map([["x-team", "a"]]), "a Map"],
+      [new Headers({ "x-team": "a" }), "a Headers"]
+    ] as const) {
+      const refused = issue(input)
+      assert.strictEqual(refused.path, "headers")
+      assert.include(refused.message, kind)
+    }
+    const bare: Record<string, string> = Object.create(null)
+    bare["x-team"] = "a"
+    assert.deepStrictEqual(
+      Result.map(Options.headers("headers", bare), (set) => set.values),
+      Result.succeed(bare)
+    )
+  })
+
   it("a long name is shown bounded, in the path and the message", () => {
     for (const input of [{ [`${"x".repeat(5000)} y`]: "v" }, { ["x".repeat(5000)]: "a\nb" }]) {
       const refused = issue(input)

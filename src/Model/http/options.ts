@@ -419,6 +419,12 @@ export interface HeaderSet {
   readonly secretNames: ReadonlyArray<string>
 }
 
+// `a Map`, `a Headers`: the class of an iterable given where a plain object belongs, when it has a plain name.
+const iterableKind = (input: object): string => {
+  const name: unknown = (input as { readonly constructor?: { readonly name?: unknown } }).constructor?.name
+  return typeof name === "string" && /^[A-Za-z_$][\w$]{0,40}$/.test(name) ? `a ${name}` : "an iterable object"
+}
+
 /**
  * Checks a `headers` option, a provider's or an HTTP agent's (an object of strings or
  * `Redacted` strings; see {@link header}).
@@ -438,6 +444,13 @@ export const headers = (path: string, input: unknown): Input.Checked<HeaderSet> 
   // Read once, each in turn: a getter (or `Proxy` trap) that throws is an issue naming the header, not a defect.
   let names: ReadonlyArray<string>
   try {
+    // A `Map` or a fetch `Headers` holds its entries where `Object.keys` does not look: they would all be dropped, unsaid.
+    if (Symbol.iterator in input) {
+      return Result.fail({
+        path,
+        message: `expected an object of header names to strings, got ${iterableKind(input)} (give Object.fromEntries(...) of it)`
+      })
+    }
     names = Object.keys(input)
   } catch (error) {
     return Result.fail({ path, message: `listing its headers threw: ${Input.thrownMessage(error)}`, cause: error })
