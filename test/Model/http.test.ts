@@ -652,6 +652,43 @@ describe("a base URL that is refused", () => {
   })
 })
 
+describe("options that throw when listed", () => {
+  it.effect(
+    "a Proxy whose ownKeys throws is an OptionError naming options, at the check and at a provider's layer",
+    () =>
+      Effect.gen(function* () {
+        const options = new Proxy(
+          { baseUrl: "http://127.0.0.1:1/v1" },
+          {
+            ownKeys: () => {
+              throw new Error("ownKeys trap")
+            }
+          }
+        )
+        const checked = Options.knownKeys<Options.Options>({})(options)
+        assert.isTrue(Result.isFailure(checked))
+        assert.strictEqual(Result.isFailure(checked) ? checked.failure.path : "", "options")
+        const modules = yield* Effect.promise(() =>
+          Promise.all([
+            import("../../src/Model/OpenAiCompat.js"),
+            import("../../src/Model/Ollama.js"),
+            import("../../src/Model/Gemini.js"),
+            import("../../src/Model/WatsonX.js")
+          ])
+        )
+        for (const { make } of modules) {
+          const made = (
+            make as (o: unknown) => Effect.Effect<unknown, Input.OptionError, HttpClient.HttpClient | Scope.Scope>
+          )(options)
+          const error = yield* Effect.flip(Effect.scoped(made))
+          assert.strictEqual(error._tag, "OptionError")
+          assert.strictEqual(error.path, "options")
+          assert.include(error.message, "ownKeys trap")
+        }
+      }).pipe(Effect.provide(FetchHttpClient.layer))
+  )
+})
+
 describe("a header that is refused", () => {
   const issue = (input: unknown) => {
     const checked = Options.headers("headers", input)

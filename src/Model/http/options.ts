@@ -124,7 +124,13 @@ export const knownKeys = <O extends Options>(
 ): ((options: unknown) => Input.Checked<void>) => {
   const known: ReadonlySet<string> = new Set([...Object.keys(keys), ...Object.keys(sharedKeys)])
   return (options) => {
-    const issue = Input.notAnObject("options", options) ?? Input.unknownKey(options as object, known)
+    let issue: Input.Issue | undefined
+    try {
+      issue = Input.notAnObject("options", options) ?? Input.unknownKey(options as object, known)
+    } catch (error) {
+      // A `Proxy` whose trap throws: the options' issue, not a defect of the layer.
+      issue = { path: "options", message: `listing its fields threw: ${Input.thrownMessage(error)}`, cause: error }
+    }
     return issue === undefined ? Result.succeed(undefined) : Result.fail(issue)
   }
 }
