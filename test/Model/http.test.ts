@@ -634,6 +634,12 @@ describe("a base URL that is refused", () => {
     assert.isBelow(message(long).length, 300)
   })
 
+  it("a long value is shown bounded, and read only as far as it is shown (no pattern backtracks over all of it)", () => {
+    const text = message(`x?${"key".repeat(300_000)}`)
+    assert.include(text, "(900,002 characters)")
+    assert.isBelow(text.length, 300)
+  })
+
   it("never shows a secret in it: userinfo, a key-like query parameter, a value that is a key", () => {
     const cases: ReadonlyArray<readonly [string, string]> = [
       ["http//user:s3cret-pw@127.0.0.1:8080/v1", "127.0.0.1:8080/v1"],

@@ -139,13 +139,19 @@ export const knownKeys = <O extends Options>(
 // or a key given where the URL belongs): what sits before an `@`, the value of a query parameter named like a
 // credential, and any run of 24 or more token characters (a key, a JWT's part) are masked, then bounded.
 const secretParam = /([?&;][^=&#;]*(?:key|token|secret|passw|pwd|sig|auth|credential|session|code)[^=&#;]*=)[^&#;]*/gi
-const maskedUrl = (text: string): string =>
-  Input.shown(
-    text
-      .replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)?.*@/s, "$1***@")
-      .replace(secretParam, "$1***")
-      .replace(/[A-Za-z0-9_\-+=~]{24,}/g, "***")
-  )
+// Masked over its first 1,000 characters only, a bound of the patterns' work (a megabyte of `?key` took minutes):
+// past the 80 that are shown, nothing is written out but the length.
+const MASKED_CHARS = 1_000
+const maskedUrl = (text: string): string => {
+  const head = text
+    .slice(0, MASKED_CHARS)
+    .replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)?.*@/s, "$1***@")
+    .replace(secretParam, "$1***")
+    .replace(/[A-Za-z0-9_\-+=~]{24,}/g, "***")
+  return text.length <= MASKED_CHARS
+    ? Input.shown(head)
+    : `${JSON.stringify(Input.wholePrefix(head, 80))}… (${text.length.toLocaleString("en-US")} characters)`
+}
 
 /**
  * Checks a base URL: it parses, and its scheme is `http` or `https`. Gives it without
