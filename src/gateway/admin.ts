@@ -107,6 +107,7 @@ const answerError = (error: GatewayError) => {
   // HTTP requires a 401 to say how to authenticate.
   if (wire.status === 401) headers["www-authenticate"] = 'Bearer realm="admin"'
   if (wire.retryAfterSeconds !== undefined) headers["retry-after"] = String(wire.retryAfterSeconds)
+  if (wire.retryAfterMs !== undefined) headers["retry-after-ms"] = String(wire.retryAfterMs)
   // The official clients retry a 409 (and obey this header): a taken id or a full store stays so.
   if (wire.shouldRetry === false || wire.status === 409) headers["x-should-retry"] = "false"
   return json(wire.status, wire.body, headers)

@@ -121,6 +121,13 @@ export interface WireError {
   /** `Retry-After` in whole seconds (at least 1), for 429 and 503. */
   readonly retryAfterSeconds?: number | undefined
   /**
+   * The same wait in whole milliseconds (at least 1), sent as `retry-after-ms` beside `Retry-After`:
+   * the official clients read it first, so a 200 ms wait is not waited as 1 s.
+   *
+   * @since 0.3.0
+   */
+  readonly retryAfterMs?: number | undefined
+  /**
    * `false` for a refusal that retrying cannot cure soon (an exhausted budget, even one
    * that resets later; not one only held by requests in flight; an upstream that refused the
    * gateway's own key): sent as `x-should-retry: false`, which the official clients obey.
@@ -172,8 +179,15 @@ const codeOf: Readonly<Record<GatewayReason, string>> = {
 // The code of a budget refused only for what requests in flight hold (see `GatewayError`).
 const heldCode = "budget_held"
 
-const seconds = (d: Duration.Duration | undefined): number | undefined =>
-  d === undefined ? undefined : Math.max(1, Math.ceil(Duration.toMillis(d) / 1000))
+// The longest wait sent (a year): a longer or infinite one is not a wait anyone keeps.
+const maxWaitMs = 365 * 24 * 3600 * 1000
+
+const millis = (d: Duration.Duration | undefined): number | undefined =>
+  d === undefined ? undefined : Math.min(maxWaitMs, Math.max(1, Math.ceil(Duration.toMillis(d))))
+
+/** `Retry-After` (whole seconds, at least 1) and `retry-after-ms` (the exact wait) of a wait in milliseconds. */
+const wait = (ms: number | undefined) =>
+  ms === undefined ? {} : { retryAfterSeconds: Math.ceil(ms / 1000), retryAfterMs: ms }
 
 const body = (message: string, type: string, param: string | undefined, code: string | undefined) => ({
   error: { message, type, param: param ?? null, code: code ?? null }
@@ -213,11 +227,11 @@ export const fromGatewayError = (error: GatewayError): WireError => {
   // A spent budget comes back at its reset (its retryAfter, for whoever waits that long) or never: no
   // Retry-After of 1 s for it, and no client's automatic retry (seconds later) can succeed.
   const budgetRefusal = error.reason === "BudgetExceeded" && !held
-  const retryAfterSeconds = budgetRefusal
-    ? seconds(error.retryAfter)
+  const retryAfter = budgetRefusal
+    ? wait(millis(error.retryAfter))
     : status === 429 || status === 503
-      ? (seconds(error.retryAfter) ?? 1)
-      : undefined
+      ? wait(millis(error.retryAfter) ?? 1000)
+      : {}
   const rateLimit =
     error.reason === "RateLimited" && error.rateLimit !== undefined && error.limit !== undefined
       ? { type: error.rateLimit, limit: error.limit }
@@ -230,7 +244,7 @@ export const fromGatewayError = (error: GatewayError): WireError => {
         : rateLimit !== undefined
           ? { error: { ...wire.error, rate_limit: rateLimit } }
           : wire,
-    retryAfterSeconds,
+    ...retryAfter,
     shouldRetry: budgetRefusal ? false : undefined,
     reason: error.reason
   }
@@ -312,7 +326,7 @@ export const fromAiError = (error: AiError): WireError => {
         status,
         // The gateway's code is one vocabulary for every provider (clients branch on it); the upstream's is beside it.
         body: error.code === undefined ? wire : { error: { ...wire.error, upstream_code: error.code } },
-        retryAfterSeconds: status === 429 || status === 503 ? (seconds(error.retryAfter) ?? 1) : undefined,
+        ...(status === 429 || status === 503 ? wait(millis(error.retryAfter) ?? 1000) : {}),
         // The upstream refused the gateway's own key (or will not serve its account): the official clients retry a
         // 502 within seconds, which cannot cure that and calls the upstream again for each.
         shouldRetry: isFinal(error) ? false : undefined,
@@ -335,14 +349,14 @@ export const fromAiError = (error: AiError): WireError => {
           undefined,
           error.state === "unavailable" ? "breaker_store_unavailable" : "circuit_open"
         ),
-        retryAfterSeconds: seconds(error.retryAfter) ?? 1,
+        ...wait(millis(error.retryAfter) ?? 1000),
         reason: "CircuitOpen"
       }
     case "ShuttingDownError":
       return {
         status: 503,
         body: body(error.message, "service_unavailable", undefined, "shutting_down"),
-        retryAfterSeconds: 1,
+        ...wait(1000),
         reason: "ShuttingDown"
       }
     case "StreamInterruptedError": {

@@ -118,7 +118,7 @@ export const make = (env: Env) => {
       "health",
       millis(clock),
       closing || lifecycle.isDraining()
-        ? json(503, '{"status":"draining"}', { "retry-after": "1" })
+        ? json(503, '{"status":"draining"}', { "retry-after": "1", "retry-after-ms": "1000" })
         : json(200, `{"status":"ready","inFlight":${lifecycle.inFlight()}}`),
       undefined
     )

@@ -132,6 +132,7 @@ export const failure = (
   // HTTP requires a 401 to say how to authenticate (`/metrics` gives its own).
   if (wire.status === 401) headers["www-authenticate"] ??= challenge
   if (wire.retryAfterSeconds !== undefined) headers["retry-after"] = String(wire.retryAfterSeconds)
+  if (wire.retryAfterMs !== undefined) headers["retry-after-ms"] = String(wire.retryAfterMs)
   if (wire.shouldRetry === false) headers["x-should-retry"] = "false"
   return json(wire.status, JSON.stringify(wire.body), headers)
 }

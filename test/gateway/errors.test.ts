@@ -10,7 +10,7 @@ import { Context, Duration, Effect, Layer, Redacted } from "effect"
 import { HttpRouter, HttpServer, HttpServerResponse } from "effect/http"
 import OpenAI from "openai"
 import { RateLimiter } from "effect/persistence"
-import { ModelError } from "../../src/AiError.js"
+import { CircuitOpenError, ModelError } from "../../src/AiError.js"
 import * as Gateway from "../../src/Gateway.js"
 import * as Errors from "../../src/gateway/errors.js"
 import * as Local from "../../src/Model/Local.js"
@@ -654,6 +654,38 @@ describe("Gateway: upstream failures", () => {
       assert.deepStrictEqual([open.status, open.code], [503, "circuit_open"])
       assert.isString(open.headers?.get("retry-after"))
       assert.notInclude(JSON.stringify([upstream500, upstream429, hung, open].map((e) => e.body)), Harness.UPSTREAM_KEY)
+    })
+  )
+
+  it.live("a 429's wait goes out in milliseconds too (retry-after-ms), which the official client reads first", () =>
+    Effect.gen(function* () {
+      let calls = 0
+      const upstream = yield* Server.make((_request, res) => {
+        calls += 1
+        if (calls === 1) {
+          return Server.json(res, 429, { error: { message: "slow down" } }, { "retry-after-ms": "200" })
+        }
+        return Server.json(res, 200, Up.completion("ok"))
+      })
+      const gw = yield* Harness.make({ upstreams: { a: upstream.url } })
+      const limited = yield* Harness.failing(() => gw.client().chat.completions.create({ model: "d-a", messages: hi }))
+      // Retry-After is whole seconds (at least 1): alone, it makes a client wait 1 s for a 200 ms wait.
+      assert.deepStrictEqual(
+        [limited.status, limited.headers?.get("retry-after"), limited.headers?.get("retry-after-ms")],
+        [429, "1", "200"]
+      )
+      // An open breaker, a shutdown, a key's limit: every Retry-After has its milliseconds beside it.
+      const open = Errors.toWire(
+        new CircuitOpenError({ breaker: "a", state: "open", retryAfter: Duration.millis(1_500) })
+      )
+      assert.deepStrictEqual([open.retryAfterSeconds, open.retryAfterMs], [2, 1_500])
+      const busy = Errors.toWire(Gateway.gatewayError("RateLimited", "busy", { retryAfter: Duration.millis(59_250.4) }))
+      assert.deepStrictEqual([busy.retryAfterSeconds, busy.retryAfterMs], [60, 59_251])
+      const bare = Errors.toWire(new ModelError({ reason: "Overloaded", message: "busy", provider: "a" }))
+      assert.deepStrictEqual([bare.status, bare.retryAfterSeconds, bare.retryAfterMs], [503, 1, 1_000])
+      // No wait, no header: a 400 has neither.
+      const bad = Errors.toWire(Gateway.gatewayError("InvalidRequest", "bad"))
+      assert.deepStrictEqual([bad.retryAfterSeconds, bad.retryAfterMs], [undefined, undefined])
     })
   )
 
