@@ -46,6 +46,7 @@ import * as Input from "./Input.js"
 import type { RetryPolicy, RetryPolicyInput } from "./Policy.js"
 import type { Stats } from "./Stats.js"
 import type { GatewayError } from "./gateway/errors.js"
+import { KeyStore } from "./gateway/contract.js"
 import * as Heap from "./gateway/heap.js"
 import * as NodeServer from "./gateway/node.js"
 import type { GatewayMetrics } from "./gateway/metrics.js"
@@ -223,10 +224,13 @@ export interface KeyStoreService {
 }
 
 /**
+ * The service key of the {@link KeyStoreService} the gateway calls (defined beside this module, so that
+ * the key store of `gateway/keys` need not load this one).
+ *
  * @since 0.2.0
  * @category services
  */
-export class KeyStore extends Context.Service<KeyStore, KeyStoreService>()("effect-orchestra/gateway/KeyStore") {}
+export { KeyStore } from "./gateway/contract.js"
 
 /**
  * Options of {@link layer}. Every value is checked when the layer is built (a

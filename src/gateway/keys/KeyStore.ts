@@ -39,8 +39,8 @@
 import { Context, Effect, Layer, type Redacted } from "effect"
 import { RateLimiter, type Redis } from "effect/persistence"
 import type { BudgetScope, GatewayError } from "../errors.js"
-// Only read inside functions: Gateway.ts may re-export this module.
-import * as Gateway from "../../Gateway.js"
+// The gateway's key store contract, from the module Gateway.ts shares with it: no import cycle.
+import * as Gateway from "../contract.js"
 import * as Input from "../../Input.js"
 import { withAlignedFixedWindow } from "../../RateLimit/memory.js"
 import * as RateLimitRedis from "../../RateLimit/Redis.js"
