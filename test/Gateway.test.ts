@@ -182,6 +182,46 @@ describe("Gateway: models and routing", () => {
       assert.strictEqual(response.headers.get("x-orchestra-attempts"), "2")
     })
   )
+  it.live(
+    "embeddings answer with the provenance headers too: the domain and provider, and the upstream calls made",
+    () =>
+      Effect.gen(function* () {
+        let calls = 0
+        const flaky = yield* Server.make((request, res) => {
+          calls += 1
+          if (calls === 1) return Server.json(res, 503, { error: { message: "busy" } })
+          return Up.openAi()(request, res)
+        })
+        const gw = yield* Harness.make({
+          upstreams: { a: flaky.url },
+          domains: [{ name: "vectors", provider: "a", retry: { maxAttempts: 2, initialDelay: 1 } }],
+          gateway: { providerModels: true }
+        })
+        const ask = (model: string) =>
+          Effect.promise(() =>
+            fetch(`${gw.url}/v1/embeddings`, {
+              method: "POST",
+              headers: { "content-type": "application/json" },
+              body: JSON.stringify({ model, input: ["hi"] })
+            })
+          )
+        const byDomain = yield* ask("vectors")
+        assert.strictEqual(byDomain.status, 200)
+        assert.deepStrictEqual(
+          ["domain", "provider", "attempts", "fallback", "source"].map((name) =>
+            byDomain.headers.get(`x-orchestra-${name}`)
+          ),
+          ["vectors", "a", "2", "false", "provider"]
+        )
+        // `provider/model`, as a chat answer: the provider alone (no domain was asked).
+        const byProvider = yield* ask("a/embed-model")
+        assert.strictEqual(byProvider.status, 200)
+        assert.deepStrictEqual(
+          [byProvider.headers.get("x-orchestra-provider"), byProvider.headers.get("x-orchestra-domain")],
+          ["a", null]
+        )
+      })
+  )
 })
 
 interface OpenAIChunk {

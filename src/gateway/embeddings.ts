@@ -25,7 +25,7 @@ import {
   type RequestSpan,
   traced
 } from "./routes.js"
-import { CurrentTracker, makeTracker, type Target } from "./upstream.js"
+import { CurrentTracker, makeTracker, type Target, type Tracker } from "./upstream.js"
 import { type EmbedCall, parseEmbed } from "./request.js"
 import { withParam } from "./errors.js"
 import * as Wire from "./response.js"
@@ -58,6 +58,21 @@ export const make = (env: Env) => {
       : executor.embed({ ...request, model: target.model }, { provider: target.provider, retry: env.retry ?? false })
 
   const keys = env.keys
+
+  // As a chat answer's: a domain's names it, its provider and attempts (an embedding has neither fallback nor
+  // cache: one step, its retries counted by the tracker); `provider/model`'s its provider alone.
+  const provenance = (target: Target, response: EmbedResponse, tracker: Tracker): Record<string, string> | undefined =>
+    !env.options.provenanceHeaders
+      ? undefined
+      : target._tag === "Domain"
+        ? {
+            "x-orchestra-domain": target.domain.name,
+            "x-orchestra-provider": response.provider,
+            "x-orchestra-attempts": String(tracker.calls),
+            "x-orchestra-fallback": "false",
+            "x-orchestra-source": "provider"
+          }
+        : { "x-orchestra-provider": response.provider }
 
   // Generator functions made once, not per request (a generator function made per call gets a
   // map of its own in the old generation, which keeps the request through every young collection).
@@ -101,7 +116,13 @@ export const make = (env: Env) => {
     )
     metrics.tokens(usage.inputTokens, 0)
     const text = Wire.embeddings(call.model, exit.value, call.encoding, usage.inputTokens)
-    return answered(env, "embeddings", started, json(200, text), tracker.upstreamMs)
+    return answered(
+      env,
+      "embeddings",
+      started,
+      json(200, text, provenance(target, exit.value, tracker)),
+      tracker.upstreamMs
+    )
   })
 
   const handle = Effect.fnUntraced(function* (

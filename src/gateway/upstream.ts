@@ -36,6 +36,8 @@ export interface Tracker {
   /** Upstream calls running now, and when the first of them started. */
   running: number
   since: number
+  /** Upstream calls made (an embedding's attempts, retries included: it has no fallback or cache). */
+  calls: number
 }
 
 /**
@@ -43,9 +45,10 @@ export interface Tracker {
  *
  * @internal
  */
-export const makeTracker = (): Tracker => ({ upstreamMs: 0, running: 0, since: 0 })
+export const makeTracker = (): Tracker => ({ upstreamMs: 0, running: 0, since: 0, calls: 0 })
 
 const enter = (tracker: Tracker, clock: Clock.Clock): void => {
+  tracker.calls++
   if (tracker.running++ === 0) tracker.since = millis(clock)
 }
 
