@@ -19,6 +19,20 @@ const runtimeImports = (file: string): ReadonlyArray<string> =>
     .filter((match) => match[1] === undefined)
     .map((match) => resolve(dirname(file), match[2]!.replace(/\.js$/, ".ts")))
 
+/** Every relative module `start` loads at run time, itself included (dynamic imports are not followed). */
+const closure = (start: string): ReadonlySet<string> => {
+  const seen = new Set([start])
+  const walk = (file: string): void => {
+    for (const next of runtimeImports(file)) {
+      if (seen.has(next)) continue
+      seen.add(next)
+      walk(next)
+    }
+  }
+  walk(start)
+  return seen
+}
+
 /** The first runtime cycle through `start`, as the files along it, or `undefined`. */
 const cycleThrough = (start: string): ReadonlyArray<string> | undefined => {
   const seen = new Set<string>()
@@ -41,5 +55,13 @@ describe("Gateway: imports", () => {
       const cycle = cycleThrough(resolve(src, file))
       assert.isUndefined(cycle, cycle?.map((f) => f.slice(src.length + 1)).join(" -> "))
     }
+  })
+
+  it("orchestra serve checks its flags and files without loading the gateway: it loads it only to start it", () => {
+    const loaded = [...closure(resolve(src, "gateway/command.ts"))].map((f) => f.slice(src.length + 1))
+    for (const heavy of ["Gateway.ts", "gateway/server.ts", "gateway/keys/KeyStore.ts", "gateway/admin.ts"]) {
+      assert.notInclude(loaded, heavy)
+    }
+    assert.include(loaded, "gateway/file.ts")
   })
 })
