@@ -663,7 +663,8 @@ describe("Executor.executeMany", () => {
         const error = yield* Effect.flip(executor.execute(throwing))
         assert.strictEqual(
           error.message,
-          `invalid request: reading it threw: RangeError: ${"a".repeat(80)}… (10,080 characters)`
+          // Named by the field that threw (the request's own check reads it first), the message cut.
+          `invalid prompt: reading it threw: ${"a".repeat(80)}… (10,080 characters)`
         )
       })
   )
@@ -681,7 +682,7 @@ describe("Executor.executeMany", () => {
         const results = yield* executor.executeMany([ask, throwing, ask])
         assert.deepStrictEqual(
           results.map((r) => (Result.isSuccess(r) ? "ok" : r.failure._tag === "ModelError" && r.failure.field)),
-          ["ok", "requests[1]", "ok"]
+          ["ok", "requests[1].prompt", "ok"]
         )
         const failure = results[1]!
         assert.include(Result.isFailure(failure) ? failure.failure.message : "", "prompt getter threw")
@@ -697,7 +698,7 @@ describe("Executor.executeMany", () => {
         ]
         assert.deepStrictEqual(
           errors.map((error) => error._tag === "ModelError" && `${error.reason} ${error.field}`),
-          ["InvalidRequest request", "InvalidRequest request", "InvalidRequest request"]
+          ["InvalidRequest prompt", "InvalidRequest prompt", "InvalidRequest texts"]
         )
       })
   )
