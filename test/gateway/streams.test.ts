@@ -133,9 +133,16 @@ describe("Gateway: streams", () => {
 
   it.live("the total deadline ends a stream that keeps going: an error event, not a clean end", () =>
     Effect.gen(function* () {
-      const upstream = yield* Server.make((_, res) =>
-        Server.endless(res, { prefix: Server.sse([Up.chunk("tick")]), chunk: Server.sse([Up.chunk(".")]) })
-      )
+      // A chunk every 20 ms, for ever: as fast as the gateway read (Server.endless), a quiet machine reached the
+      // stream's size bound (stream_interrupted) before the 2 s below; paced, only the total deadline ends it.
+      const upstream = yield* Server.make(async (_, res) => {
+        res.writeHead(200, { "content-type": "text/event-stream" })
+        res.write(Server.sse([Up.chunk("tick")]))
+        while (!res.destroyed && !res.writableEnded) {
+          await Server.pause(20)
+          res.write(Server.sse([Up.chunk(".")]))
+        }
+      })
       // 2 s: the first chunk comes well within it on a loaded machine (400 ms did not always leave room for it).
       const gw = yield* Harness.make({
         upstreams: { a: upstream.url },
