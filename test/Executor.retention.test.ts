@@ -2,27 +2,11 @@
  * What an executor keeps of its calls once they answered: nothing of a batch's requests or
  * answers, nothing of a provider a call was given.
  */
-import { setFlagsFromString } from "node:v8"
-import { runInNewContext } from "node:vm"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Result, Scope } from "effect"
 import type { GenerateRequest, Service as ProviderService } from "../src/Model.js"
 import { setup } from "./utils/executor.js"
-
-setFlagsFromString("--expose-gc")
-const gc = runInNewContext("gc") as () => void
-
-// Collected between turns: a WeakRef read keeps its target until the turn ends.
-const collect = async () => {
-  for (let i = 0; i < 5; i++) {
-    await new Promise((resolve) => setImmediate(resolve))
-    gc()
-  }
-  await new Promise((resolve) => setImmediate(resolve))
-}
-
-const alive = (refs: ReadonlyArray<readonly [string, WeakRef<object>]>) =>
-  refs.filter(([, ref]) => ref.deref() !== undefined).map(([name]) => name)
+import { alive, collect } from "./utils/retention.js"
 
 describe("Executor: what it keeps after a call", () => {
   it("an executeMany batch's requests and results are unreachable once it returned, whatever its concurrency", async () => {

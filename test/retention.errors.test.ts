@@ -3,8 +3,6 @@
  * trace, until it is read, keeps the functions on the stack where it was made (with the closures
  * they hold): an error kept by its caller must not keep the batch that failed it.
  */
-import { setFlagsFromString } from "node:v8"
-import { runInNewContext } from "node:vm"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Result, Scope } from "effect"
 import type { AiError } from "../src/AiError.js"
@@ -14,20 +12,7 @@ import type { GenerateRequest } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import { managerOver } from "./utils/batch.js"
 import { setup } from "./utils/executor.js"
-
-setFlagsFromString("--expose-gc")
-const gc = runInNewContext("gc") as () => void
-
-const collect = async () => {
-  for (let i = 0; i < 5; i++) {
-    await new Promise((resolve) => setImmediate(resolve))
-    gc()
-  }
-  await new Promise((resolve) => setImmediate(resolve))
-}
-
-const alive = (refs: ReadonlyArray<readonly [string, WeakRef<object>]>) =>
-  refs.filter(([, ref]) => ref.deref() !== undefined).map(([name]) => name)
+import { alive, collect } from "./utils/retention.js"
 
 describe("errors kept past their call", () => {
   it("executeMany: the errors of failed requests keep neither the requests nor the results", async () => {
