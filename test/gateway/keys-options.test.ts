@@ -53,3 +53,24 @@ describe("gateway key store options", () => {
       })
   )
 })
+
+describe("gateway key options: teams", () => {
+  it("a key naming an undeclared team lists at most 20 of the declared teams, then how many more: it listed every one, unbounded", () => {
+    const teams: Record<string, object> = {}
+    for (let i = 0; i < 5000; i++) teams[`team-${String(i).padStart(4, "0")}`] = {}
+    const message = KeyOptions.unknownTeam("nope", new Set(Object.keys(teams)))
+    assert.isBelow(message.length, 600)
+    assert.include(message, "team-0000, team-0001")
+    assert.include(message, "and 4980 more")
+    assert.notInclude(message, "team-0020")
+    const checked = KeyOptions.check({
+      teams,
+      keys: [{ id: "k1", sha256: "0".repeat(64), team: "nope" }]
+    } as never)
+    assert.isTrue(Result.isFailure(checked))
+    if (Result.isFailure(checked)) {
+      assert.include(checked.failure.message, "and 4980 more")
+      assert.isBelow(checked.failure.message.length, 1000)
+    }
+  })
+})

@@ -288,10 +288,20 @@ const createFields: ReadonlySet<string> = new Set(["id", ...policyFields])
  *
  * @internal
  */
-export const unknownTeam = (team: string, declared: ReadonlySet<string>): string =>
-  `unknown team "${team}": declare it under the key store's teams (${
-    declared.size === 0 ? "none is declared" : `declared: ${[...declared].join(", ")}`
+export const unknownTeam = (team: string, declared: ReadonlySet<string>): string => {
+  // Thousands of teams would make a message (an admin's 400, a startup error) of hundreds of KB.
+  const shown: Array<string> = []
+  for (const name of declared) {
+    if (shown.length === teamsShown) break
+    shown.push(name)
+  }
+  const more = declared.size - shown.length
+  return `unknown team "${team}": declare it under the key store's teams (${
+    declared.size === 0 ? "none is declared" : `declared: ${shown.join(", ")}${more > 0 ? ` and ${more} more` : ""}`
   }; a team without a budget is {})`
+}
+
+const teamsShown = 20
 
 /**
  * Checks an admin's request to create a key (`id` optional: `made` then, which names the key without a `name`).
