@@ -97,42 +97,52 @@ const replicas = (server: RedisServer) =>
 describe.skipIf(skipRedis)(
   `KeyStore on Redis: a kept context (${skipRedis ? skipReason : "needs redis-server"})`,
   () => {
-    it.live("disabled through this replica: refused at once; through another: within cacheTtl + 1 s (TestClock)", () =>
-      Effect.scoped(
-        Effect.gen(function* () {
-          const server = yield* startRedis
-          const { one, two, clock } = yield* replicas(server)
+    it.live(
+      "disabled through this replica: refused at once; through another: at once with a budget, else within cacheTtl + 1 s (TestClock)",
+      () =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const server = yield* startRedis
+            const { one, two, clock } = yield* replicas(server)
 
-          const first = yield* one.create({ id: "r1", budget: { tokens: 1000 } })
-          const second = yield* one.create({ id: "r2", budget: { tokens: 1000 } })
-          const keptOne = yield* one.authenticate(first.secret)
-          yield* one.release(yield* one.reserve(keptOne, "d-a", estimate))
-          yield* one.setDisabled("r1", true)
-          refusedAsDisabled(yield* failure(one.reserve(keptOne, "d-a", estimate)))
-          refusedAsDisabled(yield* failure(one.reserve({ id: "r1" }, "d-a", estimate)))
-          // Built by the application: read from Redis, refused at once on any replica.
-          refusedAsDisabled(yield* failure(two.reserve({ id: "r1" }, "d-a", estimate)))
+            const first = yield* one.create({ id: "r1", budget: { tokens: 1000 } })
+            const second = yield* one.create({ id: "r2", budget: { tokens: 1000 } })
+            const keptOne = yield* one.authenticate(first.secret)
+            yield* one.release(yield* one.reserve(keptOne, "d-a", estimate))
+            yield* one.setDisabled("r1", true)
+            refusedAsDisabled(yield* failure(one.reserve(keptOne, "d-a", estimate)))
+            refusedAsDisabled(yield* failure(one.reserve({ id: "r1" }, "d-a", estimate)))
+            // Built by the application: read from Redis, refused at once on any replica.
+            refusedAsDisabled(yield* failure(two.reserve({ id: "r1" }, "d-a", estimate)))
 
-          const keptTwo = yield* two.authenticate(second.secret)
-          yield* one.setDisabled("r2", true)
-          // Within the bound, the replica that did not disable it still trusts what it read.
-          yield* clock.adjust("2999 millis")
-          yield* two.release(yield* two.reserve(keptTwo, "d-a", estimate))
-          yield* clock.adjust("1 millis")
-          refusedAsDisabled(yield* failure(two.reserve(keptTwo, "d-a", estimate)))
-          refusedAsDisabled(yield* failure(two.authenticate(second.secret)))
+            const keptTwo = yield* two.authenticate(second.secret)
+            yield* one.setDisabled("r2", true)
+            // A budgeted request: its reserve, one script on Redis, finds the key disabled, at once.
+            refusedAsDisabled(yield* failure(two.reserve(keptTwo, "d-a", estimate)))
+            refusedAsDisabled(yield* failure(two.authenticate(second.secret)))
 
-          // Enabled again: the kept context spends again once the replica reads it.
-          yield* one.setDisabled("r2", false)
-          yield* clock.adjust("3 seconds")
-          yield* two.release(yield* two.reserve(keptTwo, "d-a", estimate))
-          const spend = yield* one.spend("r2")
-          assert.deepStrictEqual(
-            spend.map((line) => [line.spent, line.held]),
-            [[0, 0]]
-          )
-        })
-      )
+            // A key without a budget reserves nothing on Redis: within the bound, the replica that did not
+            // disable it still trusts what it read.
+            const third = yield* one.create({ id: "r3" })
+            const keptThird = yield* two.authenticate(third.secret)
+            yield* one.setDisabled("r3", true)
+            yield* clock.adjust("2999 millis")
+            yield* two.release(yield* two.reserve(keptThird, "d-a", estimate))
+            yield* clock.adjust("1 millis")
+            refusedAsDisabled(yield* failure(two.reserve(keptThird, "d-a", estimate)))
+            refusedAsDisabled(yield* failure(two.authenticate(third.secret)))
+
+            // Enabled again: the kept context spends again once the replica reads it.
+            yield* one.setDisabled("r2", false)
+            yield* clock.adjust("3 seconds")
+            yield* two.release(yield* two.reserve(keptTwo, "d-a", estimate))
+            const spend = yield* one.spend("r2")
+            assert.deepStrictEqual(
+              spend.map((line) => [line.spent, line.held]),
+              [[0, 0]]
+            )
+          })
+        )
     )
 
     it.live(

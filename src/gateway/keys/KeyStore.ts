@@ -123,10 +123,11 @@ export interface Options {
    */
   readonly reservationTtl?: Input.DurationInput | undefined
   /**
-   * How long a key read from Redis is used without asking again (so a disabled key stops
-   * working on other replicas within this time; a `KeyContext` a program keeps from
-   * `authenticate` and hands to `reserve`, within this time + 1 s). Default 2 seconds; 0: ask
-   * every time.
+   * How long a key read from Redis is used without asking again (so a disabled or deleted key
+   * stops working on other replicas within this time; a `KeyContext` a program keeps from
+   * `authenticate` and hands to `reserve`, within this time + 1 s). A request the key has a budget
+   * on is refused at once, whatever this time: its reserve checks the key on Redis in the same
+   * script. Default 2 seconds; 0: ask every time.
    */
   readonly cacheTtl?: Input.DurationInput | undefined
   /** Most keys an admin may create. Default 100,000. */
@@ -291,8 +292,9 @@ export interface Service extends Gateway.KeyStoreService {
   readonly list: (options?: ListOptions) => Effect.Effect<KeyPage, GatewayError>
   readonly get: (id: string) => Effect.Effect<KeyInfo, GatewayError>
   /**
-   * Disables (or enables again) a created key: its requests get 401 at once here, within `cacheTtl` elsewhere
-   * (a `KeyContext` kept from `authenticate` and handed to `reserve`: within `cacheTtl` + 1 s).
+   * Disables (or enables again) a created key: its requests get 401 at once here, and on the other replicas of
+   * a Redis store at once for a request it has a budget on (its reserve checks the key on Redis), otherwise
+   * within `cacheTtl` (a `KeyContext` kept from `authenticate` and handed to `reserve`: within `cacheTtl` + 1 s).
    */
   readonly setDisabled: (id: string, disabled: boolean) => Effect.Effect<KeyInfo, GatewayError>
   /**

@@ -95,6 +95,8 @@ export type ReserveResult =
     }
   /** The key that owns a charge was deleted (or deleted and created again): nothing was held. */
   | { readonly _tag: "Gone"; readonly now?: number | undefined }
+  /** The created key the request is of was disabled (on a shared store, perhaps by another replica): nothing was held. */
+  | { readonly _tag: "Disabled"; readonly now?: number | undefined }
 
 /**
  * What a give-back found on one counter (see `Ledger.giveBack`).
@@ -149,12 +151,16 @@ export interface Ledger {
    * cannot be read, or belongs to an owner that is no longer stored (`Gone`; nothing is written
    * then). A store shared by replicas (Redis) holds them
    * in the windows of its own time, which it returns (`now`): the replicas' clocks may differ.
+   * `key`, the created key the request is of (none for a key of the configuration): a shared store
+   * checks it in the same step, `Gone` once it is no longer stored and `Disabled` once disabled, so
+   * that a replica whose cache still holds it holds nothing for it (a local store's records are always current).
    */
   readonly reserve: (
     id: string,
     charges: ReadonlyArray<Charge>,
     leaseMs: number,
-    now: number
+    now: number,
+    key?: Owner | undefined
   ) => Effect.Effect<ReserveResult, StoreError | UnreadableCounter>
   /**
    * Gives back what `id` held on each counter (once) and adds `actual[i]` to its spent amount. With

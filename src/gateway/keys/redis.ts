@@ -268,35 +268,37 @@ const leaseScript = (lua: string) =>
     { numberOfKeys: (keys: ReadonlyArray<string>) => keys.length, lua }
   )
 
-// KEYS: per counter its hash without the window, then the directory's keys and hashes. ARGV: lease ms,
+// KEYS: per counter its hash without the window, then the directory's keys, hashes and disabled. ARGV: lease ms,
 // reservation id, then per counter: limit, amount, period ms (0: none), then the id and secret's hash of
-// the key owning the counters ("" for none). The windows are those of Redis's time, returned
+// the created key the request is of ("" for one of the configuration). The windows are those of Redis's time, returned
 // last in every reply. Returns { 0, spent1, held1, ..., now } once every
 // amount is held, { i, spent, held, spent1, held1, ..., now } for the first counter it would overrun
 // (then the levels it read of the counters before it), { -i, now } for
-// the first that cannot be read, or { -(n + 1), now } when the owner is no longer stored (both
-// checked before anything is written). A lease is
+// the first that cannot be read, { -(n + 1), now } when the key is no longer stored, or { -(n + 2), now }
+// when it is disabled (all checked before anything is written): a replica whose cache still holds the key
+// as it was holds nothing for it. A lease is
 // `<id>|<amount>` with the amount in digits: Lua writes a number of 10^14 or more with an
 // exponent, and a sweep that could not read one failed every reservation on the counter. A
 // window's counter lives until its window's end and the lease.
 const reserveScript = Redis.script(
   (
     keys: ReadonlyArray<string>,
-    directory: readonly [string, string],
+    directory: readonly [string, string, string],
     leaseMs: number,
     id: string,
     args: ReadonlyArray<number>,
-    owner: Owner | undefined
-  ) => [...keys, ...directory, leaseMs, id, ...args, owner?.id ?? "", owner?.sha256 ?? ""],
+    key: Owner | undefined
+  ) => [...keys, ...directory, leaseMs, id, ...args, key?.id ?? "", key?.sha256 ?? ""],
   {
-    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length + 2,
+    numberOfKeys: (keys: ReadonlyArray<string>) => keys.length + 3,
     lua: `${readableLua}${ownsLua}
 local hs, zs, ends = {}, {}, {}
 ${windowsLua}
-local n = #KEYS - 2
+local n = #KEYS - 3
 local time = redis.call("TIME")
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 if not owns(KEYS[n + 1], KEYS[n + 2], ARGV[3 * n + 3], ARGV[3 * n + 4]) then return { -(n + 1), now } end
+if ARGV[3 * n + 4] ~= "" and redis.call("HEXISTS", KEYS[n + 3], ARGV[3 * n + 3]) == 1 then return { -(n + 2), now } end
 windows(now, function(i) return 3 * i + 2 end, n)
 for i = 1, n do
   if not readable(hs[i], zs[i]) then return { -i, now } end
@@ -632,6 +634,7 @@ export const make = Effect.fnUntraced(function* (options: {
   const disabledKey = `${prefix}disabled`
   const idsKey = `${prefix}ids`
   const directory = [keysKey, hashesKey] as const
+  const reserveDirectory = [keysKey, hashesKey, disabledKey] as const
   const lookup = redis.eval(lookupScript)
   const lookupId = redis.eval(byIdScript)
   const insert = redis.eval(insertScript)
@@ -812,20 +815,17 @@ export const make = Effect.fnUntraced(function* (options: {
       ),
     // Redis's own time, not the caller's `now`, sets the windows and the leases.
     // The charges of one request are of one key: its owner is the first charge's that has one.
-    reserve: (id, charges: ReadonlyArray<Charge>, leaseMs, _now) => {
+    reserve: (id, charges: ReadonlyArray<Charge>, leaseMs, _now, key?: Owner) => {
       const args: Array<number> = []
-      let owner: Owner | undefined
-      for (const charge of charges) {
-        args.push(charge.counter.limit, charge.amount, charge.counter.periodMs ?? 0)
-        owner ??= charge.owner
-      }
+      for (const charge of charges) args.push(charge.counter.limit, charge.amount, charge.counter.periodMs ?? 0)
       const counters = countersOf(charges)
       return Effect.flatMap(
-        guard.call("reserve", reserve(baseKeys(counters), directory, leaseMs, id, args, owner)),
+        guard.call("reserve", reserve(baseKeys(counters), reserveDirectory, leaseMs, id, args, key)),
         (reply): Effect.Effect<ReserveResult, UnreadableCounter> => {
           const index = Number(reply[0])
           const now = Number(reply[reply.length - 1])
-          if (-index > charges.length) return Effect.succeed({ _tag: "Gone", now })
+          if (-index === charges.length + 2) return Effect.succeed({ _tag: "Disabled", now })
+          if (-index === charges.length + 1) return Effect.succeed({ _tag: "Gone", now })
           if (index < 0) return Effect.fail(unreadable(counters, reply))
           return Effect.succeed(
             index === 0

@@ -551,7 +551,7 @@ export const make = Effect.fnUntraced(function* (
     // Handed over (see `reserve`) in the step Redis answers, before an interruption pending since
     // ends the fiber, or one landing at any later step.
     let made: Held | undefined
-    const reserved = Effect.map(backend.reserve(id, charges, resolved.reservationTtlMs, at), (result) => {
+    const reserved = Effect.map(backend.reserve(id, charges, resolved.reservationTtlMs, at, owner), (result) => {
       if (result._tag === "Reserved") {
         made = held(true, inWindowsOf(charges, result.now))
         made.renewedAt = at
@@ -578,9 +578,11 @@ export const make = Effect.fnUntraced(function* (
                   })
             ),
       onSuccess: (result) => {
-        if (result._tag === "Gone") {
+        // Deleted or disabled through another replica since this one cached the key: read again from now on.
+        if (result._tag === "Gone" || result._tag === "Disabled") {
           forget(record.sha256)
-          return Effect.fail(unauthorized())
+          gauges.forget(record.id)
+          return Effect.fail(result._tag === "Gone" ? unauthorized() : disabledKey(record))
         }
         if (result._tag === "Exceeded") {
           const charged = inWindowsOf(charges, result.now)
@@ -591,6 +593,8 @@ export const make = Effect.fnUntraced(function* (
           return Effect.fail(exceeded(charge, result.level, result.now ?? at))
         }
         const charged = made?.charges ?? charges
+        // Stored and enabled now (a replica that saw it deleted or disabled forgot its series): shown again.
+        if (owner !== undefined) gauges.remember(record.id)
         for (let i = 0; i < charged.length; i++) gauge(record.id, charged[i]!.counter, result.levels[i]!)
         return Effect.succeed(made)
       }
