@@ -1498,50 +1498,51 @@ describe("KeyStore: replicas whose clocks differ on one Redis", () => {
     )
   )
 
-  it.live.skipIf(skipRedis)(
+  // The replica's clock is a TestClock set a day behind Redis's: its guard's deadline moves only when told (the
+  // client's is a day), so a healthy Redis never misses it on a loaded machine.
+  it.effect.skipIf(skipRedis)(
     "a reserve that timed out on a replica whose clock is a day behind: what Redis held is given back once it runs",
     () =>
       Effect.scoped(
         Effect.gen(function* () {
-          const server = yield* startRedis
-          // Deadlines of 2 s: the healthy Redis of the first reserve meets them on a loaded machine (500 ms did not always).
-          const redis = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "2 seconds" }))
           const day = 86_400_000
           // Redis's windows are those of its TIME; this replica's clock puts it in the day before.
-          const live = yield* Clock.Clock
-          const behind: Clock.Clock = {
-            ...live,
-            currentTimeMillisUnsafe: () => live.currentTimeMillisUnsafe() - day,
-            currentTimeMillis: Effect.sync(() => live.currentTimeMillisUnsafe() - day),
-            currentTimeNanosUnsafe: () => live.currentTimeNanosUnsafe() - BigInt(day) * 1_000_000n,
-            currentTimeNanos: Effect.sync(() => live.currentTimeNanosUnsafe() - BigInt(day) * 1_000_000n)
-          }
+          yield* TestClock.setTime(Date.now() - day)
+          const server = yield* startRedis
+          const redis = yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient, commandTimeout: "1 day" }))
           const context = yield* Layer.build(
             KeyStore.layerRedis({
               prefix: `${unique("skewback")}:`,
               keys: [key("skewed", secretA, { budget: { tokens: 1000, period: "1 day" } })],
-              redis: { timeout: "2 seconds", reportAfter: "1 minute" }
+              redis: { timeout: "3 seconds", reportAfter: "1 minute" }
             })
-          ).pipe(Effect.provideContext(redis), Effect.provideService(Clock.Clock, behind))
+          ).pipe(Effect.provideContext(redis))
           const store = Context.get(context, KeyStore.KeyAdmin)
           const k = yield* store.authenticate(Redacted.make(secretA))
           // Redis knows the script (EVALSHA), so the reserve sent during the hang runs on resume.
           yield* store.release(yield* store.reserve(k, "m", estimate(1, 1)))
           yield* server.pause
           yield* Effect.addFinalizer(() => server.resume)
-          const during = yield* Effect.result(store.reserve(k, "m", estimate(100, 100)))
+          const deadlines = yield* countingSleeps(3000)
+          const call = yield* Effect.forkChild(
+            Effect.result(store.reserve(k, "m", estimate(100, 100))).pipe(
+              Effect.provideService(Clock.Clock, deadlines.clock)
+            ),
+            { startImmediately: true }
+          )
+          yield* deadlines.awaitCount(1)
+          yield* TestClock.adjust("3 seconds")
+          yield* ended(call)
+          const during = yield* Fiber.join(call)
           assert.strictEqual(during._tag === "Failure" && during.failure.reason, "Unavailable")
           yield* server.resume
           const heldNow = Effect.map(store.spend("skewed"), (lines) => lines.reduce((sum, line) => sum + line.held, 0))
-          const held = yield* heldNow.pipe(
-            Effect.flatMap((amount) => (amount === 0 ? Effect.succeed(amount) : Effect.fail(amount))),
-            Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 60 }),
-            Effect.catch(Effect.succeed)
-          )
+          const held = yield* untilSucceeds(
+            Effect.flatMap(heldNow, (amount) => (amount === 0 ? Effect.succeed(amount) : Effect.fail(amount)))
+          ).pipe(Effect.catch(Effect.succeed))
           assert.strictEqual(held, 0, "what the reserve held in Redis's window is given back, not at the lease's end")
         })
-      ),
-    20_000
+      )
   )
 })
 
@@ -2357,20 +2358,27 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
       )
   )
 
-  it.live("Redis hung through a create: the 503 names the key's id, says it may exist and how to recover", () =>
+  // The guard's deadline is TestClock's (the client's a day): a healthy Redis never misses it on a loaded machine,
+  // and the hung one misses it once the clock is moved.
+  it.effect("Redis hung through a create: the 503 names the key's id, says it may exist and how to recover", () =>
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        const { store } = yield* onRedis(
-          server,
-          { redis: { timeout: "500 millis", reportAfter: "1 minute" } },
-          "500 millis"
-        )
+        const { store } = yield* onRedis(server, { redis: { timeout: "3 seconds", reportAfter: "1 minute" } }, "1 day")
         yield* store.create({ id: "warm" })
         yield* server.pause
         yield* Effect.addFinalizer(() => server.resume)
-        const named = yield* failure(store.create({ id: "orphan", rpm: 10 }))
-        const generated = yield* failure(store.create({ rpm: 10 }))
+        const deadlines = yield* countingSleeps(3000)
+        const creates = yield* Effect.forkChild(
+          Effect.all([failure(store.create({ id: "orphan", rpm: 10 })), failure(store.create({ rpm: 10 }))], {
+            concurrency: 2
+          }).pipe(Effect.provideService(Clock.Clock, deadlines.clock)),
+          { startImmediately: true }
+        )
+        yield* deadlines.awaitCount(2)
+        yield* TestClock.adjust("3 seconds")
+        yield* ended(creates)
+        const [named, generated] = yield* Fiber.join(creates)
         yield* server.resume
         for (const error of [named, generated]) {
           assert.deepStrictEqual([error.reason, error.code], ["Unavailable", "store_unavailable"])
@@ -2384,7 +2392,7 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         assert.isDefined(generatedId, `the generated id is named: ${generated.message}`)
         // The inserts sent during the hang ran on resume: the ids the 503s named exist; deleting them frees the ids.
         for (const id of ["orphan", generatedId!]) {
-          yield* store.delete(id).pipe(Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 30 }))
+          yield* untilSucceeds(store.delete(id))
           assert.strictEqual((yield* Effect.flip(store.get(id))).code, "key_not_found")
         }
         assert.strictEqual((yield* store.create({ id: "orphan", rpm: 10 })).key.id, "orphan")
@@ -2428,36 +2436,36 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
       )
   )
 
-  it.live("Redis hung (SIGSTOP) through reserves that timed out: once resumed, what they held is given back", () =>
+  it.effect("Redis hung (SIGSTOP) through reserves that timed out: once resumed, what they held is given back", () =>
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        const { store } = yield* onRedis(
-          server,
-          { redis: { timeout: "500 millis", reportAfter: "1 minute" } },
-          "500 millis"
-        )
+        // The guard's deadline is TestClock's (the client's a day), as above.
+        const { store } = yield* onRedis(server, { redis: { timeout: "3 seconds", reportAfter: "1 minute" } }, "1 day")
         const created = yield* store.create({ id: "held", budget: { tokens: 1000 } })
         const k = yield* store.authenticate(created.secret)
         // Redis knows the scripts (EVALSHA), so the reserves sent during the hang run on resume.
         yield* store.release(yield* store.reserve(k, "m", estimate(1, 1)))
         yield* server.pause
         yield* Effect.addFinalizer(() => server.resume)
-        const during = yield* Effect.forEach(
-          Array.from({ length: 5 }),
-          () => Effect.result(store.reserve(k, "m", estimate(100, 100))),
-          { concurrency: 5 }
+        const deadlines = yield* countingSleeps(3000)
+        const calls = yield* Effect.forkChild(
+          Effect.forEach(Array.from({ length: 5 }), () => Effect.result(store.reserve(k, "m", estimate(100, 100))), {
+            concurrency: 5
+          }).pipe(Effect.provideService(Clock.Clock, deadlines.clock)),
+          { startImmediately: true }
         )
-        for (const result of during)
+        yield* deadlines.awaitCount(5)
+        yield* TestClock.adjust("3 seconds")
+        yield* ended(calls)
+        for (const result of yield* Fiber.join(calls))
           assert.strictEqual(result._tag === "Failure" && result.failure.reason, "Unavailable")
         yield* server.resume
         // The five scripts sent run on resume and hold 1000 tokens; the give-backs follow them.
         const heldNow = Effect.map(store.spend("held"), (lines) => lines.reduce((sum, line) => sum + line.held, 0))
-        const held = yield* heldNow.pipe(
-          Effect.flatMap((amount) => (amount === 0 ? Effect.succeed(amount) : Effect.fail(amount))),
-          Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 80 }),
-          Effect.catch(Effect.succeed)
-        )
+        const held = yield* untilSucceeds(
+          Effect.flatMap(heldNow, (amount) => (amount === 0 ? Effect.succeed(amount) : Effect.fail(amount)))
+        ).pipe(Effect.catch(Effect.succeed))
         assert.strictEqual(held, 0, "nothing stays held by the reserves that timed out")
         const lines = yield* store.spend("held")
         assert.deepStrictEqual(
@@ -2574,44 +2582,53 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         const limiter = yield* Effect.provide(RateLimiter.RateLimiterStore, RateLimiter.layerStoreMemory)
         const store = yield* KeyStoreMake(resolved, backend, { store: limiter, onStoreError: "allow" }, "reject")
         const alpha = yield* store.authenticate(Redacted.make(secretA))
+        const levelsNow = Effect.map(store.spend("alpha"), (lines) => lines.map((l) => [l.spent, l.held]))
+        // The store's time is TestClock's; the lease's end is Redis's own (2 s of real time from the reserve).
         const held = yield* store.reserve(alpha, "m", estimate(100, 100))
-        yield* Effect.sleep("1200 millis")
+        yield* TestClock.adjust("1200 millis")
         down = true
         // Tried again 0.1, 0.3, 0.7 and 1.5 s after: the last after the lease (2 s from the reserve) ended.
         yield* store.settle(held, { inputTokens: 30, outputTokens: 10 })
-        yield* Effect.sleep("1 second")
+        yield* TestClock.adjust("1 second")
+        // Until Redis's time passes the lease's end: a read counts an ended lease as holding nothing.
+        for (let i = 0; i < 500 && (yield* levelsNow)[0]![1] !== 0; i++)
+          yield* TestClock.withLive(Effect.sleep("20 millis"))
         down = false
         // Another request of the key sweeps the ended lease before the settle is tried again.
         yield* store.release(yield* store.reserve(alpha, "m", estimate(1, 1)))
-        assert.deepStrictEqual(
-          (yield* store.spend("alpha")).map((l) => [l.spent, l.held]),
-          [[0, 0]]
-        )
-        yield* Effect.sleep("1 second")
-        return { levels: (yield* store.spend("alpha")).map((l) => [l.spent, l.held]), logs }
+        assert.deepStrictEqual(yield* levelsNow, [[0, 0]])
+        // The try 1.5 s after the failure: until it has run (its levels changed, or it said so in the log).
+        yield* TestClock.adjust("1 second")
+        for (let i = 0; i < 500 && logs.length === 0 && (yield* levelsNow)[0]![0] === 0; i++)
+          yield* TestClock.withLive(Effect.sleep("20 millis"))
+        return { levels: yield* levelsNow, logs }
       })
     ).pipe(Effect.provide(Logger.layer([Logger.map(Logger.formatSimple, (line) => logs.push(line))])))
   }
 
-  it.live("a settle that never reached Redis, tried again after its lease ended and was swept, is still charged", () =>
-    Effect.gen(function* () {
-      const { levels, logs } = yield* settleAfterSweep("Unavailable")
-      assert.deepStrictEqual(levels, [[40, 0]])
-      assert.deepStrictEqual(logs, [])
-    })
+  it.effect(
+    "a settle that never reached Redis, tried again after its lease ended and was swept, is still charged",
+    () =>
+      Effect.gen(function* () {
+        const { levels, logs } = yield* settleAfterSweep("Unavailable")
+        assert.deepStrictEqual(levels, [[40, 0]])
+        assert.deepStrictEqual(logs, [])
+      })
   )
 
-  it.live("a settle the client refused unsent (offline), tried again after its lease was swept, is still charged", () =>
-    Effect.gen(function* () {
-      // node-redis's error for a command refused while it is not connected (told by its class).
-      class ClientOfflineError extends Error {}
-      const { levels, logs } = yield* settleAfterSweep("Failed", new ClientOfflineError("offline"))
-      assert.deepStrictEqual(levels, [[40, 0]])
-      assert.deepStrictEqual(logs, [])
-    })
+  it.effect(
+    "a settle the client refused unsent (offline), tried again after its lease was swept, is still charged",
+    () =>
+      Effect.gen(function* () {
+        // node-redis's error for a command refused while it is not connected (told by its class).
+        class ClientOfflineError extends Error {}
+        const { levels, logs } = yield* settleAfterSweep("Failed", new ClientOfflineError("offline"))
+        assert.deepStrictEqual(levels, [[40, 0]])
+        assert.deepStrictEqual(logs, [])
+      })
   )
 
-  it.live("a settle that may have reached Redis, whose lease then ended and was swept, says it may be lost", () =>
+  it.effect("a settle that may have reached Redis, whose lease then ended and was swept, says it may be lost", () =>
     Effect.gen(function* () {
       const { levels, logs } = yield* settleAfterSweep("Timeout")
       // Charging it again could count it twice (the timed-out attempt may have run): not charged, but said.
