@@ -1,85 +1,41 @@
 /**
- * The key store on a backend (memory or Redis): authentication through a short cache,
- * per-key limits (`limits.ts`), budget reservations on the ledger (and the gauges of what
- * remains), with the admin operations of `manage.ts`.
+ * The key store on a backend (memory or Redis): authentication through a short cache
+ * (`identities.ts`), per-key limits (`limits.ts`), budget reservations on the ledger (and the
+ * gauges of what remains; what is tried again in the background in `settle-later.ts`), with the
+ * admin operations of `manage.ts`.
  *
  * @internal
  */
-import { Clock, Duration, Effect, Redacted, Result, Schedule, Scope } from "effect"
+import { Clock, Duration, Effect, Scope } from "effect"
 import { identity } from "effect/Function"
 import type * as Gateway from "../../Gateway.js"
 import * as Input from "../../Input.js"
-import { neverSent, type StoreError } from "../../Redis.js"
 import { type GatewayError, gatewayError } from "../errors.js"
 import { union } from "../models.js"
 import { allows, notAllowed } from "../routes.js"
-import { notFound, unavailable as storeUnavailable, unreadable, unreadableBudget } from "./failures.js"
+import { unavailable as storeUnavailable } from "./failures.js"
 import * as Gauges from "./gauges.js"
-import type { KeyContext, Service } from "./KeyStore.js"
+import type { Service } from "./KeyStore.js"
 import {
   amountOf,
   type Backend,
-  type Budgets,
   type Charge,
-  type Counter,
   countersFor,
   indexModelBudgets,
-  type Level,
   type ModelBudgetIndex,
-  nano,
   retime,
-  shown,
-  UnreadableCounter,
-  UnreadableRecord,
-  windowEnd
+  UnreadableRecord
 } from "./ledger.js"
 import * as Limits from "./limits.js"
 import * as Manage from "./manage.js"
-import { id as checkId, configModels, type KeyRecord, type Price, type Resolved } from "./options.js"
-import { hash, randomId } from "./secret.js"
-import * as Unrecorded from "./unrecorded.js"
+import { configModels, type KeyRecord, type Price, type Resolved } from "./options.js"
+import { randomId } from "./secret.js"
+import { amountText, exceeded } from "./budget-text.js"
+import { Held, nothingHeld } from "./held.js"
+import * as Identities from "./identities.js"
+import * as SettleLater from "./settle-later.js"
 
-/** A reservation this store made; settled or released once. */
-class Held {
-  closed = false
-  /** When its lease last started (its reserve, or its last renewal). */
-  renewedAt = 0
-  /** Unrecorded because the store did not answer its reserve within the deadline. */
-  timedOut = false
-  constructor(
-    readonly id: string,
-    readonly keyId: string,
-    readonly model: string,
-    readonly charges: ReadonlyArray<Charge>,
-    readonly price: Price | undefined,
-    readonly inputTokens: number,
-    readonly maxOutputTokens: number,
-    /** False when the store failed and budgets fail open: nothing is held, usage is still recorded. */
-    readonly recorded: boolean
-  ) {}
-}
-
-/** The reservation of a key with no budget on the model: nothing to settle. */
-const nothingHeld: unknown = Object.freeze({ _tag: "NothingHeld" })
-
-const cacheCapacity = 10_000
-/** How long past its cache's life a record read from Redis still lets a KeyContext made from it spend. */
-const spendGraceMs = 1000
 const maxCount = 1e12
-/** The `Retry-After` of a budget refused only for what requests in flight hold: most settle within seconds. */
-const heldRetryAfter = Duration.seconds(1)
-
-// Every nano-dollar shown: a budget may be as small as $0.000000001, and six decimals would
-// print "$0 of $0" for one under a micro-dollar.
-const usd = (amount: number): string => {
-  const nanos = amount % nano
-  const whole = (amount - nanos) / nano
-  const fraction = String(nanos).padStart(9, "0").replace(/0+$/, "")
-  return fraction === "" ? `$${whole}` : `$${whole}.${fraction}`
-}
-
-const amountText = (counter: Counter, amount: number): string =>
-  counter.unit === "tokens" ? `${amount} tokens` : usd(amount)
 
 // A count a provider reported: a number of 0 or more (an absent, NaN or negative one is not reported).
 const isCount = (input: unknown): boolean => typeof input === "number" && Number.isFinite(input) && input >= 0
@@ -110,196 +66,23 @@ export const make = Effect.fnUntraced(function* (
   let sequence = 0
   const unavailable = (what: "key" | "budget" | "rate limit") => storeUnavailable(what, storeRetryAfter)
 
-  // --- identities ---
-
-  const contexts = new WeakMap<KeyRecord, KeyContext>()
-  const records = new WeakMap<object, KeyRecord>()
-  const budgetsOf = (record: KeyRecord): Budgets => ({
-    key: record.budget,
-    team: record.team === undefined ? undefined : resolved.teams.get(record.team),
-    models: record.modelBudgets
-  })
-  const contextOf = (record: KeyRecord): KeyContext => {
-    let found = contexts.get(record)
-    if (found === undefined) {
-      found = {
-        id: record.id,
-        name: record.name,
-        team: record.team,
-        allowedModels: record.allowedModels,
-        rpm: record.rpm,
-        tpm: record.tpm,
-        budgets: budgetsOf(record)
-      }
-      contexts.set(record, found)
-      records.set(found, record)
-    }
-    return found
-  }
-
-  // Keys found and tokens found to be no key are remembered apart: a flood of wrong tokens (each
-  // one a store read) evicts only earlier wrong tokens, never a key that stays usable from here
-  // while the store is down.
-  type Cached = { readonly record: KeyRecord | undefined; readonly until: number }
-  const cache = new Map<string, Cached>()
-  const unknown = new Map<string, Cached>()
-  const forget = (sha256: string) => {
-    cache.delete(sha256)
-    unknown.delete(sha256)
-  }
-  const remember = (sha256: string, record: KeyRecord | undefined) => {
-    cache.delete(sha256)
-    unknown.delete(sha256)
-    const into = record === undefined ? unknown : cache
-    if (into.size >= cacheCapacity) {
-      const oldest = into.keys().next()
-      if (!oldest.done) into.delete(oldest.value)
-    }
-    into.set(sha256, { record, until: now() + resolved.cacheTtlMs })
-  }
-
-  const unauthorized = () => gatewayError("Unauthorized", "Incorrect API key provided", { code: "invalid_api_key" })
-
-  const disabledKey = (record: KeyRecord) =>
-    gatewayError("Unauthorized", `The API key "${record.prefix ?? record.id}" is disabled`, { code: "key_disabled" })
-
-  // A created key whose id the configuration defines since: admins can neither see nor disable it, and
-  // it would spend on the configured key's counters by its own budgets. Refused, and said in the log once.
-  const shadowed = (record: KeyRecord): Effect.Effect<never, GatewayError> => {
-    const failure = Effect.fail(disabledKey(record))
-    const name = `shadowed\u0000${record.id}`
-    if (reported.has(name) || reported.size >= 1000) return failure
-    reported.add(name)
-    return Effect.andThen(
-      Effect.logError(
-        `gateway: the key store holds a created key "${record.id}" whose id the configuration now defines; its secret is refused until the configuration's key is renamed`
-      ),
-      failure
-    )
-  }
-  const isShadowed = (record: KeyRecord) => {
-    const configured = configById.get(record.id)
-    return configured !== undefined && configured !== record
-  }
-
-  // Why a record may not be used (no such key, disabled, shadowed by the configuration), or undefined.
-  const refusalOf = (record: KeyRecord | undefined): Effect.Effect<never, GatewayError> | undefined =>
-    record === undefined
-      ? Effect.fail(unauthorized())
-      : record.disabled
-        ? Effect.fail(disabledKey(record))
-        : isShadowed(record)
-          ? shadowed(record)
-          : undefined
-
-  const accept = (record: KeyRecord | undefined): Effect.Effect<KeyContext, GatewayError> =>
-    refusalOf(record) ?? Effect.succeed(contextOf(record!))
-
-  const usable = (record: KeyRecord | undefined): Effect.Effect<KeyRecord, GatewayError> =>
-    refusalOf(record) ?? Effect.succeed(record!)
-
-  // The record of a secret's hash as this store has it now: Redis is asked once the cache's is older than cacheTtl.
-  const byHash = <A>(
-    sha256: string,
-    then: (record: KeyRecord | undefined) => Effect.Effect<A, GatewayError>
-  ): Effect.Effect<A, GatewayError> => {
-    const cached = backend.local ? undefined : (cache.get(sha256) ?? unknown.get(sha256))
-    if (cached !== undefined && cached.until > now()) return then(cached.record)
-    return Effect.matchEffect(backend.byHash(sha256), {
-      onSuccess: (record) => {
-        if (!backend.local) remember(sha256, record)
-        return then(record)
-      },
-      // A key seen before stays usable while the store is down; an unknown one cannot be told from a wrong one.
-      onFailure: (error) =>
-        error._tag !== "UnreadableRecord" && cached?.record !== undefined
-          ? then(cached.record)
-          : directoryFailure(error)
-    })
-  }
-
-  const authenticate = (bearer: Redacted.Redacted<string> | undefined): Effect.Effect<KeyContext, GatewayError> => {
-    if (bearer === undefined) {
-      return Effect.fail(
-        gatewayError("Unauthorized", "Missing API key: send it as 'Authorization: Bearer <key>'", {
-          code: "missing_api_key"
-        })
-      )
-    }
-    const secret = Redacted.value(bearer)
-    if (secret.length === 0 || secret.length > 1024) return Effect.fail(unauthorized())
-    const sha256 = hash(secret)
-    const configured = configByHash.get(sha256)
-    if (configured !== undefined) return accept(configured)
-    return byHash(sha256, accept)
-  }
-
-  // Said once per id in the log (a client retrying its key would repeat it for ever), and to every caller.
-  const reported = new Set<string>()
-  const failUnreadable = (error: UnreadableRecord): Effect.Effect<never, GatewayError> => {
-    const failure = Effect.fail(unreadable(error.id))
-    const id = error.id ?? "(no id)"
-    if (reported.has(id) || reported.size >= 1000) return failure
-    reported.add(id)
-    return Effect.andThen(
-      Effect.logError(
-        `gateway: the key store holds a record for the key "${id}" that this version cannot read (edited by hand, or written by a newer version); its holder is answered 500 until it is replaced`
-      ),
-      failure
-    )
-  }
-  const directoryFailure = (error: StoreError | UnreadableRecord): Effect.Effect<never, GatewayError> =>
-    error._tag === "UnreadableRecord" ? failUnreadable(error) : Effect.fail(unavailable("key"))
-
-  // A budget counter that cannot be read: said once per counter in the log, with where it is kept.
-  const reportCounter = (error: UnreadableCounter): Effect.Effect<void> => {
-    const name = `budget\u0000${error.key}`
-    if (reported.has(name) || reported.size >= 1000) return Effect.void
-    reported.add(name)
-    const { scope, scopeId } = error.counter
-    return Effect.logError(
-      `gateway: the key store holds the budget of the ${scope} "${scopeId}" (${error.key}) with a spent or held amount that is not a whole number of 0 or more, or of another type (edited by hand, or written by another version); the requests charged to it are answered 500 until it is mended or removed`
-    )
-  }
-  // Refused, whatever onStoreError says: a budget that cannot be read is no outage, and is not read as unspent.
-  const failCounter = (error: UnreadableCounter): Effect.Effect<never, GatewayError> =>
-    Effect.andThen(reportCounter(error), Effect.fail(unreadableBudget(error.counter.scope, error.counter.scopeId)))
-  const budgetFailure = (error: StoreError | UnreadableCounter): Effect.Effect<never, GatewayError> =>
-    error._tag === "UnreadableCounter" ? failCounter(error) : Effect.fail(unavailable("budget"))
-
-  const findById = (id: string): Effect.Effect<KeyRecord, GatewayError> => {
-    if (Result.isFailure(checkId("id", id))) return Effect.fail(notFound(String(id).slice(0, 64)))
-    const configured = configById.get(id)
-    if (configured !== undefined) return Effect.succeed(configured)
-    return backend.byId(id).pipe(
-      Effect.catch(directoryFailure),
-      Effect.flatMap((record) => (record === undefined ? Effect.fail(notFound(id)) : Effect.succeed(record)))
-    )
-  }
-
-  // Whether the record a KeyContext was made from is still the key's: one of the configuration never
-  // changes; a local store's is its record now; one read from Redis, while it is the last read of its
-  // key here (a disable through this store forgets it at once) and at most cacheTtl + spendGraceMs old,
-  // so that the gateway's own authenticate -> reserve never asks Redis twice, even with cacheTtl 0.
-  const current = (record: KeyRecord): boolean => {
-    // By identity, not `source`: a stored record may say anything of itself (edited by hand).
-    if (configById.get(record.id) === record) return true
-    if (backend.local) return backend.current !== undefined && backend.current(record.sha256) === record
-    const cached = cache.get(record.sha256)
-    return cached !== undefined && cached.record === record && now() < cached.until + spendGraceMs
-  }
-
-  // A KeyContext spends by its key's record now: the gateway hands back what `authenticate` gave (its
-  // record current), but an application may build its own, or keep one across a disable of its key.
-  const recordOf = (key: Gateway.KeyContext): Effect.Effect<KeyRecord, GatewayError> => {
-    const found = records.get(key)
-    if (found !== undefined) return current(found) ? usable(found) : byHash(found.sha256, usable)
-    // Only a key the store does not have is a wrong one: a store that did not answer is an outage.
-    return Effect.flatMap(
-      Effect.mapError(findById(key.id), (error) => (error.reason === "NotFound" ? unauthorized() : error)),
-      usable
-    )
-  }
+  const identities = Identities.make({ resolved, backend, now, configById, configByHash, unavailable })
+  const {
+    records,
+    budgetsOf,
+    contextOf,
+    forget,
+    unauthorized,
+    disabledKey,
+    authenticate,
+    failUnreadable,
+    directoryFailure,
+    reportCounter,
+    failCounter,
+    budgetFailure,
+    findById,
+    recordOf
+  } = identities
 
   const gauges = Gauges.make(context, now)
   yield* Effect.addFinalizer(() => Effect.sync(gauges.remove))
@@ -333,172 +116,15 @@ export const make = Effect.fnUntraced(function* (
   }
 
   const priceOf = (model: string): Price | undefined => resolved.prices.get(model) ?? resolved.prices.get("*")
-
-  const exceeded = (charge: Charge, level: Level, at: number): GatewayError => {
-    const { counter, amount } = charge
-    const used = level.spent + level.held
-    // Refused only for what requests in flight hold: the request fits once they settle (unless what they
-    // report spends it), seconds later in general; a retryable 429, not the spent budget's.
-    if (level.held > 0 && level.spent < counter.limit && level.spent + amount <= counter.limit) {
-      return gatewayError(
-        "BudgetExceeded",
-        `Budget held for ${counter.scope} "${counter.scopeId}": ${amountText(counter, used)} of ${amountText(counter, counter.limit)} spent, ${amountText(counter, level.held)} of it held by requests in flight; this request may need up to ${amountText(counter, amount)}, which fits once enough of them settle: try again in ${Duration.format(heldRetryAfter)}`,
-        {
-          code: "budget_held",
-          scope: counter.scope,
-          scopeId: counter.scopeId,
-          unit: counter.unit,
-          spent: shown(counter.unit, used),
-          held: shown(counter.unit, level.held),
-          limit: shown(counter.unit, counter.limit),
-          retryAfter: heldRetryAfter
-        }
-      )
-    }
-    // A request that needs more than the whole limit never fits, not even after the reset: no time to come back.
-    const never = amount > counter.limit
-    const end = never ? undefined : windowEnd(counter)
-    const held = level.held > 0 ? ` (${amountText(counter, level.held)} of it held by requests in flight)` : ""
-    const resets = end === undefined ? "" : `; it starts again at ${new Date(end).toISOString()}`
-    const need = never
-      ? `this request alone may need up to ${amountText(counter, amount)}, more than the budget's limit: lower max_tokens or the input`
-      : `this request may need up to ${amountText(counter, amount)}${resets}`
-    return gatewayError(
-      "BudgetExceeded",
-      `Budget exceeded for ${counter.scope} "${counter.scopeId}": ${amountText(counter, used)} of ${amountText(counter, counter.limit)} spent${held}; ${need}`,
-      {
-        code: "budget_exceeded",
-        scope: counter.scope,
-        scopeId: counter.scopeId,
-        unit: counter.unit,
-        spent: shown(counter.unit, used),
-        ...(level.held > 0 ? { held: shown(counter.unit, level.held) } : {}),
-        limit: shown(counter.unit, counter.limit),
-        ...(end === undefined ? {} : { retryAfter: Duration.millis(Math.max(1, end - at)) })
-      }
-    )
-  }
-
-  // The levels a settle left: each to its gauge; a counter that cannot be read (left as it was) is said in the log.
-  const settled = (
-    keyId: string,
-    charges: ReadonlyArray<Charge>,
-    levels: ReadonlyArray<Level | UnreadableCounter | undefined>
-  ): Effect.Effect<void> =>
-    Effect.suspend(() => {
-      const unreadable: Array<UnreadableCounter> = []
-      for (let i = 0; i < charges.length; i++) {
-        const level = levels[i]
-        if (level instanceof UnreadableCounter) unreadable.push(level)
-        else if (level !== undefined) gauge(keyId, charges[i]!.counter, level)
-      }
-      return unreadable.length === 0 ? Effect.void : Effect.forEach(unreadable, reportCounter, { discard: true })
-    })
-
-  // A settle that failed runs again in the background, in the layer's scope, until Redis answers
-  // or the lease is over (reservationTtl).
-  const laterSchedule = Schedule.exponential("100 millis").pipe(
-    Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(5)))),
-    Schedule.upTo({ duration: Duration.millis(resolved.reservationTtlMs) })
-  )
-  const chargesText = (charges: ReadonlyArray<Charge>, actual: ReadonlyArray<number>): string =>
-    charges
-      .map(({ counter }, i) => `${amountText(counter, actual[i] ?? 0)} to the ${counter.scope} "${counter.scopeId}"`)
-      .join(", ")
-  const lostUsage = (keyId: string, charges: ReadonlyArray<Charge>, actual: ReadonlyArray<number>, why: string) =>
-    Effect.logError(
-      `gateway: the usage of a request of the key "${keyId}" was not recorded: ${why}; not charged: ${chargesText(charges, actual)}`
-    )
-  // A settle tried again, its lease perhaps ended and swept meanwhile, that found nothing of the reservation:
-  // the earlier attempt that may have reached the store charged it, or none did and it is lost.
-  const maybeLostUsage = (keyId: string, charges: ReadonlyArray<Charge>, actual: ReadonlyArray<number>) =>
-    Effect.logWarning(
-      `gateway: the usage of a request of the key "${keyId}" may not have been recorded: its settle failed after it may have reached the key store, and when the store answered again the reservation's lease (reservationTtl ${resolved.reservationTtlMs} ms) had ended; charged only if that first attempt ran: ${chargesText(charges, actual)}`
-    )
-  // Usage let through unreserved during an outage (budgets "allow"): summed by counter, settled in batches.
-  const addUnrecorded = Unrecorded.make({
-    nextId: () => `${processId}.${(sequence++).toString(36)}`,
-    settle: backend.settle,
-    retryLater: (effect) => Effect.retry(effect, laterSchedule),
+  const { settled, settleLater, giveBack } = SettleLater.make({
+    resolved,
+    backend,
     now,
-    reservationTtlMs: resolved.reservationTtlMs,
+    scope,
+    nextId: () => `${processId}.${(sequence++).toString(36)}`,
     reportCounter,
-    gauge,
-    amountText,
-    scope
+    gauge
   })
-
-  const settleLater = (
-    held: Held,
-    charges: ReadonlyArray<Charge>,
-    actual: ReadonlyArray<number>,
-    error: StoreError
-  ): Effect.Effect<void> => {
-    if (!held.recorded && neverSent(error)) return addUnrecorded(held.keyId, charges, actual)
-    // Counted once, by its lease (or an unrecorded one's mark), only once an attempt may have reached
-    // Redis (which runs it late, a hung Redis, or not): one skipped for an outage, or refused by an
-    // offline client, never did. A lease that ended meanwhile is swept by the next reserve of its
-    // counter, and a settle counted once by it would find nothing to settle: charged, then, whatever
-    // its lease, while no attempt was sent.
-    let reached = !neverSent(error)
-    const leaseEnd = held.renewedAt + resolved.reservationTtlMs
-    const charged = actual.some((amount) => amount > 0)
-    return Effect.suspend(() => backend.settle(held.id, charges, actual, now(), !held.recorded || reached)).pipe(
-      Effect.tapError((failed) =>
-        Effect.sync(() => {
-          if (!neverSent(failed)) reached = true
-        })
-      ),
-      Effect.retry(laterSchedule),
-      Effect.matchEffect({
-        // Spend the budgets will never show: said, so that an operator knows they undercount.
-        onFailure: () =>
-          charged
-            ? lostUsage(
-                held.keyId,
-                charges,
-                actual,
-                `the key store did not take its settle within reservationTtl (${resolved.reservationTtlMs} ms)`
-              )
-            : Effect.void,
-        onSuccess: ({ levels, applied }) =>
-          !applied && held.recorded && now() >= leaseEnd && charged
-            ? Effect.andThen(maybeLostUsage(held.keyId, charges, actual), settled(held.keyId, charges, levels))
-            : settled(held.keyId, charges, levels)
-      }),
-      // Closed (the gateway shut down) before the store took it: said as well.
-      Effect.onInterrupt(() =>
-        charged
-          ? lostUsage(held.keyId, charges, actual, "the key store closed before Redis took its settle")
-          : Effect.void
-      ),
-      Effect.forkIn(scope),
-      Effect.asVoid
-    )
-  }
-
-  // A reserve that failed after it may have been sent (a timeout, a dropped connection) can still
-  // hold its amounts once Redis runs it, until the lease ends: give them back, in the background until
-  // Redis answers or the lease is over. The store finds the window it held them in (Redis: of its own
-  // time then, whatever this replica's clock says). Giving back an id that holds nothing changes nothing.
-  const giveBack = (id: string, keyId: string, charges: ReadonlyArray<Charge>): Effect.Effect<void> =>
-    Effect.suspend(() => backend.giveBack(id, charges, resolved.reservationTtlMs, now())).pipe(
-      Effect.retry(laterSchedule),
-      Effect.matchEffect({
-        onFailure: () => Effect.void,
-        onSuccess: (found) =>
-          Effect.suspend(() => {
-            const unreadable: Array<UnreadableCounter> = []
-            for (const back of found) {
-              if (back instanceof UnreadableCounter) unreadable.push(back)
-              else if (back !== undefined) gauge(keyId, back.counter, back.level)
-            }
-            return unreadable.length === 0 ? Effect.void : Effect.forEach(unreadable, reportCounter, { discard: true })
-          })
-      }),
-      Effect.forkIn(scope),
-      Effect.asVoid
-    )
 
   // A shared store (Redis) holds a reservation in the windows of its own time: the replicas' clocks may differ.
   const inWindowsOf = (charges: ReadonlyArray<Charge>, storeNow: number | undefined): ReadonlyArray<Charge> => {
