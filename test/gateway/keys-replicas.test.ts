@@ -5,7 +5,8 @@
  * the key go, as the replica that disabled or deleted it removes its own.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer, Metric } from "effect"
+import { Clock, Context, Effect, Layer, Metric } from "effect"
+import { TestClock } from "effect/testing"
 import * as Prometheus from "../../src/Prometheus.js"
 import type { GatewayError } from "../../src/gateway/errors.js"
 import * as KeyStore from "../../src/gateway/keys/KeyStore.js"
@@ -104,6 +105,39 @@ describe.skipIf(skipRedis)(`KeyStore on Redis: replicas (${skipRedis ? skipReaso
           assert.deepStrictEqual([refused.reason, refused.code], ["Unauthorized", "invalid_api_key"])
           assert.deepStrictEqual(seriesOf(twoRegistry, "gone"), [])
           assert.strictEqual((yield* failure(two.authenticate(team.secret))).code, "invalid_api_key")
+        })
+      )
+  )
+
+  it.live(
+    "a key deleted or disabled through one replica, never used again on another, loses its gauges there within 30 s (TestClock)",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const server = yield* startRedis
+          const prefix = `rep-${Math.random().toString(36).slice(2, 10)}:`
+          const oneRegistry: Metric.MetricRegistry = new Map()
+          const twoRegistry: Metric.MetricRegistry = new Map()
+          const one = yield* onRedis(server, prefix, oneRegistry)
+          const clock = yield* TestClock.make()
+          const two = yield* Effect.provideService(onRedis(server, prefix, twoRegistry), Clock.Clock, clock)
+          for (const id of ["deleted", "disabled", "kept"]) {
+            const made = yield* one.create({ id, budget: { tokens: 1000 } })
+            yield* two.release(yield* two.reserve(yield* two.authenticate(made.secret), "d-a", estimate))
+            assert.lengthOf(seriesOf(twoRegistry, id), 1, id)
+          }
+          yield* one.delete("deleted")
+          yield* one.setDisabled("disabled", true)
+          yield* clock.adjust("29 seconds")
+          assert.lengthOf(seriesOf(twoRegistry, "deleted"), 1, "not looked up yet")
+          yield* clock.adjust("1 second")
+          // The lookup is one Redis call: until its answer is seen (real time, a bound, not a measure).
+          for (let i = 0; i < 500 && seriesOf(twoRegistry, "deleted").length > 0; i++) {
+            yield* Effect.sleep("10 millis")
+          }
+          assert.deepStrictEqual(seriesOf(twoRegistry, "deleted"), [])
+          assert.deepStrictEqual(seriesOf(twoRegistry, "disabled"), [])
+          assert.lengthOf(seriesOf(twoRegistry, "kept"), 1)
         })
       )
   )

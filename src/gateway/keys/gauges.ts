@@ -12,7 +12,8 @@
  * Bounded as the library's other per-name series: the first {@link maxSeries} (key, scope,
  * unit, model) charged get a series; a later one gets none (a sum of other keys' remaining
  * budgets would mean nothing; its level is read with the admin's spend). A key's series are
- * removed when it is disabled here, which frees their places.
+ * removed when it is disabled or deleted here, or found so on a shared store (at a reserve of it, or
+ * by the store's lookup of its gauges' keys every 30 s), which frees their places.
  *
  * @internal
  */
@@ -46,6 +47,8 @@ export interface Gauges {
   readonly forget: (keyId: string) => void
   /** A key enabled or created again: its requests show it again. */
   readonly remember: (keyId: string) => void
+  /** The keys that have a series now. */
+  readonly keys: () => ReadonlyArray<string>
   readonly remove: () => void
 }
 
@@ -179,6 +182,7 @@ export const make = (caller: Context.Context<never>, now: () => number): Gauges 
     remember: (keyId) => {
       forgotten.delete(keyId)
     },
+    keys: () => [...byKey.keys()],
     remove
   }
 }

@@ -292,6 +292,11 @@ export interface Backend extends Directory, Ledger {
   readonly local: boolean
   /** A local store's record of a secret's hash now, read at once (a KeyContext spends by it). */
   readonly current?: ((sha256: string) => KeyRecord | undefined) | undefined
+  /**
+   * A shared store's ids among `ids` no longer stored or disabled (by any replica): their budget gauges go.
+   * A local store forgets them as it deletes or disables them, and has none.
+   */
+  readonly retired?: ((ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<string>, StoreError>) | undefined
 }
 
 /**

@@ -197,3 +197,20 @@ export const storedId = (json: string): string | undefined => {
     return undefined
   }
 }
+
+// KEYS: keys, disabled. ARGV: ids. Returns those no longer stored, or disabled.
+export const retiredScript = Redis.script(
+  (keys: string, disabled: string, ids: ReadonlyArray<string>) => [keys, disabled, ...ids],
+  {
+    numberOfKeys: 2,
+    lua: `
+local out = {}
+for i = 1, #ARGV do
+  if redis.call("HEXISTS", KEYS[1], ARGV[i]) == 0 or redis.call("HEXISTS", KEYS[2], ARGV[i]) == 1 then
+    out[#out + 1] = ARGV[i]
+  end
+end
+return out
+`
+  }
+).withReturnType<ReadonlyArray<string>>()

@@ -53,6 +53,7 @@ import {
   pageScript,
   record,
   removeScript,
+  retiredScript,
   storedId
 } from "./redis-directory.js"
 import { readScript, reserveScript } from "./redis-reserve.js"
@@ -98,6 +99,7 @@ export const make = Effect.fnUntraced(function* (options: {
   const giveBack = redis.eval(giveBackScript)
   const read = redis.eval(readScript)
   const renew = redis.eval(renewScript)
+  const retired = redis.eval(retiredScript)
 
   const keyOf = (counter: Counter) => `${prefix}budget:${counter.name}`
   const counterKeys = (counters: ReadonlyArray<Counter>): Array<string> => {
@@ -193,6 +195,10 @@ export const make = Effect.fnUntraced(function* (options: {
 
   return {
     local: false,
+    retired: (ids) =>
+      Effect.map(guard.call("retired", retired(keysKey, disabledKey, ids)), (reply) =>
+        Array.isArray(reply) ? reply.map(String) : []
+      ),
     byHash: (sha256) =>
       Effect.flatMap(
         guard.call("lookup", lookup(hashesKey, keysKey, disabledKey, sha256)),

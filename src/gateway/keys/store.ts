@@ -36,6 +36,8 @@ import * as Identities from "./identities.js"
 import * as SettleLater from "./settle-later.js"
 
 const maxCount = 1e12
+/** How often the keys of the budget gauges are looked up on a shared store (see `retired`). */
+const gaugeCheckEvery = Duration.seconds(30)
 
 // A count a provider reported: a number of 0 or more (an absent, NaN or negative one is not reported).
 const isCount = (input: unknown): boolean => typeof input === "number" && Number.isFinite(input) && input >= 0
@@ -87,6 +89,20 @@ export const make = Effect.fnUntraced(function* (
   const gauges = Gauges.make(context, now)
   yield* Effect.addFinalizer(() => Effect.sync(gauges.remove))
   const gauge = gauges.set
+  // A key deleted or disabled through another replica loses its series here when a request of it is refused;
+  // one never used here again is looked up every gaugeCheckEvery, so that no series shows a budget of no key.
+  const retired = backend.retired
+  if (retired !== undefined) {
+    const check = Effect.suspend(() => {
+      const ids = gauges.keys().filter((id) => !configById.has(id))
+      return ids.length === 0
+        ? Effect.void
+        : Effect.map(retired(ids), (gone) => {
+            for (const id of gone) gauges.forget(id)
+          })
+    })
+    yield* Effect.forkIn(Effect.forever(Effect.andThen(Effect.sleep(gaugeCheckEvery), Effect.ignore(check))), scope)
+  }
 
   // --- limits ---
 
