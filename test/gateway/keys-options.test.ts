@@ -74,3 +74,37 @@ describe("gateway key options: teams", () => {
     }
   })
 })
+
+describe("gateway key options: names in paths", () => {
+  it("a model or team name that is no name goes into the path quoted and bounded: it went raw, a megabyte or a line break whole", () => {
+    const huge = `${"x".repeat(100_000)}\n`
+    const pathOf = (checked: Result.Result<unknown, { readonly path: string }>) =>
+      Result.isFailure(checked) ? checked.failure.path : undefined
+    for (const path of [
+      pathOf(KeyOptions.createRequest({ modelBudgets: { [huge]: { tokens: 1 } } }, "made")),
+      pathOf(KeyOptions.check({ prices: { [huge]: { input: 1, output: 1 } } } as never)),
+      pathOf(KeyOptions.check({ teams: { [huge]: {} } } as never))
+    ]) {
+      assert.isDefined(path)
+      assert.isBelow(path!.length, 300)
+      assert.notInclude(path!, "\n")
+      assert.include(path!, "(100,001 characters)")
+    }
+    // Nor in the teams a key naming an undeclared one is told of.
+    const told = KeyOptions.check({
+      teams: { [huge]: {} },
+      keys: [{ id: "k", sha256: "0".repeat(64), team: "red" }]
+    } as never)
+    assert.isTrue(Result.isFailure(told))
+    if (Result.isFailure(told)) assert.isBelow(JSON.stringify(told.failure).length, 2000)
+    assert.strictEqual(
+      pathOf(KeyOptions.createRequest({ modelBudgets: { "a\nb": { tokens: 1 } } }, "made")),
+      'modelBudgets."a\\nb"'
+    )
+    // A name that is one stays as written.
+    assert.strictEqual(
+      pathOf(KeyOptions.createRequest({ modelBudgets: { "gpt-4o": { tokens: -1 } } }, "made")),
+      "modelBudgets.gpt-4o.tokens"
+    )
+  })
+})

@@ -141,6 +141,10 @@ const fields = (path: string, input: unknown, known: ReadonlySet<string>): Check
 
 const at = (path: string, field: string) => (path === "" ? field : `${path}.${field}`)
 
+// A name given as a key (a model's, a team's) in a path: as written when it is one, else quoted and bounded (one
+// with a line break forged a log line; one of a megabyte went whole into an admin's 400).
+const named = (path: string, name: string, pattern: RegExp) => at(path, pattern.test(name) ? name : Input.shown(name))
+
 /**
  * Checks an id (of a key or a team): 1 to 64 of `[A-Za-z0-9._-]`, starting with a letter or digit.
  *
@@ -251,7 +255,7 @@ const policy = (path: string, b: Record<string, unknown>, fallbackName: string):
     } else {
       const out: Record<string, ResolvedBudget> = Object.create(null)
       for (const [name, value] of Object.entries(b.modelBudgets)) {
-        const where = `${at(path, "modelBudgets")}.${name}`
+        const where = named(at(path, "modelBudgets"), name, modelPattern)
         const checked = Result.flatMap(model(where, name), () => budget(where, value))
         if (Result.isFailure(checked)) return Result.fail(checked.failure)
         out[name] = checked.success
@@ -293,7 +297,8 @@ export const unknownTeam = (team: string, declared: ReadonlySet<string>): string
   const shown: Array<string> = []
   for (const name of declared) {
     if (shown.length === teamsShown) break
-    shown.push(name)
+    // A team declared under a name that is no id (refused too) is listed quoted and bounded.
+    shown.push(idPattern.test(name) ? name : Input.shown(name))
   }
   const more = declared.size - shown.length
   return `unknown team "${team}": declare it under the key store's teams (${
@@ -459,9 +464,10 @@ export const check = (input: Options, known: ReadonlySet<string> = optionFields)
         issues.add({ path: "teams", message: "expected an object of teams by id" })
       } else {
         for (const [team, value] of Object.entries(o.teams)) {
-          const checked = Result.flatMap(id(`teams.${team}`, team), () =>
-            Result.flatMap(fields(`teams.${team}`, value, new Set(["budget"])), (t) =>
-              optionalBudget(`teams.${team}.budget`, t.budget)
+          const where = named("teams", team, idPattern)
+          const checked = Result.flatMap(id(where, team), () =>
+            Result.flatMap(fields(where, value, new Set(["budget"])), (t) =>
+              optionalBudget(at(where, "budget"), t.budget)
             )
           )
           // A team declared with a wrong budget is still declared: its keys are not told they name none.
@@ -484,7 +490,8 @@ export const check = (input: Options, known: ReadonlySet<string> = optionFields)
         issues.add({ path: "prices", message: "expected an object of prices by model" })
       } else {
         for (const [name, value] of Object.entries(o.prices)) {
-          const checked = Result.flatMap(model(`prices.${name}`, name), () => price(`prices.${name}`, value))
+          const where = named("prices", name, modelPattern)
+          const checked = Result.flatMap(model(where, name), () => price(where, value))
           if (Result.isFailure(checked)) issues.add(checked.failure)
           else prices.set(name, checked.success)
         }
@@ -538,7 +545,7 @@ export const policyModels = (
     if (issue !== undefined) return issue
   }
   for (const name of Object.keys(policy.modelBudgets ?? {})) {
-    const issue = unknownModel(models, "budget", `${at(path, "modelBudgets")}.${name}`, name)
+    const issue = unknownModel(models, "budget", named(at(path, "modelBudgets"), name, modelPattern), name)
     if (issue !== undefined) return issue
   }
   return undefined
@@ -557,7 +564,7 @@ export const configModels = (resolved: Resolved, models: Models): Input.Issue | 
     if (issue !== undefined) issues.add(issue)
   }
   for (const name of resolved.prices.keys()) {
-    const issue = unknownModel(models, "price", `prices.${name}`, name)
+    const issue = unknownModel(models, "price", named("prices", name, modelPattern), name)
     if (issue !== undefined) issues.add(issue)
   }
   return issues.issue
