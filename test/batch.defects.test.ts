@@ -428,6 +428,32 @@ describe("a batch's id is bounded as a task id is", () => {
   )
 })
 
+describe("a revoked Proxy is bad input, never a defect", () => {
+  const revoked = <T extends object>(target: T): T => {
+    const { proxy, revoke } = Proxy.revocable(target, {})
+    revoke()
+    return proxy
+  }
+
+  it.effect("as the items: an InvalidRequest naming items (run and stream); as one item: that item's own", () =>
+    Effect.gen(function* () {
+      const { batch } = yield* managerOver(custom("p", () => Effect.succeed(response("ok"))))
+      const run = yield* Effect.flip(batch.run(revoked([] as Array<string>)))
+      assert.deepStrictEqual([run.reason, run.field], ["InvalidRequest", "items"])
+      const streamed = yield* Effect.flip(Stream.runDrain(batch.stream(revoked([] as Array<string>))))
+      assert.deepStrictEqual([streamed.reason, streamed.field], ["InvalidRequest", "items"])
+      for (const onProgress of [undefined, () => undefined]) {
+        const result = yield* batch.run(["a", revoked([]) as never, revoked({}) as never, "d"], { onProgress })
+        assert.deepStrictEqual(
+          result.results.map((r) => (r.status === "success" ? "ok" : fieldOf(r.error))),
+          ["ok", "items[1]", "items[2]", "ok"]
+        )
+        assert.include(result.results[1]!.error!.message, "revoked")
+      }
+    })
+  )
+})
+
 describe("a batch's times are on the monotonic clock", () => {
   for (const onProgress of [undefined, () => undefined]) {
     it.effect(

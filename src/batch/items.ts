@@ -74,10 +74,18 @@ const unknownField = (item: object, index: number): ModelError | undefined => {
  */
 export const parse = (item: unknown, index: number): Parsed | ModelError => {
   if (typeof item === "string") return { request: { prompt: item }, domain: undefined, via: "string" }
-  if (item instanceof UnreadableItem) return threw(`items[${index}]`, "reading it", item.error)
-  if (typeof item !== "object" || item === null || Array.isArray(item)) {
+  if (typeof item !== "object" || item === null) {
     return invalidRequest(`items[${index}]`, `${expected}, got ${Input.kindOf(item)}`)
   }
+  let array: boolean
+  try {
+    if (item instanceof UnreadableItem) return threw(`items[${index}]`, "reading it", item.error)
+    array = Array.isArray(item)
+  } catch (error) {
+    // A revoked `Proxy`: even asking what it is throws.
+    return threw(`items[${index}]`, "reading it", error)
+  }
+  if (array) return invalidRequest(`items[${index}]`, `${expected}, got an array`)
   const read = Input.readFields(item, itemFields, `items[${index}]`)
   if (Result.isFailure(read)) return Input.toInvalidRequest(read.failure)
   // A misspelt `domian` would run the item on the default provider: refused, as a misspelt option is.
@@ -184,8 +192,16 @@ export const check: (
 ) => Effect.Effect<
   { readonly items: ReadonlyArray<unknown>; readonly total: number; readonly options: Checked },
   ModelError
-> = Effect.fnUntraced(function* (items, input, router, resolved, maxItems, streamed) {
-  if (!Array.isArray(items)) return yield* fail("items", `expected an array of items, got ${Input.kindOf(items)}`)
+> = Effect.fnUntraced(function* (container, input, router, resolved, maxItems, streamed) {
+  let array: boolean
+  try {
+    array = Array.isArray(container)
+  } catch (error) {
+    // A revoked `Proxy`: the batch's bad input, not a defect of its run.
+    return yield* Effect.fail(threw("items", "reading it", error))
+  }
+  if (!array) return yield* fail("items", `expected an array of items, got ${Input.kindOf(container)}`)
+  const items = container as ReadonlyArray<unknown>
   if (input === null || typeof input !== "object") {
     return yield* fail("options", `expected an object, got ${Input.kindOf(input)}`)
   }
