@@ -1178,7 +1178,10 @@ describe("createOrchestra: batch, stats, streams", () => {
 
 describe("createOrchestra: what it is given", () => {
   it("something other than a Layer (the manager's options themselves) rejects every call with an OptionError naming it", async () => {
-    for (const given of [{ providers: { main: Mock.layer() } }, null, undefined]) {
+    // A revoked Proxy throws at any look at it: still a wrong argument, not a throw of createOrchestra.
+    const revoked = Proxy.revocable({}, {})
+    revoked.revoke()
+    for (const given of [{ providers: { main: Mock.layer() } }, null, undefined, revoked.proxy]) {
       const orchestra = createOrchestra(given as never)
       try {
         const error = await typed(orchestra.execute("x"))

@@ -53,6 +53,15 @@ const notALayer = (given: unknown): Layer.Layer<Services, Input.OptionError> =>
     )
   )
 
+// `Layer.isLayer` looks into its argument: a revoked `Proxy` throws there, and is no layer either.
+const isLayer = (given: unknown): boolean => {
+  try {
+    return Layer.isLayer(given)
+  } catch {
+    return false
+  }
+}
+
 const defaults = { rebuildAfter: Duration.seconds(1), disposeTimeout: Duration.seconds(30) }
 
 // The longest wait between two builds of a manager that keeps failing (unless `rebuildAfter` is longer).
@@ -202,7 +211,7 @@ export const makeManager = (
   const { rebuildAfter, disposeTimeout } = Result.isSuccess(read) ? read.success : defaults
   // Code without types may hand over the manager's options themselves: a manager that cannot be built.
   // So is one given wrong facade options: every call is told the OptionError naming the field.
-  const given: Layer.Layer<Services, unknown> = !Layer.isLayer(layer)
+  const given: Layer.Layer<Services, unknown> = !isLayer(layer)
     ? notALayer(layer)
     : Result.isFailure(read)
       ? Layer.effectContext(Effect.fail(read.failure))
