@@ -196,6 +196,42 @@ describe("createOrchestra: input from code without types", () => {
     }
   })
 
+  it("an array of a huge length (a sparse one, a Proxy's) is refused naming it before any of it is read", async () => {
+    const m = mock()
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
+    let reads = 0
+    // `new Array(2 ** 32 - 1)` costs nothing to make; copying it took the event loop for half a minute.
+    const huge = () =>
+      new Proxy([] as Array<never>, {
+        get: (target, key) => {
+          if (key === "length") return 2 ** 32 - 1
+          if (typeof key === "string" && /^\d+$/.test(key)) reads++
+          return Reflect.get(target, key)
+        }
+      })
+    try {
+      for (const [call, field] of [
+        [() => orchestra.executeWithFallback("q", huge()), "domains"],
+        [() => orchestra.executeParallelDomains("q", huge()), "domains"],
+        [() => orchestra.hedge("q", huge(), { after: 10 }), "domains"],
+        [() => orchestra.execute("q", { context: huge() }), "context"],
+        [() => orchestra.execute({ messages: huge() }), "messages"],
+        [() => orchestra.embed(huge()), "texts"],
+        [() => orchestra.embed({ texts: huge() as never }), "texts"],
+        [() => drain(orchestra.stream("q", { domain: huge() })), "domain"],
+        [() => drain(orchestra.stream({ messages: huge() })), "messages"]
+      ] as const) {
+        const error = await invalid(call())
+        assert.strictEqual(error.field, field, error.message)
+        assert.include(error.message, "expected at most 1000000 items, got 4294967295")
+      }
+      assert.strictEqual(reads, 0)
+      assert.strictEqual(Effect.runSync(m.control.calls), 0)
+    } finally {
+      await orchestra.dispose()
+    }
+  })
+
   it("mode: null is refused naming mode, as null is for every other option", async () => {
     const m = mock()
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))

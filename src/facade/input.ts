@@ -9,6 +9,12 @@ import { type Duration, Result, Schema } from "effect"
 import { invalidRequest, type ModelError } from "../AiError.js"
 import * as Input from "../Input.js"
 import { checkGenerate, type EmbedRequest, type GenerateRequest, Message, type RequestLimits } from "../Model.js"
+import { maxRequestArray } from "../batch/items.js"
+
+// The longest array a call's argument may hold anywhere (its domains, context, messages, texts), as a batch
+// item's request: a sparse `new Array(2 ** 32 - 1)` costs nothing to make, and copying it held the event
+// loop for half a minute before failing.
+const maxArray = maxRequestArray
 
 /** A call's options after their checks; the rest are checked by the router, executor or batch. @internal */
 export interface Checked {
@@ -64,7 +70,7 @@ export const check = (options: unknown, allowed: ReadonlySet<string>): Result.Re
   if (unknown !== undefined) return Result.fail(Input.toInvalidRequest(unknown))
   const raw: Record<string, unknown> = Object.create(null)
   for (const key of Object.keys(read.success)) {
-    const value = Input.snapshot(read.success[key], key)
+    const value = Input.snapshot(read.success[key], key, key, maxArray)
     if (Result.isFailure(value)) return Result.fail(Input.toInvalidRequest(value.failure))
     raw[key] = value.success
   }
@@ -121,7 +127,7 @@ export const requestOf = (
   }
   // A request object is read once, all of it: a getter that throws is the field's InvalidRequest
   // (`prompt`, `messages[1].content`), and the pipeline and the provider read the copy.
-  const read = Input.snapshot(prompt, "", "prompt")
+  const read = Input.snapshot(prompt, "", "prompt", maxArray)
   if (Result.isFailure(read)) return Result.fail(Input.toInvalidRequest(read.failure))
   const request: GenerateRequest = typeof prompt === "string" ? { prompt } : (read.success as GenerateRequest)
   if (context === undefined || context.length === 0) return Result.succeed(request)
@@ -151,7 +157,7 @@ export const embedRequestOf = (input: unknown): Result.Result<EmbedRequest, Mode
     // A revoked `Proxy`: its snapshot names `input`.
     array = false
   }
-  const read = array ? Input.snapshot(input, "texts") : Input.snapshot(input, "", "input")
+  const read = array ? Input.snapshot(input, "texts", "texts", maxArray) : Input.snapshot(input, "", "input", maxArray)
   if (Result.isFailure(read)) return Result.fail(Input.toInvalidRequest(read.failure))
   return Result.succeed(
     array ? { texts: read.success as unknown as EmbedRequest["texts"] } : (read.success as EmbedRequest)
@@ -160,7 +166,7 @@ export const embedRequestOf = (input: unknown): Result.Result<EmbedRequest, Mode
 
 /** The domains of a call, read once (a `Proxy` or a getter that throws is `domains`' InvalidRequest). @internal */
 export const domainsOf = (domains: unknown): Result.Result<ReadonlyArray<string>, ModelError> => {
-  const read = Input.snapshot(domains, "domains")
+  const read = Input.snapshot(domains, "domains", "domains", maxArray)
   return Result.isFailure(read)
     ? Result.fail(Input.toInvalidRequest(read.failure))
     : Result.succeed(read.success as ReadonlyArray<string>)
