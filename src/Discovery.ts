@@ -102,7 +102,10 @@ export interface Entry {
  * @category models
  */
 export interface Options {
-  /** Name in errors and the breaker key `discovery:<name>`. Default `"discovery"`. */
+  /**
+   * Name in errors and the breaker key `discovery:<name>` (also the agent of its tasks' records): at most 246
+   * characters, so that `discovery:<name>` labels series of its own. Default `"discovery"`.
+   */
   readonly name?: string | undefined
   /** How long an answer is kept. Default 1 minute. Failures and empty answers are not kept. */
   readonly ttl?: Input.DurationInput | undefined

@@ -7,6 +7,7 @@ import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Discovery from "../src/Discovery.js"
 import * as Executor from "../src/Executor.js"
 import * as HttpAgent from "../src/HttpAgent.js"
+import type * as Input from "../src/Input.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as AgentServer from "./utils/agentServer.js"
 import * as Server from "./utils/httpServer.js"
@@ -553,6 +554,30 @@ describe("Discovery.layer (your own lookup)", () => {
         assert.strictEqual((error as { readonly path: string }).path, "lookup")
       }
     })
+  )
+})
+
+describe("a discovery's name", () => {
+  it.effect(
+    "is refused when discovery:<name> would be too long to label series of its own (it counted under (other))",
+    () =>
+      Effect.gen(function* () {
+        const longest = "d".repeat(246)
+        const layers = (name: string) => [
+          Discovery.layer(() => Effect.succeed([]), { name }),
+          Discovery.layerStatic([], { name }),
+          Discovery.layerHttp({ url: "http://127.0.0.1:1/discover", name }).pipe(
+            Layer.provide(NodeHttpClient.layerUndici)
+          )
+        ]
+        for (const layer of layers(`${longest}d`)) {
+          const error = (yield* Effect.flip(resolver(layer))) as Input.OptionError
+          assert.strictEqual(error.path, "name")
+          assert.include(error.message, "at most 246 characters")
+        }
+        // `discovery:` and 246 characters: 256, a label of its own.
+        for (const layer of layers(longest)) assert.strictEqual((yield* resolver(layer)).name, longest)
+      })
   )
 })
 

@@ -8,9 +8,9 @@
 import { Effect, Result } from "effect"
 import type { Endpoint, Query, Service } from "../Discovery.js"
 import * as Input from "../Input.js"
-import { reservedName } from "../agent/names.js"
+import { discoveryPrefix, reservedName } from "../agent/names.js"
 import * as Http from "../Model/http/options.js"
-import { wellFormed } from "../stats/labels.js"
+import { maxOwnLabelChars, wellFormed } from "../stats/labels.js"
 import { type DiscoveryError, fail } from "./errors.js"
 
 /**
@@ -79,6 +79,23 @@ const endpointKeys: ReadonlySet<string> = new Set(["url", "name", "timeout"])
 
 /** The keys of a static map's entry. */
 export const entryKeys: ReadonlySet<string> = new Set(["concept", "intent", "agents"])
+
+/** The longest name of a discovery: `discovery:<name>` labels the series of its tasks' records and of its breaker. */
+const maxNameLength = maxOwnLabelChars - discoveryPrefix.length
+
+/**
+ * A discovery's `name` (`fallback` when none is given): a longer one than {@link maxNameLength} would count its
+ * tasks and its breaker under `"(other)"`, with no word said, as a domain's too long name would.
+ */
+export const checkName = (given: unknown, fallback: string): Input.Checked<string> =>
+  Result.flatMap(Http.nonEmpty("name", Input.orDefault(given, fallback)), (name) =>
+    name.length > maxNameLength
+      ? Result.fail({
+          path: "name",
+          message: `expected at most ${maxNameLength} characters, got ${name.length.toLocaleString("en-US")}: ${discoveryPrefix}<name> labels the series of its tasks and of its breaker, and a longer label has none of its own`
+        })
+      : wellFormed(name, "name")
+  )
 
 /** The keys of `Options`. */
 export const optionKeys: ReadonlySet<string> = new Set([

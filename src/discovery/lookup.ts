@@ -10,9 +10,16 @@ import { type AiError, isAiError, ModelError, TimeoutError } from "../AiError.js
 import * as CircuitBreaker from "../CircuitBreaker.js"
 import type { Endpoint, Options, Query, Service } from "../Discovery.js"
 import * as Input from "../Input.js"
-import * as Http from "../Model/http/options.js"
-import { wellFormed } from "../stats/labels.js"
-import { checkEndpoint, checkQuery, defaultMaxAgents, keyOf, optionKeys, optionsIssue, ownService } from "./checks.js"
+import {
+  checkEndpoint,
+  checkName,
+  checkQuery,
+  defaultMaxAgents,
+  keyOf,
+  optionKeys,
+  optionsIssue,
+  ownService
+} from "./checks.js"
 import { type DiscoveryError, fail, notFound } from "./errors.js"
 
 const DETAIL_MAX = 300
@@ -55,7 +62,7 @@ export const make = Effect.fnUntraced(function* <E>(
   const [name, ttl, capacity, timeout, staleFor, maxAgents, maxConcurrentLookups] = yield* Input.orOptionError(
     Input.all([
       // The label `agent="discovery:<name>"` and the breaker key.
-      Result.flatMap(Http.nonEmpty("name", Input.orDefault(options.name, "discovery")), (n) => wellFormed(n, "name")),
+      checkName(options.name, "discovery"),
       Input.duration("ttl", Input.orDefault(options.ttl, "1 minute")),
       Input.positiveInt("capacity", Input.orDefault(options.capacity, 1000)),
       Input.duration("timeout", Input.orDefault(options.timeout, "5 seconds")),

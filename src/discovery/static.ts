@@ -9,8 +9,16 @@ import { Effect, Result } from "effect"
 import type { Endpoint, Entry, Query, Service } from "../Discovery.js"
 import * as Input from "../Input.js"
 import * as Http from "../Model/http/options.js"
-import { wellFormed } from "../stats/labels.js"
-import { checkEndpoint, checkQuery, entryKeys, keyOf, maxQueryLength, optionsIssue, ownService } from "./checks.js"
+import {
+  checkEndpoint,
+  checkName,
+  checkQuery,
+  entryKeys,
+  keyOf,
+  maxQueryLength,
+  optionsIssue,
+  ownService
+} from "./checks.js"
 import { notFound } from "./errors.js"
 
 /** @internal */
@@ -23,9 +31,7 @@ export const make = Effect.fnUntraced(function* (
   }
   const wrong = optionsIssue(options, new Set(["name"]))
   if (wrong !== undefined) return yield* Input.orOptionError(Result.fail(wrong))
-  const name = yield* Input.orOptionError(
-    Result.flatMap(Http.nonEmpty("name", Input.orDefault(options.name, "static")), (n) => wellFormed(n, "name"))
-  )
+  const name = yield* Input.orOptionError(checkName(options.name, "static"))
   const table = new Map<string, ReadonlyArray<Endpoint>>()
   for (const [i, entry] of entries.entries()) {
     const at = `entries[${i}]`
