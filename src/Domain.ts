@@ -126,6 +126,10 @@ const positive = (path: string, d: Duration.Duration | undefined): Input.Checked
     ? Result.fail({ path, message: "expected a duration above zero, got 0" })
     : Result.succeed(undefined)
 
+// The longest list domains are read from, or a domain holds (its `fallback`): a sparse `new Array(2 ** 32 - 1)`
+// costs nothing to make, and copying (then decoding) it held the build for minutes.
+const maxListLength = 1_000_000
+
 /**
  * How {@link check} and {@link fromConfig} read a list of domains.
  *
@@ -189,7 +193,7 @@ export const check = (input: unknown, options: string | CheckOptions = {}): Inpu
   const path = given.path ?? "domains"
   const fallbackTo = given.fallbackTo ?? []
   // Read once, all of it: a getter (or a `Proxy` trap) that throws is the issue of its field, not an exception.
-  const read = Input.snapshot(input, path)
+  const read = Input.snapshot(input, path, path, maxListLength)
   if (Result.isFailure(read)) return Result.fail(read.failure)
   const list: unknown = read.success
   if (!Array.isArray(list)) return Result.fail({ path, message: "expected an array of domains" })

@@ -104,6 +104,10 @@ const optionKeys: ReadonlySet<string> = new Set([
   "cache"
 ])
 
+// The longest list the options hold anywhere (`domains`, a domain's `fallback`), as `Domain.check` reads them: a
+// sparse `new Array(2 ** 32 - 1)` costs nothing to make, and copying it held the build for half a minute.
+const maxListLength = 1_000_000
+
 const isLayer = (u: unknown): u is Layer.Layer<never, unknown, unknown> => Layer.isLayer(u)
 
 const partOptions = [
@@ -287,7 +291,7 @@ export const layer = <const P extends Record<string, Layer.Layer<ModelProvider, 
     Effect.gen(function* () {
       // Read once, all of it: a getter that throws is an OptionError naming the field (not a
       // defect of the build), and no layer below reads the caller's objects again.
-      const options = yield* Input.orOptionError(Input.snapshot(given, "", "options"))
+      const options = yield* Input.orOptionError(Input.snapshot(given, "", "options", maxListLength))
       if (typeof options !== "object" || options === null || Array.isArray(options)) {
         return yield* Input.orOptionError(
           Result.fail({ path: "options", message: `expected an object ({ providers }), got ${Input.kindOf(options)}` })

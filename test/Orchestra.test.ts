@@ -1,8 +1,9 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Fiber, Layer, Metric, Scope } from "effect"
+import { Context, Effect, Exit, Fiber, Layer, Metric, Result, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import * as Batch from "../src/Batch.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as Domain from "../src/Domain.js"
 import { ModelProvider } from "../src/Model.js"
 import * as Mock from "../src/Model/Mock.js"
 import * as Orchestra from "../src/Orchestra.js"
@@ -324,6 +325,42 @@ describe("Orchestra.layer: domains", () => {
         paths,
         cases.map(([, path]) => path)
       )
+    })
+  )
+})
+
+describe("Orchestra.layer: lists of a huge length", () => {
+  it.effect("a sparse or a Proxy's list of 2 ** 32 - 1 is refused naming it before any of it is read", () =>
+    Effect.gen(function* () {
+      let reads = 0
+      // `new Array(2 ** 32 - 1)` costs nothing to make; the build copied it for half a minute (a domain's
+      // `fallback`: for minutes), and then named `options`.
+      const huge = () =>
+        new Proxy([] as Array<never>, {
+          get: (target, key) => {
+            if (key === "length") return 2 ** 32 - 1
+            if (typeof key === "string" && /^\d+$/.test(key)) reads++
+            return Reflect.get(target, key)
+          }
+        })
+      const providers = { main: Mock.layer() }
+      for (const [options, path] of [
+        [{ providers, domains: huge() }, "domains"],
+        [{ providers, extraDomains: huge() }, "extraDomains"],
+        [{ providers, domains: [{ name: "a", provider: "main", fallback: huge() }] }, "domains[0].fallback"]
+      ] as const) {
+        const error = yield* configError(options as never)
+        assert.deepStrictEqual(
+          [error._tag === "OptionError" && error.path, error.message],
+          [path, `invalid ${path}: expected at most 1000000 items, got 4294967295`]
+        )
+      }
+      const checked = Domain.check([{ name: "a", provider: "main", fallback: huge() }])
+      assert.deepStrictEqual(Result.isFailure(checked) && checked.failure, {
+        path: "domains[0].fallback",
+        message: "expected at most 1000000 items, got 4294967295"
+      })
+      assert.strictEqual(reads, 0)
     })
   )
 })
