@@ -377,14 +377,19 @@ export const layerLanguageModel = (
       const known = yield* Effect.serviceOption(Domains)
       // Copied once and the copy checked: the caller's array changed later would change the domains
       // of every call (an unknown one, one named twice), past the check.
-      const served = Array.isArray(domains) ? Object.freeze(domains.slice()) : domains
+      // Bounded: a sparse `new Array(2 ** 32 - 1)` costs nothing to make, and copying it held the event loop for minutes.
+      const copied = yield* Input.orOptionError(Input.snapshot(domains, "domains", "domains", maxListLength))
+      const served = Array.isArray(copied) ? Object.freeze(copied) : copied
       yield* checkDomainNames(served, known._tag === "Some" ? known.value : undefined)
       // Read once: a getter that throws is an OptionError naming its field, and the calls use what was checked.
-      const read = yield* Input.orOptionError(Input.snapshot(options, "", "options"))
+      const read = yield* Input.orOptionError(Input.snapshot(options, "", "options", maxListLength))
       yield* Input.orOptionError(checkLanguageModelKeys(read))
       return languageModelLayer(router, served, read)
     })
   )
+
+// The longest list a LanguageModel layer is given (its domains, one of its options).
+const maxListLength = 1_000_000
 
 const languageModelKeys: ReadonlySet<string> = new Set([
   "name",

@@ -78,6 +78,32 @@ describe("Router.layerLanguageModel: a domain as an effect/ai LanguageModel", ()
     }).pipe(Effect.scoped)
   )
 
+  it.effect("a list of a huge length (the domains, one in the options) is refused naming it before it is read", () =>
+    Effect.gen(function* () {
+      let reads = 0
+      // `new Array(2 ** 32 - 1)` costs nothing to make; the layer copied it, holding the event loop for minutes.
+      const huge = () =>
+        new Proxy([] as Array<never>, {
+          get: (target, key) => {
+            if (key === "length") return 2 ** 32 - 1
+            if (typeof key === "string" && /^\d+$/.test(key)) reads++
+            return Reflect.get(target, key)
+          }
+        })
+      for (const [layer, path] of [
+        [Router.layerLanguageModel(huge()), "domains"],
+        [Router.layerLanguageModel("primary", { settings: { stop: huge() } } as never), "settings.stop"]
+      ] as const) {
+        const error = yield* Effect.flip(Layer.build(layer.pipe(Layer.provide(manager))))
+        assert.deepStrictEqual(
+          [error.path, error.message],
+          [path, `invalid ${path}: expected at most 1000000 items, got 4294967295`]
+        )
+      }
+      assert.strictEqual(reads, 0)
+    }).pipe(Effect.scoped)
+  )
+
   it.effect("the domains checked when the layer is built are the ones its calls use, whatever the array becomes", () =>
     Effect.gen(function* () {
       const domains = ["primary", "backup"]
