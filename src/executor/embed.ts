@@ -15,14 +15,13 @@ import {
   type Service as ProviderService,
   validateEmbed
 } from "../Model.js"
-import * as Input from "../Input.js"
+import { embedAnswerIssue as answerIssueOf } from "../Model/answers.js"
 import type { Engine } from "../policy/engine.js"
 import { describeDefect } from "../policy/failure.js"
 import { retryHookOf } from "../policy/callback.js"
 import type { Telemetry } from "../policy/plan.js"
 import { isTraced } from "../policy/span.js"
 import type { ResolveSync } from "./options.js"
-import { providerAnswerIssue } from "./plan.js"
 import { issueError, type Refused } from "./refusal.js"
 
 // An embedding has no output tokens or finish reason.
@@ -40,16 +39,6 @@ const responseAttributes = (response: EmbedResponse): Record<string, unknown> =>
  */
 export const embedUsageOf = (response: EmbedResponse): EmbedResponse["usage"] => response.usage
 
-// What is wrong with an embeddings answer for `count` texts: a JavaScript provider's is not
-// decoded, and a vector too few or too many gave its caller's text another's vector, or `undefined`.
-const vectorsIssue = (value: unknown, count: number): string | undefined => {
-  const notAnAnswer = providerAnswerIssue(value)
-  if (notAnAnswer !== undefined) return notAnAnswer
-  const vectors = (value as { readonly vectors?: unknown }).vectors
-  if (!Array.isArray(vectors)) return `answered vectors ${Input.shown(vectors)}, not an array`
-  return vectors.length === count ? undefined : `answered ${vectors.length} vectors for ${count} texts`
-}
-
 // One check per text count, made once: embed calls are on the gateway's path. Up to the default
 // `maxEmbedTexts`; a larger count (a higher limit) gets its own.
 const MEMO_COUNTS = 2048
@@ -57,15 +46,16 @@ const vectorChecks: Array<((value: unknown) => string | undefined) | undefined> 
 
 /**
  * The `answerIssue` of an embeddings step for a request of `count` texts: an answer that is no
- * object, or whose `vectors` are no array of one vector per text.
+ * object, or whose `vectors` are no array of one sound vector per text (`Model/answers.ts`: a
+ * JavaScript provider's answer is not decoded).
  *
  * @internal
  */
 export const embedAnswerIssue = (count: number): ((value: unknown) => string | undefined) => {
-  if (count > MEMO_COUNTS) return (value) => vectorsIssue(value, count)
+  if (count > MEMO_COUNTS) return (value) => answerIssueOf(value, count)
   let check = vectorChecks[count]
   if (check === undefined) {
-    check = (value) => vectorsIssue(value, count)
+    check = (value) => answerIssueOf(value, count)
     vectorChecks[count] = check
   }
   return check

@@ -15,6 +15,7 @@ import {
   type GenerateResponse,
   type Service as ProviderService
 } from "../Model.js"
+import { generateAnswerIssue } from "../Model/answers.js"
 import { decodeRetry } from "../Policy.js"
 import { retryHookOf } from "../policy/callback.js"
 import { cacheKeyOf } from "../policy/failure.js"
@@ -44,13 +45,13 @@ export const tokensOf = (request: GenerateRequest): number => estimateInputToken
 const usageOf = (response: GenerateResponse) => response.usage
 
 /**
- * What is wrong with a provider's answer that is no object (`null`, `undefined`: a provider
- * written in JavaScript, an adapter that returns nothing): its caller would read `.text` of it.
+ * What is wrong with a provider's `generate` answer: no object (`null`, `undefined`: a provider
+ * written in JavaScript, an adapter that returns nothing), or a field that breaks
+ * `GenerateResponse` (`Model/answers.ts`): its caller would read `.text` of it.
  *
  * @internal
  */
-export const providerAnswerIssue = (value: unknown): string | undefined =>
-  typeof value === "object" && value !== null ? undefined : `answered ${Input.shown(value)}, not a response`
+export const providerAnswerIssue: (value: unknown) => string | undefined = generateAnswerIssue
 
 /**
  * A deadline's issue: no Duration, or one that cuts at once (negative, zero, `NaN` which
