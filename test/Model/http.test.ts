@@ -1136,3 +1136,38 @@ describe("credentials in a base URL", () => {
     }).pipe(Effect.provide(FetchHttpClient.layer))
   )
 })
+
+describe("secretUrl: which plain-http hosts are loopback", () => {
+  it("takes every spelling of a loopback address and refuses a host that only looks like one", () => {
+    for (const url of [
+      "http://localhost:8000/v1",
+      "http://LOCALHOST/v1",
+      "http://localhost.:8000/v1",
+      "http://127.0.0.1/v1",
+      "http://127.1/v1",
+      "http://2130706433/v1",
+      "http://127.255.0.9/v1",
+      "http://[::1]/v1",
+      "http://[0:0:0:0:0:0:0:1]/v1",
+      "http://[::ffff:127.0.0.1]:8000/v1",
+      "http://[::ffff:127.9.8.7]/v1",
+      "http://0.0.0.0/v1",
+      "http://[::]/v1",
+      "http://[::ffff:0.0.0.0]/v1"
+    ]) {
+      assert.isTrue(Result.isSuccess(Options.secretUrl("apiKey", url)), url)
+    }
+    for (const url of [
+      "http://127.0.0.1.nip.io/v1",
+      "http://localhost.example.com/v1",
+      "http://[::2]/v1",
+      "http://[::ffff:10.0.0.1]/v1",
+      "http://[::ffff:128.0.0.1]/v1",
+      "http://[::127.0.0.1]/v1",
+      "http://128.0.0.1/v1"
+    ]) {
+      const refused = Options.secretUrl("apiKey", url)
+      assert.isTrue(Result.isFailure(refused), url)
+    }
+  })
+})

@@ -196,21 +196,29 @@ export const baseUrl = (
 }
 
 // 0.0.0.0 and :: reach this machine as a destination (the ollama CLI's `OLLAMA_HOST=0.0.0.0`): no network either.
+// The hostname is WHATWG's, already normalized: `127.1` and `2130706433` read as 127.0.0.1, `[0:0::1]` as `[::1]`,
+// and an IPv4-mapped address (`[::ffff:127.0.0.1]`) as hex groups, `[::ffff:7f00:1]`. `localhost.` is the
+// fully-qualified `localhost`.
+const ipv4Loopback = /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/
+const mappedLoopback = /^\[::ffff:7f[0-9a-f]{2}:[0-9a-f]{1,4}\]$/
 const isLoopbackHost = (hostname: string): boolean => {
   const host = hostname.toLowerCase()
   return (
     host === "localhost" ||
+    host === "localhost." ||
     host === "[::1]" ||
     host === "0.0.0.0" ||
     host === "[::]" ||
-    /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+    host === "[::ffff:0:0]" ||
+    ipv4Loopback.test(host) ||
+    mappedLoopback.test(host)
   )
 }
 
 /**
  * For a checked URL a secret is sent to (a key, a bearer token): plain `http` is refused unless
- * its host is a loopback address (127.0.0.0/8, `::1`, `localhost`, or `0.0.0.0`), where nothing
- * crosses a network; elsewhere the secret would travel in clear text. The message names the
+ * its host is a loopback address (127.0.0.0/8, also mapped into IPv6 as `[::ffff:127.0.0.1]`,
+ * `::1`, `localhost`, or `0.0.0.0`), where nothing crosses a network; elsewhere the secret would travel in clear text. The message names the
  * URL's host and the `allowPlainHttpSecrets` option that allows it.
  *
  * @since 0.3.0
