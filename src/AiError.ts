@@ -295,7 +295,8 @@ export const isRetryable = (error: AiError): boolean => {
 /**
  * Try another provider? Everything transient, plus failures specific to this provider
  * (its breaker is open, its key is refused, its answer did not decode or passed its size bound
- * (`TooLarge` with `field` `"response"`), it has no such model).
+ * (`TooLarge` with `field` `"response"`), it has no such model, or it answered a 404 naming no
+ * field: its base URL is wrong).
  * Not a bad request (every provider would refuse it), not shutdown, not a stream that
  * already delivered text, not the call's total deadline.
  *
@@ -305,8 +306,11 @@ export const isRetryable = (error: AiError): boolean => {
 export const shouldFallback = (error: AiError): boolean => {
   switch (error._tag) {
     case "ModelError":
-      // A model this provider does not have is specific to it: another may serve the request.
-      if (error.reason === "InvalidRequest") return error.field === "model"
+      // A model this provider does not have is specific to it: another may serve the request. So is a 404 that names
+      // no field (no API error: a wrong base URL's page, a proxy's): the request has no part in the URL it went to.
+      if (error.reason === "InvalidRequest") {
+        return error.field === "model" || (error.status === 404 && error.field === undefined)
+      }
       // An answer past its bound is this provider's (an endless body); a request too large is every one's.
       if (error.reason === "TooLarge") return error.field === "response"
       return error.reason !== "ContentFilter"

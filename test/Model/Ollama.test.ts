@@ -203,38 +203,41 @@ layer(NodeHttpClient.layerUndici)("Ollama", (it) => {
         })
     )
 
-    it.effect("404 with an error body is InvalidRequest on `model` (falls back); 404 page, 500, 503, 429, 401", () =>
-      Effect.gen(function* () {
-        const answers: Record<string, readonly [number, unknown, Record<string, string>?]> = {
-          nope: [404, { error: 'model "nope" not found, try pulling it first' }],
-          page: [404, "404 page not found"],
-          crash: [500, { error: "llama runner process has terminated: signal: killed" }],
-          busy: [503, { error: "server busy, please try again.  maximum pending requests exceeded" }],
-          rate: [429, { error: "too many requests" }, { "retry-after": "2" }],
-          auth: [401, { error: "unauthorized" }]
-        }
-        const server = yield* Server.make((req, res) => {
-          const [status, body, headers] = answers[String(bodyOf(req)["model"])]!
-          if (typeof body === "string") return Server.text(res, status, body)
-          Server.json(res, status, body, headers)
+    it.effect(
+      "404, with an error body or a page, is InvalidRequest (falls back), on `model` with the body; 500, 503, 429, 401",
+      () =>
+        Effect.gen(function* () {
+          const answers: Record<string, readonly [number, unknown, Record<string, string>?]> = {
+            nope: [404, { error: 'model "nope" not found, try pulling it first' }],
+            page: [404, "404 page not found"],
+            crash: [500, { error: "llama runner process has terminated: signal: killed" }],
+            busy: [503, { error: "server busy, please try again.  maximum pending requests exceeded" }],
+            rate: [429, { error: "too many requests" }, { "retry-after": "2" }],
+            auth: [401, { error: "unauthorized" }]
+          }
+          const server = yield* Server.make((req, res) => {
+            const [status, body, headers] = answers[String(bodyOf(req)["model"])]!
+            if (typeof body === "string") return Server.text(res, status, body)
+            Server.json(res, status, body, headers)
+          })
+          const p = yield* provider(server)
+          const call = (model: string) => flipModel(p.generate({ prompt: "x", model }))
+          const nope = yield* call("nope")
+          assert.strictEqual(nope.reason, "InvalidRequest")
+          assert.strictEqual(nope.field, "model")
+          assert.isTrue(shouldFallback(nope))
+          assert.include(nope.message, "try pulling it first")
+          // A 404 page (a base URL that is not Ollama's, a proxy in front of it): this provider cannot serve the model.
+          const page = yield* call("page")
+          assert.deepStrictEqual([page.reason, page.field], ["InvalidRequest", undefined])
+          assert.isTrue(shouldFallback(page))
+          assert.strictEqual((yield* call("crash")).reason, "Overloaded")
+          assert.strictEqual((yield* call("busy")).reason, "Unavailable")
+          const rate = yield* call("rate")
+          assert.strictEqual(rate.reason, "RateLimited")
+          assert.deepStrictEqual(rate.retryAfter, Duration.seconds(2))
+          assert.strictEqual((yield* call("auth")).reason, "Unauthorized")
         })
-        const p = yield* provider(server)
-        const call = (model: string) => flipModel(p.generate({ prompt: "x", model }))
-        const nope = yield* call("nope")
-        assert.strictEqual(nope.reason, "InvalidRequest")
-        assert.strictEqual(nope.field, "model")
-        assert.isTrue(shouldFallback(nope))
-        assert.include(nope.message, "try pulling it first")
-        const page = yield* call("page")
-        assert.strictEqual(page.reason, "InvalidRequest")
-        assert.isUndefined(page.field)
-        assert.strictEqual((yield* call("crash")).reason, "Overloaded")
-        assert.strictEqual((yield* call("busy")).reason, "Unavailable")
-        const rate = yield* call("rate")
-        assert.strictEqual(rate.reason, "RateLimited")
-        assert.deepStrictEqual(rate.retryAfter, Duration.seconds(2))
-        assert.strictEqual((yield* call("auth")).reason, "Unauthorized")
-      })
     )
 
     it.effect("a malformed body is Decode naming the field", () =>

@@ -532,14 +532,25 @@ describe("errors", () => {
     assert.strictEqual(inStream.reason, "Unauthorized")
   })
 
-  it("a 404 names the model only with a JSON error body; secrets are scrubbed from the provider's message", () => {
+  it("a 404 names the model only with a JSON error body, falls back either way; secrets are scrubbed from the provider's message", () => {
     const secret = Redacted.make("sk-live-0123456789")
     const ollama: Errors.CallContext = { provider: "ollama", notFoundField: "model", secrets: [secret] }
     const json = Errors.errorFromStatus(404, {}, '{"error":"model \\"x\\" not found, try pulling it first"}', 0, ollama)
     assert.strictEqual(json.field, "model")
     assert.include(json.message, "try pulling it first")
-    const page = Errors.errorFromStatus(404, {}, "404 page not found", 0, ollama)
-    assert.isUndefined(page.field)
+    // A 404 page or none at all (a wrong base URL, a proxy in front): this provider's, not the request's, so another
+    // provider may serve the call; not retried. It names no field: the gateway answers it as a bad gateway.
+    for (const body of ["404 page not found", "", "<html><body>Not Found</body></html>"]) {
+      const page = Errors.errorFromStatus(404, {}, body, 0, ollama)
+      assert.deepStrictEqual([page.reason, page.field], ["InvalidRequest", undefined], body)
+      assert.isTrue(shouldFallback(page), body)
+      assert.isFalse(isRetryable(page), body)
+    }
+    // A refusal of the request itself stays final.
+    assert.isFalse(shouldFallback(Errors.errorFromStatus(400, {}, "", 0, ollama)))
+    assert.isFalse(
+      shouldFallback(Errors.errorFromStatus(422, {}, '{"error":{"message":"bad","param":"tools"}}', 0, ollama))
+    )
     const echoed = Errors.errorFromStatus(401, {}, '{"error":{"message":"bad key sk-live-0123456789"}}', 0, ollama)
     assert.notInclude(echoed.message, "sk-live-0123456789")
     assert.include(echoed.message, "<redacted>")
