@@ -137,6 +137,31 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect("a cycle of long step names: each name in the message cut, every name whole in steps", () =>
+    Effect.gen(function* () {
+      const names = Array.from({ length: 10 }, (_, i) => `${String(i).repeat(1_000)}`)
+      const ring = names.map((name, i) => ({
+        name,
+        dependsOn: [names[(i + names.length - 1) % names.length]!],
+        run: () => Effect.void
+      }))
+      const cycle = yield* Effect.flip(Pipeline.fromSteps(ring))
+      assert.strictEqual(cycle.reason, "Cycle")
+      assert.deepStrictEqual([...cycle.steps].sort(), names)
+      assert.isBelow(cycle.message.length, 1_500, cycle.message.slice(0, 400))
+      assert.include(cycle.message, "(1,000 characters)")
+      const self = yield* Effect.flip(
+        Pipeline.fromSteps([{ name: "y".repeat(1_000), dependsOn: ["y".repeat(1_000)], run: () => Effect.void }])
+      )
+      assert.deepStrictEqual(self.steps, ["y".repeat(1_000)])
+      assert.isBelow(self.message.length, 300, self.message)
+      assert.isTrue(
+        self.message.startsWith(`dependency cycle: ${"y".repeat(80)}… (1,000 characters) -> `),
+        self.message
+      )
+    })
+  )
+
   it.effect(
     "a long step name defined twice or depending on long unknown names: each shown cut, as every check shows a value",
     () =>

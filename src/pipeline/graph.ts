@@ -44,13 +44,22 @@ const unknownDependency = (name: string, missing: ReadonlyArray<string>, noun = 
   })
 }
 
+// A name in a cycle's path is written bare (`a -> b -> a`), so it is cut here as `Input.shown`
+// cuts a quoted one: ten names of 1,000 characters would be a 10,000-character message.
+const SHOWN_CHARS = 80
+
+const bare = (name: string): string =>
+  name.length <= SHOWN_CHARS
+    ? name
+    : `${Input.wholePrefix(name, SHOWN_CHARS)}… (${name.length.toLocaleString("en-US")} characters)`
+
 /** `cycle` ends where it starts: `[a, b, a]`. */
 const cycleError = (cycle: ReadonlyArray<string>): PipelineError => {
   const steps = cycle.slice(0, -1)
   const path =
     steps.length > SHOWN
-      ? `${steps.slice(0, SHOWN).join(" -> ")} -> … (${steps.length - SHOWN} more) -> ${steps[0]}`
-      : cycle.join(" -> ")
+      ? `${steps.slice(0, SHOWN).map(bare).join(" -> ")} -> … (${steps.length - SHOWN} more) -> ${bare(steps[0]!)}`
+      : cycle.map(bare).join(" -> ")
   return new PipelineError({ reason: "Cycle", steps, message: `dependency cycle: ${path}` })
 }
 
