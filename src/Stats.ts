@@ -165,7 +165,9 @@ export interface Service {
  * in their provider's series of domain `"(other)"` (`Metrics.otherSeries`) when the provider has
  * series of its own, else in one series, `provider` and `domain` `"(other)"`, so that such
  * calls do not grow the figures kept in the process and `/metrics` with every name, while a
- * provider's figures still count all its calls (at most one more series per provider). So do the
+ * provider's figures still count all its calls (at most one more series per provider with series of its
+ * own: as those are among the first `maxSeries` pairs, a `Stats` holds at most `2 * maxSeries + 1` series
+ * whatever the number of providers, a provider per tenant included). So do the
  * calls of a pair whose domain name is longer than 256 characters (a prompt given as a domain: it
  * would be written whole in each line of its series on every scrape); those of a provider name that
  * long count in the shared one. A pair keeps its series once given one. Once calls count there, a

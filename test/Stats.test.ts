@@ -640,6 +640,28 @@ describe("Stats", () => {
     })
   )
   it.effect(
+    'a provider per tenant, each past its first pair: at most one "(other)" per provider with series of its own, so at most 2 × maxSeries + 1 series',
+    () =>
+      Effect.gen(function* () {
+        const registry: Metric.MetricRegistry = new Map()
+        const stats = yield* Stats.make.pipe(Effect.provideService(Metric.MetricRegistry, registry))
+        const tenants = 3 * Stats.maxSeries
+        // The worst case: every pair of its own is a provider's first, and each of them then has a later pair.
+        for (const domain of ["first", "second", "third"]) {
+          for (let i = 0; i < tenants; i++) stats.series(`tenant-${i}`, domain).requests++
+        }
+        const requests = [...registry.values()].filter((metric) => metric.id === "orchestra_requests_total")
+        assert.strictEqual(requests.length, 2 * Stats.maxSeries + 1)
+        assert.strictEqual((yield* stats.snapshot()).total, 3 * tenants)
+        // Every call of a provider with series of its own is still its own.
+        const last = yield* stats.snapshot({ provider: `tenant-${Stats.maxSeries - 1}` })
+        assert.deepStrictEqual([last.total, last.series], [3, { provider: `tenant-${Stats.maxSeries - 1}` }])
+        // A provider past them: the shared series.
+        const late = yield* stats.snapshot({ provider: `tenant-${Stats.maxSeries}` })
+        assert.deepStrictEqual(late.series, { provider: Metrics.otherSeries, domain: Metrics.otherSeries })
+      })
+  )
+  it.effect(
     'past maxSeries, a provider with series of its own keeps the calls of its later pairs: a provider filter undercounted them, in "(other)" with no provider',
     () =>
       Effect.gen(function* () {
