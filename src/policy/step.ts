@@ -13,7 +13,7 @@
  * @internal
  */
 import { Cause, type Clock, Duration, Effect, Exit, Schedule } from "effect"
-import type { ProviderSlots } from "./engine.js"
+import type { ProviderSlots } from "./slots.js"
 import { notAnEffect, notAnEffectError, observe, threwOnce } from "./callback.js"
 import { type AiError, isRetryable, reasonOf, TimeoutError } from "../AiError.js"
 import * as Input from "../Input.js"
