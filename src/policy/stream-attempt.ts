@@ -10,29 +10,17 @@
  * outcome recorded at its end, a provider that cuts streams counts as failing), provider
  * slot, then the upstream.
  *
+ * This module starts an attempt and runs its producer; the attempt's shape is in
+ * `stream-attempt-types.ts`, its end in `stream-attempt-close.ts`, the checks of its parts in
+ * `stream-parts.ts`.
+ *
  * @internal
  */
-import {
-  Cause,
-  Channel,
-  type Clock,
-  Context,
-  Duration,
-  Effect,
-  Exit,
-  type Fiber,
-  Option,
-  Pull,
-  Scope,
-  Stream,
-  type Tracer
-} from "effect"
+import { Cause, Channel, Context, Duration, Effect, Exit, type Fiber, Option, Pull, Scope, Stream } from "effect"
 import { type AiError, ModelError, TimeoutError } from "../AiError.js"
 import * as Input from "../Input.js"
-import { ChunkDeadline, estimateInputTokens, type Finish, type GenerateRequest, type StreamPart } from "../Model.js"
-import type { Series } from "../stats/series.js"
-import type { Ending, Lanes, Watch } from "./deadline.js"
-import type { Engine } from "./engine.js"
+import { ChunkDeadline, estimateInputTokens, type GenerateRequest } from "../Model.js"
+import type { Ending } from "./deadline.js"
 import {
   cutByShutdown,
   guardDefect,
@@ -43,47 +31,14 @@ import {
   unexpected
 } from "./failure.js"
 import { notAnEffectError } from "./callback.js"
-import { type BreakerGuard, type BreakerPermit, type LimitGuard, selfBounded } from "./plan.js"
-import { answerAttributes, endSpan } from "./span.js"
+import type { BreakerGuard, BreakerPermit, LimitGuard } from "./plan.js"
 import { attemptAttributes } from "./step.js"
+import type { Attempt, AttemptHost } from "./stream-attempt-types.js"
+import { malformed, NoFinish, partIssue } from "./stream-parts.js"
 import { prepareRefusal, type StreamPlan, type StreamStep } from "./stream-plan.js"
 import type { Dedupe } from "./stream-resume.js"
 
 const PREFETCH = 64
-
-/**
- * How long the end of an attempt waits for its upstream's own cleanup (a connection's release) to end:
- * one that does not end by then goes on in the background, as a call's attempt that ignores its
- * interruption does, and the consumer gets its outcome (nothing hangs on a provider's finalizer).
- *
- * @internal
- */
-export const RELEASE_GRACE = Duration.seconds(1)
-
-// Closes `scope` on a fiber of its own, waited for up to `RELEASE_GRACE` (not at all once the lanes are
-// closed: the shutdown). A close that ends without suspending (the usual case) costs no timer. Its
-// failure (a finalizer's) is no outcome of the stream: its consumer's outcome is decided already.
-const closeWithin = (scope: Scope.Closeable, lanes: Lanes): Effect.Effect<void> =>
-  endWithin(Scope.close(scope, Exit.void), lanes)
-
-// `effect` on a fiber of its own, waited for as `closeWithin` waits for a close.
-const endWithin = (effect: Effect.Effect<unknown, unknown>, lanes: Lanes): Effect.Effect<void> =>
-  Effect.flatMap(Effect.forkDetach(Effect.exit(effect), { startImmediately: true }), (fiber) =>
-    fiber.pollUnsafe() === undefined
-      ? Effect.callback<void>((resume) => {
-          const watch = lanes.watch(() => resume(Effect.void))
-          const removeObserver = fiber.addObserver(() => {
-            watch.dispose()
-            resume(Effect.void)
-          })
-          watch.arm(RELEASE_GRACE)
-          return Effect.sync(() => {
-            removeObserver()
-            watch.dispose()
-          })
-        })
-      : Effect.void
-  )
 
 // The producer of a stream whose Finish has arrived is interrupted when the consumer is done
 // with it: the error recorded then is never seen by anyone, so it is built without the stack
@@ -103,154 +58,6 @@ const noMore = Effect.succeed(undefined)
 // An upstream's end (`Done`) as `undefined`; any other failure as it is.
 const doneAsUndefined = (cause: Cause.Cause<unknown>): Effect.Effect<undefined, AiError> =>
   Pull.isDoneCause(cause) ? noMore : Effect.failCause(cause as Cause.Cause<AiError>)
-
-// What is wrong with a part a provider's stream gave (a caller's own provider can give anything),
-// or undefined. A few `typeof`s a part: the schema's decoding would cost more than the hand-over.
-const partIssue = (part: unknown): string | undefined => {
-  if (typeof part !== "object" || part === null) return `${Input.shown(part)} is not a StreamPart`
-  const fields = part as Record<string, unknown>
-  switch (fields._tag) {
-    case "TextDelta":
-      return typeof fields.text === "string"
-        ? undefined
-        : `a TextDelta's text is ${Input.shown(fields.text)}, not a string`
-    case "ToolCall": {
-      const call = fields.call as Record<string, unknown> | null | undefined
-      return typeof call === "object" &&
-        call !== null &&
-        typeof call.id === "string" &&
-        typeof call.name === "string" &&
-        typeof call.arguments === "string"
-        ? undefined
-        : `a ToolCall's call is ${Input.shown(call)}, not { id, name, arguments } strings`
-    }
-    case "Finish": {
-      const usage = fields.usage as Record<string, unknown> | null | undefined
-      if (
-        typeof usage !== "object" ||
-        usage === null ||
-        typeof usage.inputTokens !== "number" ||
-        typeof usage.outputTokens !== "number" ||
-        typeof usage.totalTokens !== "number"
-      ) {
-        return `a Finish's usage is ${Input.shown(usage)}, not token counts`
-      }
-      return typeof fields.finishReason === "string" &&
-        typeof fields.provider === "string" &&
-        typeof fields.model === "string"
-        ? undefined
-        : "a Finish's finishReason, provider and model are not all strings"
-    }
-    default:
-      return `_tag ${Input.shown(fields._tag)} is not TextDelta, ToolCall or Finish`
-  }
-}
-
-/**
- * Whether a cache's answer is a whole stream: stream parts, ending with their one `Finish`.
- * A custom cache can answer anything; a live provider's parts are checked as they come.
- *
- * @internal
- */
-export const isWholeStream = (parts: unknown): parts is readonly [StreamPart, ...Array<StreamPart>] => {
-  if (!Array.isArray(parts) || parts.length === 0) return false
-  try {
-    for (let i = 0; i < parts.length; i++) {
-      if (partIssue(parts[i]) !== undefined) return false
-      if ((parts[i]._tag === "Finish") !== (i === parts.length - 1)) return false
-    }
-  } catch {
-    // A part's getter that throws.
-    return false
-  }
-  return true
-}
-
-// A provider's part that is not a StreamPart: the attempt's failure (a Decode error falls back
-// as one on a generation does), never a defect in the consumer's fiber.
-const malformed = (provider: string, position: number, issue: string) =>
-  Effect.fail(
-    new ModelError({
-      reason: "Decode",
-      message: `the provider ${provider} streamed a malformed part ${position}: ${issue}`,
-      provider,
-      field: `stream part ${position}`
-    })
-  )
-
-const NoFinish = (provider: string) =>
-  new ModelError({ reason: "Transport", message: "the stream ended before its final event", provider })
-
-/**
- * One upstream stream on one step.
- *
- * @internal
- */
-export interface Attempt {
-  readonly step: StreamStep
-  readonly series: Series
-  readonly scope: Scope.Closeable
-  /**
-   * The upstream's own (its stream's and its pulls' resources, a connection): forked from `scope`,
-   * closed by the producer at its Finish, or else when the attempt closes; waited for up to `RELEASE_GRACE`.
-   */
-  readonly upstream: Scope.Closeable
-  readonly watch: Watch
-  /** The deadline its watch is armed with: the first chunk's until one arrives, then the idle one. */
-  limit: "firstChunk" | "idle"
-  readonly buffer: Array<StreamPart>
-  /** When its provider began serving it, past the rate limit, the breaker and the slot queue. */
-  started: number
-  fiber: Fiber.Fiber<void, AiError> | undefined
-  end: Exit.Exit<void, AiError> | undefined
-  permit: BreakerPermit | undefined
-  /** Gives the provider slot back, once: when the producer ends, or else when the attempt closes. */
-  release: Effect.Effect<void> | undefined
-  finish: Finish | undefined
-  serving: boolean
-  /** Whether its provider ever saw it: its breaker counts nothing of an attempt cut while it queued. */
-  served: boolean
-  /**
-   * The user's guard the producer waits on ("the rate limit", "the circuit breaker"), else undefined: a
-   * failure then is that guard's, named as a call names it, and never its provider's (`step.ts`).
-   */
-  guard: string | undefined
-  space: (() => void) | undefined
-  dedupe: Dedupe | undefined
-  /** The attempt's span, when its stream has one. */
-  readonly span: Tracer.Span | undefined
-}
-
-/**
- * A traced stream's span, the parent of its attempts' spans.
- *
- * @internal
- */
-export interface StreamSpan {
-  readonly span: Tracer.Span
-  readonly clock: Clock.Clock
-}
-
-/**
- * What the attempts of one stream share with its consumer; one per stream.
- *
- * @internal
- */
-export interface AttemptHost {
-  readonly engine: Engine
-  readonly plan: StreamPlan
-  /** Each attempt's own scope is forked from it; it closes after the stream's finalizer has run. */
-  readonly scope: Scope.Scope
-  readonly now: () => number
-  /** Wakes the consumer if it waits: parts were buffered or the attempt ended. */
-  readonly signal: () => void
-  /** Makes the attempt the stream's current one, before its producer starts. */
-  readonly begin: (attempt: Attempt) => void
-  /** The stream's span: undefined unless a tracer records it. */
-  readonly span: StreamSpan | undefined
-  /** When its total deadline passes (`Infinity`: none): no rate-limit wait ends past it. */
-  readonly totalAt: () => number
-}
 
 /**
  * The `startAttempt` of one stream: starts the producer of an attempt on `plan.steps[index]`
@@ -578,104 +385,3 @@ const startAttempt = Effect.fnUntraced(function* (
     })
   )
 })
-
-/**
- * The consumer waits for an attempt whose Finish it holds: its producer is closing the upstream, which
- * it waits for up to `RELEASE_GRACE` (the attempt's watch then ends it complete).
- *
- * @internal
- */
-export const graceRelease = (attempt: Attempt): void => {
-  if (attempt.finish !== undefined && attempt.end === undefined) attempt.watch.arm(RELEASE_GRACE)
-}
-
-/**
- * Ends an attempt: its span ended (with `left`, the stream's end, when the consumer left it),
- * its watch disposed, its producer interrupted, its outcome recorded on its breaker permit
- * (`"ignored"`: left by the consumer, or never served: cut while it queued for the provider's
- * slot), its scope closed: waited for up to `RELEASE_GRACE`, then left to end in the background.
- *
- * @internal
- */
-export const closeAttempt = (
-  attempt: Attempt,
-  outcome: Exit.Exit<void, AiError> | "ignored",
-  clock: Clock.Clock,
-  lanes: Lanes,
-  left?: Exit.Exit<void, AiError> | undefined
-) =>
-  Effect.suspend(() => {
-    if (attempt.span !== undefined) endAttemptSpan(attempt, attempt.span, outcome === "ignored" ? left : outcome, clock)
-    attempt.watch.dispose()
-    attempt.fiber?.interruptUnsafe()
-    const permit = attempt.permit
-    attempt.permit = undefined
-    if (permit === undefined) return closeScopes(attempt, lanes)
-    const record = recordOf(permit, attempt.served ? outcome : "ignored", attempt.step.name)
-    // One that threw or returned no Effect: the stream's defect naming it, its scopes closed all the same.
-    if (!Effect.isEffect(record)) return Effect.andThen(closeScopes(attempt, lanes), Effect.die(record))
-    // A user's breaker whose record does not end would hold the stream's end (and its next attempt) for ever.
-    const breaker = attempt.step.breaker!
-    const bounded = selfBounded.has(breaker)
-      ? record
-      : endWithin(
-          Effect.catchCause(record, (cause) => recordFailed(breaker, attempt.step.name, cause)),
-          lanes
-        )
-    // Closed whatever the record does: one that failed, died or was cut held the upstream and the attempt's
-    // scope (its permit, its slot when its producer does not end) until the stream's own scope closed.
-    return Effect.ensuring(
-      bounded,
-      Effect.suspend(() => closeScopes(attempt, lanes))
-    )
-  })
-
-// A permit's record of `outcome`, or the defect of a user's record that threw or returned no Effect (named as a
-// call's breaker's execute is, `step.ts`).
-const recordOf = (
-  permit: BreakerPermit,
-  outcome: Exit.Exit<void, AiError> | "ignored",
-  step: string
-): Effect.Effect<void> | Error => {
-  try {
-    const record = permit.record(outcome)
-    return Effect.isEffect(record) ? record : guardDefect(notAnEffectError("the circuit breaker's record", record))
-  } catch (defect) {
-    return guardDefect(guardThrew("the circuit breaker's record", step, defect))
-  }
-}
-
-const recordWarned = new WeakSet<object>()
-
-// A user's record that fails (its store down) leaves its breaker without that outcome: the stream's outcome
-// stands, and the failure is logged once per breaker (a store that is down would log a line per stream).
-const recordFailed = (breaker: BreakerGuard, step: string, cause: Cause.Cause<unknown>): Effect.Effect<void> => {
-  if (recordWarned.has(breaker) || Cause.hasInterruptsOnly(cause)) return Effect.void
-  recordWarned.add(breaker)
-  return Effect.logWarning(
-    `the circuit breaker's record failed (step ${step}); the stream's outcome stands, unrecorded (later failures of this breaker's record are not logged)`,
-    Cause.squash(cause)
-  )
-}
-
-// The upstream's scope first, bounded (unless the producer closed it at its Finish: no fiber then), then
-// the attempt's own, which holds only what the attempt itself put there (its slot, its breaker permit).
-const closeScopes = (attempt: Attempt, lanes: Lanes): Effect.Effect<void> =>
-  attempt.upstream.state._tag === "Open"
-    ? Effect.andThen(closeWithin(attempt.upstream, lanes), Scope.close(attempt.scope, Exit.void))
-    : Scope.close(attempt.scope, Exit.void)
-
-// An attempt its consumer left ends as the stream did (cancelled, cut), not as its producer
-// (interrupted when the stream closed).
-const endAttemptSpan = (
-  attempt: Attempt,
-  span: Tracer.Span,
-  outcome: Exit.Exit<void, AiError> | undefined,
-  clock: Clock.Clock
-): void => {
-  const exit = outcome ?? Exit.interrupt()
-  if (Exit.isSuccess(exit) && attempt.finish !== undefined) {
-    for (const [key, value] of Object.entries(answerAttributes(attempt.finish))) span.attribute(key, value)
-  }
-  endSpan(span, clock, exit)
-}

@@ -32,14 +32,10 @@ import type { Engine } from "./engine.js"
 import { cutByShutdown, exhaustedOr, isGuardDefect, shuttingDown } from "./failure.js"
 import { CurrentCut } from "./plan.js"
 import { endSpan, isTraced } from "./span.js"
-import {
-  type Attempt,
-  attemptStarter,
-  closeAttempt,
-  graceRelease,
-  isWholeStream,
-  type StreamSpan
-} from "./stream-attempt.js"
+import { attemptStarter } from "./stream-attempt.js"
+import { closeAttempt, graceRelease } from "./stream-attempt-close.js"
+import type { Attempt, StreamSpan } from "./stream-attempt-types.js"
+import { isWholeStream } from "./stream-parts.js"
 import {
   type ExecutorStreamOptions,
   type StreamCache,
