@@ -15,7 +15,7 @@
  * @internal
  */
 import { Cause, Channel, Duration, Effect, Exit, Fiber, Option, Schedule, Scope, Stream } from "effect"
-import { notAnEffect, observe } from "./callback.js"
+import { observe } from "./callback.js"
 import {
   type AiError,
   type FailedAttempt,
@@ -33,12 +33,12 @@ import { cutByShutdown, exhaustedOr, isGuardDefect, shuttingDown } from "./failu
 import { CurrentCut } from "./plan.js"
 import { endSpan, isTraced } from "./span.js"
 import { attemptStarter } from "./stream-attempt.js"
+import { keptOrNot, readCached, writeParts } from "./stream-cache.js"
 import { closeAttempt, graceRelease } from "./stream-attempt-close.js"
 import type { Attempt, StreamSpan } from "./stream-attempt-types.js"
 import { isWholeStream } from "./stream-parts.js"
 import {
   type ExecutorStreamOptions,
-  type StreamCache,
   type StreamDefaults,
   type StreamPlan,
   type StreamStep,
@@ -62,36 +62,6 @@ const preparedModel = (step: StreamStep, request: GenerateRequest): string | und
     return request.model
   }
 }
-
-// A cache never fails a stream: a read that fails or dies is a miss, a write that does keeps
-// nothing (a custom cache may do either). An interruption is not the cache's answer: it goes on.
-// A custom cache's getParts or setParts that throws or returns no Effect is taken as one that died
-// (a miss, a write not kept): it threw out of the stream's set-up, or handed the run loop no Effect.
-const readParts = (store: StreamCache, key: string): ReturnType<StreamCache["getParts"]> => {
-  try {
-    const read = store.getParts(key)
-    return Effect.isEffect(read) ? read : notAnEffect("the cache's getParts", read)
-  } catch (defect) {
-    return Effect.die(defect)
-  }
-}
-const writeParts = (
-  store: StreamCache,
-  key: string,
-  parts: ReadonlyArray<StreamPart>
-): ReturnType<StreamCache["setParts"]> => {
-  try {
-    const written = store.setParts(key, parts)
-    return Effect.isEffect(written) ? written : notAnEffect("the cache's setParts", written)
-  } catch (defect) {
-    return Effect.die(defect)
-  }
-}
-
-const missOnFailure = (cause: Cause.Cause<unknown>) =>
-  Cause.hasInterrupts(cause) ? Effect.failCause(cause as Cause.Cause<never>) : Effect.succeed(Option.none())
-const keptOrNot = (cause: Cause.Cause<unknown>) =>
-  Cause.hasInterrupts(cause) ? Effect.failCause(cause as Cause.Cause<never>) : Effect.void
 
 // An attempt that ended on its first-chunk or idle deadline: its watch counted that timeout.
 const ownTimeout = (attempt: Attempt | undefined): boolean => {
@@ -146,19 +116,7 @@ export const make = (env: { readonly engine: Engine; readonly defaults: StreamDe
       )
     }
     if (plan.cache !== undefined) {
-      // Under the total deadline, as a call's lookup is: a custom cache's read that never ends held the
-      // stream for good (its deadline is armed below, once the stream is open).
-      const read = yield* engine.lanes.run(
-        Effect.catchCause(readParts(plan.cache.store, plan.cache.key), missOnFailure),
-        plan.totalTimeout
-      )
-      if (read === "shutdown") return yield* Effect.fail(cutByShutdown())
-      if (read === "timeout") {
-        return yield* Effect.fail(
-          new TimeoutError({ limit: "total", timeout: plan.totalTimeout ?? Duration.zero, partialText: "" })
-        )
-      }
-      const cached = yield* read
+      const cached = yield* readCached(engine.lanes, plan.cache, plan.totalTimeout)
       // A cut while the cache was read (a Redis call): no replay, no attempt.
       if (cut?.stopped !== undefined) return yield* Effect.fail(cut.stopped)
       // What is not a whole stream (a custom cache's answer) is a miss: replayed, a stream without
