@@ -74,6 +74,10 @@ export interface Options {
    *   or closed as configured, and never waits past its Redis deadline. A replica restarted while Redis is
    *   down then serves; a wrong URL is said only by that warning and the stores' outage warnings.
    *   Until then the `NodeRedis` service's `use` fails as a command does, and reading its `client` throws.
+   *
+   * Either way, a Redis that answers and refuses the URL's credentials (`WRONGPASS`, `NOAUTH`) is not
+   * unreachable: the layer fails at once with a `RedisError` naming the address and the refusal (never the
+   * password). Refused only after the build (Redis came up later), they are tried again as any failure.
    */
   readonly onUnreachableAtStart?: "fail" | "start" | undefined
   /**

@@ -94,3 +94,29 @@ export const isReadOnly = (failure: unknown): boolean => errorText(failure).star
  * @internal
  */
 export const isNoPerm = (failure: unknown): boolean => isErrorReply(failure) && errorText(failure).startsWith("NOPERM ")
+
+/**
+ * Whether Redis refused the connection's credentials (`WRONGPASS`: a wrong user or password; `NOAUTH`: none given to a
+ * Redis that asks for one). A Redis error reply's first word is its code.
+ *
+ * @internal
+ */
+export const isCredentialRefusal = (failure: unknown): boolean => {
+  let current: unknown = failure
+  // A connection given up by its reconnectStrategy fails with node-redis's ReconnectStrategyError, which holds the
+  // reply as its `originalError`.
+  for (let depth = 0; depth < 8 && typeof current === "object" && current !== null; depth++) {
+    if (isErrorReply(current)) {
+      const text = errorText(current)
+      return text.startsWith("WRONGPASS ") || text.startsWith("NOAUTH ")
+    }
+    current = Predicate.hasProperty(current, "originalError")
+      ? current.originalError
+      : Predicate.hasProperty(current, "reason") && typeof current.reason === "object"
+        ? current.reason
+        : Predicate.hasProperty(current, "cause")
+          ? current.cause
+          : undefined
+  }
+  return false
+}

@@ -7,7 +7,7 @@
 import { Effect } from "effect"
 import * as Input from "../Input.js"
 import type { Socket, State } from "./client.js"
-import { isErrorReply, isNoPerm } from "./errors.js"
+import { isCredentialRefusal, isErrorReply, isNoPerm } from "./errors.js"
 import { minReconnectMillis, type Settings } from "./settings.js"
 
 /** One connection's refusals: the error reply last logged since it was lost, and which connection it is. */
@@ -57,6 +57,8 @@ export const sockets = (s: Settings, state: State, runSync: (effect: Effect.Effe
     reconnectStrategy: (retries: number, cause: Error) => {
       state.lastError = cause
       if (state.connected) runSync(refused(s, layerRefusal, retries, cause))
+      // Before the first connection, refused credentials end the attempt: its caller decides (start.ts).
+      if (!state.connected && isCredentialRefusal(cause)) return cause
       return state.connected || s.onUnreachableAtStart === "start" ? backoff(retries, s.reconnectMax) : cause
     }
   }

@@ -8,7 +8,7 @@ import type * as NodeRedis from "@effect/platform-node/NodeRedis"
 import { Context, Deferred, Duration, Effect, Exit, Layer, Option, Scope } from "effect"
 import { Redis } from "effect/persistence"
 import type { Services, State } from "./client.js"
-import { errorText } from "./errors.js"
+import { errorText, isCredentialRefusal } from "./errors.js"
 import { evalWithin } from "./eval.js"
 import { boundHandshakes } from "./handshake.js"
 import { backoff, type Sockets } from "./reconnect.js"
@@ -24,6 +24,24 @@ export const layerError = (message: string, cause: unknown): Redis.RedisError =>
   return error
 }
 
+// Its message is the whole story, so a rendering that reads the innermost cause (errorText) says where it was refused;
+// the reply itself stays readable.
+class CredentialsRefusedError extends Error {
+  constructor(
+    message: string,
+    readonly reply: unknown
+  ) {
+    super(message)
+  }
+}
+
+// Redis refused the credentials of the URL: no outage, and waiting does not put it right. The address never holds the
+// password (settings.ts), nor does Redis's reply.
+const credentialsRefused = (s: Settings, reply: unknown): Redis.RedisError => {
+  const message = `Redis at ${s.address} refused the credentials of its URL: ${errorText(reply)}`
+  return layerError(message, new CredentialsRefusedError(message, reply))
+}
+
 // node-redis bounds only the socket's connection by connectTimeout, not the handshake after
 // it: a hung Redis (or another server on the port) that accepts the connection and never
 // answered held the build for ever. The build's scope is the layer's: giving up closes the client.
@@ -36,7 +54,9 @@ export const connect = (
 ): Effect.Effect<Services, Redis.RedisError, Scope.Scope> =>
   Layer.build(client).pipe(
     Effect.mapError((error) =>
-      layerError(`Redis at ${s.address}: connection failed: ${errorText(error)}`, error.cause)
+      isCredentialRefusal(error)
+        ? credentialsRefused(s, error)
+        : layerError(`Redis at ${s.address}: connection failed: ${errorText(error)}`, error.cause)
     ),
     Effect.flatMap((context) => bounded(s, sockets, context, tag)),
     Effect.timeoutOrElse({
@@ -61,8 +81,10 @@ export const connect = (
 class NotConnectedError extends Error {}
 
 // onUnreachableAtStart "start": the client is built in the background (node-redis keeps trying to connect, and
-// a build that fails, an AUTH refused, is tried again), and the services answer for it meanwhile: every
-// command fails at once, as an offline client's do, until it has connected; then they are its own.
+// a build that fails is tried again), and the services answer for it meanwhile: every command fails at once, as an
+// offline client's do, until it has connected; then they are its own. Credentials refused while the build waits fail
+// it at once: Redis is there, and no wait puts a wrong password right. Refused after the build (Redis came up later),
+// they are tried again as any failure, reported as the outage's cause.
 export const startUnconnected = Effect.fnUntraced(function* (
   s: Settings,
   sockets: Sockets,
@@ -74,7 +96,8 @@ export const startUnconnected = Effect.fnUntraced(function* (
   let redis: Redis.Redis["Service"] | undefined
   let node: NodeRedis.NodeRedis["Service"] | undefined
   let warned = false
-  const connected = yield* Deferred.make<void>()
+  let starting = true
+  const connected = yield* Deferred.make<void, Redis.RedisError>()
   // node-redis's connectTimeout ends at the socket's connection: a server that accepts it and never answers the
   // handshake held the attempt, and the client with it, for ever. Each attempt gets connectTimeout, then another.
   const timedOut = layerError(
@@ -108,6 +131,11 @@ export const startUnconnected = Effect.fnUntraced(function* (
           onFailure: (error) => {
             // The client's own error (a refused connection) says more than the deadline that cut it short.
             if (error !== timedOut || state.lastError === undefined) state.lastError = error
+            if (starting && isCredentialRefusal(error)) {
+              return Scope.close(child, Exit.fail(error)).pipe(
+                Effect.andThen(Deferred.fail(connected, credentialsRefused(s, error)))
+              )
+            }
             return Scope.close(child, Exit.fail(error)).pipe(
               Effect.andThen(Effect.sleep(Duration.millis(backoff(retries, s.reconnectMax)))),
               Effect.andThen(Effect.suspend(() => attempt(retries + 1)))
@@ -117,7 +145,13 @@ export const startUnconnected = Effect.fnUntraced(function* (
       )
     )
   yield* Effect.forkIn(attempt(0), scope)
-  const first = yield* Effect.timeoutOption(Deferred.await(connected), Duration.millis(s.connectTimeout))
+  const first = yield* Effect.timeoutOption(Deferred.await(connected), Duration.millis(s.connectTimeout)).pipe(
+    Effect.ensuring(
+      Effect.sync(() => {
+        starting = false
+      })
+    )
+  )
   if (Option.isNone(first) && redis === undefined) {
     warned = true
     const why = state.lastError === undefined ? `no answer within ${s.connectTimeout} ms` : errorText(state.lastError)

@@ -69,7 +69,12 @@ export interface RedisServer {
   readonly resume: Effect.Effect<void>
 }
 
-const spawnRedis = (binary: string, port: number, dir: string): Effect.Effect<ChildProcess, Error> =>
+const spawnRedis = (
+  binary: string,
+  port: number,
+  dir: string,
+  args: ReadonlyArray<string>
+): Effect.Effect<ChildProcess, Error> =>
   Effect.callback<ChildProcess, Error>((resume) => {
     const child = spawn(
       binary,
@@ -87,7 +92,8 @@ const spawnRedis = (binary: string, port: number, dir: string): Effect.Effect<Ch
         "--daemonize",
         "no",
         "--loglevel",
-        "notice"
+        "notice",
+        ...args
       ],
       { stdio: ["ignore", "pipe", "pipe"] }
     )
@@ -125,10 +131,10 @@ const killChild = (child: ChildProcess): Effect.Effect<void> =>
 
 /**
  * Starts `redis-server` on loopback `port` (one a test held free until now: a client already
- * trying it); stops it (and removes its directory) when the scope closes. Fails with a message
+ * trying it), with `args` added to its command line; stops it (and removes its directory) when the scope closes. Fails with a message
  * naming the apt package when it is not installed.
  */
-export const startRedisAt = Effect.fnUntraced(function* (port: number) {
+export const startRedisAt = Effect.fnUntraced(function* (port: number, args: ReadonlyArray<string> = []) {
   const binary = redisServerPath
   if (binary === undefined) {
     return yield* Effect.fail(new Error("redis-server is not installed: apt-get install -y redis-server"))
@@ -139,7 +145,7 @@ export const startRedisAt = Effect.fnUntraced(function* (port: number) {
   )
   let current: ChildProcess | undefined
   yield* Effect.addFinalizer(() => (current === undefined ? Effect.void : killChild(current)))
-  const start = Effect.map(spawnRedis(binary, port, dir), (child) => {
+  const start = Effect.map(spawnRedis(binary, port, dir, args), (child) => {
     current = child
   })
   yield* start
