@@ -241,26 +241,35 @@ export const startTlsRedis = Effect.gen(function* () {
     signed("server", "/CN=127.0.0.1", file("san.ext"))
     signed("client", "/CN=orchestra test client")
   })
-  const port = yield* freePort
-  yield* Effect.acquireRelease(
-    Effect.callback<ChildProcess, Error>((resume) => {
-      const child = spawn(
-        binary,
-        [
-          ...["--port", "0", "--tls-port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-          ...["--dir", dir, "--tls-cert-file", file("server.crt"), "--tls-key-file", file("server.key")],
-          ...["--tls-ca-cert-file", file("ca.crt"), "--tls-auth-clients", "yes"]
-        ],
-        { stdio: ["ignore", "pipe", "pipe"] }
-      )
-      let output = ""
-      child.stdout?.on("data", (chunk: Buffer) => {
-        output += chunk.toString()
-        if (output.includes("Ready to accept connections")) resume(Effect.succeed(child))
-      })
-      child.once("exit", (code) => resume(Effect.fail(new Error(`redis-server exited with ${code}: ${output}`))))
-    }),
-    killChild
-  )
+  // A port picked free, then bound by redis-server: another process may take it between the two (TLS has no port 0
+  // of its own, `--tls-port 0` turning TLS off), so a start that found it taken is tried on another.
+  const port = yield* Effect.flatMap(freePort, (port) =>
+    Effect.as(
+      Effect.acquireRelease(
+        Effect.callback<ChildProcess, Error>((resume) => {
+          const child = spawn(
+            binary,
+            [
+              ...["--port", "0", "--tls-port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+              ...["--dir", dir, "--tls-cert-file", file("server.crt"), "--tls-key-file", file("server.key")],
+              ...["--tls-ca-cert-file", file("ca.crt"), "--tls-auth-clients", "yes"]
+            ],
+            { stdio: ["ignore", "pipe", "pipe"] }
+          )
+          let output = ""
+          child.stdout?.on("data", (chunk: Buffer) => {
+            output += chunk.toString()
+            if (output.includes("Ready to accept connections")) resume(Effect.succeed(child))
+          })
+          child.stderr?.on("data", (chunk: Buffer) => {
+            output += chunk.toString()
+          })
+          child.once("exit", (code) => resume(Effect.fail(new Error(`redis-server exited with ${code}: ${output}`))))
+        }),
+        killChild
+      ),
+      port
+    )
+  ).pipe(Effect.retry({ times: 5, while: portTaken }))
   return { url: `rediss://127.0.0.1:${port}`, dir }
 })
