@@ -77,6 +77,37 @@ const buildOnTestClock = (server: RedisServer, options: RedisCache.Options = {})
     return Context.get(context, ResponseCache.ResponseCache)
   })
 
+/**
+ * The cache as {@link buildOnTestClock} builds it, and how many of its reads Redis has answered (its script calls,
+ * counted as each reply reaches the cache).
+ */
+const buildCountingReads = (server: RedisServer, options: RedisCache.Options = {}) =>
+  Effect.gen(function* () {
+    const name = options.name ?? uniqueName("cache")
+    let replies = 0
+    const client = yield* Layer.build(Redis.layer({ url: server.url, commandTimeout: "1 day" }))
+    const redis = Context.get(client, PersistenceRedis.Redis)
+    const counting: PersistenceRedis.Redis["Service"] = {
+      ...redis,
+      eval: (script) => {
+        const run = redis.eval(script)
+        return (...args) =>
+          Effect.tap(
+            run(...args),
+            Effect.sync(() => {
+              replies++
+            })
+          )
+      }
+    }
+    const context = yield* Layer.build(
+      RedisCache.layerRedis({ prefix: name, ...options, name }).pipe(
+        Layer.provide(Layer.succeedContext(Context.add(client, PersistenceRedis.Redis, counting)))
+      )
+    )
+    return { cache: Context.get(context, ResponseCache.ResponseCache), reads: () => replies }
+  })
+
 /** Moves TestClock on until `fiber` ends (real time between steps for Redis's replies: a bound, not a measure). */
 const settle = <A, E>(fiber: Fiber.Fiber<A, E>, step: Duration.Input = "100 millis") =>
   Effect.gen(function* () {
@@ -1185,13 +1216,17 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       )
   )
 
-  it.live("single-flight holds for an entry past its ttl: callers that all read it from Redis make one call", () =>
+  // The ttl passes on TestClock (the entry stays in Redis for its staleFor), and the gate opens once Redis has answered
+  // every caller's read, counted as the replies reach the cache: a fixed sleep let a loaded machine open it before a
+  // caller had read, and that caller then found the new answer (a hit).
+  it.effect("single-flight holds for an entry past its ttl: callers that all read it from Redis make one call", () =>
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        const cache = yield* build(server, { ttl: "300 millis", staleFor: "1 minute" })
+        const { cache, reads } = yield* buildCountingReads(server, { ttl: "300 millis", staleFor: "1 minute" })
         yield* cache.setMany([{ key: "k", value: response("old") }])
-        yield* Effect.sleep("400 millis")
+        yield* TestClock.adjust("400 millis")
+        const before = reads()
         const calls = yield* Ref.make(0)
         const gate = yield* Deferred.make<void>()
         const refresh = Effect.andThen(
@@ -1204,8 +1239,11 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
             { concurrency: "unbounded" }
           )
         )
-        // Every caller has read the stale entry from Redis and started or joined the refresh.
-        yield* Effect.sleep("200 millis")
+        // Every caller has read the stale entry from Redis (a bound, not a measure), then started or joined the
+        // refresh: what follows its reply runs without waiting on anything, in the turns given here.
+        for (let i = 0; i < 1000 && reads() - before < 5; i++) yield* TestClock.withLive(Effect.sleep("10 millis"))
+        assert.strictEqual(reads() - before, 5, "each caller read Redis")
+        for (let i = 0; i < 100; i++) yield* Effect.yieldNow
         yield* Deferred.succeed(gate, undefined)
         const results = yield* Fiber.join(callers)
         assert.strictEqual(yield* Ref.get(calls), 1, "a caller's refresh took the running one out of the table")
