@@ -383,6 +383,56 @@ describe.skipIf(skipRedis)(
       )
     }
 
+    // Redis came up after the build and refuses the password: the stores said only "not connected to Redis yet", and
+    // nothing said why it never connected.
+    it.live(
+      '"start", Redis coming up later and refusing the password: one warning names the refusal (never the password); a password put right is found',
+      () =>
+        Effect.gen(function* () {
+          const logs = yield* captureLogs
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const port = yield* freePort
+              yield* Layer.build(
+                Redis.layer({
+                  url: `redis://:wrong-s3cret@127.0.0.1:${port}`,
+                  connectTimeout: "200 millis",
+                  reconnectMax: "50 millis",
+                  onUnreachableAtStart: "start"
+                })
+              )
+              const server = yield* startRedisAt(port, ["--requirepass", "right-s3cret"])
+              const refusals = () => logs.lines.filter((l) => l.startsWith("Warn") && l.includes("WRONGPASS"))
+              // Waited for (15 s at most, a bound): attempts go on at most 50 ms apart.
+              for (let i = 0; i < 300 && refusals().length === 0; i++) yield* Effect.sleep("50 millis")
+              const [warning] = refusals()
+              assert.isDefined(warning, JSON.stringify(logs.lines))
+              assert.include(warning, `127.0.0.1:${port}`)
+              assert.include(warning, "refused the credentials")
+              assert.notInclude(warning, "wrong-s3cret")
+              // Tried again, said once.
+              const admin = Context.get(
+                yield* Layer.build(Redis.layer({ url: `redis://:right-s3cret@127.0.0.1:${port}`, ...healthyClient })),
+                PersistenceRedis.Redis
+              )
+              const attempts = (info: string) => Number(/total_connections_received:(\d+)/.exec(info)?.[1] ?? 0)
+              const before = attempts(yield* admin.send<string>("INFO", "stats"))
+              for (let i = 0; i < 300 && attempts(yield* admin.send<string>("INFO", "stats")) < before + 3; i++) {
+                yield* Effect.sleep("50 millis")
+              }
+              assert.strictEqual(refusals().length, 1, JSON.stringify(refusals()))
+              // The password put right on the server: the layer connects, and says so.
+              yield* admin.send("CONFIG", "SET", "requirepass", "wrong-s3cret")
+              const connected = () => logs.lines.some((l) => l.startsWith("Info") && l.includes("connected"))
+              for (let i = 0; i < 300 && !connected(); i++) yield* Effect.sleep("50 millis")
+              assert.isTrue(connected(), JSON.stringify(logs.lines))
+              assert.isTrue(yield* server.running)
+            })
+          ).pipe(Effect.provide(logs.layer))
+        }),
+      40_000
+    )
+
     it.live(
       '"fail" with a Redis that refuses the password: the build fails at once the same way',
       () =>

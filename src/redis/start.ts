@@ -97,6 +97,7 @@ export const startUnconnected = Effect.fnUntraced(function* (
   let node: NodeRedis.NodeRedis["Service"] | undefined
   let warned = false
   let starting = true
+  let refusedWith: string | undefined
   const connected = yield* Deferred.make<void, Redis.RedisError>()
   // node-redis's connectTimeout ends at the socket's connection: a server that accepts it and never answers the
   // handshake held the attempt, and the client with it, for ever. Each attempt gets connectTimeout, then another.
@@ -131,12 +132,24 @@ export const startUnconnected = Effect.fnUntraced(function* (
           onFailure: (error) => {
             // The client's own error (a refused connection) says more than the deadline that cut it short.
             if (error !== timedOut || state.lastError === undefined) state.lastError = error
-            if (starting && isCredentialRefusal(error)) {
+            const refusal = isCredentialRefusal(error)
+            if (starting && refusal) {
               return Scope.close(child, Exit.fail(error)).pipe(
                 Effect.andThen(Deferred.fail(connected, credentialsRefused(s, error)))
               )
             }
+            // Said once per refusal (the attempts' other failures between, a deadline, do not say it again): otherwise
+            // the stores' "not connected to Redis yet" was all a user saw.
+            const text = refusal ? errorText(error) : undefined
+            const said =
+              text === undefined || text === refusedWith
+                ? Effect.void
+                : Effect.logWarning(
+                    `${credentialsRefused(s, error).message}; trying again at most ${s.reconnectMax} ms apart`
+                  )
+            if (text !== undefined) refusedWith = text
             return Scope.close(child, Exit.fail(error)).pipe(
+              Effect.andThen(said),
               Effect.andThen(Effect.sleep(Duration.millis(backoff(retries, s.reconnectMax)))),
               Effect.andThen(Effect.suspend(() => attempt(retries + 1)))
             )
