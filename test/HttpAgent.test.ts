@@ -494,6 +494,24 @@ describe("HttpAgent.call", () => {
   )
 
   it.effect(
+    "a Redacted header over plain http with a very long name is refused naming it bounded, as every other header issue",
+    () =>
+      Effect.sync(() => {
+        const name = `x-${"k".repeat(10_000)}`
+        const agent = HttpAgent.agent({
+          url: "http://agents.test/task",
+          name: "remote",
+          headers: { [name]: Redacted.make("agent-s3cret") }
+        })
+        assert.include(agent.issue?.message, "plain http is refused off loopback")
+        // The name as any header issue shows it: its first 80 characters, an ellipsis and its length.
+        assert.strictEqual(agent.issue?.path, `agent.headers["x-${"k".repeat(78)}"… (10,002 characters)]`)
+        assert.isBelow(agent.issue?.path.length ?? Infinity, 200)
+        assert.notInclude(JSON.stringify(agent), "agent-s3cret")
+      })
+  )
+
+  it.effect(
     "an agent URL that is no string (one String() throws on) is its issue naming agent.url, not an exception",
     () =>
       Effect.gen(function* () {

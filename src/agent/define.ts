@@ -208,7 +208,7 @@ const agentIssue = (
         options.allowPlainHttpSecrets === true
           ? undefined
           : Object.keys(given).find((header) => Redacted.isRedacted(given[header]))
-      const plain = secret === undefined ? undefined : Http.secretUrl(`headers[${JSON.stringify(secret)}]`, url)
+      const plain = secret === undefined ? undefined : Http.secretUrl(`headers[${Input.shown(secret)}]`, url)
       if (plain !== undefined && Result.isFailure(plain)) return Result.fail(plain.failure)
       return Result.succeed({
         name,
