@@ -37,7 +37,8 @@ import {
   readJson,
   type RequestSpan,
   requestIdHeader,
-  traced
+  traced,
+  logWithheld
 } from "./routes.js"
 import { toWire, withParam } from "./errors.js"
 import { sharesUpstream } from "./models.js"
@@ -294,6 +295,7 @@ export const make = (env: Env) => {
       yield* release(reserved)
       if (entry.cut) return answered(env, "chat", started, draining(env), tracker.upstreamMs)
       const error = named(yield* errorOf(exit.cause), chatCall, target)
+      yield* logWithheld(error)
       return answered(env, "chat", started, failure(env, error), tracker.upstreamMs)
     }
     const { response, headers } = exit.value
@@ -344,6 +346,7 @@ export const make = (env: Env) => {
         ? new ModelError({ reason: "Transport", message: "the stream ended before its first event" })
         : named(yield* errorOf(first.cause as Cause.Cause<AiError>), call, target)
       span?.end(Exit.fail(error))
+      yield* logWithheld(error)
       return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
     }
     // Finished in error before any output: answered with its status, as a failure before the first chunk is.
@@ -379,9 +382,14 @@ export const make = (env: Env) => {
             // under 200 a cut stream would pass for a whole answer in a status-based error rate.
             metrics.answered("chat_stream", toWire(ending.error).status, elapsed, undefined)
             const usage = ending.usage
-            if (usage === undefined) return settleCut(reserved, target, request, ending.outputChars)
+            if (usage === undefined) {
+              return Effect.andThen(logWithheld(ending.error), settleCut(reserved, target, request, ending.outputChars))
+            }
             metrics.tokens(usage.inputTokens, usage.outputTokens)
-            return settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
+            return Effect.andThen(
+              logWithheld(ending.error),
+              settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
+            )
           }
           case "Cancelled":
             span?.end(Exit.interrupt())

@@ -23,7 +23,8 @@ import {
   onRequestEnd,
   readJson,
   type RequestSpan,
-  traced
+  traced,
+  logWithheld
 } from "./routes.js"
 import { CurrentTracker, makeTracker, type Target, type Tracker } from "./upstream.js"
 import { type EmbedCall, parseEmbed } from "./request.js"
@@ -90,7 +91,10 @@ export const make = (env: Env) => {
     const exit = yield* cuttable(entry, Effect.provideService(embed(target, valid), CurrentTracker, tracker))
     if (Exit.isFailure(exit)) {
       span?.end(exit)
-      const answer = entry.cut ? draining(env) : failure(env, asInput(yield* errorOf(exit.cause)))
+      if (entry.cut) return answered(env, "embeddings", started, draining(env), tracker.upstreamMs)
+      const error = asInput(yield* errorOf(exit.cause))
+      yield* logWithheld(error)
+      const answer = failure(env, error)
       return answered(env, "embeddings", started, answer, tracker.upstreamMs)
     }
     // No text embeds in 0 tokens: a provider that says 0 (or nothing) did not count, and the estimate is charged.

@@ -307,6 +307,79 @@ const timeoutCodes: Readonly<Record<TimeoutLimit, string>> = {
   total: "total_timeout"
 }
 
+// A failure the library made itself, without the upstream's words: a request it refused, its own rate limit or bound.
+const ownReasons: ReadonlySet<string> = new Set(["InvalidRequest", "ContentFilter", "RateLimited", "TooLarge"])
+
+const upstreamWhat: Readonly<Record<string, string>> = {
+  Transport: "could not be reached, or broke the connection",
+  Decode: "sent a malformed response",
+  Unauthorized: "refused the gateway's credentials",
+  Overloaded: "is overloaded",
+  Unavailable: "is unavailable",
+  Timeout: "timed out"
+}
+
+/**
+ * Whether a model error's own message may go to the gateway's clients. An upstream's message is
+ * the operator's, not theirs: its address (a 404's or 405's `for POST http://10.0.0.7:8000/v1/...`,
+ * a refused connection's host and port), its account (a 429's organization), its pages and stack
+ * traces. Sent as it is only when it tells the client what to change in its own request: an API's
+ * refusal of it (a 400, a model it does not have), or the library's own refusal or bound.
+ */
+const sharedMessage = (error: ModelError, status: number): boolean =>
+  error.status === undefined
+    ? ownReasons.has(error.reason)
+    : (status === 400 || status === 404) && ((error.status !== 404 && error.status !== 405) || error.code !== undefined)
+
+const modelErrorMessage = (error: ModelError, status: number, code: string): string => {
+  if (sharedMessage(error, status)) return error.message
+  const who = `the upstream ${JSON.stringify(error.provider ?? "provider")}${error.model === undefined ? "" : ` (model ${JSON.stringify(error.model)})`}`
+  const what = error.status === undefined ? (upstreamWhat[error.reason] ?? "failed") : `answered HTTP ${error.status}`
+  return `${who} ${what} (${code}); the gateway's log has its message`
+}
+
+/**
+ * A failure's message as the gateway's clients read it: a model error's as {@link fromAiError}
+ * sends it (an upstream's message only when it is about the client's request), a cut stream's
+ * without what cut it, a fallback chain's naming each step so; anything else as it is.
+ *
+ * @since 0.3.0
+ * @category conversions
+ */
+export const clientMessage = (error: AiError): string => {
+  switch (error._tag) {
+    case "ModelError": {
+      const [status, , code] = modelErrorStatus(error)
+      return modelErrorMessage(error, status, code)
+    }
+    case "StreamInterruptedError": {
+      const where = error.provider === undefined ? "" : ` (${error.provider})`
+      return `stream interrupted after ${error.partialText.length} characters${where}: ${error.reason}`
+    }
+    case "FallbackExhaustedError": {
+      const steps = error.attempts.map(
+        (a) =>
+          `${a.domain ?? a.provider}: ${a.error._tag} ${a.error._tag === "ModelError" ? a.error.reason : clientMessage(a.error)}`
+      )
+      return `all ${error.attempts.length} fallback steps failed (${steps.join("; ")})`
+    }
+    default:
+      return error.message
+  }
+}
+
+/**
+ * The whole message of a failure whose client-facing one leaves something out (see
+ * {@link clientMessage}), for the gateway's log; `undefined` when the client reads all of it.
+ *
+ * @since 0.3.0
+ * @category conversions
+ */
+export const withheldMessage = (error: AiError | GatewayError): string | undefined => {
+  if (error._tag === "GatewayError") return undefined
+  return clientMessage(error) === error.message ? undefined : error.message
+}
+
 /**
  * How a model-call failure is answered: a bad request 400 (a model the provider does not
  * have 404), an upstream limit 429, an open breaker, overload or shutdown 503, a deadline
@@ -321,7 +394,12 @@ export const fromAiError = (error: AiError): WireError => {
   switch (error._tag) {
     case "ModelError": {
       const [status, type, code] = modelErrorStatus(error)
-      const wire = body(error.message, type, error.reason === "InvalidRequest" ? error.field : undefined, code)
+      const wire = body(
+        modelErrorMessage(error, status, code),
+        type,
+        error.reason === "InvalidRequest" ? error.field : undefined,
+        code
+      )
       return {
         status,
         // The gateway's code is one vocabulary for every provider (clients branch on it); the upstream's is beside it.
@@ -360,7 +438,7 @@ export const fromAiError = (error: AiError): WireError => {
         reason: "ShuttingDown"
       }
     case "StreamInterruptedError": {
-      const wire = body(error.message, "upstream_error", undefined, "stream_interrupted")
+      const wire = body(clientMessage(error), "upstream_error", undefined, "stream_interrupted")
       // What cut the stream, when the upstream said it with a code of its own (an error event's).
       const cause = error.cause
       const code = cause instanceof ModelError ? cause.code : undefined
@@ -376,7 +454,7 @@ export const fromAiError = (error: AiError): WireError => {
       const final = last.shouldRetry === false && error.attempts.every((step) => isFinal(step.error))
       return {
         ...last,
-        body: { error: { ...last.body.error, message: error.message } },
+        body: { error: { ...last.body.error, message: clientMessage(error) } },
         shouldRetry: final ? false : undefined,
         reason: reasonOf(error)
       }

@@ -13,7 +13,7 @@ import type { Models } from "../Gateway.js"
 import type { OptionError } from "../Input.js"
 import type { Service as ExecutorService } from "../Executor.js"
 import type { RetryPolicy } from "../Policy.js"
-import { type GatewayError, gatewayError, toWire } from "./errors.js"
+import { type GatewayError, gatewayError, toWire, withheldMessage } from "./errors.js"
 import { shown } from "./checks.js"
 import { jsonOf } from "./request.js"
 import type { Entry, Lifecycle } from "./lifecycle.js"
@@ -135,6 +135,19 @@ export const failure = (
   if (wire.retryAfterMs !== undefined) headers["retry-after-ms"] = String(wire.retryAfterMs)
   if (wire.shouldRetry === false) headers["x-should-retry"] = "false"
   return json(wire.status, JSON.stringify(wire.body), headers)
+}
+
+/**
+ * Logs, as a warning, the whole message of a failure whose answer leaves part of it out (an
+ * upstream's address, account or page: see `clientMessage`), so that the operator still reads it.
+ *
+ * @internal
+ */
+export const logWithheld = (error: AiError | GatewayError): Effect.Effect<void> => {
+  const message = withheldMessage(error)
+  return message === undefined
+    ? Effect.void
+    : Effect.logWarning("gateway: a failed request, answered without the upstream's own message", message)
 }
 
 /**

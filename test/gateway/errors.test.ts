@@ -744,7 +744,9 @@ describe("Gateway: upstream failures", () => {
         [refused.status, refused.type, refused.code, refused.param],
         [502, "upstream_error", "upstream_not_found", null]
       )
-      assert.include(refused.message, "404 page not found")
+      // The upstream's page is the operator's to read (in the gateway's log), not the client's.
+      assert.include(refused.message, "answered HTTP 404")
+      assert.notInclude(refused.message, "404 page not found")
     })
   )
 
@@ -1043,5 +1045,96 @@ describe("Gateway: a provider's rate limit whose store is down", () => {
     const reached = new ModelError({ reason: "RateLimited", message: "busy", provider: "up" })
     assert.strictEqual(Errors.toWire(reached).status, 429)
     assert.strictEqual(Errors.toWire(reached).body.error.code, "rate_limit_exceeded")
+  })
+})
+
+describe("Gateway: an upstream's address", () => {
+  it.live(
+    "is never in what a client reads (upstream 404, unreachable, cut mid-stream; chat, stream, embeddings): the log has it",
+    () =>
+      Effect.gen(function* () {
+        const upstream = yield* Server.make((request, res) => {
+          const body = request.json as { messages?: Array<{ content: string }>; stream?: boolean }
+          if (body.messages?.[0]?.content === "cut") {
+            res.writeHead(200, { "content-type": "text/event-stream" })
+            res.write(`data: ${JSON.stringify(Up.chunk("partial"))}\n\n`)
+            return void res.socket?.destroy()
+          }
+          return Server.text(res, 404, "404 page not found")
+        })
+        // A port that refuses: what a Transport failure's message names (host and port).
+        const closedUrl = yield* Effect.promise(
+          () =>
+            new Promise<string>((resolve) => {
+              const probe = createServer().listen(0, "127.0.0.1", () => {
+                const address = probe.address() as { port: number }
+                probe.close(() => resolve(`http://127.0.0.1:${address.port}`))
+              })
+            })
+        )
+        const logs: Array<string> = []
+        const gw = yield* Harness.make({
+          upstreams: { a: upstream.url, z: closedUrl },
+          breakers: false,
+          logs
+        })
+        const client = gw.client()
+        const ask = (model: string, content = "hi", stream = false) =>
+          Harness.failing(async () => {
+            const answer = await client.chat.completions.create({
+              model,
+              messages: [{ role: "user", content }],
+              stream
+            })
+            if (stream) for await (const _ of answer as AsyncIterable<unknown>) void _
+            return answer
+          })
+        const answers = [
+          yield* ask("d-a"),
+          yield* ask("d-a", "hi", true),
+          yield* ask("d-a", "cut", true),
+          yield* ask("d-z"),
+          yield* ask("d-z", "hi", true),
+          yield* Harness.failing(() => client.embeddings.create({ model: "d-a", input: "hi" })),
+          yield* Harness.failing(() => client.embeddings.create({ model: "d-z", input: "hi" }))
+        ]
+        const port = (url: string) => new URL(url).port
+        for (const answer of answers) {
+          const text = JSON.stringify(answer.body)
+          assert.notInclude(text, port(upstream.url), text)
+          assert.notInclude(text, port(closedUrl), text)
+          assert.notInclude(text, "/v1/", text)
+          assert.notInclude(text, "127.0.0.1", text)
+        }
+        // What the client reads still says which provider failed and how.
+        const [notFound] = answers
+        assert.deepStrictEqual([notFound!.status, notFound!.code], [502, "upstream_not_found"])
+        assert.include(notFound!.message, `"a"`)
+        assert.include(notFound!.message, "HTTP 404")
+        assert.deepStrictEqual([answers[3]!.status, answers[3]!.code], [502, "upstream_unreachable"])
+        assert.include(answers[3]!.message, `"z"`)
+        // The operator's log has the whole message, address included.
+        yield* Harness.eventually(() => logs.some((line) => line.includes(`${upstream.url}/v1/chat/completions`)))
+        yield* Harness.eventually(() => logs.some((line) => line.includes(`${upstream.url}/v1/embeddings`)))
+        yield* Harness.eventually(() => logs.some((line) => line.includes(port(closedUrl))))
+      })
+  )
+
+  it("an API's own refusal of the client's request keeps the upstream's message, which says what to change", () => {
+    const refused = Errors.toWire(
+      new ModelError({
+        reason: "InvalidRequest",
+        message: "a answered HTTP 400: This model's maximum context length is 8192 tokens.",
+        provider: "a",
+        status: 400,
+        field: "messages"
+      })
+    )
+    assert.include(refused.body.error.message, "maximum context length is 8192 tokens")
+    // The library's own refusals (no upstream status) are kept too.
+    const own = Errors.toWire(
+      new ModelError({ reason: "InvalidRequest", message: "invalid input[2]: empty", provider: "a", field: "input[2]" })
+    )
+    assert.strictEqual(own.body.error.message, "invalid input[2]: empty")
   })
 })
