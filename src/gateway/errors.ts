@@ -377,6 +377,12 @@ export const clientMessage = (error: AiError): string => {
  */
 export const withheldMessage = (error: AiError | GatewayError): string | undefined => {
   if (error._tag === "GatewayError") return undefined
+  // A chain's own message names each step's reason only: the log needs each step's whole message.
+  if (error._tag === "FallbackExhaustedError") {
+    if (error.attempts.every((step) => withheldMessage(step.error) === undefined)) return undefined
+    const steps = error.attempts.map((step) => `${step.domain ?? step.provider}: ${step.error.message}`)
+    return `${clientMessage(error)}: ${steps.join("; ")}`
+  }
   return clientMessage(error) === error.message ? undefined : error.message
 }
 

@@ -10,7 +10,7 @@ import { Context, Duration, Effect, Layer, Redacted } from "effect"
 import { HttpRouter, HttpServer, HttpServerResponse } from "effect/http"
 import OpenAI from "openai"
 import { RateLimiter } from "effect/persistence"
-import { CircuitOpenError, ModelError } from "../../src/AiError.js"
+import { CircuitOpenError, FallbackExhaustedError, ModelError } from "../../src/AiError.js"
 import * as Gateway from "../../src/Gateway.js"
 import * as Errors from "../../src/gateway/errors.js"
 import * as Local from "../../src/Model/Local.js"
@@ -1136,5 +1136,28 @@ describe("Gateway: an upstream's address", () => {
       new ModelError({ reason: "InvalidRequest", message: "invalid input[2]: empty", provider: "a", field: "input[2]" })
     )
     assert.strictEqual(own.body.error.message, "invalid input[2]: empty")
+  })
+})
+
+describe("Gateway: an exhausted fallback chain's upstream messages", () => {
+  it("are kept from the client and given whole to the log, each step's", () => {
+    const step = (provider: string, port: number) =>
+      new ModelError({
+        reason: "Transport",
+        message: `${provider}: the request failed (connect ECONNREFUSED 10.0.0.7:${port})`,
+        provider
+      })
+    const exhausted = new FallbackExhaustedError({
+      attempts: [
+        { domain: "support", provider: "openai", error: step("openai", 8000) },
+        { domain: "support-local", provider: "local", error: step("local", 8001) }
+      ]
+    })
+    const wire = Errors.toWire(exhausted)
+    assert.notInclude(wire.body.error.message, "10.0.0.7")
+    assert.include(wire.body.error.message, "support-local: ModelError Transport")
+    const logged = Errors.withheldMessage(exhausted)
+    assert.include(logged, "10.0.0.7:8000")
+    assert.include(logged, "10.0.0.7:8001")
   })
 })
