@@ -295,8 +295,9 @@ export const make = (env: Env) => {
       yield* release(reserved)
       if (entry.cut) return answered(env, "chat", started, draining(env), tracker.upstreamMs)
       const error = named(yield* errorOf(exit.cause), chatCall, target)
-      yield* logWithheld(error)
-      return answered(env, "chat", started, failure(env, error), tracker.upstreamMs)
+      const id = env.nextId("req_")
+      yield* logWithheld(error, id)
+      return answered(env, "chat", started, failure(env, error), tracker.upstreamMs, id)
     }
     const { response, headers } = exit.value
     yield* settle(reserved, { inputTokens: response.usage.inputTokens, outputTokens: response.usage.outputTokens })
@@ -346,8 +347,9 @@ export const make = (env: Env) => {
         ? new ModelError({ reason: "Transport", message: "the stream ended before its first event" })
         : named(yield* errorOf(first.cause as Cause.Cause<AiError>), call, target)
       span?.end(Exit.fail(error))
-      yield* logWithheld(error)
-      return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
+      const id = env.nextId("req_")
+      yield* logWithheld(error, id)
+      return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs, id)
     }
     // Finished in error before any output: answered with its status, as a failure before the first chunk is.
     const finish = first.value.find((part) => part._tag === "Finish")
@@ -360,6 +362,7 @@ export const make = (env: Env) => {
       return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
     }
     let ended = false
+    const requestId = env.nextId("req_")
     const end = (ending: Sse.Ending) =>
       Effect.suspend(() => {
         if (ended) return Effect.void
@@ -383,11 +386,14 @@ export const make = (env: Env) => {
             metrics.answered("chat_stream", toWire(ending.error).status, elapsed, undefined)
             const usage = ending.usage
             if (usage === undefined) {
-              return Effect.andThen(logWithheld(ending.error), settleCut(reserved, target, request, ending.outputChars))
+              return Effect.andThen(
+                logWithheld(ending.error, requestId),
+                settleCut(reserved, target, request, ending.outputChars)
+              )
             }
             metrics.tokens(usage.inputTokens, usage.outputTokens)
             return Effect.andThen(
-              logWithheld(ending.error),
+              logWithheld(ending.error, requestId),
               settle(reserved, { inputTokens: usage.inputTokens, outputTokens: usage.outputTokens })
             )
           }
@@ -414,7 +420,7 @@ export const make = (env: Env) => {
     })
     return HttpServerResponse.stream(body, {
       contentType: "text/event-stream",
-      headers: { "cache-control": "no-cache", "x-accel-buffering": "no", [requestIdHeader]: env.nextId("req_") }
+      headers: { "cache-control": "no-cache", "x-accel-buffering": "no", [requestIdHeader]: requestId }
     })
   })
 

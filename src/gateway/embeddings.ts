@@ -93,9 +93,9 @@ export const make = (env: Env) => {
       span?.end(exit)
       if (entry.cut) return answered(env, "embeddings", started, draining(env), tracker.upstreamMs)
       const error = asInput(yield* errorOf(exit.cause))
-      yield* logWithheld(error)
-      const answer = failure(env, error)
-      return answered(env, "embeddings", started, answer, tracker.upstreamMs)
+      const id = env.nextId("req_")
+      yield* logWithheld(error, id)
+      return answered(env, "embeddings", started, failure(env, error), tracker.upstreamMs, id)
     }
     // No text embeds in 0 tokens: a provider that says 0 (or nothing) did not count, and the estimate is charged.
     const reported = exit.value.usage?.inputTokens

@@ -139,15 +139,18 @@ export const failure = (
 
 /**
  * Logs, as a warning, the whole message of a failure whose answer leaves part of it out (an
- * upstream's address, account or page: see `clientMessage`), so that the operator still reads it.
+ * upstream's address, account or page: see `clientMessage`), so that the operator still reads it,
+ * under the request id the client was answered with (its `x-request-id`).
  *
  * @internal
  */
-export const logWithheld = (error: AiError | GatewayError): Effect.Effect<void> => {
+export const logWithheld = (error: AiError | GatewayError, requestId: string): Effect.Effect<void> => {
   const message = withheldMessage(error)
   return message === undefined
     ? Effect.void
-    : Effect.logWarning("gateway: a failed request, answered without the upstream's own message", message)
+    : Effect.logWarning("gateway: a failed request, answered without the upstream's own message", message).pipe(
+        Effect.annotateLogs("request_id", requestId)
+      )
 }
 
 /**

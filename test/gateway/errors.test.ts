@@ -1117,6 +1117,15 @@ describe("Gateway: an upstream's address", () => {
         yield* Harness.eventually(() => logs.some((line) => line.includes(`${upstream.url}/v1/chat/completions`)))
         yield* Harness.eventually(() => logs.some((line) => line.includes(`${upstream.url}/v1/embeddings`)))
         yield* Harness.eventually(() => logs.some((line) => line.includes(port(closedUrl))))
+        // Under the request id the client read, which is what it quotes to the operator.
+        for (const answer of [answers[0]!, answers[1]!, answers[5]!]) {
+          const id = answer.headers?.get("x-request-id")
+          assert.isString(id)
+          assert.isTrue(
+            logs.some((line) => line.includes(`"request_id":"${id}"`) && line.includes("/v1/")),
+            `${id} in ${logs.join("\n")}`
+          )
+        }
       })
   )
 
