@@ -77,12 +77,23 @@ export {
    */
   type GatewayReason,
   /**
-   * How any failure of a request is answered: status, OpenAI-shaped body, `Retry-After`.
+   * How any failure of a request is answered: status, OpenAI-shaped body, `Retry-After`. An
+   * upstream's own message is in the body only when it is about the client's request (since 0.3.0:
+   * see {@link withheldMessage}).
    *
    * @since 0.2.0
    * @category conversions
    */
   toWire,
+  /**
+   * The whole message of a failure whose answer ({@link toWire}) leaves part of it out (an
+   * upstream's address, account or page), for the application's log; `undefined` when the
+   * answer says all of it.
+   *
+   * @since 0.3.0
+   * @category conversions
+   */
+  withheldMessage,
   /**
    * @since 0.2.0
    * @category models

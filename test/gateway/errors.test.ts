@@ -1170,3 +1170,17 @@ describe("Gateway: an exhausted fallback chain's upstream messages", () => {
     assert.include(logged, "10.0.0.7:8001")
   })
 })
+
+describe("Gateway.withheldMessage", () => {
+  it("gives an application's own log what Gateway.toWire leaves out of the answer", () => {
+    const notFound = new ModelError({
+      reason: "InvalidRequest",
+      message: "a answered HTTP 404 for POST http://10.0.0.7:8000/v1/chat/completions: 404 page not found",
+      provider: "a",
+      status: 404
+    })
+    assert.notInclude(Gateway.toWire(notFound).body.error.message, "10.0.0.7")
+    assert.include(Gateway.withheldMessage(notFound), "10.0.0.7:8000")
+    assert.isUndefined(Gateway.withheldMessage(Gateway.gatewayError("InvalidRequest", "bad")))
+  })
+})
