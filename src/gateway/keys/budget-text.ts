@@ -6,6 +6,7 @@
  */
 import { Duration } from "effect"
 import { type GatewayError, gatewayError } from "../errors.js"
+import type { Held } from "./held.js"
 import { type Charge, type Counter, type Level, nano, shown, windowEnd } from "./ledger.js"
 
 /** The `Retry-After` of a budget refused only for what requests in flight hold: most settle within seconds. */
@@ -76,3 +77,21 @@ export const exceeded = (charge: Charge, level: Level, at: number): GatewayError
     }
   )
 }
+
+/**
+ * The warning of a request charged what it used past what it held: the budget may end over its limit by the
+ * difference, and its next requests are refused. Said, so that a provider that does not keep to max_tokens is seen.
+ *
+ * @internal
+ */
+export const overrun = (held: Held, actual: ReadonlyArray<number>): string =>
+  `gateway: a request of the key "${held.keyId}" on the model "${held.model}" used more than it reserved ` +
+  "(its provider did not keep to max_tokens, or its input was longer in tokens than estimated), and is " +
+  `charged what it used: ${held.charges
+    .map(({ counter, amount }, i) =>
+      actual[i]! > amount
+        ? `${amountText(counter, actual[i]!)} to the ${counter.scope} "${counter.scopeId}" (${amountText(counter, amount)} reserved)`
+        : undefined
+    )
+    .filter((text) => text !== undefined)
+    .join(", ")}`

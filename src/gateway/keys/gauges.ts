@@ -17,7 +17,8 @@
  *
  * @internal
  */
-import type { Context, Metric } from "effect"
+import { type Context, Duration, Effect, type Metric } from "effect"
+import type { StoreError } from "../../Redis.js"
 import * as Metrics from "../../Metrics.js"
 import { registrationContext } from "../../stats/counters.js"
 import { type Combine, join } from "../../stats/series.js"
@@ -185,4 +186,29 @@ export const make = (caller: Context.Context<never>, now: () => number): Gauges 
     keys: () => [...byKey.keys()],
     remove
   }
+}
+
+/** How often {@link retire} looks the keys of the series up. */
+const retireEvery = Duration.seconds(30)
+
+/**
+ * Every 30 s, removes the series of the keys `retired` finds no longer stored or disabled on a shared store
+ * (through another replica), but those `configured` (never removed); forked by the store, for its life.
+ *
+ * @internal
+ */
+export const retire = (
+  gauges: Gauges,
+  retired: (ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<string>, StoreError>,
+  configured: (id: string) => boolean
+): Effect.Effect<never> => {
+  const check = Effect.suspend(() => {
+    const ids = gauges.keys().filter((id) => !configured(id))
+    return ids.length === 0
+      ? Effect.void
+      : Effect.map(retired(ids), (gone) => {
+          for (const id of gone) gauges.forget(id)
+        })
+  })
+  return Effect.forever(Effect.andThen(Effect.sleep(retireEvery), Effect.ignore(check)))
 }

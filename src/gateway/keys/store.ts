@@ -30,14 +30,12 @@ import * as Limits from "./limits.js"
 import * as Manage from "./manage.js"
 import { configModels, type KeyRecord, type Price, type Resolved } from "./options.js"
 import { randomId } from "./secret.js"
-import { amountText, exceeded } from "./budget-text.js"
+import { exceeded, overrun } from "./budget-text.js"
 import { Held, nothingHeld } from "./held.js"
 import * as Identities from "./identities.js"
 import * as SettleLater from "./settle-later.js"
 
 const maxCount = 1e12
-/** How often the keys of the budget gauges are looked up on a shared store (see `retired`). */
-const gaugeCheckEvery = Duration.seconds(30)
 
 // A count a provider reported: a number of 0 or more (an absent, NaN or negative one is not reported).
 const isCount = (input: unknown): boolean => typeof input === "number" && Number.isFinite(input) && input >= 0
@@ -90,18 +88,12 @@ export const make = Effect.fnUntraced(function* (
   yield* Effect.addFinalizer(() => Effect.sync(gauges.remove))
   const gauge = gauges.set
   // A key deleted or disabled through another replica loses its series here when a request of it is refused;
-  // one never used here again is looked up every gaugeCheckEvery, so that no series shows a budget of no key.
-  const retired = backend.retired
-  if (retired !== undefined) {
-    const check = Effect.suspend(() => {
-      const ids = gauges.keys().filter((id) => !configById.has(id))
-      return ids.length === 0
-        ? Effect.void
-        : Effect.map(retired(ids), (gone) => {
-            for (const id of gone) gauges.forget(id)
-          })
-    })
-    yield* Effect.forkIn(Effect.forever(Effect.andThen(Effect.sleep(gaugeCheckEvery), Effect.ignore(check))), scope)
+  // one never used here again is looked up now and then (a shared store), so that no series shows a budget of no key.
+  if (backend.retired !== undefined) {
+    yield* Effect.forkIn(
+      Gauges.retire(gauges, backend.retired, (id) => configById.has(id)),
+      scope
+    )
   }
 
   // --- limits ---
@@ -350,26 +342,11 @@ export const make = Effect.fnUntraced(function* (
       const settled = finish(reservation, actual)
       if (!reservation.recorded) return settled
       for (let i = 0; i < actual.length; i++) {
-        if (actual[i]! > reservation.charges[i]!.amount) return Effect.andThen(overrun(reservation, actual), settled)
+        if (actual[i]! > reservation.charges[i]!.amount)
+          return Effect.andThen(Effect.logWarning(overrun(reservation, actual)), settled)
       }
       return settled
     })
-
-  // Charged what it used, past what it held: the budget may end over its limit by the difference, and
-  // its next requests are refused. Said, so that a provider that does not keep to max_tokens is seen.
-  const overrun = (held: Held, actual: ReadonlyArray<number>): Effect.Effect<void> =>
-    Effect.logWarning(
-      `gateway: a request of the key "${held.keyId}" on the model "${held.model}" used more than it reserved ` +
-        "(its provider did not keep to max_tokens, or its input was longer in tokens than estimated), and is " +
-        `charged what it used: ${held.charges
-          .map(({ counter, amount }, i) =>
-            actual[i]! > amount
-              ? `${amountText(counter, actual[i]!)} to the ${counter.scope} "${counter.scopeId}" (${amountText(counter, amount)} reserved)`
-              : undefined
-          )
-          .filter((text) => text !== undefined)
-          .join(", ")}`
-    )
 
   const release = (reservation: unknown): Effect.Effect<void> =>
     uninterruptibleSuspend(() => {
