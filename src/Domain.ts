@@ -408,7 +408,17 @@ const providersIssue = (entries: ReadonlyArray<readonly [string, unknown]>): Inp
     if (typeof provider !== "object" || provider === null) {
       return { path: `providers.${key}`, message: `expected a provider, got ${Input.kindOf(provider)}` }
     }
-    const { name, maxConcurrency } = provider as { readonly name: string; readonly maxConcurrency?: unknown }
+    let name: string
+    let maxConcurrency: unknown
+    let field = "name"
+    try {
+      name = (provider as { readonly name: string }).name
+      field = "maxConcurrency"
+      maxConcurrency = (provider as { readonly maxConcurrency?: unknown }).maxConcurrency
+    } catch (thrown) {
+      // A provider of a class whose getter throws (no config), or a revoked `Proxy`: its field's issue, not a defect.
+      return { path: `providers.${key}.${field}`, message: `reading it threw: ${Input.thrownMessage(thrown)}` }
+    }
     const reserved = providerNameIssue(name, `providers.${key}.name`)
     if (reserved !== undefined) return reserved
     const other = keyOf.get(name)

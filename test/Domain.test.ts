@@ -337,6 +337,8 @@ describe("Domains and Providers registries", () => {
   it.effect("makeProviders checks its providers as layerProviders does: an OptionError naming the field", () =>
     Effect.gen(function* () {
       const { provider } = yield* Mock.make({ name: "main" })
+      const { proxy: revoked, revoke } = Proxy.revocable({}, {})
+      revoke()
       const cases: ReadonlyArray<readonly [Record<string, unknown>, string]> = [
         // Each call of a router over them failed with `InvalidRequest steps[0].name`, not its build.
         [{ main: { ...provider, name: "" } }, "providers.main.name"],
@@ -347,11 +349,36 @@ describe("Domains and Providers registries", () => {
         [{ main: null }, "providers.main"],
         [{ main: "mock" }, "providers.main"],
         // Every call of it failed with `InvalidRequest steps[0].maxConcurrency`.
-        [{ main: { ...provider, maxConcurrency: 0 } }, "providers.main.maxConcurrency"]
+        [{ main: { ...provider, maxConcurrency: 0 } }, "providers.main.maxConcurrency"],
+        // A provider of a class whose getter throws (`get name() { return this.config.name }`, no config): its
+        // field's OptionError, not a defect of the build (which the facade would build again and again).
+        [
+          {
+            main: {
+              ...provider,
+              get name(): string {
+                throw new Error("no config")
+              }
+            }
+          },
+          "providers.main.name"
+        ],
+        [
+          {
+            main: {
+              ...provider,
+              get maxConcurrency(): number {
+                throw new Error("no config")
+              }
+            }
+          },
+          "providers.main.maxConcurrency"
+        ],
+        [{ main: revoked }, "providers.main.name"]
       ]
       for (const [providers, path] of cases) {
         const error = yield* Effect.flip(Domain.makeProviders(providers as never))
-        assert.deepStrictEqual([error._tag, error.path], ["OptionError", path], JSON.stringify(providers))
+        assert.deepStrictEqual([error._tag, error.path], ["OptionError", path], path)
       }
       const registry = yield* Domain.makeProviders({ main: provider, other: { ...provider, name: "other" } })
       assert.deepStrictEqual(registry.names, ["main", "other"])
