@@ -611,6 +611,45 @@ describe("createOrchestra: deadlines and signals (item 24)", () => {
     }
   })
 
+  it("a signal (a Proxy of one) whose reason cannot be read still cancels the call: no throw out of its listener", async () => {
+    const within = <A>(promise: Promise<A>) =>
+      Promise.race([promise, new Promise<"still waiting">((resolve) => setTimeout(resolve, 2_000, "still waiting"))])
+    const m = mock({ latency: "10 seconds" })
+    const orchestra = createOrchestra(Orchestra.layer({ providers: { main: m.layer }, breakers: false }))
+    const thrown: Array<unknown> = []
+    const onUncaught = (error: unknown) => thrown.push(error)
+    process.prependListener("uncaughtException", onUncaught)
+    try {
+      const controllers: Array<AbortController> = []
+      // Reads through to the signal (it passes as one), but its `reason` throws.
+      const signal = () => {
+        const controller = new AbortController()
+        controllers.push(controller)
+        return new Proxy(controller.signal, {
+          get(target, key) {
+            if (key === "reason") throw new Error("reason trap")
+            const value: unknown = Reflect.get(target, key, target)
+            return typeof value === "function" ? value.bind(target) : value
+          }
+        })
+      }
+      const call = orchestra.execute("slow", { signal: signal() })
+      const streamed = collect(orchestra.stream("slow", { signal: signal() }))
+      setTimeout(() => {
+        for (const controller of controllers) controller.abort()
+      }, 20)
+      for (const cut of [await within(typed(call)), await within(typed(streamed))]) {
+        assert.strictEqual(typeof cut === "object" && cut._tag, "AbortedError")
+      }
+      assert.deepStrictEqual(thrown, [])
+      await settle(() => Effect.runSync(m.control.inFlight) === 0)
+      assert.strictEqual(Effect.runSync(m.control.interrupted), 2)
+    } finally {
+      process.removeListener("uncaughtException", onUncaught)
+      await orchestra.dispose()
+    }
+  })
+
   it("a signal also bounds the wait for a manager that is still being built", async () => {
     const never = Layer.effect(ModelProvider, Effect.never)
     const orchestra = createOrchestra(Orchestra.layer({ providers: { main: never } }))

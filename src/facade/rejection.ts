@@ -32,11 +32,12 @@ export const makeRejections = (env: Env) => {
 
   /** What an aborted signal means: a timeout when its reason says so, otherwise a cancellation. */
   const abortError = (signal: AbortSignal, elapsedMillis: number, partialText?: string): AiError | AbortedError => {
-    const reason: unknown = signal.reason
+    let reason: unknown
     let why = ""
-    // Reading the reason may throw (a `Proxy`, a getter): it runs in the signal's listener, where a
-    // throw would be an uncaught exception and leave the call running. Such a reason is a cancellation.
+    // Reading the reason may throw (a `Proxy` of a signal, a reason's getter): it runs in the signal's listener,
+    // where a throw would be an uncaught exception and leave the call running. Such a reason is a cancellation.
     try {
+      reason = signal.reason
       if (isAiError(reason)) return reason
       if (isTimeoutReason(reason)) {
         return new TimeoutError({
