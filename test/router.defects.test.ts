@@ -251,6 +251,39 @@ describe("Router: a domain named twice in one list is refused, as in a domain's 
   )
 })
 
+describe("Router: a revoked Proxy given as the list of domains", () => {
+  it.effect(
+    "every entry point that takes a list fails with the InvalidRequest of domains, never a defect or a throw",
+    () =>
+      Effect.gen(function* () {
+        const { router, controls } = yield* makeManager({ a: {} })
+        const revoked = () => {
+          const { proxy, revoke } = Proxy.revocable([] as Array<string>, {})
+          revoke()
+          return proxy
+        }
+        // Made inside the Effect: a method that threw as it was called would fail the test as a defect too.
+        const cases: ReadonlyArray<readonly [string, () => Effect.Effect<unknown, AiError>]> = [
+          ["executeWithFallback", () => router.executeWithFallback(ask, revoked())],
+          ["hedge", () => router.hedge(ask, revoked(), { after: 100 })],
+          ["all", () => router.executeParallelDomains(ask, revoked(), "all")],
+          ["first", () => router.executeParallelDomains(ask, revoked(), "first")],
+          ["stream", () => Stream.runDrain(router.stream(ask, revoked()))],
+          ["plan", () => router.plan(ask, revoked())],
+          ["prepare", () => router.prepare(revoked())],
+          ["chain", () => router.chain(revoked())]
+        ]
+        for (const [name, call] of cases) {
+          const exit = yield* Effect.exit(Effect.suspend(call))
+          assert.isTrue(Exit.isFailure(exit), name)
+          const error = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause) : undefined
+          assert.strictEqual(error?._tag === "Some" ? invalidField(error.value) : String(exit), "domains", name)
+        }
+        assert.strictEqual(yield* controls.a!.calls, 0)
+      })
+  )
+})
+
 describe("Router.hedge on one domain", () => {
   it.effect("is refused naming domains, as a domain's hedgeAfter without a fallback is: it would hedge nothing", () =>
     Effect.gen(function* () {

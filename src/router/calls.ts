@@ -28,6 +28,7 @@ import type { Service as StatsService } from "../Stats.js"
 import { WindowHistogram } from "../stats/series.js"
 import {
   countedRefusal,
+  isList,
   noDomains,
   optionKeys,
   type Planner,
@@ -67,7 +68,7 @@ export interface Env {
 }
 
 const domainsOf = (names: string | ReadonlyArray<string>) => () => ({
-  "orchestra.domains": typeof names === "string" ? names : Array.isArray(names) ? names.join(",") : String(names)
+  "orchestra.domains": typeof names === "string" ? names : isList(names) ? names.join(",") : Input.shown(names)
 })
 
 interface StreamChain {
@@ -104,7 +105,7 @@ export const makeCalls = (env: Env) => {
 
   // A string would be one domain (and its own chain) to `run`, silently not the chain the caller meant to give.
   const executeWithFallback = (request: GenerateRequest, names: ReadonlyArray<string>, options: CallOptions = {}) =>
-    Array.isArray(names)
+    isList(names)
       ? traced("Router.executeWithFallback", domainsOf(names), run(request, names, options))
       : Effect.fail(notAnArray)
 
@@ -114,7 +115,7 @@ export const makeCalls = (env: Env) => {
     mode: "all" | "first",
     options: CallOptions = {}
   ) => {
-    if (!Array.isArray(names)) return Effect.fail(notAnArray)
+    if (!isList(names)) return Effect.fail(notAnArray)
     if (names.length === 0) return Effect.fail(noDomains)
     const repeated = repeatedDomain(names)
     if (repeated !== undefined) return Effect.fail(repeated)
@@ -253,7 +254,7 @@ export const makeCalls = (env: Env) => {
     names: ReadonlyArray<string>,
     options: HedgeOptions
   ) {
-    if (!Array.isArray(names)) return yield* Effect.fail(notAnArray)
+    if (!isList(names)) return yield* Effect.fail(notAnArray)
     if (names.length === 0) return yield* Effect.fail(noDomains)
     // A misspelt key (`aftr`) is named as written, before `after` is found missing.
     const unknown =

@@ -55,6 +55,20 @@ export const requestFor = (step: Step<ProviderService>, request: GenerateRequest
 export const noDomains = invalidRequest("domains", "give at least one domain")
 
 /**
+ * Whether a caller's `names` is a list: a revoked `Proxy`, on which `Array.isArray` throws, is none (the
+ * InvalidRequest of `domains`, not a defect or a throw out of a method that answers an Effect).
+ *
+ * @internal
+ */
+export const isList = (names: unknown): names is ReadonlyArray<string> => {
+  try {
+    return Array.isArray(names)
+  } catch {
+    return false
+  }
+}
+
+/**
  * A domain named twice in a list of domains, as its refusal: a chain (or a race) would run it
  * twice, its retries and its provider's load doubled, as a domain's `fallback` naming one twice
  * would (`Domain.check` refuses that).
@@ -268,8 +282,7 @@ export const makePlanner = (env: Env) => {
         yield* follow(first)
         return chain
       }
-      if (!Array.isArray(names))
-        return yield* Effect.fail(invalidRequest("domains", "expected an array of domain names"))
+      if (!isList(names)) return yield* Effect.fail(invalidRequest("domains", "expected an array of domain names"))
       if (names.length === 0) return yield* Effect.fail(noDomains)
       const repeated = repeatedDomain(names)
       if (repeated !== undefined) return yield* Effect.fail(repeated)
@@ -299,7 +312,7 @@ export const makePlanner = (env: Env) => {
     names: string | ReadonlyArray<string>,
     lead: Step<ProviderService> | undefined
   ) {
-    const list = lead !== undefined && Array.isArray(names) && names.length === 0 ? [] : yield* chain(names)
+    const list = lead !== undefined && isList(names) && names.length === 0 ? [] : yield* chain(names)
     const templates = yield* Effect.forEach(list, templateOf)
     const firstDomain = lead === undefined ? templates[0] : undefined
     const head = lead ?? templates[0]!
