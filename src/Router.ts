@@ -60,8 +60,9 @@ export interface Answer {
   readonly fallbackUsed: boolean
   readonly source: "provider" | "cache" | "stale-cache"
   /**
-   * Set by hedging once a backup started on its delay: whether a backup answered (`false`:
-   * the first step won the race). `undefined` when none did (the first step answered within
+   * Set by hedging once a backup started on its delay: whether a backup answered, or a step
+   * that a backup's failure started (`false`: the first step, or a fallback of its own failure,
+   * won the race). `undefined` when none started on the delay (the first step answered within
    * the delay, or failed and the next took over as a fallback) and outside hedging.
    */
   readonly hedgeWon?: boolean | undefined

@@ -541,6 +541,24 @@ describe("Router.hedge", () => {
     })
   )
 
+  it.effect("a domain the hedge's failure started answering is the hedge's win: hedgeWon true", () =>
+    Effect.gen(function* () {
+      const { router, stats } = yield* makeManager({
+        slow: { latency: "3 seconds", respond: () => "slow" },
+        fastfail: { script: [Outcome.fail("Overloaded", { latency: "10 millis" })] },
+        ok: { latency: "500 millis", respond: () => "ok" }
+      })
+      const fiber = yield* Effect.forkChild(router.hedge(ask, ["d-slow", "d-fastfail", "d-ok"], { after: "1 second" }))
+      yield* TestClock.adjust("1510 millis")
+      const answer = yield* Fiber.join(fiber)
+      assert.strictEqual(answer.response.text, "ok")
+      // false would say the first domain won the race; it lost it to a domain the hedge led to.
+      assert.isTrue(answer.hedgeWon)
+      // The metric counts each hedge started on the delay by its own outcome: that one failed.
+      assert.deepStrictEqual((yield* stats.snapshot()).hedges, { started: 1, won: 0, lost: 1 })
+    })
+  )
+
   it.effect("orchestra_hedges_total counts each hedge once, by its outcome: summed over outcome, the hedges made", () =>
     Effect.gen(function* () {
       const { router, registry } = yield* makeManager({

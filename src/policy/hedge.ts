@@ -41,6 +41,8 @@ export const make = (runner: Runner) => {
       const didStart = steps.map(() => false)
       // Started because the delay passed with the step before still running (not because it failed).
       const hedged = steps.map(() => false)
+      // A hedge, or started by the failure of a step that is one of these: the hedge's line.
+      const ofHedge = steps.map(() => false)
       // Steps started and not ended yet, and the failure that falls back nowhere, once one has.
       let running = 0
       let halted: AiError | undefined
@@ -62,6 +64,7 @@ export const make = (runner: Runner) => {
             didStart[i] = true
             running++
             hedged[i] = hedge
+            ofHedge[i] = hedge || (i > 0 && ofHedge[i - 1]!)
             if (hedge) seriesOf(step).hedgesStarted++
             else if (i > 0) seriesOf(step).fallbacks++
             Deferred.doneUnsafe(started[i]!, Exit.void)
@@ -101,8 +104,10 @@ export const make = (runner: Runner) => {
             attempts: counter.attempts,
             stepsTried: didStart.filter(Boolean).length,
             source: "provider",
-            // A step a failure started is no backup: only one started on the delay wins as one.
-            hedgeWon: backups ? hedged[index] : undefined
+            // A hedge's win when the answering step is a hedge or one that a hedge's failure led
+            // to; a fallback of the first step's own failure is none (the metric below counts
+            // each hedge by its own outcome).
+            hedgeWon: backups ? ofHedge[index] : undefined
           }
         }),
         // `catch`, not `mapError`: when every step failed, the race's cause holds each step's
