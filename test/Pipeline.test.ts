@@ -1550,6 +1550,13 @@ describe("Pipeline steps through the executor's policy pipeline", () => {
         assert.include(error.message, "requestsPerMinute")
       }
       assert.strictEqual(yield* Ref.get(runs), 0, "nothing ran")
+      // A long key (names go up to 1,000 characters) is cut in the message, as other names are.
+      const long = yield* Effect.flip(
+        Pipeline.run(step("k".repeat(1_000)), undefined).pipe(Effect.provideContext(context))
+      )
+      assert.strictEqual(long.field, "steps[1].rateLimit")
+      assert.include(long.message, `"${"k".repeat(80)}"… (1,000 characters)`)
+      assert.isBelow(long.message.length, 400, long.message)
       // a default limit covers every key
       const withDefault = yield* executorContext(
         RateLimit.layerMemory({ providers: {}, default: { requestsPerMinute: 1 }, maxWait: 0 })

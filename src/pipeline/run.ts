@@ -8,6 +8,7 @@
 import { Effect, Result as R } from "effect"
 import { isAiError, isRetryable } from "../AiError.js"
 import { Executor } from "../Executor.js"
+import * as Input from "../Input.js"
 import type { Failure, Pipeline, PipelineError, Result, RunOptions } from "../Pipeline.js"
 import type { RateLimits } from "../RateLimit.js"
 import * as Internal from "./definition.js"
@@ -30,7 +31,7 @@ const requestLimitMissing = (guard: object, key: string): string | undefined => 
   const limitsOf = (guard as Partial<RateLimits["Service"]>).limitsOf
   if (typeof limitsOf !== "function") return undefined
   if (limitsOf(key)?.requestsPerMinute !== undefined) return undefined
-  return `the rate limits have no requestsPerMinute for ${JSON.stringify(key)} (nor a default): a step takes one request slot per attempt, so it would run unlimited`
+  return `the rate limits have no requestsPerMinute for ${Input.shown(key)} (nor a default): a step takes one request slot per attempt, so it would run unlimited`
 }
 
 // An option given as `undefined` is not given: the pipeline's own default stays. The key is kept
