@@ -269,6 +269,34 @@ describe("Pipeline", () => {
     })
   )
 
+  it.effect("a skip or stop reason cuts a long step name as other messages do, and keeps short ones as they were", () =>
+    Effect.gen(function* () {
+      const root = "r".repeat(1_000)
+      const middle = "m".repeat(1_000)
+      const p = yield* Pipeline.fromSteps([
+        { name: root, run: () => Effect.fail("broken") },
+        { name: middle, dependsOn: [root], run: () => Effect.void },
+        { name: "leaf", dependsOn: [middle], run: () => Effect.void },
+        { name: "short", run: () => Effect.fail("broken") },
+        { name: "after", dependsOn: ["short"], run: () => Effect.void }
+      ])
+      const continued = yield* runClocked(p, undefined, { onFailure: "continue", mode: "sequential" })
+      const reasonOf = (result: { readonly steps: object }, name: string) => {
+        const outcome = (result.steps as Record<string, Pipeline.StepOutcome<unknown, unknown> | undefined>)[name]
+        return outcome?.status === "skipped" || outcome?.status === "interrupted" ? outcome.reason : outcome?.status
+      }
+      const cut = (name: string) => `"${name.slice(0, 80)}"… (1,000 characters)`
+      assert.strictEqual(reasonOf(continued, middle), `dependency ${cut(root)} failed`)
+      assert.strictEqual(
+        reasonOf(continued, "leaf"),
+        `dependency ${cut(middle)} skipped (step ${cut(root)} did not succeed)`
+      )
+      assert.strictEqual(reasonOf(continued, "after"), 'dependency "short" failed')
+      const stopped = yield* runClocked(p, undefined, { onFailure: "failFast", mode: "sequential" })
+      assert.strictEqual(reasonOf(stopped, "short"), `pipeline stopped: step ${cut(root)} failed`)
+    })
+  )
+
   it.effect("a step whose run returns no Effect (a Promise, a number) fails, named; the run completes", () =>
     Effect.gen(function* () {
       const p = yield* Pipeline.fromSteps<undefined, string, never, never>([

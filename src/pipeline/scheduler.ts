@@ -59,8 +59,8 @@ const skipped = (step: string, blocked: string, outcomes: ReadonlyMap<string, Ou
     step,
     reason:
       blocked === failedStep
-        ? `dependency ${JSON.stringify(blocked)} ${outcomes.get(blocked)!.status}`
-        : `dependency ${JSON.stringify(blocked)} skipped (step ${JSON.stringify(failedStep)} did not succeed)`,
+        ? `dependency ${Input.shown(blocked)} ${outcomes.get(blocked)!.status}`
+        : `dependency ${Input.shown(blocked)} skipped (step ${Input.shown(failedStep)} did not succeed)`,
     dependency: blocked,
     failedStep,
     at
@@ -70,7 +70,7 @@ const skipped = (step: string, blocked: string, outcomes: ReadonlyMap<string, Ou
 const stopped = (step: string, stoppedBy: string, outcomes: ReadonlyMap<string, Outcome>, at: number): Outcome => ({
   status: "skipped",
   step,
-  reason: `pipeline stopped: step ${JSON.stringify(stoppedBy)} ${outcomes.get(stoppedBy)!.status}`,
+  reason: `pipeline stopped: step ${Input.shown(stoppedBy)} ${outcomes.get(stoppedBy)!.status}`,
   dependency: stoppedBy,
   failedStep: stoppedBy,
   at
@@ -268,7 +268,7 @@ const runParallel = Effect.fnUntraced(function* (
         outcomes.set(name, {
           status: "interrupted",
           step: name,
-          reason: `pipeline stopped: step ${JSON.stringify(stoppedBy)} ${outcomes.get(stoppedBy)!.status}`,
+          reason: `pipeline stopped: step ${Input.shown(stoppedBy)} ${outcomes.get(stoppedBy)!.status}`,
           failedStep: stoppedBy,
           startedAt: startedAt.get(name)!,
           endedAt: now,
