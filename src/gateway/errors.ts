@@ -333,7 +333,7 @@ const sharedMessage = (error: ModelError, status: number): boolean =>
 
 const modelErrorMessage = (error: ModelError, status: number, code: string): string => {
   if (sharedMessage(error, status)) return error.message
-  const who = `the upstream ${JSON.stringify(error.provider ?? "provider")}${error.model === undefined ? "" : ` (model ${JSON.stringify(error.model)})`}`
+  const who = `the upstream${error.provider === undefined ? "" : ` ${JSON.stringify(error.provider)}`}${error.model === undefined ? "" : ` (model ${JSON.stringify(error.model)})`}`
   const what = error.status === undefined ? (upstreamWhat[error.reason] ?? "failed") : `answered HTTP ${error.status}`
   return `${who} ${what} (${code}); the gateway's log has its message`
 }

@@ -1183,4 +1183,13 @@ describe("Gateway.withheldMessage", () => {
     assert.include(Gateway.withheldMessage(notFound), "10.0.0.7:8000")
     assert.isUndefined(Gateway.withheldMessage(Gateway.gatewayError("InvalidRequest", "bad")))
   })
+
+  it("names no provider for an error without one (a local model's, a stream the gateway saw end early)", () => {
+    const ended = new ModelError({ reason: "Transport", message: "the stream ended before its first event" })
+    assert.strictEqual(
+      Gateway.toWire(ended).body.error.message,
+      "the upstream could not be reached, or broke the connection (upstream_unreachable); the gateway's log has its message"
+    )
+    assert.strictEqual(Gateway.withheldMessage(ended), "the stream ended before its first event")
+  })
 })
