@@ -305,7 +305,9 @@ export const make = (env: Env) => {
     if (response.finishReason === "error") {
       const error = Sse.endedInError(response)
       span?.end(Exit.fail(error))
-      return answered(env, "chat", started, failure(env, error), tracker.upstreamMs)
+      const id = env.nextId("req_")
+      yield* logWithheld(error, id)
+      return answered(env, "chat", started, failure(env, error), tracker.upstreamMs, id)
     }
     if (span !== undefined) {
       answeredWith(span, response.provider, response.model, response.finishReason, response.usage)
@@ -359,7 +361,9 @@ export const make = (env: Env) => {
       metrics.tokens(finish.usage.inputTokens, finish.usage.outputTokens)
       const error = Sse.endedInError(finish)
       span?.end(Exit.fail(error))
-      return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs)
+      const id = env.nextId("req_")
+      yield* logWithheld(error, id)
+      return answered(env, "chat_stream", started, failure(env, error), tracker.upstreamMs, id)
     }
     let ended = false
     const requestId = env.nextId("req_")

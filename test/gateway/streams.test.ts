@@ -418,6 +418,41 @@ describe("Gateway: tools", () => {
 
 describe("Gateway: an answer that ended in error", () => {
   const usage = { inputTokens: 5, outputTokens: 3, totalTokens: 8 }
+
+  it.live("is logged under its request id, streamed or not, as its answer says", () =>
+    Effect.gen(function* () {
+      const logs: Array<string> = []
+      const finished: Model.StreamPart = { _tag: "Finish", finishReason: "error", usage, provider: "g", model: "m" }
+      const gw = yield* Harness.make({
+        upstreams: {},
+        localProviders: {
+          g: Layer.succeed(Model.ModelProvider, {
+            name: "g",
+            defaultModel: "m",
+            generate: () =>
+              Effect.succeed({ text: "", finishReason: "error" as const, usage, provider: "g", model: "m" }),
+            embed: () => Effect.die("not used"),
+            stream: () => Stream.fromIterable([finished])
+          })
+        },
+        logs
+      })
+      for (const stream of [false, true]) {
+        const answer = yield* Harness.failing(async () => {
+          const result = await gw.client().chat.completions.create({ model: "d-g", messages: hi, stream })
+          if (stream) for await (const _ of result as AsyncIterable<unknown>) void _
+          return result
+        })
+        assert.strictEqual(answer.status, 502)
+        assert.include(answer.message, "the gateway's log has its message")
+        const id = answer.headers?.get("x-request-id")
+        assert.isTrue(
+          logs.some((line) => line.includes(`"request_id":"${id}"`) && line.includes("ended in error")),
+          `${id}: ${logs.join("\n")}`
+        )
+      }
+    })
+  )
   // What Gemini says of a malformed function call, or an Effect AI model of an error: the answer ended in error.
   const provider = (parts: ReadonlyArray<Model.StreamPart>) =>
     Layer.succeed(Model.ModelProvider, {
