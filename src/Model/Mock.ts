@@ -250,7 +250,7 @@ export const embedText: (text: string, dimensions: number) => ReadonlyArray<numb
 export const make = (
   options: Options = {}
 ): Effect.Effect<{ readonly provider: Service; readonly control: Control }, OptionError> =>
-  Effect.map(compile(options), (config) => Behaviour.build(options, config))
+  Effect.map(compile(options), Behaviour.build)
 
 /**
  * A layer with a mock `ModelProvider` and its `MockControl`.

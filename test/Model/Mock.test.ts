@@ -588,3 +588,44 @@ describe("Mock", () => {
     )
   })
 })
+
+describe("Mock options are read once", () => {
+  // A getter that answers a checked value first and another after: what runs is what was checked.
+  const flipping = <A, B>(first: A, then: B) => {
+    let reads = 0
+    return () => (reads++ === 0 ? first : then)
+  }
+
+  it.effect("an outcome's chunks, the script, respond and the random mix: each field checked is the one used", () =>
+    Effect.gen(function* () {
+      const outcome = Object.defineProperty({ _tag: "Succeed" }, "chunks", {
+        enumerable: true,
+        get: flipping(["a", "b"], 5)
+      }) as Mock.Outcome
+      const scripted = yield* Mock.make({ script: [outcome] })
+      assert.strictEqual((yield* scripted.provider.generate({ prompt: "x" })).text, "ab")
+
+      const options = Object.defineProperty({}, "script", {
+        enumerable: true,
+        get: flipping([Mock.Outcome.succeed("checked")], "no array")
+      }) as Mock.Options
+      const fromScript = yield* Mock.make(options)
+      assert.strictEqual((yield* fromScript.provider.generate({ prompt: "x" })).text, "checked")
+
+      const respond = Object.defineProperty({}, "respond", {
+        enumerable: true,
+        get: flipping(() => "answered", "no function")
+      }) as Mock.Options
+      const responding = yield* Mock.make(respond)
+      assert.strictEqual((yield* responding.provider.generate({ prompt: "x" })).text, "answered")
+
+      const mix = Object.defineProperty({ success: 0, hang: 0 }, "failures", {
+        enumerable: true,
+        get: flipping({ RateLimited: 1 }, null)
+      }) as Mock.RandomMix
+      const random = yield* Mock.make({ random: mix })
+      const failed = yield* Effect.flip(random.provider.generate({ prompt: "x" }))
+      assert.strictEqual(failed._tag === "ModelError" ? failed.reason : failed._tag, "RateLimited")
+    })
+  )
+})

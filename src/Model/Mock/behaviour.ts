@@ -23,7 +23,7 @@ import {
   validateEmbed,
   validateGenerate
 } from "../../Model.js"
-import type { Control, Counts, LoggedRequest, Options } from "../Mock.js"
+import type { Control, Counts, LoggedRequest } from "../Mock.js"
 import type { Compiled, Planned, Span } from "./options.js"
 
 // Numbers of call n depend only on (seed, n), never on how concurrent calls interleave.
@@ -98,12 +98,9 @@ type Ending = "succeeded" | "failed" | "interrupted"
  *
  * @internal
  */
-export const build = (
-  options: Options,
-  config: Compiled
-): { readonly provider: Service; readonly control: Control } => {
+export const build = (config: Compiled): { readonly provider: Service; readonly control: Control } => {
   const { name, defaultModel, dimensions, logSize } = config
-  const respond = options.respond ?? defaultRespond
+  const respond = config.respond ?? defaultRespond
   const counts = { calls: 0, generate: 0, stream: 0, embed: 0, succeeded: 0, failed: 0, interrupted: 0, inFlight: 0 }
   let peak = 0
   let slots = 0

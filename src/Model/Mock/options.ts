@@ -41,6 +41,7 @@ export interface Compiled {
   readonly chunkDelay: Span | undefined
   readonly script: ReadonlyArray<Planned>
   readonly random: ((random: () => number) => Planned) | undefined
+  readonly respond: Options["respond"]
 }
 
 const optionKeys: ReadonlySet<string> = new Set([
@@ -67,6 +68,19 @@ const isFinishReason = Schema.is(FinishReason)
 const isToolCall = Schema.is(ToolCall)
 
 const issue = (path: string, message: string): Input.Checked<never> => Result.fail({ path, message })
+
+// An outcome's `_tag`, read once; a getter that throws is an issue naming it.
+const tagOf = (path: string, outcome: object): Input.Checked<unknown> => {
+  try {
+    return Result.succeed((outcome as { readonly _tag?: unknown })._tag)
+  } catch (error) {
+    return Result.fail({
+      path: `${path}._tag`,
+      message: `reading it threw: ${Input.thrownMessage(error)}`,
+      cause: error
+    })
+  }
+}
 
 // Options may come from a file (`orchestra serve`): a null or a string where an object goes is an
 // issue naming the field, not a TypeError thrown out of `make`.
@@ -102,12 +116,22 @@ const latencyOf = (path: string, input: Latency | undefined): Input.Checked<Span
     return { min: fixed, max: fixed }
   })
 
-const planOf = (path: string, outcome: Outcome): Input.Checked<Planned> =>
+// Each field read once, into a copy (and its arrays copied): a getter answering another value on a second read
+// would otherwise be checked as one value and run as another.
+const planOf = (path: string, given: Outcome): Input.Checked<Planned> =>
   Result.gen(function* () {
-    if (typeof outcome !== "object" || outcome === null || !Object.hasOwn(outcomeKeys, outcome._tag)) {
+    const tag = typeof given === "object" && given !== null ? yield* tagOf(path, given) : undefined
+    if (typeof tag !== "string" || !Object.hasOwn(outcomeKeys, tag)) {
       return yield* issue(`${path}._tag`, "expected Succeed, Fail or Hang (use Mock.Outcome.succeed/fail/hang)")
     }
-    yield* known(path, outcome, outcomeKeys[outcome._tag])
+    yield* known(path, given, outcomeKeys[tag as Outcome["_tag"]])
+    const read = (yield* Input.readFields(given, undefined, path)) as Record<string, unknown>
+    const outcome = { ...read, _tag: tag } as Outcome
+    if (outcome._tag === "Succeed") {
+      const copied = outcome as { chunks?: unknown; toolCalls?: unknown }
+      if (Array.isArray(copied.chunks)) copied.chunks = [...copied.chunks]
+      if (Array.isArray(copied.toolCalls)) copied.toolCalls = copied.toolCalls.map((call) => ({ ...call }))
+    }
     const latency = yield* latencyOf(`${path}.latency`, outcome.latency)
     const chunkDelay = yield* latencyOf(`${path}.chunkDelay`, outcome.chunkDelay)
     if (outcome.text !== undefined && typeof outcome.text !== "string") {
@@ -154,9 +178,10 @@ const planOf = (path: string, outcome: Outcome): Input.Checked<Planned> =>
     }
   })
 
-const randomOf = (mix: RandomMix): Input.Checked<(random: () => number) => Planned> =>
+const randomOf = (given: RandomMix): Input.Checked<(random: () => number) => Planned> =>
   Result.gen(function* () {
-    yield* known("random", mix, randomKeys)
+    yield* known("random", given, randomKeys)
+    const mix = (yield* Input.readFields(given, undefined, "random")) as unknown as RandomMix
     const success = yield* Input.number("random.success", mix.success, { min: 0, max: 1 })
     const hang = yield* Input.number("random.hang", mix.hang ?? 0, { min: 0, max: 1 })
     if (success + hang > 1) return yield* issue("random.hang", `success ${success} + hang ${hang} exceed 1`)
@@ -192,10 +217,12 @@ const randomOf = (mix: RandomMix): Input.Checked<(random: () => number) => Plann
  *
  * @internal
  */
-export const compile = (options: Options): Effect.Effect<Compiled, OptionError> =>
+export const compile = (given: Options): Effect.Effect<Compiled, OptionError> =>
   Input.orOptionError(
     Result.gen(function* () {
-      yield* known("", options, optionKeys)
+      yield* known("", given, optionKeys)
+      // Read once: what is checked here is what the mock runs with (`respond` included).
+      const options = (yield* Input.readFields(given)) as Options
       const name = yield* text("name", Input.orDefault(options.name, "mock"))
       const defaultModel = yield* text("model", Input.orDefault(options.model, "mock-model"))
       // The draws mix the seed as 32 bits: any other would repeat one of these (2^32 + 3 as 3, -1 as 2^32-1).
@@ -219,6 +246,19 @@ export const compile = (options: Options): Effect.Effect<Compiled, OptionError> 
       const script: Array<Planned> = []
       for (const [i, outcome] of (options.script ?? []).entries()) script.push(yield* planOf(`script[${i}]`, outcome))
       const random = options.random === undefined ? undefined : yield* randomOf(options.random)
-      return { name, defaultModel, seed, dimensions, logSize, maxConcurrency, latency, chunkDelay, script, random }
+      const respond = options.respond
+      return {
+        name,
+        defaultModel,
+        seed,
+        dimensions,
+        logSize,
+        maxConcurrency,
+        latency,
+        chunkDelay,
+        script,
+        random,
+        respond
+      }
     })
   )
