@@ -446,7 +446,7 @@ describe("Stats", () => {
   )
 
   it.effect(
-    "a provider's usage that is negative, NaN or infinite adds no tokens: the counters never go down nor turn NaN",
+    "a provider's usage that is negative, NaN or infinite is a Decode error and adds no tokens: the counters never go down nor turn NaN",
     () =>
       Effect.gen(function* () {
         const { executor, registry } = yield* setup()
@@ -477,8 +477,15 @@ describe("Stats", () => {
           [-5, Number.NaN],
           [Number.POSITIVE_INFINITY, -1]
         ] as const) {
-          yield* executor.execute({ prompt: "q" }, { provider: provider(input, output) })
-          yield* Stream.runDrain(executor.stream({ prompt: "q" }, { provider: provider(input, output) }))
+          // Such an answer is a Decode error naming the count (generate and stream alike), and counts nothing.
+          const answered = yield* Effect.flip(executor.execute({ prompt: "q" }, { provider: provider(input, output) }))
+          const streamed = yield* Effect.flip(
+            Stream.runDrain(executor.stream({ prompt: "q" }, { provider: provider(input, output) }))
+          )
+          for (const error of [answered, streamed]) {
+            assert.strictEqual(error._tag === "ModelError" ? error.reason : error._tag, "Decode")
+            assert.include(error.message, "usage.inputTokens")
+          }
         }
         assert.deepStrictEqual((yield* executor.stats({ provider: "odd" })).tokens, { input: 10, output: 20 })
         const text = yield* Prometheus.text.pipe(Effect.provideService(Metric.MetricRegistry, registry))

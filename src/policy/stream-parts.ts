@@ -11,6 +11,8 @@ import type { StreamPart } from "../Model.js"
 
 // What is wrong with a part a provider's stream gave (a caller's own provider can give anything),
 // or undefined. A few `typeof`s a part: the schema's decoding would cost more than the hand-over.
+const usageKeys = ["inputTokens", "outputTokens", "totalTokens"] as const
+
 export const partIssue = (part: unknown): string | undefined => {
   if (typeof part !== "object" || part === null) return `${Input.shown(part)} is not a StreamPart`
   const fields = part as Record<string, unknown>
@@ -31,14 +33,15 @@ export const partIssue = (part: unknown): string | undefined => {
     }
     case "Finish": {
       const usage = fields.usage as Record<string, unknown> | null | undefined
-      if (
-        typeof usage !== "object" ||
-        usage === null ||
-        typeof usage.inputTokens !== "number" ||
-        typeof usage.outputTokens !== "number" ||
-        typeof usage.totalTokens !== "number"
-      ) {
+      if (typeof usage !== "object" || usage === null) {
         return `a Finish's usage is ${Input.shown(usage)}, not token counts`
+      }
+      // As a `generate` answer's (Model/answers.ts): whole counts of 0 or more, each read once.
+      for (const key of usageKeys) {
+        const count = usage[key]
+        if (!Number.isSafeInteger(count) || (count as number) < 0) {
+          return `a Finish's usage.${key} is ${Input.shown(count)}, not a whole number of tokens`
+        }
       }
       return typeof fields.finishReason === "string" &&
         typeof fields.provider === "string" &&

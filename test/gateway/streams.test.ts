@@ -570,24 +570,26 @@ const closed = (socket: Socket) =>
   }).pipe(Effect.timeout("5 seconds"))
 
 describe("Gateway: usage a provider could not count", () => {
-  // A provider of one's own (or an Effect AI model) may report NaN, negative or fractional counts: the
-  // executor passes them on (Stats ignores them); the wire must still carry what OpenAI's clients read.
-  const usage = { inputTokens: Number.NaN, outputTokens: -3, totalTokens: 2.5 }
-  const provider = Layer.succeed(Model.ModelProvider, {
-    name: "g",
-    defaultModel: "m",
-    generate: () => Effect.succeed({ text: "ok", finishReason: "stop" as const, usage, provider: "g", model: "m" }),
-    embed: () => Effect.die("not used"),
-    stream: () =>
-      Stream.fromIterable<Model.StreamPart>([
-        { _tag: "TextDelta", text: "ok" },
-        { _tag: "Finish", finishReason: "stop", usage, provider: "g", model: "m" }
-      ])
-  })
+  // A provider of one's own may report NaN, negative or fractional counts: the executor refuses such an
+  // answer (a Decode error naming the count, streamed or not), so no client reads null counts.
+  const providerOf = (usage: Model.Usage) =>
+    Layer.succeed(Model.ModelProvider, {
+      name: "g",
+      defaultModel: "m",
+      generate: () => Effect.succeed({ text: "ok", finishReason: "stop" as const, usage, provider: "g", model: "m" }),
+      embed: () => Effect.die("not used"),
+      stream: () =>
+        Stream.fromIterable<Model.StreamPart>([
+          { _tag: "TextDelta", text: "ok" },
+          { _tag: "Finish", finishReason: "stop", usage, provider: "g", model: "m" }
+        ])
+    })
+  const miscounting = providerOf({ inputTokens: Number.NaN, outputTokens: -3, totalTokens: 2.5 })
+  const provider = providerOf(Model.usage(1, 1))
 
-  it.live("is sent as whole counts of 0 or more, never null, in an answer and in a stream's usage chunk", () =>
+  it.live("is refused (a Decode error naming the count), streamed or not: no client reads a null count", () =>
     Effect.gen(function* () {
-      const gw = yield* Harness.make({ upstreams: {}, localProviders: { g: provider } })
+      const gw = yield* Harness.make({ upstreams: {}, localProviders: { g: miscounting } })
       const raw = (body: unknown) =>
         Effect.promise(() =>
           fetch(`${gw.url}/v1/chat/completions`, {
@@ -597,14 +599,17 @@ describe("Gateway: usage a provider could not count", () => {
           }).then((r) => r.text())
         )
       const answer = JSON.parse(yield* raw({ model: "d-g", messages: hi }))
-      assert.deepStrictEqual(answer.usage, { prompt_tokens: 0, completion_tokens: 0, total_tokens: 2 })
+      assert.isUndefined(answer.usage)
+      assert.strictEqual(answer.error.code, "upstream_bad_response", JSON.stringify(answer))
       const streamed = yield* raw({ model: "d-g", messages: hi, stream: true, stream_options: { include_usage: true } })
       const chunks = streamed
         .split("\n\n")
         .filter((event) => event.startsWith("data: {"))
         .map((event) => JSON.parse(event.slice(6)))
-      const last = chunks.at(-1)
-      assert.deepStrictEqual(last.usage, { prompt_tokens: 0, completion_tokens: 0, total_tokens: 2 })
+      // The text came first; the Finish's counts end the stream with an error event, never a null count.
+      assert.notInclude(streamed, '_tokens":null')
+      assert.notInclude(streamed, "[DONE]")
+      assert.strictEqual(chunks.at(-1).error.code, "upstream_bad_response", streamed)
     })
   )
 
