@@ -36,6 +36,7 @@ import type { GenerateRequest } from "./Model.js"
 import { type Answer, Router } from "./Router.js"
 import type { ExecutionStats } from "./Stats.js"
 import { Gate } from "./batch/gate.js"
+import { defaultMaxItems } from "./batch/limits.js"
 import { Outbox } from "./batch/outbox.js"
 import { type Room, run as runBatch } from "./batch/runner.js"
 
@@ -266,7 +267,7 @@ export class Batch extends Context.Service<Batch, Service>()("effect-orchestra/B
  * @since 0.3.0
  * @category constants
  */
-export const defaultMaxItems = 1_000_000
+export { defaultMaxItems } from "./batch/limits.js"
 
 /**
  * @since 0.1.0

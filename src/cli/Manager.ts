@@ -6,7 +6,8 @@
  * @since 0.2.0
  */
 import { Config, Console, Context, Effect, type FileSystem, Layer, Option, type Path, Stdio, Stream } from "effect"
-import { defaultMaxItems, type ProgressEvent } from "../Batch.js"
+import type { ProgressEvent } from "../Batch.js"
+import { defaultMaxItems } from "../batch/limits.js"
 import * as Input from "../Input.js"
 import type * as Orchestra from "../Orchestra.js"
 import { type Common, type ExitCode, exitCodes, failWith, formatMs, splitList, stdoutClosed } from "./Common.js"
@@ -55,6 +56,15 @@ export const prepare = (common: Common): Effect.Effect<Setup.Checked, ExitCode, 
       })
     )
   )
+
+/**
+ * The library's services a command calls (`Executor`, `Router`, `Batch`), loaded when the command
+ * is about to call them: after its checks, so that a refusal loads none of them.
+ *
+ * @since 0.3.0
+ * @category combinators
+ */
+export const library: Effect.Effect<typeof import("./library.js")> = Effect.promise(() => import("./library.js"))
 
 /**
  * Runs `program` with the manager of a checked config. The manager's scope closes when

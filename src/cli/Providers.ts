@@ -2,21 +2,23 @@
  * A config file's providers as the library's provider layers. Keys are read from the
  * environment variable each provider names, through `Config.Redacted`, and only ever held
  * as `Redacted`. Checking a provider runs the library's own option checks without any I/O
- * (no model is loaded, no request is sent); building it is the command's business.
+ * (no model is loaded, no request is sent); building it is the command's business. A provider's
+ * module is loaded only for a provider the config declares, when it is checked or built: a
+ * config refused before that loads none of them.
  *
  * @since 0.2.0
  */
 import * as NodePath from "node:path"
 import { Config, Effect, Layer, Option, Redacted, Result } from "effect"
-import { HttpClient } from "effect/http"
+import type { HttpClient } from "effect/http"
 import type { ModelError } from "../AiError.js"
 import { issueOfError, type OptionError, orDefault } from "../Input.js"
-import * as Gemini from "../Model/Gemini.js"
-import * as LocalOptions from "../Model/local/options.js"
-import * as Mock from "../Model/Mock.js"
-import * as Ollama from "../Model/Ollama.js"
-import * as OpenAiCompat from "../Model/OpenAiCompat.js"
-import * as WatsonX from "../Model/WatsonX.js"
+import type * as Gemini from "../Model/Gemini.js"
+import type * as LocalOptions from "../Model/local/options.js"
+import type * as Mock from "../Model/Mock.js"
+import type * as Ollama from "../Model/Ollama.js"
+import type * as OpenAiCompat from "../Model/OpenAiCompat.js"
+import type * as WatsonX from "../Model/WatsonX.js"
 import { ModelProvider } from "../Model.js"
 import { formatPath, type Issue, tidy } from "./Config.js"
 import type { Provider } from "./ConfigSchema.js"
@@ -148,25 +150,30 @@ const httpLayer = (
   apiKey: Redacted.Redacted<string> | undefined
 ): HttpProvider => {
   const key = apiKey === undefined ? {} : { apiKey }
+  const options = <O>(headers: boolean) =>
+    unchecked<O>({ ...withName(omit(headers ? fileHeaders(spec) : spec, "type", "apiKeyEnv"), name, spec), ...key })
+  const load = <M>(module: () => Promise<M>, layer: (module: M) => HttpProvider): HttpProvider =>
+    Layer.unwrap(Effect.map(Effect.promise(module), layer))
   switch (spec.type) {
     case "openai-compatible":
-      return OpenAiCompat.layer(
-        unchecked<OpenAiCompat.Options>({
-          ...withName(omit(fileHeaders(spec), "type", "apiKeyEnv"), name, spec),
-          ...key
-        })
+      return load(
+        () => import("../Model/OpenAiCompat.js"),
+        (OpenAiCompat) => OpenAiCompat.layer(options<OpenAiCompat.Options>(true))
       )
     case "ollama":
-      return Ollama.layer(
-        unchecked<Ollama.Options>({ ...withName(omit(fileHeaders(spec), "type", "apiKeyEnv"), name, spec), ...key })
+      return load(
+        () => import("../Model/Ollama.js"),
+        (Ollama) => Ollama.layer(options<Ollama.Options>(true))
       )
     case "gemini":
-      return Gemini.layer(
-        unchecked<Gemini.Options>({ ...withName(omit(fileHeaders(spec), "type", "apiKeyEnv"), name, spec), ...key })
+      return load(
+        () => import("../Model/Gemini.js"),
+        (Gemini) => Gemini.layer(options<Gemini.Options>(true))
       )
     case "watsonx":
-      return WatsonX.layer(
-        unchecked<WatsonX.Options>({ ...withName(omit(spec, "type", "apiKeyEnv"), name, spec), ...key })
+      return load(
+        () => import("../Model/WatsonX.js"),
+        (WatsonX) => WatsonX.layer(options<WatsonX.Options>(false))
       )
   }
 }
@@ -211,23 +218,36 @@ export const check = (
     case "local": {
       const options = localOptions(name, spec, dir)
       // The bundled models' folder is the provider's own default; any folder name passes the check.
-      return LocalOptions.resolve({ ...options, modelPath: orDefault(options.modelPath, "models") }).pipe(
+      return Effect.promise(() => import("../Model/local/options.js")).pipe(
+        Effect.flatMap((LocalOptions) =>
+          LocalOptions.resolve({ ...options, modelPath: orDefault(options.modelPath, "models") })
+        ),
         Effect.as([]),
         Effect.catch((error) => Effect.succeed(refused(error)))
       )
     }
     case "mock":
-      return Mock.make(mockOptions(name, spec)).pipe(
+      return Effect.promise(() => import("../Model/Mock.js")).pipe(
+        Effect.flatMap((Mock) => Mock.make(mockOptions(name, spec))),
         Effect.as([]),
         Effect.catch((error) => Effect.succeed(refused(error)))
       )
     default: {
       // The real layer over a client that is never called: `make` only checks and wires.
-      const unused = HttpClient.make(() => Effect.die("no request is sent while checking a config"))
+      const unused = Layer.unwrap(
+        Effect.map(
+          Effect.promise(() => import("effect/http")),
+          ({ HttpClient }) =>
+            Layer.succeed(
+              HttpClient.HttpClient,
+              HttpClient.make(() => Effect.die("no request is sent while checking a config"))
+            )
+        )
+      )
       // A stand-in key only where one is sent: one made up for a provider without apiKeyEnv would be refused over
       // plain http off loopback, where no key goes.
       const layer = httpLayer(name, spec, apiKey ?? (key === undefined ? undefined : Redacted.make("unset"))).pipe(
-        Layer.provide(Layer.succeed(HttpClient.HttpClient, unused))
+        Layer.provide(unused)
       )
       return Layer.build(layer).pipe(
         Effect.scoped,
@@ -265,7 +285,10 @@ export const layer = (
     case "mock":
       return Layer.effect(
         ModelProvider,
-        Effect.map(Mock.make(mockOptions(name, spec)), ({ provider }) => provider)
+        Effect.promise(() => import("../Model/Mock.js")).pipe(
+          Effect.flatMap((Mock) => Mock.make(mockOptions(name, spec))),
+          Effect.map(({ provider }) => provider)
+        )
       )
     default: {
       // The HTTP client of effect/http over undici's dispatch (see UndiciHttpClient: less CPU a call).

@@ -9,14 +9,15 @@
  */
 import { Effect, Layer, type Redacted, Result, Schema } from "effect"
 import type { ModelError } from "../AiError.js"
-import * as CircuitBreaker from "../CircuitBreaker.js"
+import type * as CircuitBreaker from "../CircuitBreaker.js"
 import * as Domain from "../Domain.js"
-import * as Executor from "../Executor.js"
+import type * as Executor from "../Executor.js"
 import * as Input from "../Input.js"
 import type { ModelProvider } from "../Model.js"
-import * as Orchestra from "../Orchestra.js"
-import * as RateLimit from "../RateLimit.js"
-import * as ResponseCache from "../ResponseCache.js"
+import type * as Orchestra from "../Orchestra.js"
+import { domainsOf } from "../orchestra/domains.js"
+import type * as RateLimit from "../RateLimit.js"
+import type * as ResponseCache from "../ResponseCache.js"
 import { bundledProviderName, ConfigFileError, formatPath, type Issue, type Loaded, tidy } from "./Config.js"
 import type { Provider } from "./ConfigSchema.js"
 import * as Providers from "./Providers.js"
@@ -64,7 +65,7 @@ const defaultProviderOf = (loaded: Loaded): string => {
  * @category utils
  */
 export const domainNames = (loaded: Loaded): ReadonlyArray<string> => {
-  const merged = Orchestra.domainsOf({ ...loaded.config, defaultProvider: defaultProviderOf(loaded) } as never)
+  const merged = domainsOf({ ...loaded.config, defaultProvider: defaultProviderOf(loaded) } as never)
   return Result.isSuccess(merged) ? merged.success.map((d) => d.name) : []
 }
 
@@ -137,7 +138,7 @@ const domainIssues = (loaded: Loaded, shape: IssueIndex, defaultProvider: string
   const providerNames = Object.keys(providersOf(loaded))
   // No provider (an issue of its own already): every domain would be refused again for naming none.
   if (issues.length > 0 || sections.some(shape.overlaps) || providerNames.length === 0) return issues
-  const merged = Orchestra.domainsOf({ ...config, defaultProvider, providerNames } as never)
+  const merged = domainsOf({ ...config, defaultProvider, providerNames } as never)
   if (Result.isFailure(merged)) return [merged.failure]
   const all = Domain.check(merged.success)
   if (Result.isFailure(all)) {
@@ -153,42 +154,51 @@ const domainIssues = (loaded: Loaded, shape: IssueIndex, defaultProvider: string
 
 const prefixed = (prefix: string) => (error: Input.OptionError) => Providers.issueOf(prefix, error)
 
-/** The shared policies through the checks and layers that would take them (each layer alone, in a scope closed at once). */
-const policyIssues = (loaded: Loaded, shape: IssueIndex): Effect.Effect<ReadonlyArray<Issue>> => {
-  const policies = loaded.config.policies ?? {}
-  const open = (path: string) => !shape.overlaps(path)
-  const issues: Array<Issue> = []
-  if (policies.executor !== undefined && open("policies.executor")) {
-    const checked = Executor.checkOptions(policies.executor as Executor.Options)
-    if (Result.isFailure(checked)) issues.push(prefixed("policies.executor")(Input.toOptionError(checked.failure)))
-  }
-  for (const field of ["maxConcurrent", "maxItems"] as const) {
-    const value = policies[field]
-    if (value !== undefined && open(`policies.${field}`)) {
-      const checked = Input.positiveInt(`policies.${field}`, value)
-      if (Result.isFailure(checked)) issues.push(checked.failure)
+/**
+ * The shared policies through the checks and layers that would take them (each layer alone, in a scope closed at
+ * once). Each check's module is loaded only for a policy the file gives: a refusal loads no more than it checks.
+ */
+const policyIssues = (loaded: Loaded, shape: IssueIndex): Effect.Effect<ReadonlyArray<Issue>> =>
+  Effect.gen(function* () {
+    const policies = loaded.config.policies ?? {}
+    const open = (path: string) => !shape.overlaps(path)
+    const issues: Array<Issue> = []
+    if (policies.executor !== undefined && open("policies.executor")) {
+      const { checkOptions } = yield* Effect.promise(() => import("../Executor.js"))
+      const checked = checkOptions(policies.executor as Executor.Options)
+      if (Result.isFailure(checked)) issues.push(prefixed("policies.executor")(Input.toOptionError(checked.failure)))
     }
-  }
-  const build = <A>(path: string, layer: Layer.Layer<A, Input.OptionError>) =>
-    Layer.build(layer).pipe(
-      Effect.scoped,
-      Effect.as(undefined),
-      Effect.catch((error) => Effect.succeed(prefixed(path)(error)))
-    )
-  const builds: Array<Effect.Effect<Issue | undefined>> = []
-  const on = <A>(value: A | false | undefined, path: string): value is A =>
-    value !== undefined && value !== false && open(path)
-  if (on(policies.breakers, "policies.breakers")) {
-    builds.push(build("policies.breakers", CircuitBreaker.layerMemory(policies.breakers as CircuitBreaker.Options)))
-  }
-  if (on(policies.rateLimits, "policies.rateLimits")) {
-    builds.push(build("policies.rateLimits", RateLimit.layerMemory(policies.rateLimits as RateLimit.Options)))
-  }
-  if (on(policies.cache, "policies.cache")) {
-    builds.push(build("policies.cache", ResponseCache.layerMemory(policies.cache as ResponseCache.MemoryOptions)))
-  }
-  return Effect.map(Effect.all(builds), (built) => [...issues, ...built.filter((issue) => issue !== undefined)])
-}
+    for (const field of ["maxConcurrent", "maxItems"] as const) {
+      const value = policies[field]
+      if (value !== undefined && open(`policies.${field}`)) {
+        const checked = Input.positiveInt(`policies.${field}`, value)
+        if (Result.isFailure(checked)) issues.push(checked.failure)
+      }
+    }
+    const build = <A>(path: string, layer: Layer.Layer<A, Input.OptionError>) =>
+      Layer.build(layer).pipe(
+        Effect.scoped,
+        Effect.as(undefined),
+        Effect.catch((error) => Effect.succeed(prefixed(path)(error)))
+      )
+    const builds: Array<Effect.Effect<Issue | undefined>> = []
+    const on = <A>(value: A | false | undefined, path: string): value is A =>
+      value !== undefined && value !== false && open(path)
+    if (on(policies.breakers, "policies.breakers")) {
+      const { layerMemory } = yield* Effect.promise(() => import("../CircuitBreaker.js"))
+      builds.push(build("policies.breakers", layerMemory(policies.breakers as CircuitBreaker.Options)))
+    }
+    if (on(policies.rateLimits, "policies.rateLimits")) {
+      const { layerMemory } = yield* Effect.promise(() => import("../RateLimit.js"))
+      builds.push(build("policies.rateLimits", layerMemory(policies.rateLimits as RateLimit.Options)))
+    }
+    if (on(policies.cache, "policies.cache")) {
+      const { layerMemory } = yield* Effect.promise(() => import("../ResponseCache.js"))
+      builds.push(build("policies.cache", layerMemory(policies.cache as ResponseCache.MemoryOptions)))
+    }
+    const built = yield* Effect.all(builds)
+    return [...issues, ...built.filter((issue) => issue !== undefined)]
+  })
 
 /** Issues in the order their sections appear in the file. */
 const inFileOrder = (loaded: Loaded, issues: ReadonlyArray<Issue>): ReadonlyArray<Issue> => {
@@ -322,19 +332,26 @@ export const orchestraLayer = (
     providers[name] = mapLayerError(Providers.layer(name, spec, dir, checked.keys[name]), setupError(name))
   }
   const policies = config.policies ?? {}
-  const manager = Orchestra.layer({
-    providers,
-    defaultProvider: checked.defaultProvider,
-    domains: config.domains as ReadonlyArray<Domain.DomainInput> | undefined,
-    extraDomains: config.extraDomains as ReadonlyArray<Domain.DomainInput> | undefined,
-    overrideDomains: config.overrideDomains as ReadonlyArray<Domain.DomainInput> | undefined,
-    executor: policies.executor as Executor.Options | undefined,
-    maxConcurrent: overrides.maxConcurrent ?? policies.maxConcurrent,
-    maxItems: policies.maxItems,
-    breakers: policies.breakers as CircuitBreaker.Options | false | undefined,
-    rateLimits: policies.rateLimits as RateLimit.Options | false | undefined,
-    cache: policies.cache as ResponseCache.MemoryOptions | false | undefined
-  })
+  // The library's manager, loaded only now: every check passed.
+  const manager = Layer.unwrap(
+    Effect.map(
+      Effect.promise(() => import("../Orchestra.js")),
+      (Orchestra) =>
+        Orchestra.layer({
+          providers,
+          defaultProvider: checked.defaultProvider,
+          domains: config.domains as ReadonlyArray<Domain.DomainInput> | undefined,
+          extraDomains: config.extraDomains as ReadonlyArray<Domain.DomainInput> | undefined,
+          overrideDomains: config.overrideDomains as ReadonlyArray<Domain.DomainInput> | undefined,
+          executor: policies.executor as Executor.Options | undefined,
+          maxConcurrent: overrides.maxConcurrent ?? policies.maxConcurrent,
+          maxItems: policies.maxItems,
+          breakers: policies.breakers as CircuitBreaker.Options | false | undefined,
+          rateLimits: policies.rateLimits as RateLimit.Options | false | undefined,
+          cache: policies.cache as ResponseCache.MemoryOptions | false | undefined
+        })
+    )
+  )
   return mapLayerError(manager, (error) =>
     error._tag === "SetupError"
       ? error

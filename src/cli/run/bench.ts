@@ -8,7 +8,7 @@
  * @since 0.2.0
  */
 import { Console, Effect, Option } from "effect"
-import { Batch, type BatchResult, type Item, type ItemResult } from "../../Batch.js"
+import type { BatchResult, Item, ItemResult } from "../../Batch.js"
 import { percent, successRate } from "../../stats/figures.js"
 import { type Args, maxRounds } from "../Bench.js"
 import {
@@ -26,7 +26,15 @@ import {
   printText,
   stdoutClosed
 } from "../Common.js"
-import { checkDomains, checkSplitFlags, maxItemsOf, prepare, progressBar, provideOrchestra } from "../Manager.js"
+import {
+  checkDomains,
+  checkSplitFlags,
+  library,
+  maxItemsOf,
+  prepare,
+  progressBar,
+  provideOrchestra
+} from "../Manager.js"
 import * as Prompts from "../Prompts.js"
 import { domainNames } from "../Setup.js"
 import { Latencies, type Summary } from "./latencies.js"
@@ -250,8 +258,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     yield* Console.error("orchestra: note: policies.cache is on, so repeated prompts are answered from the cache")
   }
 
+  const services = yield* library
   const program = Effect.gen(function* () {
-    const batch = yield* Batch
+    const batch = yield* services.Batch
     const options = { domain, fallback }
     const warmUp = yield* batch.run(warmUpItems(items, domain), { ...options, concurrency: 1 })
     // Folded as each run ends: a run's result holds every answer, and 1,000,000 prompts kept for six runs took gigabytes.

@@ -10,8 +10,6 @@
  */
 import { Clock, Effect, Option, Result, Stdio, Stream } from "effect"
 import { Domains } from "../../Domain.js"
-import { Executor } from "../../Executor.js"
-import { Router } from "../../Router.js"
 import * as Stats from "../../Stats.js"
 import {
   type Common,
@@ -26,7 +24,7 @@ import {
   printJson,
   printText
 } from "../Common.js"
-import { checkDomains, prepare, provideOrchestra } from "../Manager.js"
+import { checkDomains, library, prepare, provideOrchestra } from "../Manager.js"
 import type { Args } from "../Start.js"
 import { callChain } from "./test.js"
 
@@ -137,10 +135,11 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const interactive = (yield* stdio.stdinIsTerminal) && (yield* stdio.stderrIsTerminal) && !args.json
   const checked = yield* prepare(common)
   yield* checkDomains(common, checked, Option.toArray(args.domain))
+  const services = yield* library
 
   const session = Effect.gen(function* () {
-    const router = yield* Router
-    const executor = yield* Executor
+    const router = yield* services.Router
+    const executor = yield* services.Executor
     const domains = yield* Domains
     const stats = yield* Stats.Stats
     const names = domains.all.map((d) => d.name)

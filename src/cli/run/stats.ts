@@ -5,7 +5,7 @@
  * @since 0.2.0
  */
 import { Effect, Option } from "effect"
-import { Batch, type ProgressEvent } from "../../Batch.js"
+import type { ProgressEvent } from "../../Batch.js"
 import * as Stats from "../../Stats.js"
 import {
   type Common,
@@ -19,7 +19,7 @@ import {
   printText,
   stdoutClosed
 } from "../Common.js"
-import { checkDomains, checkSplitFlags, maxItemsOf, prepare, provideOrchestra } from "../Manager.js"
+import { checkDomains, checkSplitFlags, library, maxItemsOf, prepare, provideOrchestra } from "../Manager.js"
 import * as Prompts from "../Prompts.js"
 import { domainNames } from "../Setup.js"
 import type { Args } from "../Stats.js"
@@ -95,8 +95,9 @@ export const run = Effect.fnUntraced(function* (args: Args) {
     )
     yield* printError(`orchestra: interrupted after ${of} finished (calls cut short count as Interrupted)`)
   })
+  const services = yield* library
   const program = Effect.gen(function* () {
-    const batch = yield* Batch
+    const batch = yield* services.Batch
     const result = yield* batch
       .run(items, { domain: Option.getOrUndefined(args.domain), fallback, concurrency, onProgress })
       .pipe(Effect.onInterrupt(() => Effect.flatMap(stdoutClosed, (closed) => (closed ? Effect.void : interrupted))))

@@ -6,9 +6,9 @@
  */
 import { Clock, Effect, Option, Result } from "effect"
 import type { AiError } from "../../AiError.js"
-import { Executor } from "../../Executor.js"
+import type { Executor } from "../../Executor.js"
 import type { GenerateRequest } from "../../Model.js"
-import { type Answer, Router } from "../../Router.js"
+import type { Answer, Router } from "../../Router.js"
 import {
   type Common,
   errorJson,
@@ -22,7 +22,7 @@ import {
   printJson,
   printText
 } from "../Common.js"
-import { checkDomains, checkSplitFlags, prepare, provideOrchestra } from "../Manager.js"
+import { checkDomains, checkSplitFlags, library, prepare, provideOrchestra } from "../Manager.js"
 import { maxTokensOf } from "../Prompts.js"
 import type { Args } from "../Test.js"
 
@@ -142,9 +142,10 @@ export const run = Effect.fnUntraced(function* (args: Args) {
   const checked = yield* prepare(common)
   yield* checkSplitFlags(common, checked, args)
   yield* checkDomains(common, checked, [...Option.toArray(args.domain), ...fallback])
+  const services = yield* library
   const program = Effect.gen(function* () {
-    const router = yield* Router
-    const executor = yield* Executor
+    const router = yield* services.Router
+    const executor = yield* services.Executor
     const request: GenerateRequest = maxTokens === undefined ? { prompt } : { prompt, maxTokens }
     let retries = 0
     const call = callChain(router, executor, request, domain, fallback, () => Effect.sync(() => void retries++))
