@@ -397,3 +397,37 @@ describe("serve --port out of range", () => {
     })
   )
 })
+
+describe("--file - reads the prompts from stdin", () => {
+  const mock = () => writeConfig("stdin-mock.json", { providers: { m: { type: "mock", reply: "ok" } } })
+
+  it.live("stats --file - runs the lines piped in (it said `cannot read -: no such file`)", () =>
+    Effect.gen(function* () {
+      const result = yield* inProcess(["stats", "--json", "--file", "-", "--config", mock()], {
+        terminal: false,
+        stdin: "# prompts\nfirst\n\nsecond\n"
+      })
+      assert.strictEqual(result.code, 0, result.err)
+      const out = JSON.parse(result.out)
+      assert.strictEqual(out.prompts, 2)
+      assert.strictEqual(out.stats.successes, 2)
+    })
+  )
+
+  it.live("stdin is checked as a file is: UTF-8, not empty, named `stdin`", () =>
+    Effect.gen(function* () {
+      const empty = yield* inProcess(["bench", "--file", "-", "--config", mock()], { terminal: false, stdin: "\n#\n" })
+      assert.strictEqual(empty.code, 2)
+      assert.strictEqual(empty.err, "orchestra: no prompts given: stdin has only blank lines and # comments")
+      const big = yield* inProcess(["stats", "--file", "-", "--config", mock()], {
+        terminal: false,
+        stdin: "q\n".repeat(9 * 1024 * 1024)
+      })
+      assert.strictEqual(big.code, 2)
+      assert.strictEqual(
+        big.err,
+        `orchestra: cannot read stdin: more than ${16 * 1024 * 1024} bytes (at most ${16 * 1024 * 1024})`
+      )
+    })
+  )
+})

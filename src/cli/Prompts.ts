@@ -5,7 +5,7 @@
  *
  * @since 0.2.0
  */
-import { Effect, FileSystem, Option, Result } from "effect"
+import { Effect, FileSystem, Option, Result, Stdio, Stream } from "effect"
 import { Flag } from "effect/cli"
 import type { Item } from "../Batch.js"
 import {
@@ -67,7 +67,9 @@ export const flags = {
   ),
   file: Flag.String("file").pipe(
     Flag.withAlias("f"),
-    Flag.withDescription("A file with one prompt per line (blank lines and lines starting with # are skipped)"),
+    Flag.withDescription(
+      "A file with one prompt per line (blank lines and lines starting with # are skipped); - reads stdin"
+    ),
     Flag.optional
   ),
   domain: Flag.String("domain").pipe(
@@ -150,17 +152,15 @@ export const read = Effect.fnUntraced(function* (
     return list.length > 0 ? list : yield* noPrompts("--prompts holds only commas and spaces")
   }
   if (Option.isNone(file)) return []
-  const fs = yield* FileSystem.FileSystem
+  // `-` is stdin, as for most commands that read files: `generate-prompts | orchestra bench --file -`.
+  const fromStdin = file.value === "-"
+  const source = fromStdin ? "stdin" : file.value
   const unreadable = (why: string) =>
-    failWith(common, exitCodes.usage, `cannot read ${file.value}: ${why}`, { kind: "usage" })
-  const info = yield* fs.stat(file.value).pipe(Effect.catch((error) => unreadable(platformErrorText(error))))
-  // A pipe (`--file /dev/stdin`) is read as a file is; a folder is not.
-  if (info.type === "Directory") yield* unreadable("not a file (directory)")
+    failWith(common, exitCodes.usage, `cannot read ${source}: ${why}`, { kind: "usage" })
   const tooBig = (size: string | number) => unreadable(`${size} bytes (at most ${maxFileBytes})`)
-  if (Number(info.size) > maxFileBytes) yield* tooBig(String(info.size))
-  // The size said is no bound: a pipe's or a device's (`/dev/stdin`, `/dev/zero`) is known only once read, a /proc
-  // file says 0, a log grows after it was looked at. No more than one byte past the bound is read, whatever it is.
-  const bytes = yield* readAtMost(file.value, maxFileBytes).pipe(Effect.catch(unreadable))
+  const bytes = fromStdin
+    ? yield* readStdinAtMost(maxFileBytes).pipe(Effect.catch((error) => unreadable(platformErrorText(error))))
+    : yield* readFile(file.value, unreadable, tooBig)
   if (bytes.length > maxFileBytes) yield* tooBig(`more than ${maxFileBytes}`)
   const decoded = Utf8.decode(bytes)
   if (Result.isFailure(decoded)) {
@@ -179,8 +179,39 @@ export const read = Effect.fnUntraced(function* (
     if (++count <= maxItems) lines.push(line)
   }
   if (count > maxItems) return yield* tooMany(count)
-  return lines.length > 0 ? lines : yield* noPrompts(`${file.value} has only blank lines and # comments`)
+  return lines.length > 0 ? lines : yield* noPrompts(`${source} has only blank lines and # comments`)
 })
+
+const readFile = Effect.fnUntraced(function* (
+  file: string,
+  unreadable: (why: string) => Effect.Effect<never, ExitCode>,
+  tooBig: (size: string) => Effect.Effect<never, ExitCode>
+) {
+  const fs = yield* FileSystem.FileSystem
+  const info = yield* fs.stat(file).pipe(Effect.catch((error) => unreadable(platformErrorText(error))))
+  // A pipe (`--file /dev/stdin`) is read as a file is; a folder is not.
+  if (info.type === "Directory") yield* unreadable("not a file (directory)")
+  if (Number(info.size) > maxFileBytes) yield* tooBig(String(info.size))
+  // The size said is no bound: a pipe's or a device's (`/dev/stdin`, `/dev/zero`) is known only once read, a /proc
+  // file says 0, a log grows after it was looked at. No more than one byte past the bound is read, whatever it is.
+  return yield* readAtMost(file, maxFileBytes).pipe(Effect.catch(unreadable))
+})
+
+/** At most `limit + 1` bytes of stdin (the Stdio service's): what is past them is not read. */
+const readStdinAtMost = (limit: number) =>
+  Effect.flatMap(Stdio.Stdio, (stdio) => {
+    const chunks: Array<Uint8Array> = []
+    let total = 0
+    return stdio.stdin.pipe(
+      Stream.takeUntil((chunk) => {
+        chunks.push(chunk.length > limit + 1 - total ? chunk.subarray(0, limit + 1 - total) : chunk)
+        total += chunks[chunks.length - 1]!.length
+        return total > limit
+      }),
+      Stream.runDrain,
+      Effect.map(() => Buffer.concat(chunks))
+    )
+  })
 
 /**
  * `--max-tokens` checked as the library checks a domain's `maxTokens` (exit code 2 naming
