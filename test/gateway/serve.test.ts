@@ -187,7 +187,8 @@ describe("orchestra serve", () => {
         assert.strictEqual(openResult.code, 2)
         assert.include(openResult.stderr, "loopback")
       }),
-    120_000
+    // Ten processes one after the other: at a load of 15 (a shared machine) they took over 120 s.
+    300_000
   )
 })
 
