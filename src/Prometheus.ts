@@ -24,6 +24,7 @@ import { Context, Effect, Layer, Metric, Result } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import * as Input from "./Input.js"
+import { checkBuckets } from "./input/buckets.js"
 import { latencyBoundaries } from "./Metrics.js"
 
 /**
@@ -83,6 +84,13 @@ export const contentType = "text/plain; version=0.0.4; charset=utf-8"
 const prefix = "orchestra_"
 
 /**
+ * The issue of a `buckets` option that is neither absent, `"all"` nor `"coarse"`.
+ *
+ * @internal
+ */
+export { checkBuckets }
+
+/**
  * The metrics of a context's registry as Prometheus text, synchronously. Throws an
  * `OptionError` naming the field for an unknown option, an `all` other than true or false,
  * or a `buckets` other than `"all"` or `"coarse"`.
@@ -131,17 +139,6 @@ const formatAll = (context: Context.Context<never>, all: boolean): string => {
   const ours: Metric.MetricRegistry = new Map()
   for (const [key, metadata] of registry) if (metadata.id.startsWith(prefix)) ours.set(key, metadata)
   return PrometheusMetrics.formatUnsafe(Context.add(context, Metric.MetricRegistry, ours))
-}
-
-/**
- * The issue of a `buckets` option that is neither absent, `"all"` nor `"coarse"`.
- *
- * @internal
- */
-export const checkBuckets = (field: string, input: unknown): Input.Issue | undefined => {
-  if (input === undefined) return undefined
-  const checked = Input.oneOf(field, input, ["all", "coarse"])
-  return Result.isFailure(checked) ? checked.failure : undefined
 }
 
 /**

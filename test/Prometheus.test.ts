@@ -1,3 +1,5 @@
+import { spawnSync } from "node:child_process"
+import { fileURLToPath } from "node:url"
 import { readFileSync } from "node:fs"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Exit, Fiber, Layer, Metric, Result, Scope, Stream } from "effect"
@@ -598,5 +600,36 @@ describe("Prometheus: latency buckets", () => {
       if (i > 0) assert.approximately(bound / bounds[i - 1]!, 1.1, 1e-4)
     }
     assert.strictEqual(bounds[56], 10.3983)
+  })
+})
+
+describe("Prometheus: what checking options loads", () => {
+  // A hook records every module the import loads; tsx (its API, by path) loads the TypeScript.
+  const loadedBy = (module: string): ReadonlyArray<string> => {
+    const script = [
+      'import { registerHooks } from "node:module"',
+      "const seen = []",
+      "registerHooks({ load: (url, context, next) => (seen.push(url), next(url, context)) })",
+      'const root = new URL("file://" + process.cwd() + "/")',
+      'await (await import(new URL("node_modules/tsx/dist/esm/api/index.mjs", root).href)).register()',
+      `await import(new URL(${JSON.stringify(module)}, root).href)`,
+      "console.log(JSON.stringify(seen))"
+    ].join("\n")
+    const run = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
+      cwd: fileURLToPath(new URL("..", import.meta.url)),
+      encoding: "utf8",
+      timeout: 60_000
+    })
+    assert.strictEqual(run.status, 0, run.stderr)
+    return JSON.parse(run.stdout) as ReadonlyArray<string>
+  }
+
+  it("the gateway's options check their metricsBuckets without loading effect/http's server or PrometheusMetrics", () => {
+    const loaded = loadedBy("src/gateway/options.ts")
+    assert.isTrue(loaded.some((url) => url.endsWith("/src/gateway/options.ts")))
+    const heavy = loaded.filter((url) =>
+      /\/(HttpRouter|HttpServerResponse|HttpServer|PrometheusMetrics)\.js$/.test(url)
+    )
+    assert.deepStrictEqual(heavy, [])
   })
 })

@@ -7,7 +7,7 @@
 import { Duration, Redacted, Result } from "effect"
 import type { Options } from "../Gateway.js"
 import * as Input from "../Input.js"
-import { checkBuckets } from "../Prometheus.js"
+import { checkBuckets } from "../input/buckets.js"
 import { decodeRetry, type RetryPolicy } from "../Policy.js"
 import { hash } from "./keys/secret.js"
 
