@@ -1236,7 +1236,7 @@ describe("CircuitBreaker: reset and isolate racing calls in flight", () => {
 })
 
 describe("CircuitBreaker: a key that is no string (from JavaScript)", () => {
-  it.effect("execute, admit, isolate and reset die with an InvalidRequest naming the key, not a TypeError", () =>
+  it.effect("execute, admit, state, isolate and reset die with an InvalidRequest naming the key, not a TypeError", () =>
     withBreakers({ failMax: 1 }, (breakers) =>
       Effect.gen(function* () {
         for (const key of [undefined, 42, null, { name: "x" }] as ReadonlyArray<unknown> as ReadonlyArray<string>) {
@@ -1244,6 +1244,8 @@ describe("CircuitBreaker: a key that is no string (from JavaScript)", () => {
           const exits: ReadonlyArray<Exit.Exit<unknown, unknown>> = [
             yield* Effect.exit(breakers.execute(key, Ref.set(ran, true))),
             yield* Effect.exit(Effect.scoped(breakers.admit(key))),
+            // Not "closed": a shared store would answer for the key it reads as a string ("42").
+            yield* Effect.exit(breakers.state(key)),
             yield* Effect.exit(breakers.isolate(key)),
             yield* Effect.exit(breakers.reset(key))
           ]

@@ -448,6 +448,7 @@ export const make = Effect.fnUntraced(function* (config: Config, backend: Backen
         )
 
   const state: Service["state"] = Effect.fn("CircuitBreaker.state")(function* (key: string) {
+    if (typeof key !== "string") return yield* badKey(key)
     const entry = registry.get(key)
     if (entry?.isolated === true) return "isolated"
     // Read from the store, as the next call's admission is: a key it has forgotten (idle past
