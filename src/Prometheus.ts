@@ -59,7 +59,9 @@ export const coarseBuckets: ReadonlyArray<number> = [
 
 const latencyBounds: ReadonlySet<number> = new Set(latencyBoundaries)
 const coarseBounds: ReadonlySet<number> = new Set(coarseBuckets)
-const bucketLine = /^orchestra_\w+_bucket\{(?:.*,)?le="([^"]+)"\} /
+// `s`: a label value (a breaker's or rate limit's key) may hold \r, U+2028 or U+2029 as they are,
+// which `.` does not match otherwise: that series kept every bucket.
+const bucketLine = /^orchestra_\w+_bucket\{(?:.*,)?le="([^"]+)"\} /s
 
 /** Drops the bucket lines of the library's latency histograms that `"coarse"` does not keep. */
 const coarsen = (text: string): string =>

@@ -321,6 +321,27 @@ const parseExposition = (text: string) => {
 }
 
 describe("Prometheus text format", () => {
+  it.effect("buckets: coarse keeps the same 22 buckets of a series whose labels hold a carriage return or U+2028", () =>
+    Effect.gen(function* () {
+      // A breaker's or rate limit's key is the caller's: the exposition writes these characters as
+      // they are (only \\, " and \n are escaped), and the bucket line is still one line.
+      const names = ["plain", "car\rreturn", "line\u2028separator", "para\u2029graph", "next\u0085line"]
+      for (const name of names) {
+        yield* Metric.update(Metric.withAttributes(Metrics.latency, { provider: name, domain: "d-odd" }), 3)
+      }
+      const text = yield* Prometheus.format({ buckets: "coarse" })
+      for (const name of names) {
+        const series = `orchestra_request_duration_ms_bucket{provider="${name}",domain="d-odd",`
+        const lines = text.split("\n").filter((line) => line.startsWith(series))
+        assert.lengthOf(lines, 22, JSON.stringify(name))
+        assert.deepStrictEqual(
+          lines.map((line) => /le="([^"]+)"\} /s.exec(line)?.[1]),
+          [...Prometheus.coarseBuckets.map(String), "+Inf"],
+          JSON.stringify(name)
+        )
+      }
+    }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
+  )
   it.effect("is valid exposition text, whatever the provider, domain and reason names hold", () =>
     Effect.gen(function* () {
       const odd = ['q"uote', "back\\slash", "new\nline", "ünï-çødé 名前", "trailing\\"]
