@@ -176,7 +176,7 @@ export const text: Effect.Effect<string> = format()
 export interface HttpOptions extends Options {
   /**
    * Path of the route. Default `"/metrics"`. A path such as `"/internal/metrics"` (letters,
-   * digits, `.` `_` `~` `-` `/`; no query string, no trailing `/`), or `"*"` for every `GET`.
+   * digits, `.` `_` `~` `-` `/`; no query string, no `.` or `..` segment, no trailing `/`), or `"*"` for every `GET`.
    */
   readonly path?: HttpRouter.PathInput | undefined
 }

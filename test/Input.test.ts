@@ -138,3 +138,29 @@ describe("Input.wholeMillis", () => {
     )
   })
 })
+
+describe("Input.routePath", () => {
+  it("a path whose segment is . or .. is refused: a URL normalizes it away, so no request reaches the route", () => {
+    for (const path of ["/metrics/.", "/metrics/..", "/.", "/..", "/v1/../metrics", "/a/./b"]) {
+      // What a client sends for it (fetch, curl, a browser) is another path.
+      assert.notStrictEqual(new URL(`http://localhost${path}`).pathname, path)
+      const checked = Input.routePath("metricsPath", path, "/metrics")
+      assert.isTrue(Result.isFailure(checked), path)
+      if (Result.isFailure(checked)) {
+        assert.strictEqual(checked.failure.path, "metricsPath")
+        assert.strictEqual(
+          checked.failure.message,
+          `expected a path such as "/metrics", got ${JSON.stringify(path)}: a "." or ".." segment is resolved away by clients, no request reaches it`
+        )
+      }
+    }
+    for (const path of ["/", "/metrics", "/.well-known/health", "/v1.2/x..y", "/a/.b/c.", "/..a"]) {
+      assert.strictEqual(new URL(`http://localhost${path}`).pathname, path)
+      assert.deepStrictEqual(
+        Input.routePath("metricsPath", path, "/metrics"),
+        Result.succeed(path as `/${string}`),
+        path
+      )
+    }
+  })
+})

@@ -43,20 +43,33 @@ const routePathPattern = /^\/[A-Za-z0-9._~\-/]*$/
 
 /**
  * Checks the path of a route a layer adds (`"/metrics"`, `"/v1"`): a leading `/`, then
- * letters, digits and `.` `_` `~` `-` `/`, without `//` nor a trailing `/` (`"/"` itself is
- * one). An empty path, a relative one, a query string or whitespace would be a route no
+ * letters, digits and `.` `_` `~` `-` `/`, without `//`, a `.` or `..` segment, nor a trailing
+ * `/` (`"/"` itself is one). An empty path, a relative one, a query string or whitespace would be a route no
  * request reaches. `example` shows a good one in the message.
  *
  * @since 0.3.0
  * @category checks
  */
-export const routePath = (path: string, input: unknown, example: `/${string}`): Checked<`/${string}`> =>
-  typeof input === "string" &&
-  routePathPattern.test(input) &&
-  !input.includes("//") &&
-  (input.length === 1 || !input.endsWith("/"))
-    ? Result.succeed(input as `/${string}`)
-    : Result.fail({ path, message: `expected a path such as ${JSON.stringify(example)}, got ${shown(input)}` })
+export const routePath = (path: string, input: unknown, example: `/${string}`): Checked<`/${string}`> => {
+  const expected = `expected a path such as ${JSON.stringify(example)}, got ${shown(input)}`
+  if (
+    typeof input !== "string" ||
+    !routePathPattern.test(input) ||
+    input.includes("//") ||
+    (input.length > 1 && input.endsWith("/"))
+  ) {
+    return Result.fail({ path, message: expected })
+  }
+  // A URL resolves these segments ("/metrics/.." is "/"): fetch, curl or a browser never sends them.
+  return dotSegment.test(input)
+    ? Result.fail({
+        path,
+        message: `${expected}: a "." or ".." segment is resolved away by clients, no request reaches it`
+      })
+    : Result.succeed(input as `/${string}`)
+}
+
+const dotSegment = /\/\.\.?(?:\/|$)/
 
 /**
  * The issue of a call's options (or another argument, `path`) that is not an object: `null`
