@@ -678,6 +678,8 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
           const error = yield* Effect.flip(build(server, options as CircuitBreaker.RedisOptions))
           assert.strictEqual(error._tag, "OptionError")
           assert.strictEqual((error as OptionError).path, path, error.message)
+          // Worded as every OptionError is: the field named first.
+          assert.isTrue(error.message.startsWith(`invalid ${path}: `), error.message)
         })
       yield* refused({ prefix: "" }, "prefix")
       // Part of every Redis key, sent with every call.

@@ -97,7 +97,7 @@ export const makeRedis = Effect.fnUntraced(function* (given: RedisOptions = {}) 
   if (config.tripPolicy._tag === "Consecutive" && config.tripPolicy.failures > Input.maxRedisMillis) {
     // The store's scripts refuse a count above 2^50: every record would be a store error, and
     // the circuit would never open.
-    return yield* new Input.OptionError({
+    return yield* Input.toOptionError({
       path: "failMax",
       message: `expected at most 2^50 (${Input.maxRedisMillis}) with Redis, got ${config.tripPolicy.failures}`
     })
@@ -120,7 +120,7 @@ export const makeRedis = Effect.fnUntraced(function* (given: RedisOptions = {}) 
   // was renewed in a loop, a Redis command every millisecond for as long as the probe ran.
   const minLease = Math.ceil(1.5 * Duration.toMillis(settings.timeout))
   if (probeLease < minLease) {
-    return yield* new Input.OptionError({
+    return yield* Input.toOptionError({
       path: "probeLease",
       message: `expected at least 1.5 times redis.timeout (${minLease} ms): the lease is renewed every third of it, each renewal answered within redis.timeout; got ${probeLease} ms`
     })
