@@ -39,6 +39,8 @@ import { make as KeyStoreMake } from "../../src/gateway/keys/store.js"
 import { type Backend, countersOf } from "../../src/gateway/keys/ledger.js"
 import * as MemoryBackend from "../../src/gateway/keys/memory.js"
 import * as RedisBackend from "../../src/gateway/keys/redis.js"
+import { reserveScript } from "../../src/gateway/keys/redis-reserve.js"
+import { settleScript } from "../../src/gateway/keys/redis-settle.js"
 import type * as Input from "../../src/Input.js"
 import * as Metrics from "../../src/Metrics.js"
 import * as Mock from "../../src/Model/Mock.js"
@@ -75,6 +77,67 @@ const onRedis = (
       }).pipe(Layer.provideMerge(Redis.layer({ url: server.url, ...healthyClient, commandTimeout })))
     )
     return { store: Context.get(context, KeyStore.KeyAdmin), redis: Context.get(context, PersistenceRedis.Redis) }
+  })
+
+interface ScriptCounts {
+  /** Calls sent to Redis (a call the guard refused for a reported outage is never sent). */
+  sent: number
+  /** Calls cut before their reply (a deadline, an interruption): Redis may still run them. */
+  cut: number
+  /** Replies that reached the store. */
+  answered: number
+}
+
+/**
+ * {@link onRedis}, counting the settle and reserve scripts its client sends, those cut, and the replies that reach the
+ * store: a test waits on these rather than on a fixed sleep.
+ */
+const onRedisCountingSettles = (
+  server: RedisServer,
+  options: KeyStore.RedisOptions,
+  commandTimeout: Duration.Input = healthyDeadline
+) =>
+  Effect.gen(function* () {
+    const settles: ScriptCounts = { sent: 0, cut: 0, answered: 0 }
+    const reserves: ScriptCounts = { sent: 0, cut: 0, answered: 0 }
+    const client = yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient, commandTimeout }))
+    const redis = Context.get(client, PersistenceRedis.Redis)
+    const counting: PersistenceRedis.Redis["Service"] = {
+      ...redis,
+      eval: (script) => {
+        const run = redis.eval(script)
+        const counts =
+          (script as unknown) === settleScript ? settles : (script as unknown) === reserveScript ? reserves : undefined
+        if (counts === undefined) return run
+        return (...args) =>
+          Effect.suspend(() => {
+            counts.sent++
+            return run(...args).pipe(
+              Effect.onExit((exit) =>
+                Effect.sync(() => {
+                  if (Exit.isSuccess(exit)) counts.answered++
+                  else counts.cut++
+                })
+              )
+            )
+          })
+      }
+    }
+    const context = yield* Layer.build(
+      KeyStore.layerRedis({
+        prefix: `${unique("gw")}:`,
+        ...options,
+        redis: { timeout: healthyDeadline, ...options.redis }
+      }).pipe(Layer.provide(Layer.succeedContext(Context.add(client, PersistenceRedis.Redis, counting))))
+    )
+    return { store: Context.get(context, KeyStore.KeyAdmin), settles, reserves }
+  })
+
+/** Under `it.live`: waits (30 s at most: a bound, not a measure) until `done` holds, then asserts it. */
+const until = (done: () => boolean, what: string) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < 1500 && !done(); i++) yield* Effect.sleep("20 millis")
+    assert.isTrue(done(), what)
   })
 
 const key = (id: string, secret: string, policy: KeyStore.KeyPolicy = {}): KeyStore.KeyDefinition => ({
@@ -1298,16 +1361,36 @@ const refusedReserveGauge = (build: StoreBuild, leaseEnds: Effect.Effect<void>) 
 const memoryBuild: StoreBuild = (options) =>
   Effect.map(Effect.orDie(Layer.build(KeyStore.layerMemory(options))), Context.get(KeyStore.KeyAdmin))
 
-// Redis's own clock ends a lease: a real wait.
+/** Redis's own time, in milliseconds. */
+const redisTime = (redis: PersistenceRedis.Redis["Service"]) =>
+  Effect.map(
+    redis.send<[string, string]>("TIME"),
+    ([seconds, micros]) => Number(seconds) * 1000 + Number(micros) / 1000
+  )
+
+// Redis's own clock ends a lease (300 ms, the tests' reservationTtl): a real wait, until Redis's time (read from Redis,
+// not from the store, whose reads would move the gauges under test) is past the lease's end. The lease began before
+// the reserve's reply, so before the first read here; 10 s at most: a bound, not a measure. A fixed sleep raced it.
 const onRedisServer = (
   run: (build: StoreBuild, leaseEnds: Effect.Effect<void>) => Effect.Effect<void, unknown, Scope.Scope>
 ) =>
   Effect.scoped(
     Effect.gen(function* () {
       const server = yield* startRedis
+      let client: PersistenceRedis.Redis["Service"] | undefined
+      const leaseEnds = Effect.gen(function* () {
+        assert.isDefined(client, "a store was built")
+        const end = (yield* redisTime(client!)) + 300
+        for (let i = 0; i < 500 && (yield* redisTime(client!)) <= end; i++) yield* Effect.sleep("20 millis")
+        assert.isAbove(yield* redisTime(client!), end, "Redis's time passed the lease's end")
+      }).pipe(Effect.orDie)
       yield* run(
-        (options) => Effect.map(Effect.orDie(onRedis(server, options)), ({ store }) => store),
-        Effect.sleep("400 millis")
+        (options) =>
+          Effect.map(Effect.orDie(onRedis(server, options)), ({ store, redis }) => {
+            client = redis
+            return store
+          }),
+        leaseEnds
       )
     })
   )
@@ -2026,9 +2109,11 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
           "big",
           estimate(200_000_000, 100_000_001)
         )
+        const end = (yield* redisTime(dying.redis)) + 300
         const survivor = yield* onRedis(server, options)
         const k = yield* survivor.store.authenticate(created.secret)
-        yield* Effect.sleep("400 millis")
+        // Until Redis's own time is past the lease's end (10 s at most: a bound, not a measure).
+        for (let i = 0; i < 500 && (yield* redisTime(dying.redis)) <= end; i++) yield* Effect.sleep("20 millis")
         const again = yield* survivor.store.reserve(k, "big", estimate(1_000_000, 0))
         assert.deepStrictEqual(
           (yield* survivor.store.spend("rich")).map((l) => [l.spent, l.held]),
@@ -2498,7 +2583,9 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        const { store } = yield* onRedis(server, { redis: { timeout: "2 seconds", reportAfter: "1 minute" } })
+        // The healthy deadlines of onRedis (the guard's 30 s, reported after a minute): the reserve waits on the hung
+        // Redis until it resumes, cut by its interruption only.
+        const { store, reserves } = yield* onRedisCountingSettles(server, { redis: { reportAfter: "1 minute" } })
         yield* Effect.addFinalizer(() => server.resume)
         // Without a limit, and with one (the slot's call runs beside the reservation's).
         for (const [id, rpm] of [
@@ -2507,18 +2594,21 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         ] as const) {
           const created = yield* store.create({ id, budget: { tokens: 1000 }, rpm })
           const k = yield* store.authenticate(created.secret)
+          const sent = reserves.sent
           yield* server.pause
           const request = yield* Effect.forkChild(store.reserve(k, "m", estimate(100, 100)))
-          yield* Effect.sleep("100 millis")
-          // The script is sent: the interruption waits for its answer, which comes once Redis resumes.
-          const interrupted = yield* Effect.forkChild(Fiber.interrupt(request))
-          yield* Effect.sleep("100 millis")
+          // Until the script is sent: the interruption then waits for its answer, which comes once Redis resumes.
+          yield* until(() => reserves.sent > sent, `${id}: the reserve is sent to the hung Redis`)
+          // Started at once: the request is told to stop before Redis resumes.
+          const interrupted = yield* Effect.forkChild(Fiber.interrupt(request), { startImmediately: true })
+          assert.isUndefined(request.pollUnsafe(), `${id}: the interrupted reserve waits for Redis's answer`)
           yield* server.resume
           yield* Fiber.join(interrupted)
           const held = Effect.map(store.spend(id), (lines) => lines.map((line) => [line.spent, line.held]))
           const settled = yield* held.pipe(
             Effect.flatMap((levels) => (levels[0]![1] === 0 ? Effect.succeed(levels) : Effect.fail(levels))),
-            Effect.retry({ schedule: Schedule.spaced("50 millis"), times: 20 }),
+            // Until its give-back has run (10 s at most: a bound, not a measure).
+            Effect.retry({ schedule: Schedule.spaced("50 millis"), times: 200 }),
             Effect.catch(Effect.succeed)
           )
           assert.deepStrictEqual(settled, [[0, 0]], `${id}: nobody can release what the interrupted reserve holds`)
@@ -2531,40 +2621,39 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        // Deadlines of 2 s: the healthy Redis before the outage meets them on a loaded machine (300 ms did not always).
-        const { store } = yield* onRedis(
+        // Deadlines of 5 s: the healthy Redis before the outage meets them on a loaded machine (300 ms did not always,
+        // 2 s was close); the hung one misses them. The test waits on the settles' own traffic, not on sleeps.
+        const { store, settles } = yield* onRedisCountingSettles(
           server,
-          { redis: { timeout: "2 seconds", reportAfter: 0, probeInterval: "100 millis" } },
-          "2 seconds"
+          { redis: { timeout: "5 seconds", reportAfter: 0, probeInterval: "100 millis" } },
+          "5 seconds"
         )
         yield* Effect.addFinalizer(() => server.resume)
         const spent = (id: string) =>
           Effect.map(store.spend(id), (lines) => lines.map((line) => [line.spent, line.held]))
-        const eventually = (id: string, expected: ReadonlyArray<ReadonlyArray<number>>) =>
-          spent(id).pipe(
-            Effect.flatMap((levels) =>
-              JSON.stringify(levels) === JSON.stringify(expected) ? Effect.succeed(levels) : Effect.fail(levels)
-            ),
-            Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 40 }),
-            Effect.catch(Effect.succeed)
-          )
         // Skipped while the outage is reported: the settle never reached Redis.
         const skipped = yield* store.create({ id: "skipped", budget: { tokens: 1000 } })
         const held = yield* store.reserve(yield* store.authenticate(skipped.secret), "m", estimate(100, 100))
         yield* server.pause
         yield* Effect.exit(store.spend("skipped"))
         yield* store.settle(held, { inputTokens: 30, outputTokens: 10 })
+        assert.strictEqual(settles.sent, 0, "no settle is sent while the outage is reported")
         yield* server.resume
-        assert.deepStrictEqual(yield* eventually("skipped", [[40, 0]]), [[40, 0]])
+        // Until the settle, tried again once Redis is back, has its reply.
+        yield* until(() => settles.answered === 1, "the skipped settle is tried again once Redis is back")
+        assert.deepStrictEqual(yield* spent("skipped"), [[40, 0]])
         // Sent, then timed out on a hung Redis, which runs it once resumed: tried again, it counts once.
         const hung = yield* store.create({ id: "hung", budget: { tokens: 1000 } })
         const held2 = yield* store.reserve(yield* store.authenticate(hung.secret), "m", estimate(100, 100))
+        const [sent, cut] = [settles.sent, settles.cut]
         yield* server.pause
-        yield* store.settle(held2, { inputTokens: 30, outputTokens: 10 })
-        yield* Effect.sleep("1 second")
+        yield* Effect.forkChild(store.settle(held2, { inputTokens: 30, outputTokens: 10 }))
+        // Sent to the hung Redis, and cut by its deadline: Redis holds it, to run once resumed.
+        yield* until(() => settles.sent > sent && settles.cut > cut, "the settle was sent, then cut by its deadline")
+        assert.strictEqual(settles.answered, 1, "no reply while Redis is hung")
         yield* server.resume
-        assert.deepStrictEqual(yield* eventually("hung", [[40, 0]]), [[40, 0]])
-        yield* Effect.sleep("1 second")
+        // Until the settle tried again has its reply: Redis ran the one it held (sent first) before it.
+        yield* until(() => settles.answered === 2, "the settle is tried again once Redis is back")
         assert.deepStrictEqual(yield* spent("hung"), [[40, 0]])
       })
     )
@@ -2659,14 +2748,15 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        // Deadlines of 2 s: the healthy Redis before the outage meets them on a loaded machine (300 ms did not always).
-        const { store } = yield* onRedis(
+        // Deadlines of 5 s: the healthy Redis before the outage meets them on a loaded machine (300 ms did not always,
+        // 2 s was close); the hung one misses them.
+        const { store, settles } = yield* onRedisCountingSettles(
           server,
           {
             onStoreError: { budgets: "allow" },
-            redis: { timeout: "2 seconds", reportAfter: 0, probeInterval: "100 millis" }
+            redis: { timeout: "5 seconds", reportAfter: 0, probeInterval: "100 millis" }
           },
-          "2 seconds"
+          "5 seconds"
         )
         yield* Effect.addFinalizer(() => server.resume)
         const created = yield* store.create({ id: "open", budget: { tokens: 1000 } })
@@ -2678,13 +2768,13 @@ describe.skipIf(skipRedis)(`KeyStore on Redis (${skipRedis ? skipReason : "needs
         yield* store.settle(held, { inputTokens: 30, outputTokens: 10 })
         yield* server.resume
         const spent = Effect.map(store.spend("open"), (lines) => lines.map((line) => [line.spent, line.held]))
-        const levels = yield* spent.pipe(
-          Effect.flatMap((l) => (l[0]![0] === 40 ? Effect.succeed(l) : Effect.fail(l))),
-          Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 40 }),
-          Effect.catch(Effect.succeed)
-        )
-        assert.deepStrictEqual(levels, [[40, 0]])
-        yield* Effect.sleep("500 millis")
+        // Until the usage summed during the outage has its settle's reply.
+        yield* until(() => settles.answered >= 1, "the usage let through is settled once Redis is back")
+        assert.deepStrictEqual(yield* spent, [[40, 0]])
+        // Once: a second settle of the same usage would follow the first at once (the flush chains its batches, its
+        // retries start 100 ms apart); 1 s with none is a bound for its absence, not a measure.
+        yield* Effect.sleep("1 second")
+        assert.strictEqual(settles.answered, 1, "one settle of the usage let through")
         assert.deepStrictEqual(yield* spent, [[40, 0]])
       })
     )
