@@ -141,6 +141,16 @@ const scripted = (latency: Duration.Input = "20 millis") =>
 const errorsOf = (name: string) =>
   Effect.map(Metric.value(Metric.withAttributes(Metrics.cacheErrors, { cache: name })), (s) => s.count)
 
+/**
+ * Under `it.live`: until `n` values are counted as not stored (10 s at most: a bound, not a measure). A value is refused
+ * where it would be written, so no write of it follows: what Redis holds then is final, where a fixed sleep of 100 ms
+ * could end before a loaded machine counted it.
+ */
+const untilErrors = (name: string, n: number) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < 1000 && (yield* errorsOf(name)) < n; i++) yield* Effect.sleep("10 millis")
+  })
+
 const ask = (
   cache: ResponseCache.Service,
   provider: { readonly call: (text: string) => Effect.Effect<GenerateResponse, AiError> },
@@ -1037,8 +1047,13 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
           const key = cache.key({ provider: "p", request: { prompt: "q" } })
           const asked = yield* Effect.forkChild(ask(cache, provider, "q"), { startImmediately: true })
           assert.strictEqual((yield* settle(asked, "0 millis")).source, "miss")
-          // Its write landed (the real time a healthy Redis takes).
-          yield* TestClock.withLive(Effect.sleep("100 millis"))
+          // Until its write landed (the real time a healthy Redis takes; 5 s at most: a bound, not a measure).
+          const redis = yield* admin(server)
+          yield* redis.send<number>("EXISTS", `${cache.name}:r:${key}`).pipe(
+            Effect.flatMap((n) => (n === 1 ? Effect.void : Effect.fail("not written yet"))),
+            Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo({ duration: "5 seconds" }))),
+            TestClock.withLive
+          )
           yield* server.pause
           yield* Effect.addFinalizer(() => server.resume)
           const invalidating = yield* Effect.forkChild(Effect.exit(cache.invalidate(key)), { startImmediately: true })
@@ -1387,7 +1402,7 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
             )
             assert.deepStrictEqual(yield* cache.getParts(key), Option.none(), key)
           }
-          yield* Effect.sleep("100 millis")
+          yield* untilErrors(cache.name, odd.length)
           assert.strictEqual(yield* redis.send<number>("EXISTS", ...odd.map(([key]) => `${cache.name}:s:${key}`)), 0)
           assert.strictEqual(yield* errorsOf(cache.name), odd.length)
           const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
@@ -1659,13 +1674,16 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
       )
   )
 
+  // The gate opens once Redis has answered both callers' reads, counted as the replies reach the cache: a fixed sleep
+  // of 200 ms let a loaded machine open it before the second caller had read, and that caller then computed on its own.
   it.live("a caller that joins a computation after its Redis read counts as shared when it fails, as in memory", () =>
     Effect.scoped(
       Effect.gen(function* () {
         const server = yield* startRedis
-        const cache = yield* build(server)
+        const { cache, reads } = yield* buildCountingReads(server, { redis: { timeout: "1 minute" } })
         const gate = yield* Deferred.make<void>()
         const failing = Effect.andThen(Deferred.await(gate), Effect.fail(modelError("Overloaded", "down")))
+        const before = reads()
         // Both callers find nothing running before their Redis reads; the second to read joins the first.
         const callers = yield* Effect.forkChild(
           Effect.all(
@@ -1673,7 +1691,11 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
             { concurrency: "unbounded" }
           )
         )
-        yield* Effect.sleep("200 millis")
+        // Both callers have read Redis (10 s at most: a bound, not a measure), then started or joined the computation:
+        // what follows the reply runs without waiting on anything, in the turns given here.
+        for (let i = 0; i < 1000 && reads() - before < 2; i++) yield* Effect.sleep("10 millis")
+        assert.strictEqual(reads() - before, 2, "each caller read Redis")
+        for (let i = 0; i < 100; i++) yield* Effect.yieldNow
         yield* Deferred.succeed(gate, undefined)
         yield* Fiber.join(callers)
         const count = (outcome: string) =>
@@ -1697,7 +1719,7 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
             const cache = yield* build(server, { ttl: "1 minute" })
             const odd = { ...response("odd"), usage: { inputTokens: 1, outputTokens: Number.NaN, totalTokens: 2 } }
             assert.deepStrictEqual(yield* cache.getOrCompute("k", Effect.succeed(odd)), { value: odd, source: "miss" })
-            yield* Effect.sleep("100 millis")
+            yield* untilErrors(cache.name, 1)
             const redis = yield* admin(server)
             assert.strictEqual(yield* redis.send<number>("EXISTS", `${cache.name}:r:k`), 0)
             assert.strictEqual(yield* errorsOf(cache.name), 1)
@@ -1732,7 +1754,7 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
               const answered = yield* cache.getOrCompute(key, Effect.succeed(value as GenerateResponse))
               assert.deepStrictEqual(answered, { value: value as GenerateResponse, source: "miss" })
             }
-            yield* Effect.sleep("100 millis")
+            yield* untilErrors(cache.name, odd.length)
             assert.strictEqual(yield* redis.send<number>("EXISTS", ...odd.map(([key]) => `${cache.name}:r:${key}`)), 0)
             assert.strictEqual(yield* errorsOf(cache.name), odd.length)
             const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
@@ -1783,7 +1805,7 @@ describe.skipIf(skipRedis)(`ResponseCache.Redis (${skipRedis ? skipReason : "nee
                 if (Exit.isSuccess(exit)) assert.strictEqual(exit.value.value, value, key)
               }
             }
-            yield* Effect.sleep("100 millis")
+            yield* untilErrors(cache.name, odd.length)
             assert.strictEqual(yield* redis.send<number>("EXISTS", ...odd.map(([key]) => `${cache.name}:r:${key}`)), 0)
             assert.strictEqual(yield* errorsOf(cache.name), odd.length)
             const warnings = logs.lines.filter((l) => l.startsWith("Warn"))
