@@ -48,6 +48,36 @@ const build = (server: RedisServer, options: CircuitBreaker.RedisOptions) =>
     Context.get(CircuitBreaker.Breakers)
   )
 
+/**
+ * {@link build}, counting the probe lease renewals its client sends that fail (Redis's script is told by its error
+ * text): a test waits on these rather than on a fixed sleep.
+ */
+const buildCountingFailedRenewals = (server: RedisServer, options: CircuitBreaker.RedisOptions) =>
+  Effect.gen(function* () {
+    let failed = 0
+    const client = yield* Layer.build(Redis.layer({ url: server.url, ...healthyClient }))
+    const redis = Context.get(client, PersistenceRedis.Redis)
+    const counting: PersistenceRedis.Redis["Service"] = {
+      ...redis,
+      eval: (script) => {
+        const run = redis.eval(script)
+        if (!script.lua.includes("CircuitBreaker renew")) return run
+        return (...args) =>
+          Effect.tapError(run(...args), () =>
+            Effect.sync(() => {
+              failed++
+            })
+          )
+      }
+    }
+    const context = yield* Layer.build(
+      CircuitBreaker.layerRedis(healthy(options)).pipe(
+        Layer.provide(Layer.succeedContext(Context.add(client, PersistenceRedis.Redis, counting)))
+      )
+    )
+    return { breakers: Context.get(context, CircuitBreaker.Breakers), failedRenewals: () => failed }
+  })
+
 /** Breakers on a fresh prefix, and a connection of the test's own to read and poke Redis. */
 const buildWithRaw = (server: RedisServer, options: Omit<CircuitBreaker.RedisOptions, "prefix">) =>
   Effect.gen(function* () {
@@ -529,7 +559,7 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
           const server = yield* startRedis
           // A lease of 15 s is renewed every 5 seconds while the probe runs; its admission and renewals have
           // 10 s each (at most two thirds of the lease), which a healthy Redis meets on a loaded machine.
-          const breakers = yield* build(server, {
+          const { breakers, failedRenewals } = yield* buildCountingFailedRenewals(server, {
             prefix: `${uniqueKey("p")}:`,
             failMax: 1,
             resetTimeout: "100 millis",
@@ -544,8 +574,11 @@ describe.skipIf(skipRedis)(`CircuitBreaker on Redis${skipRedis ? ` (${skipReason
               const probe = yield* breakers.admit(key)
               assert.isTrue(probe.probe)
               yield* server.kill
-              // Two renewals, each refused at once (the client is offline).
-              yield* Effect.sleep("11 seconds")
+              // Until two renewals (5 and 10 s on) were each refused at once (the client is offline): a fixed 11 s
+              // sleep left a loaded machine 1 s for the second, and the test then passed without it. 30 s at most: a
+              // bound, not a measure.
+              for (let i = 0; i < 300 && failedRenewals() < 2; i++) yield* Effect.sleep("100 millis")
+              assert.isAtLeast(failedRenewals(), 2, "two renewals refused")
             })
           )
           const errors = logs.lines.filter((l) => l.startsWith("Error"))
