@@ -1594,6 +1594,41 @@ describe("Pipeline steps through the executor's policy pipeline", () => {
     })
   )
 
+  it.effect(
+    "a rate limits service of one's own: its limitsOf is called as a method, and one that throws is the step's InvalidStep",
+    () =>
+      Effect.gen(function* () {
+        class Limits {
+          readonly limits = new Map([["search-api", { requestsPerMinute: 2 }]])
+          acquire() {
+            return Effect.void
+          }
+          limitsOf(key: string) {
+            return this.limits.get(key) as RateLimit.ResolvedLimits | undefined
+          }
+        }
+        const step = Pipeline.make().step("search", [], () => Effect.succeed("ok"), { rateLimit: "search-api" })
+        const own = yield* executorContext(Layer.succeed(RateLimit.RateLimits, new Limits()))
+        // `this` is the service: called bare, `this.limits` was a TypeError, a defect of the run.
+        const result = yield* Pipeline.run(step, undefined).pipe(Effect.provideContext(own))
+        assert.strictEqual(result.status, "succeeded")
+        const throwing = yield* executorContext(
+          Layer.succeed(RateLimit.RateLimits, {
+            acquire: () => Effect.void,
+            limitsOf: () => {
+              throw new Error("no config loaded")
+            }
+          })
+        )
+        const error = yield* Effect.flip(Pipeline.run(step, undefined).pipe(Effect.provideContext(throwing)))
+        assert.deepStrictEqual(
+          [error.reason, error.field, error.steps],
+          ["InvalidStep", "steps[0].rateLimit", ["search"]]
+        )
+        assert.include(error.message, "no config loaded")
+      })
+  )
+
   it.effect("a defect does not fall back; a step's own typed error does", () =>
     Effect.gen(function* () {
       const context = yield* executorContext(Layer.empty)

@@ -26,11 +26,18 @@ const noService = (def: Internal.StepDef, index: number, field: string, what: st
 
 // A step takes one request slot per attempt and no tokens: a key with no `requestsPerMinute` of its
 // own (nor a default) would limit nothing, silently (a misspelt key). Only the `RateLimits` service
-// says what it limits; another guard is trusted.
+// says what it limits; another guard is trusted. A service of one's own is a method's `this` (a
+// class's `this.limits`), and one that throws is said as the step's issue, not a defect of the run.
 const requestLimitMissing = (guard: object, key: string): string | undefined => {
-  const limitsOf = (guard as Partial<RateLimits["Service"]>).limitsOf
-  if (typeof limitsOf !== "function") return undefined
-  if (limitsOf(key)?.requestsPerMinute !== undefined) return undefined
+  let limits: ReturnType<RateLimits["Service"]["limitsOf"]>
+  try {
+    const limitsOf = (guard as Partial<RateLimits["Service"]>).limitsOf
+    if (typeof limitsOf !== "function") return undefined
+    limits = limitsOf.call(guard, key)
+  } catch (cause) {
+    return `the rate limits' limitsOf(${Input.shown(key)}) threw: ${Input.shown(cause instanceof Error ? cause.message : cause)}`
+  }
+  if (limits?.requestsPerMinute !== undefined) return undefined
   return `the rate limits have no requestsPerMinute for ${Input.shown(key)} (nor a default): a step takes one request slot per attempt, so it would run unlimited`
 }
 
