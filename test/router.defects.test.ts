@@ -251,6 +251,24 @@ describe("Router: a domain named twice in one list is refused, as in a domain's 
   )
 })
 
+describe("Router: a list holding the same value that is no name twice", () => {
+  it.effect("is refused for what it is (no domain name), not as a repeat", () =>
+    Effect.gen(function* () {
+      const { router } = yield* makeManager({ a: {} })
+      for (const list of [
+        [undefined, undefined],
+        ["d-a", 7, 7]
+      ] as ReadonlyArray<ReadonlyArray<unknown>>) {
+        const error = yield* Effect.flip(router.executeWithFallback(ask, list as ReadonlyArray<string>))
+        // Said as any domain that is no name is (the lookup's field, as an unknown name's).
+        assert.strictEqual(invalidField(error), "domain", error.message)
+        assert.include(error.message, "expected a domain name, got")
+        assert.notInclude(error.message, "already in the list")
+      }
+    })
+  )
+})
+
 describe("Router: a revoked Proxy given as the list of domains", () => {
   it.effect(
     "every entry point that takes a list fails with the InvalidRequest of domains, never a defect or a throw",

@@ -89,16 +89,23 @@ export const repeatIssue = (names: ReadonlyArray<unknown>): Input.Issue | undefi
 // A chain of a few domains is scanned in place (no Set per call); a caller's long list in linear time.
 const SHORT_LIST = 8
 
+// Only names repeat: a value that is no name (a sparse list's holes) is left for the check that
+// names it for what it is, at its first place.
 const repeatInShort = (names: ReadonlyArray<unknown>): number => {
-  for (let i = 1; i < names.length; i++) if (names.indexOf(names[i]) < i) return i
+  for (let i = 1; i < names.length; i++) {
+    const name = names[i]
+    if (typeof name === "string" && names.indexOf(name) < i) return i
+  }
   return -1
 }
 
 const repeatInLong = (names: ReadonlyArray<unknown>): number => {
-  const seen = new Set<unknown>()
+  const seen = new Set<string>()
   for (let i = 0; i < names.length; i++) {
-    if (seen.has(names[i])) return i
-    seen.add(names[i])
+    const name = names[i]
+    if (typeof name !== "string") continue
+    if (seen.has(name)) return i
+    seen.add(name)
   }
   return -1
 }
