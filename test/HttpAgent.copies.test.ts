@@ -1,10 +1,37 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Redacted } from "effect"
+import { NodeHttpClient } from "@effect/platform-node"
+import { Context, Duration, Effect, Exit, Layer, Metric, Redacted } from "effect"
+import { HttpClient, HttpClientRequest } from "effect/http"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as Executor from "../src/Executor.js"
 import * as HttpAgent from "../src/HttpAgent.js"
+import * as Mock from "../src/Model/Mock.js"
 import * as AgentServer from "./utils/agentServer.js"
 import * as HttpAgents from "./utils/httpAgents.js"
 
 const agents = () => HttpAgents.agents()
+
+// The agents service over undici, with `host` sent to 127.0.0.1 (a resolver of the test's own).
+const agentsResolving = (host: string) =>
+  Layer.build(
+    HttpAgent.layer().pipe(
+      Layer.provideMerge(Executor.layerWithStats({ timeout: "none" })),
+      Layer.provideMerge(Layer.mergeAll(Mock.layer(), CircuitBreaker.layerMemory({}))),
+      Layer.provide(
+        Layer.effect(
+          HttpClient.HttpClient,
+          Effect.map(HttpClient.HttpClient, (client) =>
+            HttpClient.mapRequest(client, (request) =>
+              HttpClientRequest.setUrl(request, request.url.replace(`//${host}:`, "//127.0.0.1:"))
+            )
+          )
+        ).pipe(Layer.provide(NodeHttpClient.layerUndici))
+      )
+    )
+  ).pipe(
+    Effect.provideService(Metric.MetricRegistry, new Map()),
+    Effect.map((context) => Context.get(context, HttpAgent.HttpAgents))
+  )
 
 describe("HttpAgent: an agent copied with a field changed, or written by hand", () => {
   it.effect("is checked as HttpAgent.agent checks one: a wrong field is an InvalidRequest record naming it", () =>
@@ -62,9 +89,10 @@ describe("HttpAgent: an agent copied with a field changed, or written by hand", 
   it.effect("a copy of an agent allowed plain http secrets keeps the allowance", () =>
     Effect.gen(function* () {
       const server = yield* AgentServer.make()
-      const service = yield* agents()
-      // 127.0.0.1 as an IPv4-mapped IPv6 address: the server, though not named loopback by the check.
-      const url = `http://[::ffff:127.0.0.1]:${new URL(server.url).port}/task`
+      // A name off loopback, which this test's client resolves to the server (127.0.0.1): every
+      // spelling of a loopback address is loopback to the check, so none reaches the server refused.
+      const service = yield* agentsResolving("agents.internal.test")
+      const url = `http://agents.internal.test:${new URL(server.url).port}/task`
       const headers = { authorization: Redacted.make("Bearer agent-token") }
       const refused = HttpAgent.agent({ url, headers })
       assert.strictEqual(refused.issue?.path, 'agent.headers["authorization"]')
