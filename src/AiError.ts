@@ -80,6 +80,29 @@ export class ModelError extends Schema.TaggedError<ModelError>("effect-orchestra
   cause: Schema.optional(Schema.Defect())
 }) {}
 
+// The model errors whose message holds an upstream's own words that are no API error object about
+// the request (a proxy's page, a stream's error event, an effect/ai error without a status): the
+// gateway keeps them from its clients whatever their reason (a 429's organization id, a host name).
+const upstreamWorded = new WeakSet<ModelError>()
+
+/**
+ * Marks a model error as carrying an upstream's own words (see {@link hasUpstreamWords}).
+ *
+ * @internal
+ */
+export const withUpstreamWords = (error: ModelError): ModelError => {
+  upstreamWorded.add(error)
+  return error
+}
+
+/**
+ * Whether a model error's message holds an upstream's own words that are no API error object about
+ * the request: what the gateway never passes on to its clients.
+ *
+ * @internal
+ */
+export const hasUpstreamWords = (error: ModelError): boolean => upstreamWorded.has(error)
+
 /**
  * Which deadline fired: one attempt (`request`), a stream's first chunk (`firstChunk`),
  * the gap between two chunks (`idle`), or the whole call or stream, retries and

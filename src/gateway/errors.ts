@@ -8,7 +8,7 @@
  * @since 0.2.0
  */
 import { Duration, Schema } from "effect"
-import { type AiError, ModelError, RateLimitKind, reasonOf, type TimeoutLimit } from "../AiError.js"
+import { type AiError, hasUpstreamWords, ModelError, RateLimitKind, reasonOf, type TimeoutLimit } from "../AiError.js"
 import * as RateLimit from "../RateLimit.js"
 
 /**
@@ -327,9 +327,13 @@ const upstreamWhat: Readonly<Record<string, string>> = {
  * refusal of it (a 400, a model it does not have), or the library's own refusal or bound.
  */
 const sharedMessage = (error: ModelError, status: number): boolean =>
-  error.status === undefined
-    ? ownReasons.has(error.reason)
-    : (status === 400 || status === 404) && ((error.status !== 404 && error.status !== 405) || error.code !== undefined)
+  // A proxy's page, a stream's error event, an effect/ai error: the upstream's words, whatever the reason.
+  hasUpstreamWords(error)
+    ? false
+    : error.status === undefined
+      ? ownReasons.has(error.reason)
+      : (status === 400 || status === 404) &&
+        ((error.status !== 404 && error.status !== 405) || error.code !== undefined)
 
 const modelErrorMessage = (error: ModelError, status: number, code: string): string => {
   if (sharedMessage(error, status)) return error.message

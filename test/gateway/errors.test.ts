@@ -1048,6 +1048,52 @@ describe("Gateway: a provider's rate limit whose store is down", () => {
   })
 })
 
+describe("Gateway: an upstream's words that are no API error about the request", () => {
+  it.live(
+    "a rate limit or refusal without a status (an error answer, a stream's error event) and a proxy's 400 page are withheld: the log has them",
+    () =>
+      Effect.gen(function* () {
+        const secret = "org-S3CRETORG"
+        const upstream = yield* Server.make((request, res) => {
+          const body = request.json as { messages?: Array<{ content: string }>; stream?: boolean }
+          const content = body.messages?.[0]?.content
+          const limited = {
+            error: { message: `Rate limit reached in organization ${secret}`, type: "rate_limit_error" }
+          }
+          if (content === "page")
+            return Server.text(res, 400, `<html><body>400 Bad Request at gw-7.${secret}.internal</body></html>`)
+          if (body.stream === true) {
+            res.writeHead(200, { "content-type": "text/event-stream" })
+            res.write(`data: ${JSON.stringify(limited)}\n\n`)
+            return void res.end()
+          }
+          res.writeHead(200, { "content-type": "application/json" })
+          return void res.end(JSON.stringify(limited))
+        })
+        const logs: Array<string> = []
+        const gw = yield* Harness.make({ upstreams: { a: upstream.url }, breakers: false, logs })
+        const client = gw.client()
+        const ask = (content: string, stream = false) =>
+          Harness.failing(async () => {
+            const answer = await client.chat.completions.create({
+              model: "d-a",
+              messages: [{ role: "user", content }],
+              stream
+            })
+            if (stream) for await (const _ of answer as AsyncIterable<unknown>) void _
+            return answer
+          })
+        const answers = [yield* ask("hi"), yield* ask("hi", true), yield* ask("page")]
+        for (const answer of answers) {
+          const text = JSON.stringify(answer.body)
+          assert.notInclude(text, secret, text)
+          assert.include(answer.message, "the gateway's log has its message", text)
+        }
+        yield* Harness.eventually(() => logs.some((line) => line.includes(secret)))
+      })
+  )
+})
+
 describe("Gateway: an upstream's address", () => {
   it.live(
     "is never in what a client reads (upstream 404, unreachable, cut mid-stream; chat, stream, embeddings): the log has it",

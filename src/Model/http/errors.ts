@@ -11,7 +11,7 @@
  * @since 0.2.0
  */
 import { type Duration, Predicate } from "effect"
-import { ModelError, TimeoutError } from "../../AiError.js"
+import { ModelError, TimeoutError, withUpstreamWords } from "../../AiError.js"
 import { classify, type ErrorInfo, errorInfo, NOT_IMPLEMENTED, parseJsonOrUndefined, str } from "./errorBody.js"
 import { type CallContext, clean, cleanField, scrub } from "./redact.js"
 import { parseRetryAfter } from "./retryAfter.js"
@@ -108,7 +108,7 @@ export const errorFromStatus = (
   const trimmed = bodyText.trim()
   const detail = info.message ?? (trimmed.length > 0 ? trimmed : undefined)
   const field = fieldOf(status, info, ctx)
-  return new ModelError({
+  const error = new ModelError({
     reason,
     message: clean(
       `${ctx.provider} answered HTTP ${status}${requestPlace(status, info, request)}${detail === undefined ? "" : `: ${detail}`}`,
@@ -121,6 +121,8 @@ export const errorFromStatus = (
     field: reason === "InvalidRequest" ? field : undefined,
     code: codeOf(info, ctx)
   })
+  // A body that is no API error (a proxy's page, plain text): its words are the operator's, not the client's.
+  return info.message === undefined ? withUpstreamWords(error) : error
 }
 
 /**
@@ -141,7 +143,7 @@ export const errorFromPayload = (
   const status = info.status !== undefined && info.status >= 400 && info.status < 600 ? info.status : undefined
   const what = where === "stream" ? "stream failed" : "answered with an error"
   const reason = classify(status, info)
-  return new ModelError({
+  const error = new ModelError({
     reason,
     message: clean(
       `${ctx.provider} ${what}: ${info.message ?? (where === "stream" ? "error event" : "no message")}`,
@@ -155,6 +157,8 @@ export const errorFromPayload = (
     field: reason === "InvalidRequest" ? fieldOf(status, info, ctx) : undefined,
     code: codeOf(info, ctx)
   })
+  // Without a status, the gateway would take its reason (a 429's, a request's) for the library's own.
+  return status === undefined || typeof payload === "string" ? withUpstreamWords(error) : error
 }
 
 const describeCause = (cause: unknown): string | undefined => {
