@@ -413,12 +413,16 @@ describe("EffectAi.make (effect/ai LanguageModel as a ModelProvider)", () => {
           [new Ai.UnknownError({ http: http(502) }), "Unavailable", undefined],
           // What this provider does not implement: not retried, and the next provider is tried (as over HTTP).
           [new Ai.InternalProviderError({ description: "x", http: http(501) }), "InvalidRequest", "model"],
-          [new Ai.UnknownError({ http: http(501) }), "InvalidRequest", "model"]
+          [new Ai.UnknownError({ http: http(501) }), "InvalidRequest", "model"],
+          // effect/ai's reason for every 404 says no more: it may be an API's answer about the request (an id
+          // it does not know), which every provider would give, so no fallback (a bare 404 over HTTP falls back).
+          [new Ai.UnknownError({ http: http(404) }), "InvalidRequest", "request"]
         ]
         for (const [reason, expected, field] of cases) {
           const error = yield* mapped(reason)
           assert.deepStrictEqual([error.reason, error.field], [expected, field], reason._tag)
         }
+        assert.isFalse(shouldFallback(yield* mapped(new Ai.UnknownError({ http: http(404) }))))
       })
     )
 

@@ -8,7 +8,15 @@ import type { Duration } from "effect"
 import { Schema } from "effect"
 import { AiError as Ai } from "effect/ai"
 import * as Input from "../../Input.js"
-import { type AiError, isRetryable, ModelError, Reason, reasonOf, ShuttingDownError } from "../../AiError.js"
+import {
+  type AiError,
+  isRetryable,
+  ModelError,
+  Reason,
+  reasonOf,
+  ShuttingDownError,
+  withUpstreamWords
+} from "../../AiError.js"
 import { type CallContext, classify } from "../http/errors.js"
 
 const MAX_MESSAGE = 500
@@ -110,11 +118,13 @@ export const fromAiError = (
   const reason = error.reason
   const ours = madeFrom(error)
   const status = ours !== undefined ? ours.status : "http" in reason ? reason.http?.response?.status : undefined
+  // An effect/ai error's words are its provider's (a URL, an account): the gateway keeps them from its
+  // clients, unless the error is one this library made (`ours`).
   const make = (
     kind: Reason,
     extra: { readonly field?: string | undefined; readonly retryAfter?: Duration.Duration } = {}
-  ) =>
-    new ModelError({
+  ) => {
+    const made = new ModelError({
       reason: kind,
       message: safeText(`${ctx.provider}: ${error.module}.${error.method}: ${reason.message}`),
       provider: ctx.provider,
@@ -122,6 +132,8 @@ export const fromAiError = (
       status,
       ...extra
     })
+    return ours === undefined ? withUpstreamWords(made) : made
+  }
   if (ours !== undefined) {
     const retryAfter = reason._tag === "RateLimitError" ? reason.retryAfter : undefined
     return make(ours.reason, {
@@ -144,6 +156,9 @@ export const fromAiError = (
       if (status === undefined) return make(reason._tag === "UnknownError" ? "Unknown" : "Overloaded")
       // A 501 is what this provider does not implement: `InvalidRequest` of the model, so that the
       // next provider is tried, as the HTTP providers answer it.
+      // A 404 says no more (effect/ai's reason for every 404): it may be an API's own answer about the
+      // request (an id it does not know), so no fallback, as before a bare 404 of an HTTP provider fell back.
+      if (status === 404) return make("InvalidRequest", { field: "request" })
       return status === 501 ? make("InvalidRequest", { field: "model" }) : make(classify(status, { reasons: [] }))
     case "NetworkError":
       return reason.reason === "TransportError" ? make("Transport") : make("InvalidRequest", { field: "request" })
