@@ -35,13 +35,15 @@ const usageIssue = (usage: unknown, field: string): string | undefined => {
   return undefined
 }
 
+const toolCallKeys = ["id", "name", "arguments"] as const
+
 const toolCallsIssue = (calls: unknown): string | undefined => {
   if (!Array.isArray(calls)) return wrong("toolCalls", calls, "an array")
   for (let i = 0; i < calls.length; i++) {
     const call: unknown = calls[i]
     if (typeof call !== "object" || call === null) return wrong(`toolCalls[${i}]`, call, "a tool call")
     const fields = call as Record<string, unknown>
-    for (const key of ["id", "name", "arguments"] as const) {
+    for (const key of toolCallKeys) {
       const value = fields[key]
       if (typeof value !== "string") return wrong(`toolCalls[${i}].${key}`, value, "a string")
     }

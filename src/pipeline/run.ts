@@ -35,7 +35,7 @@ const requestLimitMissing = (guard: object, key: string): string | undefined => 
     if (typeof limitsOf !== "function") return undefined
     limits = limitsOf.call(guard, key)
   } catch (cause) {
-    return `the rate limits' limitsOf(${Input.shown(key)}) threw: ${Input.shown(cause instanceof Error ? cause.message : cause)}`
+    return `the rate limits' limitsOf(${Input.shown(key)}) threw: ${Input.thrownMessage(cause)}`
   }
   if (limits?.requestsPerMinute !== undefined) return undefined
   return `the rate limits have no requestsPerMinute for ${Input.shown(key)} (nor a default): a step takes one request slot per attempt, so it would run unlimited`
