@@ -133,25 +133,30 @@ export const startUnconnected = Effect.fnUntraced(function* (
             // The client's own error (a refused connection) says more than the deadline that cut it short.
             if (error !== timedOut || state.lastError === undefined) state.lastError = error
             const refusal = isCredentialRefusal(error)
-            if (starting && refusal) {
-              return Scope.close(child, Exit.fail(error)).pipe(
-                Effect.andThen(Deferred.fail(connected, credentialsRefused(s, error)))
-              )
-            }
             // Said once per refusal (the attempts' other failures between, a deadline, do not say it again): otherwise
             // the stores' "not connected to Redis yet" was all a user saw.
-            const text = refusal ? errorText(error) : undefined
-            const said =
-              text === undefined || text === refusedWith
-                ? Effect.void
-                : Effect.logWarning(
-                    `${credentialsRefused(s, error).message}; trying again at most ${s.reconnectMax} ms apart`
-                  )
-            if (text !== undefined) refusedWith = text
+            const again = Effect.suspend(() => {
+              const text = refusal ? errorText(error) : undefined
+              const said =
+                text === undefined || text === refusedWith
+                  ? Effect.void
+                  : Effect.logWarning(
+                      `${credentialsRefused(s, error).message}; trying again at most ${s.reconnectMax} ms apart`
+                    )
+              if (text !== undefined) refusedWith = text
+              return said.pipe(
+                Effect.andThen(Effect.sleep(Duration.millis(backoff(retries, s.reconnectMax)))),
+                Effect.andThen(Effect.suspend(() => attempt(retries + 1)))
+              )
+            })
+            // Whether the build still waits is read once the client is closed: a start that ended meanwhile
+            // reads no failure any more, and the attempts go on (the layer started without Redis).
             return Scope.close(child, Exit.fail(error)).pipe(
-              Effect.andThen(said),
-              Effect.andThen(Effect.sleep(Duration.millis(backoff(retries, s.reconnectMax)))),
-              Effect.andThen(Effect.suspend(() => attempt(retries + 1)))
+              Effect.andThen(
+                Effect.suspend(() =>
+                  starting && refusal ? Deferred.fail(connected, credentialsRefused(s, error)) : again
+                )
+              )
             )
           }
         }
@@ -165,6 +170,9 @@ export const startUnconnected = Effect.fnUntraced(function* (
       })
     )
   )
+  // A refusal that completed `connected` as the deadline passed (before `starting` was cleared) is still the
+  // build's: awaited now, it fails it rather than being read by nobody while the attempts have stopped.
+  if (Option.isNone(first) && Deferred.isDoneUnsafe(connected)) yield* Deferred.await(connected)
   if (Option.isNone(first) && redis === undefined) {
     warned = true
     const why = state.lastError === undefined ? `no answer within ${s.connectTimeout} ms` : errorText(state.lastError)
